@@ -1,0 +1,491 @@
+"""The fxpgen instruction set, declared once.
+
+Every instruction is one fixed-width word laid out by :class:`Insn` (an
+``amaranth.lib.data.Struct``). The hardware decoder views the instruction stream
+through it, the assembler encodes with ``Insn.const(...)``, the instruction-level
+simulator and the disassembler decode with ``Insn.from_bits(...)``, and
+``docs/isa.md`` is generated from it (``fxpgen isa-doc``).
+
+Execution model
+---------------
+An instruction runs a two-level loop: ``for i1 in range(count1): for i0 in
+range(count0)``. In each iteration every address stream ``g`` it uses (``x``, ``y``,
+``z``) points at row ``g.base + i1 * g.stride1 + i0 * g.stride0`` of its memory.
+Every memory is split into four equal regions (top two address bits); ``g.regions``
+is a 4-bit mask of the regions the stream may touch. An address at or beyond the
+memory's depth stops the core with ``ADDRESS``; one outside the mask with
+``REGION`` (the shift table is one region and ignores the mask). Nothing is read or
+written at a faulting address.
+
+Programs have sequential semantics: the result equals running the instructions
+one after another, in order. The hardware overlaps independent instructions (a
+matmul with loads, weight-tile loads, requantization and stores) and stalls one
+whose declared regions conflict with an instruction still running, so the
+region masks only affect speed, never results.
+"""
+
+
+
+from dataclasses import dataclass, field, replace
+from typing import Iterator
+
+from amaranth.hdl import signed, unsigned
+from amaranth.lib import data, enum
+
+from .config import REGIONS, CoreConfig
+
+__all__ = [
+    "Opcode", "Mem", "ErrorCode", "AddrGen", "Params", "Insn", "INSN_BITS", "INSN_BYTES",
+    "COUNT_MAX", "ADDR_BITS", "Addr", "Instruction", "Footprint", "footprint", "OPCODE_INFO",
+    "region_of", "regions_spanned", "layout_fields", "opcode_of", "PARAMS_VIEW",
+    "pack_row", "unpack_row", "pack_rows", "unpack_rows",
+]
+
+ADDR_BITS = 16
+COUNT_BITS = 12
+COUNT_MAX = (1 << COUNT_BITS) - 1
+
+
+class Opcode(enum.Enum, shape=4):
+    """Operation codes. Values not listed are illegal (``ILLEGAL_OPCODE``); 0 is
+    deliberately unused so that an all-zero word is caught."""
+
+    HALT = 1
+    SYNC = 2
+    LOAD = 3
+    STORE = 4
+    LOADW = 5
+    MATMUL = 6
+    REQUANT = 7
+    ADD = 8
+    MAX = 9
+
+
+class Mem(enum.Enum, shape=2):
+    """On-chip memories an address stream can name."""
+
+    SPAD = 0    #: activation scratchpad, ``lanes`` bytes a row
+    WBUF = 1    #: weight buffer, ``cols`` int8 a row
+    ACC = 2     #: accumulator memory, ``cols`` x ``acc_width`` a row
+    TABLE = 3   #: shift table, ``cols`` x (shift, align) a row
+
+
+class ErrorCode(enum.Enum, shape=3):
+    """Why the core stopped. The first error is latched until reset."""
+
+    NONE = 0
+    ILLEGAL_OPCODE = 1   #: opcode value not in :class:`Opcode`
+    BAD_FIELD = 2        #: a parameter out of range for this core (lane, table, mem, count)
+    ADDRESS = 3          #: an address at or beyond the memory's depth
+    REGION = 4           #: an address outside the stream's declared region mask
+
+
+class AddrGen(data.Struct):
+    """One affine address stream: ``base + i1 * stride1 + i0 * stride0``."""
+
+    base: unsigned(ADDR_BITS)
+    stride0: unsigned(ADDR_BITS)
+    stride1: unsigned(ADDR_BITS)
+    regions: unsigned(REGIONS)
+
+
+class LoadParams(data.Struct):
+    mem: Mem
+
+
+class StoreParams(data.Struct):
+    mem: Mem
+
+
+class LoadwParams(data.Struct):
+    bank: unsigned(1)
+
+
+class MatmulParams(data.Struct):
+    bank: unsigned(1)
+    accumulate: unsigned(1)
+    act_signed: unsigned(1)
+    lane: unsigned(4)
+
+
+class RequantParams(data.Struct):
+    table: unsigned(8)
+    lane: unsigned(4)
+    relu: unsigned(1)
+    out_signed: unsigned(1)
+    residual: unsigned(1)
+    res_signed: unsigned(1)
+
+
+class AluParams(data.Struct):
+    a_shift: unsigned(4)
+    b_shift: unsigned(4)
+    shift: signed(6)
+    relu: unsigned(1)
+    out_signed: unsigned(1)
+    a_signed: unsigned(1)
+    b_signed: unsigned(1)
+
+
+class Params(data.Union):
+    """Opcode-specific parameters, overlaid on the same bits."""
+
+    load: LoadParams
+    store: StoreParams
+    loadw: LoadwParams
+    matmul: MatmulParams
+    requant: RequantParams
+    alu: AluParams
+
+
+class Insn(data.Struct):
+    """One instruction word (least significant field first)."""
+
+    opcode: unsigned(4)
+    params: Params
+    count0: unsigned(COUNT_BITS)
+    count1: unsigned(COUNT_BITS)
+    x: AddrGen
+    y: AddrGen
+    z: AddrGen
+
+
+INSN_BITS: int = Insn.as_shape().size
+INSN_BYTES: int = (INSN_BITS + 7) // 8
+
+# Which params view each opcode reads.
+PARAMS_VIEW = {
+    Opcode.LOAD: "load", Opcode.STORE: "store", Opcode.LOADW: "loadw",
+    Opcode.MATMUL: "matmul", Opcode.REQUANT: "requant", Opcode.ADD: "alu", Opcode.MAX: "alu",
+}
+
+
+@dataclass(frozen=True)
+class OpInfo:
+    """What an opcode does and which address streams it drives.
+
+    ``streams`` maps a stream name to ``(memory, access)``; the memory is a
+    :class:`Mem` or the name of a params field holding one, the access is
+    ``"r"`` or ``"w"``.
+    """
+
+    summary: str
+    semantics: str
+    streams: dict = field(default_factory=dict)
+    params: tuple = ()
+
+
+OPCODE_INFO: dict[Opcode, OpInfo] = {
+    Opcode.HALT: OpInfo(
+        "End of program",
+        "Waits until every unit is idle, then reports `halted` and freezes the "
+        "performance counters. The next instruction starts a new program and clears them."),
+    Opcode.SYNC: OpInfo(
+        "Barrier",
+        "Waits until every unit is idle before the next instruction is dispatched."),
+    Opcode.LOAD: OpInfo(
+        "Data stream -> memory",
+        "Each iteration takes one word from the data stream and writes its low bits to "
+        "row `z` of `mem`: SPAD byte l = bits [8l, 8l+8); WBUF int8 column j = bits "
+        "[8j, 8j+8); ACC column j = two's complement bits [W*j, W*j+W) (W = acc_width); "
+        "TABLE column j = bits [12j, 12j+12) holding `shift` (signed, low 6 bits) and "
+        "`align` (signed, high 6 bits).",
+        {"z": ("mem", "w")}, ("mem",)),
+    Opcode.STORE: OpInfo(
+        "Memory -> result stream",
+        "Each iteration reads row `x` of `mem` (SPAD or ACC; other values are BAD_FIELD) "
+        "and sends it on the result stream, packed as LOAD unpacks it, zero-extended to "
+        "the bus width, with `last` set on the final iteration.",
+        {"x": ("mem", "r")}, ("mem",)),
+    Opcode.LOADW: OpInfo(
+        "Weight buffer -> array bank",
+        "Loads one rows x cols weight tile into weight bank `bank` of the array: array "
+        "row i receives WBUF row `x` of iteration i. Requires count0 = rows and "
+        "count1 = 1 (else BAD_FIELD). Runs alongside a matmul that uses the other bank.",
+        {"x": (Mem.WBUF, "r")}, ("bank",)),
+    Opcode.MATMUL: OpInfo(
+        "Systolic matmul into the accumulators",
+        "Each iteration multiplies the activation vector a = SPAD row `x`, bytes "
+        "[lane*rows, lane*rows+rows) (int8 if `act_signed`, else uint8), by weight bank "
+        "`bank` and writes ACC row `z` := sat(ACC[z] + a @ W) if `accumulate`, else "
+        "a @ W. The dot product is exact; only the accumulation saturates to acc_width. "
+        "`lane` must be < lanes/rows (else BAD_FIELD).",
+        {"x": (Mem.SPAD, "r"), "z": (Mem.ACC, "w")}, ("bank", "accumulate", "act_signed", "lane")),
+    Opcode.REQUANT: OpInfo(
+        "Accumulators -> 8-bit activations (shift requantization)",
+        "Each iteration reads ACC row `x` and shift-table entry `table` (per column j: "
+        "`shift` n_j, `align` a_j). With `residual`, r = SPAD row `y`, bytes "
+        "[lane*cols, lane*cols+cols) (int8 if `res_signed`, else uint8), else r = 0. "
+        "Per column: s = sat(sat(acc << max(-a_j, 0)) + sat(r << max(a_j, 0))); "
+        "out = requantize(s, n_j) with round-half-even, saturated to int8 [-127, 127] if "
+        "`out_signed` else uint8, and to >= 0 if `relu`. The bytes are written to SPAD row "
+        "`z` at [lane*cols, lane*cols+cols); the other bytes of the row are kept. "
+        "`lane` < lanes/cols and `table` < table_depth (else BAD_FIELD).",
+        {"x": (Mem.ACC, "r"), "y": (Mem.SPAD, "r"), "z": (Mem.SPAD, "w")},
+        ("table", "lane", "relu", "out_signed", "residual", "res_signed")),
+    Opcode.ADD: OpInfo(
+        "Element-wise add of two scratchpad rows",
+        "Per byte l of SPAD rows `x` (a) and `y` (b), read as int8 or uint8 by "
+        "`a_signed`/`b_signed`: s = sat(a << a_shift) + sat(b << b_shift); out = "
+        "requantize(s, `shift`) saturated as in REQUANT; written to SPAD row `z`.",
+        {"x": (Mem.SPAD, "r"), "y": (Mem.SPAD, "r"), "z": (Mem.SPAD, "w")},
+        ("a_shift", "b_shift", "shift", "relu", "out_signed", "a_signed", "b_signed")),
+    Opcode.MAX: OpInfo(
+        "Element-wise max of two scratchpad rows",
+        "Per byte l: SPAD[z][l] = max(SPAD[x][l], SPAD[y][l]), compared as int8 if "
+        "`a_signed` else uint8. The format is kept.",
+        {"x": (Mem.SPAD, "r"), "y": (Mem.SPAD, "r"), "z": (Mem.SPAD, "w")}, ("a_signed",)),
+}
+
+
+def opcode_of(word: int) -> int:
+    """The raw opcode field of an instruction word (may be an illegal value)."""
+    return word & 0xF
+
+
+# --- Python-side instruction objects ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Addr:
+    """An address stream. ``regions=None`` lets the encoder derive the mask from
+    the rows the loops can reach."""
+
+    base: int = 0
+    stride0: int = 0
+    stride1: int = 0
+    regions: "int | None" = None
+
+
+def region_of(addr: int, depth: int) -> int:
+    """Region (0..3) of a row address in a memory of ``depth`` rows."""
+    return addr * REGIONS // depth
+
+
+def regions_spanned(a: Addr, count0: int, count1: int, depth: int) -> int:
+    """Mask of the regions between the lowest and highest row the loops reach."""
+    if count0 == 0 or count1 == 0:
+        return 0
+    lo = a.base
+    hi = a.base + (count0 - 1) * a.stride0 + (count1 - 1) * a.stride1
+    r_lo = min(region_of(lo, depth), REGIONS - 1)
+    r_hi = min(region_of(hi, depth), REGIONS - 1)
+    return sum(1 << r for r in range(r_lo, r_hi + 1))
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """A decoded instruction. ``params`` holds the fields of the opcode's params
+    view (see :data:`OPCODE_INFO`); missing ones are 0."""
+
+    opcode: Opcode
+    params: dict = field(default_factory=dict)
+    count0: int = 1
+    count1: int = 1
+    x: Addr = Addr()
+    y: Addr = Addr()
+    z: Addr = Addr()
+
+    @property
+    def iterations(self) -> int:
+        return self.count0 * self.count1
+
+    def stream_mem(self, stream: str) -> Mem | None:
+        """Memory an address stream of this instruction targets (None if unused)."""
+        info = OPCODE_INFO[self.opcode]
+        if stream not in info.streams:
+            return None
+        mem, _ = info.streams[stream]
+        if isinstance(mem, str):
+            mem = Mem(self.params.get(mem, 0))
+        if self.opcode is Opcode.REQUANT and stream == "y" and not self.params.get("residual"):
+            return None
+        return mem
+
+    def with_regions(self, cfg: CoreConfig) -> "Instruction":
+        """Fill in every region mask left as None from the loop footprint."""
+        changes = {}
+        for s in ("x", "y", "z"):
+            a = getattr(self, s)
+            if a.regions is None:
+                mem = self.stream_mem(s)
+                mask = 0 if mem is None else regions_spanned(
+                    a, self.count0, self.count1, cfg.depth(mem))
+                changes[s] = replace(a, regions=mask)
+        return replace(self, **changes) if changes else self
+
+    def encode(self, cfg: CoreConfig | None = None) -> int:
+        """The instruction word as an integer. Region masks left as None are derived
+        from ``cfg`` (required then)."""
+        insn = self
+        if any(getattr(self, s).regions is None for s in ("x", "y", "z")):
+            if cfg is None:
+                raise ValueError("region masks are unset: pass the CoreConfig to derive them")
+            insn = self.with_regions(cfg)
+        view = PARAMS_VIEW.get(insn.opcode)
+        params_layout = Params.as_shape()
+        if view is None:
+            if insn.params:
+                raise ValueError(f"{insn.opcode.name} takes no parameters, got {insn.params}")
+            params = {}
+        else:
+            fields = {name for name, _ in data.Layout.cast(params_layout[view].shape)}
+            unknown = set(insn.params) - fields
+            if unknown:
+                raise ValueError(f"{insn.opcode.name} has no parameter(s) {sorted(unknown)}; "
+                                 f"it takes {sorted(fields)}")
+            params = {view: dict(insn.params)}
+        for name, v in (("count0", insn.count0), ("count1", insn.count1)):
+            if not 0 <= v <= COUNT_MAX:
+                raise ValueError(f"{insn.opcode.name}: {name}={v} is outside 0..{COUNT_MAX}")
+        streams = {}
+        for s in ("x", "y", "z"):
+            a = getattr(insn, s)
+            for fname in ("base", "stride0", "stride1"):
+                v = getattr(a, fname)
+                if not 0 <= v < (1 << ADDR_BITS):
+                    raise ValueError(f"{insn.opcode.name}: {s}.{fname}={v} is outside "
+                                     f"0..{(1 << ADDR_BITS) - 1}")
+            if not 0 <= a.regions < (1 << REGIONS):
+                raise ValueError(f"{insn.opcode.name}: {s}.regions={a.regions:#x} is not a "
+                                 f"{REGIONS}-bit mask")
+            streams[s] = {"base": a.base, "stride0": a.stride0, "stride1": a.stride1,
+                          "regions": a.regions}
+        try:
+            const = Insn.const({
+                "opcode": insn.opcode.value, "params": params,
+                "count0": insn.count0, "count1": insn.count1, **streams})
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{insn.opcode.name}: {e}") from None
+        return const.as_bits()
+
+    @classmethod
+    def decode(cls, word: int) -> "Instruction":
+        """Decode an instruction word; raises ValueError on an illegal opcode."""
+        raw = opcode_of(word)
+        try:
+            opcode = Opcode(raw)
+        except ValueError:
+            raise ValueError(f"illegal opcode {raw}") from None
+        view = Insn.from_bits(word)
+        params = {}
+        pv = PARAMS_VIEW.get(opcode)
+        if pv is not None:
+            sub = getattr(view.params, pv)
+            for name, _ in data.Layout.cast(Params.as_shape()[pv].shape):
+                v = getattr(sub, name)
+                params[name] = v.value if isinstance(v, enum.Enum) else int(v)
+        streams = {s: Addr(int(g.base), int(g.stride0), int(g.stride1), int(g.regions))
+                   for s, g in (("x", view.x), ("y", view.y), ("z", view.z))}
+        return cls(opcode, params, int(view.count0), int(view.count1), **streams)
+
+
+# --- footprints (what the hazard logic tracks) --------------------------------------
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Resources an instruction reads and writes: ``(Mem, region)`` pairs for
+    memories, ``("BANK", b)`` for the array's weight banks."""
+
+    reads: frozenset
+    writes: frozenset
+
+
+def footprint(insn: Instruction) -> Footprint:
+    """The declared read and write sets of an instruction (from its region masks)."""
+    reads, writes = set(), set()
+    info = OPCODE_INFO[insn.opcode]
+    for s, (_, access) in info.streams.items():
+        mem = insn.stream_mem(s)
+        if mem is None:
+            continue
+        mask = getattr(insn, s).regions or 0
+        regs = [0] if mem is Mem.TABLE else [r for r in range(REGIONS) if mask >> r & 1]
+        (reads if access == "r" else writes).update((mem, r) for r in regs)
+    if insn.opcode is Opcode.REQUANT:
+        reads.add((Mem.TABLE, 0))
+    if insn.opcode is Opcode.LOADW:
+        writes.add(("BANK", insn.params.get("bank", 0)))
+    if insn.opcode is Opcode.MATMUL:
+        reads.add(("BANK", insn.params.get("bank", 0)))
+    return Footprint(frozenset(reads), frozenset(writes))
+
+
+def layout_fields(layout=None, prefix: str = "") -> Iterator[tuple[str, int, int, object]]:
+    """Walk a layout, yielding ``(dotted name, offset, width, shape)`` of every leaf
+    field (used for the generated docs and C headers)."""
+    layout = data.Layout.cast(layout if layout is not None else Insn)
+    for name, f in layout:
+        full = f"{prefix}{name}"
+        shape = f.shape
+        if isinstance(shape, type) and issubclass(shape, data.View):
+            shape = data.Layout.cast(shape)
+        if isinstance(shape, data.StructLayout):
+            for sub in layout_fields(shape, full + "."):
+                yield sub[0], f.offset + sub[1], sub[2], sub[3]
+        else:
+            yield full, f.offset, f.width, shape
+
+
+# --- stream words ---------------------------------------------------------------------
+#
+# A data-stream or result-stream word is ``cfg.bus_width`` bits; a memory row sits in
+# its low bits as OPCODE_INFO[LOAD] describes. These helpers are the only place that
+# packs and unpacks rows.
+
+import numpy as _np
+
+
+def _lane_bits(mem: Mem, cfg: CoreConfig) -> tuple[int, int]:
+    """(bits per lane, lanes) of a row of ``mem``."""
+    return {
+        Mem.SPAD: (8, cfg.lanes),
+        Mem.WBUF: (8, cfg.cols),
+        Mem.ACC: (cfg.acc_width, cfg.cols),
+        Mem.TABLE: (12, cfg.cols),
+    }[Mem(mem)]
+
+
+def pack_row(mem: Mem, values, cfg: CoreConfig) -> int:
+    """One memory row (lane values; signed values are stored two's complement) as a
+    stream word. TABLE rows take ``(shift, align)`` pairs."""
+    width, lanes = _lane_bits(mem, cfg)
+    if Mem(mem) is Mem.TABLE:
+        values = [(int(s) & 0x3F) | ((int(a) & 0x3F) << 6) for s, a in values]
+    values = list(values)
+    if len(values) != lanes:
+        raise ValueError(f"a {Mem(mem).name} row has {lanes} lanes, got {len(values)}")
+    mask = (1 << width) - 1
+    word = 0
+    for i, v in enumerate(values):
+        word |= (int(v) & mask) << (width * i)
+    return word
+
+
+def unpack_row(mem: Mem, word: int, cfg: CoreConfig, signed: bool = True) -> list:
+    """Inverse of :func:`pack_row`: lane values (ACC and TABLE always signed; SPAD and
+    WBUF bytes signed if ``signed``)."""
+    width, lanes = _lane_bits(mem, cfg)
+    mask = (1 << width) - 1
+    raw = [(word >> (width * i)) & mask for i in range(lanes)]
+
+    def sx(v, w):
+        return v - (1 << w) if v >> (w - 1) & 1 else v
+
+    mem = Mem(mem)
+    if mem is Mem.TABLE:
+        return [(sx(v & 0x3F, 6), sx(v >> 6, 6)) for v in raw]
+    if mem is Mem.ACC or signed:
+        return [sx(v, width) for v in raw]
+    return raw
+
+
+def pack_rows(mem: Mem, rows, cfg: CoreConfig) -> list[int]:
+    """Stream words for a 2-D array of rows (see :func:`pack_row`)."""
+    return [pack_row(mem, r, cfg) for r in _np.asarray(rows).tolist()]
+
+
+def unpack_rows(mem: Mem, words, cfg: CoreConfig, signed: bool = True) -> _np.ndarray:
+    """Rows (int64 array) from stream words (see :func:`unpack_row`)."""
+    return _np.array([unpack_row(mem, w, cfg, signed) for w in words], dtype=_np.int64)
