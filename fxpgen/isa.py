@@ -38,7 +38,7 @@ __all__ = [
     "Opcode", "Mem", "ErrorCode", "AddrGen", "Params", "Insn", "INSN_BITS", "INSN_BYTES",
     "COUNT_MAX", "ADDR_BITS", "Addr", "Instruction", "Footprint", "footprint", "OPCODE_INFO",
     "region_of", "regions_spanned", "layout_fields", "opcode_of", "PARAMS_VIEW",
-    "pack_row", "unpack_row", "pack_rows", "unpack_rows",
+    "pack_row", "unpack_row", "pack_rows", "unpack_rows", "CoreState",
 ]
 
 ADDR_BITS = 16
@@ -489,3 +489,12 @@ def pack_rows(mem: Mem, rows, cfg: CoreConfig) -> list[int]:
 def unpack_rows(mem: Mem, words, cfg: CoreConfig, signed: bool = True) -> _np.ndarray:
     """Rows (int64 array) from stream words (see :func:`unpack_row`)."""
     return _np.array([unpack_row(mem, w, cfg, signed) for w in words], dtype=_np.int64)
+
+
+class CoreState(enum.Enum, shape=2):
+    """The core's ``state`` output."""
+
+    IDLE = 0      #: after reset, before the first instruction
+    RUNNING = 1   #: a program is executing
+    HALTED = 2    #: a HALT completed; counters hold that program's figures
+    ERROR = 3     #: stopped on an error (``error``, ``error_pc``) until reset

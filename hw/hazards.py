@@ -1,0 +1,77 @@
+"""Hazard resources: which memory regions and weight banks an instruction reads
+and writes, as bit masks the controller compares between units.
+
+Bit layout: SPAD regions 0-3, WBUF regions 4-7, ACC regions 8-11, TABLE 12,
+weight banks 13-14. The masks come from the instruction's declared region masks
+(:func:`fxpgen.isa.footprint` is the Python twin; a test keeps them equal).
+"""
+
+from amaranth import *
+
+from fxpgen.config import REGIONS
+from fxpgen.isa import Mem, OPCODE_INFO, Opcode, PARAMS_VIEW
+
+__all__ = ["HAZARD_BITS", "MEM_BASE", "TABLE_BIT", "BANK_BASE", "mem_bits", "bank_bit",
+           "insn_footprint", "resource_index"]
+
+MEM_BASE = {Mem.SPAD: 0, Mem.WBUF: REGIONS, Mem.ACC: 2 * REGIONS}
+TABLE_BIT = 3 * REGIONS
+BANK_BASE = TABLE_BIT + 1
+HAZARD_BITS = BANK_BASE + 2
+
+
+def resource_index(res) -> int:
+    """Bit index of a footprint resource ``(Mem, region)`` or ``("BANK", b)``."""
+    kind, k = res
+    if kind == "BANK":
+        return BANK_BASE + k
+    if Mem(kind) is Mem.TABLE:
+        return TABLE_BIT
+    return MEM_BASE[Mem(kind)] + k
+
+
+def mem_bits(mem, regions) -> Value:
+    """Mask for ``regions`` of ``mem`` (a Mem member or a Mem-valued signal)."""
+    regions = Value.cast(regions)[:REGIONS]
+    if isinstance(mem, Mem):
+        if mem is Mem.TABLE:
+            return Const(1 << TABLE_BIT, HAZARD_BITS)
+        return (regions << MEM_BASE[mem])[:HAZARD_BITS]
+    mem = Value.cast(mem)
+    return Mux(mem == Mem.TABLE, 1 << TABLE_BIT,
+               Mux(mem == Mem.SPAD, regions << MEM_BASE[Mem.SPAD],
+                   Mux(mem == Mem.WBUF, regions << MEM_BASE[Mem.WBUF],
+                       regions << MEM_BASE[Mem.ACC])))[:HAZARD_BITS]
+
+
+def bank_bit(bank) -> Value:
+    return (Const(1, HAZARD_BITS) << (BANK_BASE + Value.cast(bank)))[:HAZARD_BITS]
+
+
+def insn_footprint(m: Module, insn, name: str = "fp"):
+    """Read and write masks of a decoded instruction view (see :data:`OPCODE_INFO`)."""
+    reads = Signal(HAZARD_BITS, name=f"{name}_reads")
+    writes = Signal(HAZARD_BITS, name=f"{name}_writes")
+    with m.Switch(insn.opcode):
+        for op, info in OPCODE_INFO.items():
+            with m.Case(op.value):
+                r, w = Const(0, HAZARD_BITS), Const(0, HAZARD_BITS)
+                params = getattr(insn.params, PARAMS_VIEW[op]) if op in PARAMS_VIEW else None
+                for stream, (mem, access) in info.streams.items():
+                    if isinstance(mem, str):
+                        mem = getattr(params, mem)
+                    bits = mem_bits(mem, getattr(insn, stream).regions)
+                    if op is Opcode.REQUANT and stream == "y":
+                        bits = Mux(params.residual, bits, 0)
+                    if access == "r":
+                        r = r | bits
+                    else:
+                        w = w | bits
+                if op is Opcode.REQUANT:
+                    r = r | (1 << TABLE_BIT)
+                if op is Opcode.LOADW:
+                    w = w | bank_bit(params.bank)
+                if op is Opcode.MATMUL:
+                    r = r | bank_bit(params.bank)
+                m.d.comb += [reads.eq(r), writes.eq(w)]
+    return reads, writes

@@ -1,0 +1,152 @@
+"""MATMUL: stream scratchpad vectors through the array into the accumulators.
+
+Pipeline, one vector per cycle with no stalls once issued:
+
+- Cycle 0: check both addresses, read the scratchpad row.
+- Cycle 1: pick the ``rows`` bytes of the lane, extend to 9 bits (int8 or uint8),
+  enter the array with the weight bank.
+- Cycle 1 + LATENCY - 1: read the accumulator row (transparent to the write port).
+- Cycle 1 + LATENCY: ``acc <= sat(acc + psum)`` (or ``psum``) written back.
+
+Per-region and per-bank counters of vectors in flight keep the accumulator regions
+and the weight bank marked busy until the last write-back, so other units never
+touch them early. A new MATMUL is accepted in the cycle the current one issues its
+last vector, so back-to-back matmuls keep the array full.
+"""
+
+from amaranth import *
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from fxpgen.config import REGIONS, CoreConfig
+from fxpgen.isa import ErrorCode, Mem
+
+from .addrgen import AddressLoops, check_address
+from .buffers import acc_row, addr_width, read_sig, spad_row, write_sig
+from .dispatch import PC_WIDTH, UnitControl
+from .hazards import bank_bit, mem_bits
+from .pe import ACT_WIDTH
+
+__all__ = ["MatmulUnit"]
+
+
+class MatmulUnit(wiring.Component):
+    def __init__(self, cfg: CoreConfig, array_latency: int):
+        self._cfg = cfg
+        self._latency = array_latency
+        super().__init__({
+            "ctrl": In(UnitControl()),
+            "spad_rd": In(read_sig(cfg.spad_depth, spad_row(cfg))),
+            "acc_rd": In(read_sig(cfg.acc_depth, acc_row(cfg))),
+            "acc_wr": In(write_sig(cfg.acc_depth, acc_row(cfg))),
+            "act": Out(data.StructLayout({
+                "valid": 1, "bank": 1, "data": data.ArrayLayout(signed(ACT_WIDTH), cfg.rows)})),
+            "psum": In(data.StructLayout({
+                "valid": 1, "data": data.ArrayLayout(signed(cfg.psum_width), cfg.cols)})),
+            "issuing": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._cfg
+        ctrl = self.ctrl
+        m.submodules.loops = loops = AddressLoops(2)
+        bank = Signal()
+        accumulate = Signal()
+        act_signed = Signal()
+        lane = Signal(4)
+        x_regions = Signal(4)
+        z_regions = Signal(4)
+        pc = Signal(PC_WIDTH)
+
+        m.d.comb += [
+            loops.start.eq(ctrl.start),
+            loops.count0.eq(ctrl.insn.count0),
+            loops.count1.eq(ctrl.insn.count1),
+            loops.gens[0].eq(ctrl.insn.x),
+            loops.gens[1].eq(ctrl.insn.z),
+        ]
+        p = ctrl.insn.params.matmul
+        with m.If(ctrl.start):
+            m.d.sync += [bank.eq(p.bank), accumulate.eq(p.accumulate), act_signed.eq(p.act_signed),
+                         lane.eq(p.lane), x_regions.eq(ctrl.insn.x.regions),
+                         z_regions.eq(ctrl.insn.z.regions), pc.eq(ctrl.pc)]
+
+        # Cycle 0: check and read.
+        x_addr, z_addr = loops.addr[0], loops.addr[1]
+        x_err = check_address(m, x_addr, addr_width(cfg.spad_depth), x_regions, "x")
+        z_err = check_address(m, z_addr, addr_width(cfg.acc_depth), z_regions, "z")
+        err = Signal(ErrorCode)
+        m.d.comb += err.eq(Mux(x_err != ErrorCode.NONE, x_err, z_err))
+        issue = Signal()
+        m.d.comb += [
+            issue.eq(loops.valid & (err == ErrorCode.NONE) & ~ctrl.abort),
+            loops.advance.eq(issue),
+            self.spad_rd.addr.eq(x_addr),
+            self.spad_rd.en.eq(issue),
+            self.issuing.eq(issue),
+        ]
+
+        # Cycle 1: lane select and extension; metadata enters the delay line.
+        meta_layout = data.StructLayout({"valid": 1, "bank": 1, "accumulate": 1,
+                                         "addr": addr_width(cfg.acc_depth)})
+        s1 = Signal(meta_layout)
+        s1_signed = Signal()
+        s1_lane = Signal(4)
+        m.d.sync += [s1.valid.eq(issue), s1.bank.eq(bank), s1.accumulate.eq(accumulate),
+                     s1.addr.eq(z_addr), s1_signed.eq(act_signed), s1_lane.eq(lane)]
+        row = self.spad_rd.data.as_value()
+        vector = Signal(8 * cfg.rows)
+        m.d.comb += vector.eq(row.word_select(s1_lane, 8 * cfg.rows) if cfg.lanes > cfg.rows else row)
+        m.d.comb += [self.act.valid.eq(s1.valid), self.act.bank.eq(s1.bank)]
+        for i in range(cfg.rows):
+            byte = vector[8 * i:8 * i + 8]
+            m.d.comb += self.act.data[i].eq(Mux(s1_signed, byte.as_signed(), byte.as_unsigned()))
+
+        # Delay line aligned with the array: meta[k] is cycle 1 + k.
+        meta = [s1]
+        for k in range(self._latency):
+            r = Signal(meta_layout, name=f"meta{k + 1}")
+            m.d.sync += r.eq(meta[-1])
+            meta.append(r)
+        rd, wb = meta[self._latency - 1], meta[self._latency]
+        m.d.comb += [self.acc_rd.addr.eq(rd.addr), self.acc_rd.en.eq(1)]
+
+        # Write-back with accumulator saturation.
+        W = cfg.acc_width
+        lo, hi = -(1 << (W - 1)), (1 << (W - 1)) - 1
+        m.d.comb += [self.acc_wr.addr.eq(wb.addr), self.acc_wr.en.eq(wb.valid)]
+        for j in range(cfg.cols):
+            total = Signal(signed(W + 1), name=f"total{j}")
+            m.d.comb += total.eq(Mux(wb.accumulate, self.acc_rd.data[j], 0) + self.psum.data[j])
+            m.d.comb += self.acc_wr.data[j].eq(Mux(total > hi, hi, Mux(total < lo, lo, total)))
+
+        # In-flight vectors per accumulator region and per bank.
+        depth = self._latency + 2
+        region_shift = addr_width(cfg.acc_depth) - 2
+        inflight = []
+        for r in range(REGIONS):
+            cnt = Signal(range(depth + 1), name=f"inflight_acc{r}")
+            inc = issue & ((z_addr >> region_shift) == r)
+            dec = wb.valid & ((wb.addr >> region_shift) == r)
+            m.d.sync += cnt.eq(cnt + inc - dec)
+            inflight.append(cnt)
+        bank_inflight = []
+        for b in range(2):
+            cnt = Signal(range(depth + 1), name=f"inflight_bank{b}")
+            m.d.sync += cnt.eq(cnt + (issue & (bank == b)) - (wb.valid & (wb.bank == b)))
+            bank_inflight.append(cnt)
+
+        acc_busy = Cat(*(c != 0 for c in inflight))
+        m.d.comb += [
+            ctrl.ready.eq(~loops.valid | (issue & loops.last)),
+            ctrl.busy.eq(loops.valid | (acc_busy != 0)),
+            ctrl.reads.eq(Mux(loops.valid, mem_bits(Mem.SPAD, x_regions) | bank_bit(bank), 0)
+                          | Mux(bank_inflight[0] != 0, bank_bit(0), 0)
+                          | Mux(bank_inflight[1] != 0, bank_bit(1), 0)),
+            ctrl.writes.eq(Mux(loops.valid, mem_bits(Mem.ACC, z_regions), 0)
+                           | mem_bits(Mem.ACC, acc_busy)),
+            ctrl.error.eq(Mux(loops.valid & ~ctrl.abort, err, ErrorCode.NONE)),
+            ctrl.error_pc.eq(pc),
+        ]
+        return m
