@@ -216,7 +216,8 @@ OPCODE_INFO: dict[Opcode, OpInfo] = {
         "Each iteration reads ACC row `x` and shift-table entry `table` (per column j: "
         "`shift` n_j, `align` a_j). With `residual`, r = SPAD row `y`, bytes "
         "[lane*cols, lane*cols+cols) (int8 if `res_signed`, else uint8), else r = 0. "
-        "Per column: s = sat(sat(acc << max(-a_j, 0)) + sat(r << max(a_j, 0))); "
+        "Per column: s = aligned_add(acc, max(-a_j, 0), r, max(a_j, 0)) (the saturated "
+        "exact sum acc * 2**max(-a_j,0) + r * 2**max(a_j,0); see fxpgen.numerics); "
         "out = requantize(s, n_j) with round-half-even, saturated to int8 [-127, 127] if "
         "`out_signed` else uint8, and to >= 0 if `relu`. The bytes are written to SPAD row "
         "`z` at [lane*cols, lane*cols+cols); the other bytes of the row are kept. "
@@ -226,7 +227,7 @@ OPCODE_INFO: dict[Opcode, OpInfo] = {
     Opcode.ADD: OpInfo(
         "Element-wise add of two scratchpad rows",
         "Per byte l of SPAD rows `x` (a) and `y` (b), read as int8 or uint8 by "
-        "`a_signed`/`b_signed`: s = sat(a << a_shift) + sat(b << b_shift); out = "
+        "`a_signed`/`b_signed`: s = aligned_add(a, a_shift, b, b_shift); out = "
         "requantize(s, `shift`) saturated as in REQUANT; written to SPAD row `z`.",
         {"x": (Mem.SPAD, "r"), "y": (Mem.SPAD, "r"), "z": (Mem.SPAD, "w")},
         ("a_shift", "b_shift", "shift", "relu", "out_signed", "a_signed", "b_signed")),

@@ -21,7 +21,7 @@ __all__ = [
     "out_range", "saturate", "saturate_acc", "acc_range",
     "shift_round_half_even", "shift_left_saturate", "requantize",
     "quantize", "dequantize", "relu", "align", "residual_add", "add_saturate",
-    "bias_quantize", "matmul_accumulate", "maximum", "fl_from_std", "fl_grid_search",
+    "aligned_add", "bias_quantize", "matmul_accumulate", "maximum", "fl_from_std", "fl_grid_search",
     "avgpool_fl_shift",
 ]
 
@@ -154,7 +154,10 @@ def bias_quantize(b, fl_x: int, fl_w, bits: int = 32) -> np.ndarray:
     """Bias in the accumulator format: ``round_half_even(b * 2**(fl_x + fl_w))``,
     saturated to the accumulator."""
     scale = np.exp2(np.asarray(fl_x + _i64(fl_w), dtype=np.float64))
-    return saturate_acc(np.rint(np.asarray(b, dtype=np.float64) * scale), bits)
+    lo, hi = acc_range(bits)
+    # Clamp while still float: casting a value beyond int64 (or inf) to int64 is
+    # undefined and gives INT64_MIN, i.e. the wrong saturation sign.
+    return saturate_acc(np.clip(np.rint(np.asarray(b, dtype=np.float64) * scale), lo, hi), bits)
 
 
 def add_saturate(a, b, bits: int = 32) -> np.ndarray:
@@ -177,6 +180,18 @@ def align(x, s, bits: int = 32) -> np.ndarray:
     return shift_left_saturate(x, s, bits)
 
 
+def aligned_add(a, a_shift, b, b_shift, bits: int = 32) -> np.ndarray:
+    """``saturate_acc(a * 2**a_shift + b * 2**b_shift)``: the operand alignment and
+    saturating add of REQUANT's residual path and of ADD.
+
+    Each shifted operand is first saturated to ``bits + 1`` bits (what the hardware
+    keeps), then the sum saturates to ``bits``. When at most one operand is shifted
+    this equals saturating the exact sum: an aligned value beyond +-2**bits saturates
+    the sum whatever the other, in-range, operand is.
+    """
+    return add_saturate(align(a, a_shift, bits + 1), align(b, b_shift, bits + 1), bits)
+
+
 def residual_add(a, fl_a, b, fl_b, bits: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Residual add: align both operands to the larger fractional length by left
     shift, then add with saturation. Returns ``(sum, fl)``; requantize the sum with
@@ -184,7 +199,7 @@ def residual_add(a, fl_a, b, fl_b, bits: int = 32) -> tuple[np.ndarray, np.ndarr
     fl_a = _i64(fl_a)
     fl_b = _i64(fl_b)
     fl = np.maximum(fl_a, fl_b)
-    return add_saturate(align(a, fl - fl_a, bits), align(b, fl - fl_b, bits), bits), fl
+    return aligned_add(a, fl - fl_a, b, fl - fl_b, bits), fl
 
 
 def maximum(a, b) -> np.ndarray:
@@ -197,10 +212,18 @@ def fl_from_std(std: float, signed: bool) -> int:
     ``floor(log2(70 / std))`` for unsigned data (std taken before the ReLU),
     clamped to the valid fractional lengths."""
     hi = SIGNED_FL_MAX if signed else UNSIGNED_FL_MAX
-    if not np.isfinite(std) or std <= 0:
-        return hi
-    fl = int(np.floor(np.log2((40.0 if signed else 70.0) / std)))
-    return int(min(max(fl, 0), hi))
+    if np.isnan(std) or std <= 0:
+        return hi                       # no spread: finest format (log2(c / 0) = +inf)
+    # floor(log2(c / std)) >= f  <=>  std * 2**f <= c; the product is exact in
+    # float64 (a power-of-two scaling), unlike c / std and log2, whose rounding
+    # gave an fl one too large for std just above c * 2**-f (and crashed on
+    # subnormal std, where c / std overflows to inf).
+    c = 40.0 if signed else 70.0
+    fl = 0
+    for f in range(1, hi + 1):
+        if float(std) * 2.0 ** f <= c:
+            fl = f
+    return fl
 
 
 def fl_grid_search(x, signed: bool) -> int:
@@ -222,5 +245,5 @@ def avgpool_fl_shift(window: int) -> int | None:
     ``log2(window)`` when the window is a power of two; returns that increment, or
     None when the correction must be folded into the preceding layer's weights."""
     if window > 0 and window & (window - 1) == 0:
-        return window.bit_length() - 1
+        return int(window).bit_length() - 1
     return None

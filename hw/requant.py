@@ -2,10 +2,9 @@
 
 Per lane (the formulas of :mod:`fxpgen.numerics`, no multiplier anywhere):
 
-- Cycle 1: align both operands by left shift with accumulator saturation,
-  ``x = sat(a << a_shift)``, ``y = sat(b << b_shift)``; then either
-  ``s = sat(x + y)`` (requantize / residual add / element-wise add) or
-  ``s = max(x, y)`` (max pooling).
+- Cycle 1: align both operands by left shift, saturated to acc_width + 1 bits, then
+  either ``s = sat(x + y)`` to acc_width (requantize / residual add / element-wise
+  add: :func:`fxpgen.numerics.aligned_add`) or ``s = max(x, y)`` (max pooling).
 - Cycle 2: ``requantize(s, shift)``: round-half-even arithmetic right shift for
   ``shift > 0``, left shift for ``shift <= 0``; saturate to int8 [-127, 127] or
   uint8 [0, 255], and to >= 0 with ReLU. Max bypasses this stage (format kept).
@@ -123,9 +122,9 @@ class Requantizer(wiring.Component):
                      s1.relu.eq(ops.relu), s1.out_signed.eq(ops.out_signed)]
         for i in range(self._lanes):
             ln = ops.lane[i]
-            x = shift_left_saturate(m, ln.a, ln.a_shift, W, f"x{i}")
-            y = shift_left_saturate(m, ln.b, ln.b_shift, W, f"y{i}")
-            total = Signal(signed(W + 1), name=f"total{i}")
+            x = shift_left_saturate(m, ln.a, ln.a_shift, W + 1, f"x{i}")
+            y = shift_left_saturate(m, ln.b, ln.b_shift, W + 1, f"y{i}")
+            total = Signal(signed(W + 2), name=f"total{i}")
             m.d.comb += total.eq(x + y)
             with m.If(ops.op_max):
                 m.d.sync += s1.sum[i].eq(Mux(x > y, x, y))
