@@ -1,0 +1,222 @@
+"""Lowering of one int8 GEMM with per-column shift requantization to a program.
+
+``Y = requantize(A @ B, shift[n])`` with A (M x K) and B (K x N) int8 and Y int8.
+This is the workload of ``fxpgen check`` and the building block the network
+compiler reuses.
+
+Memory plan (every memory split into four regions, see :mod:`fxpgen.isa`):
+
+- weight buffer: every weight tile, ``rows`` rows each, tile (nt, kt) at
+  ``(nt * k_tiles + kt) * rows``;
+- scratchpad: A chunks double-buffered in regions 0 and 1, output chunks in
+  regions 2 and 3; a pixel's K (or N) values are ``ceil(K / lanes)`` consecutive rows;
+- accumulators: chunk c in region ``c % 2``, n-tile nt at ``nt * chunk``;
+- shift table: one entry per n-tile.
+
+Schedule: M is cut into chunks. Chunk c streams one matmul per (n-tile, k-tile)
+pair, double-buffering weight tiles between the two banks. The loads of chunk c+1,
+the requantization of chunk c-1 and its store are placed between chunk c's
+matmuls, spaced so that none of them waits for its unit: the in-order dispatcher
+then keeps the array busy while the other units work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fxpgen import numerics
+from fxpgen.config import REGIONS, CoreConfig
+from fxpgen.isa import COUNT_MAX, Addr, Instruction, Mem, Opcode, pack_row, pack_rows, unpack_rows
+
+__all__ = ["GemmPlan", "GemmProgram", "plan_gemm", "build_gemm", "gemm_reference", "DoesNotFit"]
+
+
+class DoesNotFit(ValueError):
+    """The GEMM does not fit the core's memories; the message says what and by how much."""
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class GemmPlan:
+    """Tiling of an M x K x N GEMM on a core."""
+
+    m: int
+    k: int
+    n: int
+    k_tiles: int          # ceil(K / rows)
+    n_tiles: int          # ceil(N / cols)
+    a_groups: int         # scratchpad rows per A row
+    y_groups: int         # scratchpad rows per Y row
+    chunk: int            # A rows per chunk
+    chunks: int
+
+    @property
+    def macs(self) -> int:
+        return self.m * self.k * self.n
+
+
+def plan_gemm(cfg: CoreConfig, m: int, k: int, n: int) -> GemmPlan:
+    """Choose the chunk size; raise :class:`DoesNotFit` naming the memory that is short."""
+    for name, v in (("M", m), ("K", k), ("N", n)):
+        if v < 1:
+            raise ValueError(f"GEMM dimension {name} must be positive, not {v}")
+    if k > 1 << 16:
+        raise DoesNotFit(f"K={k} could overflow the {cfg.acc_width}-bit accumulator "
+                         "(int8 x int8 sums need K <= 65536)")
+    k_tiles, n_tiles = _ceil(k, cfg.rows), _ceil(n, cfg.cols)
+    a_groups = _ceil(k_tiles, cfg.lanes // cfg.rows)
+    y_groups = _ceil(n_tiles, cfg.lanes // cfg.cols)
+    weight_rows = k_tiles * n_tiles * cfg.rows
+    if weight_rows > cfg.wbuf_depth:
+        raise DoesNotFit(f"B needs {weight_rows} weight-buffer rows ({k_tiles}x{n_tiles} tiles of "
+                         f"{cfg.rows}) but wbuf_depth is {cfg.wbuf_depth}: "
+                         f"{weight_rows - cfg.wbuf_depth} rows short")
+    if n_tiles > cfg.table_depth:
+        raise DoesNotFit(f"N={n} needs {n_tiles} shift-table entries but table_depth is "
+                         f"{cfg.table_depth}")
+    spad_q = cfg.spad_depth // REGIONS
+    acc_q = cfg.acc_depth // REGIONS
+    limits = {
+        "scratchpad region (A chunk)": spad_q // a_groups,
+        "scratchpad region (Y chunk)": spad_q // y_groups,
+        "accumulator region": acc_q // n_tiles,
+    }
+    chunk = min(m, COUNT_MAX, *limits.values())
+    if chunk < 1:
+        worst = min(limits, key=limits.get)
+        raise DoesNotFit(f"one row of the GEMM does not fit a {worst}: raise the memory depth")
+    return GemmPlan(m, k, n, k_tiles, n_tiles, a_groups, y_groups, chunk, _ceil(m, chunk))
+
+
+@dataclass
+class GemmProgram:
+    """Instruction and data words of a GEMM, and how to read its results."""
+
+    cfg: CoreConfig
+    plan: GemmPlan
+    instructions: list[Instruction]
+    data: list[int]
+
+    @property
+    def words(self) -> list[int]:
+        return [i.encode(self.cfg) for i in self.instructions]
+
+    @property
+    def n_results(self) -> int:
+        return self.plan.m * self.plan.y_groups
+
+    def decode_results(self, words) -> np.ndarray:
+        """Y (M x N, int64) from the result-stream words."""
+        p = self.plan
+        rows = unpack_rows(Mem.SPAD, words, self.cfg, signed=True)
+        return rows.reshape(p.m, p.y_groups * self.cfg.lanes)[:, :p.n]
+
+
+def gemm_reference(a: np.ndarray, b: np.ndarray, shift: np.ndarray, acc_width: int = 32) -> np.ndarray:
+    """The golden model: ``requantize(A @ B, shift)`` to signed int8, per column."""
+    acc = numerics.matmul_accumulate(np.zeros((a.shape[0], b.shape[1]), np.int64), a, b, acc_width)
+    return numerics.requantize(acc, np.asarray(shift)[None, :], signed=True)
+
+
+def build_gemm(cfg: CoreConfig, a: np.ndarray, b: np.ndarray, shift: np.ndarray) -> GemmProgram:
+    """Program computing ``gemm_reference(a, b, shift)`` on a core built for ``cfg``.
+
+    ``a``: (M, K) int8, ``b``: (K, N) int8, ``shift``: (N,) right shifts in -32..31.
+    """
+    a, b, shift = np.asarray(a), np.asarray(b), np.asarray(shift)
+    m, k = a.shape
+    k2, n = b.shape
+    if k2 != k:
+        raise ValueError(f"A is {m}x{k} but B is {k2}x{n}: inner dimensions differ")
+    if shift.shape != (n,):
+        raise ValueError(f"shift must have N={n} entries, not shape {shift.shape}")
+    p = plan_gemm(cfg, m, k, n)
+    R, C, L = cfg.rows, cfg.cols, cfg.lanes
+    spad_q, acc_q = cfg.spad_depth // REGIONS, cfg.acc_depth // REGIONS
+
+    data: list[int] = []
+    prog: list[Instruction] = []
+
+    # Weights: tile (nt, kt) row i = B[kt*R + i, nt*C : nt*C + C], zero padded.
+    bp = np.zeros((p.k_tiles * R, p.n_tiles * C), np.int64)
+    bp[:k, :n] = b
+    tiles = [bp[kt * R:(kt + 1) * R, nt * C:(nt + 1) * C]
+             for nt in range(p.n_tiles) for kt in range(p.k_tiles)]
+    data += pack_rows(Mem.WBUF, np.concatenate(tiles), cfg)
+    prog.append(Instruction(Opcode.LOAD, {"mem": Mem.WBUF.value}, R, p.k_tiles * p.n_tiles,
+                            z=Addr(0, 1, R)))
+    sp = np.zeros(p.n_tiles * C, np.int64)
+    sp[:n] = shift
+    for nt in range(p.n_tiles):
+        data.append(pack_row(Mem.TABLE, [(int(s), 0) for s in sp[nt * C:(nt + 1) * C]], cfg))
+    prog.append(Instruction(Opcode.LOAD, {"mem": Mem.TABLE.value}, p.n_tiles, 1, z=Addr(0, 1)))
+
+    ap = np.zeros((m, p.a_groups * L), np.int64)
+    ap[:, :k] = a
+
+    def rows_of(c: int) -> int:
+        return min(p.chunk, m - c * p.chunk)
+
+    def load_a(c: int) -> Instruction:
+        mc = rows_of(c)
+        data.extend(pack_rows(Mem.SPAD, ap[c * p.chunk:c * p.chunk + mc].reshape(-1, L), cfg))
+        return Instruction(Opcode.LOAD, {"mem": Mem.SPAD.value}, p.a_groups, mc,
+                           z=Addr((c % 2) * spad_q, 1, p.a_groups))
+
+    def requant(c: int, nt: int) -> Instruction:
+        mc = rows_of(c)
+        return Instruction(Opcode.REQUANT, {"table": nt, "lane": nt % (L // C), "out_signed": 1},
+                           mc, 1,
+                           x=Addr((c % 2) * acc_q + nt * p.chunk, 1),
+                           z=Addr((2 + c % 2) * spad_q + nt // (L // C), p.y_groups))
+
+    def store(c: int) -> Instruction:
+        return Instruction(Opcode.STORE, {"mem": Mem.SPAD.value}, p.y_groups, rows_of(c),
+                           x=Addr((2 + c % 2) * spad_q, 1, p.y_groups))
+
+    def pairs(c: int, bank0: int):
+        mc = rows_of(c)
+        bank = bank0
+        for nt in range(p.n_tiles):
+            for kt in range(p.k_tiles):
+                yield [
+                    Instruction(Opcode.LOADW, {"bank": bank}, R, 1,
+                                x=Addr((nt * p.k_tiles + kt) * R, 1)),
+                    Instruction(Opcode.MATMUL, {"bank": bank, "accumulate": int(kt > 0),
+                                                "act_signed": 1, "lane": kt % (L // R)},
+                                mc, 1,
+                                x=Addr((c % 2) * spad_q + kt // (L // R), p.a_groups),
+                                z=Addr((c % 2) * acc_q + nt * p.chunk, 1)),
+                ]
+                bank ^= 1
+
+    prog.append(load_a(0))
+    bank = 0
+    n_pairs = p.n_tiles * p.k_tiles
+    for c in range(p.chunks):
+        # Work from neighbouring chunks, each slotted after a given pair index so
+        # that its unit is free by then: a REQUANT takes about one matmul's time,
+        # so REQUANTs go every second pair and the STORE two pairs after the last.
+        slots: dict[int, list[Instruction]] = {}
+        if c + 1 < p.chunks:
+            slots.setdefault(0, []).append(load_a(c + 1))
+        if c > 0:
+            for nt in range(p.n_tiles):
+                slots.setdefault(1 + 2 * nt, []).append(requant(c - 1, nt))
+            slots.setdefault(2 * p.n_tiles + 2, []).append(store(c - 1))
+        for idx, pair in enumerate(pairs(c, bank)):
+            prog.extend(pair)
+            prog.extend(slots.pop(idx, []))
+        bank ^= n_pairs & 1
+        for idx in sorted(slots):
+            prog.extend(slots[idx])
+    last = p.chunks - 1
+    prog.extend(requant(last, nt) for nt in range(p.n_tiles))
+    prog.append(store(last))
+    prog.append(Instruction(Opcode.HALT))
+    return GemmProgram(cfg, p, prog, data)
