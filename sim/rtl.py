@@ -55,11 +55,15 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Verilator options for every build. ``-CFLAGS -O2`` comes after Verilator's own
-#: ``-Os`` on the compiler command line, so it wins; ``-O3`` is Verilator's own
-#: optimisation level; ``-Wno-fatal`` keeps lint-level warnings (checked by the
+#: Verilator options for every build: ``-O3`` is Verilator's own optimisation
+#: level; ``-Wno-fatal`` keeps lint-level warnings (checked by the
 #: ``--lint-only -Wall`` test, not here) from blocking a simulation.
-VERILATOR_ARGS: tuple[str, ...] = ("-O3", "-CFLAGS", "-O2", "-Wno-fatal")
+VERILATOR_ARGS: tuple[str, ...] = ("-O3", "-Wno-fatal")
+#: C++ optimisation per kind of generated code: the per-cycle ("fast") code at -O2;
+#: the run-once ("slow") code, constructors and the symbol table cocotb's
+#: --public-flat-rw asks for, at -O0: gcc spends many minutes optimising those huge
+#: functions of a large core for no speed-up.
+OPT_MAKE_VARS: dict[str, str] = {"OPT_FAST": "-O2", "OPT_SLOW": "-O0"}
 #: Extra options when waveforms are on, per format (cocotb adds ``--trace``).
 WAVES_ARGS: dict[str, tuple[str, ...]] = {"fst": ("--trace-fst", "--trace-structs"),
                                           "vcd": ("--trace-structs",)}
@@ -245,7 +249,7 @@ def build_model(name: str, verilog: str, toplevel: str, build_dir: Path | str, *
         if fmt == "vcd":
             log.warning("Verilator's FST writer needs lz4.h (liblz4-dev); tracing to VCD instead")
     args = [*VERILATOR_ARGS, *extra_args, *(WAVES_ARGS[fmt] if fmt else ())]
-    make_vars = verilator_make_vars()
+    make_vars = {**verilator_make_vars(), **OPT_MAKE_VARS}
     key = json.dumps({
         "schema": _BUILD_SCHEMA, "verilog": verilog, "toplevel": toplevel, "args": args,
         "make_vars": make_vars, "waves": fmt, "verilator": verilator.__version__,
