@@ -17,9 +17,9 @@ from amaranth.lib.wiring import In, Out
 from fxpgen.config import CoreConfig
 from fxpgen.isa import AluParams, ErrorCode, Mem, Opcode, RequantParams
 
-from .addrgen import AddressLoops, check_address
+from .addrgen import check_address
 from .buffers import acc_row, addr_width, read_sig, spad_row, table_row, write_sig
-from .dispatch import PC_WIDTH, UnitControl
+from .dispatch import UnitControl, report, unit_loops
 from .hazards import TABLE_BIT, mem_bits
 from .requant import Requantizer
 
@@ -43,7 +43,7 @@ class VectorUnit(wiring.Component):
         cfg = self._cfg
         L, C = cfg.lanes, cfg.cols
         ctrl = self.ctrl
-        m.submodules.loops = loops = AddressLoops(3)
+        loops, pc = unit_loops(m, ctrl, ("x", "y", "z"))
         m.submodules.requant = rq = Requantizer(L, cfg.acc_width)
 
         is_requant = Signal()
@@ -51,15 +51,6 @@ class VectorUnit(wiring.Component):
         rparams = Signal(RequantParams)
         aparams = Signal(AluParams)
         regions = [Signal(4, name=f"{s}_regions") for s in "xyz"]
-        pc = Signal(PC_WIDTH)
-        m.d.comb += [
-            loops.start.eq(ctrl.start),
-            loops.count0.eq(ctrl.insn.count0),
-            loops.count1.eq(ctrl.insn.count1),
-            loops.gens[0].eq(ctrl.insn.x),
-            loops.gens[1].eq(ctrl.insn.y),
-            loops.gens[2].eq(ctrl.insn.z),
-        ]
         with m.If(ctrl.start):
             m.d.sync += [
                 is_requant.eq(ctrl.insn.opcode == Opcode.REQUANT),
@@ -69,7 +60,6 @@ class VectorUnit(wiring.Component):
                 regions[0].eq(ctrl.insn.x.regions),
                 regions[1].eq(ctrl.insn.y.regions),
                 regions[2].eq(ctrl.insn.z.regions),
-                pc.eq(ctrl.pc),
             ]
         uses_y = Signal()
         m.d.comb += uses_y.eq(~is_requant | rparams.residual)
@@ -166,12 +156,7 @@ class VectorUnit(wiring.Component):
         y_bits = Mux(uses_y, mem_bits(Mem.SPAD, regions[1]), 0)
         x_bits = Mux(is_requant, mem_bits(Mem.ACC, regions[0]) | (1 << TABLE_BIT),
                      mem_bits(Mem.SPAD, regions[0]))
-        m.d.comb += [
-            ctrl.ready.eq(~busy),
-            ctrl.busy.eq(busy),
-            ctrl.reads.eq(Mux(loops.valid, x_bits | y_bits, 0)),
-            ctrl.writes.eq(Mux(busy, mem_bits(Mem.SPAD, regions[2]), 0)),
-            ctrl.error.eq(Mux(loops.valid & ~ctrl.abort, err, ErrorCode.NONE)),
-            ctrl.error_pc.eq(pc),
-        ]
+        report(m, ctrl, ready=~busy, busy=busy, reads=Mux(loops.valid, x_bits | y_bits, 0),
+               writes=Mux(busy, mem_bits(Mem.SPAD, regions[2]), 0), error=err, pc=pc,
+               active=loops.valid)
         return m

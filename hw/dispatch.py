@@ -15,7 +15,7 @@ from fxpgen.isa import ErrorCode, Insn
 
 from .hazards import HAZARD_BITS
 
-__all__ = ["UnitControl", "PC_WIDTH"]
+__all__ = ["UnitControl", "PC_WIDTH", "unit_loops", "report"]
 
 PC_WIDTH = 32
 
@@ -36,3 +36,35 @@ class UnitControl(wiring.Signature):
             "error": In(ErrorCode),
             "error_pc": In(PC_WIDTH),
         })
+
+
+def unit_loops(m: Module, ctrl, streams: tuple[str, ...]):
+    """The address loops of a unit, started by ``ctrl.start`` with the instruction's
+    counts and the named address streams; also the latched ``pc`` of the
+    instruction. Returns ``(loops, pc)``."""
+    from .addrgen import AddressLoops
+    m.submodules.loops = loops = AddressLoops(len(streams))
+    m.d.comb += [
+        loops.start.eq(ctrl.start),
+        loops.count0.eq(ctrl.insn.count0),
+        loops.count1.eq(ctrl.insn.count1),
+    ]
+    for k, s in enumerate(streams):
+        m.d.comb += loops.gens[k].eq(getattr(ctrl.insn, s))
+    pc = Signal(PC_WIDTH, name="pc")
+    with m.If(ctrl.start):
+        m.d.sync += pc.eq(ctrl.pc)
+    return loops, pc
+
+
+def report(m: Module, ctrl, *, ready, busy, reads, writes, error, pc, active):
+    """Drive a unit's status towards the controller; ``error`` counts only while
+    the loops are ``active`` and the unit is not aborted."""
+    m.d.comb += [
+        ctrl.ready.eq(ready),
+        ctrl.busy.eq(busy),
+        ctrl.reads.eq(reads),
+        ctrl.writes.eq(writes),
+        ctrl.error.eq(Mux(active & ~ctrl.abort, error, ErrorCode.NONE)),
+        ctrl.error_pc.eq(pc),
+    ]

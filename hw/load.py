@@ -12,9 +12,9 @@ from amaranth.lib.wiring import In, Out
 from fxpgen.config import CoreConfig
 from fxpgen.isa import ErrorCode, Mem
 
-from .addrgen import AddressLoops, check_address
+from .addrgen import check_address
 from .buffers import acc_row, addr_width, spad_row, table_row, wbuf_row, write_sig
-from .dispatch import PC_WIDTH, UnitControl
+from .dispatch import UnitControl, report, unit_loops
 from .hazards import mem_bits
 
 __all__ = ["LoadUnit"]
@@ -39,20 +39,11 @@ class LoadUnit(wiring.Component):
         m = Module()
         cfg = self._cfg
         ctrl = self.ctrl
-        m.submodules.loops = loops = AddressLoops(1)
+        loops, pc = unit_loops(m, ctrl, ("z",))
         mem = Signal(Mem)
         regions = Signal(4)
-        pc = Signal(PC_WIDTH)
-
-        m.d.comb += [
-            loops.start.eq(ctrl.start),
-            loops.count0.eq(ctrl.insn.count0),
-            loops.count1.eq(ctrl.insn.count1),
-            loops.gens[0].eq(ctrl.insn.z),
-        ]
         with m.If(ctrl.start):
-            m.d.sync += [mem.eq(ctrl.insn.params.load.mem), regions.eq(ctrl.insn.z.regions),
-                         pc.eq(ctrl.pc)]
+            m.d.sync += [mem.eq(ctrl.insn.params.load.mem), regions.eq(ctrl.insn.z.regions)]
 
         addr = loops.addr[0]
         depth_log2 = Signal(range(17))
@@ -89,13 +80,8 @@ class LoadUnit(wiring.Component):
                 port.en.eq(Mux(write & (mem == mm), (1 << en_width) - 1, 0)),
             ]
 
-        m.d.comb += [
-            ctrl.ready.eq(~loops.valid),
-            ctrl.busy.eq(loops.valid),
-            ctrl.reads.eq(0),
-            ctrl.writes.eq(Mux(loops.valid, mem_bits(mem, regions), 0)),
-            ctrl.error.eq(Mux(loops.valid & ~ctrl.abort, err, ErrorCode.NONE)),
-            ctrl.error_pc.eq(pc),
-            self.stall.eq(ok & free & ~self.data.valid),
-        ]
+        report(m, ctrl, ready=~loops.valid, busy=loops.valid, reads=0,
+               writes=Mux(loops.valid, mem_bits(mem, regions), 0),
+               error=err, pc=pc, active=loops.valid)
+        m.d.comb += self.stall.eq(ok & free & ~self.data.valid)
         return m

@@ -21,9 +21,9 @@ from amaranth.lib.wiring import In, Out
 from fxpgen.config import REGIONS, CoreConfig
 from fxpgen.isa import ErrorCode, Mem
 
-from .addrgen import AddressLoops, check_address
+from .addrgen import check_address
 from .buffers import acc_row, addr_width, read_sig, spad_row, write_sig
-from .dispatch import PC_WIDTH, UnitControl
+from .dispatch import UnitControl, report, unit_loops
 from .hazards import bank_bit, mem_bits
 from .pe import ACT_WIDTH
 
@@ -50,27 +50,18 @@ class MatmulUnit(wiring.Component):
         m = Module()
         cfg = self._cfg
         ctrl = self.ctrl
-        m.submodules.loops = loops = AddressLoops(2)
+        loops, pc = unit_loops(m, ctrl, ("x", "z"))
         bank = Signal()
         accumulate = Signal()
         act_signed = Signal()
         lane = Signal(4)
         x_regions = Signal(4)
         z_regions = Signal(4)
-        pc = Signal(PC_WIDTH)
-
-        m.d.comb += [
-            loops.start.eq(ctrl.start),
-            loops.count0.eq(ctrl.insn.count0),
-            loops.count1.eq(ctrl.insn.count1),
-            loops.gens[0].eq(ctrl.insn.x),
-            loops.gens[1].eq(ctrl.insn.z),
-        ]
         p = ctrl.insn.params.matmul
         with m.If(ctrl.start):
             m.d.sync += [bank.eq(p.bank), accumulate.eq(p.accumulate), act_signed.eq(p.act_signed),
                          lane.eq(p.lane), x_regions.eq(ctrl.insn.x.regions),
-                         z_regions.eq(ctrl.insn.z.regions), pc.eq(ctrl.pc)]
+                         z_regions.eq(ctrl.insn.z.regions)]
 
         # Cycle 0: check and read.
         x_addr, z_addr = loops.addr[0], loops.addr[1]
@@ -138,15 +129,11 @@ class MatmulUnit(wiring.Component):
             bank_inflight.append(cnt)
 
         acc_busy = Cat(*(c != 0 for c in inflight))
-        m.d.comb += [
-            ctrl.ready.eq(~loops.valid | (issue & loops.last)),
-            ctrl.busy.eq(loops.valid | (acc_busy != 0)),
-            ctrl.reads.eq(Mux(loops.valid, mem_bits(Mem.SPAD, x_regions) | bank_bit(bank), 0)
-                          | Mux(bank_inflight[0] != 0, bank_bit(0), 0)
-                          | Mux(bank_inflight[1] != 0, bank_bit(1), 0)),
-            ctrl.writes.eq(Mux(loops.valid, mem_bits(Mem.ACC, z_regions), 0)
-                           | mem_bits(Mem.ACC, acc_busy)),
-            ctrl.error.eq(Mux(loops.valid & ~ctrl.abort, err, ErrorCode.NONE)),
-            ctrl.error_pc.eq(pc),
-        ]
+        report(m, ctrl, ready=~loops.valid | (issue & loops.last),
+               busy=loops.valid | (acc_busy != 0),
+               reads=(Mux(loops.valid, mem_bits(Mem.SPAD, x_regions) | bank_bit(bank), 0)
+                      | Mux(bank_inflight[0] != 0, bank_bit(0), 0)
+                      | Mux(bank_inflight[1] != 0, bank_bit(1), 0)),
+               writes=Mux(loops.valid, mem_bits(Mem.ACC, z_regions), 0) | mem_bits(Mem.ACC, acc_busy),
+               error=err, pc=pc, active=loops.valid)
         return m

@@ -13,9 +13,9 @@ from amaranth.lib.wiring import In, Out
 from fxpgen.config import CoreConfig
 from fxpgen.isa import ErrorCode, Mem
 
-from .addrgen import AddressLoops, check_address
+from .addrgen import check_address
 from .buffers import acc_row, addr_width, read_sig, spad_row
-from .dispatch import PC_WIDTH, UnitControl
+from .dispatch import UnitControl, report, unit_loops
 from .hazards import mem_bits
 
 __all__ = ["StoreUnit", "ResultWord"]
@@ -43,24 +43,16 @@ class StoreUnit(wiring.Component):
         m = Module()
         cfg = self._cfg
         ctrl = self.ctrl
-        m.submodules.loops = loops = AddressLoops(1)
+        loops, pc = unit_loops(m, ctrl, ("x",))
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=cfg.bus_width + 1, depth=FIFO_DEPTH)
         mem = Signal(Mem)
         regions = Signal(4)
-        pc = Signal(PC_WIDTH)
         pending = Signal()        # a row read last cycle, landing in the FIFO now
         pending_last = Signal()
         pending_mem = Signal(Mem)
 
-        m.d.comb += [
-            loops.start.eq(ctrl.start),
-            loops.count0.eq(ctrl.insn.count0),
-            loops.count1.eq(ctrl.insn.count1),
-            loops.gens[0].eq(ctrl.insn.x),
-        ]
         with m.If(ctrl.start):
-            m.d.sync += [mem.eq(ctrl.insn.params.store.mem), regions.eq(ctrl.insn.x.regions),
-                         pc.eq(ctrl.pc)]
+            m.d.sync += [mem.eq(ctrl.insn.params.store.mem), regions.eq(ctrl.insn.x.regions)]
 
         addr = loops.addr[0]
         err = Signal(ErrorCode)
@@ -88,13 +80,8 @@ class StoreUnit(wiring.Component):
         ]
 
         reading = loops.valid | pending
-        m.d.comb += [
-            ctrl.ready.eq(~loops.valid & ~pending & ~fifo.r_rdy),
-            ctrl.busy.eq(reading | fifo.r_rdy),
-            ctrl.reads.eq(Mux(reading, mem_bits(mem, regions), 0)),
-            ctrl.writes.eq(0),
-            ctrl.error.eq(Mux(loops.valid & ~ctrl.abort, err, ErrorCode.NONE)),
-            ctrl.error_pc.eq(pc),
-            self.stall.eq(fifo.r_rdy & ~self.result.ready),
-        ]
+        report(m, ctrl, ready=~loops.valid & ~pending & ~fifo.r_rdy, busy=reading | fifo.r_rdy,
+               reads=Mux(reading, mem_bits(mem, regions), 0), writes=0,
+               error=err, pc=pc, active=loops.valid)
+        m.d.comb += self.stall.eq(fifo.r_rdy & ~self.result.ready)
         return m

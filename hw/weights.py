@@ -12,9 +12,9 @@ from amaranth.lib.wiring import In, Out
 from fxpgen.config import CoreConfig
 from fxpgen.isa import ErrorCode, Mem
 
-from .addrgen import AddressLoops, check_address
+from .addrgen import check_address
 from .buffers import addr_width, read_sig, wbuf_row
-from .dispatch import PC_WIDTH, UnitControl
+from .dispatch import UnitControl, report, unit_loops
 from .hazards import bank_bit, mem_bits
 
 __all__ = ["WeightLoader"]
@@ -34,21 +34,12 @@ class WeightLoader(wiring.Component):
         m = Module()
         cfg = self._cfg
         ctrl = self.ctrl
-        m.submodules.loops = loops = AddressLoops(1)
+        loops, pc = unit_loops(m, ctrl, ("x",))
         bank = Signal()
         regions = Signal(4)
-        pc = Signal(PC_WIDTH)
         pending = Signal()
-
-        m.d.comb += [
-            loops.start.eq(ctrl.start),
-            loops.count0.eq(ctrl.insn.count0),
-            loops.count1.eq(ctrl.insn.count1),
-            loops.gens[0].eq(ctrl.insn.x),
-        ]
         with m.If(ctrl.start):
-            m.d.sync += [bank.eq(ctrl.insn.params.loadw.bank), regions.eq(ctrl.insn.x.regions),
-                         pc.eq(ctrl.pc)]
+            m.d.sync += [bank.eq(ctrl.insn.params.loadw.bank), regions.eq(ctrl.insn.x.regions)]
 
         err = check_address(m, loops.addr[0], addr_width(cfg.wbuf_depth), regions, "x")
         issue = Signal()
@@ -66,12 +57,7 @@ class WeightLoader(wiring.Component):
         ]
 
         busy = loops.valid | pending
-        m.d.comb += [
-            ctrl.ready.eq(~busy),
-            ctrl.busy.eq(busy),
-            ctrl.reads.eq(Mux(loops.valid, mem_bits(Mem.WBUF, regions), 0)),
-            ctrl.writes.eq(Mux(busy, bank_bit(bank), 0)),
-            ctrl.error.eq(Mux(loops.valid & ~ctrl.abort, err, ErrorCode.NONE)),
-            ctrl.error_pc.eq(pc),
-        ]
+        report(m, ctrl, ready=~busy, busy=busy,
+               reads=Mux(loops.valid, mem_bits(Mem.WBUF, regions), 0),
+               writes=Mux(busy, bank_bit(bank), 0), error=err, pc=pc, active=loops.valid)
         return m
