@@ -1,0 +1,143 @@
+"""The quantized graph: what the quantizer produces, the golden model executes and
+the lowering turns into a program.
+
+Feature maps are (C, H, W) int8 tensors (batch 1, channel-first as in ONNX); a
+vector is (C, 1, 1). Every tensor has a :class:`~fxpgen.numerics.Format`. Every op's
+integer semantics is stated in its docstring using :mod:`fxpgen.numerics`; the
+golden model implements exactly that and the hardware computes exactly that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fxpgen.numerics import Format
+
+__all__ = ["QTensor", "QConv", "QMaxPool", "QAvgPool", "QAdd", "QGraph", "QOp"]
+
+
+@dataclass
+class QTensor:
+    """A named int8 feature map of ``shape`` (C, H, W) in format ``fmt``."""
+
+    name: str
+    shape: tuple[int, int, int]
+    fmt: Format
+
+
+@dataclass
+class QConv:
+    """Convolution (also fully connected layers, as a kernel covering the whole map).
+
+    ``weight``: int8 (Cout, Cin // groups, kh, kw) in [-127, 127]; ``bias``: int64 (Cout,)
+    in the accumulator format ``fl_x + fl_w[c]``; ``pads`` = (top, left, bottom, right)
+    of zeros (value 0 in the input format). Per output channel c and pixel:
+
+        acc = saturate_acc(sum(w * x) + bias[c])
+        r   = residual[c, pixel] if residual else 0
+        s   = aligned_add(acc, max(-align[c], 0), r, max(align[c], 0))
+        y   = requantize(s, shift[c], out.fmt.signed, relu)
+
+    ``align[c]`` brings acc and the residual to one fractional length (> 0 shifts the
+    residual left, < 0 the accumulator); ``shift[c] = fl_common[c] - fl_out``.
+    """
+
+    name: str
+    input: str
+    output: str
+    weight: np.ndarray
+    bias: np.ndarray
+    stride: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    groups: int = 1
+    shift: np.ndarray = None
+    relu: bool = False
+    residual: str | None = None
+    align: np.ndarray = None
+
+    def __post_init__(self):
+        cout = self.weight.shape[0]
+        if self.shift is None:
+            self.shift = np.zeros(cout, np.int64)
+        if self.align is None:
+            self.align = np.zeros(cout, np.int64)
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input] + ([self.residual] if self.residual else [])
+
+
+@dataclass
+class QMaxPool:
+    """Max pooling; the format is kept. Padding uses the input format's lowest value
+    (0 unsigned, -127 signed), which no window maximum can be below."""
+
+    name: str
+    input: str
+    output: str
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input]
+
+
+@dataclass
+class QAvgPool:
+    """Average pooling as a sum and a shift: ``y = requantize(sum over the window, shift,
+    out.fmt.signed)`` with ``shift = fl_x + log2(window) - fl_out`` for a power-of-two
+    window. (The quantizer folds the correction of other window sizes into the
+    preceding layer's weights.) Zero padding counts in the window."""
+
+    name: str
+    input: str
+    output: str
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    shift: int = 0
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input]
+
+
+@dataclass
+class QAdd:
+    """Element-wise add of two int8 maps of one shape:
+    ``y = requantize(aligned_add(a, a_shift, b, b_shift), shift, out.fmt.signed, relu)``
+    with ``a_shift``, ``b_shift`` in 0..15 (align to the larger fl)."""
+
+    name: str
+    a: str
+    b: str
+    output: str
+    a_shift: int = 0
+    b_shift: int = 0
+    shift: int = 0
+    relu: bool = False
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.a, self.b]
+
+
+QOp = QConv | QMaxPool | QAvgPool | QAdd
+
+
+@dataclass
+class QGraph:
+    """Ops in execution (topological) order, their tensors, the graph input and output."""
+
+    tensors: dict[str, QTensor]
+    ops: list
+    input: str
+    output: str
+    meta: dict = field(default_factory=dict)
+
+    def tensor(self, name: str) -> QTensor:
+        return self.tensors[name]
