@@ -233,11 +233,11 @@ def lower(qg: QGraph, cfg: CoreConfig) -> Lowered:
         lay = dataclasses.replace(lay, base=alloc.alloc(lay.rows, f"feature map {name} {t.shape}"))
         layouts[name] = lay
         if any(lay.border):
-            em.layer = name
             em.fill(lay, _pad_byte(pad_signed.get(name, False)))
         return lay
 
     # The input image: its LOAD is the first data the program consumes.
+    em.layer = "input"
     in_lay = place(qg.input)
     data_before = list(em.data)
     em.data.clear()

@@ -1,0 +1,214 @@
+"""Program files: what ``fxpgen compile`` writes and ``fxpgen run`` reads.
+
+A program directory holds:
+
+- ``program.fxp``: the binary program (format below);
+- ``listing.txt``: the disassembly, each line with the layer it serves;
+- ``qgraph.json`` + ``qgraph.npz``: the quantized graph (for the golden model);
+- ``report.json``: the quantization report.
+
+``program.fxp`` layout (all integers little-endian)::
+
+    magic      8 bytes   b"FXPGPROG"
+    version    u16       FORMAT_VERSION
+    hlen       u32       length of the header
+    header     hlen      UTF-8 JSON: config, insn_bits, bus_width, counts, layouts,
+                         formats, layers (instruction ranges per layer)
+    insns      n_insns  x INSN_BYTES     instruction words
+    data       n_data   x BUS_BYTES      constant data words; the input image's
+                                         words go in at index ``data_split``
+    sha256     32 bytes  of everything above
+
+Loading checks the magic, version and checksum, and (when asked) that the program
+was built for the given core configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from fxpgen.config import CoreConfig
+from fxpgen.isa import INSN_BITS, INSN_BYTES, Instruction
+from fxpgen.numerics import Format
+
+from .lower import Lowered, MapLayout
+from .qgraph import QAdd, QAvgPool, QConv, QGraph, QMaxPool, QTensor
+
+__all__ = ["FORMAT_VERSION", "ProgramFormatError", "save_program", "load_program", "Program",
+           "save_qgraph", "load_qgraph", "listing"]
+
+MAGIC = b"FXPGPROG"
+FORMAT_VERSION = 1
+
+
+class ProgramFormatError(ValueError):
+    """A program file is damaged, of another version, or for another core."""
+
+
+@dataclasses.dataclass
+class Program:
+    """A loaded program."""
+
+    cfg: CoreConfig
+    words: list[int]
+    data_before: list[int]
+    data_after: list[int]
+    header: dict
+
+    @property
+    def input_layout(self) -> MapLayout:
+        return MapLayout(**{**self.header["input_layout"],
+                            "border": tuple(self.header["input_layout"]["border"])})
+
+    @property
+    def output_layout(self) -> MapLayout:
+        return MapLayout(**{**self.header["output_layout"],
+                            "border": tuple(self.header["output_layout"]["border"])})
+
+    def lowered_view(self) -> Lowered:
+        """The parts of a :class:`Lowered` needed to pack inputs and decode outputs."""
+        return Lowered(self.cfg, [], [], self.data_before, self.data_after, self.input_layout,
+                       self.output_layout, self.header["input_signed"], self.header["output_signed"])
+
+
+def _layer_ranges(layers: list[str]) -> list[dict]:
+    out = []
+    for i, name in enumerate(layers):
+        if out and out[-1]["layer"] == name and out[-1]["end"] == i:
+            out[-1]["end"] = i + 1
+        else:
+            out.append({"layer": name, "start": i, "end": i + 1})
+    return out
+
+
+def save_program(path: Path, low: Lowered, extra: dict | None = None) -> dict:
+    """Write ``program.fxp`` for a lowered program; returns its header."""
+    cfg = low.cfg
+    bus_bytes = (cfg.bus_width + 7) // 8
+    header = {
+        "format": FORMAT_VERSION,
+        "config": cfg.as_dict(),
+        "insn_bits": INSN_BITS,
+        "bus_width": cfg.bus_width,
+        "n_insns": len(low.instructions),
+        "n_data": len(low.data_before) + len(low.data_after),
+        "data_split": len(low.data_before),
+        "input_layout": dataclasses.asdict(low.input_layout),
+        "output_layout": dataclasses.asdict(low.output_layout),
+        "input_signed": low.input_signed,
+        "output_signed": low.output_signed,
+        "layers": _layer_ranges(low.layers),
+        "notes": low.notes,
+        **(extra or {}),
+    }
+    hbytes = json.dumps(header, sort_keys=True).encode()
+    body = bytearray(MAGIC + struct.pack("<HI", FORMAT_VERSION, len(hbytes)) + hbytes)
+    for insn in low.instructions:
+        body += insn.encode(cfg).to_bytes(INSN_BYTES, "little")
+    for w in low.data_before + low.data_after:
+        body += w.to_bytes(bus_bytes, "little")
+    body += hashlib.sha256(body).digest()
+    Path(path).write_bytes(bytes(body))
+    return header
+
+
+def load_program(path: Path, cfg: CoreConfig | None = None) -> Program:
+    """Read and check ``program.fxp``; with ``cfg``, refuse a program built for another
+    core configuration."""
+    raw = Path(path).read_bytes()
+    if len(raw) < len(MAGIC) + 6 + 32 or raw[:len(MAGIC)] != MAGIC:
+        raise ProgramFormatError(f"{path}: not an fxpgen program (bad magic)")
+    body, digest = raw[:-32], raw[-32:]
+    if hashlib.sha256(body).digest() != digest:
+        raise ProgramFormatError(f"{path}: checksum mismatch: the file is damaged")
+    version, hlen = struct.unpack_from("<HI", raw, len(MAGIC))
+    if version != FORMAT_VERSION:
+        raise ProgramFormatError(f"{path}: program format version {version}, this fxpgen reads "
+                                 f"version {FORMAT_VERSION}: recompile the model")
+    off = len(MAGIC) + 6
+    header = json.loads(raw[off:off + hlen])
+    off += hlen
+    built_for = CoreConfig(**header["config"])
+    if cfg is not None and cfg != built_for:
+        diff = {k: (v, getattr(cfg, k)) for k, v in built_for.as_dict().items() if getattr(cfg, k) != v}
+        raise ProgramFormatError(
+            f"{path}: built for another core configuration: "
+            + ", ".join(f"{k}={a} (this core: {b})" for k, (a, b) in diff.items())
+            + "; recompile with the core's --rows/--cols/... options")
+    if header["insn_bits"] != INSN_BITS:
+        raise ProgramFormatError(f"{path}: instruction width {header['insn_bits']} != {INSN_BITS}")
+    words = [int.from_bytes(raw[off + i * INSN_BYTES:off + (i + 1) * INSN_BYTES], "little")
+             for i in range(header["n_insns"])]
+    off += header["n_insns"] * INSN_BYTES
+    bus_bytes = (built_for.bus_width + 7) // 8
+    data = [int.from_bytes(raw[off + i * bus_bytes:off + (i + 1) * bus_bytes], "little")
+            for i in range(header["n_data"])]
+    split = header["data_split"]
+    return Program(built_for, words, data[:split], data[split:], header)
+
+
+def listing(low: Lowered) -> str:
+    """The disassembly, one instruction a line, prefixed with its index and layer."""
+    from fxpgen.asm import format_instruction
+    width = max((len(n) for n in low.layers), default=5)
+    lines = [f"# fxpgen program: {len(low.instructions)} instructions, "
+             f"{low.cfg.rows}x{low.cfg.cols} array"]
+    for i, (insn, layer) in enumerate(zip(low.instructions, low.layers)):
+        lines.append(f"{i:6d}  {layer:<{width}}  {format_instruction(insn.with_regions(low.cfg))}")
+    return "\n".join(lines) + "\n"
+
+
+# --- the quantized graph on disk --------------------------------------------------------
+
+_OPS = {"conv": QConv, "maxpool": QMaxPool, "avgpool": QAvgPool, "add": QAdd}
+_KIND = {v: k for k, v in _OPS.items()}
+
+
+def save_qgraph(directory: Path, qg: QGraph) -> None:
+    """Write ``qgraph.json`` (structure) and ``qgraph.npz`` (integer arrays)."""
+    arrays, ops = {}, []
+    for k, op in enumerate(qg.ops):
+        d = {"kind": _KIND[type(op)]}
+        for f in dataclasses.fields(op):
+            v = getattr(op, f.name)
+            if isinstance(v, np.ndarray):
+                key = f"op{k}_{f.name}"
+                arrays[key] = np.asarray(v, np.int64)
+                d[f.name] = {"array": key}
+            else:
+                d[f.name] = list(v) if isinstance(v, tuple) else (int(v) if isinstance(v, np.integer) else v)
+        ops.append(d)
+    doc = {
+        "input": qg.input, "output": qg.output, "meta": qg.meta,
+        "tensors": {n: {"shape": list(t.shape), "signed": t.fmt.signed, "fl": int(t.fmt.fl)}
+                    for n, t in qg.tensors.items()},
+        "ops": ops,
+    }
+    Path(directory, "qgraph.json").write_text(json.dumps(doc, indent=1))
+    np.savez_compressed(Path(directory, "qgraph.npz"), **arrays)
+
+
+def load_qgraph(directory: Path) -> QGraph:
+    doc = json.loads(Path(directory, "qgraph.json").read_text())
+    arrays = np.load(Path(directory, "qgraph.npz"))
+    tensors = {n: QTensor(n, tuple(t["shape"]), Format(t["signed"], t["fl"]))
+               for n, t in doc["tensors"].items()}
+    ops = []
+    for d in doc["ops"]:
+        cls = _OPS[d.pop("kind")]
+        kw = {}
+        for k, v in d.items():
+            if isinstance(v, dict) and "array" in v:
+                kw[k] = arrays[v["array"]]
+            elif isinstance(v, list):
+                kw[k] = tuple(v)
+            else:
+                kw[k] = v
+        ops.append(cls(**kw))
+    return QGraph(tensors, ops, doc["input"], doc["output"], doc.get("meta", {}))
