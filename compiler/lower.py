@@ -18,6 +18,9 @@ Then REQUANT writes the n-tile to the output map (with the residual when fused).
 Max pooling and element-wise adds run on the vector unit (MAX, ADD) per channel
 group over the same two loops.
 
+Every layer ends with a HALT, so the core's performance counters (cleared when a
+program starts, frozen by HALT) measure each layer on its own.
+
 Memory. Scratchpad maps are allocated first-fit and freed after their last use; the
 weight tiles of one conv are loaded before its matmuls (split by n-tiles when they
 do not fit the weight buffer); the shift table holds one entry per n-tile, reloaded
@@ -260,6 +263,8 @@ def lower(qg: QGraph, cfg: CoreConfig) -> Lowered:
             _lower_add(em, qg, op, layouts[op.a], layouts[op.b], out_lay)
         else:
             raise TypeError(f"{op.name}: cannot lower {type(op).__name__}")
+        # A HALT per layer: the core's counters then measure each layer on its own.
+        em.emit(Instruction(Opcode.HALT))
         for t in set(op.inputs):
             if last_use.get(t) == i and t != qg.output:
                 lay = layouts[t]
