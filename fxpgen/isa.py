@@ -29,7 +29,7 @@ region masks only affect speed, never results.
 from dataclasses import dataclass, field, replace
 from typing import Iterator
 
-from amaranth.hdl import signed, unsigned
+from amaranth.hdl import Shape, signed, unsigned
 from amaranth.lib import data, enum
 
 from .config import REGIONS, CoreConfig
@@ -152,6 +152,16 @@ class Insn(data.Struct):
 
 INSN_BITS: int = Insn.as_shape().size
 INSN_BYTES: int = (INSN_BITS + 7) // 8
+
+# Bit offsets read from the layouts, for fast packing in Python.
+_OFFSET = {name: field.offset for name, field in data.Layout.cast(Insn)}
+_OFFSET.update({f"{s}.{name}": _OFFSET[s] + field.offset
+                for s in ("x", "y", "z") for name, field in data.Layout.cast(AddrGen)})
+_PARAM_FIELDS = {
+    view: {name: (f.offset, f.width, Shape.cast(f.shape).signed)
+           for name, f in data.Layout.cast(Params.as_shape()[view].shape)}
+    for view, _ in data.Layout.cast(Params)
+}
 
 # Which params view each opcode reads.
 PARAMS_VIEW = {
@@ -352,13 +362,30 @@ class Instruction:
                                  f"{REGIONS}-bit mask")
             streams[s] = {"base": a.base, "stride0": a.stride0, "stride1": a.stride1,
                           "regions": a.regions}
-        try:
-            const = Insn.const({
-                "opcode": insn.opcode.value, "params": params,
-                "count0": insn.count0, "count1": insn.count1, **streams})
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{insn.opcode.name}: {e}") from None
-        return const.as_bits()
+        word = insn.opcode.value | (insn.count0 << _OFFSET["count0"]) | (insn.count1 << _OFFSET["count1"])
+        for s, fields in streams.items():
+            for fname, v in fields.items():
+                word |= v << _OFFSET[f"{s}.{fname}"]
+        for name, v in params.get(view, {}).items():
+            offset, width, is_signed = _PARAM_FIELDS[view][name]
+            v = int(v.value if isinstance(v, enum.Enum) else v)
+            lo, hi = (-(1 << (width - 1)), (1 << (width - 1)) - 1) if is_signed else (0, (1 << width) - 1)
+            if not lo <= v <= hi:
+                raise ValueError(f"{insn.opcode.name}: {name}={v} is outside {lo}..{hi}")
+            word |= (v & ((1 << width) - 1)) << (_OFFSET["params"] + offset)
+        return word
+
+    def encode_const(self, cfg: CoreConfig | None = None) -> int:
+        """:meth:`encode` through ``Insn.const`` (Amaranth's own packing); slower, kept
+        so the tests can check the fast packer against the layout."""
+        insn = self.with_regions(cfg) if cfg is not None else self
+        view = PARAMS_VIEW.get(insn.opcode)
+        params = {view: dict(insn.params)} if view else {}
+        streams = {s: {"base": getattr(insn, s).base, "stride0": getattr(insn, s).stride0,
+                       "stride1": getattr(insn, s).stride1, "regions": getattr(insn, s).regions}
+                   for s in ("x", "y", "z")}
+        return Insn.const({"opcode": insn.opcode.value, "params": params, "count0": insn.count0,
+                           "count1": insn.count1, **streams}).as_bits()
 
     @classmethod
     def decode(cls, word: int) -> "Instruction":
@@ -368,17 +395,23 @@ class Instruction:
             opcode = Opcode(raw)
         except ValueError:
             raise ValueError(f"illegal opcode {raw}") from None
-        view = Insn.from_bits(word)
+        if not 0 <= word < (1 << INSN_BITS):
+            raise ValueError(f"instruction word {word:#x} is wider than {INSN_BITS} bits")
+
+        def field(name, width):
+            return (word >> _OFFSET[name]) & ((1 << width) - 1)
+
         params = {}
-        pv = PARAMS_VIEW.get(opcode)
-        if pv is not None:
-            sub = getattr(view.params, pv)
-            for name, _ in data.Layout.cast(Params.as_shape()[pv].shape):
-                v = getattr(sub, name)
-                params[name] = v.value if isinstance(v, enum.Enum) else int(v)
-        streams = {s: Addr(int(g.base), int(g.stride0), int(g.stride1), int(g.regions))
-                   for s, g in (("x", view.x), ("y", view.y), ("z", view.z))}
-        return cls(opcode, params, int(view.count0), int(view.count1), **streams)
+        view = PARAMS_VIEW.get(opcode)
+        if view is not None:
+            bits = word >> _OFFSET["params"]
+            for name, (offset, width, is_signed) in _PARAM_FIELDS[view].items():
+                v = (bits >> offset) & ((1 << width) - 1)
+                params[name] = v - (1 << width) if is_signed and v >> (width - 1) else v
+        streams = {s: Addr(field(f"{s}.base", ADDR_BITS), field(f"{s}.stride0", ADDR_BITS),
+                           field(f"{s}.stride1", ADDR_BITS), field(f"{s}.regions", REGIONS))
+                   for s in ("x", "y", "z")}
+        return cls(opcode, params, field("count0", COUNT_BITS), field("count1", COUNT_BITS), **streams)
 
 
 # --- footprints (what the hazard logic tracks) --------------------------------------
