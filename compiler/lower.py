@@ -342,11 +342,11 @@ def _lower_conv(em: _Emitter, qg: QGraph, op, layouts, out_lay: MapLayout):
     if not (np.all((-32 <= sh) & (sh <= 31)) and np.all((-32 <= al) & (al <= 31))):
         raise DoesNotFit(f"{op.name}: shifts must be in -32..31")
 
-    # Weight buffer: the tiles of as many n-tiles as fit, loaded together.
+    # Weight buffer: the tiles of as many n-tiles as fit are loaded together; an
+    # n-tile whose tiles alone exceed the buffer is streamed in buffer-sized batches
+    # for every output chunk.
+    cap = cfg.wbuf_depth // R
     tiles_per_nt = [len(p) for p in work]
-    if max(tiles_per_nt) * R > cfg.wbuf_depth:
-        raise DoesNotFit(f"{op.name}: one n-tile needs {max(tiles_per_nt) * R} weight-buffer rows, "
-                         f"wbuf_depth is {cfg.wbuf_depth}")
 
     # Output rows per accumulator block.
     acc_rows_per_block = cfg.acc_depth // 2
@@ -355,22 +355,29 @@ def _lower_conv(em: _Emitter, qg: QGraph, op, layouts, out_lay: MapLayout):
         raise DoesNotFit(f"{op.name}: an output row of {ow} pixels exceeds half the accumulators "
                          f"({acc_rows_per_block}) or a loop count")
 
+    def load_tiles(pairs):
+        """LOAD the tiles of ``pairs`` from weight-buffer row 0; their row offsets."""
+        words, where = [], {}
+        for key, tile in pairs:
+            where[key] = len(words)
+            words += pack_rows(Mem.WBUF, tile, cfg)
+        if words:
+            em.load(Mem.WBUF, Addr(0, 1, R), R, len(words) // R, words)
+        return where
+
     block = 0
     nt0 = 0
     while nt0 < n_tiles:
-        # Group n-tiles whose tiles fit the weight buffer and the table.
-        nt1, rows = nt0, 0
-        while nt1 < n_tiles and rows + tiles_per_nt[nt1] * R <= cfg.wbuf_depth \
-                and nt1 - nt0 < cfg.table_depth:
-            rows += tiles_per_nt[nt1] * R
-            nt1 += 1
-        words, where = [], {}
-        for nt in range(nt0, nt1):
-            for (ky, kx, kt, tile) in work[nt]:
-                where[(nt, ky, kx, kt)] = len(words)
-                words += pack_rows(Mem.WBUF, tile, cfg)
-        if words:
-            em.load(Mem.WBUF, Addr(0, 1, R), R, len(words) // R, words)
+        streamed = tiles_per_nt[nt0] > cap
+        nt1, tiles = nt0, 0
+        if streamed:
+            nt1 = nt0 + 1
+        else:
+            while nt1 < n_tiles and tiles + tiles_per_nt[nt1] <= cap and nt1 - nt0 < cfg.table_depth:
+                tiles += tiles_per_nt[nt1]
+                nt1 += 1
+            where = load_tiles([((nt, ky, kx, kt), tile) for nt in range(nt0, nt1)
+                                for (ky, kx, kt, tile) in work[nt]])
         table = [pack_row(Mem.TABLE, list(zip(sh[nt * C:(nt + 1) * C].tolist(),
                                               al[nt * C:(nt + 1) * C].tolist())), cfg)
                  for nt in range(nt0, nt1)]
@@ -386,19 +393,25 @@ def _lower_conv(em: _Emitter, qg: QGraph, op, layouts, out_lay: MapLayout):
                 b[:min(C, cout - nt * C)] = bias[nt * C:(nt + 1) * C]
                 brow = pack_row(Mem.ACC, b.tolist(), cfg)
                 em.load(Mem.ACC, Addr(acc_base, 1, ow), ow, nrow, [brow] * npx)
+                batches = ([work[nt][i:i + cap] for i in range(0, len(work[nt]), cap)]
+                           if streamed else [work[nt]])
                 bank = 0
-                for (ky, kx, kt, _) in work[nt]:
-                    em.emit(Instruction(Opcode.LOADW, {"bank": bank}, R, 1,
-                                        x=Addr(where[(nt, ky, kx, kt)], 1)))
-                    group, lane = divmod(kt, L // R)
-                    x0 = in_lay.pixel(oy0 * sy + ky - pt, kx - pl) + group
-                    em.emit(Instruction(
-                        Opcode.MATMUL,
-                        {"bank": bank, "accumulate": 1, "act_signed": int(in_fmt.signed), "lane": lane},
-                        ow, nrow,
-                        x=Addr(x0, sx * in_lay.groups, sy * in_lay.padded_w * in_lay.groups),
-                        z=Addr(acc_base, 1, ow)))
-                    bank ^= 1
+                for batch in batches:
+                    if streamed:
+                        where = load_tiles([((nt, ky, kx, kt), tile) for (ky, kx, kt, tile) in batch])
+                    for (ky, kx, kt, _) in batch:
+                        em.emit(Instruction(Opcode.LOADW, {"bank": bank}, R, 1,
+                                            x=Addr(where[(nt, ky, kx, kt)], 1)))
+                        group, lane = divmod(kt, L // R)
+                        x0 = in_lay.pixel(oy0 * sy + ky - pt, kx - pl) + group
+                        em.emit(Instruction(
+                            Opcode.MATMUL,
+                            {"bank": bank, "accumulate": 1, "act_signed": int(in_fmt.signed),
+                             "lane": lane},
+                            ow, nrow,
+                            x=Addr(x0, sx * in_lay.groups, sy * in_lay.padded_w * in_lay.groups),
+                            z=Addr(acc_base, 1, ow)))
+                        bank ^= 1
                 group, lane = divmod(nt, L // C)
                 params = {"table": nt - nt0, "lane": lane, "relu": int(relu),
                           "out_signed": int(out_fmt.signed)}
@@ -406,7 +419,8 @@ def _lower_conv(em: _Emitter, qg: QGraph, op, layouts, out_lay: MapLayout):
                 if residual:
                     res_lay = layouts[residual]
                     params.update(residual=1, res_signed=int(qg.tensor(residual).fmt.signed))
-                    y = Addr(res_lay.pixel(oy0, 0) + group, res_lay.groups, res_lay.padded_w * res_lay.groups)
+                    y = Addr(res_lay.pixel(oy0, 0) + group, res_lay.groups,
+                             res_lay.padded_w * res_lay.groups)
                 em.emit(Instruction(
                     Opcode.REQUANT, params, ow, nrow, x=Addr(acc_base, 1, ow), y=y,
                     z=Addr(out_lay.pixel(oy0, 0) + group, out_lay.groups,

@@ -123,5 +123,131 @@ def check(cfg: CoreConfig, gemm: str, seed: int, stall: float, as_json: bool):
         sys.exit(1)
 
 
+def _bar(enabled: bool):
+    """A factory of tqdm progress callbacks on stderr (no-ops when disabled)."""
+    from tqdm import tqdm
+
+    def make(label: str, total: int):
+        if not enabled:
+            return lambda k: None
+        bar = tqdm(total=total, desc=label, unit="img", file=sys.stderr, leave=True)
+
+        def tick(k: int):
+            bar.update(k)
+            if bar.n >= total:
+                bar.close()
+        return tick
+    return make
+
+
+@main.command("compile")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--calib", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="Calibration samples (.npy, N x C x H x W float).")
+@core_options
+@click.option("-o", "--output", "outdir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Program directory to write.")
+@click.option("--mode", type=click.Choice(["std", "grid"]), default="std", show_default=True,
+              help="Activation format rule: F8Net's std rule or RMS-error grid search.")
+@click.option("--per-channel", is_flag=True, help="Weight formats per output channel.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def compile_cmd(model: Path, calib: Path, cfg: CoreConfig, outdir: Path, mode: str, per_channel: bool,
+                as_json: bool):
+    """Quantize a float ONNX model and compile it for a core."""
+    import numpy as np
+
+    from .flow import compile_model
+    try:
+        summary = compile_model(model, np.load(calib), cfg, outdir, mode=mode, per_channel=per_channel)
+    except (ValueError, FileNotFoundError) as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"compiled {model} for a {cfg.rows}x{cfg.cols} core into {outdir}")
+    click.echo(f"  {summary['instructions']} instructions, {summary['data_words']} data words, "
+               f"{summary['spad_rows']} scratchpad rows")
+    click.echo(f"  quantize {summary['quantize_s']:.2f} s, lower {summary['lower_s']:.2f} s; "
+               f"report: {outdir / 'report.json'}, listing: {outdir / 'listing.txt'}")
+    for note in summary["notes"]:
+        click.echo(f"  note: {note}")
+
+
+@main.command("run")
+@click.argument("outdir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              required=True, help="Float input(s) (.npy): one image C x H x W or a batch.")
+@click.option("--engine", type=click.Choice(["golden", "isa", "rtl"]), default="golden", show_default=True)
+@click.option("--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the integer outputs (.npy, N x C x H x W) here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def run_cmd(outdir: Path, input_path: Path, engine: str, output_path: Path | None, as_json: bool):
+    """Run a compiled program on the golden model, the instruction-level simulator or
+    the RTL (Verilator, cycle-accurate, with per-layer counters)."""
+    import numpy as np
+
+    from .flow import run_compiled
+    x = np.load(input_path)
+    try:
+        res = run_compiled(outdir, x, engine, progress=_bar(not as_json)(engine, len(np.atleast_3d(x))))
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        raise click.ClickException(str(e)) from None
+    outputs = res.pop("outputs")
+    if output_path:
+        np.save(output_path, outputs.astype(np.int64))
+    if as_json:
+        click.echo(json.dumps({**res, "outputs": outputs.tolist()}, indent=2))
+        return
+    click.echo(f"{engine}: {len(outputs)} input(s) in {res['seconds']:.2f} s"
+               + (f", outputs written to {output_path}" if output_path else ""))
+    if engine == "rtl":
+        click.echo(f"  cycles per image: {res['cycles_per_image']:.0f}")
+        click.echo(f"  {'layer':<12} {'cycles':>8} {'array busy':>10} {'occupancy':>9} "
+                   f"{'stall disp':>10} {'stall data':>10} {'stall res':>9}")
+        for l in res["layers"]:
+            click.echo(f"  {l['layer']:<12} {l['cycles']:>8.0f} {l['mac_cycles']:>10.0f} "
+                       f"{l['array_occupancy']:>9.3f} {l['stall_dispatch']:>10.0f} "
+                       f"{l['stall_data']:>10.0f} {l['stall_result']:>9.0f}")
+
+
+@main.command("demo")
+@core_options
+@click.option("--images", type=int, default=None, help="Test images to run on the RTL (default: all).")
+@click.option("--no-rtl", is_flag=True, help="Skip the RTL run.")
+@click.option("-o", "--output", "outdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep the compiled program here (default: a temporary directory).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def demo_cmd(cfg: CoreConfig, images: int | None, no_rtl: bool, outdir: Path | None, as_json: bool):
+    """The shipped digits CNN end to end: quantize, compile, generate the core, run the
+    test images on the RTL; float and fixed-point accuracy, bit-identity, cycles."""
+    import tempfile
+
+    from .flow import demo
+    if images is not None and images < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--images")
+    with tempfile.TemporaryDirectory() as tmp:
+        report = demo(cfg, outdir or Path(tmp), images=images, rtl=not no_rtl,
+                      progress=_bar(not as_json))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    r = report
+    click.echo(f"digits CNN on a {cfg.rows}x{cfg.cols} core ({r['images']} test images)")
+    click.echo(f"  float accuracy:        {r['float_accuracy']:.4f}")
+    click.echo(f"  fixed-point accuracy:  {r['fixed_point_accuracy']:.4f}")
+    click.echo(f"  instruction-level simulator bit-identical to golden: "
+               f"{'yes' if r['isa_identical_to_golden'] else 'NO'} (all images)")
+    if "rtl_images" in r:
+        click.echo(f"  RTL bit-identical to golden: {'yes' if r['rtl_identical_to_golden'] else 'NO'} "
+                   f"({r['rtl_images']} images)")
+        click.echo(f"  cycles per image:      {r['cycles_per_image']:.0f}")
+        click.echo(f"  MAC utilization:       {r['mac_utilization']:.3f} "
+                   f"({r['model_macs']} MACs / (cycles x {cfg.rows * cfg.cols}))")
+    click.echo(f"  compile: {r['compile_s']:.2f} s, {r['instructions']} instructions")
+    ok = r["isa_identical_to_golden"] and r.get("rtl_identical_to_golden", True)
+    if not ok:
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,439 @@
+"""The float graph: what the front ends produce and the folding passes rewrite.
+
+A :class:`Graph` is a list of nodes in execution (topological) order over named
+tensors. Batch size is 1 and never appears in a shape: a feature map is ``(C, H, W)``
+and a vector (the output of Flatten or Gemm) is ``(C, 1, 1)``, as in the quantized
+graph. Every node has one output tensor.
+
+Weights are float64 numpy arrays. Each node knows its output shape
+(``out_shape``) and how to compute itself on a batch (``run``, arrays of shape
+``(N,) + shape``); :func:`run_float` chains them. The executor is the reference for
+calibration statistics and for the folding passes' exactness tests, so it favours
+plain, obviously correct numpy over speed.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+__all__ = [
+    "UnsupportedOp", "Shape", "Tensor", "Conv", "Gemm", "BatchNorm", "Relu", "Clip",
+    "MaxPool", "AvgPool", "GlobalAvgPool", "Add", "Flatten", "Node", "Graph", "run_float",
+    "conv2d_float", "pool_out_size",
+]
+
+Shape = tuple[int, int, int]
+
+
+class UnsupportedOp(ValueError):
+    """The model uses an op, attribute or pattern the compiler cannot map.
+
+    The message names the node, the op and the reason, e.g.
+    ``"Conv_3: dilations=[2, 2] is not supported (only 1)"``.
+    """
+
+
+@dataclass
+class Tensor:
+    """A named float tensor of ``shape`` (C, H, W); vectors are (C, 1, 1)."""
+
+    name: str
+    shape: Shape
+
+
+def pool_out_size(size: int, kernel: int, stride: int, pad_lo: int, pad_hi: int) -> int:
+    """Output length of a conv/pool along one axis (floor mode)."""
+    return (size + pad_lo + pad_hi - kernel) // stride + 1
+
+
+def _window_shape(node, shape: Shape, kernel: tuple[int, int]) -> Shape:
+    c, h, w = shape
+    pt, pl, pb, pr = node.pads
+    ho = pool_out_size(h, kernel[0], node.stride[0], pt, pb)
+    wo = pool_out_size(w, kernel[1], node.stride[1], pl, pr)
+    if ho < 1 or wo < 1:
+        raise ValueError(f"{node.name} ({node.OP}): kernel {kernel} does not fit the padded "
+                         f"input {shape}")
+    return c, ho, wo
+
+
+def _taps(xp: np.ndarray, kh: int, kw: int, stride: tuple[int, int], ho: int, wo: int):
+    """Yield ``(i, j, view)``: for each kernel tap, the strided view of the padded
+    batch ``xp`` (..., Hp, Wp) that the tap multiplies, of shape (..., ho, wo)."""
+    sh, sw = stride
+    for i in range(kh):
+        for j in range(kw):
+            yield i, j, xp[..., i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+
+
+def _pad(x: np.ndarray, pads: tuple[int, int, int, int], value) -> np.ndarray:
+    pt, pl, pb, pr = pads
+    if not any(pads):
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=value)
+
+
+def conv2d_float(x: np.ndarray, weight: np.ndarray, stride: tuple[int, int],
+                 pads: tuple[int, int, int, int], groups: int) -> np.ndarray:
+    """Grouped 2-D convolution without bias, one einsum per kernel tap.
+
+    ``x``: (N, Cin, H, W); ``weight``: (Cout, Cin // groups, kh, kw); zero padding
+    ``pads`` = (top, left, bottom, right). Returns (N, Cout, Ho, Wo) float64.
+    """
+    n, cin, h, w = x.shape
+    cout, cin_g, kh, kw = weight.shape
+    xp = _pad(np.asarray(x, np.float64), pads, 0.0)
+    ho = pool_out_size(h, kh, stride[0], pads[0], pads[2])
+    wo = pool_out_size(w, kw, stride[1], pads[1], pads[3])
+    xg = xp.reshape(n, groups, cin_g, xp.shape[2], xp.shape[3])
+    wg = np.asarray(weight, np.float64).reshape(groups, cout // groups, cin_g, kh, kw)
+    out = np.zeros((n, groups, cout // groups, ho, wo))
+    for i, j, view in _taps(xg, kh, kw, stride, ho, wo):
+        out += np.einsum("ngchw,gdc->ngdhw", view, wg[:, :, :, i, j], optimize=True)
+    return out.reshape(n, cout, ho, wo)
+
+
+@dataclass
+class Conv:
+    """2-D convolution: ``weight`` (Cout, Cin // groups, kh, kw), ``bias`` (Cout,),
+    ``pads`` = (top, left, bottom, right) of zeros."""
+
+    name: str
+    input: str
+    output: str
+    weight: np.ndarray
+    bias: np.ndarray
+    stride: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    groups: int = 1
+    OP: ClassVar[str] = "Conv"
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input]
+
+    def out_shape(self, shape: Shape) -> Shape:
+        cout, cin_g, kh, kw = self.weight.shape
+        if shape[0] != cin_g * self.groups or cout % self.groups:
+            raise ValueError(f"{self.name} (Conv): weight {self.weight.shape} with groups="
+                             f"{self.groups} does not fit input {shape}")
+        return (cout,) + _window_shape(self, shape, (kh, kw))[1:]
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        y = conv2d_float(x, self.weight, self.stride, self.pads, self.groups)
+        return y + self.bias[None, :, None, None]
+
+
+@dataclass
+class Gemm:
+    """Fully connected layer on a vector (K, 1, 1): ``y = weight @ x + bias`` with
+    ``weight`` (N, K) (ONNX's transB and alpha/beta already applied), ``bias`` (N,)."""
+
+    name: str
+    input: str
+    output: str
+    weight: np.ndarray
+    bias: np.ndarray
+    OP: ClassVar[str] = "Gemm"
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input]
+
+    def out_shape(self, shape: Shape) -> Shape:
+        n, k = self.weight.shape
+        if shape != (k, 1, 1):
+            raise ValueError(f"{self.name} (Gemm): weight ({n}, {k}) needs a ({k}, 1, 1) "
+                             f"vector input, not {shape}")
+        return n, 1, 1
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        y = x.reshape(x.shape[0], -1) @ self.weight.T + self.bias
+        return y[:, :, None, None]
+
+
+@dataclass
+class BatchNorm:
+    """Inference batch normalization per channel:
+    ``(x - mean) / sqrt(var + eps) * scale + bias``."""
+
+    name: str
+    input: str
+    output: str
+    scale: np.ndarray
+    bias: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+    eps: float = 1e-5
+    OP: ClassVar[str] = "BatchNormalization"
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input]
+
+    def out_shape(self, shape: Shape) -> Shape:
+        if shape[0] != len(self.scale):
+            raise ValueError(f"{self.name} (BatchNormalization): {len(self.scale)} channels, "
+                             f"input {shape}")
+        return shape
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        def c(v):
+            return np.asarray(v, np.float64)[None, :, None, None]
+        return (x - c(self.mean)) / np.sqrt(c(self.var) + self.eps) * c(self.scale) + c(self.bias)
+
+
+@dataclass
+class Relu:
+    """``max(x, 0)``."""
+
+    name: str
+    input: str
+    output: str
+    OP: ClassVar[str] = "Relu"
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input]
+
+    def out_shape(self, shape: Shape) -> Shape:
+        return shape
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return np.maximum(x, 0.0)
+
+
+@dataclass
+class Clip:
+    """``clip(x, 0, max)`` (the front end accepts only a lower bound of 0); ``max``
+    None means no upper bound."""
+
+    name: str
+    input: str
+    output: str
+    max: float | None = None
+    OP: ClassVar[str] = "Clip"
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input]
+
+    def out_shape(self, shape: Shape) -> Shape:
+        return shape
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return np.clip(x, 0.0, np.inf if self.max is None else self.max)
+
+
+@dataclass
+class MaxPool:
+    """Max pooling; padding never wins (it is -inf)."""
+
+    name: str
+    input: str
+    output: str
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    OP: ClassVar[str] = "MaxPool"
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input]
+
+    def out_shape(self, shape: Shape) -> Shape:
+        return _window_shape(self, shape, self.kernel)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        _, ho, wo = self.out_shape(x.shape[1:])
+        xp = _pad(x, self.pads, -np.inf)
+        return np.max([v for _, _, v in _taps(xp, *self.kernel, self.stride, ho, wo)], axis=0)
+
+
+@dataclass
+class AvgPool:
+    """Average pooling: the sum over the window (zero padding counts) divided by
+    ``divisor``, which is the window size ``kh * kw`` unless a folding pass moved a
+    correction factor into a neighbouring conv (then the next power of two)."""
+
+    name: str
+    input: str
+    output: str
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    divisor: int | None = None
+    OP: ClassVar[str] = "AveragePool"
+
+    def __post_init__(self):
+        if self.divisor is None:
+            self.divisor = self.kernel[0] * self.kernel[1]
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input]
+
+    def out_shape(self, shape: Shape) -> Shape:
+        return _window_shape(self, shape, self.kernel)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        _, ho, wo = self.out_shape(x.shape[1:])
+        xp = _pad(x, self.pads, 0.0)
+        return sum(v for _, _, v in _taps(xp, *self.kernel, self.stride, ho, wo)) / self.divisor
+
+
+@dataclass
+class GlobalAvgPool:
+    """Mean over H and W: (C, H, W) -> (C, 1, 1)."""
+
+    name: str
+    input: str
+    output: str
+    OP: ClassVar[str] = "GlobalAveragePool"
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input]
+
+    def out_shape(self, shape: Shape) -> Shape:
+        return shape[0], 1, 1
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return x.mean(axis=(2, 3), keepdims=True)
+
+
+@dataclass
+class Add:
+    """Element-wise sum of two tensors of one shape (no broadcasting)."""
+
+    name: str
+    a: str
+    b: str
+    output: str
+    OP: ClassVar[str] = "Add"
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.a, self.b]
+
+    def out_shape(self, sa: Shape, sb: Shape) -> Shape:
+        if sa != sb:
+            raise ValueError(f"{self.name} (Add): operand shapes differ: {sa} and {sb}")
+        return sa
+
+    def run(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return a + b
+
+
+@dataclass
+class Flatten:
+    """(C, H, W) -> (C * H * W, 1, 1) in C-major order (ONNX Flatten, and Reshape to a
+    flat vector)."""
+
+    name: str
+    input: str
+    output: str
+    OP: ClassVar[str] = "Flatten"
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input]
+
+    def out_shape(self, shape: Shape) -> Shape:
+        return int(np.prod(shape)), 1, 1
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return x.reshape(x.shape[0], -1, 1, 1)
+
+
+Node = Conv | Gemm | BatchNorm | Relu | Clip | MaxPool | AvgPool | GlobalAvgPool | Add | Flatten
+
+
+@dataclass
+class Graph:
+    """Nodes in execution order over named tensors, one input and one output.
+
+    Build with :meth:`build`, which infers and checks every shape; passes return new
+    graphs and never modify their argument (use :meth:`copy_nodes`).
+    """
+
+    tensors: dict[str, Tensor]
+    nodes: list
+    input: str
+    output: str
+
+    @classmethod
+    def build(cls, input: str, input_shape: Shape, nodes: list, output: str) -> "Graph":
+        """Graph of ``nodes`` (topologically ordered) fed by ``input`` of ``input_shape``;
+        infers every tensor's shape and checks single assignment and ordering."""
+        tensors = {input: Tensor(input, tuple(int(d) for d in input_shape))}
+        names = set()
+        for node in nodes:
+            if node.name in names:
+                raise ValueError(f"duplicate node name {node.name!r}")
+            names.add(node.name)
+            for t in node.inputs:
+                if t not in tensors:
+                    raise ValueError(f"{node.name} ({node.OP}): input {t!r} is not produced "
+                                     "by an earlier node")
+            if node.output in tensors:
+                raise ValueError(f"{node.name} ({node.OP}): output {node.output!r} is "
+                                 "already defined")
+            shape = node.out_shape(*(tensors[t].shape for t in node.inputs))
+            tensors[node.output] = Tensor(node.output, tuple(int(d) for d in shape))
+        if output not in tensors:
+            raise ValueError(f"graph output {output!r} is not produced by any node")
+        return cls(tensors, list(nodes), input, output)
+
+    def shape(self, name: str) -> Shape:
+        return self.tensors[name].shape
+
+    def producer(self, name: str):
+        """The node writing tensor ``name`` (None for the graph input)."""
+        for node in self.nodes:
+            if node.output == name:
+                return node
+        return None
+
+    def consumers(self, name: str) -> list:
+        """Nodes reading ``name``, once per node."""
+        return [n for n in self.nodes if name in n.inputs]
+
+    def uses(self, name: str) -> int:
+        """How many times ``name`` is read: once per node input slot, plus one if it is
+        the graph output. A tensor with one use can be fused away into its reader."""
+        return sum(n.inputs.count(name) for n in self.nodes) + (name == self.output)
+
+    def copy_nodes(self) -> list:
+        """Deep copies of the nodes (weights included), for passes to rewrite."""
+        return copy.deepcopy(self.nodes)
+
+    def rebuild(self, nodes: list, output: str | None = None) -> "Graph":
+        """A new graph with the same input and ``nodes``; shapes re-inferred."""
+        return Graph.build(self.input, self.shape(self.input), nodes,
+                           self.output if output is None else output)
+
+
+def run_float(graph: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Execute ``graph`` in float64 and return every tensor by name.
+
+    ``x`` is one input of the graph's input shape (C, H, W), or a batch (N, C, H, W);
+    the results have the same batchedness.
+    """
+    x = np.asarray(x, np.float64)
+    shape = graph.shape(graph.input)
+    single = x.shape == shape
+    if single:
+        x = x[None]
+    if x.shape[1:] != shape:
+        raise ValueError(f"input must have shape {shape} or (N,) + {shape}, not {x.shape}")
+    env = {graph.input: x}
+    for node in graph.nodes:
+        env[node.output] = node.run(*(env[t] for t in node.inputs))
+    if single:
+        env = {k: v[0] for k, v in env.items()}
+    return env

@@ -1,0 +1,398 @@
+"""ONNX front end: a float ONNX model -> :class:`~fxpgen.compiler.graph.Graph`.
+
+Supported (default domain, batch size 1 or a symbolic batch dimension):
+
+- Conv (2-D; strides, pads, auto_pad, groups incl. depthwise; dilations 1), weight and
+  bias constant;
+- Gemm (transA 0, any transB/alpha/beta, constant B and C) and MatMul with a constant
+  (K, N) right operand, both on a (1, K) vector;
+- BatchNormalization (inference), Relu, Clip (min 0, any max), MaxPool, AveragePool,
+  GlobalAveragePool, Add of two tensors of one shape, Flatten (axis 0 or 1) and Reshape
+  to a flat (1, N) vector;
+- Add of a constant right after a Conv/Gemm/MatMul whose output only it reads is taken
+  as that layer's bias (how exporters often write Linear: MatMul + Add);
+- weights from initializers or Constant nodes.
+
+Anything else raises :class:`~fxpgen.compiler.graph.UnsupportedOp` naming the node, the
+op and the attribute or reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from fxpgen.compiler.graph import (Add, AvgPool, BatchNorm, Clip, Conv, Flatten, Gemm,
+                                   GlobalAvgPool, Graph, MaxPool, Relu, UnsupportedOp)
+
+__all__ = ["load_onnx", "SUPPORTED_OPS", "UnsupportedOp"]
+
+SUPPORTED_OPS = ("Add", "AveragePool", "BatchNormalization", "Clip", "Constant", "Conv",
+                 "Flatten", "Gemm", "GlobalAveragePool", "MatMul", "MaxPool", "Relu", "Reshape")
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+                onnx.TensorProto.BFLOAT16}
+
+
+def load_onnx(model: str | os.PathLike | bytes | onnx.ModelProto) -> Graph:
+    """Import a float ONNX model (a path, serialized bytes or a ``ModelProto``).
+
+    Returns a :class:`Graph` with tensors in (C, H, W) (vectors (K, 1, 1)), weights in
+    float64. Raises :class:`UnsupportedOp` for any op, attribute or pattern outside the
+    list in the module docstring.
+    """
+    if isinstance(model, (str, os.PathLike)):
+        model = onnx.load(os.fspath(model))
+    elif isinstance(model, bytes):
+        model = onnx.load_from_string(model)
+    return _Importer(model).run()
+
+
+def _who(name: str, op: str) -> str:
+    """How errors name a node: its name, with the op added unless the name shows it."""
+    return name if op in name else f"{name} ({op})"
+
+
+class _Importer:
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        self.g = model.graph
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                          onnx.defs.onnx_opset_version())
+        self.consts: dict[str, np.ndarray] = {
+            t.name: numpy_helper.to_array(t) for t in self.g.initializer}
+        self.shapes: dict[str, tuple[int, int, int]] = {}  # IR shapes of dynamic tensors
+        self.ranks: dict[str, int] = {}                    # their ONNX ranks (2 or 4)
+        self.nodes: list = []
+        self.uses = Counter(i for n in self.g.node for i in n.input if i)
+        self.uses.update(o.name for o in self.g.output)
+
+    # ---- driver ------------------------------------------------------------------------
+
+    def run(self) -> Graph:
+        inputs = [i for i in self.g.input if i.name not in self.consts]
+        if len(inputs) != 1:
+            raise UnsupportedOp(f"model has {len(inputs)} inputs "
+                                f"({', '.join(i.name for i in inputs)}); only one is supported")
+        inp = inputs[0]
+        self._add_input(inp)
+        if len(self.g.output) != 1:
+            raise UnsupportedOp(f"model has {len(self.g.output)} outputs; only one is supported")
+        names: set[str] = set()
+        for idx, node in enumerate(self.g.node):
+            name = node.name if node.name and node.name not in names else f"{node.op_type}_{idx}"
+            names.add(name)
+            self._node(node, name)
+        out = self.g.output[0].name
+        if out not in self.shapes:
+            raise UnsupportedOp(f"graph output {out!r} is not computed from the input")
+        return Graph.build(inp.name, self.shapes[inp.name], self.nodes, out)
+
+    def _add_input(self, inp) -> None:
+        tt = inp.type.tensor_type
+        if tt.elem_type not in _FLOAT_TYPES:
+            raise UnsupportedOp(f"input {inp.name!r}: element type "
+                                f"{onnx.TensorProto.DataType.Name(tt.elem_type)} is not "
+                                "supported (only float)")
+        dims = list(tt.shape.dim)
+        if len(dims) not in (2, 4):
+            raise UnsupportedOp(f"input {inp.name!r}: rank {len(dims)} is not supported "
+                                "(only (N, C, H, W) or (N, K))")
+        batch = dims[0]
+        if batch.HasField("dim_value") and batch.dim_value != 1:
+            raise UnsupportedOp(f"input {inp.name!r}: batch size {batch.dim_value} is not "
+                                "supported (only 1)")
+        rest = []
+        for d in dims[1:]:
+            if not d.HasField("dim_value") or d.dim_value < 1:
+                raise UnsupportedOp(f"input {inp.name!r}: only the batch dimension may be "
+                                    f"symbolic, shape is {self._dims_str(dims)}")
+            rest.append(d.dim_value)
+        self._define(inp.name, tuple(rest) + (1,) * (4 - len(dims)), len(dims))
+
+    @staticmethod
+    def _dims_str(dims) -> str:
+        return "[" + ", ".join(str(d.dim_value) if d.HasField("dim_value") else
+                               (d.dim_param or "?") for d in dims) + "]"
+
+    def _define(self, name: str, shape, rank: int) -> None:
+        self.shapes[name] = tuple(int(s) for s in shape)
+        self.ranks[name] = rank
+
+    def _emit(self, ir_node, rank: int) -> None:
+        shape = ir_node.out_shape(*(self.shapes[t] for t in ir_node.inputs))
+        self.nodes.append(ir_node)
+        self._define(ir_node.output, shape, rank)
+
+    def _node(self, node, name: str) -> None:
+        op = node.op_type
+        if node.domain not in ("", "ai.onnx") or op not in SUPPORTED_OPS:
+            dom = f" (domain {node.domain})" if node.domain not in ("", "ai.onnx") else ""
+            raise UnsupportedOp(f"Node {name!r} (op {op}){dom}: op not supported; supported: "
+                                + ", ".join(SUPPORTED_OPS))
+        who = _who(name, op)
+        for i in node.input:
+            if i and i not in self.shapes and i not in self.consts:
+                raise ValueError(f"{who}: input {i!r} is not defined before the node "
+                                 "(the ONNX graph is not topologically sorted)")
+        for extra in node.output[1:]:
+            if extra and self.uses[extra]:
+                raise UnsupportedOp(f"{who}: output {extra!r} (beyond the first) is used; "
+                                    "only the first output is supported")
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
+        getattr(self, f"_op_{op}")(node, name, who, attrs)
+
+    # ---- helpers -----------------------------------------------------------------------
+
+    def _const(self, who: str, name: str, what: str) -> np.ndarray:
+        if name not in self.consts:
+            raise UnsupportedOp(f"{who}: {what} {name!r} is not a constant (initializer or "
+                                "Constant node); only constant weights are supported")
+        return np.asarray(self.consts[name], np.float64)
+
+    def _dynamic(self, who: str, name: str, ranks=(4,)) -> str:
+        if name not in self.shapes:
+            raise UnsupportedOp(f"{who}: input {name!r} is a constant; only computed tensors "
+                                "are supported there")
+        if self.ranks[name] not in ranks:
+            raise UnsupportedOp(f"{who}: input {name!r} has rank {self.ranks[name]}; "
+                                f"rank {' or '.join(map(str, ranks))} expected")
+        return name
+
+    def _onnx_shape(self, name: str) -> tuple[int, ...]:
+        c, h, w = self.shapes[name]
+        return (1, c, h, w) if self.ranks[name] == 4 else (1, c)
+
+    @staticmethod
+    def _pair(who: str, attrs: dict, key: str, default) -> tuple[int, int]:
+        v = list(attrs.get(key, default))
+        if len(v) != 2:
+            raise UnsupportedOp(f"{who}: {key}={v} is not supported (only 2-D)")
+        return int(v[0]), int(v[1])
+
+    def _pads(self, who: str, attrs: dict, shape, kernel, stride) -> tuple[int, int, int, int]:
+        """(top, left, bottom, right) from ``pads`` or ``auto_pad``."""
+        auto = attrs.get("auto_pad", "NOTSET")
+        if auto in ("SAME_UPPER", "SAME_LOWER"):
+            pads = [[0, 0], [0, 0]]
+            for ax in range(2):
+                size, k, s = shape[1 + ax], kernel[ax], stride[ax]
+                total = max((-(-size // s) - 1) * s + k - size, 0)
+                small = total // 2
+                # SAME_UPPER puts the odd pixel at the end, SAME_LOWER at the start.
+                upper = auto == "SAME_UPPER"
+                pads[ax] = [small, total - small] if upper else [total - small, small]
+            return pads[0][0], pads[1][0], pads[0][1], pads[1][1]
+        if auto == "VALID":
+            return 0, 0, 0, 0
+        if auto != "NOTSET":
+            raise UnsupportedOp(f"{who}: auto_pad={auto} is not supported")
+        p = [int(v) for v in attrs.get("pads", [0, 0, 0, 0])]
+        if len(p) != 4:
+            raise UnsupportedOp(f"{who}: pads={p} is not supported (only 2-D)")
+        if min(p) < 0:
+            raise UnsupportedOp(f"{who}: pads={p} is not supported (only >= 0)")
+        return p[0], p[1], p[2], p[3]
+
+    def _check_window(self, who, attrs, shape, kernel, stride, pads) -> None:
+        dil = [int(d) for d in attrs.get("dilations", [1, 1])]
+        if any(d != 1 for d in dil):
+            raise UnsupportedOp(f"{who}: dilations={dil} is not supported (only 1)")
+        if attrs.get("ceil_mode", 0):
+            for ax in range(2):
+                n = shape[1 + ax] + pads[ax] + pads[ax + 2] - kernel[ax]
+                if n % stride[ax]:
+                    raise UnsupportedOp(f"{who}: ceil_mode=1 is not supported where it changes "
+                                        "the output size (only 0)")
+
+    # ---- ops ---------------------------------------------------------------------------
+
+    def _op_Constant(self, node, name, who, attrs) -> None:
+        if "value" in attrs:
+            v = numpy_helper.to_array(attrs["value"])
+        elif "value_float" in attrs or "value_int" in attrs:
+            v = np.asarray(attrs.get("value_float", attrs.get("value_int")))
+        elif "value_floats" in attrs or "value_ints" in attrs:
+            v = np.asarray(attrs.get("value_floats", attrs.get("value_ints")))
+        else:
+            raise UnsupportedOp(f"{who}: attribute {sorted(attrs)} is not supported "
+                                "(only value, value_float(s), value_int(s))")
+        self.consts[node.output[0]] = v
+
+    def _op_Conv(self, node, name, who, attrs) -> None:
+        x = self._dynamic(who, node.input[0])
+        w = self._const(who, node.input[1], "weight")
+        if w.ndim != 4:
+            raise UnsupportedOp(f"{who}: {w.ndim - 2}-D convolution is not supported (only 2-D)")
+        b = (self._const(who, node.input[2], "bias") if len(node.input) > 2 and node.input[2]
+             else np.zeros(w.shape[0]))
+        kernel = tuple(w.shape[2:])
+        if "kernel_shape" in attrs and tuple(attrs["kernel_shape"]) != kernel:
+            raise UnsupportedOp(f"{who}: kernel_shape={list(attrs['kernel_shape'])} disagrees "
+                                f"with the weight shape {list(w.shape)}")
+        stride = self._pair(who, attrs, "strides", [1, 1])
+        shape = self.shapes[x]
+        pads = self._pads(who, attrs, shape, kernel, stride)
+        self._check_window(who, attrs, shape, kernel, stride, pads)
+        groups = int(attrs.get("group", 1))
+        if shape[0] != w.shape[1] * groups or w.shape[0] % groups:
+            raise UnsupportedOp(f"{who}: group={groups} does not fit weight {list(w.shape)} and "
+                                f"{shape[0]} input channels")
+        self._emit(Conv(name, x, node.output[0], w, b.reshape(-1), stride, pads, groups), 4)
+
+    def _op_Gemm(self, node, name, who, attrs) -> None:
+        x = self._dynamic(who, node.input[0], ranks=(2,))
+        if attrs.get("transA", 0):
+            raise UnsupportedOp(f"{who}: transA=1 is not supported (only 0)")
+        b = self._const(who, node.input[1], "B")
+        bt = b.T if attrs.get("transB", 0) else b          # (K, N)
+        weight = float(attrs.get("alpha", 1.0)) * bt.T
+        bias = np.zeros(weight.shape[0])
+        if len(node.input) > 2 and node.input[2]:
+            c = self._const(who, node.input[2], "C")
+            try:
+                bias = float(attrs.get("beta", 1.0)) * np.broadcast_to(c, (1, weight.shape[0]))[0]
+            except ValueError:
+                raise UnsupportedOp(f"{who}: C of shape {list(c.shape)} is not supported "
+                                    f"(only a bias broadcast to (1, {weight.shape[0]}))") from None
+        self._emit(Gemm(name, x, node.output[0], weight, bias.copy()), 2)
+
+    def _op_MatMul(self, node, name, who, attrs) -> None:
+        if node.input[0] in self.consts:
+            raise UnsupportedOp(f"{who}: a constant left operand is not supported (only "
+                                "vector x constant matrix)")
+        x = self._dynamic(who, node.input[0], ranks=(2,))
+        b = self._const(who, node.input[1], "right operand")
+        if b.ndim != 2:
+            raise UnsupportedOp(f"{who}: right operand of rank {b.ndim} is not supported "
+                                "(only a (K, N) matrix)")
+        self._emit(Gemm(name, x, node.output[0], b.T.copy(), np.zeros(b.shape[1])), 2)
+
+    def _op_BatchNormalization(self, node, name, who, attrs) -> None:
+        x = self._dynamic(who, node.input[0], ranks=(2, 4))
+        if attrs.get("training_mode", 0):
+            raise UnsupportedOp(f"{who}: training_mode=1 is not supported (only 0)")
+        if not attrs.get("spatial", 1):
+            raise UnsupportedOp(f"{who}: spatial=0 is not supported (only 1)")
+        scale, bias, mean, var = (self._const(who, node.input[i], what).reshape(-1)
+                                  for i, what in ((1, "scale"), (2, "B"), (3, "mean"), (4, "var")))
+        self._emit(BatchNorm(name, x, node.output[0], scale, bias, mean, var,
+                             float(attrs.get("epsilon", 1e-5))), self.ranks[x])
+
+    def _op_Relu(self, node, name, who, attrs) -> None:
+        x = self._dynamic(who, node.input[0], ranks=(2, 4))
+        self._emit(Relu(name, x, node.output[0]), self.ranks[x])
+
+    def _op_Clip(self, node, name, who, attrs) -> None:
+        x = self._dynamic(who, node.input[0], ranks=(2, 4))
+        if self.opset < 11:
+            lo, hi = attrs.get("min"), attrs.get("max")
+        else:
+            def opt(i, what):
+                if len(node.input) > i and node.input[i]:
+                    return float(self._const(who, node.input[i], what).reshape(-1)[0])
+                return None
+            lo, hi = opt(1, "min"), opt(2, "max")
+        if lo is None or float(lo) != 0.0:
+            raise UnsupportedOp(f"{who}: min={lo} is not supported (only 0)")
+        if hi is not None and not float(hi) > 0:
+            raise UnsupportedOp(f"{who}: max={hi} is not supported (only > 0)")
+        if hi is not None and float(hi) >= 3.0e38:   # opset-6 default: no upper bound
+            hi = None
+        self._emit(Clip(name, x, node.output[0], None if hi is None else float(hi)),
+                   self.ranks[x])
+
+    def _pool_attrs(self, who, attrs, x):
+        if "kernel_shape" not in attrs:
+            raise UnsupportedOp(f"{who}: kernel_shape is missing")
+        kernel = self._pair(who, attrs, "kernel_shape", None)
+        stride = self._pair(who, attrs, "strides", [1, 1])
+        pads = self._pads(who, attrs, self.shapes[x], kernel, stride)
+        self._check_window(who, attrs, self.shapes[x], kernel, stride, pads)
+        return kernel, stride, pads
+
+    def _op_MaxPool(self, node, name, who, attrs) -> None:
+        x = self._dynamic(who, node.input[0])
+        kernel, stride, pads = self._pool_attrs(who, attrs, x)
+        if max(pads[0], pads[2]) >= kernel[0] or max(pads[1], pads[3]) >= kernel[1]:
+            # A window made only of padding has no defined maximum.
+            raise UnsupportedOp(f"{who}: pads={list(pads)} is not supported (only pads smaller "
+                                f"than the kernel {list(kernel)})")
+        self._emit(MaxPool(name, x, node.output[0], kernel, stride, pads), 4)
+
+    def _op_AveragePool(self, node, name, who, attrs) -> None:
+        x = self._dynamic(who, node.input[0])
+        kernel, stride, pads = self._pool_attrs(who, attrs, x)
+        if any(pads) and not attrs.get("count_include_pad", 0):
+            # Border windows would average fewer pixels: no single shift fits them.
+            raise UnsupportedOp(f"{who}: count_include_pad=0 with pads={list(pads)} is not "
+                                "supported (only count_include_pad=1 or no padding)")
+        self._emit(AvgPool(name, x, node.output[0], kernel, stride, pads), 4)
+
+    def _op_GlobalAveragePool(self, node, name, who, attrs) -> None:
+        x = self._dynamic(who, node.input[0])
+        self._emit(GlobalAvgPool(name, x, node.output[0]), 4)
+
+    def _op_Add(self, node, name, who, attrs) -> None:
+        a, b = node.input[0], node.input[1]
+        dyn = [t for t in (a, b) if t in self.shapes]
+        if len(dyn) == 2:
+            if self._onnx_shape(a) != self._onnx_shape(b):
+                raise UnsupportedOp(f"{who}: broadcasting {list(self._onnx_shape(a))} + "
+                                    f"{list(self._onnx_shape(b))} is not supported (only equal "
+                                    "shapes)")
+            self._emit(Add(name, a, b, node.output[0]), self.ranks[a])
+        elif len(dyn) == 1:
+            self._fold_constant_add(node, who, dyn[0], self.consts[b if dyn[0] == a else a])
+        else:
+            raise UnsupportedOp(f"{who}: both operands are constants (constant folding is not "
+                                "supported)")
+
+    def _fold_constant_add(self, node, who: str, x: str, c: np.ndarray) -> None:
+        prod = next((n for n in self.nodes if n.output == x), None)
+        if not isinstance(prod, (Conv, Gemm)) or self.uses[x] != 1:
+            raise UnsupportedOp(f"{who}: adding a constant is only supported as the bias of a "
+                                "Conv/Gemm/MatMul whose output only this Add reads")
+        oshape = self._onnx_shape(x)
+        try:
+            cb = np.broadcast_to(np.asarray(c, np.float64), oshape)
+        except ValueError:
+            raise UnsupportedOp(f"{who}: constant of shape {list(np.shape(c))} does not "
+                                f"broadcast to {list(oshape)}") from None
+        per_channel = cb.reshape(oshape[1], -1)
+        if not np.all(per_channel == per_channel[:, :1]):
+            raise UnsupportedOp(f"{who}: constant of shape {list(np.shape(c))} varies within a "
+                                "channel; only a per-channel bias is supported")
+        prod.bias = prod.bias + per_channel[:, 0]
+        prod.output = node.output[0]
+        self._define(node.output[0], self.shapes.pop(x), self.ranks.pop(x))
+
+    def _op_Flatten(self, node, name, who, attrs) -> None:
+        x = self._dynamic(who, node.input[0], ranks=(2, 4))
+        axis = int(attrs.get("axis", 1))
+        if axis < 0:
+            axis += self.ranks[x]
+        if axis not in (0, 1):
+            raise UnsupportedOp(f"{who}: axis={attrs.get('axis')} is not supported (only 0 or 1: "
+                                "a flat vector)")
+        self._emit(Flatten(name, x, node.output[0]), 2)
+
+    def _op_Reshape(self, node, name, who, attrs) -> None:
+        x = self._dynamic(who, node.input[0], ranks=(2, 4))
+        target = [int(v) for v in self._const(who, node.input[1], "shape").reshape(-1)]
+        src = self._onnx_shape(x)
+        total = int(np.prod(src))
+        resolved = [src[i] if v == 0 and not attrs.get("allowzero", 0) and i < len(src) else v
+                    for i, v in enumerate(target)]
+        if resolved.count(-1) == 1:
+            known = int(np.prod([v for v in resolved if v != -1]))
+            resolved = [total // known if v == -1 and known else v for v in resolved]
+        if resolved != [1, total]:
+            raise UnsupportedOp(f"{who}: shape={target} is not supported (only a flat vector "
+                                f"[1, {total}])")
+        self._emit(Flatten(name, x, node.output[0]), 2)

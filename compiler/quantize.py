@@ -1,0 +1,517 @@
+"""Quantizer: float graph + calibration data -> :class:`~fxpgen.compiler.qgraph.QGraph`.
+
+Passes, each small and testable alone:
+
+1. :func:`~fxpgen.compiler.fold.prepare` (BatchNorm, Gemm, global and odd-window pools);
+2. :func:`fuse`: group float nodes into quantized layers. A ReLU/Clip joins the conv or
+   add before it; an Add joins a conv whose output only it reads (the conv's
+   ``residual``/``align``); a ReLU/Clip nobody can take becomes a depthwise 1x1 conv
+   of weight 1; MaxPool and AvgPool stay themselves;
+3. :func:`calibrate`: run the float graph on the calibration set and choose every
+   tensor's format (DESIGN section 1);
+4. weights, biases and shifts for each layer, checked against the hardware's ranges;
+5. the report, including the SQNR the golden model actually reaches per layer.
+
+Clip(0, c) is quantized as a ReLU whose upper bound is the saturation of the unsigned
+output format, ``255 * 2**-fl``, not c itself: the requantizer clamps only at the
+format's limits. That fl is chosen for the Clip, in both modes, as the one whose
+ReLU-and-saturate output is closest (RMS) to the float Clip output on the calibration
+set (F8Net's PACT reading: the clipping level is the format's range). Values between c
+and the bound pass unclipped, or between the bound and c are clipped; the report lists
+c and the bound for every such layer.
+
+Formats follow DESIGN section 1 otherwise. Where it is silent: an AvgPool output keeps
+its input's signedness and, in "std" mode, takes the std rule capped at the finest fl
+that holds the calibration maximum (a pooled ReLU map has a mean large against its std,
+which the rule alone would saturate). Elsewhere the std rule is applied as written, so
+a tensor whose mean is large against its std saturates: the report notes every tensor
+with more than 1% of its calibration values saturated ("grid" mode avoids it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fxpgen import numerics
+from fxpgen.compiler.fold import prepare
+from fxpgen.compiler.graph import (Add, AvgPool, Clip, Conv, Graph, MaxPool, Relu,
+                                   run_float)
+from fxpgen.compiler.qgraph import QAdd, QAvgPool, QConv, QGraph, QMaxPool, QTensor
+from fxpgen.numerics import Format
+
+__all__ = ["quantize", "fuse", "calibrate", "check_hardware_ranges", "HardwareRangeError",
+           "Layer", "sqnr_db", "SHIFT_RANGE", "ALIGN_RANGE", "ADD_SHIFT_RANGE"]
+
+#: Inclusive ranges of the hardware's shift fields (signed 6-bit shift and align,
+#: 4-bit ADD operand shifts).
+SHIFT_RANGE = (-32, 31)
+ALIGN_RANGE = (-32, 31)
+ADD_SHIFT_RANGE = (0, 15)
+
+
+class HardwareRangeError(ValueError):
+    """A shift or alignment the quantizer derived does not fit the hardware's field."""
+
+
+@dataclass
+class Layer:
+    """One quantized layer: the float nodes it absorbs and what it reads and writes.
+
+    ``kind`` is "conv", "add", "maxpool" or "avgpool". ``pre`` is the tensor before the
+    fused ReLU/Clip (the std of an unsigned output is taken there, per DESIGN).
+    ``position`` is the index of the last absorbed float node: sorting by it gives a
+    valid execution order even when an Add joins a conv that ran earlier than its
+    residual.
+    """
+
+    kind: str
+    name: str
+    inputs: list[str]
+    output: str
+    pre: str
+    position: int
+    fused: list[str]
+    conv: Conv | None = None
+    residual: str | None = None
+    relu: bool = False
+    clip_max: float | None = None
+    pool: MaxPool | AvgPool | None = None
+    identity: bool = False
+
+
+def fuse(graph: Graph) -> list[Layer]:
+    """Group the nodes of a prepared graph (see :func:`~fxpgen.compiler.fold.prepare`)
+    into quantized layers, in execution order."""
+    index = {n.name: i for i, n in enumerate(graph.nodes)}
+    absorbed: set[str] = set()
+
+    def only_reader(t: str):
+        readers = graph.consumers(t)
+        return readers[0] if graph.uses(t) == 1 and readers else None
+
+    def absorb(layer: Layer, node) -> None:
+        layer.output = node.output
+        layer.position = index[node.name]
+        layer.fused.append(node.name)
+        absorbed.add(node.name)
+
+    layers = []
+    for i, n in enumerate(graph.nodes):
+        if n.name in absorbed:
+            continue
+        if isinstance(n, Conv):
+            layer = Layer("conv", n.name, [n.input], n.output, n.output, i, [n.name], conv=n)
+            r = only_reader(n.output)
+            # When both inputs of an Add are convs, the first one takes it; the layer
+            # then runs at the Add's position, after the other branch.
+            if isinstance(r, Add) and r.name not in absorbed:
+                layer.residual = r.b if r.a == n.output else r.a
+                layer.inputs.append(layer.residual)
+                absorb(layer, r)
+                layer.pre = r.output
+        elif isinstance(n, Add):
+            layer = Layer("add", n.name, [n.a, n.b], n.output, n.output, i, [n.name])
+        elif isinstance(n, (Relu, Clip)):
+            # Nothing took this activation (its input is read elsewhere, or comes from a
+            # pool or the graph input): an identity depthwise conv applies it.
+            c = graph.shape(n.input)[0]
+            ident = Conv(n.name, n.input, n.output, np.ones((c, 1, 1, 1)), np.zeros(c), groups=c)
+            layer = Layer("conv", n.name, [n.input], n.output, n.input, i, [n.name],
+                          conv=ident, relu=True, identity=True,
+                          clip_max=n.max if isinstance(n, Clip) else None)
+        elif isinstance(n, (MaxPool, AvgPool)):
+            kind = "maxpool" if isinstance(n, MaxPool) else "avgpool"
+            layer = Layer(kind, n.name, [n.input], n.output, n.output, i, [n.name], pool=n)
+        else:
+            raise TypeError(f"{n.name}: {n.OP} must be folded before fusion (run prepare)")
+        if layer.kind in ("conv", "add"):
+            while isinstance(r := only_reader(layer.output), (Relu, Clip)):
+                bound = r.max if isinstance(r, Clip) else None
+                if layer.relu and layer.clip_max is not None:
+                    bound = layer.clip_max if bound is None else min(bound, layer.clip_max)
+                layer.relu, layer.clip_max = True, bound
+                absorb(layer, r)
+        layers.append(layer)
+    layers.sort(key=lambda layer: layer.position)
+    return layers
+
+
+def _std(x: np.ndarray) -> float:
+    return float(np.std(x)) if x.size else 0.0
+
+
+def _act_fl(pre: np.ndarray, out: np.ndarray, signed: bool, mode: str) -> int:
+    if mode == "grid":
+        return numerics.fl_grid_search(out.reshape(-1), signed)
+    return numerics.fl_from_std(_std(pre), signed)
+
+
+def calibrate(graph: Graph, layers: list[Layer], acts: dict[str, np.ndarray],
+              mode: str = "std") -> tuple[dict[str, Format], dict[str, dict]]:
+    """Choose the format of the input and of every layer's output.
+
+    ``acts``: float tensors of the calibration batch (from :func:`run_float`). Input:
+    u8.8 when the data lie in [0, 1), else by the rule (unsigned if all >= 0). Outputs
+    with a fused ReLU/Clip are unsigned with the std taken before the activation;
+    others signed; MaxPool keeps its input's format; AvgPool keeps its signedness.
+    Returns the formats and per-tensor statistics for the report.
+    """
+    formats: dict[str, Format] = {}
+    stats: dict[str, dict] = {}
+    x = acts[graph.input]
+    if x.size and x.min() >= 0 and x.max() < 1:
+        formats[graph.input] = Format(False, 8)
+        rule = "u8.8: calibration data in [0, 1)"
+    else:
+        signed = bool(x.size and x.min() < 0)
+        formats[graph.input] = Format(signed, _act_fl(x, x, signed, mode))
+        rule = mode
+    stats[graph.input] = {"std": _std(x), "std_of": graph.input, "rule": rule}
+    for layer in layers:
+        src = layer.inputs[0]
+        pre = layer.pre
+        if layer.kind == "maxpool":
+            fmt, rule = formats[src], "kept from input"
+        elif layer.kind == "avgpool" and mode == "std":
+            # A pooled ReLU map has a mean large against its std, which the std rule
+            # alone would mostly saturate: cap it at the finest fl holding the maximum.
+            signed, out = formats[src].signed, acts[layer.output]
+            fl = min(numerics.fl_from_std(_std(out), signed), _fit_fl(out, signed))
+            fmt, rule = Format(signed, fl), "std, capped to hold the calibration maximum"
+        elif layer.clip_max is not None:
+            fmt = Format(False, _clip_fl(acts[pre], acts[layer.output]))
+            rule = f"Clip(0, {layer.clip_max:g}) as ReLU: fl of least RMS error"
+        else:
+            signed = formats[src].signed if layer.kind == "avgpool" else not layer.relu
+            fmt = Format(signed, _act_fl(acts[pre], acts[layer.output], signed, mode))
+            rule = mode
+        formats[layer.output] = fmt
+        stats[layer.output] = {"std": _std(acts[pre]), "std_of": pre, "rule": rule}
+    return formats, stats
+
+
+def _fit_fl(x: np.ndarray, signed: bool) -> int:
+    """Finest fl whose range holds every value of ``x`` (0 if none does)."""
+    fmt = Format(signed, 0)
+    m = float(np.max(np.abs(x))) if x.size else 0.0
+    hi = numerics.SIGNED_FL_MAX if signed else numerics.UNSIGNED_FL_MAX
+    return max([f for f in range(hi + 1) if m <= fmt.hi * 2.0 ** -f] or [0])
+
+
+def _clip_fl(pre: np.ndarray, clipped: np.ndarray) -> int:
+    """Format of a Clip(0, c) output computed as a ReLU that saturates at the format's
+    limit ``255 * 2**-fl``: the fl whose ``quantize(pre)`` is closest (RMS) to the float
+    Clip output on the calibration set (ties to the finer format). This weighs the
+    rounding step against values in (c, limit] left unclipped or (limit, c] clipped."""
+    best_fl, best_err = 0, np.inf
+    for fl in range(numerics.UNSIGNED_FL_MAX + 1):
+        fmt = Format(False, fl)
+        err = float(np.sqrt(np.mean((numerics.dequantize(numerics.quantize(pre, fmt), fmt)
+                                     - clipped) ** 2)))
+        if err <= best_err:
+            best_fl, best_err = fl, err
+    return best_fl
+
+
+def _weight_fl(w: np.ndarray, per_channel: bool, mode: str) -> np.ndarray:
+    """Fractional length of each output channel's weights (one shared value unless
+    ``per_channel``), by the std rule or the grid search."""
+    cout = w.shape[0]
+    groups = w.reshape(cout, -1) if per_channel else w.reshape(1, -1)
+    fls = []
+    for v in groups:
+        if mode == "grid":
+            fls.append(numerics.fl_grid_search(v, True))
+            continue
+        std = _std(v)
+        if std == 0:
+            # A constant group (e.g. one weight per channel) makes the std rule pick
+            # fl = 7 whatever the value; take the finest fl that still holds max |w|.
+            m = float(np.max(np.abs(v))) if v.size else 0.0
+            fls.append(max([f for f in range(8) if m * 2 ** f <= numerics.SIGNED_MAX] or [0]))
+        else:
+            fls.append(numerics.fl_from_std(std, True))
+    return np.broadcast_to(np.asarray(fls, np.int64), (cout,)).copy()
+
+
+def _in_range(where: str, what: str, values, rng: tuple[int, int]) -> None:
+    v = np.asarray(values)
+    if v.size and (v.min() < rng[0] or v.max() > rng[1]):
+        raise HardwareRangeError(f"{where}: {what} {int(v.min())}..{int(v.max())} does not fit "
+                                 f"the hardware field range {rng[0]}..{rng[1]}")
+
+
+def check_hardware_ranges(qgraph: QGraph) -> None:
+    """Raise :class:`HardwareRangeError` if a shift or alignment of ``qgraph`` does not
+    fit its hardware field: QConv shift and align in -32..31, QAvgPool and QAdd shift
+    in -32..31, QAdd a_shift/b_shift in 0..15."""
+    for op in qgraph.ops:
+        where = f"{op.name} ({type(op).__name__})"
+        if isinstance(op, QConv):
+            _in_range(where, "shift", op.shift, SHIFT_RANGE)
+            _in_range(where, "align", op.align, ALIGN_RANGE)
+        elif isinstance(op, QAvgPool):
+            _in_range(where, "shift", op.shift, SHIFT_RANGE)
+        elif isinstance(op, QAdd):
+            _in_range(where, "shift", op.shift, SHIFT_RANGE)
+            _in_range(where, "a_shift", op.a_shift, ADD_SHIFT_RANGE)
+            _in_range(where, "b_shift", op.b_shift, ADD_SHIFT_RANGE)
+
+
+def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio ``10 log10(sum ref^2 / sum (ref - test)^2)``
+    in dB (inf when the two are equal)."""
+    ref = np.asarray(ref, np.float64)
+    noise = float(np.sum((ref - np.asarray(test, np.float64)) ** 2))
+    signal = float(np.sum(ref ** 2))
+    if noise == 0:
+        return float("inf")
+    if signal == 0:
+        return float("-inf")
+    return float(10 * np.log10(signal / noise))
+
+
+def _format_mse(f: np.ndarray, fmt: Format) -> float:
+    """Mean squared error of quantizing float data ``f`` straight into ``fmt``."""
+    return float(np.mean((numerics.dequantize(numerics.quantize(f, fmt), fmt) - f) ** 2))
+
+
+def _predicted_mse(layer: Layer, op, info: dict, acts, fmt: Format, mse: dict) -> float:
+    """First-order error model of one layer, in squared real units per element.
+
+    Independent rounding errors add: a conv passes its input's error times the mean
+    sum of squared weights of a channel, adds the weight error times K * E[x^2]
+    (K taps per output), the residual's error and its own output rounding; an add sums
+    its operands' errors; a max-pool passes its input's; an average pool adds its
+    rounding to its input's (not crediting the averaging, so it errs high).
+    """
+    own = _format_mse(acts[layer.output], fmt)
+    if isinstance(op, QConv):
+        w = layer.conv.weight
+        cout = w.shape[0]
+        fl_w = np.broadcast_to(np.asarray(info["fl_w"], np.float64), (cout,))
+        w_err = op.weight * np.exp2(-fl_w).reshape((-1,) + (1,) * (w.ndim - 1)) - w
+        sum_w2 = float(np.mean(np.sum(w.reshape(cout, -1) ** 2, axis=1)))
+        ex2 = float(np.mean(acts[op.input] ** 2))
+        m = mse[op.input] * sum_w2 + float(np.mean(w_err ** 2)) * w[0].size * ex2 + own
+        return m + (mse[op.residual] if op.residual else 0.0)
+    if isinstance(op, QAdd):
+        return mse[op.a] + mse[op.b] + own
+    if isinstance(op, QMaxPool):
+        return mse[op.input]
+    return mse[op.input] + own
+
+
+def _int_range(v) -> list[int]:
+    v = np.asarray(v)
+    return [int(v.min()), int(v.max())] if v.size else [0, 0]
+
+
+def _compact(v):
+    """A per-channel array as one int when all channels agree (the report's fl_w)."""
+    v = np.asarray(v)
+    return int(v[0]) if v.size and np.all(v == v[0]) else [int(e) for e in v]
+
+
+def _build_conv(layer: Layer, formats, per_channel, weight_mode, acc_bits):
+    conv = layer.conv
+    fx = formats[conv.input]
+    fout = formats[layer.output]
+    cout = conv.weight.shape[0]
+    if layer.identity:
+        fl_w = np.zeros(cout, np.int64)
+        wq = np.ones(conv.weight.shape, np.int64)
+    else:
+        fl_w = _weight_fl(conv.weight, per_channel, weight_mode)
+        wq = np.stack([numerics.quantize(conv.weight[c], Format(True, int(fl_w[c])))
+                       for c in range(cout)])
+    bias = numerics.bias_quantize(conv.bias, fx.fl, fl_w, acc_bits)
+    fl_acc = fx.fl + fl_w
+    if layer.residual:
+        fl_r = formats[layer.residual].fl
+        align = fl_acc - fl_r             # > 0: residual shifted left; < 0: accumulator
+        fl_common = np.maximum(fl_acc, fl_r)
+    else:
+        align = np.zeros(cout, np.int64)
+        fl_common = fl_acc
+    shift = (fl_common - fout.fl).astype(np.int64)
+    op = QConv(layer.name, conv.input, layer.output, wq.astype(np.int8), bias, tuple(conv.stride),
+               tuple(conv.pads), conv.groups, shift, layer.relu, layer.residual,
+               align.astype(np.int64))
+    # Worst case |sum(w * x) + b| over any input in the input format's range.
+    acc_bound = int(np.max(np.abs(wq).reshape(cout, -1).sum(axis=1) * max(abs(fx.lo), fx.hi)
+                           + np.abs(bias))) if cout else 0
+    w_float = conv.weight
+    w_scaled = w_float * np.exp2(fl_w.astype(np.float64)).reshape((-1,) + (1,) * (w_float.ndim - 1))
+    info = {
+        "fl_w": _compact(fl_w),
+        "weight_range": _int_range(wq),
+        "weight_float_range": [float(w_float.min()), float(w_float.max())],
+        # Weights beyond the int8 range of their format (clipped to +-127).
+        "weight_saturated": 0 if layer.identity else
+        int(np.sum(np.abs(w_scaled) > numerics.SIGNED_MAX + 0.5)),
+        "weight_sqnr_db": float("inf") if layer.identity else
+        sqnr_db(w_scaled, wq),
+        "bias_range": _int_range(bias),
+        "shift_min": int(shift.min()), "shift_max": int(shift.max()),
+        "align_min": int(op.align.min()), "align_max": int(op.align.max()),
+        "acc_bound": acc_bound,
+        "acc_overflow_possible": acc_bound > numerics.acc_range(acc_bits)[1],
+        "identity": layer.identity,
+    }
+    return op, info
+
+
+def _build(layer: Layer, formats, per_channel, weight_mode, acc_bits):
+    fout = formats[layer.output]
+    if layer.kind == "conv":
+        return _build_conv(layer, formats, per_channel, weight_mode, acc_bits)
+    if layer.kind == "add":
+        a, b = layer.inputs
+        fl = max(formats[a].fl, formats[b].fl)
+        op = QAdd(layer.name, a, b, layer.output, fl - formats[a].fl, fl - formats[b].fl,
+                  fl - fout.fl, layer.relu)
+        return op, {"a_shift": op.a_shift, "b_shift": op.b_shift,
+                    "shift_min": op.shift, "shift_max": op.shift}
+    p = layer.pool
+    if layer.kind == "maxpool":
+        return QMaxPool(layer.name, p.input, p.output, tuple(p.kernel), tuple(p.stride),
+                        tuple(p.pads)), {}
+    log2 = numerics.avgpool_fl_shift(p.divisor)
+    if log2 is None:   # pragma: no cover - fold_avgpool_correction guarantees a power of two
+        raise ValueError(f"{p.name}: divisor {p.divisor} is not a power of two")
+    shift = formats[p.input].fl + log2 - fout.fl
+    op = QAvgPool(layer.name, p.input, p.output, tuple(p.kernel), tuple(p.stride),
+                  tuple(p.pads), int(shift))
+    return op, {"window": p.kernel[0] * p.kernel[1], "divisor": p.divisor,
+                "shift_min": op.shift, "shift_max": op.shift}
+
+
+def quantize(graph: Graph, calib: np.ndarray, *, mode: str = "std", per_channel: bool = False,
+             weight_mode: str = "std", acc_bits: int = 32) -> tuple[QGraph, dict]:
+    """Quantize a float graph with calibration data.
+
+    ``graph``: as loaded (folding runs here); ``calib``: float inputs (N, C, H, W) or
+    one (C, H, W). ``mode`` "std" (F8Net's rule) or "grid" (RMS-optimal fl) chooses
+    activation formats; ``weight_mode`` the same for weights (DESIGN: std of the
+    folded weight), per layer or, with ``per_channel``, per output channel.
+    ``acc_bits`` is the accumulator width the QGraph is computed with (``meta``).
+
+    Returns the :class:`QGraph` and a report (plain dict): ``tensors`` (format and
+    statistics of every tensor), ``layers`` (in op order: op, inputs, output, format,
+    shifts min/max, weight fl, ranges, clipped count and ``weight_sqnr_db``, accumulator
+    bound, measured ``sqnr_db`` of the golden model against the float graph on the
+    calibration set, ``format_sqnr_db``, the SQNR of quantizing the float tensor
+    straight into its format (the best the layer can reach), and
+    ``predicted_sqnr_db``, a first-order error model propagating input, weight and
+    rounding errors (see :func:`_predicted_mse`)), ``output_sqnr_db`` (measured)
+    and ``notes`` (Clip bounds, folded pool factors, saturation warnings).
+
+    Raises :class:`~fxpgen.compiler.graph.UnsupportedOp` for graphs the passes cannot
+    map and :class:`HardwareRangeError` for shifts outside the hardware's fields.
+    """
+    if mode not in ("std", "grid") or weight_mode not in ("std", "grid"):
+        raise ValueError(f"mode and weight_mode must be 'std' or 'grid', not {mode!r}, "
+                         f"{weight_mode!r}")
+    g = prepare(graph)
+    calib = np.asarray(calib, np.float64)
+    if calib.shape == g.shape(g.input):
+        calib = calib[None]
+    if calib.ndim != 4 or calib.shape[1:] != g.shape(g.input) or len(calib) == 0:
+        raise ValueError(f"calibration data must have shape (N,) + {g.shape(g.input)} with "
+                         f"N >= 1, not {calib.shape}")
+    if not np.all(np.isfinite(calib)):
+        raise ValueError("calibration data must be finite")
+
+    layers = fuse(g)
+    acts = run_float(g, calib)
+    formats, stats = calibrate(g, layers, acts, mode)
+
+    ops, infos = [], []
+    for layer in layers:
+        op, info = _build(layer, formats, per_channel, weight_mode, acc_bits)
+        ops.append(op)
+        infos.append(info)
+    names = [g.input] + [layer.output for layer in layers]
+    tensors = {t: QTensor(t, g.shape(t), formats[t]) for t in names}
+    qg = QGraph(tensors, ops, g.input, g.output,
+                meta={"acc_bits": acc_bits, "mode": mode, "weight_mode": weight_mode,
+                      "per_channel": per_channel,
+                      "fused": {layer.name: list(layer.fused) for layer in layers}})
+    if g.output not in tensors:
+        raise ValueError(f"graph output {g.output!r} is not a layer output")
+    check_hardware_ranges(qg)
+    return qg, _report(qg, g, layers, infos, acts, stats, calib)
+
+
+def _report(qg: QGraph, g: Graph, layers, infos, acts, stats, calib) -> dict:
+    from fxpgen.sim.golden import quantize_input, run_golden_batch
+
+    gold = run_golden_batch(qg, quantize_input(qg, calib))
+    tensors = {}
+    for name, t in qg.tensors.items():
+        f = acts[name]
+        tensors[name] = {
+            "format_sqnr_db": sqnr_db(f, numerics.dequantize(numerics.quantize(f, t.fmt), t.fmt)),
+            "format": str(t.fmt), "signed": t.fmt.signed, "fl": t.fmt.fl, "shape": list(t.shape),
+            "float_range": [float(f.min()), float(f.max())],
+            # Fraction of calibration values beyond the format's range (clipped).
+            "clipped_fraction": float(np.mean((f > t.fmt.hi * 2.0 ** -t.fmt.fl)
+                                              | (f < t.fmt.lo * 2.0 ** -t.fmt.fl))),
+            **stats[name],
+        }
+    mse = {qg.input: _format_mse(acts[qg.input], qg.tensor(qg.input).fmt)}
+    report_layers = {}
+    notes = [f"{name}: {t['clipped_fraction']:.1%} of calibration values saturate in "
+             f"{t['format']} (rule: {t['rule']})"
+             for name, t in tensors.items() if t["clipped_fraction"] > 0.01]
+    for layer, op, info in zip(layers, qg.ops, infos):
+        fmt = qg.tensor(layer.output).fmt
+        ref = acts[layer.output]
+        entry = {
+            "op": type(op).__name__, "inputs": list(op.inputs), "output": layer.output,
+            "format": str(fmt), "fused": list(layer.fused),
+            **info,
+            "sqnr_db": sqnr_db(ref, numerics.dequantize(gold[layer.output], fmt)),
+            "format_sqnr_db": sqnr_db(ref, numerics.dequantize(numerics.quantize(ref, fmt), fmt)),
+        }
+        mse[layer.output] = _predicted_mse(layer, op, info, acts, fmt, mse)
+        power = float(np.mean(ref ** 2))
+        entry["predicted_sqnr_db"] = (float("inf") if mse[layer.output] == 0 else
+                                      float(10 * np.log10(power / mse[layer.output]))
+                                      if power > 0 else float("-inf"))
+        if info.get("weight_saturated"):
+            fixes = [fix for fix, used in (("per_channel=True", qg.meta["per_channel"]),
+                                           ("weight_mode='grid'", qg.meta["weight_mode"] == "grid"))
+                     if not used]
+            notes.append(f"{layer.name}: {info['weight_saturated']} weights clip at +-127 "
+                         f"(fl_w {info['fl_w']})" + (f"; try {' or '.join(fixes)}" if fixes else ""))
+        if layer.kind in ("conv", "add"):
+            entry["relu"] = layer.relu
+            if layer.clip_max is not None:
+                bound = fmt.hi * 2.0 ** -fmt.fl
+                entry["clip_max"] = layer.clip_max
+                entry["relu_upper_bound"] = bound
+                notes.append(f"{layer.name}: Clip(0, {layer.clip_max:g}) quantized as ReLU "
+                             f"saturating at {bound:g} ({fmt})")
+        if info.get("acc_overflow_possible"):
+            notes.append(f"{layer.name}: worst-case accumulator {info['acc_bound']} exceeds "
+                         f"{qg.meta['acc_bits']} bits; results saturate if reached")
+        report_layers[layer.name] = entry
+    for n in g.nodes:
+        if isinstance(n, AvgPool) and n.divisor != n.kernel[0] * n.kernel[1]:
+            notes.append(f"{n.name}: window {n.kernel[0]}x{n.kernel[1]} averaged as a sum / "
+                         f"{n.divisor}; the factor {n.divisor}/{n.kernel[0] * n.kernel[1]} is "
+                         "folded into a neighbouring conv")
+    return {
+        "mode": qg.meta["mode"], "weight_mode": qg.meta["weight_mode"],
+        "per_channel": qg.meta["per_channel"], "acc_bits": qg.meta["acc_bits"],
+        "calibration_samples": int(len(calib)),
+        "input": qg.input, "output": qg.output,
+        "tensors": tensors, "layers": report_layers,
+        "output_sqnr_db": sqnr_db(acts[qg.output], numerics.dequantize(
+            gold[qg.output], qg.tensor(qg.output).fmt)),
+        "notes": notes,
+    }

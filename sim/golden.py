@@ -1,0 +1,159 @@
+"""The golden model: a :class:`~fxpgen.compiler.qgraph.QGraph` executed exactly as its op
+docstrings state, with :mod:`fxpgen.numerics` doing every rounding and saturation.
+
+All arithmetic is int64 numpy; convolutions are one integer einsum per kernel tap
+(no float math, no im2col). Every function works on a batch ``(N, C, H, W)`` too, the
+images being independent.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from fxpgen import numerics
+from fxpgen.compiler.qgraph import QAdd, QAvgPool, QConv, QGraph, QMaxPool
+
+__all__ = ["run_golden", "run_golden_batch", "quantize_input", "dequantize_output", "predict",
+           "conv_accumulate"]
+
+
+def _out_size(size: int, k: int, s: int, lo: int, hi: int) -> int:
+    return (size + lo + hi - k) // s + 1
+
+
+def _padded_taps(x: np.ndarray, kernel, stride, pads, value: int):
+    """(padded x, ho, wo, iterator over (i, j, strided view per tap))."""
+    pt, pl, pb, pr = pads
+    kh, kw = kernel
+    sh, sw = stride
+    ho = _out_size(x.shape[-2], kh, sh, pt, pb)
+    wo = _out_size(x.shape[-1], kw, sw, pl, pr)
+    width = [(0, 0)] * (x.ndim - 2) + [(pt, pb), (pl, pr)]
+    xp = np.pad(x, width, constant_values=value)
+
+    def taps():
+        for i in range(kh):
+            for j in range(kw):
+                yield i, j, xp[..., i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+    return ho, wo, taps()
+
+
+def conv_accumulate(x: np.ndarray, weight: np.ndarray, stride=(1, 1), pads=(0, 0, 0, 0),
+                    groups: int = 1) -> np.ndarray:
+    """Exact integer ``sum(w * x)`` of a grouped convolution with zero padding.
+
+    ``x``: (N, Cin, H, W) integers, ``weight``: (Cout, Cin // groups, kh, kw) integers,
+    ``pads`` = (top, left, bottom, right). Returns (N, Cout, Ho, Wo) int64, not
+    saturated (int8 x uint8 products summed in int64 cannot overflow for any real layer).
+    """
+    x = np.asarray(x, np.int64)
+    w = np.asarray(weight, np.int64)
+    n, cin = x.shape[:2]
+    cout, cin_g, kh, kw = w.shape
+    if cin != cin_g * groups:
+        raise ValueError(f"weight {w.shape} with groups={groups} does not fit {cin} channels")
+    ho, wo, taps = _padded_taps(x.reshape(n, groups, cin_g, *x.shape[2:]), (kh, kw), stride,
+                                pads, 0)
+    wg = w.reshape(groups, cout // groups, cin_g, kh, kw)
+    acc = np.zeros((n, groups, cout // groups, ho, wo), np.int64)
+    for i, j, view in taps:
+        acc += np.einsum("ngchw,gdc->ngdhw", view, wg[:, :, :, i, j])
+    return acc.reshape(n, cout, ho, wo)
+
+
+def _per_channel(v) -> np.ndarray:
+    return np.asarray(v, np.int64)[None, :, None, None]
+
+
+def _run_conv(op: QConv, env: dict, g: QGraph, bits: int) -> np.ndarray:
+    w = np.asarray(op.weight)
+    if not np.issubdtype(w.dtype, np.integer) or w.size and (w.min() < -127 or w.max() > 127):
+        raise ValueError(f"{op.name}: weights must be integers in [-127, 127]")
+    acc = numerics.saturate_acc(
+        conv_accumulate(env[op.input], w, op.stride, op.pads, op.groups) + _per_channel(op.bias),
+        bits)
+    al = _per_channel(op.align)
+    r = env[op.residual] if op.residual else 0
+    if op.residual and r.shape != acc.shape:
+        raise ValueError(f"{op.name}: residual {op.residual!r} has shape {r.shape[1:]}, the "
+                         f"output {acc.shape[1:]}")
+    s = numerics.aligned_add(acc, np.maximum(-al, 0), r, np.maximum(al, 0), bits)
+    return numerics.requantize(s, _per_channel(op.shift), g.tensor(op.output).fmt.signed, op.relu)
+
+
+def _run_maxpool(op: QMaxPool, env: dict, g: QGraph, bits: int) -> np.ndarray:
+    lo = g.tensor(op.input).fmt.lo
+    _, _, taps = _padded_taps(env[op.input], op.kernel, op.stride, op.pads, lo)
+    return functools.reduce(numerics.maximum, (v for _, _, v in taps))
+
+
+def _run_avgpool(op: QAvgPool, env: dict, g: QGraph, bits: int) -> np.ndarray:
+    _, _, taps = _padded_taps(env[op.input], op.kernel, op.stride, op.pads, 0)
+    total = sum(v for _, _, v in taps)
+    return numerics.requantize(total, op.shift, g.tensor(op.output).fmt.signed)
+
+
+def _run_add(op: QAdd, env: dict, g: QGraph, bits: int) -> np.ndarray:
+    s = numerics.aligned_add(env[op.a], op.a_shift, env[op.b], op.b_shift, bits)
+    return numerics.requantize(s, op.shift, g.tensor(op.output).fmt.signed, op.relu)
+
+
+_RUN = {QConv: _run_conv, QMaxPool: _run_maxpool, QAvgPool: _run_avgpool, QAdd: _run_add}
+
+
+def run_golden_batch(qgraph: QGraph, xs_q: np.ndarray) -> dict[str, np.ndarray]:
+    """Run ``qgraph`` on a batch of quantized inputs ``xs_q`` (N, C, H, W), integers in
+    the input tensor's format. Returns every tensor by name, (N, C, H, W) int64."""
+    xs = np.asarray(xs_q)
+    inp = qgraph.tensor(qgraph.input)
+    if not np.issubdtype(xs.dtype, np.integer):
+        raise TypeError(f"quantized input must be integers, not {xs.dtype} "
+                        "(use quantize_input for float data)")
+    if xs.ndim != 4 or xs.shape[1:] != tuple(inp.shape):
+        raise ValueError(f"input batch must have shape (N,) + {tuple(inp.shape)}, not {xs.shape}")
+    if xs.size and (xs.min() < inp.fmt.lo or xs.max() > inp.fmt.hi):
+        raise ValueError(f"input values must lie in [{inp.fmt.lo}, {inp.fmt.hi}] ({inp.fmt})")
+    bits = int(qgraph.meta.get("acc_bits", 32))
+    env = {qgraph.input: xs.astype(np.int64)}
+    for op in qgraph.ops:
+        y = _RUN[type(op)](op, env, qgraph, bits)
+        want = tuple(qgraph.tensor(op.output).shape)
+        if y.shape[1:] != want:
+            raise ValueError(f"{op.name}: computed shape {y.shape[1:]}, graph says {want}")
+        env[op.output] = y
+    return env
+
+
+def run_golden(qgraph: QGraph, x_q: np.ndarray) -> dict[str, np.ndarray]:
+    """Run ``qgraph`` on one quantized input ``x_q`` (C, H, W) (integers in the input
+    format). Returns every tensor by name as (C, H, W) int64."""
+    x = np.asarray(x_q)
+    return {k: v[0] for k, v in run_golden_batch(qgraph, x[None]).items()}
+
+
+def quantize_input(qgraph: QGraph, x_float: np.ndarray) -> np.ndarray:
+    """Float input (any leading batch dimensions) to the input tensor's 8-bit format."""
+    return numerics.quantize(x_float, qgraph.tensor(qgraph.input).fmt)
+
+
+def dequantize_output(qgraph: QGraph, y_q: np.ndarray, name: str | None = None) -> np.ndarray:
+    """Integer tensor ``name`` (default: the graph output) back to float, ``q * 2**-fl``."""
+    return numerics.dequantize(y_q, qgraph.tensor(name or qgraph.output).fmt)
+
+
+def predict(qgraph: QGraph, x_float: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Quantize float inputs, run the golden model, dequantize the output.
+
+    ``x_float``: (C, H, W) or (N, C, H, W); the result has the same batchedness. The
+    batch is processed ``batch_size`` images at a time to bound memory.
+    """
+    x = np.asarray(x_float, np.float64)
+    single = x.ndim == 3
+    xs = quantize_input(qgraph, x[None] if single else x)
+    outs = [run_golden_batch(qgraph, xs[i:i + batch_size])[qgraph.output]
+            for i in range(0, len(xs), batch_size)]
+    y = dequantize_output(qgraph, np.concatenate(outs) if outs else
+                          np.zeros((0,) + tuple(qgraph.tensor(qgraph.output).shape), np.int64))
+    return y[0] if single else y

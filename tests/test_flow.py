@@ -1,0 +1,92 @@
+"""The compiler end to end: ``fxpgen compile``, ``fxpgen run`` on the three engines
+and ``fxpgen demo`` on the shipped digits CNN."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fxpgen.cli import main
+from fxpgen.compiler.program import ProgramFormatError, load_program
+from fxpgen.config import CoreConfig
+from fxpgen.models import digits_assets
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("digits")
+    a = digits_assets()
+    res = CliRunner().invoke(main, ["compile", str(a["model"]), "--calib", str(a["calib"]),
+                                    "--rows", "4", "--cols", "8", "-o", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_compile_writes_a_program_directory(compiled):
+    for f in ("program.fxp", "listing.txt", "qgraph.json", "qgraph.npz", "report.json", "meta.json"):
+        assert (compiled / f).is_file(), f
+    listing = (compiled / "listing.txt").read_text().splitlines()
+    prog = load_program(compiled / "program.fxp")
+    assert len(listing) == len(prog.words) + 1
+    assert all(len(line.split()) >= 3 for line in listing[1:])      # index, layer, instruction
+    with pytest.raises(ProgramFormatError, match="another core configuration"):
+        load_program(compiled / "program.fxp", CoreConfig(rows=8, cols=8))
+
+
+def test_golden_and_isa_engines_agree(compiled, tmp_path):
+    x = np.load(digits_assets()["test_x"])[:24]
+    np.save(tmp_path / "x.npy", x)
+    outs = {}
+    for engine in ("golden", "isa"):
+        res = CliRunner().invoke(main, ["run", str(compiled), "--input", str(tmp_path / "x.npy"),
+                                        "--engine", engine, "--output", str(tmp_path / f"{engine}.npy")])
+        assert res.exit_code == 0, res.output
+        outs[engine] = np.load(tmp_path / f"{engine}.npy")
+    assert outs["golden"].shape == (24, 10, 1, 1)
+    assert np.array_equal(outs["golden"], outs["isa"])
+
+
+def test_run_rejects_wrong_input_shape(compiled, tmp_path):
+    np.save(tmp_path / "bad.npy", np.zeros((3, 5, 5), np.float32))
+    res = CliRunner().invoke(main, ["run", str(compiled), "--input", str(tmp_path / "bad.npy")])
+    assert res.exit_code != 0 and "does not match the model input" in res.output
+
+
+def test_compile_rejects_unsupported_model(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+    g = helper.make_graph([helper.make_node("Softmax", ["x"], ["y"], name="sm")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 1, 1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 1, 1])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    np.save(tmp_path / "c.npy", np.zeros((2, 4, 1, 1), np.float32))
+    res = CliRunner().invoke(main, ["compile", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "c.npy"),
+                                    "-o", str(tmp_path / "out")])
+    assert res.exit_code != 0
+    assert "Softmax" in res.output and "sm" in res.output
+
+
+@pytest.mark.rtl
+def test_demo_on_rtl_for_a_handful_of_images():
+    res = CliRunner().invoke(main, ["demo", "--images", "4", "--json"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.output)
+    print({k: v for k, v in r.items() if k != "layers"})
+    assert r["rtl_identical_to_golden"] and r["isa_identical_to_golden"]
+    assert r["float_accuracy"] >= 0.97
+    assert abs(r["fixed_point_accuracy"] - r["float_accuracy"]) <= 0.01
+    assert r["cycles_per_image"] > 0 and 0 < r["mac_utilization"] <= 1
+    assert [l["layer"] for l in r["layers"]][:2] == ["conv1", "conv2"]
+
+
+@pytest.mark.rtl
+@pytest.mark.slow
+def test_demo_on_rtl_whole_test_set():
+    res = CliRunner().invoke(main, ["demo", "--json"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.output)
+    print({k: v for k, v in r.items() if k != "layers"})
+    assert r["rtl_images"] == r["images"] == 360
+    assert r["rtl_identical_to_golden"]
+    assert abs(r["fixed_point_accuracy"] - r["float_accuracy"]) <= 0.01
