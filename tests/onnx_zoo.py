@@ -1,9 +1,55 @@
-"""ResNet-18 and MobileNetV2 shaped float ONNX graphs built with ``onnx.helper``
-(random weights, batch 1), for compiler tests."""
+"""Float ONNX graphs for compiler tests, built with ``onnx.helper``: a small model
+builder for per-op tests, and ResNet-18 and MobileNetV2 shaped networks (random
+weights, batch 1)."""
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+
+class TestModel:
+    """Collects nodes and initializers of a test model (random weights from ``seed``)."""
+
+    __test__ = False    # not a pytest class
+
+    def __init__(self, seed):
+        self.nodes, self.inits = [], []
+        self.rng = np.random.default_rng(seed)
+
+    def w(self, name, shape, std=0.3):
+        self.inits.append(numpy_helper.from_array(
+            self.rng.normal(0, std, shape).astype(np.float32), name))
+        return name
+
+    def const(self, name, value):
+        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def node(self, op, inputs, outputs, **attrs):
+        name = attrs.pop("name", f"{op}_{len(self.nodes)}")
+        self.nodes.append(helper.make_node(op, inputs, outputs, name=name, **attrs))
+        return outputs[0]
+
+    def bn(self, x, c):
+        return self.node("BatchNormalization", [
+            x, self.const(f"{x}_s", self.rng.uniform(0.5, 1.5, c).astype(np.float32)),
+            self.w(f"{x}_b", (c,), 0.1), self.w(f"{x}_m", (c,), 0.1),
+            self.const(f"{x}_v", self.rng.uniform(0.5, 2, c).astype(np.float32))], [f"{x}_bn"])
+
+    def model(self, in_shape, out, opset=17, in_name="x"):
+        g = helper.make_graph(
+            self.nodes, "test",
+            [helper.make_tensor_value_info(in_name, TensorProto.FLOAT, list(in_shape))],
+            [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], self.inits)
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def reference(model, x: np.ndarray) -> np.ndarray:
+    """onnx's reference evaluator on a batch (N, ...), one image at a time."""
+    ev = ReferenceEvaluator(model)
+    name = model.graph.input[0].name
+    return np.stack([ev.run(None, {name: xi[None].astype(np.float32)})[0][0] for xi in x])
 
 
 class _Builder:

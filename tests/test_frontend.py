@@ -11,13 +11,14 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnx.reference import ReferenceEvaluator
 
 from fxpgen.compiler.fold import (PREPARED_OPS, fold_avgpool_correction, fold_batchnorm,
                                   gemm_to_conv, lower_global_pool, prepare)
 from fxpgen.compiler.graph import (AvgPool, BatchNorm, Conv, Flatten, Gemm, Graph, Relu,
                                    UnsupportedOp, run_float)
 from fxpgen.compiler.onnx_frontend import load_onnx
+
+from onnx_zoo import TestModel, reference
 
 SEED = int(os.environ.get("FXPGEN_SEED", "1234"))
 
@@ -29,40 +30,9 @@ def _print_seed():
 
 # ---- model building --------------------------------------------------------------------
 
-class M:
-    """Collects nodes and initializers of a test model."""
-
+class M(TestModel):
     def __init__(self, seed=SEED):
-        self.nodes, self.inits = [], []
-        self.rng = np.random.default_rng(seed)
-
-    def w(self, name, shape, std=0.3):
-        self.inits.append(numpy_helper.from_array(
-            self.rng.normal(0, std, shape).astype(np.float32), name))
-        return name
-
-    def const(self, name, value):
-        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
-
-    def node(self, op, inputs, outputs, **attrs):
-        name = attrs.pop("name", f"{op}_{len(self.nodes)}")
-        self.nodes.append(helper.make_node(op, inputs, outputs, name=name, **attrs))
-        return outputs[0]
-
-    def model(self, in_shape, out, opset=17, in_name="x", out_rank=None):
-        g = helper.make_graph(
-            self.nodes, "test",
-            [helper.make_tensor_value_info(in_name, TensorProto.FLOAT, list(in_shape))],
-            [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], self.inits)
-        return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-
-
-def reference(model, x: np.ndarray) -> np.ndarray:
-    """Reference outputs for a batch (N, ...) run one image at a time."""
-    ev = ReferenceEvaluator(model)
-    name = model.graph.input[0].name
-    return np.stack([ev.run(None, {name: xi[None].astype(np.float32)})[0][0] for xi in x])
+        super().__init__(seed)
 
 
 def assert_float_matches(model, x: np.ndarray, graph: Graph | None = None) -> None:

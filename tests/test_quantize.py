@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto, helper, numpy_helper
-from onnx.reference import ReferenceEvaluator
+from onnx import numpy_helper
 
 from fxpgen import numerics
 from fxpgen.compiler.fold import prepare
 from fxpgen.compiler.graph import Clip, UnsupportedOp, run_float
 from fxpgen.compiler.onnx_frontend import load_onnx
+
+from onnx_zoo import TestModel, reference
 from fxpgen.compiler.qgraph import QAdd, QAvgPool, QConv, QGraph, QTensor
 from fxpgen.compiler.quantize import (HardwareRangeError, check_hardware_ranges, fuse, quantize,
                                       sqnr_db)
@@ -31,44 +32,9 @@ def _print_seed():
     print(f"weights and data from seed {SEED} (set FXPGEN_SEED to replay)")
 
 
-class M:
-    """Collects nodes and initializers of a test model (random weights)."""
-
+class M(TestModel):
     def __init__(self, seed=SEED):
-        self.nodes, self.inits = [], []
-        self.rng = np.random.default_rng(seed)
-
-    def w(self, name, shape, std=0.3):
-        self.inits.append(numpy_helper.from_array(
-            self.rng.normal(0, std, shape).astype(np.float32), name))
-        return name
-
-    def const(self, name, value):
-        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
-
-    def node(self, op, inputs, outputs, **attrs):
-        name = attrs.pop("name", f"{op}_{len(self.nodes)}")
-        self.nodes.append(helper.make_node(op, inputs, outputs, name=name, **attrs))
-        return outputs[0]
-
-    def bn(self, x, c):
-        return self.node("BatchNormalization", [
-            x, self.const(f"{x}_s", self.rng.uniform(0.5, 1.5, c).astype(np.float32)),
-            self.w(f"{x}_b", (c,), 0.1), self.w(f"{x}_m", (c,), 0.1),
-            self.const(f"{x}_v", self.rng.uniform(0.5, 2, c).astype(np.float32))], [f"{x}_bn"])
-
-    def model(self, in_shape, out, opset=17):
-        g = helper.make_graph(
-            self.nodes, "test",
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
-            [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], self.inits)
-        return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-
-
-def reference(model, x):
-    ev = ReferenceEvaluator(model)
-    return np.stack([ev.run(None, {"x": xi[None].astype(np.float32)})[0][0] for xi in x])
+        super().__init__(seed)
 
 
 def data(shape, n, lo, hi, seed):
