@@ -201,7 +201,7 @@ def _pad_byte(signed: bool) -> int:
 def lower(qg: QGraph, cfg: CoreConfig) -> Lowered:
     """Lower ``qg`` to a program for ``cfg``; raise :class:`DoesNotFit` when a layer or
     map does not fit the memories."""
-    R, C, L = cfg.rows, cfg.cols, cfg.lanes
+    L = cfg.lanes
     em = _Emitter(cfg)
 
     # Borders: the widest padding any consumer needs, on each side.

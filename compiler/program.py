@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from fxpgen.config import CoreConfig
-from fxpgen.isa import INSN_BITS, INSN_BYTES, Instruction
+from fxpgen.isa import INSN_BITS, INSN_BYTES
 from fxpgen.numerics import Format
 
 from .lower import Lowered, MapLayout

@@ -6,7 +6,6 @@ import functools
 import json
 import re
 import sys
-import time
 from pathlib import Path
 
 import click

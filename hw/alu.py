@@ -12,7 +12,7 @@
 
 from amaranth import *
 from amaranth.lib import data, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import In
 
 from fxpgen.config import CoreConfig
 from fxpgen.isa import AluParams, ErrorCode, Mem, Opcode, RequantParams

@@ -11,7 +11,7 @@ accumulated on consecutive cycles reads its newest value.
 from amaranth import *
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory, ReadPort, WritePort
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import Out
 
 from fxpgen.config import CoreConfig
 

@@ -11,7 +11,7 @@ unit and stops fetching: the core never hangs and never writes past a fault.
 """
 
 from amaranth import *
-from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from fxpgen.config import CoreConfig

@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass, replace
 
 from fxpgen.config import REGIONS, CoreConfig
-from fxpgen.isa import COUNT_MAX, Addr, ErrorCode, Instruction, Mem, Opcode, region_of
+from fxpgen.isa import Addr, Instruction, Mem, Opcode, region_of
 
 __all__ = ["RandomProgram", "random_program", "random_error_program", "ERROR_KINDS"]
 
@@ -67,7 +67,6 @@ class _Gen:
             s0, s1 = s0 // 2, s1 // 2
             span = (c0 - 1) * s0 + (c1 - 1) * s1
         base = r.randint(0, depth - 1 - span)
-        a = Addr(base, s0, s1)
         lo, hi = region_of(base, depth), region_of(base + span, depth)
         mask = sum(1 << k for k in range(lo, hi + 1))
         if r.random() < 0.25:

@@ -8,7 +8,7 @@ from amaranth.sim import Simulator
 
 from fxpgen.config import CoreConfig
 from fxpgen.hw.hazards import HAZARD_BITS, insn_footprint, resource_index
-from fxpgen.isa import INSN_BITS, Insn, Instruction, Opcode, footprint
+from fxpgen.isa import INSN_BITS, Insn, Opcode, footprint
 from fxpgen.sim.randprog import random_program
 
 
