@@ -37,7 +37,7 @@ class DoesNotFit(ValueError):
     """The GEMM does not fit the core's memories; the message says what and by how much."""
 
 
-def _ceil(a: int, b: int) -> int:
+def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
@@ -68,9 +68,9 @@ def plan_gemm(cfg: CoreConfig, m: int, k: int, n: int) -> GemmPlan:
     if k > 1 << 16:
         raise DoesNotFit(f"K={k} could overflow the {cfg.acc_width}-bit accumulator "
                          "(int8 x int8 sums need K <= 65536)")
-    k_tiles, n_tiles = _ceil(k, cfg.rows), _ceil(n, cfg.cols)
-    a_groups = _ceil(k_tiles, cfg.lanes // cfg.rows)
-    y_groups = _ceil(n_tiles, cfg.lanes // cfg.cols)
+    k_tiles, n_tiles = ceil_div(k, cfg.rows), ceil_div(n, cfg.cols)
+    a_groups = ceil_div(k_tiles, cfg.lanes // cfg.rows)
+    y_groups = ceil_div(n_tiles, cfg.lanes // cfg.cols)
     weight_rows = k_tiles * n_tiles * cfg.rows
     if weight_rows > cfg.wbuf_depth:
         raise DoesNotFit(f"B needs {weight_rows} weight-buffer rows ({k_tiles}x{n_tiles} tiles of "
@@ -90,7 +90,7 @@ def plan_gemm(cfg: CoreConfig, m: int, k: int, n: int) -> GemmPlan:
     if chunk < 1:
         worst = min(limits, key=limits.get)
         raise DoesNotFit(f"one row of the GEMM does not fit a {worst}: raise the memory depth")
-    return GemmPlan(m, k, n, k_tiles, n_tiles, a_groups, y_groups, chunk, _ceil(m, chunk))
+    return GemmPlan(m, k, n, k_tiles, n_tiles, a_groups, y_groups, chunk, ceil_div(m, chunk))
 
 
 @dataclass

@@ -35,17 +35,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fxpgen.config import CoreConfig
-from fxpgen.isa import COUNT_MAX, Addr, Instruction, Mem, Opcode, pack_row, pack_rows
+from fxpgen.isa import COUNT_MAX, Addr, Instruction, Mem, Opcode, pack_row, pack_rows, unpack_rows
 from fxpgen.numerics import acc_range
 
-from .gemm import DoesNotFit
+from .gemm import DoesNotFit, ceil_div
 from .qgraph import QAdd, QAvgPool, QConv, QGraph, QMaxPool
 
 __all__ = ["lower", "Lowered", "MapLayout", "DoesNotFit"]
-
-
-def _ceil(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 @dataclass(frozen=True)
@@ -111,7 +107,6 @@ class Lowered:
 
     def decode_output(self, words: list[int]) -> np.ndarray:
         """The output map (C, H, W) from the result words (interior pixels)."""
-        from fxpgen.isa import unpack_rows
         lay = self.output_layout
         L = self.cfg.lanes
         rows = unpack_rows(Mem.SPAD, words, self.cfg, signed=self.output_signed)
@@ -232,7 +227,7 @@ def lower(qg: QGraph, cfg: CoreConfig) -> Lowered:
     def place(name: str) -> MapLayout:
         t = qg.tensor(name)
         c, h, w = t.shape
-        lay = MapLayout(0, c, h, w, tuple(border[name]), _ceil(c, L))
+        lay = MapLayout(0, c, h, w, tuple(border[name]), ceil_div(c, L))
         lay = dataclasses.replace(lay, base=alloc.alloc(lay.rows, f"feature map {name} {t.shape}"))
         layouts[name] = lay
         if any(lay.border):
@@ -244,13 +239,12 @@ def lower(qg: QGraph, cfg: CoreConfig) -> Lowered:
     in_lay = place(qg.input)
     data_before = list(em.data)
     em.data.clear()
-    em.layer = "input"
+    if in_lay.width * in_lay.groups > COUNT_MAX:
+        raise DoesNotFit(f"input rows of {in_lay.width * in_lay.groups} words exceed a loop count")
     for y0 in range(0, in_lay.height, COUNT_MAX):
         hh = min(COUNT_MAX, in_lay.height - y0)
         em.emit(Instruction(Opcode.LOAD, {"mem": Mem.SPAD.value}, in_lay.width * in_lay.groups, hh,
                             z=Addr(in_lay.pixel(y0, 0), 1, in_lay.padded_w * in_lay.groups)))
-    if in_lay.width * in_lay.groups > COUNT_MAX:
-        raise DoesNotFit(f"input rows of {in_lay.width * in_lay.groups} words exceed a loop count")
 
     for i, op in enumerate(qg.ops):
         em.layer = op.name
@@ -306,13 +300,13 @@ def _lower_conv(em: _Emitter, qg: QGraph, op, layouts, out_lay: MapLayout):
     out_fmt = qg.tensor(op.output).fmt
 
     # Dense per-tap weight matrices (Cin x Cout), block-diagonal for groups.
-    dense = np.zeros((kh, kw, _ceil(cin, R) * R, _ceil(cout, C) * C), np.int64)
+    dense = np.zeros((kh, kw, ceil_div(cin, R) * R, ceil_div(cout, C) * C), np.int64)
     cout_g = cout // groups
     for g in range(groups):
         blk = weight[g * cout_g:(g + 1) * cout_g]          # (cout_g, cin_g, kh, kw)
         dense[:, :, g * cin_g:(g + 1) * cin_g, g * cout_g:(g + 1) * cout_g] = \
             np.transpose(blk, (2, 3, 1, 0))
-    k_tiles, n_tiles = _ceil(cin, R), _ceil(cout, C)
+    k_tiles, n_tiles = ceil_div(cin, R), ceil_div(cout, C)
 
     # Tiles per n-tile: (tap, kt) pairs with a nonzero tile.
     work = []

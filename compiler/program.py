@@ -71,6 +71,14 @@ class Program:
         return MapLayout(**{**self.header["output_layout"],
                             "border": tuple(self.header["output_layout"]["border"])})
 
+    @property
+    def layers(self) -> list[str]:
+        """The source layer of every instruction (the header stores ranges)."""
+        out = [""] * len(self.words)
+        for r in self.header["layers"]:
+            out[r["start"]:r["end"]] = [r["layer"]] * (r["end"] - r["start"])
+        return out
+
     def lowered_view(self) -> Lowered:
         """The parts of a :class:`Lowered` needed to pack inputs and decode outputs."""
         return Lowered(self.cfg, [], [], self.data_before, self.data_after, self.input_layout,

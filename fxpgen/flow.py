@@ -85,14 +85,12 @@ def run_compiled(outdir: Path, x: np.ndarray, engine: str, *, progress: Callable
                  batch: int = 16) -> dict:
     """Run float inputs through a compiled program on one engine. Returns the integer
     outputs (N x C x H x W, in the output format) and, for the RTL, per-layer counters."""
-    from .compiler.qgraph import QGraph
     from .engines import run_isa, run_rtl, split_layers
     from .sim.golden import quantize_input, run_golden_batch
 
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     prog, qg = load_compiled(outdir)
-    qg: QGraph
     images = _images(x, qg.tensor(qg.input).shape)
     xq = [np.asarray(quantize_input(qg, img), np.int64) for img in images]
     low = prog.lowered_view()
@@ -110,10 +108,7 @@ def run_compiled(outdir: Path, x: np.ndarray, engine: str, *, progress: Callable
             tick(1)
     else:
         from .sim.core_rtl import core_model
-        layers = [None] * len(prog.words)
-        for r in prog.header["layers"]:
-            for i in range(r["start"], r["end"]):
-                layers[i] = r["layer"]
+        layers = prog.layers
         model = core_model(cfg)
         ys, per_image = [], []
         for k in range(0, len(xq), batch):
