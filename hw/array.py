@@ -2,9 +2,9 @@
 
 An activation vector enters unskewed on ``act``; row i is delayed by i cycles so the
 vector crosses the array as a diagonal wavefront. Column j's sum leaves the bottom
-row at cycle ``rows + j`` and is delayed by ``cols - 1 - j`` more cycles, so the
-whole result vector appears on ``psum`` ``LATENCY = rows + cols - 1`` cycles after
-the vector entered. One vector per cycle: ``rows * cols`` MACs every cycle.
+row at cycle ``rows + j + 1`` (each PE registers its product, then its sum) and is
+delayed by ``cols - 1 - j`` more cycles, so the whole result vector appears on
+``psum`` ``LATENCY = rows + cols`` cycles after the vector entered. One vector per cycle: ``rows * cols`` MACs every cycle.
 
 Weights shift upward through the columns, one row per cycle on ``weights``; after
 ``rows`` rows, the first row loaded sits in array row 0.
@@ -54,7 +54,7 @@ class SystolicArray(wiring.Component):
 
     @property
     def LATENCY(self) -> int:
-        return self._rows + self._cols - 1
+        return self._rows + self._cols
 
     @staticmethod
     def _delay(m, sig, n, name):
@@ -91,7 +91,7 @@ class SystolicArray(wiring.Component):
                          act_out=act[i][j + 1], bank_out=bank[i][j + 1],
                          psum_out=psum[i + 1][j], w_out=wchain[i][j], name=f"pe_{i}_{j}_")
 
-        # De-skew: column j leaves at rows + j; align all columns to rows + cols - 1.
+        # De-skew: column j leaves at rows + j + 1; align all columns to rows + cols.
         for j in range(C):
             m.d.comb += self.psum.data[j].eq(self._delay(m, psum[R][j], C - 1 - j, f"deskew{j}"))
         m.d.comb += self.psum.valid.eq(self._delay(m, self.act.valid, self.LATENCY, "valid"))

@@ -2,7 +2,9 @@
 multiply-accumulate with two weight banks.
 
 Activations enter from the left with the bank they use, partial sums from above;
-both leave registered (right and down). Weights load by shifting upward through the
+both leave registered (right and down). The product is registered before the add,
+so the multiplier (a DSP block on FPGAs, with its output register) and the adder
+are separate pipeline stages and the array is not the critical path. Weights load by shifting upward through the
 column, one bank at a time, so a tile loads into one bank while the other computes.
 """
 
@@ -21,14 +23,18 @@ def build_pe(m: Module, *, act_in, bank_in, psum_in, w_in, w_load, w_load_bank,
     """Add one PE's logic to ``m`` (shared by :class:`ProcessingElement` and the
     array, which builds its grid inline to keep the simulator fast).
 
-    Cycle 1: ``psum_out <= psum_in + w[bank_in] * act_in``; the activation and its
-    bank move one PE to the right. Loading shifts bank ``w_load_bank`` upward.
+    Cycle 1: ``product <= w[bank_in] * act_in``; the activation and its bank move one
+    PE to the right. Cycle 2: ``psum_out <= psum_in + product``, so ``psum_in`` must
+    arrive one cycle after the activation (it does: the PE above is one cycle
+    earlier and two cycles deep). Loading shifts bank ``w_load_bank`` upward.
     """
     w = [Signal(signed(8), name=f"{name}w{b}") for b in range(2)]
+    product = Signal(signed(8 + ACT_WIDTH), name=f"{name}product")
     m.d.sync += [
         act_out.eq(act_in),
         bank_out.eq(bank_in),
-        psum_out.eq(psum_in + Mux(bank_in, w[1], w[0]) * act_in),
+        product.eq(Mux(bank_in, w[1], w[0]) * act_in),
+        psum_out.eq(psum_in + product),
     ]
     with m.If(w_load):
         with m.If(w_load_bank):
@@ -48,7 +54,8 @@ class ProcessingElement(wiring.Component):
         Bits of the partial sum flowing down the column.
     """
 
-    LATENCY = 1
+    #: Cycles from ``act_in`` to the ``psum_out`` that includes its product.
+    LATENCY = 2
 
     def __init__(self, psum_width: int):
         if psum_width < 17:

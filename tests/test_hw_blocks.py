@@ -31,15 +31,21 @@ def test_pe_macs_with_both_banks():
             ctx.set(dut.w_in, w)
             await ctx.tick()
         ctx.set(dut.w_load, 0)
-        for bank, act, psum, expect in ((0, 255, 5, 5 - 7 * 255), (1, -128, -3, -3 - 12800),
-                                        (0, -1, 0, 7)):
-            ctx.set(dut.act_in, act)
-            ctx.set(dut.bank_in, bank)
-            ctx.set(dut.psum_in, psum)
+        # The partial sum joins one cycle after its activation (the product's stage).
+        cases = ((0, 255, 5, 5 - 7 * 255), (1, -128, -3, -3 - 12800), (0, -1, 0, 7))
+        for t in range(len(cases) + 1):
+            if t < len(cases):
+                bank, act, _, _ = cases[t]
+                ctx.set(dut.act_in, act)
+                ctx.set(dut.bank_in, bank)
+            if 1 <= t <= len(cases):
+                ctx.set(dut.psum_in, cases[t - 1][2])
             await ctx.tick()
-            assert ctx.get(dut.psum_out) == expect
-            assert ctx.get(dut.act_out) == act
-            assert ctx.get(dut.bank_out) == bank
+            if t < len(cases):
+                assert ctx.get(dut.act_out) == cases[t][1]
+                assert ctx.get(dut.bank_out) == cases[t][0]
+            if t >= 1:
+                assert ctx.get(dut.psum_out) == cases[t - 1][3]
 
     run(dut, bench)
 

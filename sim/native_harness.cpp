@@ -1,0 +1,632 @@
+// Verilator-native harness for the fxpgen core: streams a job from a file, runs it
+// without any per-cycle Python, and writes one JSON result file.
+//
+// Built by fxpgen.sim.native (verilator --cc --exe --build, top module prefix
+// Vcore) with the port widths as macros:
+//   FXP_INSN_BITS     insn payload bits (fxpgen.isa.INSN_BITS)
+//   FXP_DATA_BITS     data payload bits (cfg.bus_width)
+//   FXP_RESULT_BITS   result payload bits (cfg.bus_width + 1; the top bit is `last`)
+//   FXP_COUNTER_BITS  counter output bits (cfg.counter_width)
+//
+// Usage: fxpgen_native JOB OUT
+//
+// JOB is text, one item per line (every number decimal, every word hex without 0x):
+//   fxpgen-native-job 1
+//   widths <insn> <data> <result> <counter>      must equal the macros above
+//   seed <u64>
+//   stall <p_insn> <p_data> <p_result>           each in [0, 1)
+//   drain_cycles <n>
+//   max_total_cycles <n>                         0 = no limit
+//   timeout_s <seconds>                          wall clock, 0 = no limit
+//   programs <K>
+//   <n_insns> <n_data> <n_halts> <n_results> <max_cycles>     K lines
+//   insns <N>
+//   <hex>                                        N lines
+//   data <D>
+//   <hex>                                        D lines
+//   end
+//
+// Semantics (those of fxpgen.sim.cocotb_core, in one continuous stream): reset
+// (rst high for RESET_CYCLES edges, then one idle edge), then the instruction and
+// data words of all programs are streamed back to back, each stream with its own
+// random stalls (valid held low with probability p before each word, random
+// payload meanwhile; ready low with probability p per cycle on the result
+// stream). A HALT retires when `state` *enters* HALTED; the counters are read in
+// that cycle (they are frozen while HALTED and cleared by the edge that accepts
+// the next program's first instruction, which can be this very cycle's edge).
+// A program ends when its last HALT retires; the next one starts in that cycle.
+// Result words transferred while a program is current belong to it. A program
+// that enters ERROR, or runs more than its max_cycles, ends there: the core is
+// reset and the streams skip to the next program's first words (as the cocotb
+// harness resets after an error or a timeout). After the last program the result
+// stream is drained for drain_cycles more cycles. The wall-clock timeout or
+// max_total_cycles stop the whole run; programs not reached are reported with
+// "ran": false.
+//
+// OUT is JSON: {"cycles", "wall_s", "stopped", "programs": [{"ran", "results",
+// "lasts", "state", "error", "error_pc", "counters", "halts": [{"cycle",
+// "counters"}], "timed_out", "timeout_reason", "halts_seen", "insns_sent",
+// "data_sent", "sim_cycles", "start_cycle", "reset_before"}]}.
+
+#include "Vcore.h"
+#include "verilated.h"
+
+#include <chrono>
+#include <cinttypes>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#if !defined(FXP_INSN_BITS) || !defined(FXP_DATA_BITS) || !defined(FXP_RESULT_BITS) \
+    || !defined(FXP_COUNTER_BITS)
+#error "build with -DFXP_INSN_BITS=... -DFXP_DATA_BITS=... -DFXP_RESULT_BITS=... -DFXP_COUNTER_BITS=..."
+#endif
+
+// Verilator escapes the "__" of Amaranth's flattened stream ports as "___05F".
+#define INSN_PAYLOAD insn___05Fpayload
+#define INSN_VALID insn___05Fvalid
+#define INSN_READY insn___05Fready
+#define DATA_PAYLOAD data___05Fpayload
+#define DATA_VALID data___05Fvalid
+#define DATA_READY data___05Fready
+#define RESULT_PAYLOAD result___05Fpayload
+#define RESULT_VALID result___05Fvalid
+#define RESULT_READY result___05Fready
+
+namespace {
+
+constexpr int HALTED = 2, ERROR = 3;   // CoreState values
+constexpr int RESET_CYCLES = 4;
+// Cycles between wall-clock checks (a steady_clock read costs ~20 ns, a cycle ~1 us).
+constexpr uint64_t WALL_CHECK_EVERY = 4096;
+const char* const COUNTER_NAMES[] = {"cycles", "mac_cycles", "stall_dispatch", "stall_data",
+                                     "stall_result", "insns"};
+constexpr int N_COUNTERS = 6;
+
+// 32-bit words per value of `bits` bits; at least 2 so a 64-bit port reads two.
+constexpr int words_for(int bits) { return bits > 64 ? (bits + 31) / 32 : 2; }
+
+// --- port access for every Verilator port type (CData..QData and VlWide<N>) ---------
+
+template <typename T>
+inline void put_port(T& port, const uint32_t* w) {
+    static_assert(std::is_integral<T>::value, "unexpected Verilator port type");
+    uint64_t v = w[0];
+    if (sizeof(T) > 4) v |= static_cast<uint64_t>(w[1]) << 32;
+    port = static_cast<T>(v);
+}
+
+template <std::size_t N>
+inline void put_port(VlWide<N>& port, const uint32_t* w) {
+    for (std::size_t i = 0; i < N; ++i) port[i] = w[i];
+}
+
+template <typename T>
+inline void get_port(const T& port, uint32_t* w) {
+    static_assert(std::is_integral<T>::value, "unexpected Verilator port type");
+    const uint64_t v = static_cast<uint64_t>(port);
+    w[0] = static_cast<uint32_t>(v);
+    w[1] = static_cast<uint32_t>(v >> 32);
+}
+
+template <std::size_t N>
+inline void get_port(const VlWide<N>& port, uint32_t* w) {
+    for (std::size_t i = 0; i < N; ++i) w[i] = port[i];
+}
+
+template <typename T>
+inline uint64_t get_u64(const T& port) {
+    static_assert(std::is_integral<T>::value, "status and counter ports are at most 64 bits");
+    return static_cast<uint64_t>(port);
+}
+
+// --- random numbers: splitmix64, one independent generator per stream --------------
+
+struct Rng {
+    uint64_t s;
+    explicit Rng(uint64_t seed) : s(seed) {}
+    uint64_t next() {
+        uint64_t z = (s += 0x9E3779B97F4A7C15ULL);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+        return z ^ (z >> 31);
+    }
+    double uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }
+    bool stall(double p) { return p > 0.0 && uniform() < p; }
+};
+
+uint64_t stream_seed(uint64_t seed, uint64_t stream) {
+    Rng r(seed ^ (0xA0761D6478BD642FULL * (stream + 1)));
+    return r.next();
+}
+
+// --- words: fixed-stride arrays of little-endian 32-bit limbs -----------------------
+
+struct Words {
+    int bits = 0;
+    int stride = 0;
+    std::vector<uint32_t> limbs;
+    Words(int bits_) : bits(bits_), stride(words_for(bits_)) {}
+    std::size_t size() const { return stride ? limbs.size() / stride : 0; }
+    const uint32_t* at(std::size_t i) const { return limbs.data() + i * stride; }
+};
+
+[[noreturn]] void fail(const std::string& msg) { throw std::runtime_error(msg); }
+
+int hexval(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+void parse_hex(const std::string& text, Words& out, const char* what, std::size_t index) {
+    std::size_t start = 0, end = text.size();
+    while (start < end && (text[start] == ' ' || text[start] == '\t')) ++start;
+    while (end > start && (text[end - 1] == ' ' || text[end - 1] == '\t' || text[end - 1] == '\r'))
+        --end;
+    if (end - start >= 2 && text[start] == '0' && (text[start + 1] == 'x' || text[start + 1] == 'X'))
+        start += 2;
+    if (start == end) fail(std::string(what) + " word " + std::to_string(index) + " is empty");
+    const std::size_t base = out.limbs.size();
+    out.limbs.resize(base + out.stride, 0);
+    uint32_t* w = out.limbs.data() + base;
+    int bit = 0;
+    for (std::size_t i = end; i > start; --i) {
+        const int v = hexval(text[i - 1]);
+        if (v < 0)
+            fail(std::string(what) + " word " + std::to_string(index) + " is not hex: " + text);
+        if (v) {
+            const int top = bit + (v >= 8 ? 4 : v >= 4 ? 3 : v >= 2 ? 2 : 1);
+            if (top > out.bits)
+                fail(std::string(what) + " word " + std::to_string(index) + " (" + text
+                     + ") does not fit " + std::to_string(out.bits) + " bits");
+            w[bit / 32] |= static_cast<uint32_t>(v) << (bit % 32);
+        }
+        bit += 4;
+    }
+}
+
+std::string to_hex(const uint32_t* w, int bits) {
+    static const char digits[] = "0123456789abcdef";
+    std::string s;
+    const int nibbles = (bits + 3) / 4;
+    bool lead = true;
+    for (int k = nibbles - 1; k >= 0; --k) {
+        const int v = (w[(4 * k) / 32] >> ((4 * k) % 32)) & 0xF;
+        if (lead && v == 0 && k > 0) continue;
+        lead = false;
+        s.push_back(digits[v]);
+    }
+    return "0x" + s;
+}
+
+// --- the job --------------------------------------------------------------------------
+
+struct Program {
+    uint64_t n_insns = 0, n_data = 0, n_halts = 0, max_cycles = 0;
+    int64_t n_results = 0;
+};
+
+struct Job {
+    uint64_t seed = 0;
+    double stall[3] = {0.0, 0.0, 0.0};
+    uint64_t drain_cycles = 8;
+    uint64_t max_total_cycles = 0;
+    double timeout_s = 0.0;
+    std::vector<Program> programs;
+    Words insns{FXP_INSN_BITS};
+    Words data{FXP_DATA_BITS};
+};
+
+std::string expect_line(std::istream& in, const char* what) {
+    std::string line;
+    if (!std::getline(in, line)) fail(std::string("job file ends before ") + what);
+    return line;
+}
+
+template <typename... T>
+void read_key(std::istream& in, const std::string& key, T&... values) {
+    std::istringstream ss(expect_line(in, key.c_str()));
+    std::string got;
+    ss >> got;
+    if (got != key) fail("job file: expected '" + key + "', found '" + got + "'");
+    (ss >> ... >> values);
+    if (ss.fail()) fail("job file: bad values on the '" + key + "' line");
+}
+
+Job read_job(const char* path) {
+    std::ifstream in(path);
+    if (!in) fail(std::string("cannot open job file ") + path);
+    Job job;
+    int version = 0;
+    read_key(in, "fxpgen-native-job", version);
+    if (version != 1) fail("job file version " + std::to_string(version) + " (this harness reads 1)");
+    int wi = 0, wd = 0, wr = 0, wc = 0;
+    read_key(in, "widths", wi, wd, wr, wc);
+    if (wi != FXP_INSN_BITS || wd != FXP_DATA_BITS || wr != FXP_RESULT_BITS || wc != FXP_COUNTER_BITS)
+        fail("job widths (insn " + std::to_string(wi) + ", data " + std::to_string(wd) + ", result "
+             + std::to_string(wr) + ", counter " + std::to_string(wc)
+             + ") differ from this model's (" + std::to_string(FXP_INSN_BITS) + ", "
+             + std::to_string(FXP_DATA_BITS) + ", " + std::to_string(FXP_RESULT_BITS) + ", "
+             + std::to_string(FXP_COUNTER_BITS) + ")");
+    read_key(in, "seed", job.seed);
+    read_key(in, "stall", job.stall[0], job.stall[1], job.stall[2]);
+    for (double p : job.stall)
+        if (!(p >= 0.0 && p < 1.0)) fail("stall probabilities must be in [0, 1)");
+    read_key(in, "drain_cycles", job.drain_cycles);
+    read_key(in, "max_total_cycles", job.max_total_cycles);
+    read_key(in, "timeout_s", job.timeout_s);
+    std::size_t n_programs = 0;
+    read_key(in, "programs", n_programs);
+    uint64_t sum_insns = 0, sum_data = 0;
+    for (std::size_t k = 0; k < n_programs; ++k) {
+        std::istringstream ss(expect_line(in, "a program line"));
+        Program p;
+        ss >> p.n_insns >> p.n_data >> p.n_halts >> p.n_results >> p.max_cycles;
+        if (ss.fail()) fail("job file: bad program line " + std::to_string(k));
+        sum_insns += p.n_insns;
+        sum_data += p.n_data;
+        job.programs.push_back(p);
+    }
+    std::size_t n = 0;
+    read_key(in, "insns", n);
+    job.insns.limbs.reserve(n * job.insns.stride);
+    for (std::size_t i = 0; i < n; ++i) parse_hex(expect_line(in, "an insn word"), job.insns, "insn", i);
+    read_key(in, "data", n);
+    job.data.limbs.reserve(n * job.data.stride);
+    for (std::size_t i = 0; i < n; ++i) parse_hex(expect_line(in, "a data word"), job.data, "data", i);
+    if (expect_line(in, "'end'") != "end") fail("job file: expected 'end' after the data words");
+    if (sum_insns != job.insns.size() || sum_data != job.data.size())
+        fail("job file: the programs declare " + std::to_string(sum_insns) + " insn and "
+             + std::to_string(sum_data) + " data words, the file has "
+             + std::to_string(job.insns.size()) + " and " + std::to_string(job.data.size()));
+    return job;
+}
+
+// --- stream models --------------------------------------------------------------------
+
+// Transmitter: presents words[pos..end) in order; a presented word stays valid until
+// taken. The caller points it at a program's words with `seek`.
+struct Driver {
+    const Words& words;
+    Rng rng;
+    double stall_prob;
+    std::size_t pos = 0;
+    bool presenting = false;
+    std::vector<uint32_t> garbage;
+
+    Driver(const Words& w, uint64_t seed, double p)
+        : words(w), rng(seed), stall_prob(p), garbage(w.stride, 0) {}
+
+    void seek(std::size_t p) { pos = p; presenting = false; }
+
+    // Before the cycle's eval: set valid and payload. Returns whether valid is high.
+    template <typename P>
+    bool drive(P& payload, CData& valid) {
+        if (!presenting && pos < words.size()) {
+            if (rng.stall(stall_prob)) {
+                for (auto& g : garbage) g = static_cast<uint32_t>(rng.next());
+                put_port(payload, garbage.data());
+            } else {
+                put_port(payload, words.at(pos));
+                presenting = true;
+            }
+        }
+        valid = presenting ? 1 : 0;
+        return presenting;
+    }
+
+    // After the eval, before the edge: the edge completes a transfer if ready is high.
+    void sample(CData ready) {
+        if (presenting && ready) {
+            ++pos;
+            presenting = false;
+        }
+    }
+};
+
+struct Snapshot {
+    int state = 0, error = 0;
+    uint64_t error_pc = 0;
+    uint64_t counters[N_COUNTERS] = {0, 0, 0, 0, 0, 0};
+};
+
+struct HaltRecord {
+    uint64_t cycle;
+    uint64_t counters[N_COUNTERS];
+};
+
+struct ProgramOut {
+    bool ran = false;
+    bool reset_before = false;
+    Snapshot status;
+    std::vector<HaltRecord> halts;
+    std::vector<uint32_t> results;   // stride words_for(FXP_RESULT_BITS)
+    bool timed_out = false;
+    const char* timeout_reason = nullptr;
+    uint64_t insns_sent = 0, data_sent = 0;
+    uint64_t start_cycle = 0, sim_cycles = 0;
+};
+
+class Harness {
+  public:
+    Harness(const Job& job)
+        : job_(job),
+          ctx_(new VerilatedContext),
+          insn_(job.insns, stream_seed(job.seed, 0), job.stall[0]),
+          data_(job.data, stream_seed(job.seed, 1), job.stall[1]),
+          result_rng_(stream_seed(job.seed, 2)),
+          result_word_(words_for(FXP_RESULT_BITS), 0) {
+        top_.reset(new Vcore{ctx_.get(), "core"});
+    }
+
+    ~Harness() { top_->final(); }
+
+    std::vector<ProgramOut> run(uint64_t& total_cycles, double& wall_s, const char*& stopped) {
+        const auto t0 = std::chrono::steady_clock::now();
+        const std::size_t n = job_.programs.size();
+        std::vector<ProgramOut> out(n);
+        std::vector<uint64_t> insn_start(n + 1, 0), data_start(n + 1, 0);
+        for (std::size_t k = 0; k < n; ++k) {
+            insn_start[k + 1] = insn_start[k] + job_.programs[k].n_insns;
+            data_start[k + 1] = data_start[k] + job_.programs[k].n_data;
+        }
+        stopped = nullptr;
+        reset();
+        int prev_state = static_cast<int>(top_->state);
+        std::size_t k = 0;            // current program
+        uint64_t halts = 0;           // HALTs of the current program retired
+        bool need_reset = false;
+        uint64_t next_wall_check = WALL_CHECK_EVERY;
+        if (n) {
+            out[0].ran = true;
+            out[0].start_cycle = cycles_;
+        }
+        while (k < n) {
+            if (need_reset) {
+                reset();
+                prev_state = static_cast<int>(top_->state);
+                insn_.seek(insn_start[k]);
+                data_.seek(data_start[k]);
+                out[k].reset_before = true;
+                out[k].start_cycle = cycles_;
+                need_reset = false;
+            }
+            ProgramOut& po = out[k];
+            const Program& prog = job_.programs[k];
+            // This cycle's inputs.
+            insn_.drive(top_->INSN_PAYLOAD, top_->INSN_VALID);
+            data_.drive(top_->DATA_PAYLOAD, top_->DATA_VALID);
+            const bool result_ready = !result_rng_.stall(job_.stall[2]);
+            top_->RESULT_READY = result_ready ? 1 : 0;
+            top_->clk = 0;
+            top_->eval();
+
+            // Sample (the ReadOnly phase before the edge).
+            const int state = static_cast<int>(top_->state);
+            bool ended = false;
+            if (state == HALTED && prev_state != HALTED) {
+                ++halts;
+                HaltRecord h;
+                h.cycle = cycles_;
+                read_counters(h.counters);
+                po.halts.push_back(h);
+                if (halts >= prog.n_halts) ended = true;
+            }
+            prev_state = state;
+            if (state == ERROR) {
+                ended = true;
+                need_reset = true;
+            } else if (!ended && cycles_ - po.start_cycle >= prog.max_cycles) {
+                ended = true;
+                need_reset = true;
+                po.timed_out = true;
+                po.timeout_reason = "cycles";
+            }
+            if (!ended && job_.max_total_cycles && cycles_ >= job_.max_total_cycles) {
+                po.timed_out = true;
+                po.timeout_reason = "total_cycles";
+                stopped = "total_cycles";
+            }
+            if (!ended && !stopped && job_.timeout_s > 0 && cycles_ >= next_wall_check) {
+                next_wall_check = cycles_ + WALL_CHECK_EVERY;
+                if (seconds_since(t0) > job_.timeout_s) {
+                    po.timed_out = true;
+                    po.timeout_reason = "wall";
+                    stopped = "wall";
+                }
+            }
+            if (ended || stopped) {
+                snapshot(po.status);
+                po.insns_sent = insn_.pos - insn_start[k];
+                po.data_sent = data_.pos - data_start[k];
+                po.sim_cycles = cycles_ - po.start_cycle;
+                if (stopped) break;
+                halts = 0;
+                if (++k < n) {
+                    out[k].ran = true;
+                    out[k].start_cycle = cycles_;
+                    if (need_reset) {
+                        // The reset happens before the next cycle: nothing more is
+                        // transferred for the program that stopped.
+                        continue;
+                    }
+                } else {
+                    break;
+                }
+            }
+            // The edge: complete this cycle's transfers.
+            insn_.sample(top_->INSN_READY);
+            data_.sample(top_->DATA_READY);
+            ProgramOut& owner = out[k < n ? k : n - 1];
+            if (result_ready && top_->RESULT_VALID) take_result(owner);
+            edge();
+        }
+        // Drain: only the result stream keeps running, into the last program run.
+        if (n) {
+            std::size_t last = n;
+            while (last > 0 && !out[last - 1].ran) --last;
+            ProgramOut& owner = out[last - 1];
+            top_->INSN_VALID = 0;
+            top_->DATA_VALID = 0;
+            for (uint64_t i = 0; i < job_.drain_cycles; ++i) {
+                const bool ready = !result_rng_.stall(job_.stall[2]);
+                top_->RESULT_READY = ready ? 1 : 0;
+                top_->clk = 0;
+                top_->eval();
+                if (ready && top_->RESULT_VALID) take_result(owner);
+                edge();
+            }
+        }
+        total_cycles = cycles_;
+        wall_s = seconds_since(t0);
+        return out;
+    }
+
+  private:
+    const Job& job_;
+    std::unique_ptr<VerilatedContext> ctx_;
+    std::unique_ptr<Vcore> top_;
+    Driver insn_, data_;
+    Rng result_rng_;
+    std::vector<uint32_t> result_word_;
+    uint64_t cycles_ = 0;
+
+    static double seconds_since(std::chrono::steady_clock::time_point t0) {
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+
+    void edge() {
+        top_->clk = 1;
+        top_->eval();
+        ++cycles_;
+    }
+
+    // Every handshake idle, rst high for RESET_CYCLES edges, then one edge with rst low.
+    void reset() {
+        top_->INSN_VALID = 0;
+        top_->DATA_VALID = 0;
+        top_->RESULT_READY = 0;
+        top_->rst = 1;
+        for (int i = 0; i < RESET_CYCLES; ++i) {
+            top_->clk = 0;
+            top_->eval();
+            edge();
+        }
+        top_->rst = 0;
+        top_->clk = 0;
+        top_->eval();
+        edge();
+    }
+
+    void read_counters(uint64_t* c) const {
+        c[0] = get_u64(top_->cycles);
+        c[1] = get_u64(top_->mac_cycles);
+        c[2] = get_u64(top_->stall_dispatch);
+        c[3] = get_u64(top_->stall_data);
+        c[4] = get_u64(top_->stall_result);
+        c[5] = get_u64(top_->insns);
+    }
+
+    void snapshot(Snapshot& s) const {
+        s.state = static_cast<int>(top_->state);
+        s.error = static_cast<int>(top_->error);
+        s.error_pc = get_u64(top_->error_pc);
+        read_counters(s.counters);
+    }
+
+    void take_result(ProgramOut& owner) {
+        get_port(top_->RESULT_PAYLOAD, result_word_.data());
+        owner.results.insert(owner.results.end(), result_word_.begin(), result_word_.end());
+    }
+};
+
+// --- output ------------------------------------------------------------------------------
+
+void write_counters(FILE* f, const uint64_t* c) {
+    std::fputc('{', f);
+    for (int i = 0; i < N_COUNTERS; ++i)
+        std::fprintf(f, "%s\"%s\": %" PRIu64, i ? ", " : "", COUNTER_NAMES[i], c[i]);
+    std::fputc('}', f);
+}
+
+void write_output(const char* path, const std::vector<ProgramOut>& progs, uint64_t cycles,
+                  double wall_s, const char* stopped) {
+    const std::string tmp = std::string(path) + ".tmp";
+    FILE* f = std::fopen(tmp.c_str(), "w");
+    if (!f) fail("cannot write " + tmp);
+    std::fprintf(f, "{\"cycles\": %" PRIu64 ", \"wall_s\": %.6f, \"stopped\": ", cycles, wall_s);
+    if (stopped) std::fprintf(f, "\"%s\"", stopped); else std::fputs("null", f);
+    std::fputs(", \"programs\": [", f);
+    const int stride = words_for(FXP_RESULT_BITS);
+    const int bus = FXP_RESULT_BITS - 1;
+    std::vector<uint32_t> word(stride);
+    for (std::size_t k = 0; k < progs.size(); ++k) {
+        const ProgramOut& p = progs[k];
+        std::fprintf(f, "%s\n {\"ran\": %s, \"reset_before\": %s, \"state\": %d, \"error\": %d, "
+                        "\"error_pc\": %" PRIu64 ", \"counters\": ",
+                     k ? "," : "", p.ran ? "true" : "false", p.reset_before ? "true" : "false",
+                     p.status.state, p.status.error, p.status.error_pc);
+        write_counters(f, p.status.counters);
+        std::fputs(", \"halts\": [", f);
+        for (std::size_t h = 0; h < p.halts.size(); ++h) {
+            std::fprintf(f, "%s{\"cycle\": %" PRIu64 ", \"counters\": ", h ? ", " : "", p.halts[h].cycle);
+            write_counters(f, p.halts[h].counters);
+            std::fputc('}', f);
+        }
+        std::fprintf(f, "], \"halts_seen\": %zu, \"timed_out\": %s, \"timeout_reason\": ",
+                     p.halts.size(), p.timed_out ? "true" : "false");
+        if (p.timeout_reason) std::fprintf(f, "\"%s\"", p.timeout_reason); else std::fputs("null", f);
+        std::fprintf(f, ", \"insns_sent\": %" PRIu64 ", \"data_sent\": %" PRIu64
+                        ", \"start_cycle\": %" PRIu64 ", \"sim_cycles\": %" PRIu64 ",\n  \"results\": [",
+                     p.insns_sent, p.data_sent, p.start_cycle, p.sim_cycles);
+        const std::size_t n_res = p.results.size() / stride;
+        std::string lasts;
+        for (std::size_t i = 0; i < n_res; ++i) {
+            std::memcpy(word.data(), p.results.data() + i * stride, stride * sizeof(uint32_t));
+            const bool last = (word[bus / 32] >> (bus % 32)) & 1u;
+            word[bus / 32] &= ~(1u << (bus % 32));
+            std::fprintf(f, "%s\"%s\"", i ? ", " : "", to_hex(word.data(), bus).c_str());
+            lasts += i ? ", " : "";
+            lasts += last ? "true" : "false";
+        }
+        std::fprintf(f, "],\n  \"lasts\": [%s]}", lasts.c_str());
+    }
+    std::fputs("]}\n", f);
+    if (std::fclose(f) != 0) fail("cannot write " + tmp);
+    if (std::rename(tmp.c_str(), path) != 0) fail("cannot rename " + tmp + " to " + path);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc != 3) {
+        std::fprintf(stderr, "usage: %s JOB OUT\n", argv[0]);
+        return 2;
+    }
+    try {
+        const Job job = read_job(argv[1]);
+        uint64_t cycles = 0;
+        double wall_s = 0.0;
+        const char* stopped = nullptr;
+        std::vector<ProgramOut> progs;
+        {
+            Harness h(job);
+            progs = h.run(cycles, wall_s, stopped);
+        }
+        write_output(argv[2], progs, cycles, wall_s, stopped);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "fxpgen_native: %s\n", e.what());
+        return 1;
+    }
+    return 0;
+}
