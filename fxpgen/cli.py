@@ -49,6 +49,16 @@ def core_options(f):
     return wrapper
 
 
+def board_options(f):
+    """Serial-port options of the commands that talk to a board."""
+    f = click.option("--timeout", type=float, default=2.0, show_default=True,
+                     help="Seconds to wait for each reply from the board.")(f)
+    f = click.option("--baud", type=int, default=1_000_000, show_default=True,
+                     help="UART baud rate the bitstream was built for.")(f)
+    return click.option("--port", default=None,
+                        help="Serial port of a board running an fxpgen bitstream (e.g. /dev/ttyUSB1).")(f)
+
+
 @click.group()
 @click.version_option(package_name="fxpgen")
 def main():
@@ -92,14 +102,31 @@ def _parse_gemm(text: str) -> tuple[int, int, int]:
 @click.option("--stall", type=float, default=0.0, show_default=True,
               help="Probability of a random valid/ready stall on each stream per cycle.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def check(cfg: CoreConfig, gemm: str, seed: int, stall: float, as_json: bool):
+@board_options
+def check(cfg: CoreConfig, gemm: str, seed: int, stall: float, as_json: bool, port, baud, timeout):
     """Run a random int8 GEMM on the RTL (Verilator) and on the golden model and
-    compare them bit for bit; report the RTL's cycle counters."""
+    compare them bit for bit; report the RTL's cycle counters. With --port, run it
+    on a board instead (its core configuration comes from the board)."""
     from .check import run_check
     m, k, n = _parse_gemm(gemm)
     if not 0.0 <= stall < 1.0:
         raise click.BadParameter("must be in [0, 1)", param_hint="--stall")
     progress = None if as_json else (lambda msg: click.echo(msg, err=True))
+    if port:
+        from .boards.runtime import board_check, connect
+        try:
+            report = board_check(connect(port, baud, timeout), m, k, n, seed=seed)
+        except (ValueError, RuntimeError) as e:
+            raise click.ClickException(str(e)) from None
+        click.echo(json.dumps(report, indent=2) if as_json else
+                   f"GEMM {m}x{k}x{n} on the board at {port} ({report['config']['rows']}x"
+                   f"{report['config']['cols']} core)\n"
+                   f"  bit-identical to golden model: {'yes' if report['bit_identical'] else 'NO'}\n"
+                   f"  cycles (board counter): {report['cycles']}   utilization: {report['utilization']:.4f}\n"
+                   f"  frames rejected and resent: {len(report['frames_rejected'])}")
+        if not report["bit_identical"]:
+            sys.exit(1)
+        return
     try:
         report = run_check(cfg, m, k, n, seed=seed, stall=stall, progress=progress)
     except ValueError as e:
@@ -176,19 +203,28 @@ def compile_cmd(model: Path, calib: Path, cfg: CoreConfig, outdir: Path, mode: s
 @click.argument("outdir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               required=True, help="Float input(s) (.npy): one image C x H x W or a batch.")
-@click.option("--engine", type=click.Choice(["golden", "isa", "rtl"]), default="golden", show_default=True)
+@click.option("--engine", type=click.Choice(["golden", "isa", "rtl", "board"]), default="golden",
+              show_default=True)
 @click.option("--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the integer outputs (.npy, N x C x H x W) here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def run_cmd(outdir: Path, input_path: Path, engine: str, output_path: Path | None, as_json: bool):
-    """Run a compiled program on the golden model, the instruction-level simulator or
-    the RTL (Verilator, cycle-accurate, with per-layer counters)."""
+@board_options
+@click.option("--baked", is_flag=True, help="Board engine: run the program baked into the bitstream "
+              "(fxpgen build --program); only the inputs are sent.")
+def run_cmd(outdir: Path, input_path: Path, engine: str, output_path: Path | None, as_json: bool,
+            port, baud, timeout, baked):
+    """Run a compiled program on the golden model, the instruction-level simulator,
+    the RTL (Verilator, cycle-accurate, with per-layer counters) or a board (--port).
+    The RTL and board engines also check every output against the golden model."""
     import numpy as np
 
     from .flow import run_compiled
     x = np.load(input_path)
+    if engine == "board" and not port:
+        raise click.BadParameter("the board engine needs --port", param_hint="--port")
     try:
-        res = run_compiled(outdir, x, engine, progress=_bar(not as_json)(engine, len(np.atleast_3d(x))))
+        res = run_compiled(outdir, x, engine, progress=_bar(not as_json)(engine, len(np.atleast_3d(x))),
+                           board={"port": port, "baud": baud, "timeout": timeout, "baked": baked})
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         raise click.ClickException(str(e)) from None
     outputs = res.pop("outputs")
@@ -199,7 +235,13 @@ def run_cmd(outdir: Path, input_path: Path, engine: str, output_path: Path | Non
         return
     click.echo(f"{engine}: {len(outputs)} input(s) in {res['seconds']:.2f} s"
                + (f", outputs written to {output_path}" if output_path else ""))
-    if engine == "rtl":
+    if "golden_identical" in res:
+        click.echo(f"  bit-identical to golden model: {'yes' if res['golden_identical'] else 'NO'}"
+                   + (f"; frames rejected by the board and resent: {len(res['frames_rejected'])}"
+                      if "frames_rejected" in res else ""))
+        for why in res.get("frames_rejected", []):
+            click.echo(f"    {why}")
+    if res.get("layers"):
         click.echo(f"  cycles per image: {res['cycles_per_image']:.0f}")
         click.echo(f"  {'layer':<12} {'cycles':>8} {'array busy':>10} {'occupancy':>9} "
                    f"{'stall disp':>10} {'stall data':>10} {'stall res':>9}")

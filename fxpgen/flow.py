@@ -13,7 +13,7 @@ from .config import CoreConfig
 
 __all__ = ["compile_model", "load_compiled", "run_compiled", "ENGINES", "demo"]
 
-ENGINES = ("golden", "isa", "rtl")
+ENGINES = ("golden", "isa", "rtl", "board")
 
 
 def compile_model(model, calib: np.ndarray, cfg: CoreConfig, outdir: Path, *, mode: str = "std",
@@ -82,9 +82,12 @@ def _images(x: np.ndarray, shape) -> np.ndarray:
 
 
 def run_compiled(outdir: Path, x: np.ndarray, engine: str, *, progress: Callable | None = None,
-                 batch: int = 16) -> dict:
+                 batch: int = 16, board: dict | None = None) -> dict:
     """Run float inputs through a compiled program on one engine. Returns the integer
-    outputs (N x C x H x W, in the output format) and, for the RTL, per-layer counters."""
+    outputs (N x C x H x W, in the output format) and, for the RTL and a board,
+    per-layer counters and whether every output equals the golden model's.
+
+    ``board``: ``port``, ``baud``, ``timeout``, ``baked`` for the board engine."""
     from .engines import run_isa, run_rtl, split_layers
     from .sim.golden import quantize_input, run_golden_batch
 
@@ -106,6 +109,15 @@ def run_compiled(outdir: Path, x: np.ndarray, engine: str, *, progress: Callable
         for q in xq:
             ys.append(low.decode_output(run_isa(cfg, prog.words, low.data(low.image_words(q)))))
             tick(1)
+    elif engine == "board":
+        from .boards.runtime import connect, run_images
+        opts = board or {}
+        link = connect(opts["port"], opts.get("baud", 1_000_000), opts.get("timeout", 2.0))
+        ys, per_image = run_images(link, prog, xq, baked=opts.get("baked", False), progress=tick)
+        if per_image and per_image[0]:
+            out["layers"] = _layer_table(per_image, cfg)
+            out["cycles_per_image"] = float(np.mean([sum(l["cycles"] for l in img) for img in per_image]))
+        out["frames_rejected"] = list(link.rejected)
     else:
         from .sim.core_rtl import core_model
         layers = prog.layers
@@ -122,6 +134,9 @@ def run_compiled(outdir: Path, x: np.ndarray, engine: str, *, progress: Callable
         out["cycles_per_image"] = float(np.mean([sum(l["cycles"] for l in img) for img in per_image]))
         out["verilator_build_s"] = model.build_s
     out["seconds"] = time.monotonic() - t0
+    if engine in ("rtl", "board"):
+        golden = run_golden_batch(qg, np.stack(xq))[qg.output]
+        out["golden_identical"] = bool(all(np.array_equal(y, g) for y, g in zip(ys, golden)))
     out["outputs"] = np.stack(ys)
     return out
 

@@ -1,0 +1,87 @@
+"""Running programs on a board through :class:`fxpgen.boards.host.BoardLink`: a
+random GEMM checked bit for bit (``fxpgen check --port``) and compiled networks
+(``fxpgen run --engine board``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fxpgen.config import CoreConfig
+from fxpgen.isa import ErrorCode
+
+from .host import BoardLink, open_serial
+from .protocol import ProtocolError
+
+__all__ = ["connect", "board_check", "run_images"]
+
+DEFAULT_BAUD = 1_000_000
+
+
+def connect(port: str, baud: int = DEFAULT_BAUD, timeout: float = 2.0) -> BoardLink:
+    """Open ``port`` and ask the board what it is (INFO), with a clear error when
+    nothing answers."""
+    ser = open_serial(port, baud, timeout)
+    try:
+        link = BoardLink(ser, timeout=timeout)
+    except ProtocolError as e:
+        raise RuntimeError(f"no fxpgen board answering on {port} at {baud} baud: {e}") from None
+    link.reset()
+    return link
+
+
+def board_check(link: BoardLink, m: int, k: int, n: int, *, seed: int = 0) -> dict:
+    """A random int8 GEMM on the board against the golden model (as ``fxpgen check``)."""
+    from fxpgen.check import random_gemm
+    from fxpgen.compiler.gemm import build_gemm, gemm_reference
+    cfg = link.cfg
+    a, b, shift = random_gemm(m, k, n, seed)
+    program = build_gemm(cfg, a, b, shift)
+    golden = gemm_reference(a, b, shift, cfg.acc_width)
+    run = link.execute(program.words, program.data, n_results=program.n_results)
+    got = program.decode_results(run.results) if len(run.results) == program.n_results else None
+    c = run.status["counters"]
+    ideal = m * k * n / (cfg.rows * cfg.cols)
+    return {
+        "config": cfg.as_dict(),
+        "gemm": {"m": m, "k": k, "n": n, "seed": seed},
+        "bit_identical": got is not None and bool(np.array_equal(got, golden)),
+        "error": ErrorCode(run.status["error"]).name,
+        "cycles": c["cycles"], "ideal_cycles": ideal,
+        "utilization": ideal / c["cycles"] if c["cycles"] else 0.0,
+        "mac_cycles": c["mac_cycles"], "instructions": len(program.words),
+        "frames_rejected": run.rejected,
+    }
+
+
+def run_images(link: BoardLink, prog, images_q: list[np.ndarray], *, baked: bool = False,
+               progress=None) -> tuple[list[np.ndarray], list[list[dict]]]:
+    """Run quantized images through a compiled program on the board. Returns the
+    decoded outputs and, per image, the counters per layer (read at each layer's
+    HALT; none with ``baked``: the board's ROM program runs without pausing)."""
+    from fxpgen.engines import split_layers
+    if link.cfg != prog.cfg:
+        raise RuntimeError(f"the board's core ({link.cfg.name}) is not the one the program was "
+                           f"compiled for ({prog.cfg.name})")
+    low = prog.lowered_view()
+    if baked and link.info["rom_insns"] != len(prog.words):
+        raise RuntimeError(f"the board's baked program has {link.info['rom_insns']} instructions, "
+                           f"this one {len(prog.words)}: rebuild the bitstream with --program")
+    outs, layers = [], []
+    for q in images_q:
+        words = low.image_words(q)
+        if baked:
+            n_results = sum(s.n_results for s in split_layers(prog.words, prog.layers, low.data(words)))
+            run = link.run_baked(words, n_results=n_results)
+            outs.append(low.decode_output(run.results))
+            layers.append([])           # the ROM runs every layer without a pause to read them
+        else:
+            res, per_layer = [], []
+            for seg in split_layers(prog.words, prog.layers, low.data(words)):
+                run = link.execute(seg.words, seg.data, n_results=seg.n_results)
+                res += run.results
+                per_layer.append({"layer": seg.layer, **run.status["counters"]})
+            outs.append(low.decode_output(res))
+            layers.append(per_layer)
+        if progress:
+            progress(1)
+    return outs, layers
