@@ -48,7 +48,7 @@ def board_check(link: BoardLink, m: int, k: int, n: int, *, seed: int = 0) -> di
         "error": ErrorCode(run.status["error"]).name,
         "cycles": c["cycles"], "ideal_cycles": ideal,
         "utilization": ideal / c["cycles"] if c["cycles"] else 0.0,
-        "mac_cycles": c["mac_cycles"], "instructions": len(program.words),
+        "mac_cycles": c["mac_cycles"], "instructions": len(program.words), "insns_executed": c["insns"],
         "frames_rejected": run.rejected,
     }
 

@@ -10,7 +10,7 @@ PLL locks, and the UART and LED pins of the platform.
 from __future__ import annotations
 
 from amaranth import *
-from amaranth.lib import wiring
+from amaranth.lib import io, wiring
 from amaranth.lib.wiring import In, Out
 
 from fxpgen.config import CoreConfig
@@ -120,13 +120,13 @@ class BoardDesign(Elaboratable):
         m = Module()
         self.board.clock(m, platform, self.clock_hz)
         m.submodules.top = top = self.top
-        uart = platform.request("uart", 0)
-        m.d.comb += [top.uart_rx.eq(uart.rx.i), uart.tx.o.eq(top.uart_tx)]
-        for k in range(4):
-            try:
-                led = platform.request("led", k)
-            except Exception:       # boards with fewer LEDs
-                break
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.uart_rx_pin = rx = io.Buffer("i", uart.rx)
+        m.submodules.uart_tx_pin = tx = io.Buffer("o", uart.tx)
+        m.d.comb += [top.uart_rx.eq(rx.i), tx.o.eq(top.uart_tx)]
+        for k in range(self.board.leds):
+            led = io.Buffer("o", platform.request("led", k, dir="-"))
+            m.submodules[f"led{k}"] = led
             m.d.comb += led.o.eq(top.leds[k])
         self.board.extra_pins(m, platform)
         return m

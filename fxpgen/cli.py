@@ -251,6 +251,58 @@ def run_cmd(outdir: Path, input_path: Path, engine: str, output_path: Path | Non
                        f"{l['stall_data']:>10.0f} {l['stall_result']:>9.0f}")
 
 
+@main.command("build")
+@click.option("--board", "board_name", required=True,
+              help="Board: icebreaker, ulx3s-85f, ulx3s-25f, arty-a7-35 (scripts only).")
+@click.option("--rows", type=int, default=None, help="Array rows (default: the board's).")
+@click.option("--cols", type=int, default=None, help="Array columns (default: the board's).")
+@click.option("--acc-width", type=int, default=None, help="Accumulator bits (default: the board's).")
+@click.option("--spad-depth", type=int, default=None, help="Scratchpad rows (default: the board's).")
+@click.option("--wbuf-depth", type=int, default=None, help="Weight-buffer rows (default: the board's).")
+@click.option("--acc-depth", type=int, default=None, help="Accumulator rows (default: the board's).")
+@click.option("--clock", "clock_mhz", type=float, default=None, help="Target clock in MHz (default: the board's).")
+@click.option("--baud", type=int, default=1_000_000, show_default=True, help="UART baud rate.")
+@click.option("--program", "program_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Bake this compiled program (fxpgen compile -o DIR) into ROM; "
+              "the core is the program's.")
+@click.option("--seed", type=int, default=1, show_default=True, help="nextpnr placement seed.")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Build directory (default: build/BOARD).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def build_cmd(board_name, rows, cols, acc_width, spad_depth, wbuf_depth, acc_depth, clock_mhz, baud,
+              program_dir, seed, output, as_json):
+    """Build a bitstream for a board (Yosys and nextpnr from PyPI, as YoWASP) and
+    report LUT/DSP/BRAM use and the Fmax nextpnr measured."""
+    from .boards.build import BuildFailed, build_board
+    from .boards.platforms import board
+    try:
+        b = board(board_name)
+        changes = {k: v for k, v in dict(rows=rows, cols=cols, acc_width=acc_width, spad_depth=spad_depth,
+                                         wbuf_depth=wbuf_depth, acc_depth=acc_depth).items() if v is not None}
+        cfg = b.config.replace(**changes) if changes else None
+        report = build_board(board_name, output or Path("build") / board_name, cfg=cfg,
+                             clock_hz=clock_mhz * 1e6 if clock_mhz else None, baud=baud,
+                             program_dir=program_dir, seed=seed,
+                             progress=None if as_json else (lambda msg: click.echo(msg, err=True)))
+    except (ValueError, RuntimeError, BuildFailed) as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    c = report["config"]
+    click.echo(f"{report['board']} ({report['device']}): {c['rows']}x{c['cols']} core, "
+               f"target {report['clock_target_mhz']:g} MHz")
+    if not report["built"]:
+        click.echo(f"  build scripts in {output or Path('build') / board_name}: {report.get('note', '')}")
+        return
+    for name, u in report["utilization"].items():
+        click.echo(f"  {name:<12} {u['used']:>6} / {u['available']:<6} ({100 * u['used'] / max(1, u['available']):.0f}%)")
+    click.echo(f"  Fmax: {report['fmax_mhz']} MHz ({'meets' if report['timing_met'] else 'MISSES'} "
+               f"{report['clock_target_mhz']:g} MHz)")
+    click.echo(f"  bitstream: {report['bitstream']}  ({report['build_s']:.0f} s: "
+               + ", ".join(f"{s['step']} {s['seconds']:.0f} s" for s in report["steps"]) + ")")
+
+
 @main.command("demo")
 @core_options
 @click.option("--images", type=int, default=None, help="Test images to run on the RTL (default: all).")

@@ -1,0 +1,267 @@
+"""Boards: the UART protocol, the bridge's blocks, PLL settings, every board's top
+level elaborating, and the whole UART path in simulation (board top level under
+cocotb + Verilator behind a pseudo-terminal, driven by the real host commands)."""
+
+import json
+import random
+import struct
+import sys
+
+import numpy as np
+import pytest
+from amaranth import *
+from amaranth.sim import Simulator
+
+from fxpgen.boards import protocol
+from fxpgen.boards.bridge import WordBuffer, crc16_next
+from fxpgen.boards.pll import ecp5_pll_settings, ice40_pll_settings
+from fxpgen.boards.platforms import BOARDS
+from fxpgen.boards.protocol import FrameDecoder, FrameType, crc16, encode_frame
+from fxpgen.boards.uart import UartRx, UartTx, uart_divisor
+from fxpgen.config import CoreConfig
+
+
+def run(dut, bench, comb=False):
+    sim = Simulator(dut)
+    if not comb:
+        sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+# -- protocol ---------------------------------------------------------------------
+
+def test_crc16_is_ccitt_false():
+    assert crc16(b"123456789") == 0x29B1
+    assert crc16(b"") == 0xFFFF
+
+
+def test_frames_round_trip_and_resynchronize(seed=11):
+    rng = random.Random(seed)
+    frames = [(rng.choice(list(FrameType)), rng.randrange(256), bytes(rng.randrange(256) for _ in range(n)))
+              for n in (0, 1, 26, 300)]
+    wire = b"\x00\x13" + b"".join(encode_frame(*f) for f in frames)
+    damaged = bytearray(encode_frame(FrameType.ACK, 9, b"\x01\x02\x03\x04\x05"))
+    damaged[6] ^= 0x40
+    dec = FrameDecoder()
+    got = []
+    for k in range(0, len(wire), 7):             # arbitrary chunking
+        got += dec.feed(wire[k:k + 7])
+    assert [(g.type, g.seq, g.payload) for g in got] == frames
+    assert all(g.crc_ok for g in got)
+    bad = dec.feed(bytes(damaged))
+    assert len(bad) == 1 and not bad[0].crc_ok
+
+
+def test_info_and_status_payloads_round_trip():
+    cfg = CoreConfig(4, 8, acc_width=24, counter_width=24, spad_depth=1024, wbuf_depth=128,
+                     acc_depth=512, table_depth=8)
+    info = protocol.decode_info(protocol.info_payload(cfg, 512, 2048, 77))
+    assert info == {"config": cfg, "insn_buffer": 512, "data_buffer": 2048, "rom_insns": 77}
+    payload = (struct.pack("<BBI", 2, 0, 5) + b"".join(v.to_bytes(3, "little") for v in range(10, 16))
+               + struct.pack("<HIHH", 3, 40, 100, 200))
+    st = protocol.decode_status(cfg, payload)
+    assert st["state"] == 2 and st["error_pc"] == 5 and st["halts"] == 3 and st["results"] == 40
+    assert list(st["counters"].values()) == list(range(10, 16))
+    with pytest.raises(protocol.ProtocolError, match="STATUS reply of 3 bytes"):
+        protocol.decode_status(cfg, b"abc")
+    with pytest.raises(protocol.ProtocolError, match="not an fxpgen board"):
+        protocol.decode_info(b"XXXX" + bytes(protocol.INFO_LENGTH - 4))
+
+
+def test_hardware_crc_matches_protocol(seed=3):
+    crc, byte, out = Signal(16), Signal(8), Signal(16)
+    m = Module()
+    m.d.comb += out.eq(crc16_next(crc, byte))
+    rng = random.Random(seed)
+    data = bytes(rng.randrange(256) for _ in range(64))
+
+    async def bench(ctx):
+        value = 0xFFFF
+        for b in data:
+            ctx.set(crc, value)
+            ctx.set(byte, b)
+            value = ctx.get(out)
+        assert value == crc16(data)
+    run(m, bench, comb=True)
+
+
+# -- UART and word buffer ------------------------------------------------------------
+
+def test_uart_divisor_checks_the_rate():
+    assert uart_divisor(24e6, 1_000_000) == 24
+    with pytest.raises(ValueError, match="too fast"):
+        uart_divisor(12e6, 6_000_000)
+    with pytest.raises(ValueError, match="off"):
+        uart_divisor(12e6, 1_400_000)
+
+
+@pytest.mark.parametrize("divisor", [4, 7])
+def test_uart_loopback(divisor, seed=5):
+    """Bytes through the transmitter and receiver (line between them), with a
+    corrupted stop bit counted as a framing error and the byte dropped."""
+    m = Module()
+    m.submodules.tx = tx = UartTx(divisor)
+    m.submodules.rx = rx = UartRx(divisor)
+    spoil = Signal()
+    m.d.comb += rx.rx.eq(tx.tx & ~spoil)
+    rng = random.Random(seed)
+    data = [rng.randrange(256) for _ in range(12)]
+
+    async def bench(ctx):
+        got = []
+        for k, b in enumerate(data):
+            ctx.set(tx.data.payload, b)
+            ctx.set(tx.data.valid, 1)
+            await ctx.tick().until(tx.data.ready)
+            ctx.set(tx.data.valid, 0)
+            for t in range(11 * divisor):
+                # Byte 5's stop bit held low (bit period 9 of its frame).
+                ctx.set(spoil, k == 5 and 9 * divisor + 1 <= t < 10 * divisor - 1)
+                await ctx.tick()
+                if ctx.get(rx.data.valid):
+                    got.append(ctx.get(rx.data.payload))
+        assert got == data[:5] + data[6:]
+        assert ctx.get(rx.framing_errors) == 1
+    run(m, bench)
+
+
+def test_word_buffer_commits_whole_frames_only():
+    dut = WordBuffer(depth=16, word_bytes=3, width=20)
+
+    async def write(ctx, data):
+        for b in data:
+            ctx.set(dut.wr_en, 1)
+            ctx.set(dut.wr_data, b)
+            await ctx.tick()
+        ctx.set(dut.wr_en, 0)
+
+    async def pulse(ctx, sig):
+        ctx.set(sig, 1)
+        await ctx.tick()
+        ctx.set(sig, 0)
+
+    async def bench(ctx):
+        ctx.set(dut.out.ready, 1)
+        await write(ctx, [1, 2, 3, 4, 5, 6])
+        assert ctx.get(dut.free) == 10
+        await pulse(ctx, dut.rollback)            # a frame that failed its checksum
+        assert ctx.get(dut.free) == 16
+        for _ in range(10):
+            await ctx.tick()
+            assert not ctx.get(dut.out.valid)
+        await write(ctx, [0x11, 0x22, 0x33, 0x44, 0x55, 0x66])
+        await pulse(ctx, dut.commit)
+        words = []
+        for _ in range(30):
+            if ctx.get(dut.out.valid):
+                words.append(ctx.get(dut.out.payload))
+            await ctx.tick()
+        assert words == [0x332211 & 0xFFFFF, 0x665544 & 0xFFFFF]
+        assert ctx.get(dut.free) == 16
+    run(dut, bench)
+
+
+# -- PLLs and boards -----------------------------------------------------------------
+
+def test_pll_settings_reach_the_targets():
+    # Reference values of the vendors' tools (icepll -i 12 -o 24; ecppll -i 25 -o 100).
+    s = ice40_pll_settings(12e6, 24e6)
+    assert (s["DIVR"], s["DIVF"], s["DIVQ"], s["FILTER_RANGE"], s["f_out"]) == (0, 63, 5, 1, 24e6)
+    e = ecp5_pll_settings(25e6, 100e6)
+    assert (e["CLKI_DIV"], e["CLKFB_DIV"], e["CLKOP_DIV"], e["f_out"]) == (1, 4, 6, 100e6)
+    for f in (30e6, 36e6, 48e6):
+        assert abs(ice40_pll_settings(12e6, f)["f_out"] - f) / f < 0.01
+    with pytest.raises(ValueError, match="no iCE40 PLL setting"):
+        ice40_pll_settings(1e6, 24e6)
+
+
+@pytest.mark.parametrize("name", sorted(BOARDS))
+def test_every_board_elaborates(name, tmp_path):
+    """Each board's design elaborates on its platform and its build files are
+    written (without running any tool)."""
+    from fxpgen.boards.build import prepare_board
+    b = BOARDS[name]
+    cfg = CoreConfig(2, 2, spad_depth=256, wbuf_depth=64, acc_depth=256)
+    plan, design = prepare_board(b, cfg, tmp_path, clock_hz=b.clock_hz, baud=1_000_000)
+    files = {p.name for p in tmp_path.iterdir()}
+    assert any(f.startswith("build_fxpgen") for f in files), files
+    netlist = next((tmp_path / f).read_text() for f in sorted(files)
+                   if f in ("fxpgen.il", "fxpgen.v"))
+    assert "fxpgen_core" in netlist or "core" in netlist
+    if b.family == "ice40":
+        assert "SB_PLL40_PAD" in netlist
+    elif b.family == "ecp5":
+        assert "EHXPLLL" in netlist
+
+
+def test_unknown_board_is_named():
+    from fxpgen.boards.platforms import board
+    with pytest.raises(ValueError, match="unknown board 'de0'.*icebreaker"):
+        board("de0")
+
+
+# -- the whole UART path in simulation ---------------------------------------------
+
+SIM_DIVISOR = 8
+
+
+@pytest.fixture(scope="module")
+def small_board():
+    from fxpgen.sim.board_rtl import board_model
+    cfg = CoreConfig(2, 2, spad_depth=256, wbuf_depth=64, acc_depth=256)
+    return cfg, board_model(cfg, SIM_DIVISOR, insn_buffer=512, data_buffer=512)
+
+
+@pytest.mark.rtl
+def test_gemm_over_uart_survives_corrupted_frames(small_board):
+    """``fxpgen check --port`` against the simulated board: bit-identical to the
+    golden model, though two frames are damaged on the wire (a length byte, which
+    leaves the board waiting until it drops the frame, and a later byte). Each is
+    rejected, reported by the host and resent; none is executed twice."""
+    from fxpgen.sim.board_rtl import run_host_on_board
+    _, model = small_board
+    # Host stream: INFO (7 bytes), RESET (7), STATUS (7), then the first INSN frame,
+    # whose length's high byte is byte 25.
+    r = run_host_on_board(model, SIM_DIVISOR,
+                          [sys.executable, "-m", "fxpgen.cli", "check", "--port", "{port}",
+                           "--gemm", "12x4x6", "--seed", "4", "--timeout", "20", "--json"],
+                          corrupt=[25, 700], timeout_s=600)
+    assert r["returncode"] == 0, r["stderr"][-2000:]
+    report = json.loads(r["stdout"])
+    assert report["bit_identical"]
+    assert report["insns_executed"] == report["instructions"]
+    assert len(report["frames_rejected"]) >= 2
+    assert any("TIMEOUT" in why for why in report["frames_rejected"]), report["frames_rejected"]
+    assert r["corrupted"] == [25, 700]
+
+
+@pytest.mark.rtl
+def test_corrupted_frame_is_not_executed(small_board, tmp_path):
+    """A HALT sent with a bad checksum is refused (NAK CRC) and the core stays idle;
+    the same frame intact runs."""
+    from fxpgen.sim.board_rtl import run_host_on_board
+    _, model = small_board
+    script = tmp_path / "host.py"
+    script.write_text(
+        "import json, sys\n"
+        "from fxpgen.boards.host import BoardLink, open_serial\n"
+        "from fxpgen.boards.protocol import FrameType, encode_frame, FrameDecoder\n"
+        "from fxpgen.isa import Instruction, Opcode, INSN_BYTES\n"
+        "link = BoardLink(open_serial(sys.argv[1], 1000000, 20), timeout=20)\n"
+        "halt = Instruction(Opcode.HALT).encode(link.cfg).to_bytes(INSN_BYTES, 'little')\n"
+        "bad = bytearray(encode_frame(FrameType.INSN, 200, halt)); bad[-1] ^= 0xFF\n"
+        "link.port.write(bytes(bad))\n"
+        "import time; dec = FrameDecoder(); frames = []; t = time.time()\n"
+        "while not frames and time.time() - t < 20: frames = dec.feed(link.port.read(64))\n"
+        "before = link.status()\n"
+        "run = link.execute([Instruction(Opcode.HALT).encode(link.cfg)], [], n_results=0)\n"
+        "print(json.dumps({'reply': [frames[0].type, frames[0].seq, list(frames[0].payload)],\n"
+        "                  'before': before, 'after': run.status}))\n")
+    r = run_host_on_board(model, SIM_DIVISOR, [sys.executable, str(script), "{port}"], timeout_s=600)
+    assert r["returncode"] == 0, r["stderr"][-2000:]
+    out = json.loads(r["stdout"])
+    assert out["reply"] == [FrameType.NAK, 200, [protocol.NakReason.CRC]]
+    assert out["before"]["state"] == 0 and out["before"]["counters"]["insns"] == 0
+    assert out["before"]["halts"] == 0
+    assert out["after"]["state"] == 2 and out["after"]["halts"] == 1
