@@ -30,10 +30,11 @@ def board_model(cfg: CoreConfig, divisor: int, baked: dict | None = None, **buff
 
 
 def run_host_on_board(model: VerilatorModel, divisor: int, host_argv: list[str], *,
-                      corrupt: list[int] = (), max_cycles: int = 50_000_000,
+                      corrupt: list[tuple[int, int]] = (), max_cycles: int = 50_000_000,
                       timeout_s: float = 900.0) -> dict:
     """Run ``host_argv`` (``"{port}"`` is replaced by the simulated serial port)
-    against the simulated board; return its exit code, output, and byte counts."""
-    job = {"divisor": divisor, "host_argv": list(host_argv), "corrupt": list(corrupt),
+    against the simulated board; return its exit code, output, and byte counts.
+    ``corrupt``: (offset, XOR mask) pairs applied to the host's bytes on the wire."""
+    job = {"divisor": divisor, "host_argv": list(host_argv), "corrupt": [list(c) for c in corrupt],
            "max_cycles": max_cycles}
     return run_cocotb(model, TEST_MODULE, job, timeout_s=timeout_s)

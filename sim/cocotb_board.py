@@ -6,7 +6,7 @@ Job (from :func:`fxpgen.sim.rtl.run_cocotb`)::
 
     {"divisor": int,                  # clock cycles per UART bit in the design
      "host_argv": [str, ...],         # the host command; "{port}" becomes the pty
-     "corrupt": [int, ...],           # offsets in the host's byte stream to flip (bit 0)
+     "corrupt": [[int, int], ...],    # (offset in the host's byte stream, XOR mask)
      "max_cycles": int}
 
 Result: ``{"returncode", "stdout", "stderr", "cycles", "host_bytes", "board_bytes",
@@ -56,7 +56,7 @@ async def run_host(dut):
     argv = [a.replace("{port}", port) for a in job["host_argv"]]
     proc = subprocess.Popen(argv, stdout=out_f, stderr=err_f, stdin=subprocess.DEVNULL)
 
-    corrupt = set(job.get("corrupt", []))
+    corrupt = {int(off): int(mask) for off, mask in job.get("corrupt", [])}
     host_bytes = board_bytes = 0
     corrupted = []
     byte_ns = 10 * CLOCK_NS * divisor
@@ -73,7 +73,7 @@ async def run_host(dut):
             data = bytearray()
         for i in range(len(data)):
             if host_bytes + i in corrupt:
-                data[i] ^= 0x01
+                data[i] ^= corrupt[host_bytes + i]
                 corrupted.append(host_bytes + i)
         if data:
             host_bytes += len(data)

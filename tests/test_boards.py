@@ -216,17 +216,17 @@ def small_board():
 @pytest.mark.rtl
 def test_gemm_over_uart_survives_corrupted_frames(small_board):
     """``fxpgen check --port`` against the simulated board: bit-identical to the
-    golden model, though two frames are damaged on the wire (a length byte, which
-    leaves the board waiting until it drops the frame, and a later byte). Each is
-    rejected, reported by the host and resent; none is executed twice."""
+    golden model, though two frames are damaged on the wire (a length byte made
+    larger, which leaves the board waiting until it drops the frame, and a later
+    byte). Each is rejected, reported by the host and resent; none is executed twice."""
     from fxpgen.sim.board_rtl import run_host_on_board
     _, model = small_board
     # Host stream: INFO (7 bytes), RESET (7), STATUS (7), then the first INSN frame,
-    # whose length's high byte is byte 25.
+    # whose length's high byte is byte 25 (its payload is 494 bytes: 0x01EE).
     r = run_host_on_board(model, SIM_DIVISOR,
                           [sys.executable, "-m", "fxpgen.cli", "check", "--port", "{port}",
                            "--gemm", "12x4x6", "--seed", "4", "--timeout", "20", "--json"],
-                          corrupt=[25, 700], timeout_s=600)
+                          corrupt=[(25, 0x02), (700, 0x10)], timeout_s=600)
     assert r["returncode"] == 0, r["stderr"][-2000:]
     report = json.loads(r["stdout"])
     assert report["bit_identical"]
