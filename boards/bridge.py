@@ -237,8 +237,15 @@ class FrameReceiver(wiring.Component):
 
 class FrameSender(wiring.Component):
     """Sends reply frames (requested on ``reply``) and one RESULT frame per word of
-    ``result``; replies go first. Each frame's bytes are loaded into one shift
-    register at its start, so a STATUS reply is a snapshot of one cycle."""
+    ``result``; replies go first.
+
+    Bytes are picked by position, not shifted out of a frame-wide register, to keep
+    the sender small: a RESULT frame reads the result word the core holds on its
+    stream (taken only after the frame's last payload byte); a STATUS or ACK frame
+    reads the bridge's own fields from a snapshot taken at the frame's start (so a
+    HALT count is never torn) and the core's counters live (they are frozen from a
+    HALT until the next program starts, which is when the host reads them).
+    """
 
     def __init__(self, cfg: CoreConfig, info: bytes, buffer_depth: int):
         self._cfg, self._info = cfg, info
@@ -258,58 +265,94 @@ class FrameSender(wiring.Component):
         m = Module()
         cfg = self._cfg
         nb, cb = protocol.bus_bytes(cfg), protocol.counter_bytes(cfg)
+        kinds = [FrameType.ACK, FrameType.NAK, FrameType.STATUS_REPLY, FrameType.INFO_REPLY,
+                 FrameType.RESULT]
         lengths = {FrameType.ACK: 5, FrameType.NAK: 1,
                    FrameType.STATUS_REPLY: protocol.status_length(cfg),
                    FrameType.INFO_REPLY: len(self._info), FrameType.RESULT: nb + 1}
-        max_len = max(lengths.values())
-        width = 8 * (5 + max_len)
+        total = max(lengths.values()) + 7
 
-        results = Signal(32)
-        sr = Signal(width)
-        left = Signal(range(5 + max_len + 3))      # bytes of header + payload + crc to send
-        first = Signal()
+        kind = Signal(range(len(kinds)))
+        seq, reason = Signal(8), Signal(8)
+        pos = Signal(range(total + 1))          # byte being sent
+        length = Signal(16)
+        busy = Signal()
         crc = Signal(16)
+        results = Signal(32)
+        # Snapshot of the bridge's own fields at the frame's start.
+        snap = Signal(data.StructLayout({"state": 8, "error": 8, "error_pc": 32, "halts": 16,
+                                         "results": 32, "free0": 16, "free1": 16}))
 
-        def frame(ftype, seq, payload: Value):
-            header = Cat(C(SYNC, 8), C(int(ftype), 8), seq, C(lengths[ftype], 16))
-            return [sr.eq(Cat(header, payload)), left.eq(5 + lengths[ftype] + 2),
-                    first.eq(1), crc.eq(0xFFFF)]
+        def as_bytes(value: Value, n: int) -> list:
+            value = Cat(value, C(0, max(0, 8 * n - len(value))))
+            return [value[8 * i:8 * i + 8] for i in range(n)]
 
-        free16 = [f.as_unsigned()[:16] if len(f) >= 16 else f.as_unsigned() for f in self.free]
-        free = [Cat(f, C(0, 16 - len(f))) for f in free16]
-        counters = Cat(*(Cat(c, C(0, 8 * cb - len(c))) for c in self.counters))
-        status = Cat(self.state, C(0, 6), self.error, C(0, 5), self.error_pc, counters,
-                     self.halts, results, *free)
-        info = C(int.from_bytes(self._info, "little"), 8 * len(self._info))
-        result_payload = Cat(self.result.payload[:cfg.bus_width], C(0, 8 * nb - cfg.bus_width),
-                             self.result.payload[cfg.bus_width], C(0, 7))
+        free = as_bytes(snap.free0, 2) + as_bytes(snap.free1, 2)
+        counters = [b for c in self.counters for b in as_bytes(c, cb)]
+        payloads = {
+            FrameType.ACK: [seq] + free,
+            FrameType.NAK: [reason],
+            FrameType.STATUS_REPLY: (as_bytes(snap.state, 1) + as_bytes(snap.error, 1)
+                                     + as_bytes(snap.error_pc, 4) + counters + as_bytes(snap.halts, 2)
+                                     + as_bytes(snap.results, 4) + free),
+            FrameType.INFO_REPLY: [C(b, 8) for b in self._info],
+            FrameType.RESULT: as_bytes(self.result.payload[:cfg.bus_width], nb)
+                              + [Cat(self.result.payload[cfg.bus_width], C(0, 7))],
+        }
+        byte = Signal(8)
+        with m.If(pos < 5):
+            with m.Switch(pos):
+                with m.Case(0):
+                    m.d.comb += byte.eq(SYNC)
+                with m.Case(1):
+                    m.d.comb += byte.eq(Array(C(int(k), 8) for k in kinds)[kind])
+                with m.Case(2):
+                    m.d.comb += byte.eq(seq)
+                with m.Case(3):
+                    m.d.comb += byte.eq(length[:8])
+                with m.Case(4):
+                    m.d.comb += byte.eq(length[8:])
+        with m.Elif(pos < 5 + length):
+            with m.Switch(kind):
+                for k, t in enumerate(kinds):
+                    with m.Case(k):
+                        m.d.comb += byte.eq(Array(payloads[t])[pos - 5])
+        with m.Elif(pos == 5 + length):
+            m.d.comb += byte.eq(crc[:8])
+        with m.Else():
+            m.d.comb += byte.eq(crc[8:])
 
-        with m.If(left == 0):
+        def start(k: int, t: FrameType):
+            return [kind.eq(k), length.eq(lengths[t]), pos.eq(0), busy.eq(1), crc.eq(0xFFFF),
+                    snap.state.eq(self.state), snap.error.eq(self.error), snap.error_pc.eq(self.error_pc),
+                    snap.halts.eq(self.halts), snap.results.eq(results),
+                    snap.free0.eq(self.free[0]), snap.free1.eq(self.free[1])]
+
+        with m.If(~busy):
             r = self.reply.payload
             with m.If(self.reply.valid):
                 m.d.comb += self.reply.ready.eq(1)
+                m.d.sync += [seq.eq(r.seq), reason.eq(r.reason)]
                 with m.Switch(r.type):
-                    with m.Case(FrameType.ACK):
-                        m.d.sync += frame(FrameType.ACK, r.seq, Cat(r.seq, *free))
-                    with m.Case(FrameType.NAK):
-                        m.d.sync += frame(FrameType.NAK, r.seq, r.reason)
-                    with m.Case(FrameType.STATUS_REPLY):
-                        m.d.sync += frame(FrameType.STATUS_REPLY, r.seq, status)
-                    with m.Case(FrameType.INFO_REPLY):
-                        m.d.sync += frame(FrameType.INFO_REPLY, r.seq, info)
+                    for k, t in enumerate(kinds[:4]):
+                        with m.Case(t):
+                            m.d.sync += start(k, t)
             with m.Elif(self.result.valid):
-                m.d.comb += self.result.ready.eq(1)
-                m.d.sync += [*frame(FrameType.RESULT, results[:8], result_payload),
-                             results.eq(results + 1)]
+                m.d.sync += [*start(4, FrameType.RESULT), seq.eq(results[:8])]
+        with m.Else():
+            m.d.comb += [self.tx.payload.eq(byte), self.tx.valid.eq(1)]
+            with m.If(self.tx.ready):
+                m.d.sync += pos.eq(pos + 1)
+                with m.If((pos != 0) & (pos < 5 + length)):
+                    m.d.sync += crc.eq(crc16_next(crc, byte))
+                with m.If((kind == 4) & (pos == 4 + length)):
+                    # The result word's last payload byte: take the word.
+                    m.d.comb += self.result.ready.eq(1)
+                    m.d.sync += results.eq(results + 1)
+                with m.If(pos == 6 + length):
+                    m.d.sync += busy.eq(0)
         with m.If(self.clear_results):
             m.d.sync += results.eq(0)
-        with m.Else():
-            out = Mux(left == 2, crc[:8], Mux(left == 1, crc[8:], sr[:8]))
-            m.d.comb += [self.tx.payload.eq(out), self.tx.valid.eq(1)]
-            with m.If(self.tx.ready):
-                m.d.sync += [left.eq(left - 1), sr.eq(sr >> 8), first.eq(0)]
-                with m.If(~first & (left > 2)):
-                    m.d.sync += crc.eq(crc16_next(crc, sr[:8]))
         return m
 
 

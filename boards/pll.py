@@ -103,7 +103,7 @@ class Ecp5Pll(Elaboratable):
             p_CLKOP_CPHASE=s["CLKOP_DIV"] - 1, p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP",
             p_CLKFB_DIV=s["CLKFB_DIV"],
             i_RST=C(0), i_STDBY=C(0), i_CLKI=self.clk_in, o_CLKOP=clk, i_CLKFB=clk,
-            i_CLKINTFB=C(0), i_PHASESEL0=C(0), i_PHASESEL1=C(0), i_PHASEDIR=C(1),
+            i_PHASESEL0=C(0), i_PHASESEL1=C(0), i_PHASEDIR=C(1),
             i_PHASESTEP=C(1), i_PHASELOADREG=C(1), i_PLLWAKESYNC=C(0), i_ENCLKOP=C(0),
             o_LOCK=lock)
         return m

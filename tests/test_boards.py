@@ -265,3 +265,46 @@ def test_corrupted_frame_is_not_executed(small_board, tmp_path):
     assert out["before"]["state"] == 0 and out["before"]["counters"]["insns"] == 0
     assert out["before"]["halts"] == 0
     assert out["after"]["state"] == 2 and out["after"]["halts"] == 1
+
+
+@pytest.fixture(scope="module")
+def digits_4x4(tmp_path_factory):
+    from click.testing import CliRunner
+    from fxpgen.cli import main
+    from fxpgen.models import digits_assets
+    out = tmp_path_factory.mktemp("digits4x4")
+    a = digits_assets()
+    res = CliRunner().invoke(main, ["compile", str(a["model"]), "--calib", str(a["calib"]),
+                                    "--rows", "4", "--cols", "4", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    x = np.load(a["test_x"])[:2]
+    np.save(out / "x.npy", x)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.rtl
+@pytest.mark.parametrize("baked", [False, True], ids=["streamed", "baked"])
+def test_network_over_uart_is_bit_identical(digits_4x4, baked, tmp_path):
+    """``fxpgen run --engine board`` on the simulated board: the digits CNN, program
+    and weights sent over the UART (or baked into ROM, only the images sent),
+    outputs bit-identical to the golden model."""
+    from fxpgen.compiler.program import load_program
+    from fxpgen.sim.board_rtl import board_model, run_host_on_board
+    from fxpgen.boards.top import baked_parts
+    prog = load_program(digits_4x4 / "program.fxp")
+    model = board_model(prog.cfg, SIM_DIVISOR, baked=baked_parts(prog) if baked else None)
+    argv = [sys.executable, "-m", "fxpgen.cli", "run", str(digits_4x4), "--input",
+            str(digits_4x4 / "x.npy"), "--engine", "board", "--port", "{port}", "--timeout", "30",
+            "--json"] + (["--baked"] if baked else [])
+    r = run_host_on_board(model, SIM_DIVISOR, argv, timeout_s=1800)
+    assert r["returncode"] == 0, r["stderr"][-2000:]
+    res = json.loads(r["stdout"])
+    assert res["golden_identical"]
+    assert len(res["outputs"]) == 2
+    if not baked:
+        assert len(res["layers"]) >= 5 and all(l["cycles"] > 0 for l in res["layers"])
+    # Baked: only the images (and a few control frames) crossed the wire.
+    wire = r["host_bytes"]
+    program_bytes = len(prog.words) * 26
+    assert (wire < program_bytes) if baked else (wire > program_bytes)
