@@ -190,8 +190,9 @@ class BoardLink:
         run.rejected = list(self.rejected)
         return run
 
-    def run_baked(self, image_words: list[int], *, n_results: int) -> BoardRun:
-        """Run the board's baked program on one image (``image_words``)."""
+    def run_baked(self, image_words: list[int], *, n_results: int, n_halts: int) -> BoardRun:
+        """Run the board's baked program (``n_halts`` HALTs, ``n_results`` result
+        words) on one image (``image_words``)."""
         if not self.info["rom_insns"]:
             raise ProtocolError("this board has no baked program (build it with --program)")
         run = BoardRun()
@@ -206,14 +207,15 @@ class BoardLink:
             if not sent:
                 self._check(self.status())
         run.status = self._wait(lambda s: len(self._results) - first_result >= n_results
-                                and s["halts"] > base["halts"] and s["state"] == CoreState.HALTED)
+                                and (s["halts"] - base["halts"]) % 65536 >= n_halts
+                                and s["state"] == CoreState.HALTED.value)
         got = self._results[first_result:]
         run.results = [w for _, w, _ in got]
         run.lasts = [last for _, _, last in got]
         return run
 
     def _check(self, st: dict) -> None:
-        if st["state"] == CoreState.ERROR:
+        if st["state"] == CoreState.ERROR.value:
             raise ProtocolError(f"the core stopped with {ErrorCode(st['error']).name} at instruction "
                                 f"{st['error_pc']}")
 

@@ -65,9 +65,9 @@ class Board:
 
 BOARDS = {b.name: b for b in [
     Board("icebreaker", "icebreaker:ICEBreakerPlatform", "ice40", "clk12", 12e6, 24e6,
-          CoreConfig(rows=1, cols=1, spad_depth=1024, wbuf_depth=64, acc_depth=256,
-                     table_depth=16, counter_width=24),
-          buffers=(512, 512), leds=2,
+          CoreConfig(rows=1, cols=1, acc_width=20, spad_depth=1024, wbuf_depth=64, acc_depth=256,
+                     table_depth=16, counter_width=20),
+          buffers=(256, 256), leds=2,
           notes="iCE40UP5K: 5280 logic cells, 8 DSPs, 30 block RAMs"),
     Board("ulx3s-85f", "ulx3s:ULX3S_85F_Platform", "ecp5", "clk25", 25e6, 100e6,
           CoreConfig(rows=8, cols=8, spad_depth=4096, wbuf_depth=512, acc_depth=1024)),

@@ -70,8 +70,8 @@ def run_images(link: BoardLink, prog, images_q: list[np.ndarray], *, baked: bool
     for q in images_q:
         words = low.image_words(q)
         if baked:
-            n_results = sum(s.n_results for s in split_layers(prog.words, prog.layers, low.data(words)))
-            run = link.run_baked(words, n_results=n_results)
+            segs = split_layers(prog.words, prog.layers, low.data(words))
+            run = link.run_baked(words, n_results=sum(s.n_results for s in segs), n_halts=len(segs))
             outs.append(low.decode_output(run.results))
             layers.append([])           # the ROM runs every layer without a pause to read them
         else:

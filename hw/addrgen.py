@@ -4,6 +4,12 @@ Iteration ``(i1, i0)`` of ``for i1 in range(count1): for i0 in range(count0)``
 points stream ``g`` at ``g.base + i1 * g.stride1 + i0 * g.stride0``, computed by
 additions only. Each address is checked against its memory's depth and the
 stream's region mask before anything uses it.
+
+Addresses are kept in ``addr_bits`` (the largest memory's) plus one sticky bit set
+once the exact address reaches ``2**addr_bits``: strides are unsigned, so an address
+only grows and, once beyond every memory, stays beyond. This keeps the
+accumulators as narrow as the memories while faulting exactly where the
+instruction-level simulator's exact integers do.
 """
 
 from amaranth import *
@@ -13,10 +19,12 @@ from amaranth.lib.wiring import In, Out
 from fxpgen.config import REGIONS
 from fxpgen.isa import AddrGen, COUNT_BITS, ErrorCode
 
-__all__ = ["AddressLoops", "ADDR_WIDTH", "check_address"]
+__all__ = ["AddressLoops", "check_address", "loop_addr_bits"]
 
-#: Internal address width: base + 4095 * 65535 * 2 never overflows it.
-ADDR_WIDTH = 30
+
+def loop_addr_bits(cfg) -> int:
+    """Address bits of the loops for ``cfg``: enough for its largest memory."""
+    return max(max(cfg.spad_depth, cfg.wbuf_depth, cfg.acc_depth, cfg.table_depth) - 1, 1).bit_length()
 
 
 def check_address(m: Module, addr, depth_log2, regions, name: str):
@@ -47,11 +55,15 @@ class AddressLoops(wiring.Component):
 
     ``start`` (with ``count0``, ``count1``, ``gens``) loads a new loop nest;
     ``advance`` steps to the next iteration. ``valid`` is high while an iteration is
-    pending, ``last`` on the final one; ``addr[k]`` is stream k's current address.
+    pending, ``last`` on the final one; ``addr[k]`` is stream k's current address:
+    ``addr_bits`` bits and, above them, the sticky beyond-``2**addr_bits`` bit.
     """
 
-    def __init__(self, streams: int):
-        self._streams = streams
+    def __init__(self, streams: int, addr_bits: int = 16):
+        if not 1 <= addr_bits <= 16:
+            raise ValueError(f"addr_bits must be in 1..16, not {addr_bits}")
+        self._streams, self._addr_bits = streams, addr_bits
+        ADDR_WIDTH = addr_bits + 1
         super().__init__({
             "start": In(1),
             "count0": In(COUNT_BITS),
@@ -65,19 +77,28 @@ class AddressLoops(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        n = self._streams
+        n, L = self._streams, self._addr_bits
         i0 = Signal(COUNT_BITS)
         i1 = Signal(COUNT_BITS)
         end0 = Signal(COUNT_BITS)
         end1 = Signal(COUNT_BITS)
-        stride0 = [Signal(16, name=f"stride0_{k}") for k in range(n)]
-        stride1 = [Signal(16, name=f"stride1_{k}") for k in range(n)]
-        row = [Signal(ADDR_WIDTH, name=f"row_{k}") for k in range(n)]
+        # A stride keeps its low L bits and whether it alone reaches 2**L.
+        stride0 = [Signal(L + 1, name=f"stride0_{k}") for k in range(n)]
+        stride1 = [Signal(L + 1, name=f"stride1_{k}") for k in range(n)]
+        row = [Signal(L + 1, name=f"row_{k}") for k in range(n)]
         last0 = Signal()
         m.d.comb += [
             last0.eq(i0 == end0),
             self.last.eq(self.valid & last0 & (i1 == end1)),
         ]
+
+        def narrow(value):
+            return Cat(value[:L], value[L:].any())
+
+        def add(a, stride):
+            total = a[:L] + stride[:L]              # L + 1 bits: the carry on top
+            return Cat(total[:L], a[L] | stride[L] | total[L])
+
         with m.If(self.start):
             m.d.sync += [
                 self.valid.eq((self.count0 != 0) & (self.count1 != 0)),
@@ -86,18 +107,18 @@ class AddressLoops(wiring.Component):
             ]
             for k in range(n):
                 g = self.gens[k]
-                m.d.sync += [stride0[k].eq(g.stride0), stride1[k].eq(g.stride1),
-                             row[k].eq(g.base), self.addr[k].eq(g.base)]
+                m.d.sync += [stride0[k].eq(narrow(g.stride0)), stride1[k].eq(narrow(g.stride1)),
+                             row[k].eq(narrow(g.base)), self.addr[k].eq(narrow(g.base))]
         with m.Elif(self.advance & self.valid):
             with m.If(self.last):
                 m.d.sync += self.valid.eq(0)
             with m.Elif(last0):
                 m.d.sync += [i0.eq(0), i1.eq(i1 + 1)]
                 for k in range(n):
-                    m.d.sync += [row[k].eq(row[k] + stride1[k]),
-                                 self.addr[k].eq(row[k] + stride1[k])]
+                    nxt = add(row[k], stride1[k])
+                    m.d.sync += [row[k].eq(nxt), self.addr[k].eq(nxt)]
             with m.Else():
                 m.d.sync += i0.eq(i0 + 1)
                 for k in range(n):
-                    m.d.sync += self.addr[k].eq(self.addr[k] + stride0[k])
+                    m.d.sync += self.addr[k].eq(add(self.addr[k], stride0[k]))
         return m

@@ -43,7 +43,7 @@ class VectorUnit(wiring.Component):
         cfg = self._cfg
         L, C = cfg.lanes, cfg.cols
         ctrl = self.ctrl
-        loops, pc = unit_loops(m, ctrl, ("x", "y", "z"))
+        loops, pc = unit_loops(m, ctrl, ("x", "y", "z"), self._cfg)
         m.submodules.requant = rq = Requantizer(L, cfg.acc_width)
 
         is_requant = Signal()

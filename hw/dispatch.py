@@ -38,12 +38,12 @@ class UnitControl(wiring.Signature):
         })
 
 
-def unit_loops(m: Module, ctrl, streams: tuple[str, ...]):
+def unit_loops(m: Module, ctrl, streams: tuple[str, ...], cfg):
     """The address loops of a unit, started by ``ctrl.start`` with the instruction's
     counts and the named address streams; also the latched ``pc`` of the
     instruction. Returns ``(loops, pc)``."""
-    from .addrgen import AddressLoops
-    m.submodules.loops = loops = AddressLoops(len(streams))
+    from .addrgen import AddressLoops, loop_addr_bits
+    m.submodules.loops = loops = AddressLoops(len(streams), loop_addr_bits(cfg))
     m.d.comb += [
         loops.start.eq(ctrl.start),
         loops.count0.eq(ctrl.insn.count0),

@@ -39,7 +39,7 @@ class LoadUnit(wiring.Component):
         m = Module()
         cfg = self._cfg
         ctrl = self.ctrl
-        loops, pc = unit_loops(m, ctrl, ("z",))
+        loops, pc = unit_loops(m, ctrl, ("z",), self._cfg)
         mem = Signal(Mem)
         regions = Signal(4)
         with m.If(ctrl.start):

@@ -50,7 +50,7 @@ class MatmulUnit(wiring.Component):
         m = Module()
         cfg = self._cfg
         ctrl = self.ctrl
-        loops, pc = unit_loops(m, ctrl, ("x", "z"))
+        loops, pc = unit_loops(m, ctrl, ("x", "z"), self._cfg)
         bank = Signal()
         accumulate = Signal()
         act_signed = Signal()

@@ -43,7 +43,7 @@ class StoreUnit(wiring.Component):
         m = Module()
         cfg = self._cfg
         ctrl = self.ctrl
-        loops, pc = unit_loops(m, ctrl, ("x",))
+        loops, pc = unit_loops(m, ctrl, ("x",), self._cfg)
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=cfg.bus_width + 1, depth=FIFO_DEPTH)
         mem = Signal(Mem)
         regions = Signal(4)

@@ -34,7 +34,7 @@ class WeightLoader(wiring.Component):
         m = Module()
         cfg = self._cfg
         ctrl = self.ctrl
-        loops, pc = unit_loops(m, ctrl, ("x",))
+        loops, pc = unit_loops(m, ctrl, ("x",), self._cfg)
         bank = Signal()
         regions = Signal(4)
         pending = Signal()

@@ -239,7 +239,7 @@ def test_gemm_over_uart_survives_corrupted_frames(small_board):
 @pytest.mark.rtl
 def test_corrupted_frame_is_not_executed(small_board, tmp_path):
     """A HALT sent with a bad checksum is refused (NAK CRC) and the core stays idle;
-    the same frame intact runs."""
+    the same frame intact runs. A program that faults is reported with its error."""
     from fxpgen.sim.board_rtl import run_host_on_board
     _, model = small_board
     script = tmp_path / "host.py"
@@ -256,8 +256,16 @@ def test_corrupted_frame_is_not_executed(small_board, tmp_path):
         "while not frames and time.time() - t < 20: frames = dec.feed(link.port.read(64))\n"
         "before = link.status()\n"
         "run = link.execute([Instruction(Opcode.HALT).encode(link.cfg)], [], n_results=0)\n"
+        "from fxpgen.isa import Addr, Mem\n"
+        "bad = Instruction(Opcode.LOAD, {'mem': Mem.SPAD.value}, z=Addr(link.cfg.spad_depth))\n"
+        "try:\n"
+        "    link.execute([bad.encode(link.cfg), Instruction(Opcode.HALT).encode(link.cfg)], [0],\n"
+        "                 n_results=0)\n"
+        "    error = None\n"
+        "except Exception as e:\n"
+        "    error = str(e)\n"
         "print(json.dumps({'reply': [frames[0].type, frames[0].seq, list(frames[0].payload)],\n"
-        "                  'before': before, 'after': run.status}))\n")
+        "                  'before': before, 'after': run.status, 'error': error}))\n")
     r = run_host_on_board(model, SIM_DIVISOR, [sys.executable, str(script), "{port}"], timeout_s=600)
     assert r["returncode"] == 0, r["stderr"][-2000:]
     out = json.loads(r["stdout"])
@@ -265,6 +273,7 @@ def test_corrupted_frame_is_not_executed(small_board, tmp_path):
     assert out["before"]["state"] == 0 and out["before"]["counters"]["insns"] == 0
     assert out["before"]["halts"] == 0
     assert out["after"]["state"] == 2 and out["after"]["halts"] == 1
+    assert out["error"] and "ADDRESS at instruction 1" in out["error"], out["error"]
 
 
 @pytest.fixture(scope="module")

@@ -87,7 +87,7 @@ def test_array_matches_numpy(rows, cols):
     assert [v for _, v in got] == [e.tolist() for e in expected]
 
 
-@pytest.mark.parametrize("acc_width", [32, 24])
+@pytest.mark.parametrize("acc_width", [32, 24, 20])
 def test_requantizer_matches_numerics(acc_width):
     seed = random.randrange(2**32)
     print("seed", seed)
