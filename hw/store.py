@@ -80,7 +80,10 @@ class StoreUnit(wiring.Component):
         ]
 
         reading = loops.valid | pending
-        report(m, ctrl, ready=~loops.valid & ~pending & ~fifo.r_rdy, busy=reading | fifo.r_rdy,
+        # Busy until the last row has left: a row just written is in the FIFO (its
+        # level counts it) a cycle before the FIFO's output shows it.
+        holding = fifo.w_level != 0
+        report(m, ctrl, ready=~reading & ~holding, busy=reading | holding,
                reads=Mux(reading, mem_bits(mem, regions), 0), writes=0,
                error=err, pc=pc, active=loops.valid)
         m.d.comb += self.stall.eq(fifo.r_rdy & ~self.result.ready)
