@@ -26,26 +26,32 @@
 //   <hex>                                        D lines
 //   end
 //
-// Semantics (those of fxpgen.sim.cocotb_core, in one continuous stream): reset
-// (rst high for RESET_CYCLES edges, then one idle edge), then the instruction and
-// data words of all programs are streamed back to back, each stream with its own
-// random stalls (valid held low with probability p before each word, random
-// payload meanwhile; ready low with probability p per cycle on the result
-// stream). A HALT retires when `state` *enters* HALTED; the counters are read in
-// that cycle (they are frozen while HALTED and cleared by the edge that accepts
-// the next program's first instruction, which can be this very cycle's edge).
-// A program ends when its last HALT retires; the next one starts in that cycle.
-// Result words transferred while a program is current belong to it. A program
-// that enters ERROR, or runs more than its max_cycles, ends there: the core is
-// reset and the streams skip to the next program's first words (as the cocotb
-// harness resets after an error or a timeout). After the last program the result
-// stream is drained for drain_cycles more cycles. The wall-clock timeout or
-// max_total_cycles stop the whole run; programs not reached are reported with
-// "ran": false.
+// Semantics (those of fxpgen.sim.cocotb_core, without its idle cycles between
+// programs): reset (rst high for RESET_CYCLES edges, then one idle edge), then
+// the programs one after another. While program k runs, the instruction and data
+// streams present its words and no others, each stream with its own random stalls
+// (valid held low with probability p before each word, random payload meanwhile;
+// ready low with probability p per cycle on the result stream). A HALT retires
+// when `state` *enters* HALTED; the counters are read in that cycle (they are
+// frozen while HALTED and cleared by the edge that accepts the next program's
+// first instruction). Program k ends in the first cycle where
+//   * state is HALTED, its n_halts HALTs have retired, all its instruction words
+//     were taken and at least n_results result words arrived (n_results < 0:
+//     regardless of results); or
+//   * state is ERROR; or
+//   * it has run max_cycles cycles (timed out).
+// Status and counters are sampled in that cycle, its transfers complete, and
+// the streams move on to program k + 1 (words not taken are dropped), which
+// starts in the next cycle. After an ERROR or a timeout, and after the last
+// program, the result stream first stays open for drain_cycles with the inputs
+// idle (in-flight work lands; a stray word counts for program k), and after an
+// ERROR or a timeout the core is then reset (memories persist). The wall-clock
+// timeout or max_total_cycles stop the whole run; programs not reached are
+// reported with "ran": false.
 //
 // OUT is JSON: {"cycles", "wall_s", "stopped", "programs": [{"ran", "results",
 // "lasts", "state", "error", "error_pc", "counters", "halts": [{"cycle",
-// "counters"}], "timed_out", "timeout_reason", "halts_seen", "insns_sent",
+// "results", "counters"}], "timed_out", "timeout_reason", "halts_seen", "insns_sent",
 // "data_sent", "sim_cycles", "start_cycle", "reset_before"}]}.
 
 #include "Vcore.h"
@@ -85,7 +91,8 @@ namespace {
 
 constexpr int HALTED = 2, ERROR = 3;   // CoreState values
 constexpr int RESET_CYCLES = 4;
-// Cycles between wall-clock checks (a steady_clock read costs ~20 ns, a cycle ~1 us).
+// Cycles between wall-clock checks (a steady_clock read costs ~20 ns, a cycle of
+// the core a few microseconds).
 constexpr uint64_t WALL_CHECK_EVERY = 4096;
 const char* const COUNTER_NAMES[] = {"cycles", "mac_cycles", "stall_dispatch", "stall_data",
                                      "stall_result", "insns"};
@@ -294,25 +301,32 @@ Job read_job(const char* path) {
 
 // --- stream models --------------------------------------------------------------------
 
-// Transmitter: presents words[pos..end) in order; a presented word stays valid until
-// taken. The caller points it at a program's words with `seek`.
+// Transmitter: presents words[pos..end) in order (one program's words; `seek`
+// moves it to the next program's, dropping a word not taken); a presented word
+// stays valid until taken.
 struct Driver {
     const Words& words;
     Rng rng;
     double stall_prob;
-    std::size_t pos = 0;
+    std::size_t pos = 0, end = 0;
     bool presenting = false;
     std::vector<uint32_t> garbage;
 
     Driver(const Words& w, uint64_t seed, double p)
         : words(w), rng(seed), stall_prob(p), garbage(w.stride, 0) {}
 
-    void seek(std::size_t p) { pos = p; presenting = false; }
+    void seek(std::size_t from, std::size_t to) {
+        pos = from;
+        end = to;
+        presenting = false;
+    }
 
-    // Before the cycle's eval: set valid and payload. Returns whether valid is high.
+    bool done() const { return pos >= end; }
+
+    // Before the cycle's eval: set valid and payload.
     template <typename P>
-    bool drive(P& payload, CData& valid) {
-        if (!presenting && pos < words.size()) {
+    void drive(P& payload, CData& valid) {
+        if (!presenting && pos < end) {
             if (rng.stall(stall_prob)) {
                 for (auto& g : garbage) g = static_cast<uint32_t>(rng.next());
                 put_port(payload, garbage.data());
@@ -322,7 +336,6 @@ struct Driver {
             }
         }
         valid = presenting ? 1 : 0;
-        return presenting;
     }
 
     // After the eval, before the edge: the edge completes a transfer if ready is high.
@@ -341,7 +354,8 @@ struct Snapshot {
 };
 
 struct HaltRecord {
-    uint64_t cycle;
+    uint64_t cycle;     // simulated cycle (from the start of the run) it retired in
+    uint64_t results;   // result words of its program received before that cycle
     uint64_t counters[N_COUNTERS];
 };
 
@@ -381,28 +395,27 @@ class Harness {
             data_start[k + 1] = data_start[k] + job_.programs[k].n_data;
         }
         stopped = nullptr;
-        reset();
-        int prev_state = static_cast<int>(top_->state);
         std::size_t k = 0;            // current program
         uint64_t halts = 0;           // HALTs of the current program retired
-        bool need_reset = false;
+        bool need_reset = true;
+        int prev_state = 0;
         uint64_t next_wall_check = WALL_CHECK_EVERY;
-        if (n) {
-            out[0].ran = true;
-            out[0].start_cycle = cycles_;
-        }
+        const int stride = words_for(FXP_RESULT_BITS);
         while (k < n) {
+            ProgramOut& po = out[k];
+            const Program& prog = job_.programs[k];
             if (need_reset) {
                 reset();
                 prev_state = static_cast<int>(top_->state);
-                insn_.seek(insn_start[k]);
-                data_.seek(data_start[k]);
-                out[k].reset_before = true;
-                out[k].start_cycle = cycles_;
+                po.reset_before = k > 0;
                 need_reset = false;
             }
-            ProgramOut& po = out[k];
-            const Program& prog = job_.programs[k];
+            if (!po.ran) {
+                po.ran = true;
+                po.start_cycle = cycles_;
+                insn_.seek(insn_start[k], insn_start[k + 1]);
+                data_.seek(data_start[k], data_start[k + 1]);
+            }
             // This cycle's inputs.
             insn_.drive(top_->INSN_PAYLOAD, top_->INSN_VALID);
             data_.drive(top_->DATA_PAYLOAD, top_->DATA_VALID);
@@ -413,79 +426,54 @@ class Harness {
 
             // Sample (the ReadOnly phase before the edge).
             const int state = static_cast<int>(top_->state);
-            bool ended = false;
             if (state == HALTED && prev_state != HALTED) {
                 ++halts;
                 HaltRecord h;
                 h.cycle = cycles_;
+                h.results = po.results.size() / stride;
                 read_counters(h.counters);
                 po.halts.push_back(h);
-                if (halts >= prog.n_halts) ended = true;
             }
             prev_state = state;
+            bool ended = false;
             if (state == ERROR) {
+                ended = need_reset = true;
+            } else if (state == HALTED && halts >= prog.n_halts && insn_.done()
+                       && (prog.n_results < 0
+                           || po.results.size() / stride >= static_cast<uint64_t>(prog.n_results))) {
                 ended = true;
-                need_reset = true;
-            } else if (!ended && cycles_ - po.start_cycle >= prog.max_cycles) {
-                ended = true;
-                need_reset = true;
+            } else if (cycles_ - po.start_cycle >= prog.max_cycles) {
+                ended = need_reset = true;
                 po.timed_out = true;
                 po.timeout_reason = "cycles";
-            }
-            if (!ended && job_.max_total_cycles && cycles_ >= job_.max_total_cycles) {
+            } else if (job_.max_total_cycles && cycles_ >= job_.max_total_cycles) {
                 po.timed_out = true;
-                po.timeout_reason = "total_cycles";
-                stopped = "total_cycles";
-            }
-            if (!ended && !stopped && job_.timeout_s > 0 && cycles_ >= next_wall_check) {
+                po.timeout_reason = stopped = "total_cycles";
+            } else if (job_.timeout_s > 0 && cycles_ >= next_wall_check) {
                 next_wall_check = cycles_ + WALL_CHECK_EVERY;
                 if (seconds_since(t0) > job_.timeout_s) {
                     po.timed_out = true;
-                    po.timeout_reason = "wall";
-                    stopped = "wall";
+                    po.timeout_reason = stopped = "wall";
                 }
             }
-            if (ended || stopped) {
-                snapshot(po.status);
-                po.insns_sent = insn_.pos - insn_start[k];
-                po.data_sent = data_.pos - data_start[k];
-                po.sim_cycles = cycles_ - po.start_cycle;
-                if (stopped) break;
-                halts = 0;
-                if (++k < n) {
-                    out[k].ran = true;
-                    out[k].start_cycle = cycles_;
-                    if (need_reset) {
-                        // The reset happens before the next cycle: nothing more is
-                        // transferred for the program that stopped.
-                        continue;
-                    }
-                } else {
-                    break;
-                }
+            if (!ended && !stopped) {
+                finish_cycle(result_ready, po);
+                continue;
             }
-            // The edge: complete this cycle's transfers.
-            insn_.sample(top_->INSN_READY);
-            data_.sample(top_->DATA_READY);
-            ProgramOut& owner = out[k < n ? k : n - 1];
-            if (result_ready && top_->RESULT_VALID) take_result(owner);
-            edge();
-        }
-        // Drain: only the result stream keeps running, into the last program run.
-        if (n) {
-            std::size_t last = n;
-            while (last > 0 && !out[last - 1].ran) --last;
-            ProgramOut& owner = out[last - 1];
-            top_->INSN_VALID = 0;
-            top_->DATA_VALID = 0;
-            for (uint64_t i = 0; i < job_.drain_cycles; ++i) {
-                const bool ready = !result_rng_.stall(job_.stall[2]);
-                top_->RESULT_READY = ready ? 1 : 0;
-                top_->clk = 0;
-                top_->eval();
-                if (ready && top_->RESULT_VALID) take_result(owner);
-                edge();
-            }
+            // As the cocotb harness when it stops waiting: status sampled now, this
+            // cycle's transfers complete, the streams stop (words not taken are
+            // dropped). After an error or a timeout, and after the last program,
+            // the result stream stays open for drain_cycles with the inputs idle
+            // (in-flight work lands, a stray word counts here) and a reset follows.
+            snapshot(po.status);
+            po.sim_cycles = cycles_ - po.start_cycle;
+            finish_cycle(result_ready, po);
+            if (stopped || need_reset || k + 1 == n) drain(po);
+            po.insns_sent = insn_.pos - insn_start[k];
+            po.data_sent = data_.pos - data_start[k];
+            if (stopped) break;
+            ++k;
+            halts = 0;
         }
         total_cycles = cycles_;
         wall_s = seconds_since(t0);
@@ -503,6 +491,30 @@ class Harness {
 
     static double seconds_since(std::chrono::steady_clock::time_point t0) {
         return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+
+    // The rest of a cycle after sampling: count this cycle's transfers, then the edge.
+    void finish_cycle(bool result_ready, ProgramOut& owner) {
+        insn_.sample(top_->INSN_READY);
+        data_.sample(top_->DATA_READY);
+        if (result_ready && top_->RESULT_VALID) take_result(owner);
+        edge();
+    }
+
+    // drain_cycles cycles with insn and data idle and the result stream open.
+    void drain(ProgramOut& owner) {
+        top_->INSN_VALID = 0;
+        top_->DATA_VALID = 0;
+        insn_.seek(insn_.pos, insn_.pos);
+        data_.seek(data_.pos, data_.pos);
+        for (uint64_t i = 0; i < job_.drain_cycles; ++i) {
+            const bool ready = !result_rng_.stall(job_.stall[2]);
+            top_->RESULT_READY = ready ? 1 : 0;
+            top_->clk = 0;
+            top_->eval();
+            if (ready && top_->RESULT_VALID) take_result(owner);
+            edge();
+        }
     }
 
     void edge() {
@@ -579,7 +591,8 @@ void write_output(const char* path, const std::vector<ProgramOut>& progs, uint64
         write_counters(f, p.status.counters);
         std::fputs(", \"halts\": [", f);
         for (std::size_t h = 0; h < p.halts.size(); ++h) {
-            std::fprintf(f, "%s{\"cycle\": %" PRIu64 ", \"counters\": ", h ? ", " : "", p.halts[h].cycle);
+            std::fprintf(f, "%s{\"cycle\": %" PRIu64 ", \"results\": %" PRIu64 ", \"counters\": ",
+                         h ? ", " : "", p.halts[h].cycle, p.halts[h].results);
             write_counters(f, p.halts[h].counters);
             std::fputc('}', f);
         }
