@@ -64,7 +64,7 @@ class Board:
 
 
 BOARDS = {b.name: b for b in [
-    Board("icebreaker", "icebreaker:ICEBreakerPlatform", "ice40", "clk12", 12e6, 24e6,
+    Board("icebreaker", "icebreaker:ICEBreakerPlatform", "ice40", "clk12", 12e6, 18e6,
           CoreConfig(rows=1, cols=1, acc_width=20, spad_depth=1024, wbuf_depth=64, acc_depth=256,
                      table_depth=16, counter_width=20),
           buffers=(256, 256), leds=2,

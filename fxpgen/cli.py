@@ -203,7 +203,7 @@ def compile_cmd(model: Path, calib: Path, cfg: CoreConfig, outdir: Path, mode: s
 @click.argument("outdir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               required=True, help="Float input(s) (.npy): one image C x H x W or a batch.")
-@click.option("--engine", type=click.Choice(["golden", "isa", "rtl", "board"]), default="golden",
+@click.option("--engine", type=click.Choice(["golden", "isa", "rtl", "native", "board"]), default="golden",
               show_default=True)
 @click.option("--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the integer outputs (.npy, N x C x H x W) here.")
@@ -214,7 +214,8 @@ def compile_cmd(model: Path, calib: Path, cfg: CoreConfig, outdir: Path, mode: s
 def run_cmd(outdir: Path, input_path: Path, engine: str, output_path: Path | None, as_json: bool,
             port, baud, timeout, baked):
     """Run a compiled program on the golden model, the instruction-level simulator,
-    the RTL (Verilator, cycle-accurate, with per-layer counters) or a board (--port).
+    the RTL (Verilator under cocotb, cycle-accurate, with per-layer counters), the
+    RTL in the Verilator-native harness (the same, far faster) or a board (--port).
     The RTL and board engines also check every output against the golden model."""
     import numpy as np
 

@@ -13,7 +13,7 @@ from .config import CoreConfig
 
 __all__ = ["compile_model", "load_compiled", "run_compiled", "ENGINES", "demo"]
 
-ENGINES = ("golden", "isa", "rtl", "board")
+ENGINES = ("golden", "isa", "rtl", "native", "board")
 
 
 def compile_model(model, calib: np.ndarray, cfg: CoreConfig, outdir: Path, *, mode: str = "std",
@@ -119,13 +119,16 @@ def run_compiled(outdir: Path, x: np.ndarray, engine: str, *, progress: Callable
             out["cycles_per_image"] = float(np.mean([sum(l["cycles"] for l in img) for img in per_image]))
         out["frames_rejected"] = list(link.rejected)
     else:
+        from .engines import run_native
         from .sim.core_rtl import core_model
+        from .sim.native import native_model
         layers = prog.layers
-        model = core_model(cfg)
+        model = native_model(cfg) if engine == "native" else core_model(cfg)
+        run_engine = run_native if engine == "native" else run_rtl
         ys, per_image = [], []
         for k in range(0, len(xq), batch):
             segs = [split_layers(prog.words, layers, low.data(low.image_words(q))) for q in xq[k:k + batch]]
-            res, info = run_rtl(cfg, segs, model=model)
+            res, info = run_engine(cfg, segs, model=model)
             for r in res:
                 ys.append(low.decode_output(r["results"]))
                 per_image.append(r["layers"])
@@ -134,7 +137,7 @@ def run_compiled(outdir: Path, x: np.ndarray, engine: str, *, progress: Callable
         out["cycles_per_image"] = float(np.mean([sum(l["cycles"] for l in img) for img in per_image]))
         out["verilator_build_s"] = model.build_s
     out["seconds"] = time.monotonic() - t0
-    if engine in ("rtl", "board"):
+    if engine in ("rtl", "native", "board"):
         golden = run_golden_batch(qg, np.stack(xq))[qg.output]
         out["golden_identical"] = bool(all(np.array_equal(y, g) for y, g in zip(ys, golden)))
     out["outputs"] = np.stack(ys)
