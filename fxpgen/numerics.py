@@ -3,7 +3,10 @@
 A tensor is int8 data plus a format ``(signed, fl)``; its real value is
 ``q * 2**-fl``. Signed data lives in the narrow range [-127, 127] (-128 is never
 produced), unsigned data in [0, 255]. Rescaling between formats is a barrel shift
-with round-half-to-even; nothing here multiplies by anything but a power of two.
+with round-half-to-even; nothing here multiplies by anything but a power of two,
+except the conventional (gemmlowp / TFLite) requantizer at the end of the module,
+which fxpgen does not use: it is the reference of ``hw/requant_mult.py``, built only
+to measure what the shift saves.
 
 Every function works on numpy integer arrays (or Python ints) and returns
 ``np.int64`` arrays. The hardware, the instruction-level simulator and the compiler
