@@ -317,3 +317,21 @@ def test_network_over_uart_is_bit_identical(digits_4x4, baked, tmp_path):
     wire = r["host_bytes"]
     program_bytes = len(prog.words) * 26
     assert (wire < program_bytes) if baked else (wire > program_bytes)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["icebreaker", "ulx3s-85f"])
+def test_bitstream_build(name, tmp_path):
+    """``fxpgen build --board NAME`` with the board's default core: a bitstream and a
+    report whose resources fit the device and whose clock meets its target (minutes
+    per board; the YoWASP toolchain from PyPI)."""
+    from click.testing import CliRunner
+    from fxpgen.cli import main
+    res = CliRunner().invoke(main, ["build", "--board", name, "-o", str(tmp_path), "--json"])
+    assert res.exit_code == 0, res.output[-3000:]
+    report = json.loads(res.output[res.output.index("{"):])
+    assert report["built"] and (tmp_path / report["bitstream"]).stat().st_size > 10_000
+    for what, u in report["utilization"].items():
+        assert 0 <= u["used"] <= u["available"], what
+    assert report["utilization"]["dsp"]["used"] >= BOARDS[name].config.rows * BOARDS[name].config.cols
+    assert report["timing_met"], report["fmax"]
