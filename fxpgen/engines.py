@@ -25,7 +25,12 @@ class LayerSegment:
 def cycle_budget(seg: "LayerSegment") -> int:
     """A generous cycle limit for one segment: every instruction serialised with
     its iterations, plus the data and result words, with room for stalls."""
-    work = sum(64 + 2 * Instruction.decode(w).iterations for w in seg.words)
+    work = 0
+    for w in seg.words:
+        try:
+            work += 64 + 2 * Instruction.decode(w).iterations
+        except ValueError:          # an illegal word: the core stops on it at once
+            work += 64
     return 200_000 + 2 * work + 4 * len(seg.data) + 8 * seg.n_results
 
 
