@@ -64,6 +64,7 @@ from fxpgen.compiler.lower import lower  # noqa: E402
 from fxpgen.compiler.qgraph import QAdd, QAvgPool, QConv, QGraph, QMaxPool  # noqa: E402
 from fxpgen.config import CoreConfig  # noqa: E402
 from fxpgen.engines import split_layers  # noqa: E402
+from fxpgen.flow import jsonable  # noqa: E402
 from fxpgen.isa import CoreState, ErrorCode, Instruction, Opcode  # noqa: E402
 from fxpgen.sim.core_rtl import RtlProgram  # noqa: E402
 from fxpgen.sim.golden import run_golden  # noqa: E402
@@ -683,7 +684,7 @@ def _explanations(nets: dict, rows: int, cols: int) -> list[str]:
 def write_report(data: dict, results_dir: Path) -> None:
     """``utilization.json``, ``utilization.md`` and ``utilization.png`` from ``data``."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / "utilization.json").write_text(json.dumps(data, indent=1, default=_jsonable))
+    (results_dir / "utilization.json").write_text(json.dumps(data, indent=1, default=jsonable))
     rows, cols = data["rows"], data["cols"]
     md = [f"# MAC utilization on a {rows}x{cols} array: RTL vs SCALE-Sim vs ideal", "",
           "Cycles are the core's own `cycles` counter (Verilator) for each layer's HALT segment; "
@@ -790,16 +791,6 @@ def _plot(data: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
-
-
-def _jsonable(v):
-    if isinstance(v, np.integer):
-        return int(v)
-    if isinstance(v, np.floating):
-        return float(v)
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    return str(v)
 
 
 # --- CLI -----------------------------------------------------------------------------
