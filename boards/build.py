@@ -50,7 +50,8 @@ class BuildFailed(RuntimeError):
     """A toolchain step failed; the message carries the tail of its log."""
 
 
-def _tool_env() -> dict:
+def _tool_env() -> tuple[dict, list[str]]:
+    """The environment with every tool variable set, and the YoWASP tools missing."""
     env = dict(os.environ)
     missing = []
     for var, tool in YOWASP_TOOLS.items():
@@ -58,8 +59,7 @@ def _tool_env() -> dict:
             if shutil.which(tool) is None:
                 missing.append(tool)
             env[var] = tool
-    env["_FXPGEN_MISSING"] = " ".join(missing)
-    return env
+    return env, missing
 
 
 def prepare_board(b: Board, cfg: CoreConfig, outdir: Path, *, clock_hz: float, baud: int,
@@ -174,9 +174,9 @@ def build_board(name: str, outdir: Path, *, cfg: CoreConfig | None = None, clock
         (outdir / "report.json").write_text(json.dumps(report, indent=2))
         say(f"{b.name}: build scripts written to {outdir} ({b.notes})")
         return report
-    env = _tool_env()
-    if env["_FXPGEN_MISSING"]:
-        raise BuildFailed(f"toolchain not found: {env['_FXPGEN_MISSING']} "
+    env, missing = _tool_env()
+    if missing:
+        raise BuildFailed(f"toolchain not found: {' '.join(missing)} "
                           "(pip install 'fxpgen[boards]')")
     cmds = _commands(outdir / f"build_{NAME}.sh", env)
     for k, argv in enumerate(cmds, 1):

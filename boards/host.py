@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from fxpgen.config import CoreConfig
-from fxpgen.isa import INSN_BYTES, CoreState, ErrorCode
+from fxpgen.isa import INSN_BYTES, CoreState, ErrorCode, Opcode, opcode_of
 
 from . import protocol
 from .protocol import FrameDecoder, FrameType, NakReason, ProtocolError, encode_frame
@@ -166,7 +166,6 @@ class BoardLink:
         two streams as the board's credit allows, and wait for all its HALTs and
         ``n_results`` result words. The returned status holds the core's counters at
         the last HALT."""
-        from fxpgen.isa import Opcode, opcode_of
         n_halts = sum(1 for w in words if opcode_of(w) == Opcode.HALT.value)
         base = self.status()
         self._check(base)
@@ -184,9 +183,7 @@ class BoardLink:
         run = BoardRun()
         run.status = self._wait(lambda s: (s["halts"] - base["halts"]) % 65536 >= n_halts
                                 and len(self._results) - first_result >= n_results)
-        got = self._results[first_result:]
-        run.results = [w for _, w, _ in got]
-        run.lasts = [last for _, _, last in got]
+        run.results, run.lasts = self._results_since(first_result)
         run.rejected = list(self.rejected)
         return run
 
@@ -209,10 +206,12 @@ class BoardLink:
         run.status = self._wait(lambda s: len(self._results) - first_result >= n_results
                                 and (s["halts"] - base["halts"]) % 65536 >= n_halts
                                 and s["state"] == CoreState.HALTED.value)
-        got = self._results[first_result:]
-        run.results = [w for _, w, _ in got]
-        run.lasts = [last for _, _, last in got]
+        run.results, run.lasts = self._results_since(first_result)
         return run
+
+    def _results_since(self, first: int) -> tuple[list[int], list[bool]]:
+        got = self._results[first:]
+        return [w for _, w, _ in got], [last for _, _, last in got]
 
     def _check(self, st: dict) -> None:
         if st["state"] == CoreState.ERROR.value:

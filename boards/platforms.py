@@ -3,7 +3,7 @@ target clock, the core that fits them, and how the ``sync`` clock is made."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fxpgen.config import CoreConfig
 
@@ -26,7 +26,7 @@ class Board:
     buildable: bool = True
     buffers: tuple[int, int] = (1024, 2048)
     notes: str = ""
-    leds: int = field(default=4)
+    leds: int = 4
 
     def platform(self):
         import importlib
@@ -44,9 +44,10 @@ class Board:
         from amaranth.lib import io
         from .pll import Ecp5Pll, Ice40Pll, sync_domain
         port = platform.request(self.osc, 0, dir="-")
-        if abs(target_hz - self.osc_hz) < 1 or self.family not in ("ice40", "ecp5"):
-            if abs(target_hz - self.osc_hz) >= 1:
-                raise ValueError(f"{self.name}: only the oscillator's {self.osc_hz / 1e6:g} MHz is supported")
+        at_osc = abs(target_hz - self.osc_hz) < 1
+        if not at_osc and self.family not in ("ice40", "ecp5"):
+            raise ValueError(f"{self.name}: only the oscillator's {self.osc_hz / 1e6:g} MHz is supported")
+        if at_osc:
             m.submodules.osc = buf = io.Buffer("i", port)
             sync_domain(m, platform, buf.i, C(1), self.osc_hz)
             return self.osc_hz

@@ -90,9 +90,7 @@ class BoardTop(wiring.Component):
                 wiring.connect(m, rom.insn, core.insn)
                 wiring.connect(m, rom.data, core.data)
             with m.Else():
-                wiring.connect(m, br.insn, core.insn)
-                m.d.comb += [core.data.payload.eq(rom.data.payload)]   # unused while idle
-                m.d.comb += [core.data.valid.eq(0)]
+                wiring.connect(m, br.insn, core.insn)     # no data until RUN
         else:
             wiring.connect(m, br.insn, core.insn)
             wiring.connect(m, br.data, core.data)

@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import logging
-import re
 import shutil
 import subprocess
 import tempfile
@@ -47,7 +45,7 @@ from fxpgen.isa import INSN_BITS, CoreState, ErrorCode, Opcode, opcode_of
 from fxpgen.tools import cache_dir, verilator_env, verilator_make_vars
 
 from .core_rtl import RtlProgram, RtlResult
-from .rtl import BUILD_JOBS, BuildError, SimulationError, _env_bool, _locked, _tail
+from .rtl import BUILD_JOBS, BuildError, build_folder, SimulationError, _env_bool, _locked, _tail
 
 __all__ = ["HARNESS_SOURCE", "NATIVE_ARGS", "NativeModel", "build_native", "native_model",
            "run_on_native", "run_native"]
@@ -129,10 +127,7 @@ def build_native(name: str, verilog: str, widths: dict[str, int], build_dir: Pat
         "args": list(NATIVE_ARGS), "defines": defines, "make_vars": make_vars,
         "verilator": verilator.__version__,
     }, sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()
-    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "model"
-    root = Path(build_dir).resolve()
-    model_dir = root / f"{label}-{digest[:16]}"
+    root, model_dir, digest = build_folder(name, key, build_dir)
     model = NativeModel(name, model_dir, digest, dict(widths), False, 0.0)
 
     with _locked(root / f".{model_dir.name}.lock"):

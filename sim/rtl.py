@@ -221,6 +221,15 @@ def _new_runner():
     return runner_mod.get_runner("verilator")
 
 
+def build_folder(name: str, key: str, build_dir: Path | str) -> tuple[Path, Path, str]:
+    """``(root, folder, digest)`` of a build keyed by the text ``key``: the folder is
+    named for ``name`` (any characters) and the key's SHA-256, under ``build_dir``."""
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "model"
+    root = Path(build_dir).resolve()
+    return root, root / f"{label}-{digest[:16]}", digest
+
+
 def build_model(name: str, verilog: str, toplevel: str, build_dir: Path | str, *,
                 extra_args: tuple[str, ...] = (), waves: bool | None = None) -> VerilatorModel:
     """Verilate and compile ``verilog`` (the text of one or more modules) with
@@ -255,10 +264,7 @@ def build_model(name: str, verilog: str, toplevel: str, build_dir: Path | str, *
         "make_vars": make_vars, "waves": fmt, "verilator": verilator.__version__,
         "cocotb": cocotb.__version__,
     }, sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()
-    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "model"
-    root = Path(build_dir).resolve()
-    model_dir = root / f"{label}-{digest[:16]}"
+    root, model_dir, digest = build_folder(name, key, build_dir)
     runner = _new_runner()
 
     with _locked(root / f".{model_dir.name}.lock"):
