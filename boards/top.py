@@ -28,13 +28,17 @@ __all__ = ["BoardTop", "BoardDesign", "baked_parts"]
 
 def baked_parts(program) -> dict:
     """What a :class:`BakedProgram` needs from a loaded program
-    (:class:`fxpgen.compiler.program.Program`)."""
+    (:class:`fxpgen.compiler.program.Program`); a program that streams its input in
+    bands cannot be baked (ValueError)."""
     import numpy as np
     low = program.lowered_view()
     lay = program.input_layout
     n_input = len(low.image_words(np.zeros((lay.channels, lay.height, lay.width), np.int64)))
-    return {"words": program.words, "data_before": program.data_before,
-            "data_after": program.data_after, "n_input": n_input}
+    try:
+        before, after = low.split_data()
+    except ValueError as e:
+        raise ValueError(f"cannot bake this program: {e}") from None
+    return {"words": program.words, "data_before": before, "data_after": after, "n_input": n_input}
 
 
 class BoardTop(wiring.Component):

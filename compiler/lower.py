@@ -21,6 +21,17 @@ group over the same two loops.
 Every layer ends with a HALT, so the core's performance counters (cleared when a
 program starts, frozen by HALT) measure each layer on its own.
 
+Streamed input. When the input image does not fit next to the maps the network
+needs (a 224x224 image, say) and its only consumer is a convolution or average pool,
+the image is not kept: the consumer's input is a band buffer holding the input rows
+of one output chunk, ``(rows_per_chunk - 1) * stride + kh`` rows (fewer output
+rows per chunk when the band would not fit next to the output), and each chunk
+LOADs its rows from the data stream before its matmuls (rows above or below the
+image as zero words). The data stream then carries the image in overlapping pieces
+between the constant words (:class:`InputPiece`); :meth:`Lowered.data` puts them
+together. ``lower(..., stream_input=None)`` streams only when the resident image does
+not fit.
+
 Memory. Scratchpad maps are allocated first-fit and freed after their last use; the
 weight tiles of one conv are loaded before its matmuls (split by n-tiles when they
 do not fit the weight buffer); the shift table holds one entry per n-tile, reloaded
@@ -41,7 +52,7 @@ from fxpgen.numerics import acc_range
 from .gemm import DoesNotFit, ceil_div
 from .qgraph import QAdd, QAvgPool, QConv, QGraph, QMaxPool
 
-__all__ = ["lower", "Lowered", "MapLayout", "DoesNotFit"]
+__all__ = ["lower", "Lowered", "MapLayout", "InputPiece", "DoesNotFit"]
 
 
 @dataclass(frozen=True)
@@ -73,16 +84,27 @@ class MapLayout:
         return self.base + ((y + self.border[0]) * self.padded_w + x + self.border[1]) * self.groups
 
 
+@dataclass(frozen=True)
+class InputPiece:
+    """Image words ``[first, first + count)`` of :meth:`Lowered.image_words` go into the
+    data stream before constant word ``at``."""
+
+    at: int
+    first: int
+    count: int
+
+
 @dataclass
 class Lowered:
-    """A program: instructions with the layer each serves, the data stream with the
-    input image's place in it, and the layouts of the input and output maps."""
+    """A program: instructions with the layer each serves, the data stream (constant
+    words, and where the input image's words go in), and the layouts of the input and
+    output maps."""
 
     cfg: CoreConfig
     instructions: list[Instruction]
     layers: list[str]                        # source layer of every instruction
-    data_before: list[int]                   # data words before the input image
-    data_after: list[int]                    # data words after it
+    consts: list[int]                        # the data stream without the image
+    input_pieces: list[InputPiece]           # where the image goes in, in stream order
     input_layout: MapLayout
     output_layout: MapLayout
     input_signed: bool
@@ -91,7 +113,27 @@ class Lowered:
     notes: list[str] = field(default_factory=list)
 
     def data(self, image_words: list[int]) -> list[int]:
-        return self.data_before + image_words + self.data_after
+        """The whole data stream for one image (:meth:`image_words`)."""
+        out, pos = [], 0
+        for p in self.input_pieces:
+            out += self.consts[pos:p.at]
+            out += image_words[p.first:p.first + p.count]
+            pos = p.at
+        return out + self.consts[pos:]
+
+    @property
+    def input_streamed(self) -> bool:
+        """Whether the image goes in as more than one piece (:class:`InputPiece`)."""
+        return len(self.input_pieces) != 1
+
+    def split_data(self) -> tuple[list[int], list[int]]:
+        """(constant words before the image, after it) of a program whose image is one
+        piece; a program that streams its input in bands has no such split."""
+        if self.input_streamed:
+            raise ValueError(f"the program streams its input in {len(self.input_pieces)} pieces; "
+                             "only a program whose input is one piece has a before/after split")
+        at = self.input_pieces[0].at
+        return self.consts[:at], self.consts[at:]
 
     def image_words(self, x_q: np.ndarray) -> list[int]:
         """Data words of an input map (C, H, W) int: the interior pixels, row-major."""
@@ -122,13 +164,25 @@ class _Allocator:
         self.free = [(0, depth)]
         self.high = 0
 
-    def alloc(self, rows: int, what: str) -> int:
-        for i, (start, size) in enumerate(self.free):
+    def largest(self) -> int:
+        """Rows in the largest free block."""
+        return max((n for _, n in self.free), default=0)
+
+    def alloc(self, rows: int, what: str, top: bool = False) -> int:
+        """First fit from the bottom, or (``top``) last fit from the top: short-lived
+        buffers go at the top so that freeing them leaves no hole below."""
+        order = range(len(self.free) - 1, -1, -1) if top else range(len(self.free))
+        for i in order:
+            start, size = self.free[i]
             if size >= rows:
-                self.free[i] = (start + rows, size - rows)
+                if top:
+                    self.free[i] = (start, size - rows)
+                    start += size - rows
+                else:
+                    self.free[i] = (start + rows, size - rows)
                 self.high = max(self.high, start + rows)
                 return start
-        largest = max((s for _, s in self.free), default=0)
+        largest = self.largest()
         raise DoesNotFit(f"{what} needs {rows} scratchpad rows but the largest free block is "
                          f"{largest} of spad_depth {self.depth}: {rows - largest} rows short")
 
@@ -150,6 +204,7 @@ class _Emitter:
         self.insns: list[Instruction] = []
         self.layers: list[str] = []
         self.data: list[int] = []
+        self.pieces: list[InputPiece] = []
         self.layer = ""
         self.notes: list[str] = []
 
@@ -161,6 +216,15 @@ class _Emitter:
     def load(self, mem: Mem, z: Addr, count0: int, count1: int, words: list[int]):
         assert len(words) == count0 * count1
         self.emit(Instruction(Opcode.LOAD, {"mem": mem.value}, count0, count1, z=z), words)
+
+    def load_image_rows(self, lay: MapLayout, y: int, image_y0: int, n: int):
+        """LOAD image rows ``[image_y0, image_y0 + n)`` into rows ``y ..`` of ``lay``."""
+        row = lay.width * lay.groups
+        for k0 in range(0, n, COUNT_MAX):
+            k = min(COUNT_MAX, n - k0)
+            self.pieces.append(InputPiece(len(self.data), (image_y0 + k0) * row, k * row))
+            self.emit(Instruction(Opcode.LOAD, {"mem": Mem.SPAD.value}, row, k,
+                                  z=Addr(lay.pixel(y + k0, 0), 1, lay.padded_w * lay.groups)))
 
     def fill(self, lay: MapLayout, value_byte: int):
         """Write ``value_byte`` into every border row of a map."""
@@ -193,9 +257,47 @@ def _pad_byte(signed: bool) -> int:
     return 0x81 if signed else 0x00     # -127 or 0: below any value of the format
 
 
-def lower(qg: QGraph, cfg: CoreConfig) -> Lowered:
+def lower(qg: QGraph, cfg: CoreConfig, *, stream_input: bool | None = None) -> Lowered:
     """Lower ``qg`` to a program for ``cfg``; raise :class:`DoesNotFit` when a layer or
-    map does not fit the memories."""
+    map does not fit the memories.
+
+    ``stream_input``: keep the input image in the scratchpad (False), stream it in
+    bands of rows to its consumer (True), or stream only when it does not fit (None).
+    """
+    consumer = _streamable_consumer(qg)
+    if stream_input and consumer is None:
+        raise DoesNotFit(f"the input {qg.input} can be streamed only when its one consumer is a "
+                         "convolution or average pool")
+    if stream_input is None:
+        try:
+            return _lower(qg, cfg, None)
+        except DoesNotFit as resident:
+            if consumer is None:
+                raise
+            try:
+                return _lower(qg, cfg, consumer)
+            except DoesNotFit as streamed:
+                raise DoesNotFit(f"{streamed} (with the input streamed in bands; kept whole: "
+                                 f"{resident})") from None
+    return _lower(qg, cfg, consumer if stream_input else None)
+
+
+def _streamable_consumer(qg: QGraph):
+    """The input's only consumer when it is a conv or average pool reading it once."""
+    users = [op for op in qg.ops if qg.input in op.inputs]
+    if (len(users) == 1 and isinstance(users[0], (QConv, QAvgPool)) and qg.input != qg.output
+            and list(users[0].inputs).count(qg.input) == 1):
+        return users[0]
+    return None
+
+
+def _rows_per_chunk(cfg: CoreConfig, oh: int, ow: int) -> int:
+    """Output rows of a conv that one accumulator block (half the accumulators) holds."""
+    return max(1, min(oh, (cfg.acc_depth // 2) // max(ow, 1)))
+
+
+def _lower(qg: QGraph, cfg: CoreConfig, streamed_into) -> Lowered:
+    """The lowering; ``streamed_into`` is the input's consumer when the input is streamed."""
     L = cfg.lanes
     em = _Emitter(cfg)
 
@@ -224,32 +326,52 @@ def lower(qg: QGraph, cfg: CoreConfig) -> Lowered:
     alloc = _Allocator(cfg.spad_depth)
     layouts: dict[str, MapLayout] = {}
 
-    def place(name: str) -> MapLayout:
+    def place(name: str, height: int | None = None) -> MapLayout:
         t = qg.tensor(name)
         c, h, w = t.shape
-        lay = MapLayout(0, c, h, w, tuple(border[name]), ceil_div(c, L))
-        lay = dataclasses.replace(lay, base=alloc.alloc(lay.rows, f"feature map {name} {t.shape}"))
+        if height is None:
+            lay = MapLayout(0, c, h, w, tuple(border[name]), ceil_div(c, L))
+            what, top = f"feature map {name} {t.shape}", False
+        else:
+            b = border[name]
+            lay = MapLayout(0, c, height, w, (0, b[1], 0, b[3]), ceil_div(c, L))
+            what, top = f"the band of {height} rows of input {name} {t.shape}", True
+        lay = dataclasses.replace(lay, base=alloc.alloc(lay.rows, what, top))
         layouts[name] = lay
         if any(lay.border):
             em.fill(lay, _pad_byte(pad_signed.get(name, False)))
         return lay
 
-    # The input image: its LOAD is the first data the program consumes.
+    # The input image: its LOAD is the first data the program consumes, unless the
+    # image is streamed, band by band, to its consumer.
     em.layer = "input"
-    in_lay = place(qg.input)
-    data_before = list(em.data)
-    em.data.clear()
-    if in_lay.width * in_lay.groups > COUNT_MAX:
-        raise DoesNotFit(f"input rows of {in_lay.width * in_lay.groups} words exceed a loop count")
-    for y0 in range(0, in_lay.height, COUNT_MAX):
-        hh = min(COUNT_MAX, in_lay.height - y0)
-        em.emit(Instruction(Opcode.LOAD, {"mem": Mem.SPAD.value}, in_lay.width * in_lay.groups, hh,
-                            z=Addr(in_lay.pixel(y0, 0), 1, in_lay.padded_w * in_lay.groups)))
+    c, h, w = qg.tensor(qg.input).shape
+    if w * ceil_div(c, L) > COUNT_MAX:
+        raise DoesNotFit(f"input rows of {w * ceil_div(c, L)} words exceed a loop count")
+    if streamed_into is None:
+        in_lay = place(qg.input)
+        em.load_image_rows(in_lay, 0, 0, in_lay.height)
 
     for i, op in enumerate(qg.ops):
         em.layer = op.name
         out_lay = place(op.output)
-        if isinstance(op, (QConv, QAvgPool)):
+        if op is streamed_into:
+            # The band buffer takes what the output left; a smaller band means fewer
+            # output rows per chunk.
+            oh, ow = out_lay.height, out_lay.width
+            kh = op.weight.shape[2] if isinstance(op, QConv) else op.kernel[0]
+            sy = op.stride[0]
+            b = border[qg.input]
+            band_row = (w + b[1] + b[3]) * ceil_div(c, L)
+            fit = (alloc.largest() // band_row - kh) // sy + 1
+            rows_per_chunk = min(_rows_per_chunk(cfg, oh, ow), fit)
+            if rows_per_chunk < 1:
+                raise DoesNotFit(f"{op.name}: the band of {kh} input rows its kernel needs takes "
+                                 f"{kh * band_row} scratchpad rows, {alloc.largest()} are free")
+            band = place(qg.input, (rows_per_chunk - 1) * sy + kh)
+            in_lay = dataclasses.replace(band, height=h, border=tuple(b))
+            _lower_conv(em, qg, op, layouts, out_lay, band_rows_per_chunk=rows_per_chunk)
+        elif isinstance(op, (QConv, QAvgPool)):
             _lower_conv(em, qg, op, layouts, out_lay)
         elif isinstance(op, QMaxPool):
             _lower_maxpool(em, qg, op, layouts[op.input], out_lay)
@@ -270,7 +392,7 @@ def lower(qg: QGraph, cfg: CoreConfig) -> Lowered:
         em.emit(Instruction(Opcode.STORE, {"mem": Mem.SPAD.value}, out_lay.width * out_lay.groups, 1,
                             x=Addr(out_lay.pixel(y, 0), 1)))
     em.emit(Instruction(Opcode.HALT))
-    return Lowered(cfg, em.insns, em.layers, data_before, em.data, in_lay, out_lay,
+    return Lowered(cfg, em.insns, em.layers, em.data, em.pieces, in_lay, out_lay,
                    qg.tensor(qg.input).fmt.signed, qg.tensor(qg.output).fmt.signed,
                    spad_rows_used=alloc.high, notes=em.notes)
 
@@ -285,7 +407,10 @@ def _conv_params(qg: QGraph, op):
     return w, np.zeros(c, np.int64), c, np.full(c, op.shift, np.int64), False, None, np.zeros(c, np.int64)
 
 
-def _lower_conv(em: _Emitter, qg: QGraph, op, layouts, out_lay: MapLayout):
+def _lower_conv(em: _Emitter, qg: QGraph, op, layouts, out_lay: MapLayout,
+                band_rows_per_chunk: int | None = None):
+    """Lower a conv or average pool; with ``band_rows_per_chunk`` its input is a band
+    buffer that each chunk of that many output rows LOADs from the data stream."""
     cfg = em.cfg
     R, C, L = cfg.rows, cfg.cols, cfg.lanes
     in_lay = layouts[op.input]
@@ -344,7 +469,8 @@ def _lower_conv(em: _Emitter, qg: QGraph, op, layouts, out_lay: MapLayout):
 
     # Output rows per accumulator block.
     acc_rows_per_block = cfg.acc_depth // 2
-    rows_per_chunk = max(1, min(oh, acc_rows_per_block // max(ow, 1)))
+    banded = band_rows_per_chunk is not None
+    rows_per_chunk = band_rows_per_chunk if banded else _rows_per_chunk(cfg, oh, ow)
     if ow > acc_rows_per_block or ow > COUNT_MAX:
         raise DoesNotFit(f"{op.name}: an output row of {ow} pixels exceeds half the accumulators "
                          f"({acc_rows_per_block}) or a loop count")
@@ -379,6 +505,12 @@ def _lower_conv(em: _Emitter, qg: QGraph, op, layouts, out_lay: MapLayout):
 
         for oy0 in range(0, oh, rows_per_chunk):
             nrow = min(rows_per_chunk, oh - oy0)
+            # The input row that kernel row 0 reads for output row oy0, in ``in_lay``'s
+            # coordinates: a streamed input's band starts there.
+            iy0 = oy0 * sy - pt
+            if banded:
+                _load_band(em, in_lay, iy0, (nrow - 1) * sy + kh, qg.tensor(op.input).shape[1])
+                iy0 = 0
             for nt in range(nt0, nt1):
                 acc_base = (block % 2) * acc_rows_per_block
                 block += 1
@@ -397,7 +529,7 @@ def _lower_conv(em: _Emitter, qg: QGraph, op, layouts, out_lay: MapLayout):
                         em.emit(Instruction(Opcode.LOADW, {"bank": bank}, R, 1,
                                             x=Addr(where[(nt, ky, kx, kt)], 1)))
                         group, lane = divmod(kt, L // R)
-                        x0 = in_lay.pixel(oy0 * sy + ky - pt, kx - pl) + group
+                        x0 = in_lay.pixel(iy0 + ky, kx - pl) + group
                         em.emit(Instruction(
                             Opcode.MATMUL,
                             {"bank": bank, "accumulate": 1, "act_signed": int(in_fmt.signed),
@@ -420,6 +552,21 @@ def _lower_conv(em: _Emitter, qg: QGraph, op, layouts, out_lay: MapLayout):
                     z=Addr(out_lay.pixel(oy0, 0) + group, out_lay.groups,
                            out_lay.padded_w * out_lay.groups)))
         nt0 = nt1
+
+
+def _load_band(em: _Emitter, band: MapLayout, iy0: int, n: int, height: int):
+    """Fill rows ``0 .. n`` of a band buffer with image rows ``iy0 .. iy0 + n``: zero words
+    for the rows outside the ``height``-row image, image rows from the data stream."""
+    L = em.cfg.lanes
+    row = band.width * band.groups
+    zero = pack_row(Mem.SPAD, [0] * L, em.cfg)
+    inside0, inside1 = max(iy0, 0), min(iy0 + n, height)
+    for a, b in ((iy0, min(iy0 + n, 0)), (max(iy0, height), iy0 + n)):
+        if a < b:
+            em.load(Mem.SPAD, Addr(band.pixel(a - iy0, 0), 1, band.padded_w * band.groups), row, b - a,
+                    [zero] * (row * (b - a)))
+    if inside0 < inside1:
+        em.load_image_rows(band, inside0 - iy0, inside0, inside1 - inside0)
 
 
 def _lower_maxpool(em: _Emitter, qg: QGraph, op: QMaxPool, in_lay: MapLayout, out_lay: MapLayout):

@@ -16,7 +16,7 @@ A program directory holds:
                          formats, layers (instruction ranges per layer)
     insns      n_insns  x INSN_BYTES     instruction words
     data       n_data   x BUS_BYTES      constant data words; the input image's
-                                         words go in at index ``data_split``
+                                         words go in where ``input_pieces`` say
     sha256     32 bytes  of everything above
 
 Loading checks the magic, version and checksum, and (when asked) that the program
@@ -37,14 +37,14 @@ from fxpgen.config import CoreConfig
 from fxpgen.isa import INSN_BITS, INSN_BYTES
 from fxpgen.numerics import Format
 
-from .lower import Lowered, MapLayout
+from .lower import InputPiece, Lowered, MapLayout
 from .qgraph import QAdd, QAvgPool, QConv, QGraph, QMaxPool, QTensor
 
 __all__ = ["FORMAT_VERSION", "ProgramFormatError", "save_program", "load_program", "Program",
            "save_qgraph", "load_qgraph", "listing"]
 
 MAGIC = b"FXPGPROG"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class ProgramFormatError(ValueError):
@@ -57,8 +57,7 @@ class Program:
 
     cfg: CoreConfig
     words: list[int]
-    data_before: list[int]
-    data_after: list[int]
+    consts: list[int]
     header: dict
 
     @property
@@ -81,7 +80,8 @@ class Program:
 
     def lowered_view(self) -> Lowered:
         """The parts of a :class:`Lowered` needed to pack inputs and decode outputs."""
-        return Lowered(self.cfg, [], [], self.data_before, self.data_after, self.input_layout,
+        pieces = [InputPiece(*p) for p in self.header["input_pieces"]]
+        return Lowered(self.cfg, [], [], self.consts, pieces, self.input_layout,
                        self.output_layout, self.header["input_signed"], self.header["output_signed"])
 
 
@@ -105,8 +105,8 @@ def save_program(path: Path, low: Lowered, extra: dict | None = None) -> dict:
         "insn_bits": INSN_BITS,
         "bus_width": cfg.bus_width,
         "n_insns": len(low.instructions),
-        "n_data": len(low.data_before) + len(low.data_after),
-        "data_split": len(low.data_before),
+        "n_data": len(low.consts),
+        "input_pieces": [[p.at, p.first, p.count] for p in low.input_pieces],
         "input_layout": dataclasses.asdict(low.input_layout),
         "output_layout": dataclasses.asdict(low.output_layout),
         "input_signed": low.input_signed,
@@ -119,7 +119,7 @@ def save_program(path: Path, low: Lowered, extra: dict | None = None) -> dict:
     body = bytearray(MAGIC + struct.pack("<HI", FORMAT_VERSION, len(hbytes)) + hbytes)
     for insn in low.instructions:
         body += insn.encode(cfg).to_bytes(INSN_BYTES, "little")
-    for w in low.data_before + low.data_after:
+    for w in low.consts:
         body += w.to_bytes(bus_bytes, "little")
     body += hashlib.sha256(body).digest()
     Path(path).write_bytes(bytes(body))
@@ -157,8 +157,7 @@ def load_program(path: Path, cfg: CoreConfig | None = None) -> Program:
     bus_bytes = (built_for.bus_width + 7) // 8
     data = [int.from_bytes(raw[off + i * bus_bytes:off + (i + 1) * bus_bytes], "little")
             for i in range(header["n_data"])]
-    split = header["data_split"]
-    return Program(built_for, words, data[:split], data[split:], header)
+    return Program(built_for, words, data, header)
 
 
 def listing(low: Lowered) -> str:

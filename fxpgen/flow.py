@@ -43,7 +43,7 @@ def compile_model(model, calib: np.ndarray, cfg: CoreConfig, outdir: Path, *, mo
     (outdir / "listing.txt").write_text(listing(low))
     (outdir / "report.json").write_text(json.dumps(report, indent=1, default=jsonable))
     (outdir / "meta.json").write_text(json.dumps(header, indent=1))
-    return {"instructions": len(low.instructions), "data_words": len(low.data_before) + len(low.data_after),
+    return {"instructions": len(low.instructions), "data_words": len(low.consts),
             "spad_rows": low.spad_rows_used, "quantize_s": t1 - t0, "lower_s": t2 - t1,
             "notes": low.notes, "outdir": str(outdir)}
 

@@ -119,3 +119,89 @@ def test_does_not_fit_says_by_how_much():
                        (1, 1), (1, 1, 1, 1))], "x", "y")
     with pytest.raises(DoesNotFit, match=r"rows short"):
         lower(qg, CoreConfig(rows=4, cols=4, spad_depth=1024))
+
+
+# --- streamed input -----------------------------------------------------------------
+
+#: Small accumulators, so the first conv runs in several chunks, each with its own band.
+STREAM_CONFIGS = [CoreConfig(rows=4, cols=4, spad_depth=4096, wbuf_depth=512, acc_depth=32, table_depth=4),
+                  CoreConfig(rows=2, cols=2, spad_depth=8192, wbuf_depth=256, acc_depth=32)]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(net=networks(), cfg_index=st.integers(0, len(STREAM_CONFIGS) - 1))
+def test_streamed_input_isa_equals_golden(net, cfg_index):
+    qg, x = net
+    cfg = STREAM_CONFIGS[cfg_index]
+    low = lower(qg, cfg, stream_input=True)
+    res = run_program(cfg, [i.encode(cfg) for i in low.instructions], low.data(low.image_words(x)))
+    assert res.error.name == "NONE", (res.error, res.error_pc)
+    assert np.array_equal(low.decode_output(res.results), run_golden(qg, x)[qg.output])
+
+
+def conv_net(c, h, w, cout, k, s, p, seed=0):
+    rng = np.random.default_rng(seed)
+    oh, ow = _out(h, k, s, p, p), _out(w, k, s, p, p)
+    qg = QGraph({"x": QTensor("x", (c, h, w), Format(False, 8)),
+                 "y": QTensor("y", (cout, oh, ow), Format(True, 4))},
+                [QConv("conv", "x", "y", rng.integers(-127, 128, (cout, c, k, k)),
+                       rng.integers(-3000, 3000, cout), (s, s), (p, p, p, p), 1,
+                       rng.integers(6, 12, cout))], "x", "y")
+    return qg, rng.integers(0, 256, (c, h, w))
+
+
+def test_an_image_that_does_not_fit_is_streamed_in_bands():
+    """3x40x24 next to its 8x40x24 output needs 3012 rows of a 2048-row scratchpad: the
+    image is streamed, in bands as small as the space the output leaves (2 output rows,
+    4 input rows), and the result is the golden model's."""
+    qg, x = conv_net(3, 40, 24, 8, 3, 1, 1)
+    cfg = CoreConfig(rows=4, cols=4, spad_depth=2048, wbuf_depth=512, acc_depth=512)
+    with pytest.raises(DoesNotFit, match="rows short"):
+        lower(qg, cfg, stream_input=False)
+    low = lower(qg, cfg)
+    assert low.input_streamed and len(low.input_pieces) == 20
+    assert low.spad_rows_used <= cfg.spad_depth
+    image = low.image_words(x)
+    data = low.data(image)
+    assert len(data) - len(low.consts) == sum(p.count for p in low.input_pieces) > len(image)
+    res = run_program(cfg, [i.encode(cfg) for i in low.instructions], data)
+    assert res.error.name == "NONE", (res.error, res.error_pc)
+    assert np.array_equal(low.decode_output(res.results), run_golden(qg, x)["y"])
+    # With room for it, the image stays whole: one piece, after the constant words
+    # that fill its border.
+    big = lower(qg, cfg.replace(spad_depth=4096))
+    assert not big.input_streamed
+    before, after = big.split_data()
+    assert big.data(image) == before + image + after
+
+
+def test_streaming_is_refused_where_it_cannot_help():
+    qg = QGraph({"x": QTensor("x", (4, 40, 40), Format(False, 8)),
+                 "p": QTensor("p", (4, 20, 20), Format(False, 8))},
+                [QMaxPool("p", "x", "p", (2, 2), (2, 2), (0, 0, 0, 0))], "x", "p")
+    with pytest.raises(DoesNotFit, match="one consumer is a convolution"):
+        lower(qg, CONFIGS[0], stream_input=True)
+    with pytest.raises(DoesNotFit, match="feature map x"):
+        lower(qg, CONFIGS[0].replace(spad_depth=1024))
+    # A band of even kh rows that does not fit next to the output is reported: the
+    # 8000-row output leaves 192 rows, a 3-row band takes 1506.
+    qg, _ = conv_net(3, 64, 500, 4, 3, 2, 1)
+    with pytest.raises(DoesNotFit, match="band of 3 input rows its kernel needs takes 1506 scratchpad "
+                                         "rows, 192 are free"):
+        lower(qg, CoreConfig(rows=4, cols=4, spad_depth=8192, acc_depth=2048), stream_input=True)
+
+
+def test_a_streamed_program_survives_its_file_and_cannot_be_baked(tmp_path):
+    from fxpgen.boards.top import baked_parts
+    from fxpgen.compiler.program import load_program, save_program
+
+    qg, x = conv_net(3, 40, 24, 8, 3, 1, 1)
+    cfg = CoreConfig(rows=4, cols=4, spad_depth=2048, wbuf_depth=512, acc_depth=512)
+    low = lower(qg, cfg)
+    save_program(tmp_path / "program.fxp", low)
+    prog = load_program(tmp_path / "program.fxp", cfg)
+    view = prog.lowered_view()
+    assert view.input_pieces == low.input_pieces
+    assert view.data(view.image_words(x)) == low.data(low.image_words(x))
+    with pytest.raises(ValueError, match="cannot bake this program: the program streams its input in 20"):
+        baked_parts(prog)
