@@ -163,7 +163,9 @@ def band_program(qg: QGraph, op: QConv, y0: int, y1: int, x: np.ndarray,
                  cfg: CoreConfig) -> BandProgram:
     """Lower a band for ``cfg`` (raises :class:`DoesNotFit`) and cut it into segments."""
     g, crop = band_graph(qg, op, y0, y1, x)
-    low = lower(g, cfg)
+    # Only the network's input is unfolded for its conv (the host lays it out), as in
+    # the whole-network program.
+    low = lower(g, cfg, unfold=op.input == qg.input)
     insns, layers = _with_input_halt(low)
     words = [i.encode(cfg) for i in insns]
     data = low.data(low.image_words(np.asarray(crop, np.int64)))

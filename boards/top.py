@@ -32,8 +32,7 @@ def baked_parts(program) -> dict:
     bands cannot be baked (ValueError)."""
     import numpy as np
     low = program.lowered_view()
-    lay = program.input_layout
-    n_input = len(low.image_words(np.zeros((lay.channels, lay.height, lay.width), np.int64)))
+    n_input = len(low.image_words(np.zeros(low.input_shape, np.int64)))
     try:
         before, after = low.split_data()
     except ValueError as e:

@@ -51,6 +51,7 @@ from fxpgen.numerics import acc_range
 
 from .gemm import DoesNotFit, ceil_div
 from .qgraph import QAdd, QAvgPool, QConv, QGraph, QMaxPool
+from .unfold import InputUnfold, unfold_input
 
 __all__ = ["lower", "Lowered", "MapLayout", "InputPiece", "DoesNotFit"]
 
@@ -111,6 +112,15 @@ class Lowered:
     output_signed: bool
     spad_rows_used: int = 0
     notes: list[str] = field(default_factory=list)
+    input_unfold: InputUnfold | None = None  # how the host lays out the image, if it does
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """The (C, H, W) image the program takes."""
+        if self.input_unfold is not None:
+            return self.input_unfold.shape
+        lay = self.input_layout
+        return (lay.channels, lay.height, lay.width)
 
     def data(self, image_words: list[int]) -> list[int]:
         """The whole data stream for one image (:meth:`image_words`)."""
@@ -136,12 +146,14 @@ class Lowered:
         return self.consts[:at], self.consts[at:]
 
     def image_words(self, x_q: np.ndarray) -> list[int]:
-        """Data words of an input map (C, H, W) int: the interior pixels, row-major."""
+        """Data words of an input map (C, H, W) int: the interior pixels, row-major
+        (after unfolding, :mod:`fxpgen.compiler.unfold`, when the program asks for it)."""
         lay = self.input_layout
+        if x_q.shape != self.input_shape:
+            raise ValueError(f"input is {x_q.shape}, the program expects {self.input_shape}")
+        if self.input_unfold is not None:
+            x_q = self.input_unfold.apply(x_q)
         c, h, w = x_q.shape
-        if (c, h, w) != (lay.channels, lay.height, lay.width):
-            raise ValueError(f"input is {x_q.shape}, the program expects "
-                             f"{(lay.channels, lay.height, lay.width)}")
         L = self.cfg.lanes
         px = np.zeros((h, w, lay.groups * L), np.int64)
         px[:, :, :c] = np.transpose(x_q, (1, 2, 0))
@@ -257,13 +269,25 @@ def _pad_byte(signed: bool) -> int:
     return 0x81 if signed else 0x00     # -127 or 0: below any value of the format
 
 
-def lower(qg: QGraph, cfg: CoreConfig, *, stream_input: bool | None = None) -> Lowered:
+def lower(qg: QGraph, cfg: CoreConfig, *, stream_input: bool | None = None,
+          unfold: bool = True) -> Lowered:
     """Lower ``qg`` to a program for ``cfg``; raise :class:`DoesNotFit` when a layer or
     map does not fit the memories.
 
     ``stream_input``: keep the input image in the scratchpad (False), stream it in
     bands of rows to its consumer (True), or stream only when it does not fit (None).
+    ``unfold``: let the host unfold the input for its first convolution when that
+    takes fewer matmuls (:mod:`fxpgen.compiler.unfold`).
     """
+    unfolded = unfold_input(qg, cfg.rows) if unfold else None
+    if unfolded is None:
+        return _lower_streamed(qg, cfg, stream_input)
+    low = _lower_streamed(unfolded[0], cfg, stream_input)
+    low.input_unfold = unfolded[1]
+    return low
+
+
+def _lower_streamed(qg: QGraph, cfg: CoreConfig, stream_input: bool | None) -> Lowered:
     consumer = _streamable_consumer(qg)
     if stream_input and consumer is None:
         raise DoesNotFit(f"the input {qg.input} can be streamed only when its one consumer is a "

@@ -13,7 +13,8 @@ A program directory holds:
     version    u16       FORMAT_VERSION
     hlen       u32       length of the header
     header     hlen      UTF-8 JSON: config, insn_bits, bus_width, counts, layouts,
-                         formats, layers (instruction ranges per layer)
+                         formats, layers (instruction ranges per layer), the
+                         input's pieces and unfolding
     insns      n_insns  x INSN_BYTES     instruction words
     data       n_data   x BUS_BYTES      constant data words; the input image's
                                          words go in where ``input_pieces`` say
@@ -38,6 +39,7 @@ from fxpgen.isa import INSN_BITS, INSN_BYTES
 from fxpgen.numerics import Format
 
 from .lower import InputPiece, Lowered, MapLayout
+from .unfold import InputUnfold
 from .qgraph import QAdd, QAvgPool, QConv, QGraph, QMaxPool, QTensor
 
 __all__ = ["FORMAT_VERSION", "ProgramFormatError", "save_program", "load_program", "Program",
@@ -81,8 +83,10 @@ class Program:
     def lowered_view(self) -> Lowered:
         """The parts of a :class:`Lowered` needed to pack inputs and decode outputs."""
         pieces = [InputPiece(*p) for p in self.header["input_pieces"]]
+        unfold = self.header.get("input_unfold")
         return Lowered(self.cfg, [], [], self.consts, pieces, self.input_layout,
-                       self.output_layout, self.header["input_signed"], self.header["output_signed"])
+                       self.output_layout, self.header["input_signed"], self.header["output_signed"],
+                       input_unfold=InputUnfold(**unfold) if unfold else None)
 
 
 def _layer_ranges(layers: list[str]) -> list[dict]:
@@ -107,6 +111,7 @@ def save_program(path: Path, low: Lowered, extra: dict | None = None) -> dict:
         "n_insns": len(low.instructions),
         "n_data": len(low.consts),
         "input_pieces": [[p.at, p.first, p.count] for p in low.input_pieces],
+        "input_unfold": dataclasses.asdict(low.input_unfold) if low.input_unfold else None,
         "input_layout": dataclasses.asdict(low.input_layout),
         "output_layout": dataclasses.asdict(low.output_layout),
         "input_signed": low.input_signed,

@@ -205,3 +205,58 @@ def test_a_streamed_program_survives_its_file_and_cannot_be_baked(tmp_path):
     assert view.data(view.image_words(x)) == low.data(low.image_words(x))
     with pytest.raises(ValueError, match="cannot bake this program: the program streams its input in 20"):
         baked_parts(prog)
+
+
+# --- the first conv's taps unfolded into channels ------------------------------------
+
+
+def test_unfolding_lays_out_each_row_of_taps_as_channels():
+    from fxpgen.compiler.unfold import InputUnfold
+
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (3, 5, 11))
+    u = InputUnfold(3, 5, 11, kw=4, stride=3, pad_left=2, out_width=4).apply(x)
+    assert u.shape == (12, 5, 4)
+    for kx in range(4):
+        for ox in range(4):
+            col = ox * 3 + kx - 2
+            want = x[:, :, col] if 0 <= col < 11 else np.zeros((3, 5), np.int64)
+            assert np.array_equal(u[kx * 3:(kx + 1) * 3, :, ox], want), (kx, ox)
+
+
+def _matmuls(low):
+    return sum(i.opcode.name == "MATMUL" for i in low.instructions)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["resident", "streamed"])
+def test_an_unfolded_first_conv_takes_fewer_matmuls_and_equals_golden(tmp_path, stream):
+    """A 3-channel 7x7 stride-2 conv (ResNet-18's first layer, smaller) on a 4x4 core:
+    7 taps x 1 k-tile per kernel row become ceil(21 / 4) = 6 k-tiles. Streamed, each
+    band is a band of the unfolded image."""
+    from fxpgen.compiler.program import load_program, save_program
+
+    qg, x = conv_net(3, 30, 27, 8, 7, 2, 3, seed=5)
+    cfg = CONFIGS[0].replace(acc_depth=64) if stream else CONFIGS[0]
+    plain = lower(qg, cfg, unfold=False, stream_input=stream)
+    low = lower(qg, cfg, stream_input=stream)
+    assert plain.input_unfold is None and low.input_unfold is not None
+    assert low.input_streamed == stream
+    assert _matmuls(low) * 7 == _matmuls(plain) * 6
+    golden = run_golden(qg, x)["y"]
+    for p in (plain, low):
+        res = run_program(cfg, [i.encode(cfg) for i in p.instructions], p.data(p.image_words(x)))
+        assert res.error.name == "NONE", (res.error, res.error_pc)
+        assert np.array_equal(p.decode_output(res.results), golden)
+    save_program(tmp_path / "program.fxp", low)
+    view = load_program(tmp_path / "program.fxp", cfg).lowered_view()
+    assert view.input_unfold == low.input_unfold and view.input_shape == (3, 30, 27)
+    assert view.data(view.image_words(x)) == low.data(low.image_words(x))
+    with pytest.raises(ValueError, match=r"input is \(3, 30, 26\), the program expects \(3, 30, 27\)"):
+        low.image_words(x[:, :, :26])
+
+
+def test_only_a_conv_that_gains_is_unfolded():
+    full, _ = conv_net(16, 8, 8, 8, 3, 1, 1)           # 16 channels fill a 4-row k-tile
+    assert lower(full, CONFIGS[0]).input_unfold is None
+    point, _ = conv_net(3, 8, 8, 8, 1, 1, 0)           # a 1x1 conv has one tap per row
+    assert lower(point, CONFIGS[0]).input_unfold is None

@@ -183,7 +183,7 @@ def test_a_streamed_input_is_bit_identical_on_the_rtl(shape):
 
     cfg, native, cocotb = shape
     qg, x = conv_net(1, 12, 4, 2, 3, 2, 1, seed=seed_for("streamed input"))
-    low = lower(qg, cfg)
+    low = lower(qg, cfg, unfold=False)
     assert low.input_streamed and len(low.input_pieces) == 2
     segs = [split_layers([i.encode(cfg) for i in low.instructions], low.layers, low.data(low.image_words(x)))]
     got, _ = run_native(cfg, segs, model=native)
