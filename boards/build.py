@@ -63,10 +63,11 @@ def _tool_env() -> tuple[dict, list[str]]:
 
 
 def prepare_board(b: Board, cfg: CoreConfig, outdir: Path, *, clock_hz: float, baud: int,
-                  baked: dict | None = None, seed: int = 1, synth_opts: str = ""):
+                  baked: dict | None = None, seed: int = 1, synth_opts: str = "",
+                  script_after_synth: str = ""):
     """Elaborate the design for board ``b`` and write its build files to ``outdir``;
     return (plan, design). ``synth_opts`` go to Yosys's synth command after the
-    board's own."""
+    board's own; ``script_after_synth`` runs after it."""
     from .top import BoardDesign
     design = BoardDesign(b, cfg, clock_hz=clock_hz, baud=baud, baked=baked,
                          insn_buffer=b.buffers[0], data_buffer=b.buffers[1])
@@ -77,6 +78,8 @@ def prepare_board(b: Board, cfg: CoreConfig, outdir: Path, *, clock_hz: float, b
         opts.append(synth_opts)
     if opts:
         overrides["synth_opts"] = " ".join(opts)
+    if script_after_synth:
+        overrides["script_after_synth"] = script_after_synth
     if b.family in ("ice40", "ecp5"):
         overrides["nextpnr_opts"] = f"--report {NAME}.report.json --timing-allow-fail --seed {seed}"
     plan = platform.prepare(design, name=NAME, **overrides)
@@ -145,12 +148,13 @@ def parse_nextpnr_report(path: Path, family: str) -> dict:
 
 def build_board(name: str, outdir: Path, *, cfg: CoreConfig | None = None, clock_hz: float | None = None,
                 baud: int = 1_000_000, program_dir: Path | None = None, seed: int = 1,
-                synth_opts: str = "", progress: Callable[[str], None] | None = None) -> dict:
+                synth_opts: str = "", script_after_synth: str = "",
+                progress: Callable[[str], None] | None = None) -> dict:
     """Build a bitstream for board ``name`` into ``outdir``; return (and write to
     ``outdir/report.json``) what was built, resources, Fmax and step times. With
     ``program_dir`` (``fxpgen compile`` output), the program is baked into ROM and
     the core configuration is the program's. ``synth_opts``: extra options of
-    Yosys's synth command (e.g. ``-nolutram``)."""
+    Yosys's synth command; ``script_after_synth``: Yosys commands after it."""
     say = progress or (lambda msg: None)
     b = get_board(name)
     baked = None
@@ -170,12 +174,13 @@ def build_board(name: str, outdir: Path, *, cfg: CoreConfig | None = None, clock
     say(f"{b.name}: elaborating a {cfg.rows}x{cfg.cols} core at {clock_hz / 1e6:g} MHz"
         + (f" with a baked program of {len(baked['words'])} instructions" if baked else ""))
     plan, design = prepare_board(b, cfg, outdir, clock_hz=clock_hz, baud=baud, baked=baked, seed=seed,
-                                 synth_opts=synth_opts)
+                                 synth_opts=synth_opts, script_after_synth=script_after_synth)
     report = {
         "board": b.name, "device": getattr(design.board.platform(), "device", None),
         "config": cfg.as_dict(), "clock_target_mhz": clock_hz / 1e6, "baud": baud,
         "uart_divisor": design.divisor, "baked_program": str(program_dir) if program_dir else None,
         "baked_instructions": len(baked["words"]) if baked else 0, "synth_opts": synth_opts,
+        "script_after_synth": script_after_synth,
         "elaborate_s": round(time.monotonic() - t0, 1), "steps": [],
     }
     if not b.buildable:
