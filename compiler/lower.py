@@ -51,7 +51,7 @@ from fxpgen.numerics import acc_range
 
 from .gemm import DoesNotFit, ceil_div
 from .qgraph import QAdd, QAvgPool, QConv, QGraph, QMaxPool
-from .unfold import InputUnfold, unfold_input
+from .unfold import InputUnfold, sole_consumer, unfold_input
 
 __all__ = ["lower", "Lowered", "MapLayout", "InputPiece", "DoesNotFit"]
 
@@ -308,11 +308,8 @@ def _lower_streamed(qg: QGraph, cfg: CoreConfig, stream_input: bool | None) -> L
 
 def _streamable_consumer(qg: QGraph):
     """The input's only consumer when it is a conv or average pool reading it once."""
-    users = [op for op in qg.ops if qg.input in op.inputs]
-    if (len(users) == 1 and isinstance(users[0], (QConv, QAvgPool)) and qg.input != qg.output
-            and list(users[0].inputs).count(qg.input) == 1):
-        return users[0]
-    return None
+    op = sole_consumer(qg)
+    return op if isinstance(op, (QConv, QAvgPool)) else None
 
 
 def _rows_per_chunk(cfg: CoreConfig, oh: int, ow: int) -> int:

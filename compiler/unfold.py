@@ -28,7 +28,7 @@ import numpy as np
 from .gemm import ceil_div
 from .qgraph import QConv, QGraph, QTensor
 
-__all__ = ["InputUnfold", "unfold_input"]
+__all__ = ["InputUnfold", "unfold_input", "sole_consumer"]
 
 
 @dataclass(frozen=True)
@@ -63,16 +63,24 @@ class InputUnfold:
         return np.transpose(u, (3, 0, 1, 2)).reshape(self.kw * self.channels, self.height, self.out_width)
 
 
+def sole_consumer(qg: QGraph):
+    """The op that is the only reader of the graph's input, reading it once (and the
+    input is not the output); else None."""
+    users = [op for op in qg.ops if qg.input in op.inputs]
+    if len(users) == 1 and qg.input != qg.output and list(users[0].inputs).count(qg.input) == 1:
+        return users[0]
+    return None
+
+
 def unfold_input(qg: QGraph, rows: int) -> tuple[QGraph, InputUnfold] | None:
     """``qg`` with its input unfolded for its first convolution, when that is the
     input's only consumer (an ungrouped conv with more than one tap per row) and
     unfolding takes fewer k-tiles of ``rows`` input channels; else None."""
-    users = [op for op in qg.ops if qg.input in op.inputs]
-    if len(users) != 1 or not isinstance(users[0], QConv) or qg.input == qg.output:
+    op = sole_consumer(qg)
+    if not isinstance(op, QConv):
         return None
-    op = users[0]
     cout, cin, kh, kw = op.weight.shape
-    if op.groups != 1 or op.residual == qg.input or kw == 1:
+    if op.groups != 1 or kw == 1:
         return None
     if ceil_div(kw * cin, rows) >= kw * ceil_div(cin, rows):
         return None
