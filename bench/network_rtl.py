@@ -30,25 +30,26 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 import onnx_zoo  # noqa: E402
+from utilization import BIG_MEMORIES, CALIB_IMAGES  # noqa: E402
 
 from fxpgen.config import CoreConfig  # noqa: E402
 from fxpgen.flow import compile_model, jsonable, load_compiled, model_macs, run_compiled  # noqa: E402
 
 RESULTS = HERE / "results"
 NETWORKS = {"resnet18": onnx_zoo.resnet18, "mobilenetv2": onnx_zoo.mobilenetv2}
-#: Memories of the core: the scratchpad as deep as 16-bit addresses allow.
-MEMORIES = {"spad_depth": 65536, "acc_depth": 4096, "wbuf_depth": 8192}
-CALIB_IMAGES = 3
 
 
 def bench(network: str, size: int, rows: int, cols: int, seed: int = 0, workdir: Path | None = None,
           log=print) -> dict:
     """Compile ``network`` at ``size`` for a ``rows`` x ``cols`` core and run one image
     on the native RTL harness; the figures as a dict."""
-    cfg = CoreConfig(rows=rows, cols=cols, **MEMORIES)
+    # The utilization bench's memories and calibration: the scratchpad as deep as
+    # 16-bit addresses allow.
+    cfg = CoreConfig(rows=rows, cols=cols, **BIG_MEMORIES)
     rng = np.random.default_rng(seed)
     model = NETWORKS[network](size=size, classes=1000, seed=seed)
     calib = rng.uniform(0, 1, (CALIB_IMAGES, 3, size, size))
