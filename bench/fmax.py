@@ -1,7 +1,7 @@
 """Fmax and resources of the core versus array size on ECP5, from real Yosys and
 nextpnr runs (``fxpgen build`` for the ULX3S 85F, one build per array size).
 
-    python bench/fmax.py --sizes 4x4,8x8,12x12 [--board ulx3s-85f] [--lut-mapping abc]
+    python -m bench.fmax --sizes 4x4,8x8,12x12 [--board ulx3s-85f] [--lut-mapping abc]
 
 Writes ``fmax.json`` and ``fmax.md``; a size (with the same LUT mapping) already in
 ``fmax.json`` is not rebuilt unless ``--rebuild``. Builds take tens of minutes each
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
                           progress=lambda msg: print(msg, file=sys.stderr, flush=True))
         rep["wall_s"] = round(time.monotonic() - t0, 1)
         rep["lut_mapping"] = args.lut_mapping
-        rep["command"] = (f"python bench/fmax.py --sizes {size} --board {args.board}"
+        rep["command"] = (f"python -m bench.fmax --sizes {size} --board {args.board}"
                           + (f" --lut-mapping {args.lut_mapping}" if args.lut_mapping != "abc9" else ""))
         results[key] = rep
         path.write_text(json.dumps(results, indent=2))

@@ -37,9 +37,9 @@ from fxpgen.compiler.gemm import DoesNotFit, ceil_div
 from fxpgen.compiler.lower import Lowered, lower
 from fxpgen.compiler.qgraph import QConv, QGraph, QTensor
 from fxpgen.config import CoreConfig
-from fxpgen.engines import LayerSegment, split_layers
+from fxpgen.sim.segments import LayerSegment, split_layers
 from fxpgen.isa import Instruction, Opcode
-from fxpgen.sim.golden import run_golden
+from fxpgen.compiler.golden import run_golden
 
 __all__ = ["BandRows", "band_rows", "band_op", "band_graph", "band_golden", "layer_graph",
            "BandProgram", "band_program", "plan_bands", "spad_rows_for_band", "rows_per_chunk"]

@@ -1,9 +1,9 @@
 """A whole network at 224x224 on the RTL: compile time, and one image end to end on
 the Verilator-native harness, bit for bit against the golden model.
 
-The network is the ONNX graph of ``tests/onnx_zoo.py`` (ResNet-18's layers and
+The network is the ONNX graph of ``fxpgen/models/zoo.py`` (ResNet-18's layers and
 shapes, random weights; 1000 classes), quantized with a few random calibration
-images and compiled by the same :func:`fxpgen.flow.compile_model` as ``fxpgen
+images and compiled by the same :func:`fxpgen.app.flow.compile_model` as ``fxpgen
 compile``, for a 16x16 core with a 65,536-row scratchpad (1 MiB, as deep as 16-bit
 addresses allow). The 224x224 image does not fit next to the first conv's output,
 so the program streams it in bands (``compiler/lower.py``); every other map stays
@@ -11,7 +11,7 @@ on chip. One random image then runs through ``fxpgen run --engine native``'s flo
 every layer is a HALT segment whose counters the RTL reports, and the output must
 equal the golden model's.
 
-    python bench/network_rtl.py [--network resnet18] [--size 224] [--rows 16 --cols 16]
+    python -m bench.network_rtl [--network resnet18] [--size 224] [--rows 16 --cols 16]
 
 Writes ``bench/results/network_rtl.json`` and ``network_rtl.md``. The first run
 builds the Verilator model of the core (minutes); the simulation takes minutes more.
@@ -29,18 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
+from bench.utilization import BIG_MEMORIES, CALIB_IMAGES
+from fxpgen.app.flow import compile_model, jsonable, load_compiled, model_macs, run_compiled
+from fxpgen.config import CoreConfig
+from fxpgen.models import zoo
 
-import onnx_zoo  # noqa: E402
-from utilization import BIG_MEMORIES, CALIB_IMAGES  # noqa: E402
-
-from fxpgen.config import CoreConfig  # noqa: E402
-from fxpgen.flow import compile_model, jsonable, load_compiled, model_macs, run_compiled  # noqa: E402
-
-RESULTS = HERE / "results"
-NETWORKS = {"resnet18": onnx_zoo.resnet18, "mobilenetv2": onnx_zoo.mobilenetv2}
+RESULTS = Path(__file__).resolve().parent / "results"
+NETWORKS = {"resnet18": zoo.resnet18, "mobilenetv2": zoo.mobilenetv2}
 
 
 def bench(network: str, size: int, rows: int, cols: int, seed: int = 0, workdir: Path | None = None,
@@ -126,7 +121,7 @@ def markdown(r: dict) -> str:
         lines.append(f"| {layer['layer']} | {layer['cycles']:,} | {layer['mac_cycles']:,} | "
                      f"{layer['array_occupancy']:.2f} | {layer['stall_data']:,} | "
                      f"{layer['stall_dispatch']:,} | {layer['stall_result']:,} |")
-    lines += ["", f"Command: `python bench/network_rtl.py --network {r['network']} --size {r['size']} "
+    lines += ["", f"Command: `python -m bench.network_rtl --network {r['network']} --size {r['size']} "
               f"--rows {cfg['rows']} --cols {cfg['cols']}`", ""]
     return "\n".join(lines)
 

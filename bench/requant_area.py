@@ -22,8 +22,8 @@ about.
 
 Run from the repository root::
 
-    python bench/requant_area.py                     # 8 and 16 lanes, default targets
-    python bench/requant_area.py --lanes 4 --targets generic --json
+    python -m bench.requant_area                     # 8 and 16 lanes, default targets
+    python -m bench.requant_area --lanes 4 --targets generic --json
 
 Results go to ``bench/results/requant_area.json`` and ``requant_area.md`` (the
 Markdown table is printed too). Runs are sequential and take about an hour on two
@@ -51,7 +51,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from fxpgen.hw.requant import Requantizer
-from fxpgen.hw.requant_mult import RIGHT_SHIFT_WIDTH, MultiplierRequantizer
+from bench.baselines.requant_mult import RIGHT_SHIFT_WIDTH, MultiplierRequantizer
 from fxpgen.tools import cache_dir
 
 __all__ = ["TARGETS", "UNITS", "SCOPES", "RescaleOnly", "build_unit", "yosys_script",
@@ -355,7 +355,7 @@ def report(result: dict) -> str:
         "# Shift vs multiplier requantizer area\n\n"
         f"`{result['command']}` with {result['yosys']}; acc_width {result['acc_width']}.\n\n"
         "Cell counts from Yosys `stat` after synthesis of each unit alone. `shift` is "
-        "`hw/requant.py` `Requantizer`, `multiplier` is `hw/requant_mult.py` "
+        "`hw/requant.py` `Requantizer`, `multiplier` is `bench/baselines/requant_mult.py` "
         "`MultiplierRequantizer` (gemmlowp: Q31 M0 and a rounding right shift); `ratio` "
         "is multiplier / shift. Scope `full`: each unit as built (operand alignment, "
         "saturating add or max, rescaling, output saturation). Scope `rescale`: the "
@@ -380,7 +380,7 @@ def main(argv=None) -> int:
 
     workdir = args.workdir or cache_dir() / "requant_area"
     result = compare(args.lanes, args.targets, args.scopes, args.acc_width, workdir)
-    command = " ".join(["python bench/requant_area.py", *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join(["python -m bench.requant_area", *(sys.argv[1:] if argv is None else argv)])
     result = {"yosys": yosys_version(), "acc_width": args.acc_width, "command": command,
               **result}
     table = markdown(result)

@@ -24,8 +24,8 @@ simulator, Python and cocotb starting); for the native harness,
 reported separately and not counted. The machine may be shared: the load average
 at the start is recorded.
 
-    python bench/simspeed.py                       # 8x8 and 16x16, both workloads
-    python bench/simspeed.py --shapes 8x8 --images 8 --workloads digits
+    python -m bench.simspeed                       # 8x8 and 16x16, both workloads
+    python -m bench.simspeed --shapes 8x8 --images 8 --workloads digits
 
 Writes ``bench/results/simspeed.json`` and prints a Markdown table.
 """
@@ -43,10 +43,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fxpgen.check import random_gemm
+from fxpgen.compiler.gemm import random_gemm
 from fxpgen.compiler.gemm import build_gemm, gemm_reference
 from fxpgen.config import CoreConfig
-from fxpgen.engines import split_layers
+from fxpgen.sim.segments import split_layers
 from fxpgen.isa import Instruction, Opcode
 from fxpgen.sim.core_rtl import RtlProgram, core_model, run_on_rtl
 from fxpgen.sim.native import native_model, run_on_native
@@ -82,9 +82,9 @@ def gemm_workload(cfg: CoreConfig, seed: int = 0):
 
 def digits_workload(cfg: CoreConfig, images: int, workdir: Path):
     """(programs, check) for ``images`` digits test images, one program per layer."""
-    from fxpgen.sim.golden import quantize_input, run_golden_batch
+    from fxpgen.compiler.golden import quantize_input, run_golden_batch
 
-    from fxpgen.flow import compile_model, load_compiled
+    from fxpgen.app.flow import compile_model, load_compiled
     from fxpgen.models import digits_assets
 
     a = digits_assets()

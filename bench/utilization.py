@@ -4,7 +4,7 @@ For every conv / fully connected layer of
 
 * the shipped digits CNN (compiled as ``fxpgen demo`` does, run whole on the RTL;
   every layer ends in a HALT, so the core's own counters measure each layer), and
-* ResNet-18 and MobileNetV2 at 224x224 (``tests/onnx_zoo.py``, random weights,
+* ResNet-18 and MobileNetV2 at 224x224 (``fxpgen/models/zoo.py``, random weights,
   quantized with a few random calibration images), each layer run on its own in
   bands of output rows (``layer_bands.py``) with its output checked against the
   golden model,
@@ -14,9 +14,9 @@ SCALE-Sim's weight-stationary estimate for the same array and the ideal
 ``MACs / (rows * cols)``; utilization = ideal / cycles. Results go to
 ``bench/results/utilization.{json,md,png}``; a run updates only the networks it ran.
 
-    python bench/utilization.py --networks digits,resnet18,mobilenetv2 --engine native
-    python bench/utilization.py --networks resnet18 --max-layers 3     # a quick look
-    python bench/utilization.py --report-only       # Markdown and plot from the JSON
+    python -m bench.utilization --networks digits,resnet18,mobilenetv2 --engine native
+    python -m bench.utilization --networks resnet18 --max-layers 3     # a quick look
+    python -m bench.utilization --report-only       # Markdown and plot from the JSON
 
 The whole run takes about 45 minutes on a 2-core machine, most of it SCALE-Sim
 (about 0.1 ms per simulated cycle); the RTL part is a few minutes on the native
@@ -53,27 +53,22 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(ROOT / "tests"))
+from bench.layer_bands import BandProgram, band_programs, layer_graph
 
-from layer_bands import BandProgram, band_programs, layer_graph  # noqa: E402
-
-from fxpgen.compiler.lower import lower  # noqa: E402
-from fxpgen.compiler.qgraph import QAdd, QAvgPool, QConv, QGraph, QMaxPool  # noqa: E402
-from fxpgen.config import CoreConfig  # noqa: E402
-from fxpgen.engines import split_layers  # noqa: E402
-from fxpgen.flow import jsonable  # noqa: E402
-from fxpgen.isa import CoreState, ErrorCode, Instruction, Opcode  # noqa: E402
-from fxpgen.sim.core_rtl import RtlProgram  # noqa: E402
-from fxpgen.sim.golden import run_golden  # noqa: E402
+from fxpgen.compiler.lower import lower
+from fxpgen.compiler.qgraph import QAdd, QAvgPool, QConv, QGraph, QMaxPool
+from fxpgen.config import CoreConfig
+from fxpgen.sim.segments import split_layers
+from fxpgen.app.flow import jsonable
+from fxpgen.isa import CoreState, ErrorCode, Instruction, Opcode
+from fxpgen.sim.core_rtl import RtlProgram
+from fxpgen.compiler.golden import run_golden
 
 __all__ = ["ScaleSimLayer", "scalesim_layer", "write_topology", "write_layout", "write_config",
            "run_scalesim", "layer_kind", "layer_macs", "Engine", "bench_digits", "bench_network",
            "main"]
 
-RESULTS = HERE / "results"
+RESULTS = Path(__file__).resolve().parent / "results"
 NETWORKS = ("digits", "resnet18", "mobilenetv2")
 #: Core for the 224x224 layers: the scratchpad as deep as 16-bit addresses allow,
 #: accumulators and weight buffer larger than the defaults.
@@ -385,7 +380,7 @@ def bench_digits(rows: int, cols: int, engine_name: str, *, images: int = 4,
     from fxpgen.compiler.onnx_frontend import load_onnx
     from fxpgen.compiler.quantize import quantize
     from fxpgen.models import digits_assets
-    from fxpgen.sim.golden import quantize_input, run_golden_batch
+    from fxpgen.compiler.golden import quantize_input, run_golden_batch
 
     cfg = CoreConfig(rows=rows, cols=cols)
     a = digits_assets()
@@ -449,10 +444,10 @@ def _network_state(name: str, size: int, calib_n: int, seed: int, log=print):
     from fxpgen.compiler.onnx_frontend import load_onnx
     from fxpgen.compiler.program import load_qgraph, save_qgraph
     from fxpgen.compiler.quantize import quantize
-    from fxpgen.sim.golden import quantize_input
+    from fxpgen.compiler.golden import quantize_input
     from fxpgen.tools import cache_dir
 
-    import onnx_zoo
+    from fxpgen.models import zoo
 
     d = cache_dir() / "bench" / f"{name}-{size}-c{calib_n}-s{seed}"
     if (d / "golden.npz").is_file() and (d / "qgraph.json").is_file():
@@ -460,7 +455,7 @@ def _network_state(name: str, size: int, calib_n: int, seed: int, log=print):
         env = dict(np.load(d / "golden.npz"))
         return qg, env
     t0 = time.monotonic()
-    build = {"resnet18": onnx_zoo.resnet18, "mobilenetv2": onnx_zoo.mobilenetv2}[name]
+    build = {"resnet18": zoo.resnet18, "mobilenetv2": zoo.mobilenetv2}[name]
     model = build(size=size, classes=1000, seed=seed)
     rng = np.random.default_rng(seed)
     calib = rng.uniform(0, 1, (calib_n, 3, size, size))
@@ -746,7 +741,7 @@ def write_report(data: dict, results_dir: Path) -> None:
            "bench gives that one module a `max` that returns the element (`_numpy2_shim`), nothing else "
            "is changed. Its cycle counts are used as reported.",
            "- Programs run through `run_on_native` / `run_on_rtl` with a cycle budget per program "
-           "computed from the matmul vectors; the `fxpgen.engines.run_*` budget (200k + 400 per "
+           "computed from the matmul vectors; the `fxpgen.app.engines.run_*` budget (200k + 400 per "
            "instruction) is too small for a band whose matmuls stream thousands of vectors each.",
            "- A depthwise conv's SCALE-Sim figure is one 1-channel, 1-filter conv times the channel "
            "count, which equals SCALE-Sim's own depthwise (`DP`) mode "
@@ -835,7 +830,7 @@ def main(argv: list[str] | None = None) -> dict:
             r["totals"] = _totals(r["layers"])
         write_report(data, args.results)
         return data
-    cmd = "python bench/utilization.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    cmd = "python -m bench.utilization " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     data["command"] = cmd
     rc = args.rows * args.cols
     cache = ScaleSimCache(args.results / "scalesim_cache.json", args.rows, args.cols,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from fxpgen.config import CoreConfig
 from fxpgen.isa import ErrorCode
 
 from .host import BoardLink, open_serial
@@ -31,8 +30,7 @@ def connect(port: str, baud: int = DEFAULT_BAUD, timeout: float = 2.0) -> BoardL
 
 def board_check(link: BoardLink, m: int, k: int, n: int, *, seed: int = 0) -> dict:
     """A random int8 GEMM on the board against the golden model (as ``fxpgen check``)."""
-    from fxpgen.check import random_gemm
-    from fxpgen.compiler.gemm import build_gemm, gemm_reference
+    from fxpgen.compiler.gemm import build_gemm, gemm_reference, random_gemm
     cfg = link.cfg
     a, b, shift = random_gemm(m, k, n, seed)
     program = build_gemm(cfg, a, b, shift)
@@ -58,7 +56,7 @@ def run_images(link: BoardLink, prog, images_q: list[np.ndarray], *, baked: bool
     """Run quantized images through a compiled program on the board. Returns the
     decoded outputs and, per image, the counters per layer (read at each layer's
     HALT; none with ``baked``: the board's ROM program runs without pausing)."""
-    from fxpgen.engines import split_layers
+    from fxpgen.sim.segments import split_layers
     if link.cfg != prog.cfg:
         raise RuntimeError(f"the board's core ({link.cfg.name}) is not the one the program was "
                            f"compiled for ({prog.cfg.name})")

@@ -30,7 +30,7 @@ from fxpgen import numerics
 from fxpgen.config import REGIONS, CoreConfig
 from fxpgen.isa import COUNT_MAX, Addr, Instruction, Mem, Opcode, pack_row, pack_rows, unpack_rows
 
-__all__ = ["GemmPlan", "GemmProgram", "plan_gemm", "build_gemm", "gemm_reference", "DoesNotFit"]
+__all__ = ["GemmPlan", "GemmProgram", "plan_gemm", "build_gemm", "gemm_reference", "random_gemm", "DoesNotFit"]
 
 
 class DoesNotFit(ValueError):
@@ -69,8 +69,8 @@ def plan_gemm(cfg: CoreConfig, m: int, k: int, n: int) -> GemmPlan:
         raise DoesNotFit(f"K={k} could overflow the {cfg.acc_width}-bit accumulator "
                          "(int8 x int8 sums need K <= 65536)")
     k_tiles, n_tiles = ceil_div(k, cfg.rows), ceil_div(n, cfg.cols)
-    a_groups = ceil_div(k_tiles, cfg.lanes // cfg.rows)
-    y_groups = ceil_div(n_tiles, cfg.lanes // cfg.cols)
+    a_groups = ceil_div(k_tiles, cfg.matmul_lanes)
+    y_groups = ceil_div(n_tiles, cfg.requant_lanes)
     weight_rows = k_tiles * n_tiles * cfg.rows
     if weight_rows > cfg.wbuf_depth:
         raise DoesNotFit(f"B needs {weight_rows} weight-buffer rows ({k_tiles}x{n_tiles} tiles of "
@@ -123,6 +123,17 @@ def gemm_reference(a: np.ndarray, b: np.ndarray, shift: np.ndarray, acc_width: i
     return numerics.requantize(acc, np.asarray(shift)[None, :], signed=True)
 
 
+def random_gemm(m: int, k: int, n: int, seed: int):
+    """Random int8 A (m x k), B (k x n) and per-column shifts that keep most outputs
+    inside int8: about log2(std of the sums / 32), jittered by +-1."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(-128, 128, (m, k))
+    b = rng.integers(-128, 128, (k, n))
+    base = int(np.clip(np.round(np.log2(74.0 * 74.0 * np.sqrt(k) / 32.0)), 0, 31))
+    shift = np.clip(base + rng.integers(-1, 2, n), 0, 31)
+    return a, b, shift
+
+
 def build_gemm(cfg: CoreConfig, a: np.ndarray, b: np.ndarray, shift: np.ndarray) -> GemmProgram:
     """Program computing ``gemm_reference(a, b, shift)`` on a core built for ``cfg``.
 
@@ -170,10 +181,10 @@ def build_gemm(cfg: CoreConfig, a: np.ndarray, b: np.ndarray, shift: np.ndarray)
 
     def requant(c: int, nt: int) -> Instruction:
         mc = rows_of(c)
-        return Instruction(Opcode.REQUANT, {"table": nt, "lane": nt % (L // C), "out_signed": 1},
+        return Instruction(Opcode.REQUANT, {"table": nt, "lane": nt % cfg.requant_lanes, "out_signed": 1},
                            mc, 1,
                            x=Addr((c % 2) * acc_q + nt * p.chunk, 1),
-                           z=Addr((2 + c % 2) * spad_q + nt // (L // C), p.y_groups))
+                           z=Addr((2 + c % 2) * spad_q + nt // cfg.requant_lanes, p.y_groups))
 
     def store(c: int) -> Instruction:
         return Instruction(Opcode.STORE, {"mem": Mem.SPAD.value}, p.y_groups, rows_of(c),
@@ -188,9 +199,9 @@ def build_gemm(cfg: CoreConfig, a: np.ndarray, b: np.ndarray, shift: np.ndarray)
                     Instruction(Opcode.LOADW, {"bank": bank}, R, 1,
                                 x=Addr((nt * p.k_tiles + kt) * R, 1)),
                     Instruction(Opcode.MATMUL, {"bank": bank, "accumulate": int(kt > 0),
-                                                "act_signed": 1, "lane": kt % (L // R)},
+                                                "act_signed": 1, "lane": kt % cfg.matmul_lanes},
                                 mc, 1,
-                                x=Addr((c % 2) * spad_q + kt // (L // R), p.a_groups),
+                                x=Addr((c % 2) * spad_q + kt // cfg.matmul_lanes, p.a_groups),
                                 z=Addr((c % 2) * acc_q + nt * p.chunk, 1)),
                 ]
                 bank ^= 1

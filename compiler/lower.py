@@ -47,7 +47,7 @@ import numpy as np
 
 from fxpgen.config import CoreConfig
 from fxpgen.isa import COUNT_MAX, Addr, Instruction, Mem, Opcode, pack_row, pack_rows, unpack_rows
-from fxpgen.numerics import acc_range
+from fxpgen.numerics import acc_bound, acc_range
 
 from .gemm import DoesNotFit, ceil_div
 from .qgraph import QAdd, QAvgPool, QConv, QGraph, QMaxPool
@@ -468,8 +468,7 @@ def _lower_conv(em: _Emitter, qg: QGraph, op, layouts, out_lay: MapLayout,
 
     # Accumulator bound: the largest |acc| any output can reach.
     _, hi = acc_range(cfg.acc_width)
-    x_max = 127 if in_fmt.signed else 255
-    bound = np.abs(weight).reshape(cout, -1).sum(axis=1) * x_max + np.abs(bias)
+    bound = acc_bound(weight, bias, in_fmt.signed)
     if bound.max() > hi:
         c = int(bound.argmax())
         em.notes.append(f"{op.name}: output channel {c} can reach |acc| = {int(bound[c])} > {hi}; "
@@ -549,7 +548,7 @@ def _lower_conv(em: _Emitter, qg: QGraph, op, layouts, out_lay: MapLayout,
                     for (ky, kx, kt, _) in batch:
                         em.emit(Instruction(Opcode.LOADW, {"bank": bank}, R, 1,
                                             x=Addr(where[(nt, ky, kx, kt)], 1)))
-                        group, lane = divmod(kt, L // R)
+                        group, lane = divmod(kt, cfg.matmul_lanes)
                         x0 = in_lay.pixel(iy0 + ky, kx - pl) + group
                         em.emit(Instruction(
                             Opcode.MATMUL,
@@ -559,7 +558,7 @@ def _lower_conv(em: _Emitter, qg: QGraph, op, layouts, out_lay: MapLayout,
                             x=Addr(x0, sx * in_lay.groups, sy * in_lay.padded_w * in_lay.groups),
                             z=Addr(acc_base, 1, ow)))
                         bank ^= 1
-                group, lane = divmod(nt, L // C)
+                group, lane = divmod(nt, cfg.requant_lanes)
                 params = {"table": nt - nt0, "lane": lane, "relu": int(relu),
                           "out_signed": int(out_fmt.signed)}
                 y = Addr()

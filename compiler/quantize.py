@@ -8,7 +8,7 @@ Passes, each small and testable alone:
    ``residual``/``align``); a ReLU/Clip nobody can take becomes a depthwise 1x1 conv
    of weight 1; MaxPool and AvgPool stay themselves;
 3. :func:`calibrate`: run the float graph on the calibration set and choose every
-   tensor's format (DESIGN section 1);
+   tensor's format (docs/numerics.md);
 4. weights, biases and shifts for each layer, checked against the hardware's ranges;
 5. the report, including the SQNR the golden model actually reaches per layer.
 
@@ -20,7 +20,7 @@ set (F8Net's PACT reading: the clipping level is the format's range). Values bet
 and the bound pass unclipped, or between the bound and c are clipped; the report lists
 c and the bound for every such layer.
 
-Formats follow DESIGN section 1 otherwise. Where it is silent: an AvgPool output keeps
+Formats follow docs/numerics.md otherwise. Where it is silent: an AvgPool output keeps
 its input's signedness and, in "std" mode, takes the std rule capped at the finest fl
 that holds the calibration maximum (a pooled ReLU map has a mean large against its std,
 which the rule alone would saturate). Elsewhere the std rule is applied as written, so
@@ -36,6 +36,7 @@ import numpy as np
 
 from fxpgen import numerics
 from fxpgen.compiler.fold import prepare
+from fxpgen.compiler.golden import quantize_input, run_golden_batch
 from fxpgen.compiler.graph import (Add, AvgPool, Clip, Conv, Graph, MaxPool, Relu,
                                    run_float)
 from fxpgen.compiler.qgraph import QAdd, QAvgPool, QConv, QGraph, QMaxPool, QTensor
@@ -60,7 +61,7 @@ class Layer:
     """One quantized layer: the float nodes it absorbs and what it reads and writes.
 
     ``kind`` is "conv", "add", "maxpool" or "avgpool". ``pre`` is the tensor before the
-    fused ReLU/Clip (the std of an unsigned output is taken there, per DESIGN).
+    fused ReLU/Clip (the std of an unsigned output is taken there, docs/numerics.md).
     ``position`` is the index of the last absorbed float node: sorting by it gives a
     valid execution order even when an Add joins a conv that ran earlier than its
     residual.
@@ -341,8 +342,7 @@ def _build_conv(layer: Layer, formats, per_channel, weight_mode, acc_bits):
                tuple(conv.pads), conv.groups, shift, layer.relu, layer.residual,
                align.astype(np.int64))
     # Worst case |sum(w * x) + b| over any input in the input format's range.
-    acc_bound = int(np.max(np.abs(wq).reshape(cout, -1).sum(axis=1) * max(abs(fx.lo), fx.hi)
-                           + np.abs(bias))) if cout else 0
+    acc_bound = int(np.max(numerics.acc_bound(wq, bias, fx.signed))) if cout else 0
     w_float = conv.weight
     w_scaled = w_float * np.exp2(fl_w.astype(np.float64)).reshape((-1,) + (1,) * (w_float.ndim - 1))
     info = {
@@ -395,7 +395,7 @@ def quantize(graph: Graph, calib: np.ndarray, *, mode: str = "std", per_channel:
 
     ``graph``: as loaded (folding runs here); ``calib``: float inputs (N, C, H, W) or
     one (C, H, W). ``mode`` "std" (F8Net's rule) or "grid" (RMS-optimal fl) chooses
-    activation formats; ``weight_mode`` the same for weights (DESIGN: std of the
+    activation formats; ``weight_mode`` the same for weights (docs/numerics.md: std of the
     folded weight), per layer or, with ``per_channel``, per output channel.
     ``acc_bits`` is the accumulator width the QGraph is computed with (``meta``).
 
@@ -447,8 +447,6 @@ def quantize(graph: Graph, calib: np.ndarray, *, mode: str = "std", per_channel:
 
 
 def _report(qg: QGraph, g: Graph, layers, infos, acts, stats, calib) -> dict:
-    from fxpgen.sim.golden import quantize_input, run_golden_batch
-
     gold = run_golden_batch(qg, quantize_input(qg, calib))
     tensors = {}
     for name, t in qg.tensors.items():

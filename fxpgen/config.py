@@ -81,6 +81,18 @@ class CoreConfig:
         return max(self.rows, self.cols)
 
     @property
+    def matmul_lanes(self) -> int:
+        """Slices of ``rows`` bytes in a scratchpad row: the activation vectors one row
+        holds, and the range of MATMUL's ``lane`` field (``lanes // rows``)."""
+        return self.lanes // self.rows
+
+    @property
+    def requant_lanes(self) -> int:
+        """Slices of ``cols`` bytes in a scratchpad row: the output vectors one row
+        holds, and the range of REQUANT's ``lane`` field (``lanes // cols``)."""
+        return self.lanes // self.cols
+
+    @property
     def psum_width(self) -> int:
         """Bits of an exact column sum: int8 weight x 9-bit activation, ``rows`` terms."""
         return 17 + (self.rows - 1).bit_length()

@@ -1,12 +1,11 @@
-"""Fixed-point arithmetic of fxpgen: the bit-exact contract (DESIGN section 1).
+"""Fixed-point arithmetic of fxpgen: the bit-exact contract (docs/numerics.md).
 
 A tensor is int8 data plus a format ``(signed, fl)``; its real value is
 ``q * 2**-fl``. Signed data lives in the narrow range [-127, 127] (-128 is never
 produced), unsigned data in [0, 255]. Rescaling between formats is a barrel shift
-with round-half-to-even; nothing here multiplies by anything but a power of two,
-except the conventional (gemmlowp / TFLite) requantizer at the end of the module,
-which fxpgen does not use: it is the reference of ``hw/requant_mult.py``, built only
-to measure what the shift saves.
+with round-half-to-even; nothing here multiplies by anything but a power of two.
+(The conventional multiplier requantizer fxpgen is measured against is a baseline,
+kept apart: ``bench/baselines/gemmlowp.py``.)
 
 Every function works on numpy integer arrays (or Python ints) and returns
 ``np.int64`` arrays. The hardware, the instruction-level simulator and the compiler
@@ -15,7 +14,6 @@ all call these functions; nobody re-implements rounding or saturation.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,10 +23,8 @@ __all__ = [
     "out_range", "saturate", "saturate_acc", "acc_range",
     "shift_round_half_even", "shift_left_saturate", "requantize",
     "quantize", "dequantize", "relu", "align", "residual_add", "add_saturate",
-    "aligned_add", "bias_quantize", "matmul_accumulate", "maximum", "fl_from_std", "fl_grid_search",
+    "aligned_add", "acc_bound", "bias_quantize", "matmul_accumulate", "maximum", "fl_from_std", "fl_grid_search",
     "avgpool_fl_shift",
-    "INT32_MIN", "INT32_MAX", "saturating_rounding_doubling_high_mul",
-    "rounding_divide_by_pot", "requantize_multiplier", "quantize_multiplier",
 ]
 
 SIGNED_MIN = -127
@@ -166,6 +162,16 @@ def bias_quantize(b, fl_x: int, fl_w, bits: int = 32) -> np.ndarray:
     return saturate_acc(np.clip(np.rint(np.asarray(b, dtype=np.float64) * scale), lo, hi), bits)
 
 
+def acc_bound(weight, bias, signed: bool) -> np.ndarray:
+    """Per output channel, the largest ``|sum(w * x) + b|`` any input ``x`` in an 8-bit
+    format (``signed`` or not) can give: ``sum|w| * max|x| + |b|``, with ``max|x|``
+    127 signed, 255 unsigned. ``weight``: integers (Cout, ...); ``bias``: (Cout,).
+    The accumulator cannot saturate where this is within :func:`acc_range`."""
+    w = _i64(weight)
+    lo, hi = out_range(signed)
+    return np.abs(w).reshape(w.shape[0], -1).sum(axis=1) * max(-lo, hi) + np.abs(_i64(bias))
+
+
 def add_saturate(a, b, bits: int = 32) -> np.ndarray:
     """``a + b`` saturated to a signed ``bits``-wide accumulator."""
     return saturate_acc(_i64(a) + _i64(b), bits)
@@ -253,97 +259,3 @@ def avgpool_fl_shift(window: int) -> int | None:
     if window > 0 and window & (window - 1) == 0:
         return int(window).bit_length() - 1
     return None
-
-
-# The conventional requantizer (gemmlowp / TFLite), kept for comparison with the shift
-# unit: fxpgen's hardware never multiplies by anything but a power of two, but
-# hw/requant_mult.py builds this one so its cost can be measured (bench/requant_area.py).
-
-INT32_MIN = -(1 << 31)
-INT32_MAX = (1 << 31) - 1
-
-
-def _check_int32(name: str, x: np.ndarray) -> None:
-    if np.any((x < INT32_MIN) | (x > INT32_MAX)):
-        raise ValueError(f"{name} must be int32 values (in {INT32_MIN}..{INT32_MAX})")
-
-
-def saturating_rounding_doubling_high_mul(a, b) -> np.ndarray:
-    """gemmlowp's ``SaturatingRoundingDoublingHighMul`` on int32 ``a``, ``b``:
-    ``a * b * 2**-31`` rounded to an integer, with the one overflow saturated.
-
-    Literally: ``nudge = 2**30 if a*b >= 0 else 1 - 2**30``, result
-    ``trunc((a*b + nudge) / 2**31)`` (C division, towards zero), and ``INT32_MAX``
-    when ``a == b == INT32_MIN`` (the only product whose result exceeds int32).
-    The nudge makes this ``floor((a*b + 2**30) / 2**31)``: round to nearest, ties
-    towards +infinity (as ARM's SQRDMULH), not away from zero.
-    """
-    a, b = np.broadcast_arrays(_i64(a), _i64(b))
-    _check_int32("a", a)
-    _check_int32("b", b)
-    ab = a * b                                      # |a*b| <= 2**62: exact in int64
-    nudge = np.where(ab >= 0, np.int64(1 << 30), np.int64(1 - (1 << 30)))
-    t = ab + nudge
-    high = np.where(t >= 0, t >> 31, -((-t) >> 31))  # C++ `/`: truncate towards zero
-    return np.where((a == b) & (a == INT32_MIN), np.int64(INT32_MAX), high)
-
-
-def rounding_divide_by_pot(x, exponent) -> np.ndarray:
-    """gemmlowp's ``RoundingDivideByPOT``: ``x * 2**-exponent`` rounded to nearest,
-    ties away from zero, for int32 ``x`` and ``exponent`` in 0..31.
-
-    Literally: ``mask = 2**exponent - 1``, ``remainder = x & mask``,
-    ``threshold = (mask >> 1) + (1 if x < 0 else 0)``, result
-    ``(x >> exponent) + (1 if remainder > threshold else 0)``.
-    """
-    x, e = np.broadcast_arrays(_i64(x), _i64(exponent))
-    _check_int32("x", x)
-    if np.any((e < 0) | (e > 31)):
-        raise ValueError("exponent must be in 0..31")
-    mask = (np.int64(1) << e) - 1
-    remainder = x & mask
-    threshold = (mask >> 1) + (x < 0)
-    return (x >> e) + (remainder > threshold)
-
-
-def requantize_multiplier(acc, m0, shift, signed: bool, relu: bool = False) -> np.ndarray:
-    """Conventional (gemmlowp / TFLite, symmetric) requantization of an int32
-    accumulator by the real scale ``m0 * 2**-31 * 2**-shift``:
-    ``saturate(rounding_divide_by_pot(saturating_rounding_doubling_high_mul(acc, m0),
-    shift))`` to the 8-bit output range (ReLU raises its lower bound to 0).
-
-    ``m0`` is a Q31 int32 (TFLite picks it in [2**30, 2**31), see
-    :func:`quantize_multiplier`), ``shift`` a right shift in 0..31; both may be per
-    element (per column). No zero point: fxpgen's formats are symmetric. TFLite's
-    left shift for scales >= 1 is not part of this function (the hardware applies
-    it as the saturating operand alignment, :func:`align`).
-    """
-    return saturate(rounding_divide_by_pot(saturating_rounding_doubling_high_mul(acc, m0),
-                                           shift), signed, relu)
-
-
-def quantize_multiplier(scale: float) -> tuple[int, int]:
-    """TFLite's ``QuantizeMultiplier``: ``(m0, shift)`` with
-    ``scale ~= m0 * 2**-31 * 2**-shift``, ``m0`` in [2**30, 2**31) (Q31, i.e.
-    [0.5, 1)) and ``shift`` a right shift.
-
-    ``q, e = frexp(scale)`` (``scale = q * 2**e``, ``q`` in [0.5, 1)),
-    ``m0 = round_half_away(q * 2**31)``; when that rounds up to ``2**31``, ``m0`` is
-    halved and ``e`` incremented; ``shift = -e``. ``scale == 0`` or ``shift > 31``
-    (scale below about 2**-32) gives ``(0, 0)``, as TFLite does. ``shift < 0``
-    (``scale >= 1``) is TFLite's left shift, which :func:`requantize_multiplier`
-    does not take; ``scale`` must be finite and >= 0.
-    """
-    scale = float(scale)
-    if not math.isfinite(scale) or scale < 0:
-        raise ValueError(f"scale must be finite and >= 0, not {scale!r}")
-    if scale == 0:
-        return 0, 0
-    q, e = math.frexp(scale)
-    m0 = math.floor(q * 2.0 ** 31 + 0.5)            # exact: q * 2**31 has <= 53 bits
-    if m0 == 1 << 31:
-        m0 //= 2
-        e += 1
-    if -e > 31:
-        return 0, 0
-    return int(m0), -e

@@ -17,7 +17,7 @@ from amaranth.lib.wiring import In, Out
 from fxpgen.config import CoreConfig
 from fxpgen.isa import INSN_BITS, CoreState, ErrorCode, Insn, Mem, Opcode
 
-from .dispatch import PC_WIDTH, UnitControl
+from .unit_port import PC_WIDTH, UnitControl
 from .hazards import insn_footprint
 
 __all__ = ["Controller", "UNITS", "UNIT_OF"]
@@ -60,10 +60,10 @@ class Controller(wiring.Component):
             with m.Case(Opcode.LOADW):
                 m.d.comb += bad.eq((cur.count0 != cfg.rows) | (cur.count1 != 1))
             with m.Case(Opcode.MATMUL):
-                m.d.comb += bad.eq(cur.params.matmul.lane >= cfg.lanes // cfg.rows)
+                m.d.comb += bad.eq(cur.params.matmul.lane >= cfg.matmul_lanes)
             with m.Case(Opcode.REQUANT):
                 p = cur.params.requant
-                m.d.comb += bad.eq((p.lane >= cfg.lanes // cfg.cols) | (p.table >= cfg.table_depth))
+                m.d.comb += bad.eq((p.lane >= cfg.requant_lanes) | (p.table >= cfg.table_depth))
         return bad
 
     def elaborate(self, platform):

@@ -23,15 +23,15 @@ from amaranth.lib.wiring import In, Out, connect
 from fxpgen.config import CoreConfig
 from fxpgen.isa import INSN_BITS, CoreState, ErrorCode
 
-from .alu import VectorUnit
+from .vector import VectorUnit
 from .array import SystolicArray
 from .buffers import Buffers
 from .controller import COUNTERS, Controller
-from .dispatch import PC_WIDTH
+from .unit_port import PC_WIDTH
 from .load import LoadUnit
 from .matmul import MatmulUnit
 from .store import ResultWord, StoreUnit
-from .weights import WeightLoader
+from .loadw import WeightLoader
 
 __all__ = ["Core"]
 

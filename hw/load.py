@@ -14,7 +14,7 @@ from fxpgen.isa import ErrorCode, Mem
 
 from .addrgen import check_address
 from .buffers import acc_row, addr_width, spad_row, table_row, wbuf_row, write_sig
-from .dispatch import UnitControl, report, unit_loops
+from .unit_port import UnitControl, report, unit_loops
 from .hazards import mem_bits
 
 __all__ = ["LoadUnit"]

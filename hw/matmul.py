@@ -23,7 +23,7 @@ from fxpgen.isa import ErrorCode, Mem
 
 from .addrgen import check_address
 from .buffers import acc_row, addr_width, read_sig, spad_row, write_sig
-from .dispatch import UnitControl, report, unit_loops
+from .unit_port import UnitControl, report, unit_loops
 from .hazards import bank_bit, mem_bits
 from .pe import ACT_WIDTH
 

@@ -15,7 +15,7 @@ from fxpgen.isa import ErrorCode, Mem
 
 from .addrgen import check_address
 from .buffers import acc_row, addr_width, read_sig, spad_row
-from .dispatch import UnitControl, report, unit_loops
+from .unit_port import UnitControl, report, unit_loops
 from .hazards import mem_bits
 
 __all__ = ["StoreUnit", "ResultWord"]

@@ -193,9 +193,9 @@ def _make_plan(cfg: CoreConfig, word: int) -> _Plan | None:
     elif op is Opcode.LOADW:
         bad = insn.count0 != cfg.rows or insn.count1 != 1
     elif op is Opcode.MATMUL:
-        bad = p["lane"] >= cfg.lanes // cfg.rows
+        bad = p["lane"] >= cfg.matmul_lanes
     elif op is Opcode.REQUANT:
-        bad = p["lane"] >= cfg.lanes // cfg.cols or p["table"] >= cfg.table_depth
+        bad = p["lane"] >= cfg.requant_lanes or p["table"] >= cfg.table_depth
     else:
         bad = False
     # Only these streams read the memory `z` writes (SPAD), so only they can read

@@ -307,13 +307,13 @@ def run_on_native(cfg: CoreConfig, programs: list[RtlProgram], *, seed: int = 0,
 
 def run_native(cfg: CoreConfig, segments_per_image: list, *, seed: int = 0,
                stall_prob: float = 0.0, model: NativeModel | None = None):
-    """Run images (each a list of :class:`fxpgen.engines.LayerSegment`) in one native
+    """Run images (each a list of :class:`fxpgen.app.engines.LayerSegment`) in one native
     simulation. Returns, per image, ``{"results": [int, ...], "layers": [{"layer":
     name, **counters}, ...]}``, and the timing info of :func:`run_on_native`.
 
     Raises RuntimeError naming the image and layer if a layer times out, stops on
     an error or produces another number of result words than it should."""
-    from fxpgen.engines import cycle_budget
+    from fxpgen.sim.segments import cycle_budget
     programs, owners = [], []
     for k, segs in enumerate(segments_per_image):
         for s in segs:

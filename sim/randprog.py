@@ -116,11 +116,11 @@ class _Gen:
                                x=self.stream(cfg.wbuf_depth, cfg.rows, 1))
         if op is Opcode.MATMUL:
             params = {"bank": r.randrange(2), "accumulate": r.randrange(2),
-                      "act_signed": r.randrange(2), "lane": r.randrange(cfg.lanes // cfg.rows)}
+                      "act_signed": r.randrange(2), "lane": r.randrange(cfg.matmul_lanes)}
             return Instruction(op, params, c0, c1, x=self.stream(cfg.spad_depth, c0, c1),
                                z=self.stream(cfg.acc_depth, c0, c1))
         if op is Opcode.REQUANT:
-            params = {"table": r.randrange(cfg.table_depth), "lane": r.randrange(cfg.lanes // cfg.cols),
+            params = {"table": r.randrange(cfg.table_depth), "lane": r.randrange(cfg.requant_lanes),
                       "relu": r.randrange(2), "out_signed": r.randrange(2),
                       "residual": r.randrange(2), "res_signed": r.randrange(2)}
             y = self.stream(cfg.spad_depth, c0, c1) if params["residual"] else Addr(0, 0, 0, 0)
@@ -195,7 +195,7 @@ def random_error_program(cfg: CoreConfig, rng: random.Random, kind: str) -> Rand
             insns.append(Instruction(Opcode.LOADW, {"bank": 0}, cfg.rows + rng.randint(1, 3), 1,
                                      x=Addr(0, 1, 0, 15)))
         elif choice == 2:
-            insns.append(Instruction(Opcode.MATMUL, {"lane": cfg.lanes // cfg.rows + rng.randint(0, 2)},
+            insns.append(Instruction(Opcode.MATMUL, {"lane": cfg.matmul_lanes + rng.randint(0, 2)},
                                      1, 1, x=Addr(0, 0, 0, 1), z=Addr(0, 0, 0, 1)))
         else:
             insns.append(Instruction(Opcode.REQUANT, {"table": cfg.table_depth + rng.randint(0, 3)},

@@ -2,14 +2,9 @@
 compiled with its input streamed in bands, one image end to end on the
 Verilator-native harness, bit-identical to the golden model (slow: minutes)."""
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-
-import network_rtl  # noqa: E402
+from bench import network_rtl
 
 pytestmark = [pytest.mark.slow, pytest.mark.rtl]
 

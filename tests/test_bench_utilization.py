@@ -3,22 +3,16 @@ the SCALE-Sim topology writer, and (slow) the bench end to end on two small laye
 
 import json
 import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
+from bench import layer_bands, utilization
 
-import layer_bands  # noqa: E402
-import utilization  # noqa: E402
-
-from fxpgen.compiler.qgraph import QConv, QGraph, QTensor  # noqa: E402
-from fxpgen.config import CoreConfig  # noqa: E402
-from fxpgen.numerics import Format  # noqa: E402
-from fxpgen.sim.golden import run_golden  # noqa: E402
+from fxpgen.compiler.qgraph import QConv, QGraph, QTensor
+from fxpgen.config import CoreConfig
+from fxpgen.numerics import Format
+from fxpgen.compiler.golden import run_golden
 
 SEED = int(os.environ.get("FXPGEN_SEED", "0"))
 

@@ -208,7 +208,7 @@ SIM_DIVISOR = 8
 
 @pytest.fixture(scope="module")
 def small_board():
-    from fxpgen.sim.board_rtl import board_model
+    from fxpgen.boards.board_rtl import board_model
     cfg = CoreConfig(2, 2, spad_depth=256, wbuf_depth=64, acc_depth=256)
     return cfg, board_model(cfg, SIM_DIVISOR, insn_buffer=512, data_buffer=512)
 
@@ -219,12 +219,12 @@ def test_gemm_over_uart_survives_corrupted_frames(small_board):
     golden model, though two frames are damaged on the wire (a length byte made
     larger, which leaves the board waiting until it drops the frame, and a later
     byte). Each is rejected, reported by the host and resent; none is executed twice."""
-    from fxpgen.sim.board_rtl import run_host_on_board
+    from fxpgen.boards.board_rtl import run_host_on_board
     _, model = small_board
     # Host stream: INFO (7 bytes), RESET (7), STATUS (7), then the first INSN frame,
     # whose length's high byte is byte 25 (its payload is 494 bytes: 0x01EE).
     r = run_host_on_board(model, SIM_DIVISOR,
-                          [sys.executable, "-m", "fxpgen.cli", "check", "--port", "{port}",
+                          [sys.executable, "-m", "fxpgen.app.cli", "check", "--port", "{port}",
                            "--gemm", "12x4x6", "--seed", "4", "--timeout", "20", "--json"],
                           corrupt=[(25, 0x02), (700, 0x10)], timeout_s=600)
     assert r["returncode"] == 0, r["stderr"][-2000:]
@@ -240,7 +240,7 @@ def test_gemm_over_uart_survives_corrupted_frames(small_board):
 def test_corrupted_frame_is_not_executed(small_board, tmp_path):
     """A HALT sent with a bad checksum is refused (NAK CRC) and the core stays idle;
     the same frame intact runs. A program that faults is reported with its error."""
-    from fxpgen.sim.board_rtl import run_host_on_board
+    from fxpgen.boards.board_rtl import run_host_on_board
     _, model = small_board
     script = tmp_path / "host.py"
     script.write_text(
@@ -279,7 +279,7 @@ def test_corrupted_frame_is_not_executed(small_board, tmp_path):
 @pytest.fixture(scope="module")
 def digits_4x4(tmp_path_factory):
     from click.testing import CliRunner
-    from fxpgen.cli import main
+    from fxpgen.app.cli import main
     from fxpgen.models import digits_assets
     out = tmp_path_factory.mktemp("digits4x4")
     a = digits_assets()
@@ -299,11 +299,11 @@ def test_network_over_uart_is_bit_identical(digits_4x4, baked, tmp_path):
     and weights sent over the UART (or baked into ROM, only the images sent),
     outputs bit-identical to the golden model."""
     from fxpgen.compiler.program import load_program
-    from fxpgen.sim.board_rtl import board_model, run_host_on_board
+    from fxpgen.boards.board_rtl import board_model, run_host_on_board
     from fxpgen.boards.top import baked_parts
     prog = load_program(digits_4x4 / "program.fxp")
     model = board_model(prog.cfg, SIM_DIVISOR, baked=baked_parts(prog) if baked else None)
-    argv = [sys.executable, "-m", "fxpgen.cli", "run", str(digits_4x4), "--input",
+    argv = [sys.executable, "-m", "fxpgen.app.cli", "run", str(digits_4x4), "--input",
             str(digits_4x4 / "x.npy"), "--engine", "board", "--port", "{port}", "--timeout", "30",
             "--json"] + (["--baked"] if baked else [])
     r = run_host_on_board(model, SIM_DIVISOR, argv, timeout_s=1800)
@@ -326,7 +326,7 @@ def test_bitstream_build(name, tmp_path):
     report whose resources fit the device and whose clock meets its target (minutes
     per board; the YoWASP toolchain from PyPI)."""
     from click.testing import CliRunner
-    from fxpgen.cli import main
+    from fxpgen.app.cli import main
     res = CliRunner().invoke(main, ["build", "--board", name, "-o", str(tmp_path), "--json"])
     assert res.exit_code == 0, res.output[-3000:]
     report = json.loads(res.output[res.output.index("{"):])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from fxpgen.cli import main
+from fxpgen.app.cli import main
 from fxpgen.compiler.gemm import DoesNotFit, build_gemm, gemm_reference, plan_gemm
 from fxpgen.config import CoreConfig
 from fxpgen.sim.isa_sim import run_program

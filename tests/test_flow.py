@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from fxpgen.cli import main
+from fxpgen.app.cli import main
 from fxpgen.compiler.program import ProgramFormatError, load_program
 from fxpgen.config import CoreConfig
 from fxpgen.models import digits_assets

@@ -18,7 +18,7 @@ from fxpgen.compiler.graph import (AvgPool, BatchNorm, Conv, Flatten, Gemm, Grap
                                    UnsupportedOp, run_float)
 from fxpgen.compiler.onnx_frontend import load_onnx
 
-from onnx_zoo import TestModel, reference
+from fxpgen.models.zoo import TestModel, reference
 
 SEED = int(os.environ.get("FXPGEN_SEED", "1234"))
 

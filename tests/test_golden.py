@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from fxpgen.compiler.qgraph import QAdd, QAvgPool, QConv, QGraph, QMaxPool, QTensor
 from fxpgen.numerics import Format
-from fxpgen.sim.golden import (conv_accumulate, dequantize_output, predict, quantize_input,
+from fxpgen.compiler.golden import (conv_accumulate, dequantize_output, predict, quantize_input,
                                run_golden, run_golden_batch)
 
 S4, S0, U0, U4 = Format(True, 4), Format(True, 0), Format(False, 0), Format(False, 4)

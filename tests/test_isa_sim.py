@@ -143,8 +143,8 @@ class RefMachine:
                 continue
             bad = ((op is Opcode.STORE and p["mem"] not in (0, 2))
                    or (op is Opcode.LOADW and (insn.count0 != cfg.rows or insn.count1 != 1))
-                   or (op is Opcode.MATMUL and p["lane"] >= cfg.lanes // cfg.rows)
-                   or (op is Opcode.REQUANT and (p["lane"] >= cfg.lanes // cfg.cols
+                   or (op is Opcode.MATMUL and p["lane"] >= cfg.matmul_lanes)
+                   or (op is Opcode.REQUANT and (p["lane"] >= cfg.requant_lanes
                                                  or p["table"] >= cfg.table_depth)))
             if bad:
                 res.error, res.error_pc = ErrorCode.BAD_FIELD, pc
@@ -391,7 +391,7 @@ def test_matmul_lanes(cfg):
     rng = np.random.default_rng(12)
     W = rng.integers(-127, 128, (cfg.rows, cfg.cols))
     X = rng.integers(0, 256, (3, cfg.lanes))
-    for lane in range(cfg.lanes // cfg.rows):
+    for lane in range(cfg.matmul_lanes):
         r = run_program(cfg, matmul_program(cfg, 3, lane=lane), wbuf_words(cfg, W) + spad_words(cfg, X))
         a = X[:, lane * cfg.rows:(lane + 1) * cfg.rows]
         np.testing.assert_array_equal(unpack_acc(cfg, r.results), a @ W)
@@ -528,7 +528,7 @@ def test_requant(cfg, out_signed, relu, residual, res_signed):
     align = rng.integers(-3, 4, cfg.cols) if residual else np.zeros(cfg.cols, int)
     resid = rng.integers(0, 256, (n, cfg.lanes))
     prior = rng.integers(0, 256, (n, cfg.lanes))    # bytes of other lanes survive
-    lanes = cfg.lanes // cfg.cols
+    lanes = cfg.requant_lanes
     lane = lanes - 1
     prog = enc(cfg, load(Mem.ACC, n, base=3), load(Mem.TABLE, 1, base=1),
                load(Mem.SPAD, n, base=0), load(Mem.SPAD, n, base=40),
@@ -724,8 +724,8 @@ def test_illegal_opcode(opcode):
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=CFG_IDS)
 def test_bad_fields(cfg):
-    lanes_mm = cfg.lanes // cfg.rows
-    lanes_rq = cfg.lanes // cfg.cols
+    lanes_mm = cfg.matmul_lanes
+    lanes_rq = cfg.requant_lanes
     cases = [
         ins(Opcode.STORE, 1, 1, mem=Mem.WBUF),
         ins(Opcode.STORE, 1, 1, mem=Mem.TABLE),
@@ -950,10 +950,10 @@ def random_program(rng, cfg, length):
         elif op is Opcode.MATMUL:
             params = dict(bank=rng.randrange(2), accumulate=rng.randrange(2),
                           act_signed=rng.randrange(2),
-                          lane=rng.randrange(cfg.lanes // cfg.rows + (rng.random() < 0.01)))
+                          lane=rng.randrange(cfg.matmul_lanes + (rng.random() < 0.01)))
         elif op is Opcode.REQUANT:
             params = dict(table=rng.randrange(cfg.table_depth + (rng.random() < 0.01)),
-                          lane=rng.randrange(cfg.lanes // cfg.cols), relu=rng.randrange(2),
+                          lane=rng.randrange(cfg.requant_lanes), relu=rng.randrange(2),
                           out_signed=rng.randrange(2), residual=rng.randrange(2),
                           res_signed=rng.randrange(2))
         elif op in (Opcode.ADD, Opcode.MAX):

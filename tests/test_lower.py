@@ -11,7 +11,7 @@ from fxpgen.compiler.lower import DoesNotFit, lower
 from fxpgen.compiler.qgraph import QAdd, QAvgPool, QConv, QGraph, QMaxPool, QTensor
 from fxpgen.config import CoreConfig
 from fxpgen.numerics import Format
-from fxpgen.sim.golden import run_golden
+from fxpgen.compiler.golden import run_golden
 from fxpgen.sim.isa_sim import run_program
 
 CONFIGS = [CoreConfig(rows=4, cols=4, spad_depth=4096, wbuf_depth=512, acc_depth=512, table_depth=4),

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from fxpgen.config import CoreConfig
-from fxpgen.engines import LayerSegment, run_native, run_rtl, split_layers
+from fxpgen.app.engines import run_native, run_rtl
+from fxpgen.sim.segments import LayerSegment, split_layers
 from fxpgen.isa import Addr, CoreState, ErrorCode, Instruction, Mem, Opcode
 from fxpgen.sim.core_rtl import RtlProgram, core_model, run_on_rtl
 from fxpgen.sim.isa_sim import Machine
@@ -179,7 +180,7 @@ def test_a_streamed_input_is_bit_identical_on_the_rtl(shape):
     from test_lower import conv_net
 
     from fxpgen.compiler.lower import lower
-    from fxpgen.sim.golden import run_golden
+    from fxpgen.compiler.golden import run_golden
 
     cfg, native, cocotb = shape
     qg, x = conv_net(1, 12, 4, 2, 3, 2, 1, seed=seed_for("streamed input"))
@@ -206,7 +207,7 @@ def test_a_failed_build_shows_the_compiler_output(tmp_path):
 @pytest.fixture(scope="module")
 def digits_8x8(tmp_path_factory):
     """The shipped digits CNN compiled for an 8x8 core: (cfg, program, qgraph, lowered)."""
-    from fxpgen.flow import compile_model, load_compiled
+    from fxpgen.app.flow import compile_model, load_compiled
     from fxpgen.models import digits_assets
 
     cfg = CoreConfig(rows=8, cols=8)
@@ -219,7 +220,7 @@ def digits_8x8(tmp_path_factory):
 
 def digits_segments(digits, images):
     from fxpgen.models import digits_assets
-    from fxpgen.sim.golden import quantize_input
+    from fxpgen.compiler.golden import quantize_input
 
     _, prog, qg, low = digits
     x = np.load(digits_assets()["test_x"])[:images]
@@ -229,7 +230,7 @@ def digits_segments(digits, images):
 
 
 def test_digits_network_bit_identical_to_golden_on_8x8(digits_8x8):
-    from fxpgen.sim.golden import run_golden_batch
+    from fxpgen.compiler.golden import run_golden_batch
 
     cfg, _, qg, low = digits_8x8
     xq, segs = digits_segments(digits_8x8, 2)

@@ -10,10 +10,10 @@ from fxpgen.compiler.lower import lower
 from fxpgen.compiler.onnx_frontend import load_onnx
 from fxpgen.compiler.quantize import quantize
 from fxpgen.config import CoreConfig
-from fxpgen.sim.golden import quantize_input, run_golden
+from fxpgen.compiler.golden import quantize_input, run_golden
 from fxpgen.sim.isa_sim import run_program
 
-from onnx_zoo import mobilenetv2, resnet18
+from fxpgen.models.zoo import mobilenetv2, resnet18
 
 CFG = CoreConfig(rows=8, cols=8, spad_depth=32768, wbuf_depth=8192, acc_depth=1024)
 

@@ -1,4 +1,4 @@
-"""Property tests of fxpgen.numerics against the exact definitions of DESIGN section 1.
+"""Property tests of fxpgen.numerics against the exact definitions of docs/numerics.md.
 
 Every reference below is written with Python big ints, ``fractions.Fraction`` and the
 built-in ``round`` (round-half-to-even on Fractions); results are compared as integers,

@@ -17,12 +17,12 @@ from fxpgen.compiler.fold import prepare
 from fxpgen.compiler.graph import Clip, UnsupportedOp, run_float
 from fxpgen.compiler.onnx_frontend import load_onnx
 
-from onnx_zoo import TestModel, reference
+from fxpgen.models.zoo import TestModel, reference
 from fxpgen.compiler.qgraph import QAdd, QAvgPool, QConv, QGraph, QTensor
 from fxpgen.compiler.quantize import (HardwareRangeError, check_hardware_ranges, fuse, quantize,
                                       sqnr_db)
 from fxpgen.numerics import Format
-from fxpgen.sim.golden import predict, quantize_input, run_golden_batch
+from fxpgen.compiler.golden import predict, quantize_input, run_golden_batch
 
 SEED = int(os.environ.get("FXPGEN_SEED", "2024"))
 

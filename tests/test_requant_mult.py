@@ -34,7 +34,8 @@ from hypothesis import strategies as st
 
 from fxpgen import numerics as nm
 from fxpgen.hw.requant import Requantizer
-from fxpgen.hw.requant_mult import MultiplierRequantizer
+from bench.baselines import gemmlowp as gl
+from bench.baselines.requant_mult import MultiplierRequantizer
 
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 HALF = 1 << 30          # 0.5 in Q31
@@ -107,7 +108,7 @@ def ref_rhe(x: int, n: int) -> int:
 ])
 def test_doubling_high_mul_hand_worked(a, b, want):
     assert ref_srdhm(a, b) == want
-    assert int(nm.saturating_rounding_doubling_high_mul(a, b)) == want
+    assert int(gl.saturating_rounding_doubling_high_mul(a, b)) == want
 
 
 @pytest.mark.parametrize("x,e,want", [
@@ -123,7 +124,7 @@ def test_doubling_high_mul_hand_worked(a, b, want):
 ])
 def test_rounding_divide_by_pot_hand_worked(x, e, want):
     assert ref_rdbp(x, e) == want
-    assert int(nm.rounding_divide_by_pot(x, e)) == want
+    assert int(gl.rounding_divide_by_pot(x, e)) == want
 
 
 @pytest.mark.parametrize("scale,want", [
@@ -139,39 +140,39 @@ def test_rounding_divide_by_pot_hand_worked(x, e, want):
     (0.0, (0, 0)),
 ])
 def test_quantize_multiplier_hand_worked(scale, want):
-    assert nm.quantize_multiplier(scale) == want
+    assert gl.quantize_multiplier(scale) == want
 
 
 @pytest.mark.parametrize("bad", [-0.5, float("inf"), float("nan")])
 def test_quantize_multiplier_rejects(bad):
     with pytest.raises(ValueError, match="scale"):
-        nm.quantize_multiplier(bad)
+        gl.quantize_multiplier(bad)
 
 
 def test_numerics_reject_out_of_range():
     with pytest.raises(ValueError, match="int32"):
-        nm.saturating_rounding_doubling_high_mul(INT32_MAX + 1, 1)
+        gl.saturating_rounding_doubling_high_mul(INT32_MAX + 1, 1)
     with pytest.raises(ValueError, match="int32"):
-        nm.rounding_divide_by_pot(INT32_MIN - 1, 0)
+        gl.rounding_divide_by_pot(INT32_MIN - 1, 0)
     with pytest.raises(ValueError, match="0..31"):
-        nm.rounding_divide_by_pot(5, 32)
+        gl.rounding_divide_by_pot(5, 32)
     with pytest.raises(ValueError, match="0..31"):
-        nm.requantize_multiplier(5, HALF, -1, True)
+        gl.requantize_multiplier(5, HALF, -1, True)
 
 
 def test_requantize_multiplier_hand_worked():
     # acc 1000 at scale 0.3 = 0.6 * 2**-1: 600 / 2 = 300 -> 127 (int8), 255 (uint8)
-    m0, shift = nm.quantize_multiplier(0.3)
-    assert int(nm.requantize_multiplier(1000, m0, shift, True)) == 127
-    assert int(nm.requantize_multiplier(300, m0, shift, True)) == 90     # 180 / 2
-    assert int(nm.requantize_multiplier(-250, m0, shift, True)) == -75   # -150 / 2
-    assert int(nm.requantize_multiplier(5, m0, shift, True)) == 2        # 3 / 2 = 1.5 -> 2
-    assert int(nm.requantize_multiplier(-5, m0, shift, True)) == -2      # -1.5 -> -2
-    assert int(nm.requantize_multiplier(-250, m0, shift, True, relu=True)) == 0
-    assert int(nm.requantize_multiplier(-250, m0, shift, False)) == 0
-    assert int(nm.requantize_multiplier(INT32_MIN, INT32_MIN, 31, True)) == 1
+    m0, shift = gl.quantize_multiplier(0.3)
+    assert int(gl.requantize_multiplier(1000, m0, shift, True)) == 127
+    assert int(gl.requantize_multiplier(300, m0, shift, True)) == 90     # 180 / 2
+    assert int(gl.requantize_multiplier(-250, m0, shift, True)) == -75   # -150 / 2
+    assert int(gl.requantize_multiplier(5, m0, shift, True)) == 2        # 3 / 2 = 1.5 -> 2
+    assert int(gl.requantize_multiplier(-5, m0, shift, True)) == -2      # -1.5 -> -2
+    assert int(gl.requantize_multiplier(-250, m0, shift, True, relu=True)) == 0
+    assert int(gl.requantize_multiplier(-250, m0, shift, False)) == 0
+    assert int(gl.requantize_multiplier(INT32_MIN, INT32_MIN, 31, True)) == 1
     # per column, broadcast
-    got = nm.requantize_multiplier([100, 100, 100], [HALF, HALF, INT32_MIN], [0, 3, 0], True)
+    got = gl.requantize_multiplier([100, 100, 100], [HALF, HALF, INT32_MIN], [0, 3, 0], True)
     assert got.tolist() == [50, 6, -100]
 
 
@@ -183,7 +184,7 @@ def test_requantize_multiplier_hand_worked():
 @given(int32s, int32s)
 @example(INT32_MIN, INT32_MIN)
 def test_doubling_high_mul_is_round_half_up(a, b):
-    got = int(nm.saturating_rounding_doubling_high_mul(a, b))
+    got = int(gl.saturating_rounding_doubling_high_mul(a, b))
     assert got == ref_srdhm(a, b)
     # What the nudge amounts to, and what the hardware computes:
     exact = math.floor(Fraction(a * b, 1 << 31) + Fraction(1, 2))
@@ -194,7 +195,7 @@ def test_doubling_high_mul_is_round_half_up(a, b):
 @SETTINGS
 @given(int32s, st.integers(0, 31))
 def test_rounding_divide_by_pot_is_round_half_away(x, e):
-    assert int(nm.rounding_divide_by_pot(x, e)) == ref_rdbp(x, e)
+    assert int(gl.rounding_divide_by_pot(x, e)) == ref_rdbp(x, e)
 
 
 @SETTINGS
@@ -202,13 +203,13 @@ def test_rounding_divide_by_pot_is_round_half_away(x, e):
 def test_requantize_multiplier(acc, m0, shift, signed, relu):
     lo, hi = nm.out_range(signed, relu)
     want = min(max(ref_rdbp(ref_srdhm(acc, m0), shift), lo), hi)
-    assert int(nm.requantize_multiplier(acc, m0, shift, signed, relu)) == want
+    assert int(gl.requantize_multiplier(acc, m0, shift, signed, relu)) == want
 
 
 @SETTINGS
 @given(st.floats(min_value=2.0 ** -40, max_value=0.999999, allow_subnormal=False))
 def test_quantize_multiplier_is_nearest(scale):
-    m0, shift = nm.quantize_multiplier(scale)
+    m0, shift = gl.quantize_multiplier(scale)
     if m0 == 0:
         assert scale < 2.0 ** -32
         return
@@ -254,7 +255,7 @@ def test_half_multiplier_against_shift_rounding():
         near = (np.arange(-40, 41)[:, None] * step + np.arange(-2, 3)[None, :]).ravel()
         a = np.concatenate([near, rng.integers(INT32_MIN, INT32_MAX + 1, 400)])
         a = np.clip(a, INT32_MIN, INT32_MAX)
-        got = nm.rounding_divide_by_pot(nm.saturating_rounding_doubling_high_mul(a, HALF), s)
+        got = gl.rounding_divide_by_pot(gl.saturating_rounding_doubling_high_mul(a, HALF), s)
         rhe = nm.shift_round_half_even(a, s + 1)
         for x, g, r in zip(a.tolist(), got.tolist(), rhe.tolist()):
             assert g == gemmlowp_half(x, s), (x, s)
@@ -264,7 +265,7 @@ def test_half_multiplier_against_shift_rounding():
     print("differences from the shift unit:", differ)
     assert differ["tie"] > 0 and differ["double"] > 0
     # TFLite's multiplier for a power-of-two scale is exactly this case.
-    assert nm.quantize_multiplier(2.0 ** -5) == (HALF, 4)
+    assert gl.quantize_multiplier(2.0 ** -5) == (HALF, 4)
 
 
 def test_half_multiplier_hardware_against_shift_hardware():
@@ -374,7 +375,7 @@ def expect(case: dict, acc_width: int) -> list[int]:
             out.append(int(nm.maximum(ln["a"], ln["b"])) & 0xFF)
         else:
             s = nm.aligned_add(ln["a"], ln["a_shift"], ln["b"], ln["b_shift"], acc_width)
-            out.append(int(nm.requantize_multiplier(s, ln["multiplier"], ln["shift"],
+            out.append(int(gl.requantize_multiplier(s, ln["multiplier"], ln["shift"],
                                                     bool(case["out_signed"]),
                                                     bool(case["relu"]))) & 0xFF)
     return out
@@ -529,7 +530,7 @@ def test_bench_rescale_wrapper_is_the_rescaling(unit):
         if unit == "shift":
             return [int(nm.requantize(ln["a"], ln["shift"], signed, relu)) & 0xFF
                     for ln in c["lane"]]
-        return [int(nm.requantize_multiplier(ln["a"], ln["multiplier"], ln["shift"],
+        return [int(gl.requantize_multiplier(ln["a"], ln["multiplier"], ln["shift"],
                                              signed, relu)) & 0xFF for ln in c["lane"]]
 
     got = []

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
-from fxpgen.cli import main
+from fxpgen.app.cli import main
 from fxpgen.config import CoreConfig
 from fxpgen.hw.verilog import LINT_WAIVERS, TOP_NAME, generate_verilog
 from fxpgen.isa import INSN_BITS

@@ -13,7 +13,7 @@ import functools
 import numpy as np
 
 from fxpgen import numerics
-from fxpgen.compiler.qgraph import QAdd, QAvgPool, QConv, QGraph, QMaxPool
+from .qgraph import QAdd, QAvgPool, QConv, QGraph, QMaxPool
 
 __all__ = ["run_golden", "run_golden_batch", "quantize_input", "dequantize_output", "predict",
            "conv_accumulate"]

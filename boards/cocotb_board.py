@@ -27,7 +27,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, Timer
 from cocotbext.uart import UartSink, UartSource
 
-from .rtl import deadline, load_job, write_result
+from fxpgen.sim.rtl import deadline, load_job, write_result
 
 CLOCK_NS = 10
 

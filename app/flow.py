@@ -9,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-from .config import CoreConfig
+from fxpgen.config import CoreConfig
 
 __all__ = ["compile_model", "load_compiled", "run_compiled", "ENGINES", "demo"]
 
@@ -20,10 +20,10 @@ def compile_model(model, calib: np.ndarray, cfg: CoreConfig, outdir: Path, *, mo
                   per_channel: bool = False) -> dict:
     """Quantize a float ONNX model with calibration samples, lower it for ``cfg`` and
     write the program directory. Returns a summary (sizes, timings)."""
-    from .compiler.lower import lower
-    from .compiler.onnx_frontend import load_onnx
-    from .compiler.program import listing, save_program, save_qgraph
-    from .compiler.quantize import quantize
+    from fxpgen.compiler.lower import lower
+    from fxpgen.compiler.onnx_frontend import load_onnx
+    from fxpgen.compiler.program import listing, save_program, save_qgraph
+    from fxpgen.compiler.quantize import quantize
 
     t0 = time.monotonic()
     graph = load_onnx(model)
@@ -61,7 +61,7 @@ def jsonable(v):
 
 def load_compiled(outdir: Path, cfg: CoreConfig | None = None):
     """(program, quantized graph) of a program directory."""
-    from .compiler.program import load_program, load_qgraph
+    from fxpgen.compiler.program import load_program, load_qgraph
     outdir = Path(outdir)
     if not (outdir / "program.fxp").is_file():
         raise FileNotFoundError(f"{outdir}: no program.fxp here; run `fxpgen compile` first")
@@ -89,8 +89,9 @@ def run_compiled(outdir: Path, x: np.ndarray, engine: str, *, progress: Callable
     per-layer counters and whether every output equals the golden model's.
 
     ``board``: ``port``, ``baud``, ``timeout``, ``baked`` for the board engine."""
-    from .engines import run_isa, run_rtl, split_layers
-    from .sim.golden import quantize_input, run_golden_batch
+    from fxpgen.app.engines import run_isa, run_rtl
+    from fxpgen.sim.segments import split_layers
+    from fxpgen.compiler.golden import quantize_input, run_golden_batch
 
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -111,7 +112,7 @@ def run_compiled(outdir: Path, x: np.ndarray, engine: str, *, progress: Callable
             ys.append(low.decode_output(run_isa(cfg, prog.words, low.data(low.image_words(q)))))
             tick(1)
     elif engine == "board":
-        from .boards.runtime import connect, run_images
+        from fxpgen.boards.runtime import connect, run_images
         opts = board or {}
         link = connect(opts["port"], opts.get("baud", 1_000_000), opts.get("timeout", 2.0))
         ys, per_image = run_images(link, prog, xq, baked=opts.get("baked", False), progress=tick)
@@ -120,9 +121,9 @@ def run_compiled(outdir: Path, x: np.ndarray, engine: str, *, progress: Callable
             out["cycles_per_image"] = float(np.mean([sum(l["cycles"] for l in img) for img in per_image]))
         out["frames_rejected"] = list(link.rejected)
     else:
-        from .engines import run_native
-        from .sim.core_rtl import core_model
-        from .sim.native import native_model
+        from fxpgen.app.engines import run_native
+        from fxpgen.sim.core_rtl import core_model
+        from fxpgen.sim.native import native_model
         layers = prog.layers
         model = native_model(cfg) if engine == "native" else core_model(cfg)
         run_engine = run_native if engine == "native" else run_rtl
@@ -158,7 +159,7 @@ def _layer_table(per_image: list[list[dict]], cfg: CoreConfig) -> list[dict]:
 
 def model_macs(qg) -> int:
     """Multiply-accumulates of the network's convolutions (true, unpadded count)."""
-    from .compiler.qgraph import QConv
+    from fxpgen.compiler.qgraph import QConv
     total = 0
     for op in qg.ops:
         if isinstance(op, QConv):
@@ -175,7 +176,7 @@ def demo(cfg: CoreConfig, workdir: Path, *, images: int | None = None, rtl: bool
     import onnx
     from onnx.reference import ReferenceEvaluator
 
-    from .models import digits_assets
+    from fxpgen.models import digits_assets
 
     a = digits_assets()
     x_test = np.load(a["test_x"])

@@ -19,7 +19,7 @@ from fxpgen.isa import AluParams, ErrorCode, Mem, Opcode, RequantParams
 
 from .addrgen import check_address
 from .buffers import acc_row, addr_width, read_sig, spad_row, table_row, write_sig
-from .dispatch import UnitControl, report, unit_loops
+from .unit_port import UnitControl, report, unit_loops
 from .hazards import TABLE_BIT, mem_bits
 from .requant import Requantizer
 
@@ -136,7 +136,7 @@ class VectorUnit(wiring.Component):
             m.d.sync += r.eq(meta[-1])
             meta.append(r)
         wb = meta[-1]
-        groups = L // C
+        groups = cfg.requant_lanes
         lane_en = Signal(L)
         m.d.comb += lane_en.eq(Mux(is_requant,
                                    Const((1 << C) - 1, L) << (rparams.lane * C) if groups > 1

@@ -14,7 +14,7 @@ from fxpgen.isa import ErrorCode, Mem
 
 from .addrgen import check_address
 from .buffers import addr_width, read_sig, wbuf_row
-from .dispatch import UnitControl, report, unit_loops
+from .unit_port import UnitControl, report, unit_loops
 from .hazards import bank_bit, mem_bits
 
 __all__ = ["WeightLoader"]

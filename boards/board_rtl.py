@@ -1,24 +1,24 @@
 """Run host programs against a simulated board: the board top level (core, UART
 bridge, optional baked program) under cocotb + Verilator, its UART behind a
-pseudo-terminal (:mod:`fxpgen.sim.cocotb_board`)."""
+pseudo-terminal (:mod:`fxpgen.boards.cocotb_board`)."""
 
 from __future__ import annotations
 
 from amaranth.back import verilog
 
 from fxpgen.config import CoreConfig
+from fxpgen.sim.rtl import VerilatorModel, build_model, run_cocotb
 from fxpgen.tools import cache_dir
 
-from .rtl import VerilatorModel, build_model, run_cocotb
+from .top import BoardTop
 
 __all__ = ["BOARD_TOP", "board_model", "run_host_on_board"]
 
 BOARD_TOP = "fxpgen_board"
-TEST_MODULE = "fxpgen.sim.cocotb_board"
+TEST_MODULE = "fxpgen.boards.cocotb_board"
 
 
 def board_verilog(cfg: CoreConfig, divisor: int, baked: dict | None = None, **buffers) -> str:
-    from fxpgen.boards.top import BoardTop
     top = BoardTop(cfg, divisor, baked=baked, **buffers)
     return verilog.convert(top, name=BOARD_TOP, emit_src=False)
 

@@ -6,7 +6,7 @@ unit is the INT32 requantization F8Net claims to make unnecessary, built as a dr
 replacement for :class:`~.requant.Requantizer` so that ``bench/requant_area.py`` can
 synthesize both and compare their cost. Cycles 1, 2 and the final saturation are the
 shift unit's own code (its helpers); only the rescaling differs. Per lane (the
-formulas of :mod:`fxpgen.numerics`):
+formulas of :mod:`fxpgen.numerics` and :mod:`bench.baselines.gemmlowp`):
 
 - Cycle 1: align both operands by left shift, saturated to acc_width + 1 bits.
 - Cycle 2: ``s = sat(x + y)`` to acc_width (:func:`fxpgen.numerics.aligned_add`) or
@@ -26,8 +26,8 @@ from amaranth import *
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .pe import ACT_WIDTH
-from .requant import SHIFT_AMOUNT_WIDTH, output_byte, saturate, shift_left_saturate
+from fxpgen.hw.pe import ACT_WIDTH
+from fxpgen.hw.requant import SHIFT_AMOUNT_WIDTH, output_byte, saturate, shift_left_saturate
 
 __all__ = ["MultiplierRequantizer", "MULTIPLIER_WIDTH", "RIGHT_SHIFT_WIDTH"]
 

@@ -6,30 +6,19 @@ from typing import Callable
 
 import numpy as np
 
-from .compiler.gemm import build_gemm, gemm_reference
-from .config import CoreConfig
-from .isa import ErrorCode
+from fxpgen.compiler.gemm import build_gemm, gemm_reference, random_gemm
+from fxpgen.config import CoreConfig
+from fxpgen.isa import ErrorCode
 
-__all__ = ["run_check", "random_gemm"]
-
-
-def random_gemm(m: int, k: int, n: int, seed: int):
-    """Random int8 A (m x k), B (k x n) and per-column shifts that keep most outputs
-    inside int8: about log2(std of the sums / 32), jittered by +-1."""
-    rng = np.random.default_rng(seed)
-    a = rng.integers(-128, 128, (m, k))
-    b = rng.integers(-128, 128, (k, n))
-    base = int(np.clip(np.round(np.log2(74.0 * 74.0 * np.sqrt(k) / 32.0)), 0, 31))
-    shift = np.clip(base + rng.integers(-1, 2, n), 0, 31)
-    return a, b, shift
+__all__ = ["run_check"]
 
 
 def run_check(cfg: CoreConfig, m: int, k: int, n: int, *, seed: int = 0, stall: float = 0.0,
               progress: Callable[[str], None] | None = None) -> dict:
     """Run the GEMM through the RTL, the instruction-level simulator and the golden
     model; return a report (bit-identity, cycle counters, utilization, timings)."""
-    from .sim.core_rtl import RtlProgram, core_model, run_on_rtl
-    from .sim.isa_sim import run_program
+    from fxpgen.sim.core_rtl import RtlProgram, core_model, run_on_rtl
+    from fxpgen.sim.isa_sim import run_program
 
     say = progress or (lambda msg: None)
     a, b, shift = random_gemm(m, k, n, seed)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .config import CoreConfig
+from fxpgen.config import CoreConfig
 
 __all__ = ["main"]
 
@@ -72,7 +72,7 @@ def main():
               help="Verilog file to write.")
 def verilog(cfg: CoreConfig, output: Path):
     """Write the core's Verilog (top module fxpgen_core)."""
-    from .hw.verilog import generate_verilog
+    from fxpgen.hw.verilog import generate_verilog
     text = generate_verilog(cfg)
     output.write_text(text)
     click.echo(f"wrote {output} ({len(text.splitlines())} lines, {cfg.rows}x{cfg.cols} array)")
@@ -81,7 +81,7 @@ def verilog(cfg: CoreConfig, output: Path):
 @main.command("isa-doc")
 def isa_doc():
     """Print the ISA reference (Markdown) generated from the declarations."""
-    from .isadoc import isa_markdown
+    from fxpgen.isadoc import isa_markdown
     click.echo(isa_markdown(), nl=False)
 
 
@@ -107,13 +107,13 @@ def check(cfg: CoreConfig, gemm: str, seed: int, stall: float, as_json: bool, po
     """Run a random int8 GEMM on the RTL (Verilator) and on the golden model and
     compare them bit for bit; report the RTL's cycle counters. With --port, run it
     on a board instead (its core configuration comes from the board)."""
-    from .check import run_check
+    from fxpgen.app.check import run_check
     m, k, n = _parse_gemm(gemm)
     if not 0.0 <= stall < 1.0:
         raise click.BadParameter("must be in [0, 1)", param_hint="--stall")
     progress = None if as_json else (lambda msg: click.echo(msg, err=True))
     if port:
-        from .boards.runtime import board_check, connect
+        from fxpgen.boards.runtime import board_check, connect
         try:
             report = board_check(connect(port, baud, timeout), m, k, n, seed=seed)
         except (ValueError, RuntimeError) as e:
@@ -182,7 +182,7 @@ def compile_cmd(model: Path, calib: Path, cfg: CoreConfig, outdir: Path, mode: s
     """Quantize a float ONNX model and compile it for a core."""
     import numpy as np
 
-    from .flow import compile_model
+    from fxpgen.app.flow import compile_model
     try:
         summary = compile_model(model, np.load(calib), cfg, outdir, mode=mode, per_channel=per_channel)
     except (ValueError, FileNotFoundError) as e:
@@ -219,7 +219,7 @@ def run_cmd(outdir: Path, input_path: Path, engine: str, output_path: Path | Non
     The RTL and board engines also check every output against the golden model."""
     import numpy as np
 
-    from .flow import run_compiled
+    from fxpgen.app.flow import run_compiled
     x = np.load(input_path)
     if engine == "board" and not port:
         raise click.BadParameter("the board engine needs --port", param_hint="--port")
@@ -274,8 +274,8 @@ def build_cmd(board_name, rows, cols, acc_width, spad_depth, wbuf_depth, acc_dep
               program_dir, seed, output, as_json):
     """Build a bitstream for a board (Yosys and nextpnr from PyPI, as YoWASP) and
     report LUT/DSP/BRAM use and the Fmax nextpnr measured."""
-    from .boards.build import BuildFailed, build_board
-    from .boards.platforms import board
+    from fxpgen.boards.build import BuildFailed, build_board
+    from fxpgen.boards.platforms import board
     try:
         b = board(board_name)
         changes = {k: v for k, v in dict(rows=rows, cols=cols, acc_width=acc_width, spad_depth=spad_depth,
@@ -316,7 +316,7 @@ def demo_cmd(cfg: CoreConfig, images: int | None, no_rtl: bool, outdir: Path | N
     test images on the RTL; float and fixed-point accuracy, bit-identity, cycles."""
     import tempfile
 
-    from .flow import demo
+    from fxpgen.app.flow import demo
     if images is not None and images < 1:
         raise click.BadParameter("must be at least 1", param_hint="--images")
     with tempfile.TemporaryDirectory() as tmp:
