@@ -96,6 +96,7 @@ def test_load_matches_isa_sim(cfg, seed):
                 await h.tick(ctx)
             else:
                 raise AssertionError(f"LOAD {insn} did not finish")
+            await h.tick(ctx)
 
             assert error == res.error
             executed = first_fault(insn, cfg)

@@ -63,16 +63,23 @@ class Harness:
     def __init__(self, *parts):
         self.parts = list(parts)
         self.cycle = 0
+        self._settled = False
 
     def settle(self, ctx):
         """Drive this cycle's inputs and sample the settled outputs; the test may
         then read and check outputs before :meth:`tick`."""
+        # Settling twice would sample one transfer twice.
+        assert not self._settled, "cycle already settled: tick first"
+        self._settled = True
         for p in self.parts:
             p.drive(ctx)
         for p in self.parts:
             p.sample(ctx, self.cycle)
 
     async def tick(self, ctx):
+        """End the settled cycle with a clock edge."""
+        assert self._settled, "settle before tick"
+        self._settled = False
         await ctx.tick()
         self.cycle += 1
         for p in self.parts:
