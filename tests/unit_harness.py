@@ -33,17 +33,20 @@ __all__ = ["Top", "Harness", "MemoryModel", "StreamSource", "StreamSink", "Rando
 
 
 class Top(Elaboratable):
-    """The unit(s) under test plus a test-driven synchronous reset ``rst``, so one
-    simulation can run many instructions and recover from a latched error."""
+    """The unit(s) under test, wired by the statements in ``wires`` (as in
+    ``hw/core.py``), plus a test-driven synchronous reset ``rst``, so one simulation
+    can run many instructions and recover from a latched error."""
 
-    def __init__(self, **units):
+    def __init__(self, wires=(), **units):
         self.units = units
+        self.wires = list(wires)
         self.rst = Signal()
 
     def elaborate(self, platform):
         m = Module()
         for name, unit in self.units.items():
             m.submodules[name] = unit
+        m.d.comb += self.wires
         return ResetInserter(self.rst)(m)
 
 
