@@ -53,8 +53,6 @@ def test_load_matches_isa_sim(cfg, seed):
         Mem.ACC: MemoryModel(random_rows(rng, Mem.ACC, cfg), write=[unit.acc_wr]),
         Mem.TABLE: MemoryModel(random_rows(rng, Mem.TABLE, cfg), write=[unit.table_wr]),
     }
-    ports = {Mem.SPAD: unit.spad_wr, Mem.WBUF: unit.wbuf_wr, Mem.ACC: unit.acc_wr,
-             Mem.TABLE: unit.table_wr}
     faults = []
 
     async def bench(ctx):
