@@ -1,0 +1,129 @@
+"""Block-level tests of the LOAD unit (``hw/load.py``) in Amaranth's simulator: random
+LOAD instructions, one at a time, against the instruction-level simulator, with the
+memories played by the test and random stalls on the data stream and on the
+write ports the loader yields to the vector unit and the matmul write-back."""
+
+import random
+
+import pytest
+
+from fxpgen.config import CoreConfig
+from fxpgen.hw.load import LoadUnit
+from fxpgen.isa import ErrorCode, Instruction, Mem, Opcode
+
+from unit_harness import (Harness, MemoryModel, RandomBit, StreamSource, Top, first_fault,
+                          hazard_mask, iteration_addresses, machine_rows, machine_with,
+                          random_rows, random_stream, simulate)
+
+CONFIGS = [
+    CoreConfig(rows=2, cols=2, acc_width=20, spad_depth=16, wbuf_depth=8, acc_depth=16, table_depth=3),
+    CoreConfig(rows=2, cols=4, acc_width=18, spad_depth=8, wbuf_depth=4, acc_depth=32, table_depth=5),
+    CoreConfig(rows=4, cols=2, acc_width=24, spad_depth=32, wbuf_depth=16, acc_depth=8, table_depth=4),
+]
+
+INSNS = 40
+#: Cycles a faulted unit is watched for staying put.
+HOLD = 4
+
+
+def random_load(rng, cfg):
+    mem = rng.choice(list(Mem))
+    count0, count1 = rng.randint(1, 4), rng.randint(1, 3)
+    z = random_stream(rng, cfg.depth(mem), count0, count1)
+    return Instruction(Opcode.LOAD, {"mem": mem.value}, count0, count1, z=z).with_regions(cfg)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.rows}x{c.cols}")
+def test_load_matches_isa_sim(cfg, seed):
+    """Each LOAD writes exactly the rows the instruction-level simulator writes (data
+    word i's low bits into row z of iteration i, for every memory), consumes as many
+    data words, and faults with the same code at the same iteration, reporting the
+    instruction's pc and writing nothing from the faulting iteration on. While it
+    runs it is busy and not ready, declares the ``z`` regions it writes (or the
+    table) and no reads, never writes a port its arbiter has not left free, and
+    flags ``stall`` exactly when it waits for a data word; with no stalls it takes
+    one word a cycle."""
+    rng = random.Random(seed)
+    top = Top(load=LoadUnit(cfg))
+    unit = top.units["load"]
+    ctrl = unit.ctrl
+    mems = {
+        Mem.SPAD: MemoryModel(random_rows(rng, Mem.SPAD, cfg), write=[unit.spad_wr]),
+        Mem.WBUF: MemoryModel(random_rows(rng, Mem.WBUF, cfg), write=[unit.wbuf_wr]),
+        Mem.ACC: MemoryModel(random_rows(rng, Mem.ACC, cfg), write=[unit.acc_wr]),
+        Mem.TABLE: MemoryModel(random_rows(rng, Mem.TABLE, cfg), write=[unit.table_wr]),
+    }
+    faults = []
+
+    async def bench(ctx):
+        for _ in range(INSNS):
+            insn = random_load(rng, cfg)
+            mem = Mem(insn.params["mem"])
+            words = [rng.getrandbits(cfg.bus_width) for _ in range(insn.iterations)]
+            mach = machine_with(cfg, spad=mems[Mem.SPAD].rows, wbuf=mems[Mem.WBUF].rows,
+                                acc=mems[Mem.ACC].rows, table=mems[Mem.TABLE].rows)
+            res = mach.run([insn.encode(cfg)], words)
+            pc = rng.getrandbits(32)
+            p_valid = rng.choice([1.0, 0.6, 0.25])
+            p_free = rng.choice([1.0, 1.0, 0.5])
+            src = StreamSource(unit.data, words, rng, p_valid)
+            spad_free = RandomBit(unit.spad_free, rng, p_free)
+            acc_free = RandomBit(unit.acc_free, rng, p_free)
+            h = Harness(src, spad_free, acc_free, *mems.values())
+            writes_before = {mm: len(model.writes) for mm, model in mems.items()}
+            _, expect_writes = hazard_mask(insn)
+
+            await h.start(ctx, ctrl, insn.encode(cfg), pc)
+            busy_cycles = 0
+            error = ErrorCode.NONE
+            for _ in range(20 * insn.iterations + 10):
+                h.settle(ctx)
+                busy = ctx.get(ctrl.busy)
+                error = ctx.get(ctrl.error)
+                assert ctx.get(ctrl.ready) == (not busy)
+                assert ctx.get(ctrl.reads) == 0
+                assert ctx.get(ctrl.writes) == (expect_writes if busy else 0)
+                free = {Mem.SPAD: spad_free.value, Mem.ACC: acc_free.value}.get(mem, 1)
+                assert not ctx.get(unit.spad_wr.en) or spad_free.value
+                assert not ctx.get(unit.acc_wr.en) or acc_free.value
+                waiting = busy and error == ErrorCode.NONE and free and not ctx.get(unit.data.valid)
+                assert ctx.get(unit.stall) == waiting
+                if error != ErrorCode.NONE or not busy:
+                    break
+                busy_cycles += 1
+                await h.tick(ctx)
+            else:
+                raise AssertionError(f"LOAD {insn} did not finish")
+            await h.tick(ctx)
+
+            assert error == res.error
+            executed = first_fault(insn, cfg)
+            if error != ErrorCode.NONE:
+                faults.append(error)
+                assert ctx.get(ctrl.error_pc) == pc
+                sent = src.sent
+                for _ in range(HOLD):
+                    await h.step(ctx)
+                    assert ctx.get(ctrl.error) == error and ctx.get(ctrl.busy)
+                # An aborted unit stops reporting and never resumes.
+                ctx.set(ctrl.abort, 1)
+                for _ in range(HOLD):
+                    await h.step(ctx)
+                    assert ctx.get(ctrl.error) == ErrorCode.NONE
+                assert src.sent == sent
+                ctx.set(ctrl.abort, 0)
+                await h.reset(ctx, top)
+            elif p_valid == 1.0 and p_free == 1.0:
+                assert busy_cycles == insn.iterations
+            assert src.sent == res.data_used == executed
+            new = mems[mem].writes[writes_before[mem]:]
+            assert [a for _, a, _ in new] == iteration_addresses(insn, "z")[:executed]
+            assert all(len(model.writes) == writes_before[mm]
+                       for mm, model in mems.items() if mm is not mem)
+            for mm, model in mems.items():
+                assert model.rows == machine_rows(mach, mm), mm
+            # Leave the port idle for the next instruction.
+            ctx.set(unit.data.valid, 0)
+
+    simulate(top, bench)
+    assert faults, "no instruction faulted: the random streams need more faults"

@@ -1,0 +1,138 @@
+"""Block-level tests of the LOADW unit (``hw/loadw.py``) in Amaranth's simulator: random
+LOADW instructions, one at a time, against the instruction-level simulator, with the
+weight buffer played by the test and the rows the unit sends toward the array's
+weight port recorded."""
+
+import random
+
+import pytest
+
+from fxpgen.config import CoreConfig
+from fxpgen.hw.loadw import WeightLoader
+from fxpgen.hw.hazards import resource_index
+from fxpgen.isa import Addr, ErrorCode, Instruction, Mem, Opcode, pack_row
+
+from unit_harness import (Harness, MemoryModel, Top, first_fault, hazard_mask,
+                          iteration_addresses, machine_with, random_rows, random_stream, simulate)
+
+CONFIGS = [
+    CoreConfig(rows=2, cols=2, acc_width=20, spad_depth=16, wbuf_depth=8, acc_depth=16, table_depth=3),
+    CoreConfig(rows=2, cols=4, acc_width=18, spad_depth=8, wbuf_depth=4, acc_depth=32, table_depth=5),
+    CoreConfig(rows=4, cols=2, acc_width=24, spad_depth=32, wbuf_depth=16, acc_depth=8, table_depth=4),
+    CoreConfig(rows=4, cols=4, acc_width=24, spad_depth=16, wbuf_depth=4, acc_depth=16, table_depth=4),
+]
+
+INSNS = 40
+HOLD = 4
+
+
+def random_loadw(rng, cfg):
+    x = random_stream(rng, cfg.wbuf_depth, cfg.rows, 1)
+    return Instruction(Opcode.LOADW, {"bank": rng.randrange(2)}, cfg.rows, 1, x=x).with_regions(cfg)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.rows}x{c.cols}")
+def test_loadw_matches_isa_sim(cfg, seed):
+    """Each LOADW sends the weight rows the instruction-level simulator puts in the
+    bank (WBUF row x of iteration i for array row i), in order, tagged with the
+    bank, one a cycle: row i leaves the cycle after its read, the reads on the
+    cycles after start. A faulting LOADW reports the code and its pc, reads and
+    sends nothing from the faulting iteration on, and sends nothing once aborted.
+    The unit is busy (not ready) until its last row has left, declares the WBUF
+    regions while it reads and the bank until the last row has left."""
+    rng = random.Random(seed)
+    top = Top(loadw=WeightLoader(cfg))
+    unit = top.units["loadw"]
+    ctrl = unit.ctrl
+    wbuf = MemoryModel(random_rows(rng, Mem.WBUF, cfg), read=[unit.wbuf_rd])
+    h = Harness(wbuf)
+    faults = []
+
+    async def bench(ctx):
+        for _ in range(INSNS):
+            insn = random_loadw(rng, cfg)
+            bank = insn.params["bank"]
+            mach = machine_with(cfg, wbuf=wbuf.rows)
+            res = mach.run([insn.encode(cfg)], [])
+            executed = first_fault(insn, cfg)
+            pc = rng.getrandbits(32)
+            before = len(wbuf.reads[0])
+            expect_reads, expect_writes = hazard_mask(insn)
+            assert expect_writes == 1 << resource_index(("BANK", bank))
+
+            await h.start(ctx, ctrl, insn.encode(cfg), pc)
+            start = h.cycle
+            sent = []
+            error = ErrorCode.NONE
+            for _ in range(insn.iterations + 10):
+                h.settle(ctx)
+                error = ctx.get(ctrl.error)
+                reads = [c for c, _ in wbuf.reads[0][before:]]
+                issued_before = len([c for c in reads if c < h.cycle])
+                reading = error != ErrorCode.NONE or issued_before < insn.iterations
+                busy = reading or h.cycle - 1 in reads
+                assert ctx.get(ctrl.busy) == busy
+                assert ctx.get(ctrl.ready) == (not busy)
+                assert ctx.get(ctrl.reads) == (expect_reads if reading else 0)
+                assert ctx.get(ctrl.writes) == (expect_writes if busy else 0)
+                if ctx.get(unit.weights.valid):
+                    assert ctx.get(unit.weights.bank) == bank
+                    sent.append((h.cycle, ctx.get(unit.weights.data.as_value())))
+                if error != ErrorCode.NONE or not busy:
+                    break
+                await h.tick(ctx)
+            else:
+                raise AssertionError(f"LOADW {insn} did not finish")
+            await h.tick(ctx)
+
+            assert error == res.error
+            if error != ErrorCode.NONE:
+                faults.append(error)
+                assert ctx.get(ctrl.error_pc) == pc
+                for _ in range(HOLD):
+                    await h.step(ctx)
+                    assert ctx.get(ctrl.error) == error
+                ctx.set(ctrl.abort, 1)
+                for _ in range(HOLD):
+                    await h.step(ctx)
+                    assert ctx.get(ctrl.error) == ErrorCode.NONE
+                    assert not ctx.get(unit.weights.valid)
+                ctx.set(ctrl.abort, 0)
+                await h.reset(ctx, top)
+            reads = wbuf.reads[0][before:]
+            assert reads == list(zip(range(start, start + executed),
+                                     iteration_addresses(insn, "x")[:executed]))
+            assert sent == [(c + 1, pack_row(Mem.WBUF, mach.banks[bank][t], cfg))
+                            for t, (c, _) in enumerate(reads)]
+
+    simulate(top, bench)
+    assert faults, "no instruction faulted: the random streams need more faults"
+
+
+@pytest.mark.parametrize("cfg", CONFIGS[2:], ids=lambda c: f"{c.rows}x{c.cols}")
+def test_abort_stops_loadw_mid_tile(cfg, seed):
+    """An abort (another unit's error) in the middle of a valid LOADW stops it at
+    once: no weight row reaches the array from that cycle on, however many were
+    read, no further read is issued, and the unit reports no error of its own."""
+    rng = random.Random(seed)
+    top = Top(loadw=WeightLoader(cfg))
+    unit = top.units["loadw"]
+    wbuf = MemoryModel(random_rows(rng, Mem.WBUF, cfg), read=[unit.wbuf_rd])
+    h = Harness(wbuf)
+    insn = Instruction(Opcode.LOADW, {"bank": rng.randrange(2)}, cfg.rows, 1,
+                       x=Addr(0, 1, 0)).with_regions(cfg)
+
+    async def bench(ctx):
+        await h.start(ctx, unit.ctrl, insn.encode(cfg), 0)
+        for _ in range(rng.randint(1, cfg.rows - 1)):
+            await h.step(ctx)
+        ctx.set(unit.ctrl.abort, 1)
+        reads = len(wbuf.reads[0])
+        for _ in range(HOLD):
+            h.settle(ctx)
+            assert not ctx.get(unit.weights.valid)
+            assert ctx.get(unit.ctrl.error) == ErrorCode.NONE
+            await h.tick(ctx)
+        assert 0 < reads < cfg.rows and len(wbuf.reads[0]) == reads
+
+    simulate(top, bench)

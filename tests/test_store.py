@@ -1,0 +1,122 @@
+"""Block-level tests of the STORE unit (``hw/store.py``) in Amaranth's simulator: random
+STORE instructions, one at a time, against the instruction-level simulator, with the
+scratchpad and accumulators played by the test and random backpressure on the
+result stream."""
+
+import random
+
+import pytest
+
+from fxpgen.config import CoreConfig
+from fxpgen.hw.store import StoreUnit
+from fxpgen.isa import ErrorCode, Instruction, Mem, Opcode
+
+from unit_harness import (Harness, MemoryModel, StreamSink, Top, first_fault, hazard_mask,
+                          iteration_addresses, machine_with, random_rows, random_stream, simulate)
+
+CONFIGS = [
+    CoreConfig(rows=2, cols=2, acc_width=20, spad_depth=16, wbuf_depth=8, acc_depth=16, table_depth=3),
+    CoreConfig(rows=2, cols=4, acc_width=18, spad_depth=8, wbuf_depth=4, acc_depth=32, table_depth=5),
+    CoreConfig(rows=4, cols=2, acc_width=24, spad_depth=32, wbuf_depth=16, acc_depth=8, table_depth=4),
+]
+
+INSNS = 40
+HOLD = 4
+
+
+def random_store(rng, cfg):
+    mem = rng.choice([Mem.SPAD, Mem.ACC])
+    count0, count1 = rng.randint(1, 6), rng.randint(1, 3)
+    x = random_stream(rng, cfg.depth(mem), count0, count1)
+    return Instruction(Opcode.STORE, {"mem": mem.value}, count0, count1, x=x).with_regions(cfg)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.rows}x{c.cols}")
+def test_store_matches_isa_sim(cfg, seed):
+    """Each STORE sends exactly the words the instruction-level simulator sends (rows
+    of SPAD or ACC, zero-extended, ``last`` on the final iteration's row only), in
+    order, whatever the result stream's backpressure: nothing lost or repeated. A
+    faulting STORE reports the code and its pc, reads no row from the faulting
+    iteration on, still delivers the rows before it, and sends nothing once
+    aborted. The unit is busy (and not ready) until its last row has left and idle a cycle later,
+    declares the read regions while it reads and no writes, flags ``stall`` exactly
+    when a row waits for the stream, and sends one row a cycle without backpressure."""
+    rng = random.Random(seed)
+    top = Top(store=StoreUnit(cfg))
+    unit = top.units["store"]
+    ctrl = unit.ctrl
+    mems = {Mem.SPAD: MemoryModel(random_rows(rng, Mem.SPAD, cfg), read=[unit.spad_rd]),
+            Mem.ACC: MemoryModel(random_rows(rng, Mem.ACC, cfg), read=[unit.acc_rd])}
+    faults = []
+
+    async def bench(ctx):
+        for _ in range(INSNS):
+            insn = random_store(rng, cfg)
+            mem = Mem(insn.params["mem"])
+            mach = machine_with(cfg, spad=mems[Mem.SPAD].rows, acc=mems[Mem.ACC].rows)
+            res = mach.run([insn.encode(cfg)], [])
+            expected = [w | last << cfg.bus_width for w, last in zip(res.results, res.lasts)]
+            executed = first_fault(insn, cfg)
+            assert len(expected) == executed
+            pc = rng.getrandbits(32)
+            p_ready = rng.choice([1.0, 0.7, 0.3])
+            sink = StreamSink(unit.result, rng, p_ready)
+            h = Harness(sink, *mems.values())
+            reads_before = {mm: len(model.reads[0]) for mm, model in mems.items()}
+            expect_reads, _ = hazard_mask(insn)
+
+            await h.start(ctx, ctrl, insn.encode(cfg), pc)
+            error = ErrorCode.NONE
+            for _ in range(20 * insn.iterations + 20):
+                h.settle(ctx)
+                busy = ctx.get(ctrl.busy)
+                error = ctx.get(ctrl.error)
+                issued = len(mems[mem].reads[0]) - reads_before[mem]
+                reading = ctx.get(unit.spad_rd.en) or ctx.get(unit.acc_rd.en)
+                assert ctx.get(ctrl.ready) == (not busy)
+                assert ctx.get(ctrl.writes) == 0
+                assert ctx.get(ctrl.reads) in (0, expect_reads)
+                if reading or (issued < executed and error == ErrorCode.NONE):
+                    assert ctx.get(ctrl.reads) == expect_reads
+                assert ctx.get(unit.stall) == (ctx.get(unit.result.valid) and not sink._ready)
+                if error == ErrorCode.NONE:
+                    if len(sink.received) < len(expected):
+                        assert busy
+                    elif not busy:
+                        break
+                    else:
+                        # The FIFO's level lags its output by a cycle.
+                        assert h.cycle <= sink.received[-1][0] + 1
+                elif len(sink.received) == len(expected):
+                    break
+                await h.tick(ctx)
+            else:
+                raise AssertionError(f"STORE {insn} did not finish")
+            await h.tick(ctx)
+
+            assert error == res.error
+            if error != ErrorCode.NONE:
+                faults.append(error)
+                assert ctx.get(ctrl.error_pc) == pc
+                for _ in range(HOLD):
+                    await h.step(ctx)
+                    assert ctx.get(ctrl.error) == error
+                ctx.set(ctrl.abort, 1)
+                for _ in range(HOLD):
+                    await h.step(ctx)
+                    assert ctx.get(ctrl.error) == ErrorCode.NONE
+                    assert not ctx.get(unit.result.valid)
+                ctx.set(ctrl.abort, 0)
+                await h.reset(ctx, top)
+            elif p_ready == 1.0:
+                cycles = [c for c, _ in sink.received]
+                assert cycles == list(range(cycles[0], cycles[0] + len(cycles)))
+            assert [w for _, w in sink.received] == expected
+            assert [a for _, a in mems[mem].reads[0][reads_before[mem]:]] == \
+                iteration_addresses(insn, "x")[:executed]
+            assert all(len(model.reads[0]) == reads_before[mm]
+                       for mm, model in mems.items() if mm is not mem)
+            ctx.set(unit.result.ready, 0)
+
+    simulate(top, bench)
+    assert faults, "no instruction faulted: the random streams need more faults"
