@@ -10,12 +10,15 @@ bad field) or a unit's address error latches ``error``/``error_pc``, aborts ever
 unit and stops fetching: the core never hangs and never writes past a fault.
 """
 
+import functools
+import operator
+
 from amaranth import *
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from fxpgen.config import CoreConfig
-from fxpgen.isa import INSN_BITS, CoreState, ErrorCode, Insn, Mem, Opcode
+from fxpgen.isa import FIELD_RULES, INSN_BITS, CoreState, ErrorCode, Insn, Opcode, field_rules
 
 from .unit_port import PC_WIDTH, UnitControl
 from .hazards import insn_footprint
@@ -50,20 +53,14 @@ class Controller(wiring.Component):
         super().__init__(members)
 
     def bad_field(self, m: Module, cur) -> Value:
-        """Parameters this core cannot execute (OPCODE_INFO states each rule)."""
-        cfg = self._cfg
+        """Whether ``cur`` breaks a field rule of its opcode on this core
+        (:data:`~fxpgen.isa.FIELD_RULES`)."""
         bad = Signal()
         with m.Switch(cur.opcode):
-            with m.Case(Opcode.STORE):
-                mem = cur.params.store.mem
-                m.d.comb += bad.eq((mem != Mem.SPAD) & (mem != Mem.ACC))
-            with m.Case(Opcode.LOADW):
-                m.d.comb += bad.eq((cur.count0 != cfg.rows) | (cur.count1 != 1))
-            with m.Case(Opcode.MATMUL):
-                m.d.comb += bad.eq(cur.params.matmul.lane >= cfg.matmul_lanes)
-            with m.Case(Opcode.REQUANT):
-                p = cur.params.requant
-                m.d.comb += bad.eq((p.lane >= cfg.requant_lanes) | (p.table >= cfg.table_depth))
+            for op in dict.fromkeys(r.opcode for r in FIELD_RULES):
+                with m.Case(op):
+                    broken = (r.broken_expr(cur, self._cfg) for r in field_rules(op))
+                    m.d.comb += bad.eq(functools.reduce(operator.or_, broken))
         return bad
 
     def elaborate(self, platform):
