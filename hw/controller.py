@@ -23,7 +23,7 @@ from fxpgen.isa import FIELD_RULES, INSN_BITS, CoreState, ErrorCode, Insn, Opcod
 from .unit_port import PC_WIDTH, UnitControl
 from .hazards import insn_footprint
 
-__all__ = ["Controller", "UNITS", "UNIT_OF"]
+__all__ = ["Controller", "UNITS", "UNIT_OF", "bad_field"]
 
 #: Execution units, in error-priority order.
 UNITS = ("load", "store", "loadw", "matmul", "vector")
@@ -32,6 +32,18 @@ UNIT_OF = {
     Opcode.MATMUL: "matmul", Opcode.REQUANT: "vector", Opcode.ADD: "vector", Opcode.MAX: "vector",
 }
 COUNTERS = ("cycles", "mac_cycles", "stall_dispatch", "stall_data", "stall_result", "insns")
+
+
+def bad_field(m: Module, cur, cfg: CoreConfig) -> Value:
+    """Whether the decoded instruction view ``cur`` breaks a field rule of its opcode on
+    core ``cfg`` (:data:`~fxpgen.isa.FIELD_RULES`); combinational logic added to ``m``."""
+    bad = Signal()
+    with m.Switch(cur.opcode):
+        for op in dict.fromkeys(r.opcode for r in FIELD_RULES):
+            with m.Case(op):
+                broken = (r.broken_expr(cur, cfg) for r in field_rules(op))
+                m.d.comb += bad.eq(functools.reduce(operator.or_, broken))
+    return bad
 
 
 class Controller(wiring.Component):
@@ -52,17 +64,6 @@ class Controller(wiring.Component):
             members[f"count_{c}"] = Out(cfg.counter_width)
         super().__init__(members)
 
-    def bad_field(self, m: Module, cur) -> Value:
-        """Whether ``cur`` breaks a field rule of its opcode on this core
-        (:data:`~fxpgen.isa.FIELD_RULES`)."""
-        bad = Signal()
-        with m.Switch(cur.opcode):
-            for op in dict.fromkeys(r.opcode for r in FIELD_RULES):
-                with m.Case(op):
-                    broken = (r.broken_expr(cur, self._cfg) for r in field_rules(op))
-                    m.d.comb += bad.eq(functools.reduce(operator.or_, broken))
-        return bad
-
     def elaborate(self, platform):
         m = Module()
         units = {u: getattr(self, u) for u in UNITS}
@@ -76,7 +77,7 @@ class Controller(wiring.Component):
 
         legal = Signal()
         m.d.comb += legal.eq(cur.opcode.matches(*(op.value for op in Opcode)))
-        bad = self.bad_field(m, cur)
+        bad = bad_field(m, cur, self._cfg)
         reads, writes = insn_footprint(m, cur)
 
         all_idle = Signal()
