@@ -13,31 +13,11 @@ import functools
 import numpy as np
 
 from fxpgen import numerics
+from .graph import window_taps
 from .qgraph import QAdd, QAvgPool, QConv, QGraph, QMaxPool
 
 __all__ = ["run_golden", "run_golden_batch", "quantize_input", "dequantize_output", "predict",
            "conv_accumulate"]
-
-
-def _out_size(size: int, k: int, s: int, lo: int, hi: int) -> int:
-    return (size + lo + hi - k) // s + 1
-
-
-def _padded_taps(x: np.ndarray, kernel, stride, pads, value: int):
-    """(padded x, ho, wo, iterator over (i, j, strided view per tap))."""
-    pt, pl, pb, pr = pads
-    kh, kw = kernel
-    sh, sw = stride
-    ho = _out_size(x.shape[-2], kh, sh, pt, pb)
-    wo = _out_size(x.shape[-1], kw, sw, pl, pr)
-    width = [(0, 0)] * (x.ndim - 2) + [(pt, pb), (pl, pr)]
-    xp = np.pad(x, width, constant_values=value)
-
-    def taps():
-        for i in range(kh):
-            for j in range(kw):
-                yield i, j, xp[..., i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
-    return ho, wo, taps()
 
 
 def conv_accumulate(x: np.ndarray, weight: np.ndarray, stride=(1, 1), pads=(0, 0, 0, 0),
@@ -54,8 +34,8 @@ def conv_accumulate(x: np.ndarray, weight: np.ndarray, stride=(1, 1), pads=(0, 0
     cout, cin_g, kh, kw = w.shape
     if cin != cin_g * groups:
         raise ValueError(f"weight {w.shape} with groups={groups} does not fit {cin} channels")
-    ho, wo, taps = _padded_taps(x.reshape(n, groups, cin_g, *x.shape[2:]), (kh, kw), stride,
-                                pads, 0)
+    ho, wo, taps = window_taps(x.reshape(n, groups, cin_g, *x.shape[2:]), (kh, kw), stride,
+                               pads, 0)
     wg = w.reshape(groups, cout // groups, cin_g, kh, kw)
     acc = np.zeros((n, groups, cout // groups, ho, wo), np.int64)
     for i, j, view in taps:
@@ -85,12 +65,12 @@ def _run_conv(op: QConv, env: dict, g: QGraph, bits: int) -> np.ndarray:
 
 def _run_maxpool(op: QMaxPool, env: dict, g: QGraph, bits: int) -> np.ndarray:
     lo = g.tensor(op.input).fmt.lo
-    _, _, taps = _padded_taps(env[op.input], op.kernel, op.stride, op.pads, lo)
+    _, _, taps = window_taps(env[op.input], op.kernel, op.stride, op.pads, lo)
     return functools.reduce(numerics.maximum, (v for _, _, v in taps))
 
 
 def _run_avgpool(op: QAvgPool, env: dict, g: QGraph, bits: int) -> np.ndarray:
-    _, _, taps = _padded_taps(env[op.input], op.kernel, op.stride, op.pads, 0)
+    _, _, taps = window_taps(env[op.input], op.kernel, op.stride, op.pads, 0)
     total = sum(v for _, _, v in taps)
     return numerics.requantize(total, op.shift, g.tensor(op.output).fmt.signed)
 

@@ -23,7 +23,7 @@ import numpy as np
 __all__ = [
     "UnsupportedOp", "Shape", "Tensor", "Conv", "Gemm", "BatchNorm", "Relu", "Clip",
     "MaxPool", "AvgPool", "GlobalAvgPool", "Add", "Flatten", "Node", "Graph", "run_float",
-    "conv2d_float", "pool_out_size",
+    "conv2d_float", "pool_out_size", "window_taps",
 ]
 
 Shape = tuple[int, int, int]
@@ -61,20 +61,27 @@ def _window_shape(node, shape: Shape, kernel: tuple[int, int]) -> Shape:
     return c, ho, wo
 
 
-def _taps(xp: np.ndarray, kh: int, kw: int, stride: tuple[int, int], ho: int, wo: int):
-    """Yield ``(i, j, view)``: for each kernel tap, the strided view of the padded
-    batch ``xp`` (..., Hp, Wp) that the tap multiplies, of shape (..., ho, wo)."""
-    sh, sw = stride
-    for i in range(kh):
-        for j in range(kw):
-            yield i, j, xp[..., i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+def window_taps(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
+                pads: tuple[int, int, int, int], value):
+    """The sliding windows of a conv/pool over the last two axes of ``x`` (..., H, W).
 
-
-def _pad(x: np.ndarray, pads: tuple[int, int, int, int], value) -> np.ndarray:
+    ``pads`` = (top, left, bottom, right) rows and columns of ``value`` around the
+    input. Returns ``(ho, wo, taps)`` where ``taps`` yields ``(i, j, view)`` for each
+    kernel tap: the strided view of the padded ``x`` that the tap covers, of shape
+    (..., ho, wo).
+    """
     pt, pl, pb, pr = pads
-    if not any(pads):
-        return x
-    return np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=value)
+    kh, kw = kernel
+    sh, sw = stride
+    ho = pool_out_size(x.shape[-2], kh, sh, pt, pb)
+    wo = pool_out_size(x.shape[-1], kw, sw, pl, pr)
+    xp = np.pad(x, [(0, 0)] * (x.ndim - 2) + [(pt, pb), (pl, pr)], constant_values=value)
+
+    def taps():
+        for i in range(kh):
+            for j in range(kw):
+                yield i, j, xp[..., i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+    return ho, wo, taps()
 
 
 def conv2d_float(x: np.ndarray, weight: np.ndarray, stride: tuple[int, int],
@@ -86,13 +93,11 @@ def conv2d_float(x: np.ndarray, weight: np.ndarray, stride: tuple[int, int],
     """
     n, cin, h, w = x.shape
     cout, cin_g, kh, kw = weight.shape
-    xp = _pad(np.asarray(x, np.float64), pads, 0.0)
-    ho = pool_out_size(h, kh, stride[0], pads[0], pads[2])
-    wo = pool_out_size(w, kw, stride[1], pads[1], pads[3])
-    xg = xp.reshape(n, groups, cin_g, xp.shape[2], xp.shape[3])
+    xg = np.asarray(x, np.float64).reshape(n, groups, cin_g, h, w)
+    ho, wo, taps = window_taps(xg, (kh, kw), stride, pads, 0.0)
     wg = np.asarray(weight, np.float64).reshape(groups, cout // groups, cin_g, kh, kw)
     out = np.zeros((n, groups, cout // groups, ho, wo))
-    for i, j, view in _taps(xg, kh, kw, stride, ho, wo):
+    for i, j, view in taps:
         out += np.einsum("ngchw,gdc->ngdhw", view, wg[:, :, :, i, j], optimize=True)
     return out.reshape(n, cout, ho, wo)
 
@@ -249,9 +254,9 @@ class MaxPool:
         return _window_shape(self, shape, self.kernel)
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        _, ho, wo = self.out_shape(x.shape[1:])
-        xp = _pad(x, self.pads, -np.inf)
-        return np.max([v for _, _, v in _taps(xp, *self.kernel, self.stride, ho, wo)], axis=0)
+        self.out_shape(x.shape[1:])   # raises if the window does not fit
+        _, _, taps = window_taps(x, self.kernel, self.stride, self.pads, -np.inf)
+        return np.max([v for _, _, v in taps], axis=0)
 
 
 @dataclass
@@ -281,9 +286,9 @@ class AvgPool:
         return _window_shape(self, shape, self.kernel)
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        _, ho, wo = self.out_shape(x.shape[1:])
-        xp = _pad(x, self.pads, 0.0)
-        return sum(v for _, _, v in _taps(xp, *self.kernel, self.stride, ho, wo)) / self.divisor
+        self.out_shape(x.shape[1:])   # raises if the window does not fit
+        _, _, taps = window_taps(x, self.kernel, self.stride, self.pads, 0.0)
+        return sum(v for _, _, v in taps) / self.divisor
 
 
 @dataclass

@@ -26,10 +26,12 @@ region masks only affect speed, never results.
 
 
 
+import functools
+import operator
 from dataclasses import dataclass, field, replace
 from typing import Iterator
 
-from amaranth.hdl import Shape, signed, unsigned
+from amaranth.hdl import Shape, Value, signed, unsigned
 from amaranth.lib import data, enum
 
 from .config import REGIONS, CoreConfig
@@ -37,6 +39,7 @@ from .config import REGIONS, CoreConfig
 __all__ = [
     "Opcode", "Mem", "ErrorCode", "AddrGen", "Params", "Insn", "INSN_BITS", "INSN_BYTES",
     "COUNT_MAX", "ADDR_BITS", "Addr", "Instruction", "Footprint", "footprint", "OPCODE_INFO",
+    "FieldRule", "FIELD_RULES", "field_rules", "bad_fields",
     "region_of", "regions_spanned", "layout_fields", "opcode_of", "PARAMS_VIEW",
     "pack_row", "unpack_row", "pack_rows", "unpack_rows", "CoreState",
 ]
@@ -75,7 +78,7 @@ class ErrorCode(enum.Enum, shape=3):
 
     NONE = 0
     ILLEGAL_OPCODE = 1   #: opcode value not in :class:`Opcode`
-    BAD_FIELD = 2        #: a parameter out of range for this core (lane, table, mem, count)
+    BAD_FIELD = 2        #: a field breaking one of the opcode's field rules on this core
     ADDRESS = 3          #: an address at or beyond the memory's depth
     REGION = 4           #: an address outside the stream's declared region mask
 
@@ -203,23 +206,22 @@ OPCODE_INFO: dict[Opcode, OpInfo] = {
         {"z": ("mem", "w")}, ("mem",)),
     Opcode.STORE: OpInfo(
         "Memory -> result stream",
-        "Each iteration reads row `x` of `mem` (SPAD or ACC; other values are BAD_FIELD) "
-        "and sends it on the result stream, packed as LOAD unpacks it, zero-extended to "
-        "the bus width, with `last` set on the final iteration.",
+        "Each iteration reads row `x` of `mem` and sends it on the result stream, packed "
+        "as LOAD unpacks it, zero-extended to the bus width, with `last` set on the final "
+        "iteration.",
         {"x": ("mem", "r")}, ("mem",)),
     Opcode.LOADW: OpInfo(
         "Weight buffer -> array bank",
         "Loads one rows x cols weight tile into weight bank `bank` of the array: array "
-        "row i receives WBUF row `x` of iteration i. Requires count0 = rows and "
-        "count1 = 1 (else BAD_FIELD). Runs alongside a matmul that uses the other bank.",
+        "row i receives WBUF row `x` of iteration i. Runs alongside a matmul that uses "
+        "the other bank.",
         {"x": (Mem.WBUF, "r")}, ("bank",)),
     Opcode.MATMUL: OpInfo(
         "Systolic matmul into the accumulators",
         "Each iteration multiplies the activation vector a = SPAD row `x`, bytes "
         "[lane*rows, lane*rows+rows) (int8 if `act_signed`, else uint8), by weight bank "
         "`bank` and writes ACC row `z` := sat(ACC[z] + a @ W) if `accumulate`, else "
-        "a @ W. The dot product is exact; only the accumulation saturates to acc_width. "
-        "`lane` must be < lanes/rows (else BAD_FIELD).",
+        "a @ W. The dot product is exact; only the accumulation saturates to acc_width.",
         {"x": (Mem.SPAD, "r"), "z": (Mem.ACC, "w")}, ("bank", "accumulate", "act_signed", "lane")),
     Opcode.REQUANT: OpInfo(
         "Accumulators -> 8-bit activations (shift requantization)",
@@ -230,8 +232,7 @@ OPCODE_INFO: dict[Opcode, OpInfo] = {
         "exact sum acc * 2**max(-a_j,0) + r * 2**max(a_j,0); see fxpgen.numerics); "
         "out = requantize(s, n_j) with round-half-even, saturated to int8 [-127, 127] if "
         "`out_signed` else uint8, and to >= 0 if `relu`. The bytes are written to SPAD row "
-        "`z` at [lane*cols, lane*cols+cols); the other bytes of the row are kept. "
-        "`lane` < lanes/cols and `table` < table_depth (else BAD_FIELD).",
+        "`z` at [lane*cols, lane*cols+cols); the other bytes of the row are kept.",
         {"x": (Mem.ACC, "r"), "y": (Mem.SPAD, "r"), "z": (Mem.SPAD, "w")},
         ("table", "lane", "relu", "out_signed", "residual", "res_signed")),
     Opcode.ADD: OpInfo(
@@ -444,6 +445,116 @@ def footprint(insn: Instruction) -> Footprint:
     if insn.opcode is Opcode.MATMUL:
         reads.add(("BANK", insn.params.get("bank", 0)))
     return Footprint(frozenset(reads), frozenset(writes))
+
+
+# --- field legality (what BAD_FIELD checks) ------------------------------------------
+
+#: Whether ``value`` breaks ``relation`` with ``bound``; written with operators that
+#: build the same test on Python ints and on Amaranth values.
+_BREAKS = {
+    "in": lambda value, bound: functools.reduce(operator.and_, [value != b for b in bound]),
+    "==": operator.ne,
+    "<": operator.ge,
+}
+
+
+@dataclass(frozen=True)
+class FieldRule:
+    """A condition an instruction field must meet on a given core, else the core stops
+    with ``BAD_FIELD`` before the instruction does anything.
+
+    ``field`` is ``"count0"``, ``"count1"`` or a field of the opcode's params view;
+    ``relation`` is ``"in"``, ``"=="`` or ``"<"``; ``bound`` is an int, a tuple of
+    :class:`Mem` members (for ``"in"``) or the name of the :class:`CoreConfig`
+    attribute that holds the int.
+    """
+
+    opcode: Opcode
+    field: str
+    relation: str
+    bound: "int | str | tuple[Mem, ...]"
+
+    def limit(self, cfg: CoreConfig) -> "int | tuple[Mem, ...]":
+        """The bound on core ``cfg``."""
+        return getattr(cfg, self.bound) if isinstance(self.bound, str) else self.bound
+
+    def broken_by_value(self, value, cfg: CoreConfig):
+        """Whether ``value`` breaks the rule on ``cfg``: a bool for an int, a 1-bit
+        Amaranth value for a field of an :class:`Insn` view."""
+        bound = self.limit(cfg)
+        if self.relation == "in" and isinstance(value, int):
+            bound = tuple(b.value for b in bound)
+        return _BREAKS[self.relation](value, bound)
+
+    def value(self, insn: "Instruction") -> int:
+        """The field's value in a decoded instruction (missing params are 0)."""
+        if self.field in ("count0", "count1"):
+            return getattr(insn, self.field)
+        return int(insn.params.get(self.field, 0))
+
+    def broken_by(self, insn: "Instruction", cfg: CoreConfig) -> bool:
+        """Whether ``insn`` (of this rule's opcode) breaks the rule on ``cfg``."""
+        return bool(self.broken_by_value(self.value(insn), cfg))
+
+    def broken_expr(self, insn: Insn, cfg: CoreConfig) -> Value:
+        """The same test on an Amaranth :class:`Insn` view (holding this opcode)."""
+        if self.field in ("count0", "count1"):
+            field = getattr(insn, self.field)
+        else:
+            field = getattr(getattr(insn.params, PARAMS_VIEW[self.opcode]), self.field)
+        return self.broken_by_value(field, cfg)
+
+    def encodable(self) -> range:
+        """Every value the field's bits can hold."""
+        if self.field in ("count0", "count1"):
+            return range(COUNT_MAX + 1)
+        _, width, is_signed = _PARAM_FIELDS[PARAMS_VIEW[self.opcode]][self.field]
+        return range(-(1 << (width - 1)), 1 << (width - 1)) if is_signed else range(1 << width)
+
+    def legal_values(self, cfg: CoreConfig) -> "range | tuple[int, ...]":
+        """The encodable values that meet the rule on ``cfg``, in increasing order."""
+        bound, values = self.limit(cfg), self.encodable()
+        if self.relation == "<":
+            return range(values.start, max(values.start, min(bound, values.stop)))
+        if self.relation == "==":
+            return (bound,) if bound in values else ()
+        return tuple(sorted(b.value for b in bound))
+
+    def illegal_values(self, cfg: CoreConfig) -> list[int]:
+        """The encodable values that break the rule on ``cfg`` (may be empty)."""
+        return [v for v in self.encodable() if self.broken_by_value(v, cfg)]
+
+    def describe(self) -> str:
+        """The rule as Markdown text, e.g. ``mem in {SPAD, ACC}``."""
+        if isinstance(self.bound, tuple):
+            bound = "{" + ", ".join(b.name for b in self.bound) + "}"
+        elif isinstance(self.bound, str):
+            bound = f"`CoreConfig.{self.bound}`"
+        else:
+            bound = str(self.bound)
+        return f"`{self.field}` {self.relation} {bound}"
+
+
+#: Every field rule, in the order the hardware and the simulator check them.
+FIELD_RULES: tuple[FieldRule, ...] = (
+    FieldRule(Opcode.STORE, "mem", "in", (Mem.SPAD, Mem.ACC)),
+    FieldRule(Opcode.LOADW, "count0", "==", "rows"),
+    FieldRule(Opcode.LOADW, "count1", "==", 1),
+    FieldRule(Opcode.MATMUL, "lane", "<", "matmul_lanes"),
+    FieldRule(Opcode.REQUANT, "lane", "<", "requant_lanes"),
+    FieldRule(Opcode.REQUANT, "table", "<", "table_depth"),
+)
+
+
+def field_rules(op: Opcode, rules: "tuple[FieldRule, ...]" = FIELD_RULES) -> tuple[FieldRule, ...]:
+    """The rules of ``rules`` that apply to opcode ``op``."""
+    return tuple(r for r in rules if r.opcode is op)
+
+
+def bad_fields(insn: "Instruction", cfg: CoreConfig,
+               rules: "tuple[FieldRule, ...]" = FIELD_RULES) -> list[FieldRule]:
+    """The rules ``insn`` breaks on ``cfg`` (empty if it can execute)."""
+    return [r for r in field_rules(insn.opcode, rules) if r.broken_by(insn, cfg)]
 
 
 def layout_fields(layout=None, prefix: str = "") -> Iterator[tuple[str, int, int, object]]:

@@ -1,7 +1,7 @@
 """Generate the ISA reference (``docs/isa.md``) from the declarations in
 :mod:`fxpgen.isa`.
 
-Every table comes from the layouts, enums and ``OPCODE_INFO``; the prose comes from
+Every table comes from the layouts, enums, ``OPCODE_INFO`` and ``FIELD_RULES``; the prose comes from
 their docstrings and ``#:`` comments, and the assembler syntax from
 :mod:`fxpgen.asm`. Regenerate with ``python -m fxpgen.isadoc > docs/isa.md``; a test
 checks that the file is up to date.
@@ -20,7 +20,7 @@ from . import asm, isa
 from .config import REGIONS, CoreConfig
 from .isa import (
     INSN_BITS, INSN_BYTES, OPCODE_INFO, PARAMS_VIEW, ErrorCode, Mem, Opcode, Params,
-    layout_fields,
+    field_rules, layout_fields,
 )
 
 __all__ = ["EXAMPLES", "isa_markdown", "main"]
@@ -100,6 +100,10 @@ def _stream_memory(mem) -> str:
 def _opcode_section(op: Opcode) -> list[str]:
     info = OPCODE_INFO[op]
     out = [f"### {op.name} ({op.value}): {info.summary}", "", info.semantics, ""]
+    rules = field_rules(op)
+    if rules:
+        out += ["Field rules (else `BAD_FIELD`, checked before anything runs): "
+                + "; ".join(r.describe() for r in rules) + ".", ""]
     fields = asm.param_fields(op)
     if fields:
         base = _params_offset()

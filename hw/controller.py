@@ -10,17 +10,20 @@ bad field) or a unit's address error latches ``error``/``error_pc``, aborts ever
 unit and stops fetching: the core never hangs and never writes past a fault.
 """
 
+import functools
+import operator
+
 from amaranth import *
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from fxpgen.config import CoreConfig
-from fxpgen.isa import INSN_BITS, CoreState, ErrorCode, Insn, Mem, Opcode
+from fxpgen.isa import FIELD_RULES, INSN_BITS, CoreState, ErrorCode, Insn, Opcode, field_rules
 
 from .unit_port import PC_WIDTH, UnitControl
 from .hazards import insn_footprint
 
-__all__ = ["Controller", "UNITS", "UNIT_OF"]
+__all__ = ["Controller", "UNITS", "UNIT_OF", "bad_field"]
 
 #: Execution units, in error-priority order.
 UNITS = ("load", "store", "loadw", "matmul", "vector")
@@ -29,6 +32,18 @@ UNIT_OF = {
     Opcode.MATMUL: "matmul", Opcode.REQUANT: "vector", Opcode.ADD: "vector", Opcode.MAX: "vector",
 }
 COUNTERS = ("cycles", "mac_cycles", "stall_dispatch", "stall_data", "stall_result", "insns")
+
+
+def bad_field(m: Module, cur, cfg: CoreConfig) -> Value:
+    """Whether the decoded instruction view ``cur`` breaks a field rule of its opcode on
+    core ``cfg`` (:data:`~fxpgen.isa.FIELD_RULES`); combinational logic added to ``m``."""
+    bad = Signal()
+    with m.Switch(cur.opcode):
+        for op in dict.fromkeys(r.opcode for r in FIELD_RULES):
+            with m.Case(op):
+                broken = (r.broken_expr(cur, cfg) for r in field_rules(op))
+                m.d.comb += bad.eq(functools.reduce(operator.or_, broken))
+    return bad
 
 
 class Controller(wiring.Component):
@@ -49,23 +64,6 @@ class Controller(wiring.Component):
             members[f"count_{c}"] = Out(cfg.counter_width)
         super().__init__(members)
 
-    def bad_field(self, m: Module, cur) -> Value:
-        """Parameters this core cannot execute (OPCODE_INFO states each rule)."""
-        cfg = self._cfg
-        bad = Signal()
-        with m.Switch(cur.opcode):
-            with m.Case(Opcode.STORE):
-                mem = cur.params.store.mem
-                m.d.comb += bad.eq((mem != Mem.SPAD) & (mem != Mem.ACC))
-            with m.Case(Opcode.LOADW):
-                m.d.comb += bad.eq((cur.count0 != cfg.rows) | (cur.count1 != 1))
-            with m.Case(Opcode.MATMUL):
-                m.d.comb += bad.eq(cur.params.matmul.lane >= cfg.matmul_lanes)
-            with m.Case(Opcode.REQUANT):
-                p = cur.params.requant
-                m.d.comb += bad.eq((p.lane >= cfg.requant_lanes) | (p.table >= cfg.table_depth))
-        return bad
-
     def elaborate(self, platform):
         m = Module()
         units = {u: getattr(self, u) for u in UNITS}
@@ -79,7 +77,7 @@ class Controller(wiring.Component):
 
         legal = Signal()
         m.d.comb += legal.eq(cur.opcode.matches(*(op.value for op in Opcode)))
-        bad = self.bad_field(m, cur)
+        bad = bad_field(m, cur, self._cfg)
         reads, writes = insn_footprint(m, cur)
 
         all_idle = Signal()

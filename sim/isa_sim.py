@@ -43,7 +43,7 @@ from typing import Sequence
 import numpy as np
 
 from fxpgen.config import REGIONS, CoreConfig
-from fxpgen.isa import (INSN_BITS, ErrorCode, Instruction, Mem, Opcode, opcode_of)
+from fxpgen.isa import INSN_BITS, ErrorCode, Instruction, Mem, Opcode, bad_fields, opcode_of
 from fxpgen.numerics import add_saturate, aligned_add, matmul_accumulate, maximum, requantize
 
 __all__ = ["RunResult", "Machine", "ProgramError", "run_program", "CHUNK"]
@@ -188,16 +188,7 @@ def _make_plan(cfg: CoreConfig, word: int) -> _Plan | None:
         a = getattr(insn, s)
         streams.append(_Stream(s, mem, a.base, a.stride0, a.stride1, a.regions, cfg.depth(mem)))
     p, op = insn.params, insn.opcode
-    if op is Opcode.STORE:
-        bad = Mem(p["mem"]) not in (Mem.SPAD, Mem.ACC)
-    elif op is Opcode.LOADW:
-        bad = insn.count0 != cfg.rows or insn.count1 != 1
-    elif op is Opcode.MATMUL:
-        bad = p["lane"] >= cfg.matmul_lanes
-    elif op is Opcode.REQUANT:
-        bad = p["lane"] >= cfg.requant_lanes or p["table"] >= cfg.table_depth
-    else:
-        bad = False
+    bad = bool(bad_fields(insn, cfg))
     # Only these streams read the memory `z` writes (SPAD), so only they can read
     # rows written earlier by the same instruction.
     if op in (Opcode.ADD, Opcode.MAX):

@@ -4,7 +4,8 @@ Programs mix every opcode with random address loops, strides, lanes, banks, regi
 masks (exact or wider than needed), shift-table entries and flags, over small
 memories so that instructions collide on regions often and the hazard logic is
 exercised. Every program ends with HALT. Error programs end in one faulting
-instruction of a chosen kind.
+instruction of a chosen kind; a ``bad_field`` one breaks one field rule
+(:data:`fxpgen.isa.FIELD_RULES`) picked at random.
 
 Everything is drawn from one ``random.Random``: a seed reproduces a program.
 """
@@ -15,9 +16,11 @@ import random
 from dataclasses import dataclass, replace
 
 from fxpgen.config import REGIONS, CoreConfig
-from fxpgen.isa import Addr, Instruction, Mem, Opcode, region_of
+from fxpgen.isa import (FIELD_RULES, Addr, FieldRule, Instruction, Mem, Opcode, field_rules,
+                        region_of)
 
-__all__ = ["RandomProgram", "random_program", "random_error_program", "ERROR_KINDS"]
+__all__ = ["RandomProgram", "random_program", "random_error_program", "ERROR_KINDS",
+           "breakable_rules", "breaking"]
 
 #: Relative frequency of each opcode in random programs.
 MIX = {
@@ -93,6 +96,12 @@ class _Gen:
         # Bits above the row must be ignored by the core.
         return word | (r.getrandbits(self.cfg.bus_width - bits) << bits if self.cfg.bus_width > bits else 0)
 
+    def ruled(self, op: Opcode, name: str) -> int:
+        """A random value of field ``name`` of ``op`` that meets its field rule."""
+        rule = next(r for r in field_rules(op) if r.field == name)
+        values = rule.legal_values(self.cfg)
+        return values[0] if len(values) == 1 else self.rng.choice(values)
+
     def instruction(self, op: Opcode) -> Instruction:
         cfg, r = self.cfg, self.rng
         c0, c1 = self.counts()
@@ -109,18 +118,19 @@ class _Gen:
             self.data += [self.row_data(mem) for _ in range(c0 * c1)]
             return Instruction(op, {"mem": mem.value}, c0, c1, z=z)
         if op is Opcode.STORE:
-            mem = r.choice([Mem.SPAD, Mem.ACC])
+            mem = Mem(self.ruled(op, "mem"))
             return Instruction(op, {"mem": mem.value}, c0, c1, x=self.stream(cfg.depth(mem), c0, c1))
         if op is Opcode.LOADW:
-            return Instruction(op, {"bank": r.randrange(2)}, cfg.rows, 1,
-                               x=self.stream(cfg.wbuf_depth, cfg.rows, 1))
+            c0, c1 = self.ruled(op, "count0"), self.ruled(op, "count1")
+            return Instruction(op, {"bank": r.randrange(2)}, c0, c1,
+                               x=self.stream(cfg.wbuf_depth, c0, c1))
         if op is Opcode.MATMUL:
             params = {"bank": r.randrange(2), "accumulate": r.randrange(2),
-                      "act_signed": r.randrange(2), "lane": r.randrange(cfg.matmul_lanes)}
+                      "act_signed": r.randrange(2), "lane": self.ruled(op, "lane")}
             return Instruction(op, params, c0, c1, x=self.stream(cfg.spad_depth, c0, c1),
                                z=self.stream(cfg.acc_depth, c0, c1))
         if op is Opcode.REQUANT:
-            params = {"table": r.randrange(cfg.table_depth), "lane": r.randrange(cfg.requant_lanes),
+            params = {"table": self.ruled(op, "table"), "lane": self.ruled(op, "lane"),
                       "relu": r.randrange(2), "out_signed": r.randrange(2),
                       "residual": r.randrange(2), "res_signed": r.randrange(2)}
             y = self.stream(cfg.spad_depth, c0, c1) if params["residual"] else Addr(0, 0, 0, 0)
@@ -162,6 +172,22 @@ class _Gen:
                 return insn
 
 
+def breakable_rules(cfg: CoreConfig) -> list[FieldRule]:
+    """The field rules some encodable value breaks on ``cfg`` (a bound at the top of a
+    field's range cannot be broken)."""
+    return [r for r in FIELD_RULES if r.illegal_values(cfg)]
+
+
+def breaking(insn: Instruction, rule: FieldRule, cfg: CoreConfig,
+             rng: random.Random) -> Instruction:
+    """``insn`` (of ``rule.opcode``) with ``rule``'s field set to a random value that
+    breaks it; every other field is kept."""
+    value = rng.choice(rule.illegal_values(cfg))
+    if rule.field in ("count0", "count1"):
+        return replace(insn, **{rule.field: value})
+    return replace(insn, params={**insn.params, rule.field: value})
+
+
 def random_program(cfg: CoreConfig, rng: random.Random, length: tuple[int, int] = (6, 24)) -> RandomProgram:
     """A random legal program of ``length`` instructions (range) plus HALT."""
     g = _Gen(cfg, rng)
@@ -187,19 +213,8 @@ def random_error_program(cfg: CoreConfig, rng: random.Random, kind: str) -> Rand
         word = Instruction(Opcode.HALT).encode(cfg) & ~0xF
         insns.append(word | rng.choice([0, 10, 11, 12, 13, 14, 15]))
     elif kind == "bad_field":
-        choice = rng.randrange(4)
-        if choice == 0:
-            insns.append(Instruction(Opcode.STORE, {"mem": rng.choice([Mem.WBUF, Mem.TABLE]).value},
-                                     1, 1, x=Addr(0, 0, 0, 1)))
-        elif choice == 1:
-            insns.append(Instruction(Opcode.LOADW, {"bank": 0}, cfg.rows + rng.randint(1, 3), 1,
-                                     x=Addr(0, 1, 0, 15)))
-        elif choice == 2:
-            insns.append(Instruction(Opcode.MATMUL, {"lane": cfg.matmul_lanes + rng.randint(0, 2)},
-                                     1, 1, x=Addr(0, 0, 0, 1), z=Addr(0, 0, 0, 1)))
-        else:
-            insns.append(Instruction(Opcode.REQUANT, {"table": cfg.table_depth + rng.randint(0, 3)},
-                                     1, 1, x=Addr(0, 0, 0, 1), z=Addr(0, 0, 0, 1)))
+        rule = rng.choice(breakable_rules(cfg))
+        insns.append(breaking(g.legal(rule.opcode), rule, cfg, rng))
     else:
         while True:
             op = rng.choice([Opcode.LOAD, Opcode.STORE, Opcode.LOADW, Opcode.MATMUL, Opcode.REQUANT,
