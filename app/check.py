@@ -6,9 +6,10 @@ from typing import Callable
 
 import numpy as np
 
+from fxpgen.app.engines import make_engine
 from fxpgen.compiler.gemm import build_gemm, gemm_reference, random_gemm
 from fxpgen.config import CoreConfig
-from fxpgen.isa import ErrorCode
+from fxpgen.sim.engine import GemmRunnable
 
 __all__ = ["run_check"]
 
@@ -17,40 +18,34 @@ def run_check(cfg: CoreConfig, m: int, k: int, n: int, *, seed: int = 0, stall: 
               progress: Callable[[str], None] | None = None) -> dict:
     """Run the GEMM through the RTL, the instruction-level simulator and the golden
     model; return a report (bit-identity, cycle counters, utilization, timings)."""
-    from fxpgen.sim.core_rtl import RtlProgram, core_model, run_on_rtl
-    from fxpgen.sim.isa_sim import run_program
-
     say = progress or (lambda msg: None)
     a, b, shift = random_gemm(m, k, n, seed)
-    program = build_gemm(cfg, a, b, shift)
-    words = program.words
-    golden = gemm_reference(a, b, shift, cfg.acc_width)
+    program = GemmRunnable(build_gemm(cfg, a, b, shift), gemm_reference(a, b, shift, cfg.acc_width))
+    golden = program.golden([None])[0]
 
-    say(f"instruction-level simulator: {len(words)} instructions")
-    isa = run_program(cfg, words, program.data)
-    isa_ok = isa.error is ErrorCode.NONE and np.array_equal(program.decode_results(isa.results), golden)
+    say(f"instruction-level simulator: {len(program.words)} instructions")
+    try:
+        isa_ok = bool(np.array_equal(make_engine("isa").run(program, [None]).outputs[0], golden))
+    except RuntimeError:            # the simulator stopped on an error
+        isa_ok = False
 
     say("building the Verilator model (cached after the first build of a configuration)")
-    model = core_model(cfg)
+    rtl = make_engine("rtl", seed=seed, stall_prob=stall, strict=False)
+    model = rtl.model(cfg)
     say(f"running on the RTL ({'built' if model.rebuilt else 'cached'} model)")
-    # Generous bound: every instruction serialised, plus stalls.
-    max_cycles = int(20 * (program.plan.macs // (cfg.rows * cfg.cols) + len(words) * 64
-                           + len(program.data) + program.n_results) / max(1e-3, 1 - stall)) + 10_000
-    results, info = run_on_rtl(cfg, [RtlProgram(words, program.data, program.n_results)],
-                               seed=seed, stall_prob=stall, max_cycles=max_cycles, model=model)
-    r = results[0]
-    rtl_ok = (not r.timed_out and r.error == ErrorCode.NONE.value and r.state == 2
-              and len(r.results) == program.n_results
-              and np.array_equal(program.decode_results(r.results), golden))
-    c = r.counters
+    per_input, info = rtl.run_segments(cfg, [program.segments(None)])
+    r = per_input[0]
+    c = r["layers"][-1]
+    failure = r.get("failure")
+    got = None if failure else program.decode(r["results"])
     ideal = m * k * n / (cfg.rows * cfg.cols)
     return {
         "config": cfg.as_dict(),
         "gemm": {"m": m, "k": k, "n": n, "seed": seed},
-        "bit_identical": bool(rtl_ok),
-        "isa_sim_identical": bool(isa_ok),
-        "rtl_error": ErrorCode(r.error).name,
-        "timed_out": r.timed_out,
+        "bit_identical": got is not None and bool(np.array_equal(got, golden)),
+        "isa_sim_identical": isa_ok,
+        "rtl_error": failure["error"] if failure else "NONE",
+        "timed_out": failure["timed_out"] if failure else False,
         "cycles": c["cycles"],
         "ideal_cycles": ideal,
         "utilization": ideal / c["cycles"] if c["cycles"] else 0.0,
@@ -58,8 +53,8 @@ def run_check(cfg: CoreConfig, m: int, k: int, n: int, *, seed: int = 0, stall: 
         "stall_dispatch": c["stall_dispatch"],
         "stall_data": c["stall_data"],
         "stall_result": c["stall_result"],
-        "instructions": len(words),
-        "chunk": program.plan.chunk,
+        "instructions": len(program.words),
+        "chunk": program.program.plan.chunk,
         "rebuilt": info["rebuilt"],
         "verilator_build_s": info["verilator_build_s"],
         "sim_s": info["sim_s"],

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from fxpgen.app.engines import ENGINES
 from fxpgen.config import CoreConfig
 
 __all__ = ["main"]
@@ -203,7 +204,7 @@ def compile_cmd(model: Path, calib: Path, cfg: CoreConfig, outdir: Path, mode: s
 @click.argument("outdir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               required=True, help="Float input(s) (.npy): one image C x H x W or a batch.")
-@click.option("--engine", type=click.Choice(["golden", "isa", "rtl", "native", "board"]), default="golden",
+@click.option("--engine", type=click.Choice(list(ENGINES)), default="golden",
               show_default=True)
 @click.option("--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the integer outputs (.npy, N x C x H x W) here.")

@@ -1,51 +1,33 @@
-"""Running a compiled network: the golden model, the instruction-level simulator
-and the RTL (Verilator) give the same integers."""
+"""The engines by name: what ``fxpgen run``, ``fxpgen check``, ``fxpgen demo`` and the
+benchmarks run programs on.
+
+    engine = make_engine("native", batch=32)
+    result = engine.run(NetworkProgram.from_program(prog, qg), inputs)
+
+Every engine implements :class:`fxpgen.sim.engine.Engine`; its constructor takes
+its options as keywords (the board's ``port``, the RTL engines' ``batch``, ...)."""
 
 from __future__ import annotations
 
-from fxpgen.config import CoreConfig
-from fxpgen.isa import ErrorCode
-from fxpgen.sim.segments import LayerSegment, cycle_budget
+from fxpgen.boards.engine import BoardEngine
+from fxpgen.sim.engine import Engine, GoldenEngine, IsaEngine
+from fxpgen.sim.rtl_engines import NativeEngine, RtlEngine
 
-__all__ = ["run_isa", "run_rtl", "run_native"]
+__all__ = ["ENGINES", "engine_class", "make_engine"]
 
-
-def run_isa(cfg: CoreConfig, words: list[int], data: list[int]) -> list[int]:
-    """Result words of the instruction-level simulator; raises on an error."""
-    from fxpgen.sim.isa_sim import run_program
-    res = run_program(cfg, words, data)
-    if res.error is not ErrorCode.NONE:
-        raise RuntimeError(f"instruction-level simulator stopped: {res.error.name} at "
-                           f"instruction {res.error_pc}")
-    return res.results
+#: Engine name -> engine class.
+ENGINES: dict[str, type[Engine]] = {cls.name: cls for cls in
+                                    (GoldenEngine, IsaEngine, RtlEngine, NativeEngine, BoardEngine)}
 
 
-def run_rtl(cfg: CoreConfig, segments_per_image: list[list[LayerSegment]], *, seed: int = 0,
-            stall_prob: float = 0.0, model=None):
-    """Run images (each a list of layer segments) on the RTL in one simulation.
-    Returns, per image, the result words and the per-layer counters, and timing info."""
-    from fxpgen.sim.core_rtl import RtlProgram, run_on_rtl
-    programs, owners = [], []
-    for k, segs in enumerate(segments_per_image):
-        for s in segs:
-            programs.append(RtlProgram(s.words, s.data, s.n_results,
-                                       max_cycles=cycle_budget(s)))
-            owners.append((k, s.layer))
-    results, info = run_on_rtl(cfg, programs, seed=seed, stall_prob=stall_prob, model=model)
-    images = [{"results": [], "layers": []} for _ in segments_per_image]
-    for (k, layer), r in zip(owners, results):
-        if r.timed_out or r.state != 2:
-            raise RuntimeError(f"RTL run of image {k}, layer {layer}: "
-                               + ("timed out" if r.timed_out else f"stopped with {ErrorCode(r.error).name}"))
-        images[k]["results"] += r.results
-        images[k]["layers"].append({"layer": layer, **r.counters})
-    return images, info
+def engine_class(name: str) -> type[Engine]:
+    """The engine class registered as ``name``; ValueError naming the choices otherwise."""
+    try:
+        return ENGINES[name]
+    except KeyError:
+        raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}") from None
 
 
-def run_native(cfg: CoreConfig, segments_per_image: list[list[LayerSegment]], *, seed: int = 0,
-               stall_prob: float = 0.0, model=None):
-    """Like :func:`run_rtl`, in the Verilator-native harness (no Python per cycle):
-    the same results and per-layer counters, many times faster. Timing info also
-    has ``cycles`` and ``cycles_per_s``."""
-    from fxpgen.sim.native import run_native as run
-    return run(cfg, segments_per_image, seed=seed, stall_prob=stall_prob, model=model)
+def make_engine(name: str, **options) -> Engine:
+    """An engine ``name`` built with ``options`` (its constructor's keywords)."""
+    return engine_class(name)(**options)

@@ -11,9 +11,7 @@ import numpy as np
 
 from fxpgen.config import CoreConfig
 
-__all__ = ["compile_model", "load_compiled", "run_compiled", "ENGINES", "demo"]
-
-ENGINES = ("golden", "isa", "rtl", "native", "board")
+__all__ = ["compile_model", "load_compiled", "run_compiled", "demo"]
 
 
 def compile_model(model, calib: np.ndarray, cfg: CoreConfig, outdir: Path, *, mode: str = "std",
@@ -84,65 +82,44 @@ def _images(x: np.ndarray, shape) -> np.ndarray:
 
 def run_compiled(outdir: Path, x: np.ndarray, engine: str, *, progress: Callable | None = None,
                  batch: int = 16, board: dict | None = None) -> dict:
-    """Run float inputs through a compiled program on one engine. Returns the integer
-    outputs (N x C x H x W, in the output format) and, for the RTL and a board,
-    per-layer counters and whether every output equals the golden model's.
+    """Run float inputs through a compiled program on one engine (a name of
+    :data:`fxpgen.app.engines.ENGINES`). Returns the integer outputs (N x C x H x W,
+    in the output format) and, for the RTL and a board, per-layer counters and
+    whether every output equals the golden model's.
 
-    ``board``: ``port``, ``baud``, ``timeout``, ``baked`` for the board engine."""
-    from fxpgen.app.engines import run_isa, run_rtl
-    from fxpgen.sim.segments import split_layers
-    from fxpgen.compiler.golden import quantize_input, run_golden_batch
+    ``batch``: inputs per RTL simulation; ``board``: ``port``, ``baud``,
+    ``timeout``, ``baked`` for the board engine."""
+    from fxpgen.app.engines import engine_class
+    from fxpgen.compiler.golden import quantize_input
+    from fxpgen.sim.engine import NetworkProgram
+    from fxpgen.sim.rtl_engines import SegmentEngine
 
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    cls = engine_class(engine)
     prog, qg = load_compiled(outdir)
     images = _images(x, qg.tensor(qg.input).shape)
     xq = [np.asarray(quantize_input(qg, img), np.int64) for img in images]
-    low = prog.lowered_view()
-    cfg = prog.cfg
-    tick = progress or (lambda n: None)
-    out = {"engine": engine, "config": cfg.as_dict()}
-    t0 = time.monotonic()
-    if engine == "golden":
-        ys = list(run_golden_batch(qg, np.stack(xq))[qg.output])
-        tick(len(xq))
-    elif engine == "isa":
-        ys = []
-        for q in xq:
-            ys.append(low.decode_output(run_isa(cfg, prog.words, low.data(low.image_words(q)))))
-            tick(1)
+    program = NetworkProgram.from_program(prog, qg)
+    if issubclass(cls, SegmentEngine):
+        eng = cls(batch=batch)
     elif engine == "board":
-        from fxpgen.boards.runtime import connect, run_images
-        opts = board or {}
-        link = connect(opts["port"], opts.get("baud", 1_000_000), opts.get("timeout", 2.0))
-        ys, per_image = run_images(link, prog, xq, baked=opts.get("baked", False), progress=tick)
-        if per_image and per_image[0]:
-            out["layers"] = _layer_table(per_image, cfg)
-            out["cycles_per_image"] = float(np.mean([sum(l["cycles"] for l in img) for img in per_image]))
-        out["frames_rejected"] = list(link.rejected)
+        eng = cls(**{k: v for k, v in (board or {}).items() if v is not None})
     else:
-        from fxpgen.app.engines import run_native
-        from fxpgen.sim.core_rtl import core_model
-        from fxpgen.sim.native import native_model
-        layers = prog.layers
-        model = native_model(cfg) if engine == "native" else core_model(cfg)
-        run_engine = run_native if engine == "native" else run_rtl
-        ys, per_image = [], []
-        for k in range(0, len(xq), batch):
-            segs = [split_layers(prog.words, layers, low.data(low.image_words(q))) for q in xq[k:k + batch]]
-            res, info = run_engine(cfg, segs, model=model)
-            for r in res:
-                ys.append(low.decode_output(r["results"]))
-                per_image.append(r["layers"])
-            tick(len(segs))
-        out["layers"] = _layer_table(per_image, cfg)
-        out["cycles_per_image"] = float(np.mean([sum(l["cycles"] for l in img) for img in per_image]))
-        out["verilator_build_s"] = model.build_s
+        eng = cls()
+    out = {"engine": engine, "config": prog.cfg.as_dict()}
+    t0 = time.monotonic()
+    res = eng.run(program, xq, progress=progress)
+    if res.layers is not None and res.layers and res.layers[0]:
+        out["layers"] = _layer_table(res.layers, prog.cfg)
+        out["cycles_per_image"] = float(np.mean([sum(l["cycles"] for l in img) for img in res.layers]))
+    if "frames_rejected" in res.info:
+        out["frames_rejected"] = res.info["frames_rejected"]
+    if "verilator_build_s" in res.info:
+        out["verilator_build_s"] = res.info["verilator_build_s"]
     out["seconds"] = time.monotonic() - t0
-    if engine in ("rtl", "native", "board"):
-        golden = run_golden_batch(qg, np.stack(xq))[qg.output]
-        out["golden_identical"] = bool(all(np.array_equal(y, g) for y, g in zip(ys, golden)))
-    out["outputs"] = np.stack(ys)
+    if cls.checked_against_golden:
+        golden = program.golden(xq)
+        out["golden_identical"] = bool(all(np.array_equal(y, g) for y, g in zip(res.outputs, golden)))
+    out["outputs"] = np.stack(res.outputs)
     return out
 
 

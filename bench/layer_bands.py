@@ -14,7 +14,7 @@ output is then exactly rows ``[y0, y1)`` of the layer's output (``band_golden``
 checks it in numpy, the bench on the RTL).
 
 A band program is the lowering of that graph with one extra HALT after the input
-load, so its three HALT segments are: input load (the zero border and the crop, from
+load (:func:`fxpgen.sim.segments.with_input_halt`), so its three HALT segments are: input load (the zero border and the crop, from
 the data stream), the layer itself (weights, biases, shifts, matmuls, requantization:
 what the layer costs inside a whole-network run, which starts each layer on an idle
 core after the previous layer's HALT), and the output store.
@@ -37,9 +37,8 @@ from fxpgen.compiler.gemm import DoesNotFit, ceil_div
 from fxpgen.compiler.lower import Lowered, lower
 from fxpgen.compiler.qgraph import QConv, QGraph, QTensor
 from fxpgen.config import CoreConfig
-from fxpgen.sim.segments import LayerSegment, split_layers
-from fxpgen.isa import Instruction, Opcode
 from fxpgen.compiler.golden import run_golden
+from fxpgen.sim.engine import NetworkProgram
 
 __all__ = ["BandRows", "band_rows", "band_op", "band_graph", "band_golden", "layer_graph",
            "BandProgram", "band_program", "plan_bands", "spad_rows_for_band", "rows_per_chunk"]
@@ -133,48 +132,32 @@ def spad_rows_for_band(qg: QGraph, op: QConv, n: int, cfg: CoreConfig) -> int:
 
 @dataclass
 class BandProgram:
-    """A band's program, cut at its HALTs into input, layer and output segments."""
+    """A band's runnable program (a HALT after the input load, so three HALT
+    segments: input, layer, output) and the band's input, the crop."""
 
     y0: int
     y1: int
-    lowered: Lowered
-    segments: list[LayerSegment]
-    matmul_vectors: int          # array vectors the layer segment issues
+    program: NetworkProgram
+    crop: np.ndarray
 
-    def max_cycles(self) -> int:
-        """A generous cycle budget for each segment (the engines' default budget,
-        200k + 400 per instruction, is too small for long matmuls)."""
-        words = sum(len(s.words) for s in self.segments)
-        data = sum(len(s.data) for s in self.segments)
-        return 200_000 + 4 * self.matmul_vectors + 400 * words + 8 * data
-
-
-def _with_input_halt(low: Lowered) -> tuple[list[Instruction], list[str]]:
-    """The program with a HALT after the input load, so the core's counters measure
-    the input load and the layer separately."""
-    insns, layers = list(low.instructions), list(low.layers)
-    last_input = max(i for i, name in enumerate(layers) if name == "input")
-    insns.insert(last_input + 1, Instruction(Opcode.HALT))
-    layers.insert(last_input + 1, "input")
-    return insns, layers
+    @property
+    def lowered(self) -> Lowered:
+        return self.program.view
 
 
 def band_program(qg: QGraph, op: QConv, y0: int, y1: int, x: np.ndarray,
                  cfg: CoreConfig) -> BandProgram:
-    """Lower a band for ``cfg`` (raises :class:`DoesNotFit`) and cut it into segments."""
+    """Lower a band for ``cfg`` (raises :class:`DoesNotFit`)."""
     g, crop = band_graph(qg, op, y0, y1, x)
     # Only the network's input is unfolded for its conv (the host lays it out), as in
     # the whole-network program.
     low = lower(g, cfg, unfold=op.input == qg.input)
-    insns, layers = _with_input_halt(low)
-    words = [i.encode(cfg) for i in insns]
-    data = low.data(low.image_words(np.asarray(crop, np.int64)))
-    segs = split_layers(words, layers, data)
-    if len(segs) != 3:
-        raise AssertionError(f"{op.name}: a band program should have 3 HALT segments, not {len(segs)}")
-    segs[0].layer, segs[1].layer, segs[2].layer = "input", op.name, "output"
-    vectors = sum(i.iterations for i in low.instructions if i.opcode is Opcode.MATMUL)
-    return BandProgram(y0, y1, low, segs, vectors)
+    program = NetworkProgram.from_lowered(low, g, input_halt=True)
+    crop = np.asarray(crop, np.int64)
+    n_segs = len(program.segments(crop))
+    if n_segs != 3:
+        raise AssertionError(f"{op.name}: a band program should have 3 HALT segments, not {n_segs}")
+    return BandProgram(y0, y1, program, crop)
 
 
 def plan_bands(qg: QGraph, op: QConv, cfg: CoreConfig) -> list[tuple[int, int]]:

@@ -46,7 +46,8 @@ import numpy as np
 from fxpgen.compiler.gemm import random_gemm
 from fxpgen.compiler.gemm import build_gemm, gemm_reference
 from fxpgen.config import CoreConfig
-from fxpgen.sim.segments import split_layers
+from fxpgen.sim.engine import NetworkProgram
+from fxpgen.sim.segments import cycle_budget
 from fxpgen.isa import Instruction, Opcode
 from fxpgen.sim.core_rtl import RtlProgram, core_model, run_on_rtl
 from fxpgen.sim.native import native_model, run_on_native
@@ -82,7 +83,7 @@ def gemm_workload(cfg: CoreConfig, seed: int = 0):
 
 def digits_workload(cfg: CoreConfig, images: int, workdir: Path):
     """(programs, check) for ``images`` digits test images, one program per layer."""
-    from fxpgen.compiler.golden import quantize_input, run_golden_batch
+    from fxpgen.compiler.golden import quantize_input
 
     from fxpgen.app.flow import compile_model, load_compiled
     from fxpgen.models import digits_assets
@@ -90,25 +91,23 @@ def digits_workload(cfg: CoreConfig, images: int, workdir: Path):
     a = digits_assets()
     compile_model(a["model"], np.load(a["calib"]), cfg, workdir)
     prog, qg = load_compiled(workdir)
-    low = prog.lowered_view()
+    program = NetworkProgram.from_program(prog, qg)
     x = np.load(a["test_x"])
     images = min(images, len(x))
     xq = [np.asarray(quantize_input(qg, img), np.int64) for img in x[:images]]
-    golden = np.asarray(run_golden_batch(qg, np.stack(xq))[qg.output])
+    golden = np.asarray(program.golden(xq))
     programs, per_image = [], []
     for q in xq:
-        segs = split_layers(prog.words, prog.layers, low.data(low.image_words(q)))
+        segs = program.segments(q)
         per_image.append(len(segs))
-        programs += [RtlProgram(s.words, s.data, s.n_results,
-                                max_cycles=200_000 + 400 * len(s.words) + 4 * len(s.data))
-                     for s in segs]
+        programs += [RtlProgram(s.words, s.data, s.n_results, max_cycles=cycle_budget(s)) for s in segs]
 
     def check(results) -> bool:
         if len(results) != len(programs):
             return False
         outs, pos = [], 0
         for n in per_image:
-            outs.append(low.decode_output([w for r in results[pos:pos + n] for w in r.results]))
+            outs.append(program.decode([w for r in results[pos:pos + n] for w in r.results]))
             pos += n
         return bool(np.array_equal(np.stack(outs), golden[:len(outs)]))
 

@@ -51,35 +51,39 @@ def board_check(link: BoardLink, m: int, k: int, n: int, *, seed: int = 0) -> di
     }
 
 
-def run_images(link: BoardLink, prog, images_q: list[np.ndarray], *, baked: bool = False,
+def run_images(link: BoardLink, program, inputs: list, *, baked: bool = False,
                progress=None) -> tuple[list[np.ndarray], list[list[dict]]]:
-    """Run quantized images through a compiled program on the board. Returns the
-    decoded outputs and, per image, the counters per layer (read at each layer's
-    HALT; none with ``baked``: the board's ROM program runs without pausing)."""
-    from fxpgen.sim.segments import split_layers
-    if link.cfg != prog.cfg:
+    """Run inputs through a runnable program (:class:`fxpgen.sim.engine.Runnable`) on
+    the board. Returns the decoded outputs and, per input, the counters per layer
+    (read at each layer's HALT; none with ``baked``: the board's ROM program runs
+    without pausing)."""
+    if link.cfg != program.cfg:
         raise RuntimeError(f"the board's core ({link.cfg.name}) is not the one the program was "
-                           f"compiled for ({prog.cfg.name})")
-    low = prog.lowered_view()
-    if baked and link.info["rom_insns"] != len(prog.words):
+                           f"compiled for ({program.cfg.name})")
+    if baked and link.info["rom_insns"] != len(program.words):
         raise RuntimeError(f"the board's baked program has {link.info['rom_insns']} instructions, "
-                           f"this one {len(prog.words)}: rebuild the bitstream with --program")
+                           f"this one {len(program.words)}: rebuild the bitstream with --program")
     outs, layers = [], []
-    for q in images_q:
-        words = low.image_words(q)
+    for x in inputs:
+        segs = program.segments(x)
         if baked:
-            segs = split_layers(prog.words, prog.layers, low.data(words))
-            run = link.run_baked(words, n_results=sum(s.n_results for s in segs), n_halts=len(segs))
-            outs.append(low.decode_output(run.results))
+            run = link.run_baked(_image_words(program, x), n_results=sum(s.n_results for s in segs),
+                                 n_halts=len(segs))
+            outs.append(program.decode(run.results))
             layers.append([])           # the ROM runs every layer without a pause to read them
         else:
             res, per_layer = [], []
-            for seg in split_layers(prog.words, prog.layers, low.data(words)):
+            for seg in segs:
                 run = link.execute(seg.words, seg.data, n_results=seg.n_results)
                 res += run.results
                 per_layer.append({"layer": seg.layer, **run.status["counters"]})
-            outs.append(low.decode_output(res))
+            outs.append(program.decode(res))
             layers.append(per_layer)
         if progress:
             progress(1)
     return outs, layers
+
+
+def _image_words(program, x) -> list[int]:
+    """The input's own words (a baked program holds the constants in ROM)."""
+    return program.view.image_words(np.asarray(x, np.int64))

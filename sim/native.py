@@ -7,7 +7,9 @@ Host side::
 
     model = native_model(cfg)                       # built once per Verilog text
     results, info = run_on_native(cfg, programs)    # like core_rtl.run_on_rtl
-    images, info = run_native(cfg, segments_per_image)   # like engines.run_rtl
+
+:class:`fxpgen.sim.rtl_engines.NativeEngine` runs compiled programs on it, layer by
+layer.
 
 The executable is built by ``verilator --cc --exe --build`` from the core's
 Verilog and the harness source, once per distinct (Verilog, harness source, build
@@ -41,14 +43,14 @@ from pathlib import Path
 
 from fxpgen.config import CoreConfig
 from fxpgen.hw.verilog import TOP_NAME, generate_verilog
-from fxpgen.isa import INSN_BITS, CoreState, ErrorCode, Opcode, opcode_of
+from fxpgen.isa import INSN_BITS, Opcode, opcode_of
 from fxpgen.tools import cache_dir, verilator_env, verilator_make_vars
 
 from .core_rtl import RtlProgram, RtlResult
 from .rtl import BUILD_JOBS, BuildError, build_folder, SimulationError, _env_bool, _locked, _tail
 
 __all__ = ["HARNESS_SOURCE", "NATIVE_ARGS", "NativeModel", "build_native", "native_model",
-           "run_on_native", "run_native"]
+           "run_on_native"]
 
 log = logging.getLogger(__name__)
 
@@ -304,35 +306,3 @@ def run_on_native(cfg: CoreConfig, programs: list[RtlProgram], *, seed: int = 0,
                      "loop_s": loop_s, "loop_cycles_per_s": cycles / loop_s if loop_s else 0.0,
                      "stopped": out["stopped"], "run_dir": str(run_dir) if keep else None}
 
-
-def run_native(cfg: CoreConfig, segments_per_image: list, *, seed: int = 0,
-               stall_prob: float = 0.0, model: NativeModel | None = None):
-    """Run images (each a list of :class:`fxpgen.app.engines.LayerSegment`) in one native
-    simulation. Returns, per image, ``{"results": [int, ...], "layers": [{"layer":
-    name, **counters}, ...]}``, and the timing info of :func:`run_on_native`.
-
-    Raises RuntimeError naming the image and layer if a layer times out, stops on
-    an error or produces another number of result words than it should."""
-    from fxpgen.sim.segments import cycle_budget
-    programs, owners = [], []
-    for k, segs in enumerate(segments_per_image):
-        for s in segs:
-            programs.append(RtlProgram(s.words, s.data, s.n_results,
-                                       max_cycles=cycle_budget(s)))
-            owners.append((k, s.layer, s.n_results))
-    results, info = run_on_native(cfg, programs, seed=seed, stall_prob=stall_prob, model=model)
-    images = [{"results": [], "layers": []} for _ in segments_per_image]
-    for (k, layer, n_results), r in zip(owners, results):
-        where = f"native run of image {k}, layer {layer}"
-        if not r.raw["ran"]:
-            raise RuntimeError(f"{where}: not reached (the run stopped: {info['stopped']})")
-        if r.timed_out:
-            raise RuntimeError(f"{where}: timed out in state {CoreState(r.state).name}")
-        if r.state != CoreState.HALTED.value:
-            raise RuntimeError(f"{where}: stopped with {ErrorCode(r.error).name} at instruction "
-                               f"{r.error_pc}")
-        if len(r.results) != n_results:
-            raise RuntimeError(f"{where}: {len(r.results)} result words, expected {n_results}")
-        images[k]["results"] += r.results
-        images[k]["layers"].append({"layer": layer, **r.counters})
-    return images, info

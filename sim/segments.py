@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from fxpgen.isa import Instruction, Opcode, opcode_of
 
-__all__ = ["LayerSegment", "split_layers", "cycle_budget"]
+__all__ = ["LayerSegment", "split_layers", "cycle_budget", "with_input_halt"]
 
 
 @dataclass
@@ -24,16 +24,35 @@ class LayerSegment:
     n_results: int
 
 
-def cycle_budget(seg: "LayerSegment") -> int:
-    """A generous cycle limit for one segment: every instruction serialised with
-    its iterations, plus the data and result words, with room for stalls."""
+def cycle_budget(seg: LayerSegment, stall_prob: float = 0.0) -> int:
+    """The cycle limit of one segment on the RTL: every instruction serialised
+    (1,280 cycles each, plus 20 per iteration: per vector of a MATMUL, per word of
+    a LOAD or STORE), 20 per data and result word, and 200,000 cycles of slack, all
+    divided by ``1 - stall_prob`` (the probability, in [0, 1), of a stall on a
+    stream in a cycle). Far above what a legal segment takes, so it only stops a
+    core that hangs; a long band matmul streaming thousands of vectors stays
+    inside it."""
+    if not 0.0 <= stall_prob < 1.0:
+        raise ValueError(f"stall_prob must be in [0, 1), not {stall_prob}")
     work = 0
     for w in seg.words:
         try:
-            work += 64 + 2 * Instruction.decode(w).iterations
+            work += 1280 + 20 * Instruction.decode(w).iterations
         except ValueError:          # an illegal word: the core stops on it at once
-            work += 64
-    return 200_000 + 2 * work + 4 * len(seg.data) + 8 * seg.n_results
+            work += 1280
+    return int((200_000 + work + 20 * (len(seg.data) + max(seg.n_results, 0))) / (1.0 - stall_prob))
+
+
+def with_input_halt(instructions: list[Instruction], layers: list[str]
+                    ) -> tuple[list[Instruction], list[str]]:
+    """A compiled program with one more HALT after its input load (the last
+    instruction of layer ``"input"``), so the core's counters measure the input
+    load apart from the first layer."""
+    insns, names = list(instructions), list(layers)
+    cut = max(i for i, name in enumerate(names) if name == "input") + 1
+    insns.insert(cut, Instruction(Opcode.HALT))
+    names.insert(cut, "input")
+    return insns, names
 
 
 def split_layers(words: list[int], layers: list[str], data: list[int]) -> list[LayerSegment]:

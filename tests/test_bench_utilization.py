@@ -3,11 +3,12 @@ the SCALE-Sim topology writer, and (slow) the bench end to end on two small laye
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bench import layer_bands, utilization
+from bench import layer_bands, scalesim, utilization
 
 from fxpgen.compiler.qgraph import QConv, QGraph, QTensor
 from fxpgen.config import CoreConfig
@@ -95,15 +96,15 @@ def test_scalesim_layers_and_topology(tmp_path):
     fc = QConv("fc", "x", "y", w((1000, 512, 1, 1), np.int64), w(1000))
     cases = [(conv1, (3, 224, 224), (64, 112, 112)), (dw, (96, 112, 112), (96, 56, 56)),
              (fc, (512, 1, 1), (1000, 1, 1))]
-    layers = [utilization.scalesim_layer(_qg_with(op, i, o), op) for op, i, o in cases]
-    assert layers[0] == utilization.ScaleSimLayer("conv_1", 229, 229, 7, 7, 3, 64, 2, 1)
-    assert layers[1] == utilization.ScaleSimLayer("DP,dw", 113, 113, 3, 3, 1, 1, 2, 96)
-    assert layers[2] == utilization.ScaleSimLayer("fc", 1, 1, 1, 1, 512, 1000, 1, 1)
+    layers = [scalesim.scalesim_layer(_qg_with(op, i, o), op) for op, i, o in cases]
+    assert layers[0] == scalesim.ScaleSimLayer("conv_1", 229, 229, 7, 7, 3, 64, 2, 1)
+    assert layers[1] == scalesim.ScaleSimLayer("DP,dw", 113, 113, 3, 3, 1, 1, 2, 96)
+    assert layers[2] == scalesim.ScaleSimLayer("fc", 1, 1, 1, 1, 512, 1000, 1, 1)
     for layer, (op, _, o) in zip(layers, cases):
         assert layer.macs == o[0] * o[1] * o[2] * int(np.prod(op.weight.shape[1:]))
 
     topo = tmp_path / "topology.csv"
-    utilization.write_topology(layers, topo)
+    scalesim.write_topology(layers, topo)
     t = topologies()
     t.load_arrays(topofile=str(topo))
     # SCALE-Sim reads one layer per row (the "DP" of a name would have split it per channel).
@@ -117,8 +118,8 @@ def test_scalesim_layers_and_topology(tmp_path):
 def test_scalesim_runs_and_depthwise_is_repeat_of_one_channel(tmp_path):
     """SCALE-Sim's own depthwise mode (a "DP" layer) is C one-channel convs: the same
     total as one of them times C, which is how the bench counts a depthwise conv."""
-    one = utilization.ScaleSimLayer("dwc", 12, 12, 3, 3, 1, 1, 1)
-    r_one = utilization.run_scalesim([one], 8, 8, tmp_path)[0]
+    one = scalesim.ScaleSimLayer("dwc", 12, 12, 3, 3, 1, 1, 1)
+    r_one = scalesim.run_scalesim([one], 8, 8, tmp_path)[0]
     assert r_one["stall_cycles"] == 0 and r_one["total_cycles"] > 100
 
     from scalesim.topology_utils import topologies
@@ -128,9 +129,9 @@ def test_scalesim_runs_and_depthwise_is_repeat_of_one_channel(tmp_path):
     t = topologies()
     t.load_arrays(topofile=str(topo))
     assert t.get_num_layers() == 3      # split per channel, each one 1-channel conv
-    split = [utilization.ScaleSimLayer(f"x{k}", *t.topo_arrays[k][1:8]) for k in range(3)]
+    split = [scalesim.ScaleSimLayer(f"x{k}", *t.topo_arrays[k][1:8]) for k in range(3)]
     assert all(s.key == one.key for s in split)
-    cycles = [r["total_cycles"] for r in utilization.run_scalesim(split, 8, 8, tmp_path)]
+    cycles = [r["total_cycles"] for r in scalesim.run_scalesim(split, 8, 8, tmp_path)]
     assert cycles == [r_one["total_cycles"]] * 3
 
 
@@ -151,3 +152,34 @@ def test_bench_runs_two_layers_end_to_end(tmp_path):
     assert written["networks"]["resnet18"]["totals"]["layers"] == 2
     assert (tmp_path / "utilization.md").read_text().count("| conv_") >= 2
     assert (tmp_path / "utilization.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("cin,cout", [(4, 4), (8, 8), (3, 6)])
+def test_layer_statistics_count_the_layers_own_instructions(cin, cout, tmp_path):
+    """A 3x3 conv over a 6x6 map on a 4x4 core: one weight tile and one MATMUL per tap,
+    input-channel tile and output-channel tile, each MATMUL streaming the 36 output
+    pixels; the report lists these figures."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_lower import conv_net
+
+    from bench.utilization_report import write_report
+    from fxpgen.compiler.lower import lower
+
+    qg, _ = conv_net(cin, 6, 6, cout, 3, 1, 1)
+    cfg = CoreConfig(rows=4, cols=4, spad_depth=512, wbuf_depth=256, acc_depth=256)
+    low = lower(qg, cfg, unfold=False)
+    stats = utilization.layer_statistics(low.instructions, low.layers)
+    tiles = 9 * -(-cin // 4) * -(-cout // 4)
+    assert stats["conv"] == {"matmuls": tiles, "weight_tiles": tiles, "vectors": 36 * tiles}
+    assert stats["input"]["matmuls"] == stats["output"]["weight_tiles"] == 0
+    layer = {"layer": "conv", "kind": "conv", "in_shape": [cin, 6, 6], "out_shape": [cout, 6, 6],
+             "macs": 9 * cin * cout * 36, "ideal_cycles": 9 * cin * cout * 36 / 16, "rtl_cycles": 2000,
+             "rtl_mac_cycles": 1000, "utilization": 9 * cin * cout * 36 / 16 / 2000,
+             **utilization._with_vectors_per_matmul(stats["conv"])}
+    write_report({"rows": 4, "cols": 4, "networks": {"t": {
+        "layers": [layer], "meta": {"config": cfg.as_dict(), "engine": "native", "size": 6,
+                                    "calib_images": 1, "layers_run": 1, "layers_total": 1},
+        "totals": utilization.totals([layer])}}}, tmp_path)
+    md = (tmp_path / "utilization.md").read_text()
+    assert f"| t | conv | {layer['utilization']:.3f} | {tiles} | {tiles} | 36.0 |" in md

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from fxpgen.config import CoreConfig
-from fxpgen.app.engines import run_native, run_rtl
+from fxpgen.sim.rtl_engines import NativeEngine, RtlEngine
 from fxpgen.sim.segments import LayerSegment, split_layers
 from fxpgen.isa import Addr, CoreState, ErrorCode, Instruction, Mem, Opcode
 from fxpgen.sim.core_rtl import RtlProgram, core_model, run_on_rtl
@@ -165,12 +165,12 @@ def test_run_native_names_the_image_and_layer_of_an_error():
     halt = Instruction(Opcode.HALT).encode(cfg)
     good = LayerSegment("conv1", [halt], [], 0)
     bad = LayerSegment("fc", [halt & ~0xF | 15, halt], [], 0)   # opcode 15 is illegal
-    images, info = run_native(cfg, [[good], [good]], model=native)
+    images, info = NativeEngine(model=native).run_segments(cfg, [[good], [good]])
     assert [img["layers"][0]["layer"] for img in images] == ["conv1", "conv1"]
     assert images[0]["layers"][0]["insns"] == 1 and info["cycles"] > 0
     with pytest.raises(RuntimeError,
                        match=r"image 1, layer fc: stopped with ILLEGAL_OPCODE at instruction 2"):
-        run_native(cfg, [[good], [good, bad]], model=native)
+        NativeEngine(model=native).run_segments(cfg, [[good], [good, bad]])
 
 
 def test_a_streamed_input_is_bit_identical_on_the_rtl(shape):
@@ -187,11 +187,11 @@ def test_a_streamed_input_is_bit_identical_on_the_rtl(shape):
     low = lower(qg, cfg, unfold=False)
     assert low.input_streamed and len(low.input_pieces) == 2
     segs = [split_layers([i.encode(cfg) for i in low.instructions], low.layers, low.data(low.image_words(x)))]
-    got, _ = run_native(cfg, segs, model=native)
-    ref, _ = run_rtl(cfg, segs, model=cocotb)
+    got, _ = NativeEngine(model=native).run_segments(cfg, segs)
+    ref, _ = RtlEngine(model=cocotb).run_segments(cfg, segs)
     assert got == ref
     assert np.array_equal(low.decode_output(got[0]["results"]), run_golden(qg, x)["y"])
-    stalled, _ = run_native(cfg, segs, model=native, stall_prob=0.3, seed=1)
+    stalled, _ = NativeEngine(model=native, stall_prob=0.3, seed=1).run_segments(cfg, segs)
     assert stalled[0]["results"] == got[0]["results"]
 
 
@@ -234,7 +234,7 @@ def test_digits_network_bit_identical_to_golden_on_8x8(digits_8x8):
 
     cfg, _, qg, low = digits_8x8
     xq, segs = digits_segments(digits_8x8, 2)
-    images, info = run_native(cfg, segs, model=models(cfg)[0])
+    images, info = NativeEngine(model=models(cfg)[0]).run_segments(cfg, segs)
     print(f"native: {info['cycles']} cycles, {info['cycles_per_s']:.0f} cycles/s")
     got = np.stack([low.decode_output(img["results"]) for img in images])
     golden = np.asarray(run_golden_batch(qg, np.stack(xq))[qg.output])
@@ -247,6 +247,6 @@ def test_digits_network_counters_match_cocotb_on_8x8(digits_8x8):
     cfg = digits_8x8[0]
     native, cocotb = models(cfg)
     _, segs = digits_segments(digits_8x8, 2)
-    got, _ = run_native(cfg, segs, model=native)
-    ref, _ = run_rtl(cfg, segs, model=cocotb)
+    got, _ = NativeEngine(model=native).run_segments(cfg, segs)
+    ref, _ = RtlEngine(model=cocotb).run_segments(cfg, segs)
     assert got == ref
