@@ -49,11 +49,11 @@ from fxpgen.config import CoreConfig
 from fxpgen.isa import COUNT_MAX, Addr, Instruction, Mem, Opcode, pack_row, pack_rows, unpack_rows
 from fxpgen.numerics import acc_bound, acc_range
 
-from .gemm import DoesNotFit, ceil_div
+from .tiling import DoesNotFit, ceil_div
 from .qgraph import QAdd, QAvgPool, QConv, QGraph, QMaxPool
 from .unfold import InputUnfold, sole_consumer, unfold_input
 
-__all__ = ["lower", "Lowered", "MapLayout", "InputPiece", "DoesNotFit"]
+__all__ = ["lower", "Lowered", "MapLayout", "InputPiece"]
 
 
 @dataclass(frozen=True)
