@@ -23,7 +23,8 @@ __all__ = ["Emitter", "InputPiece", "load_band"]
 
 @dataclass(frozen=True)
 class InputPiece:
-    """Image words ``[first, first + count)`` of :meth:`Lowered.image_words` go into the
+    """Image words ``[first, first + count)`` of
+    :meth:`~fxpgen.compiler.lower.Lowered.image_words` go into the
     data stream before constant word ``at``."""
 
     at: int
