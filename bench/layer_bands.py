@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fxpgen.compiler.gemm import DoesNotFit, ceil_div
+from fxpgen.compiler.tiling import DoesNotFit, ceil_div
 from fxpgen.compiler.lower import Lowered, lower
 from fxpgen.compiler.qgraph import QConv, QGraph, QTensor
 from fxpgen.config import CoreConfig

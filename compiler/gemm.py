@@ -30,15 +30,9 @@ from fxpgen import numerics
 from fxpgen.config import REGIONS, CoreConfig
 from fxpgen.isa import COUNT_MAX, Addr, Instruction, Mem, Opcode, pack_row, pack_rows, unpack_rows
 
-__all__ = ["GemmPlan", "GemmProgram", "plan_gemm", "build_gemm", "gemm_reference", "random_gemm", "DoesNotFit"]
+from .tiling import DoesNotFit, ceil_div
 
-
-class DoesNotFit(ValueError):
-    """The GEMM does not fit the core's memories; the message says what and by how much."""
-
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
+__all__ = ["GemmPlan", "GemmProgram", "plan_gemm", "build_gemm", "gemm_reference", "random_gemm"]
 
 
 @dataclass(frozen=True)
@@ -140,58 +134,88 @@ def build_gemm(cfg: CoreConfig, a: np.ndarray, b: np.ndarray, shift: np.ndarray)
     ``a``: (M, K) int8, ``b``: (K, N) int8, ``shift``: (N,) right shifts in -32..31.
     """
     a, b, shift = np.asarray(a), np.asarray(b), np.asarray(shift)
+    p = plan_gemm(cfg, *_gemm_shape(a, b, shift))
+    em = _GemmEmitter(cfg, p, a)
+    em.load_weights(b)
+    em.load_table(shift)
+    em.run_chunks()
+    return GemmProgram(cfg, p, em.prog, em.data)
+
+
+def _gemm_shape(a: np.ndarray, b: np.ndarray, shift: np.ndarray) -> tuple[int, int, int]:
+    """(M, K, N) of operands that agree; else ValueError saying how they differ."""
     m, k = a.shape
     k2, n = b.shape
     if k2 != k:
         raise ValueError(f"A is {m}x{k} but B is {k2}x{n}: inner dimensions differ")
     if shift.shape != (n,):
         raise ValueError(f"shift must have N={n} entries, not shape {shift.shape}")
-    p = plan_gemm(cfg, m, k, n)
-    R, C, L = cfg.rows, cfg.cols, cfg.lanes
-    spad_q, acc_q = cfg.spad_depth // REGIONS, cfg.acc_depth // REGIONS
+    return m, k, n
 
-    data: list[int] = []
-    prog: list[Instruction] = []
 
-    # Weights: tile (nt, kt) row i = B[kt*R + i, nt*C : nt*C + C], zero padded.
-    bp = np.zeros((p.k_tiles * R, p.n_tiles * C), np.int64)
-    bp[:k, :n] = b
-    tiles = [bp[kt * R:(kt + 1) * R, nt * C:(nt + 1) * C]
-             for nt in range(p.n_tiles) for kt in range(p.k_tiles)]
-    data += pack_rows(Mem.WBUF, np.concatenate(tiles), cfg)
-    prog.append(Instruction(Opcode.LOAD, {"mem": Mem.WBUF.value}, R, p.k_tiles * p.n_tiles,
-                            z=Addr(0, 1, R)))
-    sp = np.zeros(p.n_tiles * C, np.int64)
-    sp[:n] = shift
-    for nt in range(p.n_tiles):
-        data.append(pack_row(Mem.TABLE, [(int(s), 0) for s in sp[nt * C:(nt + 1) * C]], cfg))
-    prog.append(Instruction(Opcode.LOAD, {"mem": Mem.TABLE.value}, p.n_tiles, 1, z=Addr(0, 1)))
+class _GemmEmitter:
+    """The instructions and data words of one planned GEMM, appended step by step."""
 
-    ap = np.zeros((m, p.a_groups * L), np.int64)
-    ap[:, :k] = a
+    def __init__(self, cfg: CoreConfig, p: GemmPlan, a: np.ndarray):
+        self.cfg, self.p = cfg, p
+        self.spad_q, self.acc_q = cfg.spad_depth // REGIONS, cfg.acc_depth // REGIONS
+        self.ap = np.zeros((p.m, p.a_groups * cfg.lanes), np.int64)
+        self.ap[:, :p.k] = a
+        self.prog: list[Instruction] = []
+        self.data: list[int] = []
 
-    def rows_of(c: int) -> int:
-        return min(p.chunk, m - c * p.chunk)
+    def load_weights(self, b: np.ndarray) -> None:
+        """LOAD every weight tile: tile (nt, kt) row i = B[kt*R + i, nt*C : nt*C + C], zero padded."""
+        p, cfg = self.p, self.cfg
+        R, C = cfg.rows, cfg.cols
+        bp = np.zeros((p.k_tiles * R, p.n_tiles * C), np.int64)
+        bp[:p.k, :p.n] = b
+        tiles = [bp[kt * R:(kt + 1) * R, nt * C:(nt + 1) * C]
+                 for nt in range(p.n_tiles) for kt in range(p.k_tiles)]
+        self.data += pack_rows(Mem.WBUF, np.concatenate(tiles), cfg)
+        self.prog.append(Instruction(Opcode.LOAD, {"mem": Mem.WBUF.value}, R, p.k_tiles * p.n_tiles,
+                                     z=Addr(0, 1, R)))
 
-    def load_a(c: int) -> Instruction:
-        mc = rows_of(c)
-        data.extend(pack_rows(Mem.SPAD, ap[c * p.chunk:c * p.chunk + mc].reshape(-1, L), cfg))
+    def load_table(self, shift: np.ndarray) -> None:
+        """LOAD one shift-table entry per n-tile (alignment 0)."""
+        p, C = self.p, self.cfg.cols
+        sp = np.zeros(p.n_tiles * C, np.int64)
+        sp[:p.n] = shift
+        for nt in range(p.n_tiles):
+            self.data.append(pack_row(Mem.TABLE, [(int(s), 0) for s in sp[nt * C:(nt + 1) * C]], self.cfg))
+        self.prog.append(Instruction(Opcode.LOAD, {"mem": Mem.TABLE.value}, p.n_tiles, 1, z=Addr(0, 1)))
+
+    def rows_of(self, c: int) -> int:
+        """A rows in chunk ``c``."""
+        return min(self.p.chunk, self.p.m - c * self.p.chunk)
+
+    def load_a(self, c: int) -> Instruction:
+        """The LOAD of chunk ``c`` of A into scratchpad region ``c % 2``; its words go
+        into the data stream now."""
+        p, L = self.p, self.cfg.lanes
+        mc = self.rows_of(c)
+        self.data.extend(pack_rows(Mem.SPAD, self.ap[c * p.chunk:c * p.chunk + mc].reshape(-1, L), self.cfg))
         return Instruction(Opcode.LOAD, {"mem": Mem.SPAD.value}, p.a_groups, mc,
-                           z=Addr((c % 2) * spad_q, 1, p.a_groups))
+                           z=Addr((c % 2) * self.spad_q, 1, p.a_groups))
 
-    def requant(c: int, nt: int) -> Instruction:
-        mc = rows_of(c)
+    def requant(self, c: int, nt: int) -> Instruction:
+        """REQUANT of n-tile ``nt`` of chunk ``c`` into scratchpad region ``2 + c % 2``."""
+        p, cfg = self.p, self.cfg
         return Instruction(Opcode.REQUANT, {"table": nt, "lane": nt % cfg.requant_lanes, "out_signed": 1},
-                           mc, 1,
-                           x=Addr((c % 2) * acc_q + nt * p.chunk, 1),
-                           z=Addr((2 + c % 2) * spad_q + nt // cfg.requant_lanes, p.y_groups))
+                           self.rows_of(c), 1,
+                           x=Addr((c % 2) * self.acc_q + nt * p.chunk, 1),
+                           z=Addr((2 + c % 2) * self.spad_q + nt // cfg.requant_lanes, p.y_groups))
 
-    def store(c: int) -> Instruction:
-        return Instruction(Opcode.STORE, {"mem": Mem.SPAD.value}, p.y_groups, rows_of(c),
-                           x=Addr((2 + c % 2) * spad_q, 1, p.y_groups))
+    def store(self, c: int) -> Instruction:
+        """STORE of chunk ``c``'s Y rows."""
+        p = self.p
+        return Instruction(Opcode.STORE, {"mem": Mem.SPAD.value}, p.y_groups, self.rows_of(c),
+                           x=Addr((2 + c % 2) * self.spad_q, 1, p.y_groups))
 
-    def pairs(c: int, bank0: int):
-        mc = rows_of(c)
+    def pairs(self, c: int, bank0: int):
+        """(LOADW, MATMUL) per (n-tile, k-tile) of chunk ``c``, banks alternating from ``bank0``."""
+        p, cfg, R = self.p, self.cfg, self.cfg.rows
+        mc = self.rows_of(c)
         bank = bank0
         for nt in range(p.n_tiles):
             for kt in range(p.k_tiles):
@@ -201,33 +225,41 @@ def build_gemm(cfg: CoreConfig, a: np.ndarray, b: np.ndarray, shift: np.ndarray)
                     Instruction(Opcode.MATMUL, {"bank": bank, "accumulate": int(kt > 0),
                                                 "act_signed": 1, "lane": kt % cfg.matmul_lanes},
                                 mc, 1,
-                                x=Addr((c % 2) * spad_q + kt // cfg.matmul_lanes, p.a_groups),
-                                z=Addr((c % 2) * acc_q + nt * p.chunk, 1)),
+                                x=Addr((c % 2) * self.spad_q + kt // cfg.matmul_lanes, p.a_groups),
+                                z=Addr((c % 2) * self.acc_q + nt * p.chunk, 1)),
                 ]
                 bank ^= 1
 
-    prog.append(load_a(0))
-    bank = 0
-    n_pairs = p.n_tiles * p.k_tiles
-    for c in range(p.chunks):
-        # Work from neighbouring chunks, each slotted after a given pair index so
-        # that its unit is free by then: a REQUANT takes about one matmul's time,
-        # so REQUANTs go every second pair and the STORE two pairs after the last.
+    def neighbour_work(self, c: int) -> dict[int, list[Instruction]]:
+        """Work of chunks ``c + 1`` and ``c - 1`` by the pair index of chunk ``c`` it
+        follows, so that its unit is free by then: a REQUANT takes about one matmul's
+        time, so REQUANTs go every second pair and the STORE two pairs after the last."""
+        p = self.p
         slots: dict[int, list[Instruction]] = {}
         if c + 1 < p.chunks:
-            slots.setdefault(0, []).append(load_a(c + 1))
+            slots.setdefault(0, []).append(self.load_a(c + 1))
         if c > 0:
             for nt in range(p.n_tiles):
-                slots.setdefault(1 + 2 * nt, []).append(requant(c - 1, nt))
-            slots.setdefault(2 * p.n_tiles + 2, []).append(store(c - 1))
-        for idx, pair in enumerate(pairs(c, bank)):
-            prog.extend(pair)
-            prog.extend(slots.pop(idx, []))
-        bank ^= n_pairs & 1
-        for idx in sorted(slots):
-            prog.extend(slots[idx])
-    last = p.chunks - 1
-    prog.extend(requant(last, nt) for nt in range(p.n_tiles))
-    prog.append(store(last))
-    prog.append(Instruction(Opcode.HALT))
-    return GemmProgram(cfg, p, prog, data)
+                slots.setdefault(1 + 2 * nt, []).append(self.requant(c - 1, nt))
+            slots.setdefault(2 * p.n_tiles + 2, []).append(self.store(c - 1))
+        return slots
+
+    def run_chunks(self) -> None:
+        """Every chunk's matmuls with its neighbours' work between them, then the last
+        chunk's requantization, its store and the HALT."""
+        p = self.p
+        self.prog.append(self.load_a(0))
+        bank = 0
+        n_pairs = p.n_tiles * p.k_tiles
+        for c in range(p.chunks):
+            slots = self.neighbour_work(c)
+            for idx, pair in enumerate(self.pairs(c, bank)):
+                self.prog.extend(pair)
+                self.prog.extend(slots.pop(idx, []))
+            bank ^= n_pairs & 1
+            for idx in sorted(slots):
+                self.prog.extend(slots[idx])
+        last = p.chunks - 1
+        self.prog.extend(self.requant(last, nt) for nt in range(p.n_tiles))
+        self.prog.append(self.store(last))
+        self.prog.append(Instruction(Opcode.HALT))

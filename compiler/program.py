@@ -38,7 +38,9 @@ from fxpgen.config import CoreConfig
 from fxpgen.isa import INSN_BITS, INSN_BYTES
 from fxpgen.numerics import Format
 
-from .lower import InputPiece, Lowered, MapLayout
+from .emit import InputPiece
+from .layout import MapLayout
+from .lower import Lowered
 from .unfold import InputUnfold
 from .qgraph import QAdd, QAvgPool, QConv, QGraph, QMaxPool, QTensor
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .gemm import ceil_div
+from .tiling import ceil_div
 from .qgraph import QConv, QGraph, QTensor
 
 __all__ = ["InputUnfold", "unfold_input", "sole_consumer"]

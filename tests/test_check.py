@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from fxpgen.app.cli import main
-from fxpgen.compiler.gemm import DoesNotFit, build_gemm, gemm_reference, plan_gemm
+from fxpgen.compiler.gemm import build_gemm, gemm_reference, plan_gemm
+from fxpgen.compiler.tiling import DoesNotFit
 from fxpgen.config import CoreConfig
 from fxpgen.sim.isa_sim import run_program
 

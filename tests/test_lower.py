@@ -7,8 +7,9 @@ import pytest
 from hypothesis import HealthCheck, find, given, settings
 from hypothesis import strategies as st
 
-from fxpgen.compiler.lower import DoesNotFit, lower
+from fxpgen.compiler.lower import lower
 from fxpgen.compiler.qgraph import QAdd, QAvgPool, QConv, QGraph, QMaxPool, QTensor
+from fxpgen.compiler.tiling import DoesNotFit
 from fxpgen.config import CoreConfig
 from fxpgen.numerics import Format
 from fxpgen.compiler.golden import run_golden

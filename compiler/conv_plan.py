@@ -1,0 +1,210 @@
+"""The tiling of one convolution or average pool: a plain value computed from the op,
+its graph and the core configuration, before any instruction is emitted.
+
+Grouped and depthwise convolutions, and average pooling (a depthwise conv with
+weights 1), share the dense path: their per-tap weight matrix (Cin x Cout) is
+block-diagonal and its all-zero (rows x cols) tiles are skipped. The weight tiles of
+as many n-tiles as fit the weight buffer, and as many as the shift table holds, are
+loaded together; an n-tile whose tiles alone exceed the buffer is streamed in
+buffer-sized batches for every chunk of output rows. A chunk is as many output rows
+as half the accumulators hold (the other half serves the chunk before it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fxpgen.config import CoreConfig
+from fxpgen.isa import COUNT_MAX
+from fxpgen.numerics import acc_bound, acc_range
+
+from .qgraph import QAvgPool, QConv, QGraph
+from .tiling import DoesNotFit, ceil_div
+
+__all__ = ["ConvTile", "TileGroup", "ConvPlan", "plan_conv", "rows_per_chunk"]
+
+
+@dataclass(frozen=True)
+class ConvTile:
+    """One nonzero weight tile: kernel tap (``ky``, ``kx``), k-tile ``kt``; ``weight`` is
+    (rows x cols) int, input channel ``kt * rows + i`` by output channel of the n-tile."""
+
+    ky: int
+    kx: int
+    kt: int
+    weight: np.ndarray
+
+
+@dataclass(frozen=True)
+class TileGroup:
+    """N-tiles ``first .. stop - 1``, whose weight tiles share one weight-buffer load and
+    whose shift-table rows one table load; ``streamed``: one n-tile whose tiles exceed
+    the buffer, loaded in batches for every chunk."""
+
+    first: int
+    stop: int
+    streamed: bool
+
+    @property
+    def n_tiles(self) -> range:
+        return range(self.first, self.stop)
+
+
+@dataclass(frozen=True)
+class ConvPlan:
+    """How a conv (or average pool) runs on a core: its tiles, their grouping, its
+    chunks of output rows and the constants it loads."""
+
+    name: str
+    kernel: tuple[int, int]                  # kh, kw
+    stride: tuple[int, int]
+    pads: tuple[int, int, int, int]          # top, left, bottom, right
+    in_height: int                           # rows of the input image (a band's source)
+    out_size: tuple[int, int]                # output height, width in pixels
+    k_tiles: int                             # ceil(Cin / rows)
+    n_tiles: int                             # ceil(Cout / cols)
+    tiles: tuple[tuple[ConvTile, ...], ...]  # nonzero tiles of each n-tile, tap-major
+    groups: tuple[TileGroup, ...]
+    wbuf_tiles: int                          # tiles the weight buffer holds
+    rows_per_chunk: int                      # output rows per accumulator block
+    banded: bool                             # input is a band buffer loaded per chunk
+    bias: tuple[tuple[int, ...], ...]        # per n-tile, cols accumulator values
+    table: tuple[tuple[tuple[int, int], ...], ...]  # per n-tile, cols (shift, align)
+    relu: bool
+    residual: str | None
+    in_signed: bool
+    out_signed: bool
+    res_signed: bool
+    note: str | None                         # the accumulator can saturate
+
+    def batches(self, group: TileGroup, nt: int) -> list[tuple[ConvTile, ...]]:
+        """The weight-buffer loads of n-tile ``nt``: one (all its tiles) unless streamed."""
+        tiles = self.tiles[nt]
+        if not group.streamed:
+            return [tiles]
+        return [tiles[i:i + self.wbuf_tiles] for i in range(0, len(tiles), self.wbuf_tiles)]
+
+
+def rows_per_chunk(cfg: CoreConfig, oh: int, ow: int) -> int:
+    """Output rows of a conv that one accumulator block (half the accumulators) holds."""
+    return max(1, min(oh, (cfg.acc_depth // 2) // max(ow, 1)))
+
+
+def plan_conv(qg: QGraph, op: QConv | QAvgPool, cfg: CoreConfig,
+              band_rows_per_chunk: int | None = None) -> ConvPlan:
+    """The plan of ``op`` (a conv or average pool of ``qg``) on ``cfg``; with
+    ``band_rows_per_chunk`` its input is a band buffer and a chunk is that many output
+    rows. Raise :class:`DoesNotFit` when a shift leaves -32..31 or an output row
+    exceeds half the accumulators or a loop count."""
+    weight, bias, groups, shift, relu, residual, align = _conv_params(qg, op)
+    cout, _, kh, kw = weight.shape
+    cin, in_h, _ = qg.tensor(op.input).shape
+    _, oh, ow = qg.tensor(op.output).shape
+    in_signed = qg.tensor(op.input).fmt.signed
+    dense = _dense_taps(weight, groups, cin, cfg)
+    tiles = _nonzero_tiles(dense, cfg)
+    note = _acc_bound_note(op.name, weight, bias, in_signed, cfg)
+    table = _table_rows(op.name, shift, align, cout, len(tiles), cfg)
+    if ow > cfg.acc_depth // 2 or ow > COUNT_MAX:
+        raise DoesNotFit(f"{op.name}: an output row of {ow} pixels exceeds half the accumulators "
+                         f"({cfg.acc_depth // 2}) or a loop count")
+    banded = band_rows_per_chunk is not None
+    return ConvPlan(
+        name=op.name, kernel=(kh, kw), stride=tuple(op.stride), pads=tuple(op.pads),
+        in_height=in_h, out_size=(oh, ow), k_tiles=ceil_div(cin, cfg.rows), n_tiles=len(tiles),
+        tiles=tiles, groups=_group_n_tiles(tiles, cfg), wbuf_tiles=cfg.wbuf_depth // cfg.rows,
+        rows_per_chunk=band_rows_per_chunk if banded else rows_per_chunk(cfg, oh, ow), banded=banded,
+        bias=_bias_rows(bias, cout, len(tiles), cfg), table=table, relu=bool(relu), residual=residual,
+        in_signed=in_signed, out_signed=qg.tensor(op.output).fmt.signed,
+        res_signed=bool(residual) and qg.tensor(residual).fmt.signed, note=note)
+
+
+def _conv_params(qg: QGraph, op):
+    """(weight int (Cout, Cin/g, kh, kw), bias, groups, shift, relu, residual, align);
+    an average pool as a depthwise conv with weights 1."""
+    if isinstance(op, QConv):
+        return np.asarray(op.weight, np.int64), op.bias, op.groups, op.shift, op.relu, op.residual, op.align
+    c = qg.tensor(op.input).shape[0]
+    kh, kw = op.kernel
+    w = np.ones((c, 1, kh, kw), np.int64)
+    return w, np.zeros(c, np.int64), c, np.full(c, op.shift, np.int64), False, None, np.zeros(c, np.int64)
+
+
+def _dense_taps(weight: np.ndarray, groups: int, cin: int, cfg: CoreConfig) -> np.ndarray:
+    """Per-tap weight matrices (kh, kw, Cin, Cout), padded to whole tiles and
+    block-diagonal for groups."""
+    cout, cin_g, kh, kw = weight.shape
+    dense = np.zeros((kh, kw, ceil_div(cin, cfg.rows) * cfg.rows, ceil_div(cout, cfg.cols) * cfg.cols),
+                     np.int64)
+    cout_g = cout // groups
+    for g in range(groups):
+        blk = weight[g * cout_g:(g + 1) * cout_g]          # (cout_g, cin_g, kh, kw)
+        dense[:, :, g * cin_g:(g + 1) * cin_g, g * cout_g:(g + 1) * cout_g] = \
+            np.transpose(blk, (2, 3, 1, 0))
+    return dense
+
+
+def _nonzero_tiles(dense: np.ndarray, cfg: CoreConfig) -> tuple[tuple[ConvTile, ...], ...]:
+    """Per n-tile, its (tap, k-tile) tiles that hold a nonzero weight, in tap-major order."""
+    R, C = cfg.rows, cfg.cols
+    kh, kw, cin_p, cout_p = dense.shape
+    return tuple(
+        tuple(ConvTile(ky, kx, kt, tile)
+              for ky in range(kh) for kx in range(kw) for kt in range(cin_p // R)
+              if (tile := dense[ky, kx, kt * R:(kt + 1) * R, nt * C:(nt + 1) * C]).any())
+        for nt in range(cout_p // C))
+
+
+def _acc_bound_note(name: str, weight: np.ndarray, bias: np.ndarray, in_signed: bool,
+                    cfg: CoreConfig) -> str | None:
+    """A note naming the first output channel whose largest reachable |acc| exceeds
+    the accumulator's range; None when none can."""
+    _, hi = acc_range(cfg.acc_width)
+    bound = acc_bound(weight, bias, in_signed)
+    if bound.max() <= hi:
+        return None
+    c = int(bound.argmax())
+    return (f"{name}: output channel {c} can reach |acc| = {int(bound[c])} > {hi}; "
+            "the accumulator saturates there")
+
+
+def _table_rows(name: str, shift, align, cout: int, n_tiles: int,
+                cfg: CoreConfig) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """Per n-tile, the (shift, align) of its ``cols`` channels (0, 0 past ``cout``)."""
+    C = cfg.cols
+    sh = np.zeros(n_tiles * C, np.int64)
+    al = np.zeros(n_tiles * C, np.int64)
+    sh[:cout], al[:cout] = shift, align
+    if not (np.all((-32 <= sh) & (sh <= 31)) and np.all((-32 <= al) & (al <= 31))):
+        raise DoesNotFit(f"{name}: shifts must be in -32..31")
+    return tuple(tuple(zip(sh[nt * C:(nt + 1) * C].tolist(), al[nt * C:(nt + 1) * C].tolist()))
+                 for nt in range(n_tiles))
+
+
+def _bias_rows(bias, cout: int, n_tiles: int, cfg: CoreConfig) -> tuple[tuple[int, ...], ...]:
+    """Per n-tile, the bias of its ``cols`` channels (0 past ``cout``)."""
+    b = np.zeros(n_tiles * cfg.cols, np.int64)
+    b[:cout] = bias
+    return tuple(tuple(b[nt * cfg.cols:(nt + 1) * cfg.cols].tolist()) for nt in range(n_tiles))
+
+
+def _group_n_tiles(tiles, cfg: CoreConfig) -> tuple[TileGroup, ...]:
+    """Consecutive n-tiles whose tiles fit the weight buffer together, at most
+    ``table_depth`` of them; an n-tile alone larger than the buffer on its own, streamed."""
+    cap = cfg.wbuf_depth // cfg.rows
+    groups = []
+    nt0 = 0
+    while nt0 < len(tiles):
+        if len(tiles[nt0]) > cap:
+            groups.append(TileGroup(nt0, nt0 + 1, True))
+            nt0 += 1
+            continue
+        nt1, n = nt0, 0
+        while nt1 < len(tiles) and n + len(tiles[nt1]) <= cap and nt1 - nt0 < cfg.table_depth:
+            n += len(tiles[nt1])
+            nt1 += 1
+        groups.append(TileGroup(nt0, nt1, False))
+        nt0 = nt1
+    return tuple(groups)
