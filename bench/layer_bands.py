@@ -33,15 +33,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fxpgen.compiler.tiling import DoesNotFit, ceil_div
+from fxpgen.compiler.conv_plan import rows_per_chunk
+from fxpgen.compiler.golden import run_golden
 from fxpgen.compiler.lower import Lowered, lower
 from fxpgen.compiler.qgraph import QConv, QGraph, QTensor
+from fxpgen.compiler.tiling import DoesNotFit, ceil_div
 from fxpgen.config import CoreConfig
-from fxpgen.compiler.golden import run_golden
 from fxpgen.sim.engine import NetworkProgram
 
 __all__ = ["BandRows", "band_rows", "band_op", "band_graph", "band_golden", "layer_graph",
-           "BandProgram", "band_program", "plan_bands", "spad_rows_for_band", "rows_per_chunk"]
+           "BandProgram", "band_program", "plan_bands", "spad_rows_for_band"]
 
 
 @dataclass(frozen=True)
@@ -114,11 +115,6 @@ def band_golden(qg: QGraph, op: QConv, y0: int, y1: int, x: np.ndarray) -> np.nd
     return run_golden(g, np.asarray(crop, np.int64))[g.output]
 
 
-def rows_per_chunk(cfg: CoreConfig, out_w: int) -> int:
-    """Output rows the lowering puts in one accumulator block (``compiler/lower.py``)."""
-    return max(1, (cfg.acc_depth // 2) // max(out_w, 1))
-
-
 def spad_rows_for_band(qg: QGraph, op: QConv, n: int, cfg: CoreConfig) -> int:
     """Scratchpad rows an interior band of ``n`` output rows takes (input map with
     its border plus output map), as the lowering lays them out."""
@@ -171,7 +167,7 @@ def plan_bands(qg: QGraph, op: QConv, cfg: CoreConfig) -> list[tuple[int, int]]:
     if spad_rows_for_band(qg, op, n, cfg) > cfg.spad_depth:
         raise DoesNotFit(f"{op.name}: one output row needs {spad_rows_for_band(qg, op, 1, cfg)} "
                          f"scratchpad rows, spad_depth is {cfg.spad_depth}")
-    rpc = rows_per_chunk(cfg, out_w)
+    rpc = rows_per_chunk(cfg, out_h, out_w)
     if n < out_h and n >= rpc:
         n = n // rpc * rpc
     return [(y, min(y + n, out_h)) for y in range(0, out_h, n)]

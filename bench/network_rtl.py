@@ -6,7 +6,7 @@ shapes, random weights; 1000 classes), quantized with a few random calibration
 images and compiled by the same :func:`fxpgen.app.flow.compile_model` as ``fxpgen
 compile``, for a 16x16 core with a 65,536-row scratchpad (1 MiB, as deep as 16-bit
 addresses allow). The 224x224 image does not fit next to the first conv's output,
-so the program streams it in bands (``compiler/lower.py``); every other map stays
+so the program streams it in bands (``compiler/lower.py``, ``compiler/emit.py``); every other map stays
 on chip. One random image then runs through ``fxpgen run --engine native``'s flow:
 every layer is a HALT segment whose counters the RTL reports, and the output must
 equal the golden model's.

@@ -10,6 +10,7 @@ import pytest
 
 from bench import layer_bands, scalesim, utilization
 
+from fxpgen.compiler.conv_plan import rows_per_chunk
 from fxpgen.compiler.qgraph import QConv, QGraph, QTensor
 from fxpgen.config import CoreConfig
 from fxpgen.numerics import Format
@@ -79,7 +80,7 @@ def test_bands_cover_the_layer_and_fit_the_scratchpad():
     assert all(a[1] == b[0] for a, b in zip(bands, bands[1:]))
     n = bands[0][1] - bands[0][0]
     assert layer_bands.spad_rows_for_band(qg, op, n, cfg) <= cfg.spad_depth
-    assert n % layer_bands.rows_per_chunk(cfg, 112) == 0
+    assert n % rows_per_chunk(cfg, 112, 112) == 0
 
 
 def _qg_with(op, in_shape, out_shape):
