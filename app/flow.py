@@ -92,19 +92,13 @@ def run_compiled(outdir: Path, x: np.ndarray, engine: str, *, progress: Callable
     from fxpgen.app.engines import engine_class
     from fxpgen.compiler.golden import quantize_input
     from fxpgen.sim.engine import NetworkProgram
-    from fxpgen.sim.rtl_engines import SegmentEngine
 
     cls = engine_class(engine)
     prog, qg = load_compiled(outdir)
     images = _images(x, qg.tensor(qg.input).shape)
     xq = [np.asarray(quantize_input(qg, img), np.int64) for img in images]
     program = NetworkProgram.from_program(prog, qg)
-    if issubclass(cls, SegmentEngine):
-        eng = cls(batch=batch)
-    elif engine == "board":
-        eng = cls(**{k: v for k, v in (board or {}).items() if v is not None})
-    else:
-        eng = cls()
+    eng = cls.from_options(batch=batch, **(board or {}))
     out = {"engine": engine, "config": prog.cfg.as_dict()}
     t0 = time.monotonic()
     res = eng.run(program, xq, progress=progress)

@@ -28,6 +28,14 @@ class BoardEngine(Engine):
         self.port, self.baud, self.timeout, self.baked = port, baud, timeout, baked
         self._link: BoardLink | None = None
 
+    @classmethod
+    def from_options(cls, *, port: str | None = None, baud: int | None = None,
+                     timeout: float | None = None, baked: bool | None = None, **_) -> "BoardEngine":
+        if not port:
+            raise ValueError("the board engine needs a serial port (--port)")
+        given = {"baud": baud, "timeout": timeout, "baked": baked}
+        return cls(port=port, **{k: v for k, v in given.items() if v is not None})
+
     @property
     def link(self) -> BoardLink:
         """The open link to the board."""

@@ -154,6 +154,13 @@ class Engine:
     name: ClassVar[str]
     checked_against_golden: ClassVar[bool] = False
 
+    @classmethod
+    def from_options(cls, **options) -> "Engine":
+        """The engine built from the run options of ``fxpgen run`` (``batch``, ``port``,
+        ``baud``, ``timeout``, ``baked``, ...), taking those it has and ignoring the
+        rest; None means "the engine's default"."""
+        return cls()
+
     def run(self, program: Runnable, inputs: Sequence, *, progress: Progress | None = None) -> EngineResult:
         """Outputs (and counters) of ``program`` for each of ``inputs``."""
         raise NotImplementedError

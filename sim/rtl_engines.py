@@ -56,6 +56,10 @@ class SegmentEngine(Engine):
         self._given = model
         self._models: dict[CoreConfig, object] = {}
 
+    @classmethod
+    def from_options(cls, *, batch: int | None = None, **_) -> "SegmentEngine":
+        return cls() if batch is None else cls(batch=batch)
+
     def model(self, cfg: CoreConfig):
         """The simulator of the core for ``cfg`` (built, or found in the cache, on first use)."""
         if self._given is not None:
