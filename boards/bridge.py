@@ -278,6 +278,30 @@ class FrameReceiver(wiring.Component):
                 m.d.sync += self._reply(f, FrameType.NAK, NakReason.NO_ROM)
 
 
+#: Reply kinds in the order of the sender's ``kind`` register; RESULT last.
+_KINDS = [FrameType.ACK, FrameType.NAK, FrameType.STATUS_REPLY, FrameType.INFO_REPLY,
+          FrameType.RESULT]
+
+
+def _as_bytes(value: Value, n: int) -> list:
+    """``value`` zero-extended to ``n`` bytes, least significant first."""
+    value = Cat(value, C(0, max(0, 8 * n - len(value))))
+    return [value[8 * i:8 * i + 8] for i in range(n)]
+
+
+class _Outgoing(NamedTuple):
+    """The sender's registers for the frame being sent."""
+    kind: Signal                # index into _KINDS
+    seq: Signal
+    reason: Signal
+    pos: Signal                 # byte being sent
+    length: Signal              # payload bytes
+    busy: Signal
+    crc: Signal
+    results: Signal             # RESULT frames sent since the last clear
+    snap: Signal                # the bridge's own fields at the frame's start
+
+
 class FrameSender(wiring.Component):
     """Sends reply frames (requested on ``reply``) and one RESULT frame per word of
     ``result``; replies go first.
@@ -306,97 +330,120 @@ class FrameSender(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        cfg = self._cfg
-        nb, cb = protocol.bus_bytes(cfg), protocol.counter_bytes(cfg)
-        kinds = [FrameType.ACK, FrameType.NAK, FrameType.STATUS_REPLY, FrameType.INFO_REPLY,
-                 FrameType.RESULT]
-        lengths = {FrameType.ACK: 5, FrameType.NAK: 1,
-                   FrameType.STATUS_REPLY: protocol.status_length(cfg),
-                   FrameType.INFO_REPLY: len(self._info), FrameType.RESULT: nb + 1}
-        total = max(lengths.values()) + 7
+        f = self._registers()
+        byte = self._frame_byte(m, f)
+        with m.If(~f.busy):
+            self._start_next(m, f)
+        with m.Else():
+            self._send(m, f, byte)
+        with m.If(self.clear_results):
+            m.d.sync += f.results.eq(0)
+        return m
 
-        kind = Signal(range(len(kinds)))
-        seq, reason = Signal(8), Signal(8)
-        pos = Signal(range(total + 1))          # byte being sent
+    def _lengths(self) -> dict:
+        """Payload bytes of each frame type."""
+        cfg = self._cfg
+        return {FrameType.ACK: 5, FrameType.NAK: 1,
+                FrameType.STATUS_REPLY: protocol.status_length(cfg),
+                FrameType.INFO_REPLY: len(self._info), FrameType.RESULT: protocol.bus_bytes(cfg) + 1}
+
+    def _registers(self) -> _Outgoing:
+        total = max(self._lengths().values()) + 7
+        kind = Signal(range(len(_KINDS)))
+        seq = Signal(8)
+        reason = Signal(8)
+        pos = Signal(range(total + 1))
         length = Signal(16)
         busy = Signal()
         crc = Signal(16)
         results = Signal(32)
-        # Snapshot of the bridge's own fields at the frame's start.
         snap = Signal(data.StructLayout({"state": 8, "error": 8, "error_pc": 32, "halts": 16,
                                          "results": 32, "free0": 16, "free1": 16}))
+        return _Outgoing(kind, seq, reason, pos, length, busy, crc, results, snap)
 
-        def as_bytes(value: Value, n: int) -> list:
-            value = Cat(value, C(0, max(0, 8 * n - len(value))))
-            return [value[8 * i:8 * i + 8] for i in range(n)]
-
-        free = as_bytes(snap.free0, 2) + as_bytes(snap.free1, 2)
-        counters = [b for c in self.counters for b in as_bytes(c, cb)]
-        payloads = {
-            FrameType.ACK: [seq] + free,
-            FrameType.NAK: [reason],
-            FrameType.STATUS_REPLY: (as_bytes(snap.state, 1) + as_bytes(snap.error, 1)
-                                     + as_bytes(snap.error_pc, 4) + counters + as_bytes(snap.halts, 2)
-                                     + as_bytes(snap.results, 4) + free),
+    def _payloads(self, f: _Outgoing) -> dict:
+        """The payload bytes of each frame type."""
+        cfg = self._cfg
+        nb, cb = protocol.bus_bytes(cfg), protocol.counter_bytes(cfg)
+        snap = f.snap
+        free = _as_bytes(snap.free0, 2) + _as_bytes(snap.free1, 2)
+        counters = [b for c in self.counters for b in _as_bytes(c, cb)]
+        return {
+            FrameType.ACK: [f.seq] + free,
+            FrameType.NAK: [f.reason],
+            FrameType.STATUS_REPLY: (_as_bytes(snap.state, 1) + _as_bytes(snap.error, 1)
+                                     + _as_bytes(snap.error_pc, 4) + counters + _as_bytes(snap.halts, 2)
+                                     + _as_bytes(snap.results, 4) + free),
             FrameType.INFO_REPLY: [C(b, 8) for b in self._info],
-            FrameType.RESULT: as_bytes(self.result.payload[:cfg.bus_width], nb)
+            FrameType.RESULT: _as_bytes(self.result.payload[:cfg.bus_width], nb)
                               + [Cat(self.result.payload[cfg.bus_width], C(0, 7))],
         }
+
+    def _frame_byte(self, m: Module, f: _Outgoing) -> Signal:
+        """The byte at ``f.pos``: SYNC, type, seq, length (2), payload, CRC (2)."""
+        payloads = self._payloads(f)
+        pos, length = f.pos, f.length
         byte = Signal(8)
         with m.If(pos < 5):
             with m.Switch(pos):
                 with m.Case(0):
                     m.d.comb += byte.eq(SYNC)
                 with m.Case(1):
-                    m.d.comb += byte.eq(Array(C(int(k), 8) for k in kinds)[kind])
+                    m.d.comb += byte.eq(Array(C(int(k), 8) for k in _KINDS)[f.kind])
                 with m.Case(2):
-                    m.d.comb += byte.eq(seq)
+                    m.d.comb += byte.eq(f.seq)
                 with m.Case(3):
                     m.d.comb += byte.eq(length[:8])
                 with m.Case(4):
                     m.d.comb += byte.eq(length[8:])
         with m.Elif(pos < 5 + length):
-            with m.Switch(kind):
-                for k, t in enumerate(kinds):
+            with m.Switch(f.kind):
+                for k, t in enumerate(_KINDS):
                     with m.Case(k):
                         m.d.comb += byte.eq(Array(payloads[t])[pos - 5])
         with m.Elif(pos == 5 + length):
-            m.d.comb += byte.eq(crc[:8])
+            m.d.comb += byte.eq(f.crc[:8])
         with m.Else():
-            m.d.comb += byte.eq(crc[8:])
+            m.d.comb += byte.eq(f.crc[8:])
+        return byte
 
-        def start(k: int, t: FrameType):
-            return [kind.eq(k), length.eq(lengths[t]), pos.eq(0), busy.eq(1), crc.eq(0xFFFF),
-                    snap.state.eq(self.state), snap.error.eq(self.error), snap.error_pc.eq(self.error_pc),
-                    snap.halts.eq(self.halts), snap.results.eq(results),
-                    snap.free0.eq(self.free[0]), snap.free1.eq(self.free[1])]
+    def _start(self, f: _Outgoing, k: int) -> list:
+        """Begin a frame of kind ``_KINDS[k]`` and snapshot the bridge's fields."""
+        snap = f.snap
+        return [f.kind.eq(k), f.length.eq(self._lengths()[_KINDS[k]]), f.pos.eq(0), f.busy.eq(1),
+                f.crc.eq(0xFFFF),
+                snap.state.eq(self.state), snap.error.eq(self.error), snap.error_pc.eq(self.error_pc),
+                snap.halts.eq(self.halts), snap.results.eq(f.results),
+                snap.free0.eq(self.free[0]), snap.free1.eq(self.free[1])]
 
-        with m.If(~busy):
-            r = self.reply.payload
-            with m.If(self.reply.valid):
-                m.d.comb += self.reply.ready.eq(1)
-                m.d.sync += [seq.eq(r.seq), reason.eq(r.reason)]
-                with m.Switch(r.type):
-                    for k, t in enumerate(kinds[:4]):
-                        with m.Case(t):
-                            m.d.sync += start(k, t)
-            with m.Elif(self.result.valid):
-                m.d.sync += [*start(4, FrameType.RESULT), seq.eq(results[:8])]
-        with m.Else():
-            m.d.comb += [self.tx.payload.eq(byte), self.tx.valid.eq(1)]
-            with m.If(self.tx.ready):
-                m.d.sync += pos.eq(pos + 1)
-                with m.If((pos != 0) & (pos < 5 + length)):
-                    m.d.sync += crc.eq(crc16_next(crc, byte))
-                with m.If((kind == 4) & (pos == 4 + length)):
-                    # The result word's last payload byte: take the word.
-                    m.d.comb += self.result.ready.eq(1)
-                    m.d.sync += results.eq(results + 1)
-                with m.If(pos == 6 + length):
-                    m.d.sync += busy.eq(0)
-        with m.If(self.clear_results):
-            m.d.sync += results.eq(0)
-        return m
+    def _start_next(self, m: Module, f: _Outgoing) -> None:
+        """While idle: take a requested reply, else a waiting result word."""
+        r = self.reply.payload
+        with m.If(self.reply.valid):
+            m.d.comb += self.reply.ready.eq(1)
+            m.d.sync += [f.seq.eq(r.seq), f.reason.eq(r.reason)]
+            with m.Switch(r.type):
+                for k, t in enumerate(_KINDS[:4]):
+                    with m.Case(t):
+                        m.d.sync += self._start(f, k)
+        with m.Elif(self.result.valid):
+            m.d.sync += [*self._start(f, 4), f.seq.eq(f.results[:8])]
+
+    def _send(self, m: Module, f: _Outgoing, byte) -> None:
+        """While busy: send ``byte``, fold it into the CRC, take the result word
+        after its last payload byte, and stop after the CRC."""
+        pos, length = f.pos, f.length
+        m.d.comb += [self.tx.payload.eq(byte), self.tx.valid.eq(1)]
+        with m.If(self.tx.ready):
+            m.d.sync += pos.eq(pos + 1)
+            with m.If((pos != 0) & (pos < 5 + length)):
+                m.d.sync += f.crc.eq(crc16_next(f.crc, byte))
+            with m.If((f.kind == 4) & (pos == 4 + length)):
+                # The result word's last payload byte: take the word.
+                m.d.comb += self.result.ready.eq(1)
+                m.d.sync += f.results.eq(f.results + 1)
+            with m.If(pos == 6 + length):
+                m.d.sync += f.busy.eq(0)
 
 
 class UartBridge(wiring.Component):
