@@ -12,6 +12,8 @@ The protocol is :mod:`fxpgen.boards.protocol`. Blocks, in dataflow order:
   each payload loaded into a shift register at the frame's start.
 """
 
+from typing import NamedTuple
+
 from amaranth import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
@@ -92,6 +94,28 @@ class WordBuffer(wiring.Component):
         return m
 
 
+class _Frame(NamedTuple):
+    """The receiver's registers for the frame being parsed, and values derived from
+    them and the byte on ``rx``."""
+    ftype: Signal
+    seq: Signal
+    reason: Signal              # the NAK reason decided in CHECK, 0 if none
+    remaining: Signal           # payload bytes still to come
+    crc: Signal                 # CRC of the bytes so far
+    crc_rx: Signal              # the CRC the frame carries
+    target: Signal              # 0: insn buffer, 1: data buffer
+    is_stream: Signal           # an INSN or DATA frame
+    duplicate: Signal           # a stream frame repeating the last committed one
+    last_seq: Signal
+    have_last: Signal
+    word_pos: Signal            # byte within the target's word
+    idle: Signal                # cycles without a byte, inside a frame
+    word_end: Value
+    mask: Value                 # the target's bit in the buffer controls
+    crc_next: Value
+    timed_out: Value
+
+
 class FrameReceiver(wiring.Component):
     """Parses host frames from ``rx`` bytes; drives the two word buffers' write side
     and requests replies on ``reply`` (type, seq, NAK reason) for the sender."""
@@ -114,125 +138,168 @@ class FrameReceiver(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         byte = self.rx.payload
-        got = self.rx.valid
         m.d.comb += [self.rx.ready.eq(1), self.buf_wr_data.eq(byte)]
-
-        ftype, seq, reason = Signal(8), Signal(8), Signal(8)
-        remaining = Signal(16)
-        crc, crc_rx = Signal(16), Signal(16)
-        target = Signal()                  # 0: insn buffer, 1: data buffer
-        is_stream, duplicate = Signal(), Signal()
-        last_seq, have_last = Signal(8), Signal()
-        wb0, wb1 = self._word_bytes
-        word_pos = Signal(range(max(wb0, wb1)))
-        word_end = Mux(target, wb1 - 1, wb0 - 1)
-        mask = Mux(target, 0b10, 0b01)
-        idle = Signal(range(self._timeout + 1))
-        crc_next = crc16_next(crc, byte)
-
-        def reply(rtype, rreason=0):
-            return [self.reply.payload.type.eq(rtype), self.reply.payload.seq.eq(seq),
-                    self.reply.payload.reason.eq(rreason), self.reply.valid.eq(1)]
-
+        f = self._registers()
         with m.If(self.reply.ready):
             m.d.sync += self.reply.valid.eq(0)
         m.d.sync += [self.core_reset.eq(0), self.run.eq(0)]
 
-        timed_out = idle == self._timeout
-
-        def drop_on_timeout():
-            """A frame that stops arriving is dropped, its tentative bytes forgotten."""
-            with m.If(timed_out):
-                m.d.comb += self.buf_rollback.eq(0b11)
-                m.d.sync += reply(FrameType.NAK, NakReason.TIMEOUT)
-                m.next = "SYNC"
-
         with m.FSM() as fsm:
-            def header(state, nxt, *actions):
-                with m.State(state):
-                    drop_on_timeout()
-                    with m.Elif(got):
-                        m.d.sync += [crc.eq(crc_next), *actions]
-                        m.next = nxt
-
             with m.State("SYNC"):
-                with m.If(got & (byte == SYNC)):
-                    m.d.sync += [crc.eq(0xFFFF), reason.eq(0), word_pos.eq(0)]
+                with m.If(self.rx.valid & (byte == SYNC)):
+                    m.d.sync += [f.crc.eq(0xFFFF), f.reason.eq(0), f.word_pos.eq(0)]
                     m.next = "TYPE"
-            header("TYPE", "SEQ", ftype.eq(byte))
-            header("SEQ", "LEN0", seq.eq(byte))
-            header("LEN0", "LEN1", remaining[:8].eq(byte))
-            header("LEN1", "CHECK", remaining[8:].eq(byte))
+            self._header(m, f, "TYPE", "SEQ", f.ftype.eq(byte))
+            self._header(m, f, "SEQ", "LEN0", f.seq.eq(byte))
+            self._header(m, f, "LEN0", "LEN1", f.remaining[:8].eq(byte))
+            self._header(m, f, "LEN1", "CHECK", f.remaining[8:].eq(byte))
             with m.State("CHECK"):
-                # Decide, before the payload, whether it may be written.
-                stream_frame = (ftype == FrameType.INSN) | (ftype == FrameType.DATA)
-                tgt = ftype == FrameType.DATA
-                m.d.sync += [is_stream.eq(stream_frame), target.eq(tgt),
-                             duplicate.eq(stream_frame & have_last & (seq == last_seq))]
-                known = Cat(*(ftype == t for t in (FrameType.STATUS, FrameType.INFO,
-                                                   FrameType.RESET, FrameType.RUN))).any()
-                with m.If(stream_frame):
-                    with m.If((remaining == 0) | (remaining > protocol.MAX_PAYLOAD)):
-                        m.d.sync += reason.eq(NakReason.LENGTH)
-                    with m.Elif(remaining > Mux(tgt, self.buf_free[1], self.buf_free[0])):
-                        m.d.sync += reason.eq(NakReason.FULL)
-                with m.Elif(~known):
-                    m.d.sync += reason.eq(NakReason.TYPE)
-                with m.Elif(remaining != 0):
-                    m.d.sync += reason.eq(NakReason.LENGTH)
+                self._check(m, f)
                 m.next = "PAYLOAD"
             with m.State("PAYLOAD"):
-                drop_on_timeout()
-                with m.Elif(remaining == 0):
-                    m.next = "CRC0"
-                with m.Elif(got):
-                    m.d.sync += [remaining.eq(remaining - 1), crc.eq(crc_next),
-                                 word_pos.eq(Mux(word_pos == word_end, 0, word_pos + 1))]
-                    writing = is_stream & (reason == 0) & ~duplicate
-                    m.d.comb += self.buf_wr_en.eq(Mux(writing, mask, 0))
-            with m.State("CRC0"):
-                drop_on_timeout()
-                with m.Elif(got):
-                    m.d.sync += crc_rx[:8].eq(byte)
-                    m.next = "CRC1"
-            with m.State("CRC1"):
-                drop_on_timeout()
-                with m.Elif(got):
-                    m.d.sync += crc_rx[8:].eq(byte)
-                    m.next = "DECIDE"
+                self._payload(m, f)
+            self._receive(m, f, "CRC0", "CRC1", f.crc_rx[:8].eq(byte))
+            self._receive(m, f, "CRC1", "DECIDE", f.crc_rx[8:].eq(byte))
             with m.State("DECIDE"):
-                rollback = Mux(is_stream, mask, 0)
-                with m.If(crc_rx != crc):
-                    m.d.comb += self.buf_rollback.eq(rollback)
-                    m.d.sync += reply(FrameType.NAK, NakReason.CRC)
-                with m.Elif(is_stream & (word_pos != 0)):
-                    m.d.comb += self.buf_rollback.eq(rollback)
-                    m.d.sync += reply(FrameType.NAK, NakReason.LENGTH)
-                with m.Elif(reason != 0):
-                    m.d.comb += self.buf_rollback.eq(rollback)
-                    m.d.sync += reply(FrameType.NAK, reason)
-                with m.Elif(is_stream):
-                    m.d.comb += self.buf_commit.eq(mask)
-                    m.d.sync += [last_seq.eq(seq), have_last.eq(1), *reply(FrameType.ACK)]
-                with m.Elif(ftype == FrameType.STATUS):
-                    m.d.sync += reply(FrameType.STATUS_REPLY)
-                with m.Elif(ftype == FrameType.INFO):
-                    m.d.sync += reply(FrameType.INFO_REPLY)
-                with m.Elif(ftype == FrameType.RESET):
-                    m.d.sync += [self.core_reset.eq(1), have_last.eq(0), *reply(FrameType.ACK)]
-                with m.Else():                  # RUN
-                    if self._has_rom:
-                        m.d.sync += [self.run.eq(1), *reply(FrameType.ACK)]
-                    else:
-                        m.d.sync += reply(FrameType.NAK, NakReason.NO_ROM)
+                self._decide(m, f)
                 m.next = "SYNC"
 
+        # The timeout counts only while a frame waits for its next byte.
         waiting = ~fsm.ongoing("SYNC") & ~fsm.ongoing("CHECK") & ~fsm.ongoing("DECIDE")
-        with m.If(got | ~waiting | timed_out):
-            m.d.sync += idle.eq(0)
+        with m.If(self.rx.valid | ~waiting | f.timed_out):
+            m.d.sync += f.idle.eq(0)
         with m.Else():
-            m.d.sync += idle.eq(idle + 1)
+            m.d.sync += f.idle.eq(f.idle + 1)
         return m
+
+    def _registers(self) -> _Frame:
+        ftype = Signal(8)
+        seq = Signal(8)
+        reason = Signal(8)
+        remaining = Signal(16)
+        crc = Signal(16)
+        crc_rx = Signal(16)
+        target = Signal()
+        is_stream = Signal()
+        duplicate = Signal()
+        last_seq = Signal(8)
+        have_last = Signal()
+        wb0, wb1 = self._word_bytes
+        word_pos = Signal(range(max(wb0, wb1)))
+        idle = Signal(range(self._timeout + 1))
+        return _Frame(ftype, seq, reason, remaining, crc, crc_rx, target, is_stream, duplicate,
+                      last_seq, have_last, word_pos, idle,
+                      word_end=Mux(target, wb1 - 1, wb0 - 1), mask=Mux(target, 0b10, 0b01),
+                      crc_next=crc16_next(crc, self.rx.payload), timed_out=idle == self._timeout)
+
+    def _reply(self, f: _Frame, rtype, rreason=0) -> list:
+        """Request reply ``rtype`` (with NAK reason ``rreason``) to the frame ``f.seq``."""
+        return [self.reply.payload.type.eq(rtype), self.reply.payload.seq.eq(f.seq),
+                self.reply.payload.reason.eq(rreason), self.reply.valid.eq(1)]
+
+    def _receive(self, m: Module, f: _Frame, state: str, nxt: str, *actions) -> None:
+        """State ``state`` takes one byte with ``actions`` and goes to ``nxt``. A
+        frame that stops arriving is dropped, its tentative bytes forgotten."""
+        with m.State(state):
+            self._drop_on_timeout(m, f)
+            with m.Elif(self.rx.valid):
+                m.d.sync += [*actions]
+                m.next = nxt
+
+    def _header(self, m: Module, f: _Frame, state: str, nxt: str, *actions) -> None:
+        """A header byte: like :meth:`_receive`, and counted in the CRC."""
+        self._receive(m, f, state, nxt, f.crc.eq(f.crc_next), *actions)
+
+    def _drop_on_timeout(self, m: Module, f: _Frame) -> None:
+        """Opens an ``If`` chain: on timeout, roll back both buffers and NAK."""
+        with m.If(f.timed_out):
+            m.d.comb += self.buf_rollback.eq(0b11)
+            m.d.sync += self._reply(f, FrameType.NAK, NakReason.TIMEOUT)
+            m.next = "SYNC"
+
+    def _check(self, m: Module, f: _Frame) -> None:
+        """After the header, before the payload: the target and whether the payload
+        may be written; a refusal's reason (length, buffer full, unknown type)."""
+        ftype, remaining = f.ftype, f.remaining
+        stream_frame = (ftype == FrameType.INSN) | (ftype == FrameType.DATA)
+        tgt = ftype == FrameType.DATA
+        m.d.sync += [f.is_stream.eq(stream_frame), f.target.eq(tgt),
+                     f.duplicate.eq(stream_frame & f.have_last & (f.seq == f.last_seq))]
+        known = Cat(*(ftype == t for t in (FrameType.STATUS, FrameType.INFO,
+                                           FrameType.RESET, FrameType.RUN))).any()
+        with m.If(stream_frame):
+            with m.If((remaining == 0) | (remaining > protocol.MAX_PAYLOAD)):
+                m.d.sync += f.reason.eq(NakReason.LENGTH)
+            with m.Elif(remaining > Mux(tgt, self.buf_free[1], self.buf_free[0])):
+                m.d.sync += f.reason.eq(NakReason.FULL)
+        with m.Elif(~known):
+            m.d.sync += f.reason.eq(NakReason.TYPE)
+        with m.Elif(remaining != 0):
+            m.d.sync += f.reason.eq(NakReason.LENGTH)
+
+    def _payload(self, m: Module, f: _Frame) -> None:
+        """Payload bytes go tentatively into the target buffer, unless the frame is
+        refused or a duplicate."""
+        self._drop_on_timeout(m, f)
+        with m.Elif(f.remaining == 0):
+            m.next = "CRC0"
+        with m.Elif(self.rx.valid):
+            m.d.sync += [f.remaining.eq(f.remaining - 1), f.crc.eq(f.crc_next),
+                         f.word_pos.eq(Mux(f.word_pos == f.word_end, 0, f.word_pos + 1))]
+            writing = f.is_stream & (f.reason == 0) & ~f.duplicate
+            m.d.comb += self.buf_wr_en.eq(Mux(writing, f.mask, 0))
+
+    def _decide(self, m: Module, f: _Frame) -> None:
+        """The whole frame is in: commit or roll back the payload, act on a command,
+        and reply."""
+        rollback = Mux(f.is_stream, f.mask, 0)
+        with m.If(f.crc_rx != f.crc):
+            m.d.comb += self.buf_rollback.eq(rollback)
+            m.d.sync += self._reply(f, FrameType.NAK, NakReason.CRC)
+        with m.Elif(f.is_stream & (f.word_pos != 0)):
+            m.d.comb += self.buf_rollback.eq(rollback)
+            m.d.sync += self._reply(f, FrameType.NAK, NakReason.LENGTH)
+        with m.Elif(f.reason != 0):
+            m.d.comb += self.buf_rollback.eq(rollback)
+            m.d.sync += self._reply(f, FrameType.NAK, f.reason)
+        with m.Elif(f.is_stream):
+            m.d.comb += self.buf_commit.eq(f.mask)
+            m.d.sync += [f.last_seq.eq(f.seq), f.have_last.eq(1), *self._reply(f, FrameType.ACK)]
+        with m.Elif(f.ftype == FrameType.STATUS):
+            m.d.sync += self._reply(f, FrameType.STATUS_REPLY)
+        with m.Elif(f.ftype == FrameType.INFO):
+            m.d.sync += self._reply(f, FrameType.INFO_REPLY)
+        with m.Elif(f.ftype == FrameType.RESET):
+            m.d.sync += [self.core_reset.eq(1), f.have_last.eq(0), *self._reply(f, FrameType.ACK)]
+        with m.Else():                  # RUN
+            if self._has_rom:
+                m.d.sync += [self.run.eq(1), *self._reply(f, FrameType.ACK)]
+            else:
+                m.d.sync += self._reply(f, FrameType.NAK, NakReason.NO_ROM)
+
+
+#: Reply kinds in the order of the sender's ``kind`` register; RESULT last.
+_KINDS = [FrameType.ACK, FrameType.NAK, FrameType.STATUS_REPLY, FrameType.INFO_REPLY,
+          FrameType.RESULT]
+
+
+def _as_bytes(value: Value, n: int) -> list:
+    """``value`` zero-extended to ``n`` bytes, least significant first."""
+    value = Cat(value, C(0, max(0, 8 * n - len(value))))
+    return [value[8 * i:8 * i + 8] for i in range(n)]
+
+
+class _Outgoing(NamedTuple):
+    """The sender's registers for the frame being sent."""
+    kind: Signal                # index into _KINDS
+    seq: Signal
+    reason: Signal
+    pos: Signal                 # byte being sent
+    length: Signal              # payload bytes
+    busy: Signal
+    crc: Signal
+    results: Signal             # RESULT frames sent since the last clear
+    snap: Signal                # the bridge's own fields at the frame's start
 
 
 class FrameSender(wiring.Component):
@@ -263,97 +330,120 @@ class FrameSender(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        cfg = self._cfg
-        nb, cb = protocol.bus_bytes(cfg), protocol.counter_bytes(cfg)
-        kinds = [FrameType.ACK, FrameType.NAK, FrameType.STATUS_REPLY, FrameType.INFO_REPLY,
-                 FrameType.RESULT]
-        lengths = {FrameType.ACK: 5, FrameType.NAK: 1,
-                   FrameType.STATUS_REPLY: protocol.status_length(cfg),
-                   FrameType.INFO_REPLY: len(self._info), FrameType.RESULT: nb + 1}
-        total = max(lengths.values()) + 7
+        f = self._registers()
+        byte = self._frame_byte(m, f)
+        with m.If(~f.busy):
+            self._start_next(m, f)
+        with m.Else():
+            self._send(m, f, byte)
+        with m.If(self.clear_results):
+            m.d.sync += f.results.eq(0)
+        return m
 
-        kind = Signal(range(len(kinds)))
-        seq, reason = Signal(8), Signal(8)
-        pos = Signal(range(total + 1))          # byte being sent
+    def _lengths(self) -> dict:
+        """Payload bytes of each frame type."""
+        cfg = self._cfg
+        return {FrameType.ACK: 5, FrameType.NAK: 1,
+                FrameType.STATUS_REPLY: protocol.status_length(cfg),
+                FrameType.INFO_REPLY: len(self._info), FrameType.RESULT: protocol.bus_bytes(cfg) + 1}
+
+    def _registers(self) -> _Outgoing:
+        total = max(self._lengths().values()) + 7
+        kind = Signal(range(len(_KINDS)))
+        seq = Signal(8)
+        reason = Signal(8)
+        pos = Signal(range(total + 1))
         length = Signal(16)
         busy = Signal()
         crc = Signal(16)
         results = Signal(32)
-        # Snapshot of the bridge's own fields at the frame's start.
         snap = Signal(data.StructLayout({"state": 8, "error": 8, "error_pc": 32, "halts": 16,
                                          "results": 32, "free0": 16, "free1": 16}))
+        return _Outgoing(kind, seq, reason, pos, length, busy, crc, results, snap)
 
-        def as_bytes(value: Value, n: int) -> list:
-            value = Cat(value, C(0, max(0, 8 * n - len(value))))
-            return [value[8 * i:8 * i + 8] for i in range(n)]
-
-        free = as_bytes(snap.free0, 2) + as_bytes(snap.free1, 2)
-        counters = [b for c in self.counters for b in as_bytes(c, cb)]
-        payloads = {
-            FrameType.ACK: [seq] + free,
-            FrameType.NAK: [reason],
-            FrameType.STATUS_REPLY: (as_bytes(snap.state, 1) + as_bytes(snap.error, 1)
-                                     + as_bytes(snap.error_pc, 4) + counters + as_bytes(snap.halts, 2)
-                                     + as_bytes(snap.results, 4) + free),
+    def _payloads(self, f: _Outgoing) -> dict:
+        """The payload bytes of each frame type."""
+        cfg = self._cfg
+        nb, cb = protocol.bus_bytes(cfg), protocol.counter_bytes(cfg)
+        snap = f.snap
+        free = _as_bytes(snap.free0, 2) + _as_bytes(snap.free1, 2)
+        counters = [b for c in self.counters for b in _as_bytes(c, cb)]
+        return {
+            FrameType.ACK: [f.seq] + free,
+            FrameType.NAK: [f.reason],
+            FrameType.STATUS_REPLY: (_as_bytes(snap.state, 1) + _as_bytes(snap.error, 1)
+                                     + _as_bytes(snap.error_pc, 4) + counters + _as_bytes(snap.halts, 2)
+                                     + _as_bytes(snap.results, 4) + free),
             FrameType.INFO_REPLY: [C(b, 8) for b in self._info],
-            FrameType.RESULT: as_bytes(self.result.payload[:cfg.bus_width], nb)
+            FrameType.RESULT: _as_bytes(self.result.payload[:cfg.bus_width], nb)
                               + [Cat(self.result.payload[cfg.bus_width], C(0, 7))],
         }
+
+    def _frame_byte(self, m: Module, f: _Outgoing) -> Signal:
+        """The byte at ``f.pos``: SYNC, type, seq, length (2), payload, CRC (2)."""
+        payloads = self._payloads(f)
+        pos, length = f.pos, f.length
         byte = Signal(8)
         with m.If(pos < 5):
             with m.Switch(pos):
                 with m.Case(0):
                     m.d.comb += byte.eq(SYNC)
                 with m.Case(1):
-                    m.d.comb += byte.eq(Array(C(int(k), 8) for k in kinds)[kind])
+                    m.d.comb += byte.eq(Array(C(int(k), 8) for k in _KINDS)[f.kind])
                 with m.Case(2):
-                    m.d.comb += byte.eq(seq)
+                    m.d.comb += byte.eq(f.seq)
                 with m.Case(3):
                     m.d.comb += byte.eq(length[:8])
                 with m.Case(4):
                     m.d.comb += byte.eq(length[8:])
         with m.Elif(pos < 5 + length):
-            with m.Switch(kind):
-                for k, t in enumerate(kinds):
+            with m.Switch(f.kind):
+                for k, t in enumerate(_KINDS):
                     with m.Case(k):
                         m.d.comb += byte.eq(Array(payloads[t])[pos - 5])
         with m.Elif(pos == 5 + length):
-            m.d.comb += byte.eq(crc[:8])
+            m.d.comb += byte.eq(f.crc[:8])
         with m.Else():
-            m.d.comb += byte.eq(crc[8:])
+            m.d.comb += byte.eq(f.crc[8:])
+        return byte
 
-        def start(k: int, t: FrameType):
-            return [kind.eq(k), length.eq(lengths[t]), pos.eq(0), busy.eq(1), crc.eq(0xFFFF),
-                    snap.state.eq(self.state), snap.error.eq(self.error), snap.error_pc.eq(self.error_pc),
-                    snap.halts.eq(self.halts), snap.results.eq(results),
-                    snap.free0.eq(self.free[0]), snap.free1.eq(self.free[1])]
+    def _start(self, f: _Outgoing, k: int) -> list:
+        """Begin a frame of kind ``_KINDS[k]`` and snapshot the bridge's fields."""
+        snap = f.snap
+        return [f.kind.eq(k), f.length.eq(self._lengths()[_KINDS[k]]), f.pos.eq(0), f.busy.eq(1),
+                f.crc.eq(0xFFFF),
+                snap.state.eq(self.state), snap.error.eq(self.error), snap.error_pc.eq(self.error_pc),
+                snap.halts.eq(self.halts), snap.results.eq(f.results),
+                snap.free0.eq(self.free[0]), snap.free1.eq(self.free[1])]
 
-        with m.If(~busy):
-            r = self.reply.payload
-            with m.If(self.reply.valid):
-                m.d.comb += self.reply.ready.eq(1)
-                m.d.sync += [seq.eq(r.seq), reason.eq(r.reason)]
-                with m.Switch(r.type):
-                    for k, t in enumerate(kinds[:4]):
-                        with m.Case(t):
-                            m.d.sync += start(k, t)
-            with m.Elif(self.result.valid):
-                m.d.sync += [*start(4, FrameType.RESULT), seq.eq(results[:8])]
-        with m.Else():
-            m.d.comb += [self.tx.payload.eq(byte), self.tx.valid.eq(1)]
-            with m.If(self.tx.ready):
-                m.d.sync += pos.eq(pos + 1)
-                with m.If((pos != 0) & (pos < 5 + length)):
-                    m.d.sync += crc.eq(crc16_next(crc, byte))
-                with m.If((kind == 4) & (pos == 4 + length)):
-                    # The result word's last payload byte: take the word.
-                    m.d.comb += self.result.ready.eq(1)
-                    m.d.sync += results.eq(results + 1)
-                with m.If(pos == 6 + length):
-                    m.d.sync += busy.eq(0)
-        with m.If(self.clear_results):
-            m.d.sync += results.eq(0)
-        return m
+    def _start_next(self, m: Module, f: _Outgoing) -> None:
+        """While idle: take a requested reply, else a waiting result word."""
+        r = self.reply.payload
+        with m.If(self.reply.valid):
+            m.d.comb += self.reply.ready.eq(1)
+            m.d.sync += [f.seq.eq(r.seq), f.reason.eq(r.reason)]
+            with m.Switch(r.type):
+                for k, t in enumerate(_KINDS[:4]):
+                    with m.Case(t):
+                        m.d.sync += self._start(f, k)
+        with m.Elif(self.result.valid):
+            m.d.sync += [*self._start(f, 4), f.seq.eq(f.results[:8])]
+
+    def _send(self, m: Module, f: _Outgoing, byte) -> None:
+        """While busy: send ``byte``, fold it into the CRC, take the result word
+        after its last payload byte, and stop after the CRC."""
+        pos, length = f.pos, f.length
+        m.d.comb += [self.tx.payload.eq(byte), self.tx.valid.eq(1)]
+        with m.If(self.tx.ready):
+            m.d.sync += pos.eq(pos + 1)
+            with m.If((pos != 0) & (pos < 5 + length)):
+                m.d.sync += f.crc.eq(crc16_next(f.crc, byte))
+            with m.If((f.kind == 4) & (pos == 4 + length)):
+                # The result word's last payload byte: take the word.
+                m.d.comb += self.result.ready.eq(1)
+                m.d.sync += f.results.eq(f.results + 1)
+            with m.If(pos == 6 + length):
+                m.d.sync += f.busy.eq(0)
 
 
 class UartBridge(wiring.Component):

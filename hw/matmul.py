@@ -14,6 +14,8 @@ touch them early. A new MATMUL is accepted in the cycle the current one issues i
 last vector, so back-to-back matmuls keep the array full.
 """
 
+from typing import NamedTuple
+
 from amaranth import *
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
@@ -30,7 +32,20 @@ from .pe import ACT_WIDTH
 __all__ = ["MatmulUnit"]
 
 
+class _Insn(NamedTuple):
+    """The running instruction's fields, latched at ``start``."""
+    bank: Signal
+    accumulate: Signal
+    act_signed: Signal
+    lane: Signal
+    x_regions: Signal
+    z_regions: Signal
+
+
 class MatmulUnit(wiring.Component):
+    """Executes MATMUL: feeds ``act`` to the array from ``spad_rd`` and accumulates
+    its ``psum`` through ``acc_rd``/``acc_wr``; ``issuing`` marks each vector sent."""
+
     def __init__(self, cfg: CoreConfig, array_latency: int):
         self._cfg = cfg
         self._latency = array_latency
@@ -48,9 +63,37 @@ class MatmulUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        cfg = self._cfg
+        loops, pc = unit_loops(m, self.ctrl, ("x", "z"), self._cfg)
+        insn = self._latch(m)
+        err, issue = self._issue(m, insn, loops)
+        z_addr = loops.addr[1]
+
+        # Cycle 1 onwards: metadata enters a delay line aligned with the array;
+        # meta[k] is cycle 1 + k.
+        meta_layout = data.StructLayout({"valid": 1, "bank": 1, "accumulate": 1,
+                                         "addr": addr_width(self._cfg.acc_depth)})
+        s1 = Signal(meta_layout)
+        s1_signed = Signal()
+        s1_lane = Signal(4)
+        m.d.sync += [s1.valid.eq(issue), s1.bank.eq(insn.bank), s1.accumulate.eq(insn.accumulate),
+                     s1.addr.eq(z_addr), s1_signed.eq(insn.act_signed), s1_lane.eq(insn.lane)]
+        self._activations(m, s1, s1_signed, s1_lane)
+        meta = [s1]
+        for k in range(self._latency):
+            r = Signal(meta_layout, name=f"meta{k + 1}")
+            m.d.sync += r.eq(meta[-1])
+            meta.append(r)
+        rd, wb = meta[self._latency - 1], meta[self._latency]
+        m.d.comb += [self.acc_rd.addr.eq(rd.addr), self.acc_rd.en.eq(1)]
+        self._write_back(m, wb)
+
+        acc_inflight, bank_inflight = self._inflight(m, insn, issue, z_addr, wb)
+        self._report(m, insn, loops, issue, acc_inflight, bank_inflight, err, pc)
+        return m
+
+    def _latch(self, m: Module) -> _Insn:
+        """Latch the parameters and the region masks at ``start``."""
         ctrl = self.ctrl
-        loops, pc = unit_loops(m, ctrl, ("x", "z"), self._cfg)
         bank = Signal()
         accumulate = Signal()
         act_signed = Signal()
@@ -62,30 +105,31 @@ class MatmulUnit(wiring.Component):
             m.d.sync += [bank.eq(p.bank), accumulate.eq(p.accumulate), act_signed.eq(p.act_signed),
                          lane.eq(p.lane), x_regions.eq(ctrl.insn.x.regions),
                          z_regions.eq(ctrl.insn.z.regions)]
+        return _Insn(bank, accumulate, act_signed, lane, x_regions, z_regions)
 
-        # Cycle 0: check and read.
+    def _issue(self, m: Module, insn: _Insn, loops) -> tuple[Signal, Signal]:
+        """Cycle 0: check both addresses (x first); issue the iteration and read the
+        scratchpad row when both are good. Returns ``(err, issue)``."""
+        cfg = self._cfg
         x_addr, z_addr = loops.addr[0], loops.addr[1]
-        x_err = check_address(m, x_addr, addr_width(cfg.spad_depth), x_regions, "x")
-        z_err = check_address(m, z_addr, addr_width(cfg.acc_depth), z_regions, "z")
+        x_err = check_address(m, x_addr, addr_width(cfg.spad_depth), insn.x_regions, "x")
+        z_err = check_address(m, z_addr, addr_width(cfg.acc_depth), insn.z_regions, "z")
         err = Signal(ErrorCode)
         m.d.comb += err.eq(Mux(x_err != ErrorCode.NONE, x_err, z_err))
         issue = Signal()
         m.d.comb += [
-            issue.eq(loops.valid & (err == ErrorCode.NONE) & ~ctrl.abort),
+            issue.eq(loops.valid & (err == ErrorCode.NONE) & ~self.ctrl.abort),
             loops.advance.eq(issue),
             self.spad_rd.addr.eq(x_addr),
             self.spad_rd.en.eq(issue),
             self.issuing.eq(issue),
         ]
+        return err, issue
 
-        # Cycle 1: lane select and extension; metadata enters the delay line.
-        meta_layout = data.StructLayout({"valid": 1, "bank": 1, "accumulate": 1,
-                                         "addr": addr_width(cfg.acc_depth)})
-        s1 = Signal(meta_layout)
-        s1_signed = Signal()
-        s1_lane = Signal(4)
-        m.d.sync += [s1.valid.eq(issue), s1.bank.eq(bank), s1.accumulate.eq(accumulate),
-                     s1.addr.eq(z_addr), s1_signed.eq(act_signed), s1_lane.eq(lane)]
+    def _activations(self, m: Module, s1, s1_signed, s1_lane) -> None:
+        """Cycle 1: the ``rows`` bytes of the lane, extended to int8 or uint8, enter
+        the array with the weight bank."""
+        cfg = self._cfg
         row = self.spad_rd.data.as_value()
         vector = Signal(8 * cfg.rows)
         m.d.comb += vector.eq(row.word_select(s1_lane, 8 * cfg.rows) if cfg.lanes > cfg.rows else row)
@@ -94,27 +138,21 @@ class MatmulUnit(wiring.Component):
             byte = vector[8 * i:8 * i + 8]
             m.d.comb += self.act.data[i].eq(Mux(s1_signed, byte.as_signed(), byte.as_unsigned()))
 
-        # Delay line aligned with the array: meta[k] is cycle 1 + k.
-        meta = [s1]
-        for k in range(self._latency):
-            r = Signal(meta_layout, name=f"meta{k + 1}")
-            m.d.sync += r.eq(meta[-1])
-            meta.append(r)
-        rd, wb = meta[self._latency - 1], meta[self._latency]
-        m.d.comb += [self.acc_rd.addr.eq(rd.addr), self.acc_rd.en.eq(1)]
-
-        # Write-back with accumulator saturation.
-        W = cfg.acc_width
+    def _write_back(self, m: Module, wb) -> None:
+        """Cycle 1 + LATENCY: ``acc <= sat(acc + psum)`` (or ``psum``) at ``wb.addr``."""
+        W = self._cfg.acc_width
         lo, hi = -(1 << (W - 1)), (1 << (W - 1)) - 1
         m.d.comb += [self.acc_wr.addr.eq(wb.addr), self.acc_wr.en.eq(wb.valid)]
-        for j in range(cfg.cols):
+        for j in range(self._cfg.cols):
             total = Signal(signed(W + 1), name=f"total{j}")
             m.d.comb += total.eq(Mux(wb.accumulate, self.acc_rd.data[j], 0) + self.psum.data[j])
             m.d.comb += self.acc_wr.data[j].eq(Mux(total > hi, hi, Mux(total < lo, lo, total)))
 
-        # In-flight vectors per accumulator region and per bank.
+    def _inflight(self, m: Module, insn: _Insn, issue, z_addr, wb) -> tuple[list, list]:
+        """Counters of vectors between issue and write-back, per accumulator region
+        and per weight bank. Returns ``(per_region, per_bank)``."""
         depth = self._latency + 2
-        region_shift = addr_width(cfg.acc_depth) - 2
+        region_shift = addr_width(self._cfg.acc_depth) - 2
         inflight = []
         for r in range(REGIONS):
             cnt = Signal(range(depth + 1), name=f"inflight_acc{r}")
@@ -125,15 +163,19 @@ class MatmulUnit(wiring.Component):
         bank_inflight = []
         for b in range(2):
             cnt = Signal(range(depth + 1), name=f"inflight_bank{b}")
-            m.d.sync += cnt.eq(cnt + (issue & (bank == b)) - (wb.valid & (wb.bank == b)))
+            m.d.sync += cnt.eq(cnt + (issue & (insn.bank == b)) - (wb.valid & (wb.bank == b)))
             bank_inflight.append(cnt)
+        return inflight, bank_inflight
 
-        acc_busy = Cat(*(c != 0 for c in inflight))
-        report(m, ctrl, ready=~loops.valid | (issue & loops.last),
+    def _report(self, m: Module, insn: _Insn, loops, issue, acc_inflight, bank_inflight, err, pc):
+        """Status to the controller: ready in the cycle the last vector issues; the
+        regions and banks with vectors in flight stay marked."""
+        acc_busy = Cat(*(c != 0 for c in acc_inflight))
+        report(m, self.ctrl, ready=~loops.valid | (issue & loops.last),
                busy=loops.valid | (acc_busy != 0),
-               reads=(Mux(loops.valid, mem_bits(Mem.SPAD, x_regions) | bank_bit(bank), 0)
+               reads=(Mux(loops.valid, mem_bits(Mem.SPAD, insn.x_regions) | bank_bit(insn.bank), 0)
                       | Mux(bank_inflight[0] != 0, bank_bit(0), 0)
                       | Mux(bank_inflight[1] != 0, bank_bit(1), 0)),
-               writes=Mux(loops.valid, mem_bits(Mem.ACC, z_regions), 0) | mem_bits(Mem.ACC, acc_busy),
+               writes=(Mux(loops.valid, mem_bits(Mem.ACC, insn.z_regions), 0)
+                       | mem_bits(Mem.ACC, acc_busy)),
                error=err, pc=pc, active=loops.valid)
-        return m

@@ -10,6 +10,8 @@
   lane; the write port's lane enables keep the rest of the row).
 """
 
+from typing import NamedTuple
+
 from amaranth import *
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In
@@ -26,7 +28,20 @@ from .requant import Requantizer
 __all__ = ["VectorUnit"]
 
 
+class _Insn(NamedTuple):
+    """The running instruction's fields, latched at ``start``."""
+    is_requant: Signal
+    op_max: Signal
+    rparams: Signal
+    aparams: Signal
+    regions: list[Signal]
+    uses_y: Signal
+
+
 class VectorUnit(wiring.Component):
+    """Executes REQUANT, ADD and MAX: reads through ``acc_rd``, ``spad_rd_x``,
+    ``spad_rd_y`` and ``table_rd``, writes byte lanes through ``spad_wr``."""
+
     def __init__(self, cfg: CoreConfig):
         self._cfg = cfg
         super().__init__({
@@ -40,12 +55,35 @@ class VectorUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        cfg = self._cfg
-        L, C = cfg.lanes, cfg.cols
-        ctrl = self.ctrl
-        loops, pc = unit_loops(m, ctrl, ("x", "y", "z"), self._cfg)
-        m.submodules.requant = rq = Requantizer(L, cfg.acc_width)
+        loops, pc = unit_loops(m, self.ctrl, ("x", "y", "z"), self._cfg)
+        m.submodules.requant = rq = Requantizer(self._cfg.lanes, self._cfg.acc_width)
+        insn = self._latch(m)
+        x_addr, y_addr, z_addr = loops.addr[0], loops.addr[1], loops.addr[2]
+        err = self._address_error(m, insn, x_addr, y_addr, z_addr)
+        issue = self._issue(m, insn, loops, err)
 
+        # Cycle 1 onwards: the write address and a valid bit travel beside the
+        # operands through the requantizer; meta[k] is cycle 1 + k.
+        meta_layout = data.StructLayout({"valid": 1, "addr": addr_width(self._cfg.spad_depth)})
+        s1 = Signal(meta_layout)
+        m.d.sync += [s1.valid.eq(issue), s1.addr.eq(z_addr)]
+        self._operands(m, insn, rq.operands, s1.valid)
+        meta = [s1]
+        for k in range(Requantizer.LATENCY):
+            r = Signal(meta_layout, name=f"meta{k + 1}")
+            m.d.sync += r.eq(meta[-1])
+            meta.append(r)
+        self._write_back(m, insn, rq.result.data, meta[-1])
+
+        pipeline = Cat(*(r.valid for r in meta))
+        busy = Signal()
+        m.d.comb += busy.eq(loops.valid | (pipeline != 0))
+        self._report(m, insn, loops.valid, busy, err, pc)
+        return m
+
+    def _latch(self, m: Module) -> _Insn:
+        """Latch the opcode, the parameters and the region masks at ``start``."""
+        ctrl = self.ctrl
         is_requant = Signal()
         op_max = Signal()
         rparams = Signal(RequantParams)
@@ -63,42 +101,51 @@ class VectorUnit(wiring.Component):
             ]
         uses_y = Signal()
         m.d.comb += uses_y.eq(~is_requant | rparams.residual)
+        return _Insn(is_requant, op_max, rparams, aparams, regions, uses_y)
 
-        # Cycle 0: address checks (x, then y, then z) and reads.
-        x_addr, y_addr, z_addr = loops.addr[0], loops.addr[1], loops.addr[2]
-        spad_aw, acc_aw = addr_width(cfg.spad_depth), addr_width(cfg.acc_depth)
+    def _address_error(self, m: Module, insn: _Insn, x_addr, y_addr, z_addr) -> Signal:
+        """Cycle 0: the first fault of x (accumulator for REQUANT, else scratchpad),
+        y (only if read), z."""
+        spad_aw, acc_aw = addr_width(self._cfg.spad_depth), addr_width(self._cfg.acc_depth)
         x_err = Signal(ErrorCode)
-        m.d.comb += x_err.eq(Mux(is_requant, check_address(m, x_addr, acc_aw, regions[0], "xa"),
-                                 check_address(m, x_addr, spad_aw, regions[0], "xs")))
-        y_err = check_address(m, y_addr, spad_aw, regions[1], "y")
-        z_err = check_address(m, z_addr, spad_aw, regions[2], "z")
+        m.d.comb += x_err.eq(Mux(insn.is_requant,
+                                 check_address(m, x_addr, acc_aw, insn.regions[0], "xa"),
+                                 check_address(m, x_addr, spad_aw, insn.regions[0], "xs")))
+        y_err = check_address(m, y_addr, spad_aw, insn.regions[1], "y")
+        z_err = check_address(m, z_addr, spad_aw, insn.regions[2], "z")
         err = Signal(ErrorCode)
         with m.If(x_err != ErrorCode.NONE):
             m.d.comb += err.eq(x_err)
-        with m.Elif(uses_y & (y_err != ErrorCode.NONE)):
+        with m.Elif(insn.uses_y & (y_err != ErrorCode.NONE)):
             m.d.comb += err.eq(y_err)
         with m.Else():
             m.d.comb += err.eq(z_err)
+        return err
+
+    def _issue(self, m: Module, insn: _Insn, loops, err) -> Signal:
+        """Cycle 0: issue the current iteration when its addresses are good; read
+        the source rows and the shift-table entry."""
+        x_addr, y_addr = loops.addr[0], loops.addr[1]
         issue = Signal()
         m.d.comb += [
-            issue.eq(loops.valid & (err == ErrorCode.NONE) & ~ctrl.abort),
+            issue.eq(loops.valid & (err == ErrorCode.NONE) & ~self.ctrl.abort),
             loops.advance.eq(issue),
-            self.acc_rd.addr.eq(x_addr), self.acc_rd.en.eq(issue & is_requant),
-            self.spad_rd_x.addr.eq(x_addr), self.spad_rd_x.en.eq(issue & ~is_requant),
-            self.spad_rd_y.addr.eq(y_addr), self.spad_rd_y.en.eq(issue & uses_y),
-            self.table_rd.addr.eq(rparams.table), self.table_rd.en.eq(1),
+            self.acc_rd.addr.eq(x_addr), self.acc_rd.en.eq(issue & insn.is_requant),
+            self.spad_rd_x.addr.eq(x_addr), self.spad_rd_x.en.eq(issue & ~insn.is_requant),
+            self.spad_rd_y.addr.eq(y_addr), self.spad_rd_y.en.eq(issue & insn.uses_y),
+            self.table_rd.addr.eq(insn.rparams.table), self.table_rd.en.eq(1),
         ]
+        return issue
 
-        # Cycle 1: operands.
-        meta_layout = data.StructLayout({"valid": 1, "addr": spad_aw})
-        s1 = Signal(meta_layout)
-        m.d.sync += [s1.valid.eq(issue), s1.addr.eq(z_addr)]
-        ops = rq.operands
+    def _operands(self, m: Module, insn: _Insn, ops, valid) -> None:
+        """Cycle 1: the requantizer's mode and the operands of every lane."""
+        L, C = self._cfg.lanes, self._cfg.cols
+        rparams, aparams, op_max = insn.rparams, insn.aparams, insn.op_max
         m.d.comb += [
-            ops.valid.eq(s1.valid),
+            ops.valid.eq(valid),
             ops.op_max.eq(op_max),
-            ops.relu.eq(Mux(is_requant, rparams.relu, aparams.relu & ~op_max)),
-            ops.out_signed.eq(Mux(is_requant, rparams.out_signed, aparams.out_signed)),
+            ops.relu.eq(Mux(insn.is_requant, rparams.relu, aparams.relu & ~op_max)),
+            ops.out_signed.eq(Mux(insn.is_requant, rparams.out_signed, aparams.out_signed)),
         ]
         x_row = self.spad_rd_x.data.as_value()
         y_row = self.spad_rd_y.data.as_value()
@@ -106,40 +153,47 @@ class VectorUnit(wiring.Component):
         m.d.comb += residual.eq(y_row.word_select(rparams.lane, 8 * C) if L > C else y_row)
         b_signed = Mux(op_max, aparams.a_signed, aparams.b_signed)
         for i in range(L):
-            ln = ops.lane[i]
-            xb, yb = x_row[8 * i:8 * i + 8], y_row[8 * i:8 * i + 8]
-            with m.If(is_requant):
+            with m.If(insn.is_requant):
                 if i < C:
-                    entry = self.table_rd.data[i]
-                    rb = residual[8 * i:8 * i + 8]
-                    m.d.comb += [
-                        ln.a.eq(self.acc_rd.data[i]),
-                        ln.b.eq(Mux(rparams.residual,
-                                    Mux(rparams.res_signed, rb.as_signed(), rb.as_unsigned()), 0)),
-                        ln.a_shift.eq(Mux(entry.align < 0, -entry.align, 0)),
-                        ln.b_shift.eq(Mux(entry.align > 0, entry.align, 0)),
-                        ln.shift.eq(entry.shift),
-                    ]
+                    m.d.comb += self._requant_lane(insn, ops.lane[i], i, residual[8 * i:8 * i + 8])
             with m.Else():
-                m.d.comb += [
-                    ln.a.eq(Mux(aparams.a_signed, xb.as_signed(), xb.as_unsigned())),
-                    ln.b.eq(Mux(b_signed, yb.as_signed(), yb.as_unsigned())),
-                    ln.a_shift.eq(Mux(op_max, 0, aparams.a_shift)),
-                    ln.b_shift.eq(Mux(op_max, 0, aparams.b_shift)),
-                    ln.shift.eq(Mux(op_max, 0, aparams.shift)),
-                ]
+                m.d.comb += self._alu_lane(insn, ops.lane[i], x_row[8 * i:8 * i + 8],
+                                           y_row[8 * i:8 * i + 8], b_signed)
 
-        # Write-back after the requantizer.
-        meta = [s1]
-        for k in range(Requantizer.LATENCY):
-            r = Signal(meta_layout, name=f"meta{k + 1}")
-            m.d.sync += r.eq(meta[-1])
-            meta.append(r)
-        wb = meta[-1]
-        groups = cfg.requant_lanes
+    def _requant_lane(self, insn: _Insn, ln, i: int, rb) -> list:
+        """REQUANT's column ``i``: the accumulator, the residual byte ``rb`` (or 0),
+        and the shift and alignment of the column's table entry."""
+        rparams = insn.rparams
+        entry = self.table_rd.data[i]
+        return [
+            ln.a.eq(self.acc_rd.data[i]),
+            ln.b.eq(Mux(rparams.residual,
+                        Mux(rparams.res_signed, rb.as_signed(), rb.as_unsigned()), 0)),
+            ln.a_shift.eq(Mux(entry.align < 0, -entry.align, 0)),
+            ln.b_shift.eq(Mux(entry.align > 0, entry.align, 0)),
+            ln.shift.eq(entry.shift),
+        ]
+
+    def _alu_lane(self, insn: _Insn, ln, xb, yb, b_signed) -> list:
+        """ADD's or MAX's byte lane: bytes ``xb`` and ``yb`` extended by their
+        signedness, the instruction's scalar shifts (none for MAX)."""
+        aparams, op_max = insn.aparams, insn.op_max
+        return [
+            ln.a.eq(Mux(aparams.a_signed, xb.as_signed(), xb.as_unsigned())),
+            ln.b.eq(Mux(b_signed, yb.as_signed(), yb.as_unsigned())),
+            ln.a_shift.eq(Mux(op_max, 0, aparams.a_shift)),
+            ln.b_shift.eq(Mux(op_max, 0, aparams.b_shift)),
+            ln.shift.eq(Mux(op_max, 0, aparams.shift)),
+        ]
+
+    def _write_back(self, m: Module, insn: _Insn, result, wb) -> None:
+        """After the requantizer: write ``result`` at ``wb.addr``, REQUANT only into
+        the ``cols`` bytes of its lane."""
+        L, C = self._cfg.lanes, self._cfg.cols
+        groups = self._cfg.requant_lanes
         lane_en = Signal(L)
-        m.d.comb += lane_en.eq(Mux(is_requant,
-                                   Const((1 << C) - 1, L) << (rparams.lane * C) if groups > 1
+        m.d.comb += lane_en.eq(Mux(insn.is_requant,
+                                   Const((1 << C) - 1, L) << (insn.rparams.lane * C) if groups > 1
                                    else (1 << C) - 1,
                                    (1 << L) - 1))
         m.d.comb += [self.spad_wr.addr.eq(wb.addr),
@@ -147,16 +201,16 @@ class VectorUnit(wiring.Component):
         for i in range(L):
             # REQUANT's column j lands in byte lane*cols + j: replicate the columns
             # across the row and let the lane enables pick the group.
-            src = Mux(is_requant, rq.result.data[i % C], rq.result.data[i])
+            src = Mux(insn.is_requant, result[i % C], result[i])
             m.d.comb += self.spad_wr.data[i].eq(src)
 
-        pipeline = Cat(*(r.valid for r in meta))
-        busy = Signal()
-        m.d.comb += busy.eq(loops.valid | (pipeline != 0))
-        y_bits = Mux(uses_y, mem_bits(Mem.SPAD, regions[1]), 0)
-        x_bits = Mux(is_requant, mem_bits(Mem.ACC, regions[0]) | (1 << TABLE_BIT),
+    def _report(self, m: Module, insn: _Insn, active, busy, err, pc) -> None:
+        """Status to the controller: the memories read while the loops run, the
+        scratchpad region written until the pipeline drains."""
+        regions = insn.regions
+        y_bits = Mux(insn.uses_y, mem_bits(Mem.SPAD, regions[1]), 0)
+        x_bits = Mux(insn.is_requant, mem_bits(Mem.ACC, regions[0]) | (1 << TABLE_BIT),
                      mem_bits(Mem.SPAD, regions[0]))
-        report(m, ctrl, ready=~busy, busy=busy, reads=Mux(loops.valid, x_bits | y_bits, 0),
+        report(m, self.ctrl, ready=~busy, busy=busy, reads=Mux(active, x_bits | y_bits, 0),
                writes=Mux(busy, mem_bits(Mem.SPAD, regions[2]), 0), error=err, pc=pc,
-               active=loops.valid)
-        return m
+               active=active)
