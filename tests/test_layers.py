@@ -118,3 +118,30 @@ def test_an_upward_import_is_caught(tmp_path):
     names = [n for _, n in imports(f, "fxpgen.mod")]
     assert "fxpgen.sim.isa_sim" in names and "fxpgen.app.cli" in names
     assert {part_of_module(n) for n in names} - ALLOWED["base"] >= {"sim", "app"}
+
+
+#: Longest function (lines, decorators excluded) allowed outside the tests.
+MAX_FUNCTION_LINES = 100
+
+
+def long_functions(path: Path, limit: int = MAX_FUNCTION_LINES):
+    """(name, line, length) of every function in a file longer than ``limit`` lines."""
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            length = node.end_lineno - node.lineno + 1
+            if length > limit:
+                yield node.name, node.lineno, length
+
+
+def test_no_long_functions_outside_the_tests():
+    long = [f"{path.relative_to(ROOT)}:{line}: {name} is {n} lines"
+            for path, part, _ in modules() if part != "tests"
+            for name, line, n in long_functions(path)]
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines:\n" + "\n".join(long)
+
+
+def test_a_long_function_is_caught(tmp_path):
+    f = tmp_path / "mod.py"
+    f.write_text("def f():\n" + "    x = 1\n" * 100 + "\n\ndef g():\n    pass\n")
+    assert [(name, n) for name, _, n in long_functions(f)] == [("f", 101)]
