@@ -57,11 +57,18 @@ def part_of_module(name: str) -> str | None:
 
 
 def modules():
-    """(file, part, dotted module name) of every Python file of the project."""
-    for part, (folder, package) in PARTS.items():
-        for path in sorted((ROOT / folder).glob("*.py")):
-            stem = path.stem
-            yield path, part, package if stem == "__init__" else f"{package}.{stem}"
+    """(file, part, dotted module name) of every Python file of the project, sub-packages
+    (``bench/baselines``) included; a file belongs to the deepest part folder holding it."""
+    folders = sorted(PARTS.items(), key=lambda kv: -len(kv[1][0]))
+    seen = set()
+    for part, (folder, package) in folders:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if path in seen:
+                continue
+            seen.add(path)
+            rel = path.relative_to(ROOT / folder).with_suffix("").parts
+            name = ".".join((package, *rel[:-1], *([] if rel[-1] == "__init__" else [rel[-1]])))
+            yield path, part, name
 
 
 def imports(path: Path, module: str):
