@@ -2,7 +2,6 @@
 the SCALE-Sim topology writer, and (slow) the bench end to end on two small layers."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -13,9 +12,6 @@ from fxpgen.compiler.qgraph import QConv, QGraph, QTensor
 from fxpgen.config import CoreConfig
 from fxpgen.numerics import Format
 from fxpgen.compiler.golden import run_golden
-
-SEED = int(os.environ.get("FXPGEN_SEED", "0"))
-
 
 def _random_conv(rng, *, stride=None, groups=1):
     """A one-conv graph with random shape, stride, asymmetric pads and integers."""
@@ -36,9 +32,8 @@ def _random_conv(rng, *, stride=None, groups=1):
 
 
 @pytest.mark.parametrize("stride", [1, 2, None])
-def test_band_output_equals_slice_of_full_output(stride):
-    print(f"seed {SEED}")
-    rng = np.random.default_rng([SEED, stride or 0])
+def test_band_output_equals_slice_of_full_output(stride, seed):
+    rng = np.random.default_rng([seed, stride or 0])
     checked = 0
     for _ in range(25):
         qg, op, x = _random_conv(rng, stride=stride, groups=int(rng.choice([1, 1, 2])))
@@ -66,8 +61,8 @@ def test_band_rows_of_a_strided_padded_conv():
     assert (r.in0, r.in1, r.pad_top, r.pad_bottom) == (197, 224, 0, 2)
 
 
-def test_bands_cover_the_layer_and_fit_the_scratchpad():
-    rng = np.random.default_rng(SEED)
+def test_bands_cover_the_layer_and_fit_the_scratchpad(seed):
+    rng = np.random.default_rng(seed)
     op = QConv("c", "x", "y", rng.integers(-127, 128, (64, 3, 7, 7)), np.zeros(64, np.int64),
                (2, 2), (3, 3, 3, 3))
     qg = QGraph({"x": QTensor("x", (3, 224, 224), Format(False, 8)),
