@@ -2,8 +2,6 @@
 the SCALE-Sim topology writer, and (slow) the bench end to end on two small layers."""
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +13,6 @@ from fxpgen.compiler.qgraph import QConv, QGraph, QTensor
 from fxpgen.config import CoreConfig
 from fxpgen.numerics import Format
 from fxpgen.compiler.golden import run_golden
-
-SEED = int(os.environ.get("FXPGEN_SEED", "0"))
 
 
 def _random_conv(rng, *, stride=None, groups=1):
@@ -38,9 +34,8 @@ def _random_conv(rng, *, stride=None, groups=1):
 
 
 @pytest.mark.parametrize("stride", [1, 2, None])
-def test_band_output_equals_slice_of_full_output(stride):
-    print(f"seed {SEED}")
-    rng = np.random.default_rng([SEED, stride or 0])
+def test_band_output_equals_slice_of_full_output(stride, seed):
+    rng = np.random.default_rng([seed, stride or 0])
     checked = 0
     for _ in range(25):
         qg, op, x = _random_conv(rng, stride=stride, groups=int(rng.choice([1, 1, 2])))
@@ -68,8 +63,8 @@ def test_band_rows_of_a_strided_padded_conv():
     assert (r.in0, r.in1, r.pad_top, r.pad_bottom) == (197, 224, 0, 2)
 
 
-def test_bands_cover_the_layer_and_fit_the_scratchpad():
-    rng = np.random.default_rng(SEED)
+def test_bands_cover_the_layer_and_fit_the_scratchpad(seed):
+    rng = np.random.default_rng(seed)
     op = QConv("c", "x", "y", rng.integers(-127, 128, (64, 3, 7, 7)), np.zeros(64, np.int64),
                (2, 2), (3, 3, 3, 3))
     qg = QGraph({"x": QTensor("x", (3, 224, 224), Format(False, 8)),
@@ -160,8 +155,6 @@ def test_layer_statistics_count_the_layers_own_instructions(cin, cout, tmp_path)
     """A 3x3 conv over a 6x6 map on a 4x4 core: one weight tile and one MATMUL per tap,
     input-channel tile and output-channel tile, each MATMUL streaming the 36 output
     pixels; the report lists these figures."""
-    import sys
-    sys.path.insert(0, str(Path(__file__).parent))
     from test_lower import conv_net
 
     from bench.utilization_report import write_report

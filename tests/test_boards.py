@@ -36,7 +36,7 @@ def test_crc16_is_ccitt_false():
     assert crc16(b"") == 0xFFFF
 
 
-def test_frames_round_trip_and_resynchronize(seed=11):
+def test_frames_round_trip_and_resynchronize(seed):
     rng = random.Random(seed)
     frames = [(rng.choice(list(FrameType)), rng.randrange(256), bytes(rng.randrange(256) for _ in range(n)))
               for n in (0, 1, 26, 300)]
@@ -69,7 +69,7 @@ def test_info_and_status_payloads_round_trip():
         protocol.decode_info(b"XXXX" + bytes(protocol.INFO_LENGTH - 4))
 
 
-def test_hardware_crc_matches_protocol(seed=3):
+def test_hardware_crc_matches_protocol(seed):
     crc, byte, out = Signal(16), Signal(8), Signal(16)
     m = Module()
     m.d.comb += out.eq(crc16_next(crc, byte))
@@ -97,7 +97,7 @@ def test_uart_divisor_checks_the_rate():
 
 
 @pytest.mark.parametrize("divisor", [4, 7])
-def test_uart_loopback(divisor, seed=5):
+def test_uart_loopback(divisor, seed):
     """Bytes through the transmitter and receiver (line between them), with a
     corrupted stop bit counted as a framing error and the byte dropped."""
     m = Module()

@@ -7,7 +7,6 @@ test runs in one simulation, one after another on the same core.
 Replay a failure with FXPGEN_SEED=<seed printed by the test>.
 """
 
-import os
 import random
 
 import numpy as np
@@ -31,16 +30,9 @@ def small_config(rows, cols):
     return CoreConfig(rows=rows, cols=cols, spad_depth=64, wbuf_depth=32, acc_depth=64, table_depth=4)
 
 
-def seed_for(name):
-    seed = int(os.environ.get("FXPGEN_SEED", random.randrange(2**32)))
-    print(f"{name}: seed {seed} (replay with FXPGEN_SEED={seed})")
-    return seed
-
-
 @pytest.mark.parametrize("rows,cols", SHAPES, ids=[f"{r}x{c}" for r, c in SHAPES])
-def test_random_programs_match_isa_simulator(rows, cols):
+def test_random_programs_match_isa_simulator(rows, cols, seed):
     cfg = small_config(rows, cols)
-    seed = seed_for(f"random programs {rows}x{cols}")
     rng = random.Random(seed)
     programs = [random_program(cfg, rng) for _ in range(PROGRAMS_PER_SHAPE)]
     machine = Machine(cfg)
@@ -66,9 +58,8 @@ def test_random_programs_match_isa_simulator(rows, cols):
 
 
 @pytest.mark.parametrize("rows,cols", SHAPES, ids=[f"{r}x{c}" for r, c in SHAPES])
-def test_error_programs_stop_with_the_simulators_error(rows, cols):
+def test_error_programs_stop_with_the_simulators_error(rows, cols, seed):
     cfg = small_config(rows, cols)
-    seed = seed_for(f"error programs {rows}x{cols}")
     rng = random.Random(seed)
     programs = [random_error_program(cfg, rng, kind) for kind in ERROR_KINDS for _ in range(3)]
     expected = [Machine(cfg).run(p.words(cfg), p.data) for p in programs]

@@ -12,9 +12,7 @@ from fxpgen.isa import INSN_BITS, Insn, Opcode, footprint
 from fxpgen.sim.randprog import random_program
 
 
-def test_hardware_footprint_matches_isa_footprint():
-    seed = random.randrange(2**32)
-    print("seed", seed)
+def test_hardware_footprint_matches_isa_footprint(seed):
     rng = random.Random(seed)
     cfg = CoreConfig(rows=4, cols=8, spad_depth=64, wbuf_depth=32, acc_depth=64, table_depth=4)
     insns = []

@@ -8,9 +8,7 @@ from fxpgen.isa import Instruction
 from fxpgen.sim.randprog import ERROR_KINDS, random_error_program, random_program
 
 
-def test_fast_encode_matches_layout_const_and_decode_inverts():
-    seed = random.randrange(2**32)
-    print("seed", seed)
+def test_fast_encode_matches_layout_const_and_decode_inverts(seed):
     rng = random.Random(seed)
     for rows, cols in ((2, 2), (4, 8), (8, 4)):
         cfg = CoreConfig(rows=rows, cols=cols, spad_depth=64, wbuf_depth=32, acc_depth=64, table_depth=4)

@@ -8,7 +8,6 @@ Replay a failure with FXPGEN_SEED=<seed printed by the test>.
 """
 
 import functools
-import os
 import random
 
 import numpy as np
@@ -33,12 +32,6 @@ PROGRAMS_PER_SHAPE = 8
 def small_config(rows, cols):
     """Small memories, so random instructions collide on regions (as in test_core_rtl)."""
     return CoreConfig(rows=rows, cols=cols, spad_depth=64, wbuf_depth=32, acc_depth=64, table_depth=4)
-
-
-def seed_for(name):
-    seed = int(os.environ.get("FXPGEN_SEED", random.randrange(2**32)))
-    print(f"{name}: seed {seed} (replay with FXPGEN_SEED={seed})")
-    return seed
 
 
 @functools.cache
@@ -68,9 +61,8 @@ def assert_same_run(native, cocotb, where, counters=True):
                 assert n.raw["halts"][-1]["counters"] == c.counters, at
 
 
-def test_random_programs_match_cocotb(shape):
+def test_random_programs_match_cocotb(shape, seed):
     cfg, native, cocotb = shape
-    seed = seed_for(f"random programs {cfg.rows}x{cfg.cols}")
     rng = random.Random(seed)
     programs = [random_program(cfg, rng) for _ in range(PROGRAMS_PER_SHAPE)]
     machine = Machine(cfg)
@@ -87,11 +79,10 @@ def test_random_programs_match_cocotb(shape):
         assert r.counters["mac_cycles"] == e.macs, f"program {k} (seed {seed})"
 
 
-def test_random_programs_under_backpressure(shape):
+def test_random_programs_under_backpressure(shape, seed):
     """Random stalls on every stream: the stalls differ between the harnesses, the
     results may not."""
     cfg, native, cocotb = shape
-    seed = seed_for(f"random programs with stalls {cfg.rows}x{cfg.cols}")
     rng = random.Random(seed)
     programs = [random_program(cfg, rng) for _ in range(PROGRAMS_PER_SHAPE)]
     machine = Machine(cfg)
@@ -109,11 +100,10 @@ def test_random_programs_under_backpressure(shape):
         assert sum(r.counters["stall_result"] for r in got) > 0, "the result stream never stalled"
 
 
-def test_error_programs_match_cocotb(shape):
+def test_error_programs_match_cocotb(shape, seed):
     """One error program of each kind, each followed by a legal program: the core
     stops with the right error and error_pc, is reset, and runs the next one."""
     cfg, native, cocotb = shape
-    seed = seed_for(f"error programs {cfg.rows}x{cfg.cols}")
     rng = random.Random(seed)
     programs, kinds = [], []
     for kind in ERROR_KINDS:
@@ -173,7 +163,7 @@ def test_run_native_names_the_image_and_layer_of_an_error():
         NativeEngine(model=native).run_segments(cfg, [[good], [good, bad]])
 
 
-def test_a_streamed_input_is_bit_identical_on_the_rtl(shape):
+def test_a_streamed_input_is_bit_identical_on_the_rtl(shape, seed):
     """A 1x12x4 image kept whole needs 84 of the 64 scratchpad rows: the program
     streams it in two bands. The RTL gives the golden model's integers, under
     backpressure too, and the native harness the cocotb one's counters."""
@@ -183,7 +173,7 @@ def test_a_streamed_input_is_bit_identical_on_the_rtl(shape):
     from fxpgen.compiler.golden import run_golden
 
     cfg, native, cocotb = shape
-    qg, x = conv_net(1, 12, 4, 2, 3, 2, 1, seed=seed_for("streamed input"))
+    qg, x = conv_net(1, 12, 4, 2, 3, 2, 1, seed=seed)
     low = lower(qg, cfg, unfold=False)
     assert low.input_streamed and len(low.input_pieces) == 2
     segs = [split_layers([i.encode(cfg) for i in low.instructions], low.layers, low.data(low.image_words(x)))]

@@ -19,7 +19,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import random
 import shutil
 import sys
@@ -43,12 +42,6 @@ HALF = 1 << 30          # 0.5 in Q31
 int32s = st.one_of(st.sampled_from([0, 1, -1, INT32_MIN, INT32_MAX, INT32_MIN + 1, HALF, -HALF]),
                    st.integers(INT32_MIN, INT32_MAX))
 SETTINGS = settings(max_examples=300, deadline=None)
-
-
-def seed_for(name: str) -> int:
-    seed = int(os.environ.get("FXPGEN_SEED", random.randrange(2 ** 32)))
-    print(f"{name}: seed {seed} (replay with FXPGEN_SEED={seed})")
-    return seed
 
 
 def run(dut, bench):
@@ -246,8 +239,7 @@ def gemmlowp_half(a: int, s: int) -> int:
     return r
 
 
-def test_half_multiplier_against_shift_rounding():
-    seed = seed_for("M0 = 0.5 vs shift")
+def test_half_multiplier_against_shift_rounding(seed):
     rng = np.random.default_rng(seed)
     differ = {"tie": 0, "double": 0}
     for s in range(32):
@@ -268,10 +260,9 @@ def test_half_multiplier_against_shift_rounding():
     assert gl.quantize_multiplier(2.0 ** -5) == (HALF, 4)
 
 
-def test_half_multiplier_hardware_against_shift_hardware():
+def test_half_multiplier_hardware_against_shift_hardware(seed):
     """Both units on the same accumulators: M0 = 2**30, shift s on the multiplier unit,
     shift s + 1 on the shift unit (s <= 30: the shift unit's field stops at 31)."""
-    seed = seed_for("M0 = 0.5 hardware vs shift hardware")
     rng = random.Random(seed)
     lanes = 4
     cases = []
@@ -382,8 +373,7 @@ def expect(case: dict, acc_width: int) -> list[int]:
 
 
 @pytest.mark.parametrize("acc_width", [32, 24])
-def test_matches_numerics(acc_width):
-    seed = seed_for(f"MultiplierRequantizer acc_width {acc_width}")
+def test_matches_numerics(acc_width, seed):
     rng = random.Random(seed)
     lanes = 4
     dut = MultiplierRequantizer(lanes, acc_width)
@@ -507,11 +497,10 @@ def test_bench_markdown_marks_failures():
 
 
 @pytest.mark.parametrize("unit", ["shift", "multiplier"])
-def test_bench_rescale_wrapper_is_the_rescaling(unit):
+def test_bench_rescale_wrapper_is_the_rescaling(unit, seed):
     """The ``rescale`` scope must still compute the rescaling (else Yosys would
     measure less than the unit): simulate it against the numerics."""
     ra = load_bench()
-    seed = seed_for(f"rescale wrapper {unit}")
     rng = random.Random(seed)
     lanes = 2
     dut = ra.build_unit(unit, lanes, 32, "rescale")

@@ -1,0 +1,167 @@
+"""The vector unit (``hw/vector.py``: REQUANT, ADD, MAX) alone in Amaranth's
+simulator, its memories and its controller played by the testbench, against the
+instruction-level simulator running the same instructions from the same state."""
+
+import random
+from dataclasses import replace
+
+import pytest
+
+from fxpgen.hw.requant import Requantizer
+from fxpgen.hw.vector import VectorUnit
+from fxpgen.isa import ErrorCode, Opcode
+
+from unit_models import (SHAPES, PlayedMemory, addresses, footprint_bits, machine_memories,
+                         random_state, random_vector_insn, run, shape_id, small_config)
+
+#: Cycles from an iteration's issue to its scratchpad write: operands, then the
+#: requantizer (hw/vector.py, "Cycle 0", "Cycle 1", then Requantizer.LATENCY).
+WRITE_DELAY = 1 + Requantizer.LATENCY
+
+
+def run_vector(cfg, machine, insns, pcs, abort_at=None, as_run=None):
+    """Run ``insns`` one after another through a VectorUnit whose memories start as
+    ``machine``'s, then on ``machine`` itself, one instruction a run, stopping at the
+    first error. At each instruction's end the played scratchpad must equal the
+    machine's, and on the way the unit must:
+
+    - issue one iteration a cycle, reading exactly the rows of those iterations
+      (accumulators for REQUANT, ``x`` and ``y`` of the scratchpad otherwise, ``y``
+      only with a residual) and writing each result ``WRITE_DELAY`` cycles later;
+    - report the ISA footprint: its reads while it issues, its writes until the
+      last write, ``busy`` exactly that long and ``ready`` otherwise;
+    - report a fault in the cycle of the faulting iteration with that
+      instruction's ``pc``, and stop reporting it once aborted;
+    - once aborted (``abort_at``: that many cycles into the last instruction, as
+      when another unit faults), issue nothing more but finish the writes of the
+      iterations issued: ``as_run`` are then the instructions the machine runs.
+
+    Returns the (error, error_pc) pairs seen, one per instruction run.
+    """
+    dut = VectorUnit(cfg)
+    mems = machine_memories(machine)
+    spad = PlayedMemory("spad", mems["spad"], cfg.lanes, 8)
+    acc = PlayedMemory("acc", mems["acc"], cfg.cols, cfg.acc_width)
+    table = PlayedMemory("table", mems["table"], cfg.cols, 12)
+    ctrl = dut.ctrl
+    seen = []      # (error, error_pc) of each instruction run
+    after = []     # the played scratchpad after each instruction without error
+
+    async def bench(ctx):
+        async def step():
+            reads = {p: m.sample_read(ctx, p) for m, p in ((acc, dut.acc_rd), (table, dut.table_rd),
+                                                        (spad, dut.spad_rd_x), (spad, dut.spad_rd_y))}
+            write = spad.sample_write(ctx, dut.spad_wr)
+            await ctx.tick()
+            acc.after_edge(ctx, [reads[dut.acc_rd]], [dut.acc_rd])
+            table.after_edge(ctx, [reads[dut.table_rd]], [dut.table_rd])
+            spad.after_edge(ctx, [reads[dut.spad_rd_x], reads[dut.spad_rd_y]],
+                            [dut.spad_rd_x, dut.spad_rd_y], write)
+            return reads, write
+
+        for insn, pc in zip(insns, pcs):
+            assert ctx.get(ctrl.ready) and not ctx.get(ctrl.busy)
+            n = insn.iterations
+            fp_reads, fp_writes = footprint_bits(insn)
+            ctx.set(ctrl.insn.as_value(), insn.encode(cfg))
+            ctx.set(ctrl.pc, pc)
+            ctx.set(ctrl.start, 1)
+            await step()
+            ctx.set(ctrl.start, 0)
+            x, y, z = (addresses(getattr(insn, s), insn.count0, insn.count1) for s in "xyz")
+            issued, written, error, cycle = [], [], (ErrorCode.NONE, None), 0
+            stopped = None     # the cycle from which the unit may issue nothing
+            uses_y = insn.opcode is not Opcode.REQUANT or insn.params["residual"]
+            while ctx.get(ctrl.busy):
+                assert not ctx.get(ctrl.ready)
+                if cycle == abort_at and pc == pcs[-1]:
+                    ctx.set(ctrl.abort, 1)
+                    stopped = cycle
+                e = ErrorCode(ctx.get(ctrl.error))
+                if stopped is None:
+                    assert ctx.get(ctrl.reads) == (fp_reads if cycle < n else 0), cycle
+                    assert ctx.get(ctrl.writes) == fp_writes, cycle
+                    if e is not ErrorCode.NONE:
+                        error, stopped = (e, ctx.get(ctrl.error_pc)), cycle
+                        assert cycle == len(issued), "the fault is reported in its iteration's cycle"
+                elif ctx.get(ctrl.abort):
+                    assert e is ErrorCode.NONE, "an aborted unit reports no error"
+                reads, write = await step()
+                if stopped is None and cycle < n:
+                    issued.append(cycle)
+                    if insn.opcode is Opcode.REQUANT:
+                        assert reads[dut.acc_rd] == (1, x[cycle])
+                        assert not reads[dut.spad_rd_x][0]
+                    else:
+                        assert reads[dut.spad_rd_x] == (1, x[cycle])
+                        assert not reads[dut.acc_rd][0]
+                    assert reads[dut.spad_rd_y] == ((1, y[cycle]) if uses_y else (0, reads[dut.spad_rd_y][1]))
+                else:
+                    assert not any(reads[p][0] for p in (dut.acc_rd, dut.spad_rd_x, dut.spad_rd_y)), cycle
+                if write[0]:
+                    written.append(write[1])
+                    assert cycle - WRITE_DELAY == len(written) - 1
+                if stopped is not None:
+                    # The controller latches an error at this edge and aborts the unit.
+                    ctx.set(ctrl.abort, 1)
+                    if cycle >= stopped + WRITE_DELAY:
+                        break
+                cycle += 1
+            else:
+                assert cycle == (n + WRITE_DELAY if n else 0), "busy from start to the last write"
+                assert ctx.get(ctrl.reads) == 0 and ctx.get(ctrl.writes) == 0
+            assert written == z[:len(issued)]
+            seen.append(error)
+            if error[0] is not ErrorCode.NONE:
+                return
+            after.append(list(spad.rows))
+
+    run(dut, bench)
+
+    for k, (insn, (err, err_pc)) in enumerate(zip(as_run or insns, seen)):
+        res = machine.run([insn.encode(cfg)], [])
+        where = f"instruction {k} {insn}"
+        assert err is res.error, f"{where}: {err.name} != {res.error.name}"
+        if err is not ErrorCode.NONE:
+            assert err_pc == pcs[k], where
+            assert spad.rows == machine_memories(machine)["spad"], f"{where}: scratchpad differs"
+            return seen
+        assert after[k] == machine_memories(machine)["spad"], f"{where}: scratchpad differs"
+    assert len(seen) == len(insns)
+    return seen
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
+def test_random_instructions_match_isa_simulator(shape, seed):
+    """Random REQUANT/ADD/MAX instructions (every lane, residual, signedness, relu,
+    shift and alignment; strides, repeated rows, faults by address and by region)
+    write what the ISA simulator writes, stop where it stops, and keep the unit's
+    timing and footprint contract (see :func:`run_vector`)."""
+    cfg = small_config(*shape)
+    rng = random.Random(seed)
+    opcodes, errors = set(), set()
+    for _ in range(12):
+        machine = random_state(cfg, rng)
+        insns = [random_vector_insn(cfg, rng, fault_prob=0.15) for _ in range(6)]
+        seen = run_vector(cfg, machine, insns, [rng.randrange(1 << 32) for _ in insns])
+        opcodes |= {i.opcode for i in insns[:len(seen)]}
+        errors |= {e for e, _ in seen}
+    assert opcodes == {Opcode.REQUANT, Opcode.ADD, Opcode.MAX}
+    assert ErrorCode.NONE in errors and len(errors) > 1
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
+def test_abort_stops_issue_and_drains(shape, seed):
+    """An abort in the middle of a legal instruction (another unit faulted): the unit
+    issues no further iteration, writes those already issued, and reports no error;
+    the scratchpad is what the ISA simulator leaves after the iterations before it."""
+    cfg = small_config(*shape)
+    rng = random.Random(seed)
+    for _ in range(6):
+        insn = replace(random_vector_insn(cfg, rng, fault_prob=0), count1=1)
+        while insn.count0 < 2:
+            insn = replace(random_vector_insn(cfg, rng, fault_prob=0), count1=1)
+        cut = rng.randrange(1, insn.count0)
+        seen = run_vector(cfg, random_state(cfg, rng), [insn], [rng.randrange(1 << 32)],
+                          abort_at=cut, as_run=[replace(insn, count0=cut)])
+        assert seen == [(ErrorCode.NONE, None)]
