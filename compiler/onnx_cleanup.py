@@ -54,14 +54,29 @@ def cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     _name_nodes(out.graph)
-    changed = True
-    while changed:
+    touched = False
+    while True:
         changed = _bypass_passthrough(out.graph)
         changed |= _fold_constants(out)
         changed |= _rewrite_reduce_mean(out)
-        if changed:
-            del out.graph.value_info[:]   # stale after renames; inference rebuilds it
+        if not changed:
+            break
+        touched = True
+        del out.graph.value_info[:]   # stale after renames; inference rebuilds it
+    if touched:
+        _drop_unread_initializers(out.graph)
     return out
+
+
+def _drop_unread_initializers(graph: onnx.GraphProto) -> None:
+    """Drop constants only removed nodes read (Dropout's ratio, shape indices), and
+    their graph input entries (older IR versions list initializers as inputs)."""
+    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    dropped = {t.name for t in graph.initializer if t.name not in read}
+    for field in (graph.initializer, graph.input):
+        for i in reversed(range(len(field))):
+            if field[i].name in dropped:
+                del field[i]
 
 
 def _name_nodes(graph: onnx.GraphProto) -> None:
@@ -211,9 +226,8 @@ def _reduce_axes(node, consts: dict[str, np.ndarray]) -> list[int] | None:
     for a in node.attribute:
         if a.name == "axes":
             return list(helper.get_attribute_value(a))
-    if len(node.input) > 1 and node.input[1]:
-        return [int(v) for v in consts[node.input[1]].reshape(-1)] \
-            if node.input[1] in consts else None
+    if len(node.input) > 1 and node.input[1] in consts:
+        return [int(v) for v in consts[node.input[1]].reshape(-1)]
     return None
 
 

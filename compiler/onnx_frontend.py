@@ -123,9 +123,11 @@ class _Importer:
         """Names for errors and the IR: the node's, or ``{op}_{index}`` when it has none
         or repeats an earlier one (the clean-up already named nodes so)."""
         names: list[str] = []
+        seen: set[str] = set()
         for idx, node in enumerate(self.g.node):
-            names.append(node.name if node.name and node.name not in names
+            names.append(node.name if node.name and node.name not in seen
                          else f"{node.op_type}_{idx}")
+            seen.add(names[-1])
         return names
 
     @staticmethod

@@ -13,7 +13,7 @@ from onnx.reference import ReferenceEvaluator
 from fxpgen.app.flow import compile_model, load_compiled
 from fxpgen.compiler.golden import predict, quantize_input, run_golden_batch
 from fxpgen.compiler.onnx_cleanup import cleanup
-from fxpgen.compiler.onnx_frontend import SUPPORTED_OPS, load_onnx
+from fxpgen.compiler.onnx_frontend import SUPPORTED_OPS, UnsupportedOp, load_onnx
 from fxpgen.compiler.quantize import sqnr_db
 from fxpgen.config import CoreConfig
 from fxpgen.models.zoo import TestModel, reference
@@ -124,6 +124,8 @@ def test_cleaned_graph_computes_the_same(kind, seed):
     model, _ = exported(kind, seed)
     cleaned = cleanup(model)
     assert {n.op_type for n in cleaned.graph.node} <= set(SUPPORTED_OPS)
+    read = {i for n in cleaned.graph.node for i in n.input}
+    assert {t.name for t in cleaned.graph.initializer} <= read
     assert cleaned.graph.output[0].name == "y"
     x = np.random.default_rng(seed).uniform(-1, 1, (4, 1) + IMG).astype(np.float32)
     before, after = ReferenceEvaluator(model), ReferenceEvaluator(cleaned)
@@ -171,7 +173,7 @@ def test_training_dropout_stays_and_is_reported(seed):
     m.node("Relu", [d], ["y"], name="/relu/Relu")
     model = m.model((1,) + IMG, "y")
     assert [n.op_type for n in cleanup(model).graph.node].count("Dropout") == 1
-    with pytest.raises(Exception, match=r"Dropout \(1\): '/dropout/Dropout'"):
+    with pytest.raises(UnsupportedOp, match=r"Dropout \(1\): '/dropout/Dropout'"):
         load_onnx(model)
 
 
@@ -187,5 +189,16 @@ def test_unnamed_nodes_keep_their_original_index_names(seed):
     w = m.node("Identity", [m.w("W", (6, 3, 3, 3))], ["W_copy"], name="")
     m.node("Conv", ["x", w], ["c"], name="")
     m.node("Softmax", ["c"], ["y"], name="")
-    with pytest.raises(Exception, match=r"Softmax \(1\): 'Softmax_2'"):
+    with pytest.raises(UnsupportedOp, match=r"Softmax \(1\): 'Softmax_2'"):
         load_onnx(m.model((1,) + IMG, "y"))
+
+
+def test_dropped_constants_leave_the_inputs_too(seed):
+    """Older exporters list initializers among the graph inputs as well."""
+    model, _ = exported("dropout_training_inputs", seed)
+    model.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, t.dims)
+                             for t in model.graph.initializer)
+    cleaned = cleanup(model)
+    assert "ratio" not in {i.name for i in cleaned.graph.input}
+    assert [type(n).__name__ for n in load_onnx(model).nodes] == [
+        "Conv", "Relu", "GlobalAvgPool", "Flatten", "Gemm"]
