@@ -1,6 +1,9 @@
 """ONNX front end: a float ONNX model -> :class:`~fxpgen.compiler.graph.Graph`.
 
-Supported (default domain, batch size 1 or a symbolic batch dimension):
+The model first goes through :func:`~fxpgen.compiler.onnx_cleanup.cleanup`, which removes
+what exporters add around the layers (Identity, inference Dropout, constant shape
+arithmetic, ReduceMean over H and W as GlobalAveragePool). Then supported (default
+domain, batch size 1 or a symbolic batch dimension):
 
 - Conv (2-D; strides, pads, auto_pad, groups incl. depthwise; dilations 1), weight and
   bias constant;
@@ -8,13 +11,14 @@ Supported (default domain, batch size 1 or a symbolic batch dimension):
   (K, N) right operand, both on a (1, K) vector;
 - BatchNormalization (inference), Relu, Clip (min 0, any max), MaxPool, AveragePool,
   GlobalAveragePool, Add of two tensors of one shape, Flatten (axis 0 or 1) and Reshape
-  to a flat (1, N) vector;
+  to a flat (1, N) or (N,) vector (its shape a constant, maybe folded by the clean-up);
 - Add of a constant right after a Conv/Gemm/MatMul whose output only it reads is taken
   as that layer's bias (how exporters often write Linear: MatMul + Add);
 - weights from initializers or Constant nodes.
 
-Anything else raises :class:`~fxpgen.compiler.graph.UnsupportedOp` naming the node, the
-op and the attribute or reason.
+Nodes of other ops raise one :class:`~fxpgen.compiler.graph.UnsupportedOp` listing them
+all, per op; an unsupported attribute or pattern of a supported op raises at once,
+naming the node, the op and the attribute or reason.
 """
 
 from __future__ import annotations
@@ -28,11 +32,14 @@ from onnx import helper, numpy_helper
 
 from fxpgen.compiler.graph import (Add, AvgPool, BatchNorm, Clip, Conv, Flatten, Gemm,
                                    GlobalAvgPool, Graph, MaxPool, Relu, UnsupportedOp)
+from fxpgen.compiler.onnx_cleanup import cleanup
 
 __all__ = ["load_onnx", "SUPPORTED_OPS", "UnsupportedOp"]
 
 SUPPORTED_OPS = ("Add", "AveragePool", "BatchNormalization", "Clip", "Constant", "Conv",
                  "Flatten", "Gemm", "GlobalAveragePool", "MatMul", "MaxPool", "Relu", "Reshape")
+
+_NAMES_SHOWN = 5   # node names listed per unsupported op before "... and N more"
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
                 onnx.TensorProto.BFLOAT16}
@@ -43,13 +50,31 @@ def load_onnx(model: str | os.PathLike | bytes | onnx.ModelProto) -> Graph:
 
     Returns a :class:`Graph` with tensors in (C, H, W) (vectors (K, 1, 1)), weights in
     float64. Raises :class:`UnsupportedOp` for any op, attribute or pattern outside the
-    list in the module docstring.
+    list in the module docstring (one error listing every node of an unsupported op).
     """
     if isinstance(model, (str, os.PathLike)):
         model = onnx.load(os.fspath(model))
     elif isinstance(model, bytes):
         model = onnx.load_from_string(model)
-    return _Importer(model).run()
+    return _Importer(cleanup(model)).run()
+
+
+def _supported(node) -> bool:
+    return node.domain in ("", "ai.onnx") and node.op_type in SUPPORTED_OPS
+
+
+def _unsupported_error(nodes: list[tuple[str, str]]) -> UnsupportedOp:
+    """One error for all (op, node name) pairs: per op its count and first names."""
+    by_op: dict[str, list[str]] = {}
+    for op, name in nodes:
+        by_op.setdefault(op, []).append(name)
+    lines = [f"{len(nodes)} node{'s' * (len(nodes) > 1)} of unsupported ops:"]
+    for op, names in by_op.items():
+        shown = ", ".join(repr(n) for n in names[:_NAMES_SHOWN])
+        more = f" ... and {len(names) - _NAMES_SHOWN} more" if len(names) > _NAMES_SHOWN else ""
+        lines.append(f"  {op} ({len(names)}): {shown}{more}")
+    lines.append("supported: " + ", ".join(SUPPORTED_OPS))
+    return UnsupportedOp("\n".join(lines))
 
 
 def _who(name: str, op: str) -> str:
@@ -82,15 +107,33 @@ class _Importer:
         self._add_input(inp)
         if len(self.g.output) != 1:
             raise UnsupportedOp(f"model has {len(self.g.output)} outputs; only one is supported")
-        names: set[str] = set()
-        for idx, node in enumerate(self.g.node):
-            name = node.name if node.name and node.name not in names else f"{node.op_type}_{idx}"
-            names.add(name)
+        names = self._node_names()
+        bad = [(self._op_label(n), name) for n, name in zip(self.g.node, names)
+               if not _supported(n)]
+        if bad:
+            raise _unsupported_error(bad)
+        for node, name in zip(self.g.node, names):
             self._node(node, name)
         out = self.g.output[0].name
         if out not in self.shapes:
             raise UnsupportedOp(f"graph output {out!r} is not computed from the input")
         return Graph.build(inp.name, self.shapes[inp.name], self.nodes, out)
+
+    def _node_names(self) -> list[str]:
+        """Names for errors and the IR: the node's, or ``{op}_{index}`` when it has none
+        or repeats an earlier one (the clean-up already named nodes so)."""
+        names: list[str] = []
+        seen: set[str] = set()
+        for idx, node in enumerate(self.g.node):
+            names.append(node.name if node.name and node.name not in seen
+                         else f"{node.op_type}_{idx}")
+            seen.add(names[-1])
+        return names
+
+    @staticmethod
+    def _op_label(node) -> str:
+        dom = node.domain not in ("", "ai.onnx")
+        return f"{node.op_type} (domain {node.domain})" if dom else node.op_type
 
     def _add_input(self, inp) -> None:
         tt = inp.type.tensor_type
@@ -130,10 +173,6 @@ class _Importer:
 
     def _node(self, node, name: str) -> None:
         op = node.op_type
-        if node.domain not in ("", "ai.onnx") or op not in SUPPORTED_OPS:
-            dom = f" (domain {node.domain})" if node.domain not in ("", "ai.onnx") else ""
-            raise UnsupportedOp(f"Node {name!r} (op {op}){dom}: op not supported; supported: "
-                                + ", ".join(SUPPORTED_OPS))
         who = _who(name, op)
         for i in node.input:
             if i and i not in self.shapes and i not in self.consts:
@@ -392,7 +431,7 @@ class _Importer:
         if resolved.count(-1) == 1:
             known = int(np.prod([v for v in resolved if v != -1]))
             resolved = [total // known if v == -1 and known else v for v in resolved]
-        if resolved != [1, total]:
+        if resolved not in ([1, total], [total]):
             raise UnsupportedOp(f"{who}: shape={target} is not supported (only a flat vector "
-                                f"[1, {total}])")
+                                f"[1, {total}] or [{total}])")
         self._emit(Flatten(name, x, node.output[0]), 2)
