@@ -63,7 +63,7 @@ def compile_model(model, calib: np.ndarray, cfg: CoreConfig, outdir: Path, *, mo
     weak = low_signal(report)
     return {"instructions": len(low.instructions), "data_words": len(low.consts),
             "spad_rows": low.spad_rows_used, "quantize_s": t1 - t0, "lower_s": t2 - t1,
-            "write_s": time.monotonic() - t2, "notes": low.notes, "warnings": group_notes(notes),
+            "write_s": time.monotonic() - t2, "notes": low.notes, "warnings": group_notes([user_terms(n, qg) for n in notes]),
             "output_sqnr_db": report["output_sqnr_db"], "low_signal": weak is not None, "low_signal_reason": weak,
             "listing": listing, "outdir": str(outdir)}
 
@@ -162,13 +162,14 @@ def _smallest_fits(qg, cfg: CoreConfig) -> list[tuple[str, int]]:
 
 
 def user_terms(message: str, qg) -> str:
-    """A lowering message with config fields named as command-line options and every
+    """A compiler message with config fields and options named as on the command line, every
     ``name (C, H, W)`` of a tensor of ``qg`` shown as the model has it, ``1xCxHxW``
     (the lowering's own shapes may be of an unfolded or grouped layout)."""
     def shape(m: re.Match) -> str:
         t = qg.tensors.get(m.group(1))
         return m.group(0) if t is None else f"{m.group(1)} ({'x'.join(map(str, (1, *t.shape)))})"
     message = re.sub(r"([\w./:-]+) \(\d+, \d+, \d+\)", shape, message)
+    message = message.replace("per_channel=True", "--per-channel")
     return re.sub(r"\b(spad|acc|wbuf|table)_depth\b", lambda m: f"--{m.group(1)}-depth", message)
 
 
