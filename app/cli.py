@@ -167,6 +167,24 @@ def _bar(enabled: bool):
     return make
 
 
+def _stage_bar(enabled: bool):
+    """A tqdm bar on stderr over the stages of :func:`fxpgen.app.flow.compile_model`,
+    showing the running one; (callback, close), no-ops when disabled."""
+    from tqdm import tqdm
+
+    from fxpgen.app.flow import STAGES
+    if not enabled:
+        return None, lambda: None
+    bar = tqdm(total=len(STAGES), unit="stage", file=sys.stderr, leave=False,
+               bar_format="{desc:<18}{bar:20}| {n_fmt}/{total_fmt} stages [{elapsed}]")
+
+    def stage(name: str):
+        if bar.desc:
+            bar.update(1)
+        bar.set_description_str(f"compile: {name}")
+    return stage, bar.close
+
+
 @main.command("compile")
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--calib", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
@@ -177,27 +195,42 @@ def _bar(enabled: bool):
 @click.option("--mode", type=click.Choice(["std", "grid"]), default="std", show_default=True,
               help="Activation format rule: F8Net's std rule or RMS-error grid search.")
 @click.option("--per-channel", is_flag=True, help="Weight formats per output channel.")
+@click.option("--listing", "with_listing", is_flag=True,
+              help="Also write listing.txt, the disassembly with each instruction's layer.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="No progress and no quantizer or lowering notes on stderr.")
 def compile_cmd(model: Path, calib: Path, cfg: CoreConfig, outdir: Path, mode: str, per_channel: bool,
-                as_json: bool):
-    """Quantize a float ONNX model and compile it for a core."""
+                with_listing: bool, as_json: bool, quiet: bool):
+    """Quantize a float ONNX model and compile it for a core.
+
+    Progress and the quantizer's notes go to stderr; a line starting with WARNING:
+    says when the compiled output carries no usable signal."""
     import numpy as np
 
     from fxpgen.app.flow import compile_model
+    stage, close = _stage_bar(not (as_json or quiet))
     try:
-        summary = compile_model(model, np.load(calib), cfg, outdir, mode=mode, per_channel=per_channel)
+        summary = compile_model(model, np.load(calib), cfg, outdir, mode=mode, per_channel=per_channel,
+                                listing=with_listing, stage=stage)
     except (ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
+    finally:
+        close()
+    for line in [] if quiet else summary["warnings"]:
+        click.echo(f"warning: {line}", err=True)
+    if summary["low_signal"]:
+        click.echo(f"WARNING: {summary['low_signal_reason']}: the compiled model's output carries "
+                   "no usable signal; see report.json", err=True)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
     click.echo(f"compiled {model} for a {cfg.rows}x{cfg.cols} core into {outdir}")
     click.echo(f"  {summary['instructions']} instructions, {summary['data_words']} data words, "
                f"{summary['spad_rows']} scratchpad rows")
-    click.echo(f"  quantize {summary['quantize_s']:.2f} s, lower {summary['lower_s']:.2f} s; "
-               f"report: {outdir / 'report.json'}, listing: {outdir / 'listing.txt'}")
-    for note in summary["notes"]:
-        click.echo(f"  note: {note}")
+    click.echo(f"  quantize {summary['quantize_s']:.2f} s, lower {summary['lower_s']:.2f} s, "
+               f"write {summary['write_s']:.2f} s; report: {outdir / 'report.json'}"
+               + (f", listing: {outdir / 'listing.txt'}" if with_listing else ""))
 
 
 @main.command("run")

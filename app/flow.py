@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -11,25 +13,63 @@ import numpy as np
 
 from fxpgen.config import CoreConfig
 
-__all__ = ["compile_model", "load_compiled", "run_compiled", "demo"]
+__all__ = ["compile_model", "load_compiled", "run_compiled", "demo", "group_notes", "low_signal",
+           "lower_for_user", "user_terms", "LOW_SQNR_DB", "STAGES"]
+
+
+#: Output SQNR (dB, golden model against the float model on the calibration set)
+#: under which ``fxpgen compile`` warns that the output carries no usable signal: at
+#: 10 dB the quantization error has a tenth of the output's power, enough to change
+#: a classifier's top class on many inputs.
+LOW_SQNR_DB = 10.0
+
+#: The command-line option of each memory a :class:`DoesNotFit` may run out of, and
+#: the deepest memory the core generator accepts.
+MEMORY_OPTIONS = {"spad_depth": "--spad-depth", "acc_depth": "--acc-depth",
+                  "wbuf_depth": "--wbuf-depth", "table_depth": "--table-depth"}
+MAX_DEPTH = {"spad_depth": 65536, "acc_depth": 65536, "wbuf_depth": 65536, "table_depth": 256}
+
+STAGES = ("import", "quantize", "lower", "write")
 
 
 def compile_model(model, calib: np.ndarray, cfg: CoreConfig, outdir: Path, *, mode: str = "std",
-                  per_channel: bool = False) -> dict:
+                  per_channel: bool = False, listing: bool = False,
+                  stage: Callable[[str], None] | None = None) -> dict:
     """Quantize a float ONNX model with calibration samples, lower it for ``cfg`` and
-    write the program directory. Returns a summary (sizes, timings)."""
-    from fxpgen.compiler.lower import lower
+    write the program directory (``listing.txt`` too with ``listing``). ``stage`` is
+    called with each name of :data:`STAGES` as it starts.
+
+    Returns a summary: sizes, timings, the quantizer's and the lowering's notes, the
+    same grouped by kind (``warnings``), ``low_signal`` and its reason (see
+    :func:`low_signal`).
+    A :class:`~fxpgen.compiler.tiling.DoesNotFit` names the command-line option of
+    the memory to raise and the smallest depth that fits."""
     from fxpgen.compiler.onnx_frontend import load_onnx
-    from fxpgen.compiler.program import listing, save_program, save_qgraph
     from fxpgen.compiler.quantize import quantize
 
+    say = stage or (lambda name: None)
+    say("import")
     t0 = time.monotonic()
     graph = load_onnx(model)
+    say("quantize")
     qg, report = quantize(graph, np.asarray(calib, np.float64), mode=mode, per_channel=per_channel)
     t1 = time.monotonic()
-    low = lower(qg, cfg)
+    say("lower")
+    low = lower_for_user(qg, cfg)
     t2 = time.monotonic()
-    outdir = Path(outdir)
+    say("write")
+    _write_program(Path(outdir), qg, low, report, listing)
+    notes = report["notes"] + low.notes
+    weak = low_signal(report)
+    return {"instructions": len(low.instructions), "data_words": len(low.consts),
+            "spad_rows": low.spad_rows_used, "quantize_s": t1 - t0, "lower_s": t2 - t1,
+            "write_s": time.monotonic() - t2, "notes": low.notes, "warnings": group_notes([user_terms(n, qg) for n in notes]),
+            "output_sqnr_db": report["output_sqnr_db"], "low_signal": weak is not None, "low_signal_reason": weak,
+            "listing": listing, "outdir": str(outdir)}
+
+
+def _write_program(outdir: Path, qg, low, report: dict, with_listing: bool) -> None:
+    from fxpgen.compiler.program import listing, save_program, save_qgraph
     outdir.mkdir(parents=True, exist_ok=True)
     in_t, out_t = qg.tensor(qg.input), qg.tensor(qg.output)
     header = save_program(outdir / "program.fxp", low, extra={
@@ -38,12 +78,99 @@ def compile_model(model, calib: np.ndarray, cfg: CoreConfig, outdir: Path, *, mo
                    "fl": out_t.fmt.fl},
     })
     save_qgraph(outdir, qg)
-    (outdir / "listing.txt").write_text(listing(low))
+    if with_listing:
+        (outdir / "listing.txt").write_text(listing(low))
+    else:
+        # A listing left from an earlier compile would describe another program.
+        (outdir / "listing.txt").unlink(missing_ok=True)
     (outdir / "report.json").write_text(json.dumps(report, indent=1, default=jsonable))
     (outdir / "meta.json").write_text(json.dumps(header, indent=1))
-    return {"instructions": len(low.instructions), "data_words": len(low.consts),
-            "spad_rows": low.spad_rows_used, "quantize_s": t1 - t0, "lower_s": t2 - t1,
-            "notes": low.notes, "outdir": str(outdir)}
+
+
+def low_signal(report: dict) -> str | None:
+    """Why the quantized model's output carries no usable signal, or None: its golden
+    output on the calibration set is all zero, or its SQNR is under :data:`LOW_SQNR_DB`."""
+    if report.get("output_nonzero_fraction", 1.0) == 0.0:
+        return f"the output {report['output']} is all zero on every calibration sample"
+    if report["output_sqnr_db"] < LOW_SQNR_DB:
+        return (f"the output {report['output']} has an SQNR of {report['output_sqnr_db']:.1f} dB "
+                f"against the float model (under {LOW_SQNR_DB:g} dB)")
+    return None
+
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+
+
+def group_notes(notes: list[str], *, at_most: int = 2) -> list[str]:
+    """Notes of the form ``"layer: what"`` grouped by kind (``what`` with its numbers
+    masked): kinds with up to ``at_most`` notes are kept as they are, the others
+    become one line with an example, the count and the first layers."""
+    groups: dict[str, list[str]] = {}
+    for note in notes:
+        where, sep, what = note.partition(": ")
+        groups.setdefault(_NUMBER.sub("#", what) if sep else note, []).append(note)
+    out = []
+    for members in groups.values():
+        if len(members) <= at_most:
+            out += members
+            continue
+        names = [m.partition(": ")[0] for m in members]
+        shown = ", ".join(names[1:4]) + (", ..." if len(names) > 4 else "")
+        out.append(f"{members[0]} [{len(members)} of this kind; also {shown}]")
+    return out
+
+
+def lower_for_user(qg, cfg: CoreConfig):
+    """:func:`~fxpgen.compiler.lower.lower`, with a :class:`DoesNotFit` in the terms of
+    ``fxpgen compile``: command-line options, the model's N x C x H x W shapes, and
+    the smallest memory depths that would fit."""
+    from fxpgen.compiler.lower import lower
+    from fxpgen.compiler.tiling import DoesNotFit
+    try:
+        return lower(qg, cfg)
+    except DoesNotFit as e:
+        fixes = [f"{MEMORY_OPTIONS[f]} {d}" for f, d in _smallest_fits(qg, cfg)]
+        advice = (f"; it fits with {' or '.join(fixes)}" if fixes else
+                  "; no single memory up to its largest depth makes it fit")
+        raise DoesNotFit(user_terms(str(e), qg) + advice) from None
+
+
+def _smallest_fits(qg, cfg: CoreConfig) -> list[tuple[str, int]]:
+    """(memory, smallest power-of-two depth) of each memory that alone makes ``qg`` fit."""
+    from fxpgen.compiler.lower import lower
+    from fxpgen.compiler.tiling import DoesNotFit
+
+    def fits(field: str, depth: int) -> bool:
+        try:
+            lower(qg, dataclasses.replace(cfg, **{field: depth}))
+        except (DoesNotFit, ValueError):
+            return False
+        return True
+
+    out = []
+    for field in MEMORY_OPTIONS:
+        depths = [1 << k for k in range(1, 17)
+                  if getattr(cfg, field) < 1 << k <= MAX_DEPTH[field]]
+        if not depths or not fits(field, depths[-1]):
+            continue
+        lo, hi = 0, len(depths) - 1               # depths[hi] fits; bisect for the first
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if fits(field, depths[mid]) else (mid + 1, hi)
+        out.append((field, depths[hi]))
+    return out
+
+
+def user_terms(message: str, qg) -> str:
+    """A compiler message with config fields and options named as on the command line, every
+    ``name (C, H, W)`` of a tensor of ``qg`` shown as the model has it, ``1xCxHxW``
+    (the lowering's own shapes may be of an unfolded or grouped layout)."""
+    def shape(m: re.Match) -> str:
+        t = qg.tensors.get(m.group(1))
+        return m.group(0) if t is None else f"{m.group(1)} ({'x'.join(map(str, (1, *t.shape)))})"
+    message = re.sub(r"([\w./:-]+) \(\d+, \d+, \d+\)", shape, message)
+    message = message.replace("per_channel=True", "--per-channel")
+    return re.sub(r"\b(spad|acc|wbuf|table)_depth\b", lambda m: f"--{m.group(1)}-depth", message)
 
 
 def jsonable(v):

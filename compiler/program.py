@@ -16,9 +16,13 @@ A program directory holds:
                          formats, layers (instruction ranges per layer), the
                          input's pieces and unfolding
     insns      n_insns  x INSN_BYTES     instruction words
-    data       n_data   x BUS_BYTES      constant data words; the input image's
-                                         words go in where ``input_pieces`` say
+    data       data_bytes                zlib stream of n_data x BUS_BYTES constant
+                                         data words; the input image's words go in
+                                         where ``input_pieces`` say
     sha256     32 bytes  of everything above
+
+Version 3 compresses the data words: most are weight rows that fill a quarter of a
+bus word, and the rest would be zeros on disk.
 
 Loading checks the magic, version and checksum, and (when asked) that the program
 was built for the given core configuration.
@@ -30,12 +34,14 @@ import dataclasses
 import hashlib
 import json
 import struct
+import zlib
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from fxpgen.config import CoreConfig
-from fxpgen.isa import INSN_BITS, INSN_BYTES
+from fxpgen.isa import INSN_BITS, INSN_BYTES, Instruction
 from fxpgen.numerics import Format
 
 from .emit import InputPiece
@@ -48,7 +54,7 @@ __all__ = ["FORMAT_VERSION", "ProgramFormatError", "save_program", "load_program
            "save_qgraph", "load_qgraph", "listing"]
 
 MAGIC = b"FXPGPROG"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 class ProgramFormatError(ValueError):
@@ -101,10 +107,33 @@ def _layer_ranges(layers: list[str]) -> list[dict]:
     return out
 
 
+def _instruction_key(insn: Instruction) -> tuple:
+    """What an instruction's word and text depend on: equal keys, equal words."""
+    return (insn.opcode, tuple(sorted(insn.params.items())), insn.count0, insn.count1,
+            insn.x, insn.y, insn.z)
+
+
+def _per_distinct(instructions: list[Instruction], fn: Callable[[Instruction], object]) -> list:
+    """``[fn(i) for i in instructions]``, calling ``fn`` once per distinct instruction:
+    a network repeats a few thousand instructions over its tiles, and encoding one
+    costs tens of microseconds."""
+    seen: dict[tuple, object] = {}
+    out = []
+    for insn in instructions:
+        key = _instruction_key(insn)
+        if key not in seen:
+            seen[key] = fn(insn)
+        out.append(seen[key])
+    return out
+
+
 def save_program(path: Path, low: Lowered, extra: dict | None = None) -> dict:
     """Write ``program.fxp`` for a lowered program; returns its header."""
     cfg = low.cfg
     bus_bytes = (cfg.bus_width + 7) // 8
+    words = _per_distinct(low.instructions, lambda insn: insn.encode(cfg))
+    insns = b"".join(w.to_bytes(INSN_BYTES, "little") for w in words)
+    data = zlib.compress(b"".join(w.to_bytes(bus_bytes, "little") for w in low.consts), 1)
     header = {
         "format": FORMAT_VERSION,
         "config": cfg.as_dict(),
@@ -112,6 +141,7 @@ def save_program(path: Path, low: Lowered, extra: dict | None = None) -> dict:
         "bus_width": cfg.bus_width,
         "n_insns": len(low.instructions),
         "n_data": len(low.consts),
+        "data_bytes": len(data),
         "input_pieces": [[p.at, p.first, p.count] for p in low.input_pieces],
         "input_unfold": dataclasses.asdict(low.input_unfold) if low.input_unfold else None,
         "input_layout": dataclasses.asdict(low.input_layout),
@@ -123,13 +153,8 @@ def save_program(path: Path, low: Lowered, extra: dict | None = None) -> dict:
         **(extra or {}),
     }
     hbytes = json.dumps(header, sort_keys=True).encode()
-    body = bytearray(MAGIC + struct.pack("<HI", FORMAT_VERSION, len(hbytes)) + hbytes)
-    for insn in low.instructions:
-        body += insn.encode(cfg).to_bytes(INSN_BYTES, "little")
-    for w in low.consts:
-        body += w.to_bytes(bus_bytes, "little")
-    body += hashlib.sha256(body).digest()
-    Path(path).write_bytes(bytes(body))
+    body = b"".join([MAGIC, struct.pack("<HI", FORMAT_VERSION, len(hbytes)), hbytes, insns, data])
+    Path(path).write_bytes(body + hashlib.sha256(body).digest())
     return header
 
 
@@ -158,23 +183,30 @@ def load_program(path: Path, cfg: CoreConfig | None = None) -> Program:
             + "; recompile with the core's --rows/--cols/... options")
     if header["insn_bits"] != INSN_BITS:
         raise ProgramFormatError(f"{path}: instruction width {header['insn_bits']} != {INSN_BITS}")
-    words = [int.from_bytes(raw[off + i * INSN_BYTES:off + (i + 1) * INSN_BYTES], "little")
-             for i in range(header["n_insns"])]
+    view = memoryview(raw)
+    words = _split_words(view[off:off + header["n_insns"] * INSN_BYTES], INSN_BYTES)
     off += header["n_insns"] * INSN_BYTES
     bus_bytes = (built_for.bus_width + 7) // 8
-    data = [int.from_bytes(raw[off + i * bus_bytes:off + (i + 1) * bus_bytes], "little")
-            for i in range(header["n_data"])]
-    return Program(built_for, words, data, header)
+    data = zlib.decompress(view[off:off + header["data_bytes"]])
+    if len(data) != header["n_data"] * bus_bytes or off + header["data_bytes"] != len(body):
+        raise ProgramFormatError(f"{path}: the data section does not hold the header's "
+                                 f"{header['n_data']} words")
+    return Program(built_for, words, _split_words(memoryview(data), bus_bytes), header)
+
+
+def _split_words(raw: memoryview, size: int) -> list[int]:
+    """Little-endian words of ``size`` bytes, as integers."""
+    return [int.from_bytes(raw[i:i + size], "little") for i in range(0, len(raw), size)]
 
 
 def listing(low: Lowered) -> str:
     """The disassembly, one instruction a line, prefixed with its index and layer."""
     from fxpgen.asm import format_instruction
     width = max((len(n) for n in low.layers), default=5)
+    texts = _per_distinct(low.instructions, lambda insn: format_instruction(insn.with_regions(low.cfg)))
     lines = [f"# fxpgen program: {len(low.instructions)} instructions, "
              f"{low.cfg.rows}x{low.cfg.cols} array"]
-    for i, (insn, layer) in enumerate(zip(low.instructions, low.layers)):
-        lines.append(f"{i:6d}  {layer:<{width}}  {format_instruction(insn.with_regions(low.cfg))}")
+    lines += [f"{i:6d}  {layer:<{width}}  {text}" for i, (text, layer) in enumerate(zip(texts, low.layers))]
     return "\n".join(lines) + "\n"
 
 

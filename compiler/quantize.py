@@ -511,5 +511,6 @@ def _report(qg: QGraph, g: Graph, layers, infos, acts, stats, calib) -> dict:
         "tensors": tensors, "layers": report_layers,
         "output_sqnr_db": sqnr_db(acts[qg.output], numerics.dequantize(
             gold[qg.output], qg.tensor(qg.output).fmt)),
+        "output_nonzero_fraction": float(np.mean(gold[qg.output] != 0)),
         "notes": notes,
     }

@@ -18,7 +18,7 @@ def compiled(tmp_path_factory):
     out = tmp_path_factory.mktemp("digits")
     a = digits_assets()
     res = CliRunner().invoke(main, ["compile", str(a["model"]), "--calib", str(a["calib"]),
-                                    "--rows", "4", "--cols", "8", "-o", str(out), "--json"])
+                                    "--rows", "4", "--cols", "8", "-o", str(out), "--json", "--listing"])
     assert res.exit_code == 0, res.output
     return out
 

@@ -1,0 +1,102 @@
+"""``fxpgen compile`` as a user meets it: progress and warnings on stderr, errors in
+the command line's terms, compact program folders of a checked format."""
+
+import hashlib
+import json
+import struct
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fxpgen.app.cli import main
+from fxpgen.app.flow import LOW_SQNR_DB, group_notes, low_signal
+from fxpgen.compiler.program import MAGIC, ProgramFormatError, load_program
+from fxpgen.models import digits_assets
+
+
+def _compile(out, *args):
+    a = digits_assets()
+    return CliRunner().invoke(main, ["compile", str(a["model"]), "--calib", str(a["calib"]),
+                                     "--rows", "4", "--cols", "8", "-o", str(out), *args])
+
+
+def test_progress_and_notes_on_stderr_and_silent_when_asked(tmp_path):
+    loud = _compile(tmp_path / "loud")
+    assert loud.exit_code == 0, loud.output
+    assert "compile: write" in loud.stderr and "compiled" in loud.stdout
+    for flag in ("--quiet", "--json"):
+        res = _compile(tmp_path / flag, flag)
+        assert res.exit_code == 0, res.output
+        assert "compile:" not in res.stderr
+    quiet = _compile(tmp_path / "q", "--quiet", "--json")
+    summary = json.loads(quiet.stdout)
+    assert quiet.stderr == "" and summary["low_signal"] is False
+    assert summary["output_sqnr_db"] >= LOW_SQNR_DB
+    assert [f"warning: {w}" for w in summary["warnings"]] == \
+        [line for line in loud.stderr.splitlines() if line.startswith("warning: ")]
+
+
+def test_listing_only_on_request(tmp_path):
+    assert _compile(tmp_path / "a").exit_code == 0
+    assert not (tmp_path / "a" / "listing.txt").exists()
+    assert _compile(tmp_path / "b", "--listing").exit_code == 0
+    lines = (tmp_path / "b" / "listing.txt").read_text().splitlines()
+    assert len(lines) == len(load_program(tmp_path / "b" / "program.fxp").words) + 1
+    assert (tmp_path / "a" / "program.fxp").read_bytes() == (tmp_path / "b" / "program.fxp").read_bytes()
+
+
+def test_old_program_version_is_refused_clearly(tmp_path):
+    assert _compile(tmp_path).exit_code == 0
+    raw = bytearray((tmp_path / "program.fxp").read_bytes()[:-32])
+    struct.pack_into("<H", raw, len(MAGIC), 2)
+    (tmp_path / "program.fxp").write_bytes(bytes(raw) + hashlib.sha256(raw).digest())
+    with pytest.raises(ProgramFormatError, match="version 2, this fxpgen reads version 3"):
+        load_program(tmp_path / "program.fxp")
+
+
+def test_does_not_fit_names_the_option_and_the_smallest_depth_that_fits(tmp_path):
+    res = _compile(tmp_path / "small", "--spad-depth", "64")
+    assert res.exit_code != 0
+    assert "--spad-depth" in res.output and "spad_depth" not in res.output
+    assert "(1x1x" in res.output                     # the digits input as the model has it
+    depth = int(res.output.split("it fits with --spad-depth ")[1].split()[0].rstrip(";"))
+    assert _compile(tmp_path / "fits", "--spad-depth", str(depth)).exit_code == 0
+    assert _compile(tmp_path / "half", "--spad-depth", str(depth // 2)).exit_code != 0
+
+
+def _all_zero_model(path):
+    """Conv 1x1 with weight -1 and a ReLU: zero on any non-negative input."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    w = numpy_helper.from_array(-np.ones((1, 1, 1, 1), np.float32), "w")
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+                           helper.make_node("Relu", ["c"], ["y"], name="relu")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 8, 8])], [w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_an_all_zero_output_is_flagged_loudly(tmp_path, seed):
+    _all_zero_model(tmp_path / "m.onnx")
+    np.save(tmp_path / "c.npy", np.random.default_rng(seed).uniform(0, 1, (4, 1, 8, 8)))
+    res = CliRunner().invoke(main, ["compile", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "c.npy"),
+                                    "-o", str(tmp_path / "out"), "--json", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["low_signal"] is True
+    assert any(line.startswith("WARNING: ") and "all zero" in line for line in res.stderr.splitlines())
+
+
+def test_low_signal_reasons():
+    ok = {"output": "y", "output_sqnr_db": LOW_SQNR_DB + 1, "output_nonzero_fraction": 0.5}
+    assert low_signal(ok) is None
+    assert "all zero" in low_signal({**ok, "output_nonzero_fraction": 0.0})
+    assert "SQNR" in low_signal({**ok, "output_sqnr_db": LOW_SQNR_DB - 1})
+
+
+def test_group_notes_one_line_per_repeated_kind():
+    clips = [f"conv{i}: Clip(0, 6) quantized as ReLU saturating at {7 + i / 10:g} (u3.5)" for i in range(5)]
+    other = ["fc: 3 weights clip at +-127 (fl_w 9)"]
+    grouped = group_notes(clips + other)
+    assert grouped == [f"{clips[0]} [5 of this kind; also conv1, conv2, conv3, ...]", other[0]]
+    assert group_notes(clips[:2]) == clips[:2]
