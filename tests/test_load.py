@@ -11,8 +11,8 @@ from fxpgen.hw.load import LoadUnit
 from fxpgen.isa import ErrorCode, Instruction, Mem, Opcode
 
 from unit_harness import (CONFIGS, Harness, MemoryModel, RandomBit, StreamSource, Top, addresses,
-                          check_fault_then_abort, config_id, first_fault, hazard_mask, machine_rows,
-                          machine_with, random_fault, random_rows, random_stream, simulate)
+                          check_end, config_id, first_fault, hazard_mask, machine_rows,
+                          machine_with, random_fault, random_rows, random_stream, run_insn, simulate)
 
 INSNS = 40
 
@@ -38,9 +38,12 @@ def test_load_matches_isa_sim(cfg, seed):
     top = Top(load=LoadUnit(cfg))
     unit = top.units["load"]
     ctrl = unit.ctrl
-    mems = {mem: MemoryModel(random_rows(rng, mem, cfg), write=[getattr(unit, f"{mem.name.lower()}_wr")],
-                             name=mem.name)
-            for mem in Mem}
+    mems = {
+        Mem.SPAD: MemoryModel(random_rows(rng, Mem.SPAD, cfg), write=[unit.spad_wr], name="spad"),
+        Mem.WBUF: MemoryModel(random_rows(rng, Mem.WBUF, cfg), write=[unit.wbuf_wr], name="wbuf"),
+        Mem.ACC: MemoryModel(random_rows(rng, Mem.ACC, cfg), write=[unit.acc_wr], name="acc"),
+        Mem.TABLE: MemoryModel(random_rows(rng, Mem.TABLE, cfg), write=[unit.table_wr], name="table"),
+    }
     faults = []
 
     async def bench(ctx):
@@ -61,13 +64,11 @@ def test_load_matches_isa_sim(cfg, seed):
             writes_before = {mm: len(model.writes) for mm, model in mems.items()}
             _, expect_writes = hazard_mask(insn)
 
-            await h.start(ctx, ctrl, insn.encode(cfg), pc)
             busy_cycles = 0
-            error = ErrorCode.NONE
-            for _ in range(20 * insn.iterations + 10):
-                h.settle(ctx)
+
+            def check_cycle(ctx, error):
+                nonlocal busy_cycles
                 busy = ctx.get(ctrl.busy)
-                error = ctx.get(ctrl.error)
                 assert ctx.get(ctrl.ready) == (not busy)
                 assert ctx.get(ctrl.reads) == 0
                 assert ctx.get(ctrl.writes) == (expect_writes if busy else 0)
@@ -77,22 +78,17 @@ def test_load_matches_isa_sim(cfg, seed):
                 waiting = busy and error == ErrorCode.NONE and free and not ctx.get(unit.data.valid)
                 assert ctx.get(unit.stall) == waiting
                 if error != ErrorCode.NONE or not busy:
-                    break
+                    return True
                 busy_cycles += 1
-                await h.tick(ctx)
-            else:
-                raise AssertionError(f"LOAD {insn} did not finish")
-            await h.tick(ctx)
+                return False
 
-            assert error == res.error
+            await h.start(ctx, ctrl, insn.encode(cfg), pc)
+            error = await run_insn(ctx, h, ctrl, check_cycle, 20 * insn.iterations + 10, insn)
+            sent = src.sent
+            # An aborted unit takes no further data word.
+            await check_end(ctx, h, top, ctrl, error, res.error, pc, faults, lambda ctx: src.sent == sent)
             executed = first_fault(insn, cfg)
-            if error != ErrorCode.NONE:
-                faults.append(error)
-                assert ctx.get(ctrl.error_pc) == pc
-                sent = src.sent
-                # An aborted unit takes no further data word.
-                await check_fault_then_abort(ctx, h, top, ctrl, error, lambda ctx: src.sent == sent)
-            elif p_valid == 1.0 and p_free == 1.0:
+            if error == ErrorCode.NONE and p_valid == 1.0 and p_free == 1.0:
                 assert busy_cycles == insn.iterations
             assert src.sent == res.data_used == executed
             new = mems[mem].writes[writes_before[mem]:]

@@ -11,9 +11,9 @@ from fxpgen.hw.loadw import WeightLoader
 from fxpgen.hw.hazards import resource_index
 from fxpgen.isa import Addr, ErrorCode, Instruction, Mem, Opcode, pack_row
 
-from unit_harness import (CONFIGS, HOLD, Harness, MemoryModel, Top, addresses, check_fault_then_abort,
+from unit_harness import (CONFIGS, HOLD, Harness, MemoryModel, Top, addresses, check_end,
                           config_id, first_fault, hazard_mask, machine_with, random_fault, random_rows,
-                          random_stream, simulate)
+                          random_stream, run_insn, simulate)
 
 INSNS = 40
 
@@ -52,13 +52,9 @@ def test_loadw_matches_isa_sim(cfg, seed):
             expect_reads, expect_writes = hazard_mask(insn)
             assert expect_writes == 1 << resource_index(("BANK", bank))
 
-            await h.start(ctx, ctrl, insn.encode(cfg), pc)
-            start = h.cycle
             sent = []
-            error = ErrorCode.NONE
-            for _ in range(insn.iterations + 10):
-                h.settle(ctx)
-                error = ctx.get(ctrl.error)
+
+            def check_cycle(ctx, error):
                 reads = [c for c, _ in wbuf.reads[0][before:]]
                 issued_before = len([c for c in reads if c < h.cycle])
                 reading = error != ErrorCode.NONE or issued_before < insn.iterations
@@ -70,19 +66,13 @@ def test_loadw_matches_isa_sim(cfg, seed):
                 if ctx.get(unit.weights.valid):
                     assert ctx.get(unit.weights.bank) == bank
                     sent.append((h.cycle, ctx.get(unit.weights.data.as_value())))
-                if error != ErrorCode.NONE or not busy:
-                    break
-                await h.tick(ctx)
-            else:
-                raise AssertionError(f"LOADW {insn} did not finish")
-            await h.tick(ctx)
+                return error != ErrorCode.NONE or not busy
 
-            assert error == res.error
-            if error != ErrorCode.NONE:
-                faults.append(error)
-                assert ctx.get(ctrl.error_pc) == pc
-                await check_fault_then_abort(ctx, h, top, ctrl, error,
-                                             lambda ctx: not ctx.get(unit.weights.valid))
+            await h.start(ctx, ctrl, insn.encode(cfg), pc)
+            start = h.cycle
+            error = await run_insn(ctx, h, ctrl, check_cycle, insn.iterations + 10, insn)
+            await check_end(ctx, h, top, ctrl, error, res.error, pc, faults,
+                            lambda ctx: not ctx.get(unit.weights.valid))
             reads = wbuf.reads[0][before:]
             assert reads == list(zip(range(start, start + executed),
                                      addresses(insn.x, insn.count0, insn.count1)[:executed]))

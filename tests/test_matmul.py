@@ -15,9 +15,9 @@ from fxpgen.hw.hazards import resource_index
 from fxpgen.hw.matmul import MatmulUnit
 from fxpgen.isa import Addr, ErrorCode, Instruction, Mem, Opcode
 
-from unit_harness import (CONFIGS, Harness, MemoryModel, Top, addresses, check_fault_then_abort,
+from unit_harness import (CONFIGS, Harness, MemoryModel, Top, addresses, check_end,
                           config_id, first_fault, hazard_mask, machine_rows, machine_with, random_fault,
-                          random_rows, random_stream, simulate)
+                          random_rows, random_stream, run_insn, simulate)
 
 INSNS = 25
 
@@ -94,13 +94,9 @@ def test_matmul_matches_isa_sim(cfg, seed):
             bank = 1 << resource_index(("BANK", insn.params["bank"]))
             z = addresses(insn.z, insn.count0, insn.count1)
 
-            await h.start(ctx, ctrl, insn.encode(cfg), pc)
-            start = h.cycle
             issues = []
-            error = ErrorCode.NONE
-            for _ in range(insn.iterations + latency + 5):
-                h.settle(ctx)
-                error = ctx.get(ctrl.error)
+
+            def check_cycle(ctx, error):
                 issuing = ctx.get(mm.issuing)
                 if issuing:
                     issues.append(h.cycle)
@@ -113,20 +109,14 @@ def test_matmul_matches_isa_sim(cfg, seed):
                                                | (bank if in_flight else 0))
                 assert ctx.get(ctrl.writes) == ((expect_writes if pending else 0)
                                                 | sum({acc_bit(cfg, a) for a in in_flight}))
-                if error != ErrorCode.NONE or not ctx.get(ctrl.busy):
-                    break
-                await h.tick(ctx)
-            else:
-                raise AssertionError(f"MATMUL {insn} did not finish")
-            await h.tick(ctx)
+                return error != ErrorCode.NONE or not ctx.get(ctrl.busy)
 
-            assert error == res.error
-            if error != ErrorCode.NONE:
-                faults.append(error)
-                assert ctx.get(ctrl.error_pc) == pc
-                # Aborted at once, it still writes back what it issued.
-                await check_fault_then_abort(ctx, h, top, ctrl, error, lambda ctx: not ctx.get(mm.issuing),
-                                             hold=0, drain=latency + 2)
+            await h.start(ctx, ctrl, insn.encode(cfg), pc)
+            start = h.cycle
+            error = await run_insn(ctx, h, ctrl, check_cycle, insn.iterations + latency + 5, insn)
+            # Aborted at once, it still writes back what it issued.
+            await check_end(ctx, h, top, ctrl, error, res.error, pc, faults,
+                            lambda ctx: not ctx.get(mm.issuing), hold=0, drain=latency + 2)
             assert issues == list(range(start, start + executed))
             assert [c for c, _ in spad.reads[0][x_reads:]] == issues
             assert [a for _, a in spad.reads[0][x_reads:]] == addresses(insn.x, insn.count0, insn.count1)[:executed]

@@ -11,8 +11,8 @@ from fxpgen.hw.store import StoreUnit
 from fxpgen.isa import ErrorCode, Instruction, Mem, Opcode
 
 from unit_harness import (CONFIGS, Harness, MemoryModel, StreamSink, Top, addresses,
-                          check_fault_then_abort, config_id, first_fault, hazard_mask, machine_with,
-                          random_fault, random_rows, random_stream, simulate)
+                          check_end, config_id, first_fault, hazard_mask, machine_with,
+                          random_fault, random_rows, random_stream, run_insn, simulate)
 
 INSNS = 40
 
@@ -38,9 +38,8 @@ def test_store_matches_isa_sim(cfg, seed):
     top = Top(store=StoreUnit(cfg))
     unit = top.units["store"]
     ctrl = unit.ctrl
-    mems = {mem: MemoryModel(random_rows(rng, mem, cfg), read=[getattr(unit, f"{mem.name.lower()}_rd")],
-                             name=mem.name)
-            for mem in (Mem.SPAD, Mem.ACC)}
+    mems = {Mem.SPAD: MemoryModel(random_rows(rng, Mem.SPAD, cfg), read=[unit.spad_rd], name="spad"),
+            Mem.ACC: MemoryModel(random_rows(rng, Mem.ACC, cfg), read=[unit.acc_rd], name="acc")}
     faults = []
 
     async def bench(ctx):
@@ -59,12 +58,8 @@ def test_store_matches_isa_sim(cfg, seed):
             reads_before = {mm: len(model.reads[0]) for mm, model in mems.items()}
             expect_reads, _ = hazard_mask(insn)
 
-            await h.start(ctx, ctrl, insn.encode(cfg), pc)
-            error = ErrorCode.NONE
-            for _ in range(20 * insn.iterations + 20):
-                h.settle(ctx)
+            def check_cycle(ctx, error):
                 busy = ctx.get(ctrl.busy)
-                error = ctx.get(ctrl.error)
                 issued = len(mems[mem].reads[0]) - reads_before[mem]
                 reading = ctx.get(unit.spad_rd.en) or ctx.get(unit.acc_rd.en)
                 assert ctx.get(ctrl.ready) == (not busy)
@@ -73,28 +68,21 @@ def test_store_matches_isa_sim(cfg, seed):
                 if reading or (issued < executed and error == ErrorCode.NONE):
                     assert ctx.get(ctrl.reads) == expect_reads
                 assert ctx.get(unit.stall) == (ctx.get(unit.result.valid) and not sink._ready)
-                if error == ErrorCode.NONE:
-                    if len(sink.received) < len(expected):
-                        assert busy
-                    elif not busy:
-                        break
-                    else:
-                        # The FIFO's level lags its output by a cycle.
-                        assert h.cycle <= sink.received[-1][0] + 1
-                elif len(sink.received) == len(expected):
-                    break
-                await h.tick(ctx)
-            else:
-                raise AssertionError(f"STORE {insn} did not finish")
-            await h.tick(ctx)
+                if error != ErrorCode.NONE:
+                    return len(sink.received) == len(expected)
+                if len(sink.received) < len(expected):
+                    assert busy
+                    return False
+                if busy:
+                    # The FIFO's level lags its output by a cycle.
+                    assert h.cycle <= sink.received[-1][0] + 1
+                return not busy
 
-            assert error == res.error
-            if error != ErrorCode.NONE:
-                faults.append(error)
-                assert ctx.get(ctrl.error_pc) == pc
-                await check_fault_then_abort(ctx, h, top, ctrl, error,
-                                             lambda ctx: not ctx.get(unit.result.valid))
-            elif p_ready == 1.0:
+            await h.start(ctx, ctrl, insn.encode(cfg), pc)
+            error = await run_insn(ctx, h, ctrl, check_cycle, 20 * insn.iterations + 20, insn)
+            await check_end(ctx, h, top, ctrl, error, res.error, pc, faults,
+                            lambda ctx: not ctx.get(unit.result.valid))
+            if error == ErrorCode.NONE and p_ready == 1.0:
                 cycles = [c for c, _ in sink.received]
                 assert cycles == list(range(cycles[0], cycles[0] + len(cycles)))
             assert [w for _, w in sink.received] == expected

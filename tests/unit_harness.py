@@ -32,7 +32,7 @@ from fxpgen.isa import INSN_BITS, Addr, ErrorCode, Instruction, Mem, Opcode, foo
 from fxpgen.sim.isa_sim import Machine, ProgramError
 
 __all__ = ["CONFIGS", "config_id", "HOLD", "Top", "Harness", "MemoryModel", "StreamSource",
-           "StreamSink", "RandomBit", "simulate", "check_fault_then_abort", "random_rows",
+           "StreamSink", "RandomBit", "simulate", "run_insn", "check_end", "random_rows",
            "random_machine", "random_stream", "random_fault", "random_vector_insn", "machine_with",
            "machine_rows", "hazard_mask", "addresses", "first_fault"]
 
@@ -142,12 +142,34 @@ class Harness:
         ctx.set(top.rst, 0)
 
 
-async def check_fault_then_abort(ctx, h: Harness, top: Top, ctrl, error: ErrorCode, quiet, *,
-                                 hold: int = HOLD, drain: int = HOLD):
-    """The fault check of a unit that has just reported ``error``: it keeps
-    reporting it, busy, for ``hold`` cycles (until the controller aborts it); once
-    aborted it reports no error and its output stays quiet (``quiet(ctx)`` true)
-    for ``drain`` cycles; then a reset readies it for the next instruction."""
+async def run_insn(ctx, h: Harness, ctrl, check_cycle, limit: int, insn) -> ErrorCode:
+    """Clock a started unit cycle by cycle: settle, then ``check_cycle(ctx, error)``
+    checks the settled cycle (``error`` is what the unit reports) and returns true
+    once the unit is done or has faulted; that cycle ends too. Returns the last
+    error reported; fails if ``insn`` runs ``limit`` cycles."""
+    for _ in range(limit):
+        h.settle(ctx)
+        error = ErrorCode(ctx.get(ctrl.error))
+        done = check_cycle(ctx, error)
+        await h.tick(ctx)
+        if done:
+            return error
+    raise AssertionError(f"{insn} did not finish")
+
+
+async def check_end(ctx, h: Harness, top: Top, ctrl, error: ErrorCode, expected: ErrorCode, pc: int,
+                    faults: list, quiet, *, hold: int = HOLD, drain: int = HOLD) -> None:
+    """Check the end of an instruction that ended reporting ``error``: it is the ISA
+    simulator's ``expected``. After a fault (appended to ``faults``) the unit gives
+    the instruction's ``pc`` and keeps reporting the error, busy, for ``hold``
+    cycles (until the controller aborts it); once aborted it reports no error and
+    its output stays quiet (``quiet(ctx)`` true) for ``drain`` cycles; then a reset
+    readies it for the next instruction."""
+    assert error == expected
+    if error == ErrorCode.NONE:
+        return
+    faults.append(error)
+    assert ctx.get(ctrl.error_pc) == pc
     for _ in range(hold):
         await h.step(ctx)
         assert ctx.get(ctrl.error) == error and ctx.get(ctrl.busy)
