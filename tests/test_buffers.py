@@ -5,10 +5,11 @@ documented behaviour, on memories a few rows deep so that ports collide often.""
 import random
 
 import pytest
-from amaranth.sim import Simulator
 
 from fxpgen.config import CoreConfig
 from fxpgen.hw.buffers import Buffers
+
+from unit_harness import config_id, simulate
 
 CONFIGS = [
     CoreConfig(rows=2, cols=2, acc_width=18, spad_depth=4, wbuf_depth=4, acc_depth=4, table_depth=3),
@@ -28,7 +29,7 @@ WRITES = {"spad": ["spad_wr_alu", "spad_wr_load"], "wbuf": ["wbuf_wr"],
           "acc": ["acc_wr_matmul", "acc_wr_load"], "table": ["table_wr"]}
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.rows}x{c.cols}")
+@pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
 def test_buffers_match_model(cfg, seed):
     """Every read returns, one cycle after its address, the row as it was before the
     cycle's write, except the matmul's accumulator port, which sees that write; a
@@ -85,7 +86,4 @@ def test_buffers_match_model(cfg, seed):
             for name, _, _ in READS:
                 assert ctx.get(port(name).data.as_value()) == held[name], name
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    simulate(dut, bench)

@@ -14,7 +14,7 @@ from fxpgen.hw.controller import COUNTERS, UNIT_OF, UNITS, Controller
 from fxpgen.isa import Addr, CoreState, ErrorCode, Instruction, Mem, Opcode
 from fxpgen.sim.isa_sim import Machine, ProgramError
 
-from unit_models import SHAPES, footprint_bits, run, shape_id, small_config
+from unit_harness import CONFIGS, config_id, hazard_mask, simulate
 
 
 def decode_error(cfg, word: int) -> ErrorCode:
@@ -80,7 +80,7 @@ class PlayedUnit:
         return self.left > 0
 
     def masks(self) -> tuple[int, int]:
-        return footprint_bits(self.insn) if self.busy else (0, 0)
+        return hazard_mask(self.insn) if self.busy else (0, 0)
 
 
 def run_controller(cfg, words, rng, fault_prob, stats):
@@ -132,7 +132,7 @@ def run_controller(cfg, words, rng, fault_prob, stats):
             for name, u in units.items():
                 go = insn is not None and not errored and UNIT_OF.get(insn.opcode) == name and u.ready
                 if go:
-                    r, w = footprint_bits(insn)
+                    r, w = hazard_mask(insn)
                     busy_r = busy_w = 0
                     for other, o in units.items():
                         if other != name:
@@ -192,11 +192,11 @@ def run_controller(cfg, words, rng, fault_prob, stats):
                 return
         raise AssertionError("the controller never finished the programs")
 
-    run(dut, bench)
+    simulate(dut, bench)
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
-def test_dispatch_hazards_errors_and_counters(shape, seed):
+@pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
+def test_dispatch_hazards_errors_and_counters(cfg, seed):
     """With the units played at random, the controller dispatches in program order,
     one instruction a cycle at most, each to its own unit with its pc; holds an
     instruction exactly while its unit is not ready or its footprint conflicts with
@@ -205,7 +205,6 @@ def test_dispatch_hazards_errors_and_counters(shape, seed):
     of the units', units in priority order) with its pc, then aborts every unit and
     fetches nothing more; and counts cycles, MACs, stalls and instructions while
     running, clearing them when a program starts and freezing them at HALT."""
-    cfg = small_config(*shape)
     rng = random.Random(seed)
     stats = {"hazard_stalls": 0, "halts": 0, "errors": set()}
     for case in range(10):

@@ -12,7 +12,7 @@ from fxpgen.isa import CoreState, ErrorCode
 from fxpgen.sim.isa_sim import Machine
 from fxpgen.sim.randprog import ERROR_KINDS, random_error_program, random_program
 
-from unit_models import SHAPES, run, shape_id, small_config
+from unit_harness import CONFIGS, config_id, simulate
 
 
 def run_core(cfg, words, data, rng, stall=0.3, max_cycles=4000):
@@ -53,7 +53,7 @@ def run_core(cfg, words, data, rng, stall=0.3, max_cycles=4000):
                 out["lasts"].append(bool(result[1]))
         raise AssertionError(f"the core neither halted nor stopped in {max_cycles} cycles")
 
-    run(dut, bench)
+    simulate(dut, bench)
     return out
 
 
@@ -76,12 +76,11 @@ def check_program(cfg, words, data, rng):
     return expected
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
-def test_short_programs_match_isa_simulator(shape, seed):
+@pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
+def test_short_programs_match_isa_simulator(cfg, seed):
     """Short random programs (every opcode, random regions, lanes and flags) give
     the ISA simulator's result stream, ``last`` flags and MAC count, with random
     stalls on all three streams."""
-    cfg = small_config(*shape)
     rng = random.Random(seed)
     opcodes = set()
     for _ in range(4):
@@ -96,7 +95,7 @@ def test_error_programs_stop_with_the_simulators_error(kind, seed):
     """A short legal prefix then a faulting instruction of each kind: the core stops
     in ERROR with the simulator's error code and pc, having sent a prefix of the
     simulator's results, and runs nothing after the fault."""
-    cfg = small_config(2, 2)
+    cfg = CONFIGS[0]
     rng = random.Random(seed)
     for _ in range(2):
         prog = random_error_program(cfg, rng, kind)

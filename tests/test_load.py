@@ -7,33 +7,24 @@ import random
 
 import pytest
 
-from fxpgen.config import CoreConfig
 from fxpgen.hw.load import LoadUnit
 from fxpgen.isa import ErrorCode, Instruction, Mem, Opcode
 
-from unit_harness import (Harness, MemoryModel, RandomBit, StreamSource, Top, first_fault,
-                          hazard_mask, iteration_addresses, machine_rows, machine_with,
-                          random_rows, random_stream, simulate)
-
-CONFIGS = [
-    CoreConfig(rows=2, cols=2, acc_width=20, spad_depth=16, wbuf_depth=8, acc_depth=16, table_depth=3),
-    CoreConfig(rows=2, cols=4, acc_width=18, spad_depth=8, wbuf_depth=4, acc_depth=32, table_depth=5),
-    CoreConfig(rows=4, cols=2, acc_width=24, spad_depth=32, wbuf_depth=16, acc_depth=8, table_depth=4),
-]
+from unit_harness import (CONFIGS, Harness, MemoryModel, RandomBit, StreamSource, Top, addresses,
+                          check_end, config_id, first_fault, hazard_mask, machine_rows,
+                          machine_with, random_fault, random_rows, random_stream, run_insn, simulate)
 
 INSNS = 40
-#: Cycles a faulted unit is watched for staying put.
-HOLD = 4
 
 
 def random_load(rng, cfg):
     mem = rng.choice(list(Mem))
     count0, count1 = rng.randint(1, 4), rng.randint(1, 3)
-    z = random_stream(rng, cfg.depth(mem), count0, count1)
-    return Instruction(Opcode.LOAD, {"mem": mem.value}, count0, count1, z=z).with_regions(cfg)
+    z = random_stream(rng, cfg.depth(mem), count0, count1, random_fault(rng))
+    return Instruction(Opcode.LOAD, {"mem": mem.value}, count0, count1, z=z)
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.rows}x{c.cols}")
+@pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
 def test_load_matches_isa_sim(cfg, seed):
     """Each LOAD writes exactly the rows the instruction-level simulator writes (data
     word i's low bits into row z of iteration i, for every memory), consumes as many
@@ -48,10 +39,10 @@ def test_load_matches_isa_sim(cfg, seed):
     unit = top.units["load"]
     ctrl = unit.ctrl
     mems = {
-        Mem.SPAD: MemoryModel(random_rows(rng, Mem.SPAD, cfg), write=[unit.spad_wr]),
-        Mem.WBUF: MemoryModel(random_rows(rng, Mem.WBUF, cfg), write=[unit.wbuf_wr]),
-        Mem.ACC: MemoryModel(random_rows(rng, Mem.ACC, cfg), write=[unit.acc_wr]),
-        Mem.TABLE: MemoryModel(random_rows(rng, Mem.TABLE, cfg), write=[unit.table_wr]),
+        Mem.SPAD: MemoryModel(random_rows(rng, Mem.SPAD, cfg), write=[unit.spad_wr], name="spad"),
+        Mem.WBUF: MemoryModel(random_rows(rng, Mem.WBUF, cfg), write=[unit.wbuf_wr], name="wbuf"),
+        Mem.ACC: MemoryModel(random_rows(rng, Mem.ACC, cfg), write=[unit.acc_wr], name="acc"),
+        Mem.TABLE: MemoryModel(random_rows(rng, Mem.TABLE, cfg), write=[unit.table_wr], name="table"),
     }
     faults = []
 
@@ -73,13 +64,11 @@ def test_load_matches_isa_sim(cfg, seed):
             writes_before = {mm: len(model.writes) for mm, model in mems.items()}
             _, expect_writes = hazard_mask(insn)
 
-            await h.start(ctx, ctrl, insn.encode(cfg), pc)
             busy_cycles = 0
-            error = ErrorCode.NONE
-            for _ in range(20 * insn.iterations + 10):
-                h.settle(ctx)
+
+            def check_cycle(ctx, error):
+                nonlocal busy_cycles
                 busy = ctx.get(ctrl.busy)
-                error = ctx.get(ctrl.error)
                 assert ctx.get(ctrl.ready) == (not busy)
                 assert ctx.get(ctrl.reads) == 0
                 assert ctx.get(ctrl.writes) == (expect_writes if busy else 0)
@@ -89,35 +78,21 @@ def test_load_matches_isa_sim(cfg, seed):
                 waiting = busy and error == ErrorCode.NONE and free and not ctx.get(unit.data.valid)
                 assert ctx.get(unit.stall) == waiting
                 if error != ErrorCode.NONE or not busy:
-                    break
+                    return True
                 busy_cycles += 1
-                await h.tick(ctx)
-            else:
-                raise AssertionError(f"LOAD {insn} did not finish")
-            await h.tick(ctx)
+                return False
 
-            assert error == res.error
+            await h.start(ctx, ctrl, insn.encode(cfg), pc)
+            error = await run_insn(ctx, h, ctrl, check_cycle, 20 * insn.iterations + 10, insn)
+            sent = src.sent
+            # An aborted unit takes no further data word.
+            await check_end(ctx, h, top, ctrl, error, res.error, pc, faults, lambda ctx: src.sent == sent)
             executed = first_fault(insn, cfg)
-            if error != ErrorCode.NONE:
-                faults.append(error)
-                assert ctx.get(ctrl.error_pc) == pc
-                sent = src.sent
-                for _ in range(HOLD):
-                    await h.step(ctx)
-                    assert ctx.get(ctrl.error) == error and ctx.get(ctrl.busy)
-                # An aborted unit stops reporting and never resumes.
-                ctx.set(ctrl.abort, 1)
-                for _ in range(HOLD):
-                    await h.step(ctx)
-                    assert ctx.get(ctrl.error) == ErrorCode.NONE
-                assert src.sent == sent
-                ctx.set(ctrl.abort, 0)
-                await h.reset(ctx, top)
-            elif p_valid == 1.0 and p_free == 1.0:
+            if error == ErrorCode.NONE and p_valid == 1.0 and p_free == 1.0:
                 assert busy_cycles == insn.iterations
             assert src.sent == res.data_used == executed
             new = mems[mem].writes[writes_before[mem]:]
-            assert [a for _, a, _ in new] == iteration_addresses(insn, "z")[:executed]
+            assert [a for _, a, _ in new] == addresses(insn.z, insn.count0, insn.count1)[:executed]
             assert all(len(model.writes) == writes_before[mm]
                        for mm, model in mems.items() if mm is not mem)
             for mm, model in mems.items():

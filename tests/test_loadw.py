@@ -7,31 +7,23 @@ import random
 
 import pytest
 
-from fxpgen.config import CoreConfig
 from fxpgen.hw.loadw import WeightLoader
 from fxpgen.hw.hazards import resource_index
 from fxpgen.isa import Addr, ErrorCode, Instruction, Mem, Opcode, pack_row
 
-from unit_harness import (Harness, MemoryModel, Top, first_fault, hazard_mask,
-                          iteration_addresses, machine_with, random_rows, random_stream, simulate)
-
-CONFIGS = [
-    CoreConfig(rows=2, cols=2, acc_width=20, spad_depth=16, wbuf_depth=8, acc_depth=16, table_depth=3),
-    CoreConfig(rows=2, cols=4, acc_width=18, spad_depth=8, wbuf_depth=4, acc_depth=32, table_depth=5),
-    CoreConfig(rows=4, cols=2, acc_width=24, spad_depth=32, wbuf_depth=16, acc_depth=8, table_depth=4),
-    CoreConfig(rows=4, cols=4, acc_width=24, spad_depth=16, wbuf_depth=4, acc_depth=16, table_depth=4),
-]
+from unit_harness import (CONFIGS, HOLD, Harness, MemoryModel, Top, addresses, check_end,
+                          config_id, first_fault, hazard_mask, machine_with, random_fault, random_rows,
+                          random_stream, run_insn, simulate)
 
 INSNS = 40
-HOLD = 4
 
 
 def random_loadw(rng, cfg):
-    x = random_stream(rng, cfg.wbuf_depth, cfg.rows, 1)
-    return Instruction(Opcode.LOADW, {"bank": rng.randrange(2)}, cfg.rows, 1, x=x).with_regions(cfg)
+    x = random_stream(rng, cfg.wbuf_depth, cfg.rows, 1, random_fault(rng))
+    return Instruction(Opcode.LOADW, {"bank": rng.randrange(2)}, cfg.rows, 1, x=x)
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.rows}x{c.cols}")
+@pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
 def test_loadw_matches_isa_sim(cfg, seed):
     """Each LOADW sends the weight rows the instruction-level simulator puts in the
     bank (WBUF row x of iteration i for array row i), in order, tagged with the
@@ -44,7 +36,7 @@ def test_loadw_matches_isa_sim(cfg, seed):
     top = Top(loadw=WeightLoader(cfg))
     unit = top.units["loadw"]
     ctrl = unit.ctrl
-    wbuf = MemoryModel(random_rows(rng, Mem.WBUF, cfg), read=[unit.wbuf_rd])
+    wbuf = MemoryModel(random_rows(rng, Mem.WBUF, cfg), read=[unit.wbuf_rd], name="wbuf")
     h = Harness(wbuf)
     faults = []
 
@@ -60,13 +52,9 @@ def test_loadw_matches_isa_sim(cfg, seed):
             expect_reads, expect_writes = hazard_mask(insn)
             assert expect_writes == 1 << resource_index(("BANK", bank))
 
-            await h.start(ctx, ctrl, insn.encode(cfg), pc)
-            start = h.cycle
             sent = []
-            error = ErrorCode.NONE
-            for _ in range(insn.iterations + 10):
-                h.settle(ctx)
-                error = ctx.get(ctrl.error)
+
+            def check_cycle(ctx, error):
                 reads = [c for c, _ in wbuf.reads[0][before:]]
                 issued_before = len([c for c in reads if c < h.cycle])
                 reading = error != ErrorCode.NONE or issued_before < insn.iterations
@@ -78,30 +66,16 @@ def test_loadw_matches_isa_sim(cfg, seed):
                 if ctx.get(unit.weights.valid):
                     assert ctx.get(unit.weights.bank) == bank
                     sent.append((h.cycle, ctx.get(unit.weights.data.as_value())))
-                if error != ErrorCode.NONE or not busy:
-                    break
-                await h.tick(ctx)
-            else:
-                raise AssertionError(f"LOADW {insn} did not finish")
-            await h.tick(ctx)
+                return error != ErrorCode.NONE or not busy
 
-            assert error == res.error
-            if error != ErrorCode.NONE:
-                faults.append(error)
-                assert ctx.get(ctrl.error_pc) == pc
-                for _ in range(HOLD):
-                    await h.step(ctx)
-                    assert ctx.get(ctrl.error) == error
-                ctx.set(ctrl.abort, 1)
-                for _ in range(HOLD):
-                    await h.step(ctx)
-                    assert ctx.get(ctrl.error) == ErrorCode.NONE
-                    assert not ctx.get(unit.weights.valid)
-                ctx.set(ctrl.abort, 0)
-                await h.reset(ctx, top)
+            await h.start(ctx, ctrl, insn.encode(cfg), pc)
+            start = h.cycle
+            error = await run_insn(ctx, h, ctrl, check_cycle, insn.iterations + 10, insn)
+            await check_end(ctx, h, top, ctrl, error, res.error, pc, faults,
+                            lambda ctx: not ctx.get(unit.weights.valid))
             reads = wbuf.reads[0][before:]
             assert reads == list(zip(range(start, start + executed),
-                                     iteration_addresses(insn, "x")[:executed]))
+                                     addresses(insn.x, insn.count0, insn.count1)[:executed]))
             assert sent == [(c + 1, pack_row(Mem.WBUF, mach.banks[bank][t], cfg))
                             for t, (c, _) in enumerate(reads)]
 
@@ -109,7 +83,7 @@ def test_loadw_matches_isa_sim(cfg, seed):
     assert faults, "no instruction faulted: the random streams need more faults"
 
 
-@pytest.mark.parametrize("cfg", CONFIGS[2:], ids=lambda c: f"{c.rows}x{c.cols}")
+@pytest.mark.parametrize("cfg", CONFIGS[2:], ids=config_id)
 def test_abort_stops_loadw_mid_tile(cfg, seed):
     """An abort (another unit's error) in the middle of a valid LOADW stops it at
     once: no weight row reaches the array from that cycle on, however many were
@@ -117,7 +91,7 @@ def test_abort_stops_loadw_mid_tile(cfg, seed):
     rng = random.Random(seed)
     top = Top(loadw=WeightLoader(cfg))
     unit = top.units["loadw"]
-    wbuf = MemoryModel(random_rows(rng, Mem.WBUF, cfg), read=[unit.wbuf_rd])
+    wbuf = MemoryModel(random_rows(rng, Mem.WBUF, cfg), read=[unit.wbuf_rd], name="wbuf")
     h = Harness(wbuf)
     insn = Instruction(Opcode.LOADW, {"bank": rng.randrange(2)}, cfg.rows, 1,
                        x=Addr(0, 1, 0)).with_regions(cfg)

@@ -9,31 +9,29 @@ import random
 import numpy as np
 import pytest
 
-from fxpgen.config import REGIONS, CoreConfig
+from fxpgen.config import REGIONS
 from fxpgen.hw.array import SystolicArray
 from fxpgen.hw.hazards import resource_index
 from fxpgen.hw.matmul import MatmulUnit
 from fxpgen.isa import Addr, ErrorCode, Instruction, Mem, Opcode
 
-from unit_harness import (Harness, MemoryModel, Top, first_fault, hazard_mask,
-                          iteration_addresses, machine_rows, machine_with, random_rows,
-                          random_stream, simulate)
-
-CONFIGS = [
-    CoreConfig(rows=2, cols=2, acc_width=18, spad_depth=16, wbuf_depth=8, acc_depth=16, table_depth=3),
-    CoreConfig(rows=2, cols=4, acc_width=20, spad_depth=8, wbuf_depth=4, acc_depth=32, table_depth=5),
-    CoreConfig(rows=4, cols=2, acc_width=19, spad_depth=32, wbuf_depth=16, acc_depth=8, table_depth=4),
-    CoreConfig(rows=4, cols=4, acc_width=24, spad_depth=16, wbuf_depth=8, acc_depth=16, table_depth=4),
-]
+from unit_harness import (CONFIGS, Harness, MemoryModel, Top, addresses, check_end,
+                          config_id, first_fault, hazard_mask, machine_rows, machine_with, random_fault,
+                          random_rows, random_stream, run_insn, simulate)
 
 INSNS = 25
 
 
-def build(cfg):
+def build(cfg, rng):
+    """The MATMUL unit wired to a systolic array, and the scratchpad and accumulators
+    (random rows) behind its ports."""
     arr = SystolicArray(cfg.rows, cfg.cols, cfg.psum_width)
     mm = MatmulUnit(cfg, arr.LATENCY)
     top = Top(wires=[arr.act.eq(mm.act), mm.psum.eq(arr.psum)], mm=mm, arr=arr)
-    return top, mm, arr
+    spad = MemoryModel(random_rows(rng, Mem.SPAD, cfg), read=[mm.spad_rd], name="spad")
+    acc = MemoryModel(random_rows(rng, Mem.ACC, cfg), read=[mm.acc_rd], write=[mm.acc_wr],
+                      transparent=[mm.acc_rd], name="acc")
+    return top, mm, arr, spad, acc
 
 
 def random_matmul(rng, cfg, count0=None, count1=None):
@@ -41,9 +39,9 @@ def random_matmul(rng, cfg, count0=None, count1=None):
     count1 = rng.randint(1, 3) if count1 is None else count1
     params = {"bank": rng.randrange(2), "accumulate": rng.randrange(2),
               "act_signed": rng.randrange(2), "lane": rng.randrange(cfg.matmul_lanes)}
-    x = random_stream(rng, cfg.spad_depth, count0, count1)
-    z = random_stream(rng, cfg.acc_depth, count0, count1)
-    return Instruction(Opcode.MATMUL, params, count0, count1, x=x, z=z).with_regions(cfg)
+    x = random_stream(rng, cfg.spad_depth, count0, count1, random_fault(rng, 0.25))
+    z = random_stream(rng, cfg.acc_depth, count0, count1, random_fault(rng, 0.25))
+    return Instruction(Opcode.MATMUL, params, count0, count1, x=x, z=z)
 
 
 async def load_banks(ctx, h, arr, banks):
@@ -59,7 +57,7 @@ def acc_bit(cfg, addr):
     return 1 << resource_index((Mem.ACC, addr * REGIONS // cfg.acc_depth))
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.rows}x{c.cols}")
+@pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
 def test_matmul_matches_isa_sim(cfg, seed):
     """Each MATMUL leaves the accumulators exactly as the instruction-level simulator
     does (lane select, int8/uint8 activations, either bank, overwrite or saturating
@@ -73,11 +71,8 @@ def test_matmul_matches_isa_sim(cfg, seed):
     and the ACC regions it writes while issuing, then the bank and regions of the
     vectors still in flight."""
     rng = random.Random(seed)
-    top, mm, arr = build(cfg)
+    top, mm, arr, spad, acc = build(cfg, rng)
     ctrl = mm.ctrl
-    spad = MemoryModel(random_rows(rng, Mem.SPAD, cfg), read=[mm.spad_rd])
-    acc = MemoryModel(random_rows(rng, Mem.ACC, cfg), read=[mm.acc_rd], write=[mm.acc_wr],
-                      transparent=[mm.acc_rd])
     h = Harness(spad, acc)
     latency = 1 + arr.LATENCY
     assert latency == 1 + cfg.rows + cfg.cols
@@ -97,15 +92,11 @@ def test_matmul_matches_isa_sim(cfg, seed):
             x_reads, writes = len(spad.reads[0]), len(acc.writes)
             expect_reads, expect_writes = hazard_mask(insn)
             bank = 1 << resource_index(("BANK", insn.params["bank"]))
-            z = iteration_addresses(insn, "z")
+            z = addresses(insn.z, insn.count0, insn.count1)
 
-            await h.start(ctx, ctrl, insn.encode(cfg), pc)
-            start = h.cycle
             issues = []
-            error = ErrorCode.NONE
-            for _ in range(insn.iterations + latency + 5):
-                h.settle(ctx)
-                error = ctx.get(ctrl.error)
+
+            def check_cycle(ctx, error):
                 issuing = ctx.get(mm.issuing)
                 if issuing:
                     issues.append(h.cycle)
@@ -118,27 +109,17 @@ def test_matmul_matches_isa_sim(cfg, seed):
                                                | (bank if in_flight else 0))
                 assert ctx.get(ctrl.writes) == ((expect_writes if pending else 0)
                                                 | sum({acc_bit(cfg, a) for a in in_flight}))
-                if error != ErrorCode.NONE or not ctx.get(ctrl.busy):
-                    break
-                await h.tick(ctx)
-            else:
-                raise AssertionError(f"MATMUL {insn} did not finish")
-            await h.tick(ctx)
+                return error != ErrorCode.NONE or not ctx.get(ctrl.busy)
 
-            assert error == res.error
-            if error != ErrorCode.NONE:
-                faults.append(error)
-                assert ctx.get(ctrl.error_pc) == pc
-                ctx.set(ctrl.abort, 1)
-                for _ in range(latency + 2):
-                    await h.step(ctx)
-                    assert ctx.get(ctrl.error) == ErrorCode.NONE
-                    assert not ctx.get(mm.issuing)
-                ctx.set(ctrl.abort, 0)
-                await h.reset(ctx, top)
+            await h.start(ctx, ctrl, insn.encode(cfg), pc)
+            start = h.cycle
+            error = await run_insn(ctx, h, ctrl, check_cycle, insn.iterations + latency + 5, insn)
+            # Aborted at once, it still writes back what it issued.
+            await check_end(ctx, h, top, ctrl, error, res.error, pc, faults,
+                            lambda ctx: not ctx.get(mm.issuing), hold=0, drain=latency + 2)
             assert issues == list(range(start, start + executed))
             assert [c for c, _ in spad.reads[0][x_reads:]] == issues
-            assert [a for _, a in spad.reads[0][x_reads:]] == iteration_addresses(insn, "x")[:executed]
+            assert [a for _, a in spad.reads[0][x_reads:]] == addresses(insn.x, insn.count0, insn.count1)[:executed]
             assert [c for c, _, _ in acc.writes[writes:]] == [c + latency for c in issues]
             assert [a for _, a, _ in acc.writes[writes:]] == z[:executed]
             assert acc.rows == machine_rows(mach, Mem.ACC)
@@ -147,7 +128,7 @@ def test_matmul_matches_isa_sim(cfg, seed):
     assert faults, "no instruction faulted: the random streams need more faults"
 
 
-@pytest.mark.parametrize("cfg", CONFIGS[:2], ids=lambda c: f"{c.rows}x{c.cols}")
+@pytest.mark.parametrize("cfg", CONFIGS[:2], ids=config_id)
 def test_back_to_back_matmuls_keep_the_array_full(cfg, seed):
     """The next MATMUL is accepted in the cycle the current one issues its last
     vector, so consecutive matmuls issue on consecutive cycles with no bubble, even
@@ -155,11 +136,8 @@ def test_back_to_back_matmuls_keep_the_array_full(cfg, seed):
     rows the first is still writing back through the transparent read, and the
     accumulators end as the instruction-level simulator leaves them."""
     rng = random.Random(seed)
-    top, mm, arr = build(cfg)
+    top, mm, arr, spad, acc = build(cfg, rng)
     ctrl = mm.ctrl
-    spad = MemoryModel(random_rows(rng, Mem.SPAD, cfg), read=[mm.spad_rd])
-    acc = MemoryModel(random_rows(rng, Mem.ACC, cfg), read=[mm.acc_rd], write=[mm.acc_wr],
-                      transparent=[mm.acc_rd])
     h = Harness(spad, acc)
     banks = np.array([[[rng.randrange(-128, 128) for _ in range(cfg.cols)]
                        for _ in range(cfg.rows)] for _ in range(2)])

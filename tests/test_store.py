@@ -7,31 +7,24 @@ import random
 
 import pytest
 
-from fxpgen.config import CoreConfig
 from fxpgen.hw.store import StoreUnit
 from fxpgen.isa import ErrorCode, Instruction, Mem, Opcode
 
-from unit_harness import (Harness, MemoryModel, StreamSink, Top, first_fault, hazard_mask,
-                          iteration_addresses, machine_with, random_rows, random_stream, simulate)
-
-CONFIGS = [
-    CoreConfig(rows=2, cols=2, acc_width=20, spad_depth=16, wbuf_depth=8, acc_depth=16, table_depth=3),
-    CoreConfig(rows=2, cols=4, acc_width=18, spad_depth=8, wbuf_depth=4, acc_depth=32, table_depth=5),
-    CoreConfig(rows=4, cols=2, acc_width=24, spad_depth=32, wbuf_depth=16, acc_depth=8, table_depth=4),
-]
+from unit_harness import (CONFIGS, Harness, MemoryModel, StreamSink, Top, addresses,
+                          check_end, config_id, first_fault, hazard_mask, machine_with,
+                          random_fault, random_rows, random_stream, run_insn, simulate)
 
 INSNS = 40
-HOLD = 4
 
 
 def random_store(rng, cfg):
     mem = rng.choice([Mem.SPAD, Mem.ACC])
     count0, count1 = rng.randint(1, 6), rng.randint(1, 3)
-    x = random_stream(rng, cfg.depth(mem), count0, count1)
-    return Instruction(Opcode.STORE, {"mem": mem.value}, count0, count1, x=x).with_regions(cfg)
+    x = random_stream(rng, cfg.depth(mem), count0, count1, random_fault(rng))
+    return Instruction(Opcode.STORE, {"mem": mem.value}, count0, count1, x=x)
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.rows}x{c.cols}")
+@pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
 def test_store_matches_isa_sim(cfg, seed):
     """Each STORE sends exactly the words the instruction-level simulator sends (rows
     of SPAD or ACC, zero-extended, ``last`` on the final iteration's row only), in
@@ -45,8 +38,8 @@ def test_store_matches_isa_sim(cfg, seed):
     top = Top(store=StoreUnit(cfg))
     unit = top.units["store"]
     ctrl = unit.ctrl
-    mems = {Mem.SPAD: MemoryModel(random_rows(rng, Mem.SPAD, cfg), read=[unit.spad_rd]),
-            Mem.ACC: MemoryModel(random_rows(rng, Mem.ACC, cfg), read=[unit.acc_rd])}
+    mems = {Mem.SPAD: MemoryModel(random_rows(rng, Mem.SPAD, cfg), read=[unit.spad_rd], name="spad"),
+            Mem.ACC: MemoryModel(random_rows(rng, Mem.ACC, cfg), read=[unit.acc_rd], name="acc")}
     faults = []
 
     async def bench(ctx):
@@ -65,12 +58,8 @@ def test_store_matches_isa_sim(cfg, seed):
             reads_before = {mm: len(model.reads[0]) for mm, model in mems.items()}
             expect_reads, _ = hazard_mask(insn)
 
-            await h.start(ctx, ctrl, insn.encode(cfg), pc)
-            error = ErrorCode.NONE
-            for _ in range(20 * insn.iterations + 20):
-                h.settle(ctx)
+            def check_cycle(ctx, error):
                 busy = ctx.get(ctrl.busy)
-                error = ctx.get(ctrl.error)
                 issued = len(mems[mem].reads[0]) - reads_before[mem]
                 reading = ctx.get(unit.spad_rd.en) or ctx.get(unit.acc_rd.en)
                 assert ctx.get(ctrl.ready) == (not busy)
@@ -79,41 +68,26 @@ def test_store_matches_isa_sim(cfg, seed):
                 if reading or (issued < executed and error == ErrorCode.NONE):
                     assert ctx.get(ctrl.reads) == expect_reads
                 assert ctx.get(unit.stall) == (ctx.get(unit.result.valid) and not sink._ready)
-                if error == ErrorCode.NONE:
-                    if len(sink.received) < len(expected):
-                        assert busy
-                    elif not busy:
-                        break
-                    else:
-                        # The FIFO's level lags its output by a cycle.
-                        assert h.cycle <= sink.received[-1][0] + 1
-                elif len(sink.received) == len(expected):
-                    break
-                await h.tick(ctx)
-            else:
-                raise AssertionError(f"STORE {insn} did not finish")
-            await h.tick(ctx)
+                if error != ErrorCode.NONE:
+                    return len(sink.received) == len(expected)
+                if len(sink.received) < len(expected):
+                    assert busy
+                    return False
+                if busy:
+                    # The FIFO's level lags its output by a cycle.
+                    assert h.cycle <= sink.received[-1][0] + 1
+                return not busy
 
-            assert error == res.error
-            if error != ErrorCode.NONE:
-                faults.append(error)
-                assert ctx.get(ctrl.error_pc) == pc
-                for _ in range(HOLD):
-                    await h.step(ctx)
-                    assert ctx.get(ctrl.error) == error
-                ctx.set(ctrl.abort, 1)
-                for _ in range(HOLD):
-                    await h.step(ctx)
-                    assert ctx.get(ctrl.error) == ErrorCode.NONE
-                    assert not ctx.get(unit.result.valid)
-                ctx.set(ctrl.abort, 0)
-                await h.reset(ctx, top)
-            elif p_ready == 1.0:
+            await h.start(ctx, ctrl, insn.encode(cfg), pc)
+            error = await run_insn(ctx, h, ctrl, check_cycle, 20 * insn.iterations + 20, insn)
+            await check_end(ctx, h, top, ctrl, error, res.error, pc, faults,
+                            lambda ctx: not ctx.get(unit.result.valid))
+            if error == ErrorCode.NONE and p_ready == 1.0:
                 cycles = [c for c, _ in sink.received]
                 assert cycles == list(range(cycles[0], cycles[0] + len(cycles)))
             assert [w for _, w in sink.received] == expected
             assert [a for _, a in mems[mem].reads[0][reads_before[mem]:]] == \
-                iteration_addresses(insn, "x")[:executed]
+                addresses(insn.x, insn.count0, insn.count1)[:executed]
             assert all(len(model.reads[0]) == reads_before[mm]
                        for mm, model in mems.items() if mm is not mem)
             ctx.set(unit.result.ready, 0)

@@ -14,7 +14,7 @@ from fxpgen.hw.hazards import HAZARD_BITS
 from fxpgen.hw.unit_port import PC_WIDTH, UnitControl, report, unit_loops
 from fxpgen.isa import Addr, ErrorCode, Instruction, Opcode
 
-from unit_models import addresses, run, small_config
+from unit_harness import CONFIGS, addresses, simulate
 
 
 class PortHarness(wiring.Component):
@@ -57,7 +57,7 @@ def test_unit_loops_latch_the_pc_and_walk_every_stream(seed):
     random ``advance``, the addresses of x, y and z follow the ISA's iteration order
     exactly (beyond the largest memory as the sticky bit), ``last`` marks the final
     iteration, and a zero count runs nothing."""
-    cfg = small_config(2, 2)
+    cfg = CONFIGS[0]
     bits = loop_addr_bits(cfg)
     rng = random.Random(seed)
     dut = PortHarness(cfg)
@@ -94,14 +94,14 @@ def test_unit_loops_latch_the_pc_and_walk_every_stream(seed):
             assert not ctx.get(dut.valid)
             assert seen == [tuple(loop_view(a, bits) for a in it) for it in expected], insn
 
-    run(dut, bench)
+    simulate(dut, bench)
 
 
 def test_report_masks_errors_when_inactive_or_aborted(seed):
     """``report`` passes ready, busy and the hazard masks through and gives the
     latched ``pc`` as ``error_pc``; the error reaches the controller only while the
     loops are active and the unit is not aborted, for every error code."""
-    cfg = small_config(2, 2)
+    cfg = CONFIGS[0]
     rng = random.Random(seed)
     dut = PortHarness(cfg)
 
@@ -125,4 +125,4 @@ def test_report_masks_errors_when_inactive_or_aborted(seed):
             assert shown is (error if active and not abort else ErrorCode.NONE), (active, abort, error)
             assert ctx.get(dut.ctrl.error_pc) == pc
 
-    run(dut, bench)
+    simulate(dut, bench)

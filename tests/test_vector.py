@@ -9,14 +9,22 @@ import pytest
 
 from fxpgen.hw.requant import Requantizer
 from fxpgen.hw.vector import VectorUnit
-from fxpgen.isa import ErrorCode, Opcode
+from fxpgen.isa import ErrorCode, Mem, Opcode
 
-from unit_models import (SHAPES, PlayedMemory, addresses, footprint_bits, machine_memories,
-                         random_state, random_vector_insn, run, shape_id, small_config)
+from unit_harness import (CONFIGS, Harness, MemoryModel, addresses, config_id, hazard_mask,
+                          machine_rows, random_machine, random_vector_insn, simulate)
 
 #: Cycles from an iteration's issue to its scratchpad write: operands, then the
 #: requantizer (hw/vector.py, "Cycle 0", "Cycle 1", then Requantizer.LATENCY).
 WRITE_DELAY = 1 + Requantizer.LATENCY
+
+
+def full_table(cfg):
+    """``cfg`` with a shift table as deep as its address is wide. The unit reads the
+    table every cycle at the latched ``table`` field, which for ADD and MAX holds
+    other parameters (the data goes unused), so a table of 3 or 5 rows would be read
+    beyond its end, which the memory model rejects."""
+    return replace(cfg, table_depth=1 << (cfg.table_depth - 1).bit_length())
 
 
 def run_vector(cfg, machine, insns, pcs, abort_at=None, as_run=None):
@@ -39,35 +47,30 @@ def run_vector(cfg, machine, insns, pcs, abort_at=None, as_run=None):
     Returns the (error, error_pc) pairs seen, one per instruction run.
     """
     dut = VectorUnit(cfg)
-    mems = machine_memories(machine)
-    spad = PlayedMemory("spad", mems["spad"], cfg.lanes, 8)
-    acc = PlayedMemory("acc", mems["acc"], cfg.cols, cfg.acc_width)
-    table = PlayedMemory("table", mems["table"], cfg.cols, 12)
+    spad = MemoryModel(machine_rows(machine, Mem.SPAD), read=[dut.spad_rd_x, dut.spad_rd_y],
+                       write=[dut.spad_wr], name="spad")
+    acc = MemoryModel(machine_rows(machine, Mem.ACC), read=[dut.acc_rd], name="acc")
+    table = MemoryModel(machine_rows(machine, Mem.TABLE), read=[dut.table_rd], name="table")
+    read_ports = {dut.acc_rd: acc, dut.table_rd: table, dut.spad_rd_x: spad, dut.spad_rd_y: spad}
+    h = Harness(acc, table, spad)
     ctrl = dut.ctrl
     seen = []      # (error, error_pc) of each instruction run
     after = []     # the played scratchpad after each instruction without error
 
     async def bench(ctx):
         async def step():
-            reads = {p: m.sample_read(ctx, p) for m, p in ((acc, dut.acc_rd), (table, dut.table_rd),
-                                                        (spad, dut.spad_rd_x), (spad, dut.spad_rd_y))}
-            write = spad.sample_write(ctx, dut.spad_wr)
-            await ctx.tick()
-            acc.after_edge(ctx, [reads[dut.acc_rd]], [dut.acc_rd])
-            table.after_edge(ctx, [reads[dut.table_rd]], [dut.table_rd])
-            spad.after_edge(ctx, [reads[dut.spad_rd_x], reads[dut.spad_rd_y]],
-                            [dut.spad_rd_x, dut.spad_rd_y], write)
-            return reads, write
+            """One cycle: the row each read port read in it (None if none) and the
+            scratchpad rows written."""
+            writes = len(spad.writes)
+            await h.step(ctx)
+            return ({p: m.read_in(p, h.cycle - 1) for p, m in read_ports.items()},
+                    [addr for _, addr, _ in spad.writes[writes:]])
 
         for insn, pc in zip(insns, pcs):
             assert ctx.get(ctrl.ready) and not ctx.get(ctrl.busy)
             n = insn.iterations
-            fp_reads, fp_writes = footprint_bits(insn)
-            ctx.set(ctrl.insn.as_value(), insn.encode(cfg))
-            ctx.set(ctrl.pc, pc)
-            ctx.set(ctrl.start, 1)
-            await step()
-            ctx.set(ctrl.start, 0)
+            fp_reads, fp_writes = hazard_mask(insn)
+            await h.start(ctx, ctrl, insn.encode(cfg), pc)
             x, y, z = (addresses(getattr(insn, s), insn.count0, insn.count1) for s in "xyz")
             issued, written, error, cycle = [], [], (ErrorCode.NONE, None), 0
             stopped = None     # the cycle from which the unit may issue nothing
@@ -86,20 +89,20 @@ def run_vector(cfg, machine, insns, pcs, abort_at=None, as_run=None):
                         assert cycle == len(issued), "the fault is reported in its iteration's cycle"
                 elif ctx.get(ctrl.abort):
                     assert e is ErrorCode.NONE, "an aborted unit reports no error"
-                reads, write = await step()
+                reads, writes = await step()
                 if stopped is None and cycle < n:
                     issued.append(cycle)
                     if insn.opcode is Opcode.REQUANT:
-                        assert reads[dut.acc_rd] == (1, x[cycle])
-                        assert not reads[dut.spad_rd_x][0]
+                        assert reads[dut.acc_rd] == x[cycle]
+                        assert reads[dut.spad_rd_x] is None
                     else:
-                        assert reads[dut.spad_rd_x] == (1, x[cycle])
-                        assert not reads[dut.acc_rd][0]
-                    assert reads[dut.spad_rd_y] == ((1, y[cycle]) if uses_y else (0, reads[dut.spad_rd_y][1]))
+                        assert reads[dut.spad_rd_x] == x[cycle]
+                        assert reads[dut.acc_rd] is None
+                    assert reads[dut.spad_rd_y] == (y[cycle] if uses_y else None)
                 else:
-                    assert not any(reads[p][0] for p in (dut.acc_rd, dut.spad_rd_x, dut.spad_rd_y)), cycle
-                if write[0]:
-                    written.append(write[1])
+                    assert all(reads[p] is None for p in (dut.acc_rd, dut.spad_rd_x, dut.spad_rd_y)), cycle
+                for addr in writes:
+                    written.append(addr)
                     assert cycle - WRITE_DELAY == len(written) - 1
                 if stopped is not None:
                     # The controller latches an error at this edge and aborts the unit.
@@ -116,7 +119,7 @@ def run_vector(cfg, machine, insns, pcs, abort_at=None, as_run=None):
                 return
             after.append(list(spad.rows))
 
-    run(dut, bench)
+    simulate(dut, bench)
 
     for k, (insn, (err, err_pc)) in enumerate(zip(as_run or insns, seen)):
         res = machine.run([insn.encode(cfg)], [])
@@ -124,24 +127,24 @@ def run_vector(cfg, machine, insns, pcs, abort_at=None, as_run=None):
         assert err is res.error, f"{where}: {err.name} != {res.error.name}"
         if err is not ErrorCode.NONE:
             assert err_pc == pcs[k], where
-            assert spad.rows == machine_memories(machine)["spad"], f"{where}: scratchpad differs"
+            assert spad.rows == machine_rows(machine, Mem.SPAD), f"{where}: scratchpad differs"
             return seen
-        assert after[k] == machine_memories(machine)["spad"], f"{where}: scratchpad differs"
+        assert after[k] == machine_rows(machine, Mem.SPAD), f"{where}: scratchpad differs"
     assert len(seen) == len(insns)
     return seen
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
-def test_random_instructions_match_isa_simulator(shape, seed):
+@pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
+def test_random_instructions_match_isa_simulator(cfg, seed):
     """Random REQUANT/ADD/MAX instructions (every lane, residual, signedness, relu,
     shift and alignment; strides, repeated rows, faults by address and by region)
     write what the ISA simulator writes, stop where it stops, and keep the unit's
     timing and footprint contract (see :func:`run_vector`)."""
-    cfg = small_config(*shape)
+    cfg = full_table(cfg)
     rng = random.Random(seed)
     opcodes, errors = set(), set()
     for _ in range(12):
-        machine = random_state(cfg, rng)
+        machine = random_machine(rng, cfg)
         insns = [random_vector_insn(cfg, rng, fault_prob=0.15) for _ in range(6)]
         seen = run_vector(cfg, machine, insns, [rng.randrange(1 << 32) for _ in insns])
         opcodes |= {i.opcode for i in insns[:len(seen)]}
@@ -150,18 +153,18 @@ def test_random_instructions_match_isa_simulator(shape, seed):
     assert ErrorCode.NONE in errors and len(errors) > 1
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
-def test_abort_stops_issue_and_drains(shape, seed):
+@pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
+def test_abort_stops_issue_and_drains(cfg, seed):
     """An abort in the middle of a legal instruction (another unit faulted): the unit
     issues no further iteration, writes those already issued, and reports no error;
     the scratchpad is what the ISA simulator leaves after the iterations before it."""
-    cfg = small_config(*shape)
+    cfg = full_table(cfg)
     rng = random.Random(seed)
     for _ in range(6):
         insn = replace(random_vector_insn(cfg, rng, fault_prob=0), count1=1)
         while insn.count0 < 2:
             insn = replace(random_vector_insn(cfg, rng, fault_prob=0), count1=1)
         cut = rng.randrange(1, insn.count0)
-        seen = run_vector(cfg, random_state(cfg, rng), [insn], [rng.randrange(1 << 32)],
+        seen = run_vector(cfg, random_machine(rng, cfg), [insn], [rng.randrange(1 << 32)],
                           abort_at=cut, as_run=[replace(insn, count0=cut)])
         assert seen == [(ErrorCode.NONE, None)]

@@ -1,16 +1,19 @@
-"""Helpers shared by the block-level tests of the execution units and buffers.
+"""Helpers shared by the block-level tests: each runs one hardware unit (or the
+core) in Amaranth's simulator against the instruction-level simulator
+(``sim/isa_sim.py``) or a model of its documented behaviour.
 
-A test runs one unit alone in Amaranth's simulator with a single testbench that
-advances the clock through :class:`Harness`. Each cycle the harness first lets
-every part drive its inputs (stream valid/ready, arbitration signals), then
-samples the settled outputs (memory ports, stream transfers), then ticks and
-finally updates the parts (memories apply writes and return read data). One
-testbench doing all of it in that order leaves no race between drivers.
+A test of an execution unit runs it with a single testbench that advances the
+clock through :class:`Harness`. Each cycle the harness first lets every part
+drive its inputs (stream valid/ready, arbitration signals), then samples the
+settled outputs (memory ports, stream transfers), then ticks and finally
+updates the parts (memories apply writes and return read data). One testbench
+doing all of it in that order leaves no race between drivers.
 
 Memory rows are plain ints packed as stream words (:func:`fxpgen.isa.pack_row`):
 the hardware row layouts (``hw/buffers.py``) put lane ``j`` at the same bits, so
 a row read from a port compares directly with the instruction-level simulator's
-packed rows.
+packed rows. Hazard masks come from :func:`fxpgen.isa.footprint` (the Python twin
+of ``hw/hazards.py``), so the tests do not reuse the logic they check.
 """
 
 from __future__ import annotations
@@ -24,12 +27,38 @@ from amaranth.sim import Simulator
 
 from fxpgen.config import REGIONS, CoreConfig
 from fxpgen.hw.hazards import resource_index
-from fxpgen.isa import INSN_BITS, Addr, Mem, footprint, pack_rows, unpack_rows
-from fxpgen.sim.isa_sim import Machine
+from fxpgen.isa import INSN_BITS, Addr, ErrorCode, Instruction, Mem, Opcode, footprint, pack_rows, \
+    regions_spanned, unpack_rows
+from fxpgen.sim.isa_sim import Machine, ProgramError
 
-__all__ = ["Top", "Harness", "MemoryModel", "StreamSource", "StreamSink", "RandomBit", "simulate",
-           "random_rows", "random_stream", "machine_with", "machine_rows", "hazard_mask",
-           "iteration_addresses", "first_fault"]
+__all__ = ["CONFIGS", "config_id", "HOLD", "Top", "Harness", "MemoryModel", "StreamSource",
+           "StreamSink", "RandomBit", "simulate", "run_insn", "check_end", "random_rows",
+           "random_machine", "random_stream", "random_fault", "random_vector_insn", "machine_with",
+           "machine_rows", "hazard_mask", "addresses", "first_fault"]
+
+#: Small cores, one of each array shape (square, and both ways of a lane group):
+#: memories a few rows deep so that random addresses reach every region and the
+#: end of memory, in different proportions (the address widths differ), table
+#: depths that are not powers of two, and narrow accumulators (odd widths too) so
+#: that accumulation and aligned adds saturate often.
+CONFIGS = [
+    CoreConfig(rows=2, cols=2, acc_width=20, spad_depth=16, wbuf_depth=8, acc_depth=16, table_depth=3),
+    CoreConfig(rows=2, cols=4, acc_width=18, spad_depth=8, wbuf_depth=4, acc_depth=32, table_depth=5),
+    CoreConfig(rows=4, cols=2, acc_width=19, spad_depth=32, wbuf_depth=16, acc_depth=8, table_depth=4),
+    CoreConfig(rows=4, cols=4, acc_width=24, spad_depth=16, wbuf_depth=4, acc_depth=16, table_depth=4),
+]
+
+#: Cycles a faulted unit is watched for holding its error, and then for staying
+#: quiet once aborted.
+HOLD = 4
+
+
+def config_id(cfg: CoreConfig) -> str:
+    """The test id of a configuration: its array shape, ``"<rows>x<cols>"``."""
+    return f"{cfg.rows}x{cfg.cols}"
+
+
+# --- running a unit in the simulator -----------------------------------------------------
 
 
 class Top(Elaboratable):
@@ -50,8 +79,9 @@ class Top(Elaboratable):
         return ResetInserter(self.rst)(m)
 
 
-def simulate(top, bench):
-    sim = Simulator(top)
+def simulate(dut, bench) -> None:
+    """Simulate ``dut`` with one clock and the async testbench ``bench(ctx)``."""
+    sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
@@ -89,6 +119,7 @@ class Harness:
             p.update(ctx)
 
     async def step(self, ctx):
+        """Settle and tick: one whole cycle."""
         self.settle(ctx)
         await self.tick(ctx)
 
@@ -105,19 +136,67 @@ class Harness:
         ctx.set(ctrl.pc, ~pc & 0xFFFF_FFFF)
 
     async def reset(self, ctx, top: Top):
+        """One cycle with ``top``'s reset high."""
         ctx.set(top.rst, 1)
         await self.step(ctx)
         ctx.set(top.rst, 0)
 
 
-class MemoryModel:
-    """A memory of ``rows`` (ints) behind the unit's ports: synchronous reads (data
-    one cycle after the address), writes with per-lane enables. A read port listed
-    in ``transparent`` returns the row written in the same cycle. Every enabled read
-    and write is recorded as ``(cycle, addr)`` / ``(cycle, addr, row)``."""
+async def run_insn(ctx, h: Harness, ctrl, check_cycle, limit: int, insn) -> ErrorCode:
+    """Clock a started unit cycle by cycle: settle, then ``check_cycle(ctx, error)``
+    checks the settled cycle (``error`` is what the unit reports) and returns true
+    once the unit is done or has faulted; that cycle ends too. Returns the last
+    error reported; fails if ``insn`` runs ``limit`` cycles."""
+    for _ in range(limit):
+        h.settle(ctx)
+        error = ErrorCode(ctx.get(ctrl.error))
+        done = check_cycle(ctx, error)
+        await h.tick(ctx)
+        if done:
+            return error
+    raise AssertionError(f"{insn} did not finish")
 
-    def __init__(self, rows, *, read=(), write=(), transparent=()):
+
+async def check_end(ctx, h: Harness, top: Top, ctrl, error: ErrorCode, expected: ErrorCode, pc: int,
+                    faults: list, quiet, *, hold: int = HOLD, drain: int = HOLD) -> None:
+    """Check the end of an instruction that ended reporting ``error``: it is the ISA
+    simulator's ``expected``. After a fault (appended to ``faults``) the unit gives
+    the instruction's ``pc`` and keeps reporting the error, busy, for ``hold``
+    cycles (until the controller aborts it); once aborted it reports no error and
+    its output stays quiet (``quiet(ctx)`` true) for ``drain`` cycles; then a reset
+    readies it for the next instruction."""
+    assert error == expected
+    if error == ErrorCode.NONE:
+        return
+    faults.append(error)
+    assert ctx.get(ctrl.error_pc) == pc
+    for _ in range(hold):
+        await h.step(ctx)
+        assert ctx.get(ctrl.error) == error and ctx.get(ctrl.busy)
+    ctx.set(ctrl.abort, 1)
+    for _ in range(drain):
+        await h.step(ctx)
+        assert ctx.get(ctrl.error) == ErrorCode.NONE
+        assert quiet(ctx)
+    ctx.set(ctrl.abort, 0)
+    await h.reset(ctx, top)
+
+
+# --- parts the harness clocks --------------------------------------------------------------
+
+
+class MemoryModel:
+    """A memory of ``rows`` (ints) behind the unit's ports, with the behaviour of
+    ``amaranth.lib.memory``: synchronous reads (data one cycle after the address, the
+    row before that edge's writes), writes with per-lane enables. A read port listed
+    in ``transparent`` returns the row written in the same cycle. Every enabled read
+    and write is recorded as ``(cycle, addr)`` (in ``reads``, a list per read port) /
+    ``(cycle, addr, row)``, and checked to lie inside the memory: the units must
+    never touch a faulting address."""
+
+    def __init__(self, rows, *, read=(), write=(), transparent=(), name: str = "memory"):
         self.rows = list(rows)
+        self.name = name
         self.read_ports = list(read)
         self.write_ports = list(write)
         self.transparent = [any(p is t for t in transparent) for p in self.read_ports]
@@ -132,6 +211,9 @@ class MemoryModel:
         reads = [(ctx.get(p.en), ctx.get(p.addr)) for p in self.read_ports]
         writes = [(ctx.get(p.en), ctx.get(p.addr), ctx.get(p.data.as_value()), len(p.en),
                    len(p.data.as_value())) for p in self.write_ports]
+        for what, en, addr in [("read", *r) for r in reads] + [("write", *w[:2]) for w in writes]:
+            assert not en or addr < len(self.rows), \
+                f"{self.name}: {what} at row {addr} beyond depth {len(self.rows)}"
         for k, (en, addr) in enumerate(reads):
             if en:
                 self.reads[k].append((cycle, addr))
@@ -150,6 +232,11 @@ class MemoryModel:
         for port, transparent, (en, addr) in zip(self.read_ports, self.transparent, reads):
             if en:
                 ctx.set(port.data.as_value(), (self.rows if transparent else before)[addr])
+
+    def read_in(self, port, cycle: int) -> int | None:
+        """The row ``port`` read in ``cycle``, None if it read none."""
+        k = next(k for k, p in enumerate(self.read_ports) if p is port)
+        return next((addr for c, addr in self.reads[k] if c == cycle), None)
 
 
 class StreamSource:
@@ -219,66 +306,24 @@ class RandomBit:
         pass
 
 
-# --- random state and instructions ----------------------------------------------------
+# --- the instruction-level simulator's state as packed rows -------------------------------
 
 
-def random_rows(rng: random.Random, mem: Mem, cfg: CoreConfig, depth: int | None = None) -> list[int]:
-    """Random packed rows filling ``mem`` (ACC values spread over the whole range,
-    extremes included, so saturation is exercised)."""
-    depth = cfg.depth(mem) if depth is None else depth
+def random_rows(rng: random.Random, mem: Mem, cfg: CoreConfig) -> list[int]:
+    """Random packed rows filling ``mem``: accumulators small, anywhere in their range
+    or at its ends (so saturation is exercised); shifts and alignments over their
+    whole signed 6-bit range, most often where models use them."""
+    depth = cfg.depth(mem)
     if mem is Mem.ACC:
         lo, hi = -(1 << (cfg.acc_width - 1)), (1 << (cfg.acc_width - 1)) - 1
-        vals = [[rng.choice([lo, hi, rng.randrange(lo, hi + 1), rng.randrange(-999, 1000)])
-                 for _ in range(cfg.cols)] for _ in range(depth)]
-        return pack_rows(Mem.ACC, vals, cfg)
-    width = {Mem.SPAD: 8 * cfg.lanes, Mem.WBUF: 8 * cfg.cols, Mem.TABLE: 12 * cfg.cols}[mem]
+        return pack_rows(Mem.ACC, [[rng.choice([rng.randint(-300, 300), rng.randint(lo, hi), lo, hi, 0])
+                                    for _ in range(cfg.cols)] for _ in range(depth)], cfg)
+    if mem is Mem.TABLE:
+        return pack_rows(Mem.TABLE, [[(rng.choice([rng.randint(-32, 31), rng.randint(0, 12)]),
+                                       rng.choice([0, rng.randint(-4, 4), rng.randint(-32, 31)]))
+                                      for _ in range(cfg.cols)] for _ in range(depth)], cfg)
+    width = {Mem.SPAD: 8 * cfg.lanes, Mem.WBUF: 8 * cfg.cols}[mem]
     return [rng.getrandbits(width) for _ in range(depth)]
-
-
-def random_stream(rng: random.Random, depth: int, count0: int, count1: int) -> Addr:
-    """An address stream over a memory of ``depth`` rows that stays in range and in
-    its regions most of the time; otherwise it runs past the depth (sometimes past
-    2**16 rows through a large stride) or leaves a random region mask."""
-    base = rng.randrange(depth) if rng.random() < 0.85 else rng.randrange(depth, depth + 4)
-    span = max(1, depth // max(count0, count1))
-    stride0 = rng.choice([0, 1, 1, rng.randrange(span), rng.randrange(span + 2)])
-    stride1 = rng.choice([0, count0, rng.randrange(span), rng.randrange(2 * span)])
-    if rng.random() < 0.04:
-        stride1 = rng.randrange(1 << 15, 1 << 16)
-    regions = rng.choice([(1 << REGIONS) - 1, None, None, rng.randrange(1 << REGIONS)])
-    return Addr(base, stride0, stride1, regions)
-
-
-def iteration_addresses(insn, stream: str) -> list[int]:
-    """Exact row addresses of ``stream`` over all iterations of ``insn``, in order."""
-    a = getattr(insn, stream)
-    return [a.base + i1 * a.stride1 + i0 * a.stride0
-            for i1 in range(insn.count1) for i0 in range(insn.count0)]
-
-
-def first_fault(insn, cfg: CoreConfig) -> int:
-    """Index of the first iteration whose address faults (``iterations`` if none)."""
-    for t in range(insn.iterations):
-        for s in ("x", "y", "z"):
-            mem = insn.stream_mem(s)
-            if mem is None:
-                continue
-            addr, depth = iteration_addresses(insn, s)[t], cfg.depth(mem)
-            if addr >= depth or (mem is not Mem.TABLE
-                                 and not getattr(insn, s).regions >> (addr * REGIONS // depth) & 1):
-                return t
-    return insn.iterations
-
-
-def hazard_mask(insn) -> tuple[int, int]:
-    """The ``(reads, writes)`` hazard masks the controller expects from ``insn``'s
-    declared footprint (:func:`fxpgen.isa.footprint`)."""
-    fp = footprint(insn)
-    return (sum(1 << resource_index(r) for r in fp.reads),
-            sum(1 << resource_index(r) for r in fp.writes))
-
-
-# --- the instruction-level simulator's state as packed rows -------------------------------
 
 
 def machine_with(cfg: CoreConfig, *, spad=None, wbuf=None, acc=None, table=None, banks=None) -> Machine:
@@ -291,9 +336,7 @@ def machine_with(cfg: CoreConfig, *, spad=None, wbuf=None, acc=None, table=None,
     if acc is not None:
         mach.acc[:] = unpack_rows(Mem.ACC, acc, cfg)
     if table is not None:
-        pairs = np.array([[[((w >> 12 * j) & 0x3F), (w >> (12 * j + 6)) & 0x3F]
-                           for j in range(cfg.cols)] for w in table], dtype=np.int64)
-        pairs -= (pairs >> 5 & 1) << 6
+        pairs = unpack_rows(Mem.TABLE, table, cfg)
         mach.table_shift[:] = pairs[..., 0]
         mach.table_align[:] = pairs[..., 1]
     if banks is not None:
@@ -301,16 +344,112 @@ def machine_with(cfg: CoreConfig, *, spad=None, wbuf=None, acc=None, table=None,
     return mach
 
 
+def random_machine(rng: random.Random, cfg: CoreConfig) -> Machine:
+    """A machine whose memories hold :func:`random_rows`."""
+    return machine_with(cfg, **{mem.name.lower(): random_rows(rng, mem, cfg) for mem in Mem})
+
+
 def machine_rows(mach: Machine, mem: Mem) -> list[int]:
     """``mem`` of ``mach`` as packed rows."""
-    cfg = mach.cfg
-    if mem is Mem.SPAD:
-        return pack_rows(Mem.SPAD, mach.spad, cfg)
-    if mem is Mem.WBUF:
-        return pack_rows(Mem.WBUF, mach.wbuf, cfg)
-    if mem is Mem.ACC:
-        return pack_rows(Mem.ACC, mach.acc, cfg)
-    return [sum(((int(s) & 0x3F) | (int(a) & 0x3F) << 6) << 12 * j
-                for j, (s, a) in enumerate(zip(rs, ra)))
-            for rs, ra in zip(mach.table_shift, mach.table_align)]
+    if mem is Mem.TABLE:
+        return pack_rows(Mem.TABLE, np.stack([mach.table_shift, mach.table_align], axis=-1), mach.cfg)
+    return pack_rows(mem, {Mem.SPAD: mach.spad, Mem.WBUF: mach.wbuf, Mem.ACC: mach.acc}[mem], mach.cfg)
 
+
+# --- random instructions and what they should do ---------------------------------------------
+
+
+def addresses(a: Addr, count0: int, count1: int) -> list[int]:
+    """Rows a stream visits, iteration by iteration (exact integers)."""
+    return [a.base + i1 * a.stride1 + i0 * a.stride0 for i1 in range(count1) for i0 in range(count0)]
+
+
+def random_fault(rng: random.Random, p: float = 0.4) -> str | None:
+    """With probability ``p`` a fault kind for :func:`random_stream`, else None."""
+    return rng.choice(["address", "region"]) if rng.random() < p else None
+
+
+def random_stream(rng: random.Random, depth: int, count0: int, count1: int,
+                  fault: str | None = None) -> Addr:
+    """A random address stream over ``depth`` rows: in range with its exact or a wider
+    region mask, or (``fault``) one that walks off the memory (``"address"``, also
+    with strides near 2**16) or leaves a region it touches out of its mask
+    (``"region"``)."""
+    s0 = rng.choice([0, 1, 1, 2, 3, rng.randint(0, depth // 2)])
+    s1 = rng.choice([0, count0 * s0, count0 * s0 + 1, rng.randint(0, depth // 2)])
+    while (count0 - 1) * s0 + (count1 - 1) * s1 >= depth:
+        s0, s1 = s0 // 2, s1 // 2
+    span = (count0 - 1) * s0 + (count1 - 1) * s1
+    base = rng.randint(0, depth - 1 - span)
+    a = Addr(base, s0, s1)
+    mask = regions_spanned(a, count0, count1, depth)
+    if rng.random() < 0.3:
+        mask |= rng.randrange(1 << REGIONS)
+    if fault == "address":
+        if rng.random() < 0.5:
+            return Addr(rng.randint(depth - 2, depth - 1), rng.randint(1, 3), s1, (1 << REGIONS) - 1)
+        return Addr(base, rng.randrange(depth, 1 << 16), rng.randrange(1 << 16), (1 << REGIONS) - 1)
+    if fault == "region":
+        used = sorted({row * REGIONS // depth for row in addresses(a, count0, count1)})
+        mask &= ~(1 << rng.choice(used))
+    return Addr(base, s0, s1, mask)
+
+
+def random_vector_insn(cfg: CoreConfig, rng: random.Random, fault_prob: float = 0.25) -> Instruction:
+    """A random REQUANT, ADD or MAX that the ISA simulator accepts (no iteration reads
+    a row an earlier one wrote), every parameter drawn over its legal range (MAX gets
+    random ADD fields, which it must ignore; REQUANT without residual a random ``y``,
+    which it must not read). With ``fault_prob`` one stream faults."""
+    while True:
+        op = rng.choice([Opcode.REQUANT, Opcode.ADD, Opcode.MAX])
+        c0 = rng.choice([1, 2, 3, 4, rng.randint(1, 8), 0 if rng.random() < 0.1 else 1])
+        c1 = rng.choice([1, 1, 2, 3])
+        if op is Opcode.REQUANT:
+            params = {"table": rng.randrange(cfg.table_depth), "lane": rng.randrange(cfg.requant_lanes),
+                      "relu": rng.randrange(2), "out_signed": rng.randrange(2),
+                      "residual": rng.randrange(2), "res_signed": rng.randrange(2)}
+            used = ["x", "y", "z"] if params["residual"] else ["x", "z"]
+        else:
+            params = {"a_shift": rng.choice([0, 0, 1, 2, rng.randint(0, 15)]),
+                      "b_shift": rng.choice([0, 0, 1, rng.randint(0, 15)]),
+                      "shift": rng.choice([0, 1, 2, rng.randint(-32, 31)]),
+                      "relu": rng.randrange(2), "out_signed": rng.randrange(2),
+                      "a_signed": rng.randrange(2), "b_signed": rng.randrange(2)}
+            used = ["x", "y", "z"]
+        fault, faulty = random_fault(rng, fault_prob), rng.choice(used)
+        streams = {}
+        for s in ("x", "y", "z"):
+            depth = cfg.acc_depth if (op is Opcode.REQUANT and s == "x") else cfg.spad_depth
+            if s in used:
+                streams[s] = random_stream(rng, depth, max(c0, 1), c1, fault if s == faulty else None)
+            else:
+                streams[s] = Addr(rng.randrange(1 << 16), rng.randrange(1 << 16), rng.randrange(1 << 16),
+                                  rng.randrange(1 << REGIONS))
+        insn = Instruction(op, params, c0, c1, **streams)
+        try:
+            Machine(cfg).run([insn.encode(cfg)], [])
+        except ProgramError:    # an iteration reads a row an earlier one wrote
+            continue
+        return insn
+
+
+def first_fault(insn: Instruction, cfg: CoreConfig) -> int:
+    """Index of the first iteration whose address faults (``iterations`` if none)."""
+    for t in range(insn.iterations):
+        for s in ("x", "y", "z"):
+            mem = insn.stream_mem(s)
+            if mem is None:
+                continue
+            addr, depth = addresses(getattr(insn, s), insn.count0, insn.count1)[t], cfg.depth(mem)
+            if addr >= depth or (mem is not Mem.TABLE
+                                 and not getattr(insn, s).regions >> (addr * REGIONS // depth) & 1):
+                return t
+    return insn.iterations
+
+
+def hazard_mask(insn: Instruction) -> tuple[int, int]:
+    """The ``(reads, writes)`` hazard masks the controller expects from ``insn``'s
+    declared footprint (:func:`fxpgen.isa.footprint`)."""
+    fp = footprint(insn)
+    return (sum(1 << resource_index(r) for r in fp.reads),
+            sum(1 << resource_index(r) for r in fp.writes))
