@@ -133,7 +133,7 @@ class VectorUnit(wiring.Component):
             self.acc_rd.addr.eq(x_addr), self.acc_rd.en.eq(issue & insn.is_requant),
             self.spad_rd_x.addr.eq(x_addr), self.spad_rd_x.en.eq(issue & ~insn.is_requant),
             self.spad_rd_y.addr.eq(y_addr), self.spad_rd_y.en.eq(issue & insn.uses_y),
-            self.table_rd.addr.eq(insn.rparams.table), self.table_rd.en.eq(1),
+            self.table_rd.addr.eq(insn.rparams.table), self.table_rd.en.eq(issue & insn.is_requant),
         ]
         return issue
 

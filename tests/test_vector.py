@@ -19,14 +19,6 @@ from unit_harness import (CONFIGS, Harness, MemoryModel, addresses, config_id, h
 WRITE_DELAY = 1 + Requantizer.LATENCY
 
 
-def full_table(cfg):
-    """``cfg`` with a shift table as deep as its address is wide. The unit reads the
-    table every cycle at the latched ``table`` field, which for ADD and MAX holds
-    other parameters (the data goes unused), so a table of 3 or 5 rows would be read
-    beyond its end, which the memory model rejects."""
-    return replace(cfg, table_depth=1 << (cfg.table_depth - 1).bit_length())
-
-
 def run_vector(cfg, machine, insns, pcs, abort_at=None, as_run=None):
     """Run ``insns`` one after another through a VectorUnit whose memories start as
     ``machine``'s, then on ``machine`` itself, one instruction a run, stopping at the
@@ -140,7 +132,6 @@ def test_random_instructions_match_isa_simulator(cfg, seed):
     shift and alignment; strides, repeated rows, faults by address and by region)
     write what the ISA simulator writes, stop where it stops, and keep the unit's
     timing and footprint contract (see :func:`run_vector`)."""
-    cfg = full_table(cfg)
     rng = random.Random(seed)
     opcodes, errors = set(), set()
     for _ in range(12):
@@ -158,7 +149,6 @@ def test_abort_stops_issue_and_drains(cfg, seed):
     """An abort in the middle of a legal instruction (another unit faulted): the unit
     issues no further iteration, writes those already issued, and reports no error;
     the scratchpad is what the ISA simulator leaves after the iterations before it."""
-    cfg = full_table(cfg)
     rng = random.Random(seed)
     for _ in range(6):
         insn = replace(random_vector_insn(cfg, rng, fault_prob=0), count1=1)
