@@ -236,5 +236,8 @@ def test_a_fire_module_on_the_native_rtl_equals_golden(tmp_path, seed):
     model, shape = fire(seed, 3, 5, 8, 8)
     cfg = CoreConfig(rows=4, cols=8, spad_depth=4096, wbuf_depth=512, acc_depth=512)
     compile_model(model, _data(seed, shape, 16), cfg, tmp_path)
-    out = run_compiled(tmp_path, _data(seed + 5, shape, 3), "native")
-    assert out["identical_to_golden"]
+    x = _data(seed + 5, shape, 3)
+    out = run_compiled(tmp_path, x, "native")
+    qg = load_qgraph(tmp_path)
+    assert out["golden_identical"] is True
+    assert np.array_equal(out["outputs"], run_golden_batch(qg, quantize_input(qg, x))[qg.output])
