@@ -9,10 +9,12 @@ the float function of the graph (up to float rounding):
 - :func:`lower_global_pool`: GlobalAvgPool into an AvgPool over the whole map;
 - :func:`fold_avgpool_correction`: for a window that is not a power of two, the factor
   ``2**ceil(log2(w)) / w`` into the conv before (or, failing that, after) the pool, so
-  the pool divides by a power of two, i.e. becomes a shift.
+  the pool divides by a power of two, i.e. becomes a shift;
+- :func:`fold_pad`: an explicit zero Pad into the padding of the convs and average
+  pools reading it.
 
-:func:`prepare` runs them in that order; afterwards only Conv, Relu, Clip, MaxPool,
-AvgPool and Add remain.
+:func:`prepare` runs :func:`fold_pad` first, then the others in that order; afterwards
+only Conv, Relu, Clip, MaxPool, AvgPool, Add, Concat and Slice remain.
 """
 
 from __future__ import annotations
@@ -21,14 +23,15 @@ import math
 
 import numpy as np
 
-from fxpgen.compiler.graph import (Add, AvgPool, BatchNorm, Clip, Conv, Flatten, Gemm,
-                                   GlobalAvgPool, Graph, MaxPool, Relu, UnsupportedOp)
+from fxpgen.compiler.graph import (Add, AvgPool, BatchNorm, Clip, Concat, Conv, Flatten, Gemm,
+                                   GlobalAvgPool, Graph, MaxPool, Pad, Relu, Slice,
+                                   UnsupportedOp)
 
 __all__ = ["fold_batchnorm", "gemm_to_conv", "lower_global_pool", "fold_avgpool_correction",
-           "prepare", "PREPARED_OPS"]
+           "fold_pad", "prepare", "PREPARED_OPS"]
 
 #: Node types left after :func:`prepare`.
-PREPARED_OPS = (Conv, Relu, Clip, MaxPool, AvgPool, Add)
+PREPARED_OPS = (Conv, Relu, Clip, MaxPool, AvgPool, Add, Concat, Slice)
 
 
 def _who(node) -> str:
@@ -48,6 +51,8 @@ def _replace_input(nodes: list, old: str, new: str) -> None:
         if isinstance(n, Add):
             n.a = new if n.a == old else n.a
             n.b = new if n.b == old else n.b
+        elif isinstance(n, Concat):
+            n.sources = tuple(new if s == old else s for s in n.sources)
         elif n.input == old:
             n.input = new
 
@@ -203,9 +208,29 @@ def fold_avgpool_correction(graph: Graph) -> Graph:
     return graph.rebuild(nodes)
 
 
+def fold_pad(graph: Graph) -> Graph:
+    """Fold every Pad into the padding of the nodes reading it, which must all be Conv
+    or AvgPool: both pad with zeros, as the Pad does (an AvgPool counts padding in its
+    window, as it counts the Pad's zeros). A max pool pads with -inf, and other nodes
+    do not pad: raise :class:`UnsupportedOp` naming the Pad and the reader."""
+    nodes = graph.copy_nodes()
+    for pad in [n for n in nodes if isinstance(n, Pad)]:
+        readers = [n for n in nodes if pad.output in n.inputs]
+        bad = [n for n in readers if not isinstance(n, (Conv, AvgPool))]
+        if bad or pad.output == graph.output:
+            what = f"{_who(bad[0])} reads it" if bad else "it is the graph output"
+            raise UnsupportedOp(f"{_who(pad)}: an explicit Pad is supported only when every reader "
+                                f"is a Conv or AveragePool (it becomes their zero padding); {what}")
+        for n in readers:
+            n.input = pad.input
+            n.pads = tuple(a + b for a, b in zip(n.pads, pad.pads))
+        nodes.remove(pad)
+    return graph.rebuild(nodes)
+
+
 def prepare(graph: Graph) -> Graph:
     """All folding passes in order; the result holds only :data:`PREPARED_OPS`."""
-    g = fold_avgpool_correction(lower_global_pool(gemm_to_conv(fold_batchnorm(graph))))
+    g = fold_avgpool_correction(lower_global_pool(gemm_to_conv(fold_batchnorm(fold_pad(graph)))))
     for n in g.nodes:
         if not isinstance(n, PREPARED_OPS):   # pragma: no cover - the passes remove them
             raise UnsupportedOp(f"{_who(n)}: left over after folding")

@@ -14,7 +14,7 @@ import numpy as np
 
 from fxpgen import numerics
 from .graph import window_taps
-from .qgraph import QAdd, QAvgPool, QConv, QGraph, QMaxPool
+from .qgraph import QAdd, QAvgPool, QConcat, QConv, QGraph, QMaxPool, QSlice
 
 __all__ = ["run_golden", "run_golden_batch", "quantize_input", "dequantize_output", "predict",
            "conv_accumulate"]
@@ -80,7 +80,19 @@ def _run_add(op: QAdd, env: dict, g: QGraph, bits: int) -> np.ndarray:
     return numerics.requantize(s, op.shift, g.tensor(op.output).fmt.signed, op.relu)
 
 
-_RUN = {QConv: _run_conv, QMaxPool: _run_maxpool, QAvgPool: _run_avgpool, QAdd: _run_add}
+def _run_concat(op: QConcat, env: dict, g: QGraph, bits: int) -> np.ndarray:
+    fmts = {g.tensor(t).fmt for t in [*op.sources, op.output]}
+    if len(fmts) != 1:
+        raise ValueError(f"{op.name}: concatenated maps differ in format: {sorted(map(str, fmts))}")
+    return np.concatenate([env[t] for t in op.sources], axis=1)
+
+
+def _run_slice(op: QSlice, env: dict, g: QGraph, bits: int) -> np.ndarray:
+    return env[op.input][:, op.start:op.stop]
+
+
+_RUN = {QConv: _run_conv, QMaxPool: _run_maxpool, QAvgPool: _run_avgpool, QAdd: _run_add,
+        QConcat: _run_concat, QSlice: _run_slice}
 
 
 def run_golden_batch(qgraph: QGraph, xs_q: np.ndarray) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ import numpy as np
 
 __all__ = [
     "UnsupportedOp", "Shape", "Tensor", "Conv", "Gemm", "BatchNorm", "Relu", "Clip",
-    "MaxPool", "AvgPool", "GlobalAvgPool", "Add", "Flatten", "Node", "Graph", "run_float",
+    "MaxPool", "AvgPool", "GlobalAvgPool", "Add", "Flatten", "Concat", "Slice", "Pad", "Node", "Graph", "run_float",
     "conv2d_float", "pool_out_size", "window_taps",
 ]
 
@@ -355,7 +355,80 @@ class Flatten:
         return x.reshape(x.shape[0], -1, 1, 1)
 
 
-Node = Conv | Gemm | BatchNorm | Relu | Clip | MaxPool | AvgPool | GlobalAvgPool | Add | Flatten
+@dataclass
+class Concat:
+    """Channel concatenation of maps of one height and width, ``sources`` in order."""
+
+    name: str
+    sources: tuple[str, ...]
+    output: str
+    OP: ClassVar[str] = "Concat"
+
+    @property
+    def inputs(self) -> list[str]:
+        return list(self.sources)
+
+    def out_shape(self, *shapes: Shape) -> Shape:
+        if len({s[1:] for s in shapes}) != 1:
+            raise ValueError(f"{self.name} (Concat): inputs differ in height or width: "
+                             f"{', '.join(map(str, shapes))}")
+        return sum(s[0] for s in shapes), shapes[0][1], shapes[0][2]
+
+    def run(self, *xs: np.ndarray) -> np.ndarray:
+        return np.concatenate(xs, axis=1)
+
+
+@dataclass
+class Slice:
+    """Channels ``start .. stop`` (step 1) of a map."""
+
+    name: str
+    input: str
+    output: str
+    start: int
+    stop: int
+    OP: ClassVar[str] = "Slice"
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input]
+
+    def out_shape(self, shape: Shape) -> Shape:
+        if not 0 <= self.start < self.stop <= shape[0]:
+            raise ValueError(f"{self.name} (Slice): channels {self.start}..{self.stop} are not a "
+                             f"non-empty range of the input's {shape[0]}")
+        return self.stop - self.start, shape[1], shape[2]
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return x[:, self.start:self.stop]
+
+
+@dataclass
+class Pad:
+    """Zero padding of ``pads`` = (top, left, bottom, right) rows and columns; the
+    folding passes move it into the padding of the conv or pool reading it."""
+
+    name: str
+    input: str
+    output: str
+    pads: tuple[int, int, int, int]
+    OP: ClassVar[str] = "Pad"
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input]
+
+    def out_shape(self, shape: Shape) -> Shape:
+        pt, pl, pb, pr = self.pads
+        return shape[0], shape[1] + pt + pb, shape[2] + pl + pr
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        pt, pl, pb, pr = self.pads
+        return np.pad(x, [(0, 0), (0, 0), (pt, pb), (pl, pr)])
+
+
+Node = (Conv | Gemm | BatchNorm | Relu | Clip | MaxPool | AvgPool | GlobalAvgPool | Add | Flatten
+        | Concat | Slice | Pad)
 
 
 @dataclass

@@ -5,8 +5,10 @@ lifetimes; place the input image (resident, LOADed first) or, when it is streame
 a band buffer for its consumer; then, op by op, place the output map, lower the op
 (:data:`_LOWERINGS`: convolutions and average pools through
 :mod:`~fxpgen.compiler.conv_plan` and :mod:`~fxpgen.compiler.conv_emit`, max pools and
-adds on the vector unit, :mod:`~fxpgen.compiler.vector_ops`), end the layer with a
-HALT and free the maps it read last; finally STORE the output map.
+adds on the vector unit, :mod:`~fxpgen.compiler.vector_ops`, concats and slices as
+copies of channel groups there or, where a channel would change lane, as the 1x1
+convolutions of :mod:`~fxpgen.compiler.channel_ops`), end the layer with a HALT and
+free the maps it read last; finally STORE the output map.
 
 Every layer ends with a HALT, so the core's performance counters (cleared when a
 program starts, frozen by HALT) measure each layer on its own.
@@ -39,10 +41,11 @@ from .conv_emit import emit_conv
 from .conv_plan import plan_conv, rows_per_chunk
 from .emit import Emitter, InputPiece
 from .layout import MapLayout, SpadAllocator, last_uses, pad_byte, plan_borders
-from .qgraph import QAdd, QAvgPool, QConv, QGraph, QMaxPool
+from .channel_ops import expand_unaligned
+from .qgraph import QAdd, QAvgPool, QConcat, QConv, QGraph, QMaxPool, QSlice
 from .tiling import DoesNotFit, ceil_div
 from .unfold import InputUnfold, sole_consumer, unfold_input
-from .vector_ops import emit_add, emit_maxpool
+from .vector_ops import emit_add, emit_concat, emit_maxpool, emit_slice
 
 __all__ = ["lower", "Lowered"]
 
@@ -130,6 +133,7 @@ def lower(qg: QGraph, cfg: CoreConfig, *, stream_input: bool | None = None,
     ``unfold``: let the host unfold the input for its first convolution when that
     takes fewer matmuls (:mod:`fxpgen.compiler.unfold`).
     """
+    qg = expand_unaligned(qg, cfg.lanes)
     unfolded = unfold_input(qg, cfg.rows) if unfold else None
     if unfolded is None:
         return _lower_streamed(qg, cfg, stream_input)
@@ -286,5 +290,14 @@ def _lower_add(lo: _Lowering, op: QAdd, out_lay: MapLayout) -> None:
     emit_add(lo.em, lo.qg, op, lo.layouts[op.a], lo.layouts[op.b], out_lay)
 
 
+def _lower_concat(lo: _Lowering, op: QConcat, out_lay: MapLayout) -> None:
+    emit_concat(lo.em, [lo.layouts[t] for t in op.sources], out_lay)
+
+
+def _lower_slice(lo: _Lowering, op: QSlice, out_lay: MapLayout) -> None:
+    emit_slice(lo.em, op, lo.layouts[op.input], out_lay, lo.cfg.lanes)
+
+
 #: How each op type is lowered: (lowering state, op, its placed output map).
-_LOWERINGS = {QConv: _lower_conv, QAvgPool: _lower_conv, QMaxPool: _lower_maxpool, QAdd: _lower_add}
+_LOWERINGS = {QConv: _lower_conv, QAvgPool: _lower_conv, QMaxPool: _lower_maxpool, QAdd: _lower_add,
+              QConcat: _lower_concat, QSlice: _lower_slice}

@@ -12,6 +12,13 @@ domain, batch size 1 or a symbolic batch dimension):
 - BatchNormalization (inference), Relu, Clip (min 0, any max), MaxPool, AveragePool,
   GlobalAveragePool, Add of two tensors of one shape, Flatten (axis 0 or 1) and Reshape
   to a flat (1, N) or (N,) vector (its shape a constant, maybe folded by the clean-up);
+- MaxPool with ``ceil_mode=1``: the extra output row or column becomes padding at the
+  bottom or right (a window never starts in that padding, as onnx defines it);
+- Concat of 4-D maps along the channels (axis 1), Slice of the channels (constant
+  starts/ends, step 1, other axes whole) and Split along the channels (one Slice per
+  output);
+- Pad (constant mode, value 0, on H and W only), folded later into the padding of the
+  Conv or AveragePool reading it (:func:`~fxpgen.compiler.fold.fold_pad`);
 - Add of a constant right after a Conv/Gemm/MatMul whose output only it reads is taken
   as that layer's bias (how exporters often write Linear: MatMul + Add);
 - weights from initializers or Constant nodes.
@@ -30,14 +37,16 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from fxpgen.compiler.graph import (Add, AvgPool, BatchNorm, Clip, Conv, Flatten, Gemm,
-                                   GlobalAvgPool, Graph, MaxPool, Relu, UnsupportedOp)
+from fxpgen.compiler.graph import (Add, AvgPool, BatchNorm, Clip, Concat, Conv, Flatten, Gemm,
+                                   GlobalAvgPool, Graph, MaxPool, Pad, Relu, Slice,
+                                   UnsupportedOp)
 from fxpgen.compiler.onnx_cleanup import cleanup
 
 __all__ = ["load_onnx", "SUPPORTED_OPS", "UnsupportedOp"]
 
-SUPPORTED_OPS = ("Add", "AveragePool", "BatchNormalization", "Clip", "Constant", "Conv",
-                 "Flatten", "Gemm", "GlobalAveragePool", "MatMul", "MaxPool", "Relu", "Reshape")
+SUPPORTED_OPS = ("Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Constant", "Conv",
+                 "Flatten", "Gemm", "GlobalAveragePool", "MatMul", "MaxPool", "Pad", "Relu",
+                 "Reshape", "Slice", "Split")
 
 _NAMES_SHOWN = 5   # node names listed per unsupported op before "... and N more"
 
@@ -178,7 +187,7 @@ class _Importer:
             if i and i not in self.shapes and i not in self.consts:
                 raise ValueError(f"{who}: input {i!r} is not defined before the node "
                                  "(the ONNX graph is not topologically sorted)")
-        for extra in node.output[1:]:
+        for extra in node.output[1:] if op != "Split" else ():
             if extra and self.uses[extra]:
                 raise UnsupportedOp(f"{who}: output {extra!r} (beyond the first) is used; "
                                     "only the first output is supported")
@@ -238,11 +247,11 @@ class _Importer:
             raise UnsupportedOp(f"{who}: pads={p} is not supported (only >= 0)")
         return p[0], p[1], p[2], p[3]
 
-    def _check_window(self, who, attrs, shape, kernel, stride, pads) -> None:
+    def _check_window(self, who, attrs, shape, kernel, stride, pads, ceil_ok=False) -> None:
         dil = [int(d) for d in attrs.get("dilations", [1, 1])]
         if any(d != 1 for d in dil):
             raise UnsupportedOp(f"{who}: dilations={dil} is not supported (only 1)")
-        if attrs.get("ceil_mode", 0):
+        if attrs.get("ceil_mode", 0) and not ceil_ok:
             for ax in range(2):
                 n = shape[1 + ax] + pads[ax] + pads[ax + 2] - kernel[ax]
                 if n % stride[ax]:
@@ -346,22 +355,38 @@ class _Importer:
         self._emit(Clip(name, x, node.output[0], None if hi is None else float(hi)),
                    self.ranks[x])
 
-    def _pool_attrs(self, who, attrs, x):
+    def _pool_attrs(self, who, attrs, x, ceil_ok=False):
         if "kernel_shape" not in attrs:
             raise UnsupportedOp(f"{who}: kernel_shape is missing")
         kernel = self._pair(who, attrs, "kernel_shape", None)
         stride = self._pair(who, attrs, "strides", [1, 1])
         pads = self._pads(who, attrs, self.shapes[x], kernel, stride)
-        self._check_window(who, attrs, self.shapes[x], kernel, stride, pads)
+        self._check_window(who, attrs, self.shapes[x], kernel, stride, pads, ceil_ok)
         return kernel, stride, pads
+
+    @staticmethod
+    def _ceil_pads(shape, kernel, stride, pads) -> tuple[int, int, int, int]:
+        """``pads`` with the bottom and right grown so that floor mode gives ceil mode's
+        output size: ``ceil((n + pads - k) / s) + 1``, less one when the last window
+        would start in the bottom/right padding (onnx's and PyTorch's rule)."""
+        grown = list(pads)
+        for ax in range(2):
+            n, k, s, lo, hi = shape[1 + ax], kernel[ax], stride[ax], pads[ax], pads[ax + 2]
+            out = -(-(n + lo + hi - k) // s) + 1
+            if (out - 1) * s >= n + lo:
+                out -= 1
+            grown[ax + 2] = max(hi, (out - 1) * s + k - n - lo)
+        return tuple(grown)
 
     def _op_MaxPool(self, node, name, who, attrs) -> None:
         x = self._dynamic(who, node.input[0])
-        kernel, stride, pads = self._pool_attrs(who, attrs, x)
+        kernel, stride, pads = self._pool_attrs(who, attrs, x, ceil_ok=True)
         if max(pads[0], pads[2]) >= kernel[0] or max(pads[1], pads[3]) >= kernel[1]:
             # A window made only of padding has no defined maximum.
             raise UnsupportedOp(f"{who}: pads={list(pads)} is not supported (only pads smaller "
                                 f"than the kernel {list(kernel)})")
+        if attrs.get("ceil_mode", 0):
+            pads = self._ceil_pads(self.shapes[x], kernel, stride, pads)
         self._emit(MaxPool(name, x, node.output[0], kernel, stride, pads), 4)
 
     def _op_AveragePool(self, node, name, who, attrs) -> None:
@@ -435,3 +460,79 @@ class _Importer:
             raise UnsupportedOp(f"{who}: shape={target} is not supported (only a flat vector "
                                 f"[1, {total}] or [{total}])")
         self._emit(Flatten(name, x, node.output[0]), 2)
+
+    def _op_Concat(self, node, name, who, attrs) -> None:
+        xs = [self._dynamic(who, i) for i in node.input]
+        if int(attrs.get("axis", 0)) not in (1, -3):
+            raise UnsupportedOp(f"{who}: axis={attrs.get('axis')} is not supported (only 1: "
+                                "the channels)")
+        if len({self.shapes[x][1:] for x in xs}) != 1:
+            raise UnsupportedOp(f"{who}: inputs of different height or width: "
+                                f"{', '.join(str(list(self._onnx_shape(x))) for x in xs)}")
+        self._emit(Concat(name, tuple(xs), node.output[0]), 4)
+
+    def _slice_args(self, node, who, attrs) -> list[np.ndarray | None]:
+        """starts, ends, axes, steps of a Slice (inputs from opset 10, attributes before)."""
+        if self.opset < 10:
+            return [None if k not in attrs else np.asarray(attrs[k])
+                    for k in ("starts", "ends", "axes", "steps")]
+        return [self._const(who, node.input[i], what).astype(np.int64)
+                if len(node.input) > i and node.input[i] else None
+                for i, what in ((1, "starts"), (2, "ends"), (3, "axes"), (4, "steps"))]
+
+    def _op_Slice(self, node, name, who, attrs) -> None:
+        x = self._dynamic(who, node.input[0])
+        starts, ends, axes, steps = self._slice_args(node, who, attrs)
+        dims = self._onnx_shape(x)
+        axes = range(len(starts)) if axes is None else [int(a) % 4 for a in axes]
+        steps = np.ones(len(starts), np.int64) if steps is None else steps
+        span = {ax: (0, d) for ax, d in enumerate(dims)}
+        for ax, a, b, step in zip(axes, starts, ends, steps):
+            if int(step) != 1:
+                raise UnsupportedOp(f"{who}: steps={[int(v) for v in steps]} is not supported (only 1)")
+            span[ax] = tuple(int(np.clip(v + dims[ax] if v < 0 else v, 0, dims[ax]))
+                             for v in (int(a), int(b)))
+        if any(span[ax] != (0, dims[ax]) for ax in (0, 2, 3)):
+            raise UnsupportedOp(f"{who}: only slicing the channels (axis 1) is supported")
+        self._emit(Slice(name, x, node.output[0], *span[1]), 4)
+
+    def _op_Split(self, node, name, who, attrs) -> None:
+        x = self._dynamic(who, node.input[0])
+        if int(attrs.get("axis", 0)) not in (1, -3):
+            raise UnsupportedOp(f"{who}: axis={attrs.get('axis', 0)} is not supported (only 1: "
+                                "the channels)")
+        c = self.shapes[x][0]
+        if len(node.input) > 1 and node.input[1]:
+            sizes = [int(v) for v in self._const(who, node.input[1], "split").reshape(-1)]
+        elif "split" in attrs:
+            sizes = [int(v) for v in attrs["split"]]
+        else:
+            n = len(node.output)
+            sizes = [-(-c // n)] * (n - 1) + [c - (n - 1) * -(-c // n)]
+        if len(sizes) != len(node.output) or sum(sizes) != c or min(sizes) < 1:
+            raise UnsupportedOp(f"{who}: split={sizes} does not divide {c} channels into "
+                                f"{len(node.output)} outputs")
+        start = 0
+        for k, (out, size) in enumerate(zip(node.output, sizes)):
+            self._emit(Slice(f"{name}:{k}", x, out, start, start + size), 4)
+            start += size
+
+    def _op_Pad(self, node, name, who, attrs) -> None:
+        x = self._dynamic(who, node.input[0])
+        mode = attrs.get("mode", "constant")
+        if self.opset < 11:
+            pads, value = attrs.get("pads", []), float(attrs.get("value", 0.0))
+        else:
+            pads = self._const(who, node.input[1], "pads").astype(np.int64).reshape(-1)
+            value = (float(self._const(who, node.input[2], "constant_value").reshape(-1)[0])
+                     if len(node.input) > 2 and node.input[2] else 0.0)
+            if len(node.input) > 3 and node.input[3]:
+                raise UnsupportedOp(f"{who}: the axes input is not supported (pads of all "
+                                    "four axes only)")
+        p = [int(v) for v in pads]
+        if mode != "constant" or value != 0.0:
+            raise UnsupportedOp(f"{who}: mode={mode} value={value:g} is not supported (only "
+                                "constant 0)")
+        if len(p) != 8 or p[0] or p[1] or p[4] or p[5] or min(p) < 0:
+            raise UnsupportedOp(f"{who}: pads={p} is not supported (only >= 0 on H and W)")
+        self._emit(Pad(name, x, node.output[0], (p[2], p[3], p[6], p[7])), 4)

@@ -48,7 +48,7 @@ from .emit import InputPiece
 from .layout import MapLayout
 from .lower import Lowered
 from .unfold import InputUnfold
-from .qgraph import QAdd, QAvgPool, QConv, QGraph, QMaxPool, QTensor
+from .qgraph import QAdd, QAvgPool, QConcat, QConv, QGraph, QMaxPool, QSlice, QTensor
 
 __all__ = ["FORMAT_VERSION", "ProgramFormatError", "save_program", "load_program", "Program",
            "save_qgraph", "load_qgraph", "listing"]
@@ -212,7 +212,8 @@ def listing(low: Lowered) -> str:
 
 # --- the quantized graph on disk --------------------------------------------------------
 
-_OPS = {"conv": QConv, "maxpool": QMaxPool, "avgpool": QAvgPool, "add": QAdd}
+_OPS = {"conv": QConv, "maxpool": QMaxPool, "avgpool": QAvgPool, "add": QAdd, "concat": QConcat,
+        "slice": QSlice}
 _KIND = {v: k for k, v in _OPS.items()}
 
 

@@ -15,7 +15,8 @@ import numpy as np
 
 from fxpgen.numerics import Format
 
-__all__ = ["QTensor", "QConv", "QMaxPool", "QAvgPool", "QAdd", "QGraph", "QOp"]
+__all__ = ["QTensor", "QConv", "QMaxPool", "QAvgPool", "QAdd", "QConcat", "QSlice", "QGraph",
+           "QOp"]
 
 
 @dataclass
@@ -126,7 +127,36 @@ class QAdd:
         return [self.a, self.b]
 
 
-QOp = QConv | QMaxPool | QAvgPool | QAdd
+@dataclass
+class QConcat:
+    """Channel concatenation: ``y = concatenate(sources, axis=channels)``. Every source
+    and the output have one format (the quantizer makes them so), so no value changes."""
+
+    name: str
+    sources: tuple[str, ...]
+    output: str
+
+    @property
+    def inputs(self) -> list[str]:
+        return list(self.sources)
+
+
+@dataclass
+class QSlice:
+    """Channels ``start .. stop`` of the input, ``y = x[start:stop]``; the format is kept."""
+
+    name: str
+    input: str
+    output: str
+    start: int
+    stop: int
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input]
+
+
+QOp = QConv | QMaxPool | QAvgPool | QAdd | QConcat | QSlice
 
 
 @dataclass

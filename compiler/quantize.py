@@ -6,9 +6,10 @@ Passes, each small and testable alone:
 2. :func:`fuse`: group float nodes into quantized layers. A ReLU/Clip joins the conv or
    add before it; an Add joins a conv whose output only it reads (the conv's
    ``residual``/``align``); a ReLU/Clip nobody can take becomes a depthwise 1x1 conv
-   of weight 1; MaxPool and AvgPool stay themselves;
+   of weight 1; MaxPool, AvgPool, Concat and Slice stay themselves;
 3. :func:`calibrate`: run the float graph on the calibration set and choose every
-   tensor's format (docs/numerics.md);
+   tensor's format (docs/numerics.md); :func:`unify_concat_inputs` gives each
+   concat's inputs its format;
 4. weights, biases and shifts for each layer, checked against the hardware's ranges;
 5. the report, including the SQNR the golden model actually reaches per layer.
 
@@ -26,6 +27,16 @@ that holds the calibration maximum (a pooled ReLU map has a mean large against i
 which the rule alone would saturate). Elsewhere the std rule is applied as written, so
 a tensor whose mean is large against its std saturates: the report notes every tensor
 with more than 1% of its calibration values saturated ("grid" mode avoids it).
+
+Concat. A concat moves bytes and changes no value, so its inputs and its output share
+one format (:func:`concat_format`): the finest that holds every input's range,
+signed if any input is, with the smallest input fl (one less for an unsigned input
+when the common format is signed). An input produced by a conv, add or average pool
+that only the concat reads is requantized into that format by its producer; any
+other input (a max pool's or slice's, which keep their input's format, the graph
+input, a tensor read elsewhere) in another format gets a copy: an add of the tensor
+with itself, ``requantize(2a, fl_a + 1 - fl)``, which is ``requantize(a, fl_a - fl)``
+exactly. A Slice keeps its input's format.
 """
 
 from __future__ import annotations
@@ -37,12 +48,13 @@ import numpy as np
 from fxpgen import numerics
 from fxpgen.compiler.fold import prepare
 from fxpgen.compiler.golden import quantize_input, run_golden_batch
-from fxpgen.compiler.graph import (Add, AvgPool, Clip, Conv, Graph, MaxPool, Relu,
-                                   run_float)
-from fxpgen.compiler.qgraph import QAdd, QAvgPool, QConv, QGraph, QMaxPool, QTensor
+from fxpgen.compiler.graph import (Add, AvgPool, Clip, Concat, Conv, Graph, MaxPool, Relu,
+                                   Slice, run_float)
+from fxpgen.compiler.qgraph import QAdd, QAvgPool, QConcat, QConv, QGraph, QMaxPool, QSlice, QTensor
 from fxpgen.numerics import Format
 
-__all__ = ["quantize", "fuse", "calibrate", "check_hardware_ranges", "HardwareRangeError",
+__all__ = ["quantize", "fuse", "calibrate", "concat_format", "unify_concat_inputs",
+           "check_hardware_ranges", "HardwareRangeError",
            "Layer", "sqnr_db", "SHIFT_RANGE", "ALIGN_RANGE", "ADD_SHIFT_RANGE"]
 
 #: Inclusive ranges of the hardware's shift fields (signed 6-bit shift and align,
@@ -60,7 +72,8 @@ class HardwareRangeError(ValueError):
 class Layer:
     """One quantized layer: the float nodes it absorbs and what it reads and writes.
 
-    ``kind`` is "conv", "add", "maxpool" or "avgpool". ``pre`` is the tensor before the
+    ``kind`` is "conv", "add", "maxpool", "avgpool", "concat", "slice" or "copy" (a
+    concat input requantized into the concat's format). ``pre`` is the tensor before the
     fused ReLU/Clip (the std of an unsigned output is taken there, docs/numerics.md).
     ``position`` is the index of the last absorbed float node: sorting by it gives a
     valid execution order even when an Add joins a conv that ran earlier than its
@@ -80,6 +93,7 @@ class Layer:
     clip_max: float | None = None
     pool: MaxPool | AvgPool | None = None
     identity: bool = False
+    node: Concat | Slice | None = None
 
 
 def fuse(graph: Graph) -> list[Layer]:
@@ -125,6 +139,9 @@ def fuse(graph: Graph) -> list[Layer]:
         elif isinstance(n, (MaxPool, AvgPool)):
             kind = "maxpool" if isinstance(n, MaxPool) else "avgpool"
             layer = Layer(kind, n.name, [n.input], n.output, n.output, i, [n.name], pool=n)
+        elif isinstance(n, (Concat, Slice)):
+            kind = "concat" if isinstance(n, Concat) else "slice"
+            layer = Layer(kind, n.name, list(n.inputs), n.output, n.output, i, [n.name], node=n)
         else:
             raise TypeError(f"{n.name}: {n.OP} must be folded before fusion (run prepare)")
         if layer.kind in ("conv", "add"):
@@ -156,7 +173,8 @@ def calibrate(graph: Graph, layers: list[Layer], acts: dict[str, np.ndarray],
     ``acts``: float tensors of the calibration batch (from :func:`run_float`). Input:
     u8.8 when the data lie in [0, 1), else by the rule (unsigned if all >= 0). Outputs
     with a fused ReLU/Clip are unsigned with the std taken before the activation;
-    others signed; MaxPool keeps its input's format; AvgPool keeps its signedness.
+    others signed; MaxPool and Slice keep their input's format; AvgPool keeps its
+    signedness; a Concat takes :func:`concat_format` of its inputs.
     Returns the formats and per-tensor statistics for the report.
     """
     formats: dict[str, Format] = {}
@@ -173,8 +191,10 @@ def calibrate(graph: Graph, layers: list[Layer], acts: dict[str, np.ndarray],
     for layer in layers:
         src = layer.inputs[0]
         pre = layer.pre
-        if layer.kind == "maxpool":
+        if layer.kind in ("maxpool", "slice"):
             fmt, rule = formats[src], "kept from input"
+        elif layer.kind == "concat":
+            fmt, rule = concat_format([formats[t] for t in layer.inputs]), "common of the inputs"
         elif layer.kind == "avgpool" and mode == "std":
             # A pooled ReLU map has a mean large against its std, which the std rule
             # alone would mostly saturate: cap it at the finest fl holding the maximum.
@@ -191,6 +211,45 @@ def calibrate(graph: Graph, layers: list[Layer], acts: dict[str, np.ndarray],
         formats[layer.output] = fmt
         stats[layer.output] = {"std": _std(acts[pre]), "std_of": pre, "rule": rule}
     return formats, stats
+
+
+def concat_format(fmts: list[Format]) -> Format:
+    """The one format of a concat's inputs and output: the finest holding every input's
+    range, signed if any input is; fl the smallest input fl, one less for an unsigned
+    input going into a signed format (whose top half it would lose), at least 0."""
+    signed = any(f.signed for f in fmts)
+    return Format(signed, max(min(f.fl - int(signed and not f.signed) for f in fmts), 0))
+
+
+def unify_concat_inputs(graph: Graph, layers: list[Layer], formats: dict[str, Format],
+                        stats: dict[str, dict]) -> list[Layer]:
+    """Give every concat's inputs the concat's format: retarget the format of an input
+    that a conv, add or average pool produces and only the concat reads; insert a copy
+    layer (kind "copy") before the concat for any other input in another format.
+    Updates ``formats`` and ``stats``; returns the layers in execution order."""
+    producer = {layer.output: layer for layer in layers}
+    out = []
+    for layer in layers:
+        if layer.kind == "concat":
+            fmt = formats[layer.output]
+            for k, t in enumerate(layer.inputs):
+                if formats[t] == fmt:
+                    continue
+                prod = producer.get(t)
+                if (prod is not None and prod.kind in ("conv", "add", "avgpool")
+                        and graph.uses(t) == 1):
+                    formats[t] = fmt
+                    stats[t] = {**stats[t], "rule": f"{stats[t]['rule']}; the format of "
+                                f"{layer.name}, which it feeds"}
+                    continue
+                copy = Layer("copy", f"{layer.name}/copy{k}", [t], f"{t}/{layer.name}", t,
+                             layer.position, [])
+                formats[copy.output] = fmt
+                stats[copy.output] = {**stats[t], "rule": f"copy into the format of {layer.name}"}
+                layer.inputs[k] = copy.output
+                out.append(copy)
+        out.append(layer)
+    return out
 
 
 def _fit_fl(x: np.ndarray, signed: bool) -> int:
@@ -300,8 +359,13 @@ def _predicted_mse(layer: Layer, op, info: dict, acts, fmt: Format, mse: dict) -
         return m + (mse[op.residual] if op.residual else 0.0)
     if isinstance(op, QAdd):
         return mse[op.a] + mse[op.b] + own
-    if isinstance(op, QMaxPool):
+    if isinstance(op, QConcat):
+        sizes = [acts[t].shape[1] for t in op.sources]
+        return float(np.average([mse[t] for t in op.sources], weights=sizes))
+    if isinstance(op, (QMaxPool, QSlice)):
         return mse[op.input]
+    if layer.kind == "copy":
+        return mse[op.a] + own
     return mse[op.input] + own
 
 
@@ -368,6 +432,15 @@ def _build(layer: Layer, formats, per_channel, weight_mode, acc_bits):
     fout = formats[layer.output]
     if layer.kind == "conv":
         return _build_conv(layer, formats, per_channel, weight_mode, acc_bits)
+    if layer.kind == "copy":
+        src = layer.inputs[0]
+        op = QAdd(layer.name, src, src, layer.output, 0, 0, formats[src].fl + 1 - fout.fl)
+        return op, {"shift_min": op.shift, "shift_max": op.shift}
+    if layer.kind == "concat":
+        return QConcat(layer.name, tuple(layer.inputs), layer.output), {}
+    if layer.kind == "slice":
+        n = layer.node
+        return QSlice(layer.name, n.input, n.output, n.start, n.stop), {}
     if layer.kind == "add":
         a, b = layer.inputs
         fl = max(formats[a].fl, formats[b].fl)
@@ -428,6 +501,10 @@ def quantize(graph: Graph, calib: np.ndarray, *, mode: str = "std", per_channel:
     layers = fuse(g)
     acts = run_float(g, calib)
     formats, stats = calibrate(g, layers, acts, mode)
+    layers = unify_concat_inputs(g, layers, formats, stats)
+    for layer in layers:
+        if layer.kind == "copy":
+            acts[layer.output] = acts[layer.pre]
 
     ops, infos = [], []
     for layer in layers:
@@ -435,7 +512,7 @@ def quantize(graph: Graph, calib: np.ndarray, *, mode: str = "std", per_channel:
         ops.append(op)
         infos.append(info)
     names = [g.input] + [layer.output for layer in layers]
-    tensors = {t: QTensor(t, g.shape(t), formats[t]) for t in names}
+    tensors = {t: QTensor(t, tuple(acts[t].shape[1:]), formats[t]) for t in names}
     qg = QGraph(tensors, ops, g.input, g.output,
                 meta={"acc_bits": acc_bits, "mode": mode, "weight_mode": weight_mode,
                       "per_channel": per_channel,

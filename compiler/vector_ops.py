@@ -1,6 +1,6 @@
-"""Max pooling and element-wise adds on the vector unit (MAX, ADD): one instruction
-per channel group (and, for MAX, per kernel tap) whose two address loops walk the
-output pixels, ``ox`` inner and ``oy`` outer."""
+"""Max pooling, element-wise adds and channel-group copies (concat, slice) on the
+vector unit (MAX, ADD): one instruction per channel group (and, for MAX, per kernel
+tap) whose two address loops walk the output pixels, ``ox`` inner and ``oy`` outer."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from fxpgen.isa import Addr, Instruction, Opcode
 
 from .emit import Emitter
 from .layout import MapLayout
-from .qgraph import QAdd, QGraph, QMaxPool
+from .qgraph import QAdd, QGraph, QMaxPool, QSlice
 
-__all__ = ["emit_maxpool", "emit_add"]
+__all__ = ["emit_maxpool", "emit_add", "emit_concat", "emit_slice"]
 
 
 def _walk(lay: MapLayout, g: int, y: int = 0, x: int = 0, sy: int = 1, sx: int = 1) -> Addr:
@@ -47,3 +47,28 @@ def emit_add(em: Emitter, qg: QGraph, op: QAdd, a_lay: MapLayout, b_lay: MapLayo
     for g in range(out_lay.groups):
         em.emit(Instruction(Opcode.ADD, params, ow, oh,
                             x=_walk(a_lay, g), y=_walk(b_lay, g), z=_walk(out_lay, g)))
+
+
+def _copy_group(em: Emitter, src: MapLayout, g_src: int, dst: MapLayout, g_dst: int) -> None:
+    """Channel group ``g_src`` of every pixel of ``src`` into group ``g_dst`` of ``dst``:
+    the MAX of the group with itself, which is the group (in either signedness)."""
+    x = _walk(src, g_src)
+    em.emit(Instruction(Opcode.MAX, {"a_signed": 0}, dst.width, dst.height,
+                        x=x, y=x, z=_walk(dst, g_dst)))
+
+
+def emit_concat(em: Emitter, in_lays: list[MapLayout], out_lay: MapLayout) -> None:
+    """Copy each input's channel groups to its offset in the output; every input but the
+    last fills whole groups (:func:`~fxpgen.compiler.channel_ops.concat_aligned`), the
+    last one's spare bytes land in the output's spare bytes."""
+    offset = 0
+    for lay in in_lays:
+        for g in range(lay.groups):
+            _copy_group(em, lay, g, out_lay, offset + g)
+        offset += lay.groups
+
+
+def emit_slice(em: Emitter, op: QSlice, in_lay: MapLayout, out_lay: MapLayout, lanes: int) -> None:
+    """Copy the channel groups from ``op.start`` (a multiple of ``lanes``) on."""
+    for g in range(out_lay.groups):
+        _copy_group(em, in_lay, op.start // lanes + g, out_lay, g)
