@@ -13,7 +13,7 @@ from fxpgen.compiler.graph import Concat, Slice, UnsupportedOp, run_float
 from fxpgen.compiler.lower import lower
 from fxpgen.compiler.onnx_frontend import load_onnx
 from fxpgen.compiler.program import load_qgraph, save_qgraph
-from fxpgen.compiler.qgraph import QAdd, QConcat, QConv, QMaxPool, QSlice
+from fxpgen.compiler.qgraph import QAdd, QConcat, QConv, QSlice
 from fxpgen.compiler.quantize import concat_format, quantize, sqnr_db
 from fxpgen.config import CoreConfig
 from fxpgen.models.zoo import TestModel, reference
