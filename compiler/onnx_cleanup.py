@@ -13,7 +13,13 @@ importer (``compiler/onnx_frontend.py``) understands, computing the same values:
 - every node whose inputs are all constant, and Shape/Size of a tensor whose shape is
   static once the batch is 1 (the only batch fxpgen runs), becomes an initializer;
 - ReduceMean over axes {2, 3} of a 4-D tensor becomes GlobalAveragePool, followed by
-  Flatten (axis 1) when ``keepdims`` is 0.
+  Flatten (axis 1) when ``keepdims`` is 0;
+- an inference BatchNormalization of a 4-D map that no Conv of its own produces
+  (DenseNet's pre-activation ``norm1`` after the Concat of the features, or after the
+  stem's MaxPool when the dynamo exporter drops a one-input Concat) becomes the
+  per-channel affine map it computes, a depthwise 1x1 Conv: weight ``s = scale /
+  sqrt(var + eps)``, bias ``B - mean * s``. A BatchNormalization reading a Conv whose
+  output only it reads stays, for the fold pass to fold into that Conv.
 
 Node names stay the user's: unnamed or repeated names get the importer's ``{op}_{index}``
 from the original graph, so removing a node does not rename the ones after it, and the
@@ -59,6 +65,7 @@ def cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
         changed = _bypass_passthrough(out.graph)
         changed |= _fold_constants(out)
         changed |= _rewrite_reduce_mean(out)
+        changed |= _rewrite_lone_batchnorm(out)
         if not changed:
             break
         touched = True
@@ -259,3 +266,64 @@ def _rewrite_reduce_mean(model: onnx.ModelProto) -> bool:
             graph.node.insert(pos + k, n)
         changed = True
     return changed
+
+
+# ---- BatchNormalization with no Conv to fold into ----------------------------------------
+
+def _lone_batchnorms(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Inference BatchNormalizations of 4-D maps, constant parameters, only the first
+    output read, whose input is not the output of a Conv read by nothing else."""
+    graph = model.graph
+    bns = [n for n in graph.node if n.op_type == "BatchNormalization"
+           and n.domain in _DEFAULT_DOMAINS]
+    if not bns:
+        return []
+    consts = _constants(graph)
+    readers: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    for o in graph.output:
+        readers[o.name] = readers.get(o.name, 0) + 1
+    producer = {o: n for n in graph.node for o in n.output}
+    shapes = None
+    lone = []
+    for bn in bns:
+        attrs = {a.name: helper.get_attribute_value(a) for a in bn.attribute}
+        if attrs.get("training_mode", 0) or not attrs.get("spatial", 1):
+            continue
+        if any(o and readers.get(o) for o in bn.output[1:]):
+            continue
+        if not all(i in consts for i in bn.input[1:5]):
+            continue
+        prod = producer.get(bn.input[0])
+        if (prod is not None and prod.op_type == "Conv" and prod.domain in _DEFAULT_DOMAINS
+                and readers.get(bn.input[0]) == 1):
+            continue
+        if shapes is None:
+            shapes = _static_shapes(model)
+        if len(shapes.get(bn.input[0], ())) == 4:
+            lone.append(bn)
+    return lone
+
+
+def _rewrite_lone_batchnorm(model: onnx.ModelProto) -> bool:
+    graph = model.graph
+    lone = _lone_batchnorms(model)
+    consts = _constants(graph)
+    for bn in lone:
+        scale, beta, mean, var = (np.asarray(consts[i], np.float64).reshape(-1)
+                                  for i in bn.input[1:5])
+        eps = next((helper.get_attribute_value(a) for a in bn.attribute
+                    if a.name == "epsilon"), 1e-5)
+        s = scale / np.sqrt(var + eps)
+        w_name, b_name = f"{bn.name}/weight", f"{bn.name}/bias"
+        graph.initializer.extend([
+            numpy_helper.from_array(s.reshape(-1, 1, 1, 1).astype(np.float32), w_name),
+            numpy_helper.from_array((beta - mean * s).astype(np.float32), b_name)])
+        conv = helper.make_node("Conv", [bn.input[0], w_name, b_name], [bn.output[0]],
+                                name=bn.name, group=len(s), kernel_shape=[1, 1])
+        pos = list(graph.node).index(bn)
+        graph.node.remove(bn)
+        graph.node.insert(pos, conv)
+    return bool(lone)
