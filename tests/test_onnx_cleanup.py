@@ -202,3 +202,86 @@ def test_dropped_constants_leave_the_inputs_too(seed):
     assert "ratio" not in {i.name for i in cleaned.graph.input}
     assert [type(n).__name__ for n in load_onnx(model).nodes] == [
         "Conv", "Relu", "GlobalAvgPool", "Flatten", "Gemm"]
+
+
+def torch_bn(m: TestModel, x: str, c: int, name: str, dynamo: bool) -> str:
+    """``nn.BatchNorm2d`` in eval mode as exported: the TorchScript exporter writes
+    ``training_mode=0`` and ``momentum``, the dynamo one ``momentum`` only."""
+    attrs = {"epsilon": 1e-5, "momentum": 0.9}
+    if not dynamo:
+        attrs["training_mode"] = 0
+    return m.node("BatchNormalization", [
+        x, m.const(f"{name}.weight", m.rng.uniform(0.5, 1.5, c).astype(np.float32)),
+        m.w(f"{name}.bias", (c,), 0.1), m.w(f"{name}.running_mean", (c,), 0.2),
+        m.const(f"{name}.running_var", m.rng.uniform(0.5, 2, c).astype(np.float32))],
+        [f"{name}_out"], name=f"/{name}/BatchNormalization", **attrs)
+
+
+def densenet(seed: int, dynamo: bool):
+    """torchvision's DenseNet features as exported: stem conv -> relu -> max pool, two
+    dense layers (BN -> ReLU -> 1x1 conv -> ReLU -> 3x3 conv on the Concat of all
+    earlier features), the final BN on the block's Concat, ReLU, pooling, Linear. The
+    TorchScript exporter keeps the first layer's one-input Concat; the dynamo one drops
+    it, so that BN reads the MaxPool."""
+    m = TestModel(seed)
+    c = m.node("Conv", ["x", m.w("W0", (8, 3, 3, 3)), m.w("B0", (8,), 0.1)], ["c0"],
+               pads=[1, 1, 1, 1], name="/features/conv0/Conv")
+    p = m.node("MaxPool", [m.node("Relu", [c], ["r0"], name="/features/relu0/Relu")], ["p0"],
+               kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], name="/features/pool0/MaxPool")
+    features, width = [p], 8
+    for k in (1, 2):
+        cat = (features[0] if dynamo and len(features) == 1 else
+               m.node("Concat", list(features), [f"cat{k}"], axis=1, name=f"/layer{k}/Concat"))
+        n1 = torch_bn(m, cat, width, f"layer{k}.norm1", dynamo)
+        r1 = m.node("Relu", [n1], [f"r{k}a"], name=f"/layer{k}/relu1/Relu")
+        c1 = m.node("Conv", [r1, m.w(f"W{k}a", (8, width, 1, 1)), m.w(f"B{k}a", (8,), 0.1)],
+                    [f"c{k}a"], name=f"/layer{k}/conv1/Conv")
+        r2 = m.node("Relu", [c1], [f"r{k}b"], name=f"/layer{k}/relu2/Relu")
+        features.append(m.node("Conv", [r2, m.w(f"W{k}b", (4, 8, 3, 3))], [f"c{k}b"],
+                               pads=[1, 1, 1, 1], name=f"/layer{k}/conv2/Conv"))
+        width += 4
+    cat = m.node("Concat", features, ["block"], axis=1, name="/block/Concat")
+    r = m.node("Relu", [torch_bn(m, cat, width, "norm5", dynamo)], ["r5"], name="/Relu")
+    flat = m.node("Flatten", [m.node("GlobalAveragePool", [r], ["gap"], name="/GlobalAveragePool")],
+                  ["flat"], name="/Flatten")
+    m.node("Gemm", [flat, m.w("FW", (4, width)), m.w("FB", (4,), 0.1)], ["y"], transB=1,
+           name="/classifier/Gemm")
+    return m.model((1,) + IMG, "y", opset=18 if dynamo else 17)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_lone_batchnorm_becomes_a_depthwise_conv(dynamo, seed, tmp_path):
+    model = densenet(seed, dynamo)
+    cleaned = cleanup(model)
+    bns = [n.name for n in model.graph.node if n.op_type == "BatchNormalization"]
+    convs = {n.name: n for n in cleaned.graph.node if n.op_type == "Conv"}
+    assert "BatchNormalization" not in {n.op_type for n in cleaned.graph.node}
+    for name, c in zip(bns, (8, 12, 16)):
+        attrs = {a.name: helper.get_attribute_value(a) for a in convs[name].attribute}
+        assert attrs["group"] == c and attrs["kernel_shape"] == [1, 1]
+    x = np.random.default_rng(seed).uniform(-1, 1, (4, 1) + IMG).astype(np.float32)
+    before, after = ReferenceEvaluator(model), ReferenceEvaluator(cleaned)
+    for xi in x:
+        np.testing.assert_allclose(after.run(None, {"x": xi})[0],
+                                   before.run(None, {"x": xi})[0], rtol=1e-4, atol=1e-5)
+    rng = np.random.default_rng(seed + 1)
+    calib, test = rng.uniform(0, 1, (16,) + IMG), rng.uniform(0, 1, (8,) + IMG)
+    compile_model(model, calib, CoreConfig(), tmp_path)
+    _, qg = load_compiled(tmp_path)
+    assert sqnr_db(reference(model, test.astype(np.float32)),
+                   predict(qg, test).reshape(len(test), -1)) > 20
+
+
+def test_batchnorm_after_its_own_conv_stays_for_folding(seed):
+    """Only the Conv -> BN that the fold pass folds stays; a BN reading a Conv whose
+    output is read elsewhere too cannot fold and becomes a depthwise conv."""
+    m = TestModel(seed)
+    c = m.node("Conv", ["x", m.w("W", (6, 3, 3, 3))], ["c"], pads=[1, 1, 1, 1], name="/conv/Conv")
+    kept = torch_bn(m, c, 6, "bn", dynamo=False)
+    c2 = m.node("Conv", [kept, m.w("W2", (6, 6, 1, 1))], ["c2"], name="/conv2/Conv")
+    shared = torch_bn(m, c2, 6, "bn2", dynamo=False)
+    m.node("Add", [shared, c2], ["y"], name="/Add")
+    cleaned = cleanup(m.model((1,) + IMG, "y"))
+    assert [(n.op_type, n.name) for n in cleaned.graph.node] == [
+        ("Conv", "/conv/Conv"), ("BatchNormalization", "/bn/BatchNormalization"),
+        ("Conv", "/conv2/Conv"), ("Conv", "/bn2/BatchNormalization"), ("Add", "/Add")]
