@@ -14,12 +14,12 @@ importer (``compiler/onnx_frontend.py``) understands, computing the same values:
   static once the batch is 1 (the only batch fxpgen runs), becomes an initializer;
 - ReduceMean over axes {2, 3} of a 4-D tensor becomes GlobalAveragePool, followed by
   Flatten (axis 1) when ``keepdims`` is 0;
-- an inference BatchNormalization of a 4-D map that no Conv of its own produces
-  (DenseNet's pre-activation ``norm1`` after the Concat of the features, or after the
-  stem's MaxPool when the dynamo exporter drops a one-input Concat) becomes the
-  per-channel affine map it computes, a depthwise 1x1 Conv: weight ``s = scale /
-  sqrt(var + eps)``, bias ``B - mean * s``. A BatchNormalization reading a Conv whose
-  output only it reads stays, for the fold pass to fold into that Conv.
+- an inference BatchNormalization of a 4-D map made by a Concat or a pooling (DenseNet's
+  pre-activation ``norm1`` after the Concat of the features, or after the stem's
+  MaxPool when the dynamo exporter drops a one-input Concat) becomes the per-channel
+  affine map it computes, a depthwise 1x1 Conv: weight ``s = scale / sqrt(var + eps)``,
+  bias ``B - mean * s``. Such a producer has no weights to fold it into; a
+  BatchNormalization after a Conv stays, for the fold pass.
 
 Node names stay the user's: unnamed or repeated names get the importer's ``{op}_{index}``
 from the original graph, so removing a node does not rename the ones after it, and the
@@ -270,9 +270,13 @@ def _rewrite_reduce_mean(model: onnx.ModelProto) -> bool:
 
 # ---- BatchNormalization with no Conv to fold into ----------------------------------------
 
+# Producers a BatchNormalization reading them cannot be folded into.
+_NO_WEIGHTS = frozenset({"Concat", "MaxPool", "AveragePool"})
+
+
 def _lone_batchnorms(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """Inference BatchNormalizations of 4-D maps, constant parameters, only the first
-    output read, whose input is not the output of a Conv read by nothing else."""
+    output read, whose input a Concat or a pooling makes."""
     graph = model.graph
     bns = [n for n in graph.node if n.op_type == "BatchNormalization"
            and n.domain in _DEFAULT_DOMAINS]
@@ -297,8 +301,7 @@ def _lone_batchnorms(model: onnx.ModelProto) -> list[onnx.NodeProto]:
         if not all(i in consts for i in bn.input[1:5]):
             continue
         prod = producer.get(bn.input[0])
-        if (prod is not None and prod.op_type == "Conv" and prod.domain in _DEFAULT_DOMAINS
-                and readers.get(bn.input[0]) == 1):
+        if prod is None or prod.op_type not in _NO_WEIGHTS or prod.domain not in _DEFAULT_DOMAINS:
             continue
         if shapes is None:
             shapes = _static_shapes(model)
