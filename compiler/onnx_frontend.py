@@ -594,7 +594,7 @@ class _Importer:
                                 "these for factor 2)")
         self._emit(Resize(name, x, node.output[0], factor), 4)
 
-    def _upsample(self, node, name, who, x, scales) -> None:
+    def _upsample(self, node, name: str, who: str, x: str, scales) -> None:
         """Upsample and Resize-10: nearest is ``x[floor(i / scale)]``."""
         factor = self._resize_factor(who, x, scales, None)
         self._emit(Resize(name, x, node.output[0], factor), 4)
