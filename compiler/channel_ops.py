@@ -1,5 +1,5 @@
-"""Concat and Slice along the channels where the scratchpad layout cannot simply copy
-channel groups.
+"""Concat, Slice and Shuffle along the channels where the scratchpad layout cannot simply
+copy channel groups.
 
 A map stores channel c of a pixel in row ``c // lanes``, byte ``c % lanes``
 (:mod:`~fxpgen.compiler.layout`), and the vector unit's MAX and ADD work byte for byte
@@ -11,12 +11,15 @@ groups (:func:`~fxpgen.compiler.vector_ops.emit_concat`,
 1x1 convolutions whose weights are 0 or 1, which the systolic array computes exactly:
 
 - a slice ``x[start:stop]``: weight ``W[j, start + j] = 1``, shift 0;
+- a shuffle ``y[c] = x[perm[c]]`` (one that no conv folded,
+  :mod:`~fxpgen.compiler.shuffle_fold`): weight ``W[c, perm[c]] = 1``, shift 0;
 - a concat of ``x_0 .. x_n-1``: ``t_0 = E_0 x_0``, ``t_k = E_k x_k + t_k-1`` (the
   previous map as the residual, align 0, shift 0), where ``E_k`` places ``x_k``'s
   channels at its offset in the output and zeros elsewhere; ``t_n-1`` is the output.
 
-The inputs and output of a concat share one format (the quantizer's rule), so every
-accumulator holds a value of that format and the requantization by 0 keeps it.
+The inputs and output of a concat share one format (the quantizer's rule), as do a
+slice's and a shuffle's, so every accumulator holds a value of that format and the
+requantization by 0 keeps it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import dataclasses
 
 import numpy as np
 
-from .qgraph import QConcat, QConv, QGraph, QSlice, QTensor
+from .qgraph import QConcat, QConv, QGraph, QShuffle, QSlice, QTensor
 
 __all__ = ["concat_aligned", "slice_aligned", "expand_unaligned"]
 
@@ -41,14 +44,17 @@ def slice_aligned(op: QSlice, lanes: int) -> bool:
 
 
 def expand_unaligned(qg: QGraph, lanes: int) -> QGraph:
-    """``qg`` with every concat and slice the layout cannot copy by channel groups
-    rewritten into 1x1 convolutions (module docstring); ``qg`` itself when there is none."""
+    """``qg`` with every shuffle, and every concat and slice the layout cannot copy by
+    channel groups, rewritten into 1x1 convolutions (module docstring); ``qg`` itself
+    when there is none."""
     tensors, ops = dict(qg.tensors), []
     for op in qg.ops:
         if isinstance(op, QConcat) and not concat_aligned(qg, op, lanes):
             ops += _concat_convs(qg, op, tensors)
         elif isinstance(op, QSlice) and not slice_aligned(op, lanes):
             ops.append(_slice_conv(qg, op))
+        elif isinstance(op, QShuffle):
+            ops.append(_pick_conv(qg, op.name, op.input, op.output, op.perm))
         else:
             ops.append(op)
     if len(ops) == len(qg.ops) and all(a is b for a, b in zip(ops, qg.ops)):
@@ -74,8 +80,12 @@ def _concat_convs(qg: QGraph, op: QConcat, tensors: dict[str, QTensor]) -> list[
 
 
 def _slice_conv(qg: QGraph, op: QSlice) -> QConv:
-    c_in = qg.tensor(op.input).shape[0]
-    c = op.stop - op.start
-    weight = np.zeros((c, c_in, 1, 1), np.int8)
-    weight[np.arange(c), op.start + np.arange(c)] = 1
-    return QConv(op.name, op.input, op.output, weight, np.zeros(c, np.int64))
+    return _pick_conv(qg, op.name, op.input, op.output, range(op.start, op.stop))
+
+
+def _pick_conv(qg: QGraph, name: str, src: str, out: str, picks) -> QConv:
+    """The 1x1 conv ``y[j] = x[picks[j]]``."""
+    picks = list(picks)
+    weight = np.zeros((len(picks), qg.tensor(src).shape[0], 1, 1), np.int8)
+    weight[np.arange(len(picks)), picks] = 1
+    return QConv(name, src, out, weight, np.zeros(len(picks), np.int64))

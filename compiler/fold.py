@@ -14,7 +14,7 @@ the float function of the graph (up to float rounding):
   pools reading it.
 
 :func:`prepare` runs :func:`fold_pad` first, then the others in that order; afterwards
-only Conv, Relu, Clip, MaxPool, AvgPool, Add, Concat and Slice remain.
+only Conv, Relu, Clip, MaxPool, AvgPool, Add, Concat, Slice, Shuffle and Resize remain.
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ import math
 import numpy as np
 
 from fxpgen.compiler.graph import (Add, AvgPool, BatchNorm, Clip, Concat, Conv, Flatten, Gemm,
-                                   GlobalAvgPool, Graph, MaxPool, Pad, Relu, Slice,
-                                   UnsupportedOp)
+                                   GlobalAvgPool, Graph, MaxPool, Pad, Relu, Resize, Shuffle,
+                                   Slice, UnsupportedOp)
 
 __all__ = ["fold_batchnorm", "gemm_to_conv", "lower_global_pool", "fold_avgpool_correction",
            "fold_pad", "prepare", "PREPARED_OPS"]
 
 #: Node types left after :func:`prepare`.
-PREPARED_OPS = (Conv, Relu, Clip, MaxPool, AvgPool, Add, Concat, Slice)
+PREPARED_OPS = (Conv, Relu, Clip, MaxPool, AvgPool, Add, Concat, Slice, Shuffle, Resize)
 
 
 def _who(node) -> str:

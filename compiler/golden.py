@@ -14,7 +14,8 @@ import numpy as np
 
 from fxpgen import numerics
 from .graph import window_taps
-from .qgraph import QAdd, QAvgPool, QConcat, QConv, QGraph, QMaxPool, QSlice
+from .qgraph import (QAdd, QAvgPool, QConcat, QConv, QGraph, QMaxPool, QResize, QShuffle,
+                     QSlice)
 
 __all__ = ["run_golden", "run_golden_batch", "quantize_input", "dequantize_output", "predict",
            "conv_accumulate"]
@@ -91,8 +92,16 @@ def _run_slice(op: QSlice, env: dict, g: QGraph, bits: int) -> np.ndarray:
     return env[op.input][:, op.start:op.stop]
 
 
+def _run_shuffle(op: QShuffle, env: dict, g: QGraph, bits: int) -> np.ndarray:
+    return env[op.input][:, list(op.perm)]
+
+
+def _run_resize(op: QResize, env: dict, g: QGraph, bits: int) -> np.ndarray:
+    return env[op.input].repeat(op.factor, axis=2).repeat(op.factor, axis=3)
+
+
 _RUN = {QConv: _run_conv, QMaxPool: _run_maxpool, QAvgPool: _run_avgpool, QAdd: _run_add,
-        QConcat: _run_concat, QSlice: _run_slice}
+        QConcat: _run_concat, QSlice: _run_slice, QShuffle: _run_shuffle, QResize: _run_resize}
 
 
 def run_golden_batch(qgraph: QGraph, xs_q: np.ndarray) -> dict[str, np.ndarray]:

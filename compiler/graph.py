@@ -22,7 +22,8 @@ import numpy as np
 
 __all__ = [
     "UnsupportedOp", "Shape", "Tensor", "Conv", "Gemm", "BatchNorm", "Relu", "Clip",
-    "MaxPool", "AvgPool", "GlobalAvgPool", "Add", "Flatten", "Concat", "Slice", "Pad", "Node", "Graph", "run_float",
+    "MaxPool", "AvgPool", "GlobalAvgPool", "Add", "Flatten", "Concat", "Slice", "Pad", "Shuffle", "Resize", "Node",
+    "Graph", "run_float",
     "conv2d_float", "pool_out_size", "window_taps",
 ]
 
@@ -427,8 +428,56 @@ class Pad:
         return np.pad(x, [(0, 0), (0, 0), (pt, pb), (pl, pr)])
 
 
+@dataclass
+class Shuffle:
+    """Channels picked by ``perm``: ``y[c] = x[perm[c]]``, the values distinct input
+    channels. A channel shuffle's ``perm`` is a permutation of all of them (the front
+    end's import of ``Reshape -> Transpose -> Reshape``)."""
+
+    name: str
+    input: str
+    output: str
+    perm: tuple[int, ...]
+    OP: ClassVar[str] = "Shuffle"
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input]
+
+    def out_shape(self, shape: Shape) -> Shape:
+        if len(set(self.perm)) != len(self.perm) or not all(0 <= c < shape[0] for c in self.perm):
+            raise ValueError(f"{self.name} (Shuffle): perm {list(self.perm)} is not a list of "
+                             f"distinct channels of the input's {shape[0]}")
+        return len(self.perm), shape[1], shape[2]
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return x[:, list(self.perm)]
+
+
+@dataclass
+class Resize:
+    """Nearest-neighbour upsampling by the integer ``factor`` on both axes:
+    ``y[c, i, j] = x[c, i // factor, j // factor]``."""
+
+    name: str
+    input: str
+    output: str
+    factor: int
+    OP: ClassVar[str] = "Resize"
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input]
+
+    def out_shape(self, shape: Shape) -> Shape:
+        return shape[0], shape[1] * self.factor, shape[2] * self.factor
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return x.repeat(self.factor, axis=2).repeat(self.factor, axis=3)
+
+
 Node = (Conv | Gemm | BatchNorm | Relu | Clip | MaxPool | AvgPool | GlobalAvgPool | Add | Flatten
-        | Concat | Slice | Pad)
+        | Concat | Slice | Pad | Shuffle | Resize)
 
 
 @dataclass

@@ -7,7 +7,9 @@ a band buffer for its consumer; then, op by op, place the output map, lower the 
 :mod:`~fxpgen.compiler.conv_plan` and :mod:`~fxpgen.compiler.conv_emit`, max pools and
 adds on the vector unit, :mod:`~fxpgen.compiler.vector_ops`, concats and slices as
 copies of channel groups there or, where a channel would change lane, as the 1x1
-convolutions of :mod:`~fxpgen.compiler.channel_ops`), end the layer with a HALT and
+convolutions of :mod:`~fxpgen.compiler.channel_ops`, channel shuffles folded into the
+convs reading them by :mod:`~fxpgen.compiler.shuffle_fold` or else 1x1 convolutions too,
+nearest-neighbour upsampling on the vector unit), end the layer with a HALT and
 free the maps it read last; finally STORE the output map.
 
 Every layer ends with a HALT, so the core's performance counters (cleared when a
@@ -42,10 +44,11 @@ from .conv_plan import plan_conv, rows_per_chunk
 from .emit import Emitter, InputPiece
 from .layout import MapLayout, SpadAllocator, last_uses, pad_byte, plan_borders
 from .channel_ops import expand_unaligned
-from .qgraph import QAdd, QAvgPool, QConcat, QConv, QGraph, QMaxPool, QSlice
+from .qgraph import QAdd, QAvgPool, QConcat, QConv, QGraph, QMaxPool, QResize, QSlice
+from .shuffle_fold import fold_shuffles
 from .tiling import DoesNotFit, ceil_div
 from .unfold import InputUnfold, sole_consumer, unfold_input
-from .vector_ops import emit_add, emit_concat, emit_maxpool, emit_slice
+from .vector_ops import emit_add, emit_concat, emit_maxpool, emit_resize, emit_slice
 
 __all__ = ["lower", "Lowered"]
 
@@ -133,7 +136,7 @@ def lower(qg: QGraph, cfg: CoreConfig, *, stream_input: bool | None = None,
     ``unfold``: let the host unfold the input for its first convolution when that
     takes fewer matmuls (:mod:`fxpgen.compiler.unfold`).
     """
-    qg = expand_unaligned(qg, cfg.lanes)
+    qg = expand_unaligned(fold_shuffles(qg), cfg.lanes)
     unfolded = unfold_input(qg, cfg.rows) if unfold else None
     if unfolded is None:
         return _lower_streamed(qg, cfg, stream_input)
@@ -298,6 +301,10 @@ def _lower_slice(lo: _Lowering, op: QSlice, out_lay: MapLayout) -> None:
     emit_slice(lo.em, op, lo.layouts[op.input], out_lay, lo.cfg.lanes)
 
 
+def _lower_resize(lo: _Lowering, op: QResize, out_lay: MapLayout) -> None:
+    emit_resize(lo.em, op, lo.layouts[op.input], out_lay)
+
+
 #: How each op type is lowered: (lowering state, op, its placed output map).
 _LOWERINGS = {QConv: _lower_conv, QAvgPool: _lower_conv, QMaxPool: _lower_maxpool, QAdd: _lower_add,
-              QConcat: _lower_concat, QSlice: _lower_slice}
+              QConcat: _lower_concat, QSlice: _lower_slice, QResize: _lower_resize}

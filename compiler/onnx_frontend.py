@@ -19,6 +19,14 @@ domain, batch size 1 or a symbolic batch dimension):
   output);
 - Pad (constant mode, value 0, on H and W only), folded later into the padding of the
   Conv or AveragePool reading it (:func:`~fxpgen.compiler.fold.fold_pad`);
+- the channel shuffle as exported by torch.onnx, ``Reshape (N, g, C/g, H, W) -> Transpose
+  perm (0, 2, 1, 3, 4) -> Reshape (N, C, H, W)``, as one
+  :class:`~fxpgen.compiler.graph.Shuffle` (the 5-D tensors between are never graph
+  tensors; any other 5-D Reshape or Transpose is rejected);
+- Resize (mode nearest; scales or sizes giving one integer factor on H and W; the
+  coordinate transformation and nearest modes for which onnx computes
+  ``y[i] = x[i // f]``, :func:`nearest_is_repeat`) and Upsample (nearest), as a
+  :class:`~fxpgen.compiler.graph.Resize`;
 - Add of a constant right after a Conv/Gemm/MatMul whose output only it reads is taken
   as that layer's bias (how exporters often write Linear: MatMul + Add);
 - weights from initializers or Constant nodes.
@@ -38,15 +46,18 @@ import onnx
 from onnx import helper, numpy_helper
 
 from fxpgen.compiler.graph import (Add, AvgPool, BatchNorm, Clip, Concat, Conv, Flatten, Gemm,
-                                   GlobalAvgPool, Graph, MaxPool, Pad, Relu, Slice,
-                                   UnsupportedOp)
+                                   GlobalAvgPool, Graph, MaxPool, Pad, Relu, Resize, Shuffle,
+                                   Slice, UnsupportedOp)
 from fxpgen.compiler.onnx_cleanup import cleanup
 
-__all__ = ["load_onnx", "SUPPORTED_OPS", "UnsupportedOp"]
+__all__ = ["load_onnx", "SUPPORTED_OPS", "UnsupportedOp", "nearest_is_repeat"]
 
 SUPPORTED_OPS = ("Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Constant", "Conv",
                  "Flatten", "Gemm", "GlobalAveragePool", "MatMul", "MaxPool", "Pad", "Relu",
-                 "Reshape", "Slice", "Split")
+                 "Reshape", "Resize", "Slice", "Split", "Transpose", "Upsample")
+
+#: The Transpose of a channel shuffle: (N, g, C/g, H, W) -> (N, C/g, g, H, W).
+_SHUFFLE_PERM = [0, 2, 1, 3, 4]
 
 _NAMES_SHOWN = 5   # node names listed per unsupported op before "... and N more"
 
@@ -86,6 +97,24 @@ def _unsupported_error(nodes: list[tuple[str, str]]) -> UnsupportedOp:
     return UnsupportedOp("\n".join(lines))
 
 
+def nearest_is_repeat(transform: str, nearest_mode: str, factor: int) -> bool:
+    """Whether onnx's nearest Resize by the integer ``factor`` with this
+    coordinate_transformation_mode and nearest_mode computes ``y[i] = x[i // factor]``.
+
+    half_pixel's source coordinate ``(i + 0.5) / f - 0.5`` lies strictly within 0.5 of
+    ``i // f``, so both roundings give it, floor and ceil do not; asymmetric's ``i / f``
+    floors to it, and rounds to it only while no fraction exceeds 0.5 (f <= 2, the tie
+    going to the floor). align_corners' ``i * (n - 1) / (f * n - 1)`` is within 0.5 of
+    ``i // f`` for f = 2 (any n) but not for f = 3 (n >= 3). ``tests/test_shuffle_resize.py``
+    checks this table against onnx's reference evaluator."""
+    rounding = nearest_mode in ("round_prefer_floor", "round_prefer_ceil")
+    if transform in ("half_pixel", "pytorch_half_pixel"):
+        return rounding
+    if transform == "asymmetric":
+        return nearest_mode == "floor" or (nearest_mode == "round_prefer_floor" and factor <= 2)
+    return transform == "align_corners" and rounding and factor <= 2
+
+
 def _who(name: str, op: str) -> str:
     """How errors name a node: its name, with the op added unless the name shows it."""
     return name if op in name else f"{name} ({op})"
@@ -102,6 +131,9 @@ class _Importer:
         self.shapes: dict[str, tuple[int, int, int]] = {}  # IR shapes of dynamic tensors
         self.ranks: dict[str, int] = {}                    # their ONNX ranks (2 or 4)
         self.nodes: list = []
+        # The 5-D tensors of a channel shuffle being imported: (input, groups,
+        # transposed, name of the Transpose).
+        self.shuffle_parts: dict[str, tuple[str, int, bool, str]] = {}
         self.uses = Counter(i for n in self.g.node for i in n.input if i)
         self.uses.update(o.name for o in self.g.output)
 
@@ -184,7 +216,10 @@ class _Importer:
         op = node.op_type
         who = _who(name, op)
         for i in node.input:
-            if i and i not in self.shapes and i not in self.consts:
+            if i in self.shuffle_parts and op not in ("Transpose", "Reshape"):
+                raise UnsupportedOp(f"{who}: input {i!r} is a 5-D tensor of a channel shuffle; "
+                                    "only its Transpose and Reshape back to 4-D may read it")
+            if i and i not in self.shapes and i not in self.consts and i not in self.shuffle_parts:
                 raise ValueError(f"{who}: input {i!r} is not defined before the node "
                                  "(the ONNX graph is not topologically sorted)")
         for extra in node.output[1:] if op != "Split" else ():
@@ -446,20 +481,131 @@ class _Importer:
                                 "a flat vector)")
         self._emit(Flatten(name, x, node.output[0]), 2)
 
-    def _op_Reshape(self, node, name, who, attrs) -> None:
-        x = self._dynamic(who, node.input[0], ranks=(2, 4))
-        target = [int(v) for v in self._const(who, node.input[1], "shape").reshape(-1)]
-        src = self._onnx_shape(x)
+    @staticmethod
+    def _reshape_target(attrs: dict, target: list[int], src: tuple[int, ...]) -> list[int]:
+        """``target`` with 0 (copy the input's dimension unless ``allowzero``) and one -1
+        (what is left) resolved against the input shape ``src``."""
         total = int(np.prod(src))
         resolved = [src[i] if v == 0 and not attrs.get("allowzero", 0) and i < len(src) else v
                     for i, v in enumerate(target)]
         if resolved.count(-1) == 1:
             known = int(np.prod([v for v in resolved if v != -1]))
             resolved = [total // known if v == -1 and known else v for v in resolved]
+        return resolved
+
+    def _op_Reshape(self, node, name, who, attrs) -> None:
+        if node.input[0] in self.shuffle_parts:
+            self._shuffle_merge(node, who, attrs)
+            return
+        x = self._dynamic(who, node.input[0], ranks=(2, 4))
+        target = [int(v) for v in self._const(who, node.input[1], "shape").reshape(-1)]
+        src = self._onnx_shape(x)
+        resolved = self._reshape_target(attrs, target, src)
+        if len(resolved) == 5:
+            self._shuffle_split(node, who, x, target, resolved)
+            return
+        total = int(np.prod(src))
         if resolved not in ([1, total], [total]):
             raise UnsupportedOp(f"{who}: shape={target} is not supported (only a flat vector "
                                 f"[1, {total}] or [{total}])")
         self._emit(Flatten(name, x, node.output[0]), 2)
+
+    def _shuffle_part_output(self, node, who: str) -> str:
+        out = node.output[0]
+        if self.uses[out] != 1:
+            raise UnsupportedOp(f"{who}: the 5-D tensor {out!r} is read {self.uses[out]} times; "
+                                "a channel shuffle reads it once")
+        return out
+
+    def _shuffle_split(self, node, who: str, x: str, target, resolved) -> None:
+        """The first Reshape of a channel shuffle, (N, C, H, W) -> (N, g, C/g, H, W)."""
+        n, c, h, w = self._onnx_shape(x) if self.ranks[x] == 4 else (0, 0, 0, 0)
+        g = resolved[1]
+        if self.ranks[x] != 4 or g < 1 or resolved != [n, g, c // g, h, w] or c % g:
+            raise UnsupportedOp(f"{who}: shape={target} is not supported (a 5-D Reshape only as "
+                                "the (N, g, C/g, H, W) view of a channel shuffle)")
+        self.shuffle_parts[self._shuffle_part_output(node, who)] = (x, g, False, "")
+
+    def _op_Transpose(self, node, name, who, attrs) -> None:
+        part = self.shuffle_parts.get(node.input[0])
+        perm = [int(p) for p in attrs.get("perm", [])]
+        if part is None or part[2] or perm != _SHUFFLE_PERM:
+            raise UnsupportedOp(f"{who}: perm={perm} is not supported (a Transpose only as the "
+                                f"{_SHUFFLE_PERM} of a channel shuffle, after its Reshape to "
+                                "(N, g, C/g, H, W))")
+        self.shuffle_parts[self._shuffle_part_output(node, who)] = (part[0], part[1], True, name)
+
+    def _shuffle_merge(self, node, who: str, attrs) -> None:
+        """The last Reshape of a channel shuffle, (N, C/g, g, H, W) -> (N, C, H, W):
+        ``y[i * g + j] = x[j * C/g + i]``."""
+        x, g, transposed, name = self.shuffle_parts[node.input[0]]
+        n, c, h, w = self._onnx_shape(x)
+        target = [int(v) for v in self._const(who, node.input[1], "shape").reshape(-1)]
+        if not transposed or self._reshape_target(attrs, target, (n, c // g, g, h, w)) != [n, c, h, w]:
+            raise UnsupportedOp(f"{who}: shape={target} is not supported (a 5-D tensor is only "
+                                f"reshaped back to [{n}, {c}, {h}, {w}] after the Transpose "
+                                "of a channel shuffle)")
+        perm = tuple(int(p) for p in np.arange(c).reshape(g, c // g).T.reshape(-1))
+        self._emit(Shuffle(name, x, node.output[0], perm), 4)
+
+    def _resize_factor(self, who: str, x: str, scales, sizes) -> int:
+        """The one integer factor on H and W of ``scales`` (N, C, H, W) or ``sizes``."""
+        n, c, h, w = self._onnx_shape(x)
+        if scales is not None and scales.size:
+            s = [float(v) for v in scales.reshape(-1)]
+            f = s[2] if len(s) == 4 else 0.0
+            ok = len(s) == 4 and s[:2] == [1.0, 1.0] and s[2] == s[3] and f >= 1 and f == int(f)
+            what = f"scales={s}"
+        elif sizes is not None and sizes.size:
+            s = [int(v) for v in sizes.reshape(-1)]
+            f = s[2] / h if len(s) == 4 else 0.0
+            ok = len(s) == 4 and s[:2] == [n, c] and s[2] % h == 0 and s[2] * w == s[3] * h and f >= 1
+            what = f"sizes={s}"
+        else:
+            raise UnsupportedOp(f"{who}: neither scales nor sizes is given")
+        if not ok:
+            raise UnsupportedOp(f"{who}: {what} is not supported (only one integer factor on H "
+                                "and W, N and C kept)")
+        return int(f)
+
+    def _optional_const(self, who, node, i: int, what: str):
+        return self._const(who, node.input[i], what) if len(node.input) > i and node.input[i] else None
+
+    def _op_Resize(self, node, name, who, attrs) -> None:
+        x = self._dynamic(who, node.input[0])
+        if attrs.get("mode", "nearest") != "nearest":
+            raise UnsupportedOp(f"{who}: mode={attrs['mode']} is not supported (only nearest)")
+        if self.opset < 11:   # Resize-10 is Upsample-9 renamed
+            self._upsample(node, name, who, x, self._optional_const(who, node, 1, "scales"))
+            return
+        for key, default in (("axes", None), ("keep_aspect_ratio_policy", "stretch")):
+            if attrs.get(key, default) != default:
+                raise UnsupportedOp(f"{who}: {key}={attrs[key]} is not supported")
+        factor = self._resize_factor(who, x, self._optional_const(who, node, 2, "scales"),
+                                     self._optional_const(who, node, 3, "sizes"))
+        transform = attrs.get("coordinate_transformation_mode", "half_pixel")
+        mode = attrs.get("nearest_mode", "round_prefer_floor")
+        if not nearest_is_repeat(transform, mode, factor):
+            raise UnsupportedOp(f"{who}: coordinate_transformation_mode={transform} with "
+                                f"nearest_mode={mode} and factor {factor} is not supported (only "
+                                "modes giving y[i] = x[i // factor]: asymmetric with floor (or "
+                                "round_prefer_floor for factor 2), half_pixel or pytorch_half_pixel "
+                                "with round_prefer_floor or round_prefer_ceil, align_corners with "
+                                "these for factor 2)")
+        self._emit(Resize(name, x, node.output[0], factor), 4)
+
+    def _upsample(self, node, name: str, who: str, x: str, scales) -> None:
+        """Upsample and Resize-10: nearest is ``x[floor(i / scale)]``."""
+        factor = self._resize_factor(who, x, scales, None)
+        self._emit(Resize(name, x, node.output[0], factor), 4)
+
+    def _op_Upsample(self, node, name, who, attrs) -> None:
+        x = self._dynamic(who, node.input[0])
+        if attrs.get("mode", "nearest") != "nearest":
+            raise UnsupportedOp(f"{who}: mode={attrs['mode']} is not supported (only nearest)")
+        scales = (np.asarray(attrs["scales"], np.float64) if "scales" in attrs
+                  else self._optional_const(who, node, 1, "scales"))
+        self._upsample(node, name, who, x, scales)
 
     def _op_Concat(self, node, name, who, attrs) -> None:
         xs = [self._dynamic(who, i) for i in node.input]

@@ -48,7 +48,8 @@ from .emit import InputPiece
 from .layout import MapLayout
 from .lower import Lowered
 from .unfold import InputUnfold
-from .qgraph import QAdd, QAvgPool, QConcat, QConv, QGraph, QMaxPool, QSlice, QTensor
+from .qgraph import (QAdd, QAvgPool, QConcat, QConv, QGraph, QMaxPool, QResize, QShuffle, QSlice,
+                     QTensor)
 
 __all__ = ["FORMAT_VERSION", "ProgramFormatError", "save_program", "load_program", "Program",
            "save_qgraph", "load_qgraph", "listing"]
@@ -213,7 +214,7 @@ def listing(low: Lowered) -> str:
 # --- the quantized graph on disk --------------------------------------------------------
 
 _OPS = {"conv": QConv, "maxpool": QMaxPool, "avgpool": QAvgPool, "add": QAdd, "concat": QConcat,
-        "slice": QSlice}
+        "slice": QSlice, "shuffle": QShuffle, "resize": QResize}
 _KIND = {v: k for k, v in _OPS.items()}
 
 

@@ -15,8 +15,8 @@ import numpy as np
 
 from fxpgen.numerics import Format
 
-__all__ = ["QTensor", "QConv", "QMaxPool", "QAvgPool", "QAdd", "QConcat", "QSlice", "QGraph",
-           "QOp"]
+__all__ = ["QTensor", "QConv", "QMaxPool", "QAvgPool", "QAdd", "QConcat", "QSlice", "QShuffle",
+           "QResize", "QGraph", "QOp"]
 
 
 @dataclass
@@ -156,7 +156,37 @@ class QSlice:
         return [self.input]
 
 
-QOp = QConv | QMaxPool | QAvgPool | QAdd | QConcat | QSlice
+@dataclass
+class QShuffle:
+    """Channels picked by ``perm``, ``y[c] = x[perm[c]]`` (distinct input channels; a
+    permutation of all of them for a channel shuffle); the format is kept."""
+
+    name: str
+    input: str
+    output: str
+    perm: tuple[int, ...]
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input]
+
+
+@dataclass
+class QResize:
+    """Nearest-neighbour upsampling by the integer ``factor``,
+    ``y[c, i, j] = x[c, i // factor, j // factor]``; the format is kept."""
+
+    name: str
+    input: str
+    output: str
+    factor: int
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input]
+
+
+QOp = QConv | QMaxPool | QAvgPool | QAdd | QConcat | QSlice | QShuffle | QResize
 
 
 @dataclass

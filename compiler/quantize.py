@@ -6,7 +6,7 @@ Passes, each small and testable alone:
 2. :func:`fuse`: group float nodes into quantized layers. A ReLU/Clip joins the conv or
    add before it; an Add joins a conv whose output only it reads (the conv's
    ``residual``/``align``); a ReLU/Clip nobody can take becomes a depthwise 1x1 conv
-   of weight 1; MaxPool, AvgPool, Concat and Slice stay themselves;
+   of weight 1; MaxPool, AvgPool, Concat, Slice, Shuffle and Resize stay themselves;
 3. :func:`calibrate`: run the float graph on the calibration set and choose every
    tensor's format (docs/numerics.md); :func:`unify_concat_inputs` gives each
    concat's inputs its format;
@@ -36,7 +36,7 @@ that only the concat reads is requantized into that format by its producer; any
 other input (a max pool's or slice's, which keep their input's format, the graph
 input, a tensor read elsewhere) in another format gets a copy: an add of the tensor
 with itself, ``requantize(2a, fl_a + 1 - fl)``, which is ``requantize(a, fl_a - fl)``
-exactly. A Slice keeps its input's format.
+exactly. A Slice, a Shuffle and a Resize keep their input's format.
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ from fxpgen import numerics
 from fxpgen.compiler.fold import prepare
 from fxpgen.compiler.golden import quantize_input, run_golden_batch
 from fxpgen.compiler.graph import (Add, AvgPool, Clip, Concat, Conv, Graph, MaxPool, Relu,
-                                   Slice, run_float)
-from fxpgen.compiler.qgraph import QAdd, QAvgPool, QConcat, QConv, QGraph, QMaxPool, QSlice, QTensor
+                                   Resize, Shuffle, Slice, run_float)
+from fxpgen.compiler.qgraph import (QAdd, QAvgPool, QConcat, QConv, QGraph, QMaxPool, QResize,
+                                    QShuffle, QSlice, QTensor)
 from fxpgen.numerics import Format
 
 __all__ = ["quantize", "fuse", "calibrate", "concat_format", "unify_concat_inputs",
@@ -72,7 +73,8 @@ class HardwareRangeError(ValueError):
 class Layer:
     """One quantized layer: the float nodes it absorbs and what it reads and writes.
 
-    ``kind`` is "conv", "add", "maxpool", "avgpool", "concat", "slice" or "copy" (a
+    ``kind`` is "conv", "add", "maxpool", "avgpool", "concat", "slice", "shuffle",
+    "resize" or "copy" (a
     concat input requantized into the concat's format). ``pre`` is the tensor before the
     fused ReLU/Clip (the std of an unsigned output is taken there, docs/numerics.md).
     ``position`` is the index of the last absorbed float node: sorting by it gives a
@@ -93,7 +95,7 @@ class Layer:
     clip_max: float | None = None
     pool: MaxPool | AvgPool | None = None
     identity: bool = False
-    node: Concat | Slice | None = None
+    node: Concat | Slice | Shuffle | Resize | None = None
 
 
 def fuse(graph: Graph) -> list[Layer]:
@@ -139,8 +141,8 @@ def fuse(graph: Graph) -> list[Layer]:
         elif isinstance(n, (MaxPool, AvgPool)):
             kind = "maxpool" if isinstance(n, MaxPool) else "avgpool"
             layer = Layer(kind, n.name, [n.input], n.output, n.output, i, [n.name], pool=n)
-        elif isinstance(n, (Concat, Slice)):
-            kind = "concat" if isinstance(n, Concat) else "slice"
+        elif isinstance(n, (Concat, Slice, Shuffle, Resize)):
+            kind = n.OP.lower()
             layer = Layer(kind, n.name, list(n.inputs), n.output, n.output, i, [n.name], node=n)
         else:
             raise TypeError(f"{n.name}: {n.OP} must be folded before fusion (run prepare)")
@@ -173,7 +175,7 @@ def calibrate(graph: Graph, layers: list[Layer], acts: dict[str, np.ndarray],
     ``acts``: float tensors of the calibration batch (from :func:`run_float`). Input:
     u8.8 when the data lie in [0, 1), else by the rule (unsigned if all >= 0). Outputs
     with a fused ReLU/Clip are unsigned with the std taken before the activation;
-    others signed; MaxPool and Slice keep their input's format; AvgPool keeps its
+    others signed; MaxPool, Slice, Shuffle and Resize keep their input's format; AvgPool keeps its
     signedness; a Concat takes :func:`concat_format` of its inputs.
     Returns the formats and per-tensor statistics for the report.
     """
@@ -191,7 +193,7 @@ def calibrate(graph: Graph, layers: list[Layer], acts: dict[str, np.ndarray],
     for layer in layers:
         src = layer.inputs[0]
         pre = layer.pre
-        if layer.kind in ("maxpool", "slice"):
+        if layer.kind in ("maxpool", "slice", "shuffle", "resize"):
             fmt, rule = formats[src], "kept from input"
         elif layer.kind == "concat":
             fmt, rule = concat_format([formats[t] for t in layer.inputs]), "common of the inputs"
@@ -362,7 +364,7 @@ def _predicted_mse(layer: Layer, op, info: dict, acts, fmt: Format, mse: dict) -
     if isinstance(op, QConcat):
         sizes = [acts[t].shape[1] for t in op.sources]
         return float(np.average([mse[t] for t in op.sources], weights=sizes))
-    if isinstance(op, (QMaxPool, QSlice)):
+    if isinstance(op, (QMaxPool, QSlice, QShuffle, QResize)):
         return mse[op.input]
     if layer.kind == "copy":
         return mse[op.a] + own
@@ -441,6 +443,12 @@ def _build(layer: Layer, formats, per_channel, weight_mode, acc_bits):
     if layer.kind == "slice":
         n = layer.node
         return QSlice(layer.name, n.input, n.output, n.start, n.stop), {}
+    if layer.kind == "shuffle":
+        n = layer.node
+        return QShuffle(layer.name, n.input, n.output, tuple(int(c) for c in n.perm)), {}
+    if layer.kind == "resize":
+        n = layer.node
+        return QResize(layer.name, n.input, n.output, n.factor), {}
     if layer.kind == "add":
         a, b = layer.inputs
         fl = max(formats[a].fl, formats[b].fl)

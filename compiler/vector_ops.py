@@ -1,6 +1,8 @@
-"""Max pooling, element-wise adds and channel-group copies (concat, slice) on the
-vector unit (MAX, ADD): one instruction per channel group (and, for MAX, per kernel
-tap) whose two address loops walk the output pixels, ``ox`` inner and ``oy`` outer."""
+"""Max pooling, element-wise adds, channel-group copies (concat, slice) and
+nearest-neighbour upsampling on the vector unit (MAX, ADD): one instruction per
+channel group (and, for MAX, per kernel tap or upsampling offset) whose two address
+loops walk the output pixels, ``ox`` inner and ``oy`` outer (the input pixels for
+upsampling)."""
 
 from __future__ import annotations
 
@@ -8,9 +10,9 @@ from fxpgen.isa import Addr, Instruction, Opcode
 
 from .emit import Emitter
 from .layout import MapLayout
-from .qgraph import QAdd, QGraph, QMaxPool, QSlice
+from .qgraph import QAdd, QGraph, QMaxPool, QResize, QSlice
 
-__all__ = ["emit_maxpool", "emit_add", "emit_concat", "emit_slice"]
+__all__ = ["emit_maxpool", "emit_add", "emit_concat", "emit_slice", "emit_resize"]
 
 
 def _walk(lay: MapLayout, g: int, y: int = 0, x: int = 0, sy: int = 1, sx: int = 1) -> Addr:
@@ -72,3 +74,16 @@ def emit_slice(em: Emitter, op: QSlice, in_lay: MapLayout, out_lay: MapLayout, l
     """Copy the channel groups from ``op.start`` (a multiple of ``lanes``) on."""
     for g in range(out_lay.groups):
         _copy_group(em, in_lay, op.start // lanes + g, out_lay, g)
+
+
+def emit_resize(em: Emitter, op: QResize, in_lay: MapLayout, out_lay: MapLayout) -> None:
+    """Output pixel (f*y + dy, f*x + dx) is input pixel (y, x): per channel group and
+    offset (dy, dx), one MAX of the input with itself walks the input pixels and
+    writes every f-th output pixel of every f-th row from (dy, dx)."""
+    f = op.factor
+    for g in range(out_lay.groups):
+        x = _walk(in_lay, g)
+        for dy in range(f):
+            for dx in range(f):
+                em.emit(Instruction(Opcode.MAX, {"a_signed": 0}, in_lay.width, in_lay.height,
+                                    x=x, y=x, z=_walk(out_lay, g, dy, dx, f, f)))
