@@ -347,7 +347,6 @@ BLOCKS = {
 # Ops the front end does not support yet, per block: the compile must name each.
 UNSUPPORTED = {
     "mobilenetv3": ("HardSwish", "HardSigmoid", "Mul"),
-    "shufflenetv2": ("Transpose",),
 }
 
 
