@@ -8,29 +8,17 @@ one network on the RTL."""
 import numpy as np
 import pytest
 
-from fxpgen.compiler.golden import quantize_input, run_golden, run_golden_batch
-from fxpgen.compiler.graph import Concat, Slice, UnsupportedOp, run_float
+from fxpgen.compiler.golden import quantize_input, run_golden_batch
+from fxpgen.compiler.graph import Concat, Slice, UnsupportedOp
 from fxpgen.compiler.lower import lower
 from fxpgen.compiler.onnx_frontend import load_onnx
-from fxpgen.compiler.program import load_qgraph, save_qgraph
 from fxpgen.compiler.qgraph import QAdd, QConcat, QConv, QSlice
-from fxpgen.compiler.quantize import concat_format, quantize, sqnr_db
-from fxpgen.config import CoreConfig
+from fxpgen.compiler.quantize import concat_format, quantize
 from fxpgen.models.zoo import TestModel, reference
-from fxpgen.numerics import Format, dequantize, quantize as quantize_to
+from fxpgen.numerics import Format, quantize as quantize_to
 from fxpgen.sim.isa_sim import run_program
 
-CONFIGS = {"8x8": CoreConfig(rows=8, cols=8, spad_depth=8192, wbuf_depth=1024, acc_depth=512),
-           "4x8": CoreConfig(rows=4, cols=8, spad_depth=8192, wbuf_depth=1024, acc_depth=512),
-           "16x16": CoreConfig(rows=16, cols=16, spad_depth=8192, wbuf_depth=2048, acc_depth=512)}
-
-
-def conv(m, x, cin, cout, k=1, relu=True, name=None):
-    y = m.node("Conv", [x, m.w(f"{x}_{cout}_{k}W", (cout, cin, k, k), std=1.0 / np.sqrt(cin * k * k)),
-                        m.w(f"{x}_{cout}_{k}B", (cout,), 0.1)], [f"{x}_c{cout}_{k}"],
-               pads=[k // 2] * 4, **({"name": name} if name else {}))
-    return m.node("Relu", [y], [f"{y}_r"]) if relu else y
-
+from op_checks import CONFIGS, check_compiled, check_native_rtl, check_float_import, conv, data
 
 def fire(seed, cin, squeeze, e1, e3):
     """A squeezenet fire module, then a ceil-mode max pool (googlenet's) and a 1x1 head."""
@@ -72,41 +60,19 @@ MODELS = {"fire8": lambda s: fire(s, 3, 8, 8, 8), "fire5": lambda s: fire(s, 3, 
           "shuffle32": lambda s: shuffle(s, 32, 16), "three_way": lambda s: three_way(s, 6)}
 
 
-def _data(seed, shape, n):
-    return np.random.default_rng(seed + 1).uniform(0, 1, (n,) + shape)
-
-
 @pytest.mark.parametrize("name", MODELS)
 def test_float_import_matches_reference(name, seed):
     model, shape = MODELS[name](seed)
-    g = load_onnx(model)
-    x = _data(seed, shape, 3)
-    ref = reference(model, x)
-    got = run_float(g, x)[g.output]
-    assert np.abs(got - ref).max() <= 1e-4 * max(float(np.abs(ref).max()), 1e-6)
+    check_float_import(model, shape, seed)
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_compiled_isa_equals_golden_and_golden_follows_reference(name, seed, tmp_path):
     model, shape = MODELS[name](seed)
-    qg, report = quantize(load_onnx(model), _data(seed, shape, 32))
+    qg, _ = check_compiled(model, shape, seed, tmp_path)
     for op in qg.ops:
         if isinstance(op, QConcat):
             assert len({qg.tensor(t).fmt for t in [*op.sources, op.output]}) == 1
-    test = _data(seed + 7, shape, 8)
-    ref = reference(model, test)
-    got = dequantize(run_golden_batch(qg, quantize_input(qg, test))[qg.output], qg.tensor(qg.output).fmt)
-    assert sqnr_db(ref, got) >= min(25, report["output_sqnr_db"] - 6)
-    save_qgraph(tmp_path, qg)
-    back = load_qgraph(tmp_path)
-    x = np.asarray(quantize_input(qg, test[0]), np.int64)
-    golden = run_golden(qg, x)
-    assert all(np.array_equal(v, run_golden(back, x)[k]) for k, v in golden.items())
-    for cfg in CONFIGS.values():
-        low = lower(qg, cfg)
-        res = run_program(cfg, [i.encode(cfg) for i in low.instructions], low.data(low.image_words(x)))
-        assert res.error.name == "NONE", (res.error, res.error_pc)
-        assert np.array_equal(low.decode_output(res.results), golden[qg.output]), cfg
 
 
 def _single(build, shape):
@@ -130,8 +96,8 @@ def test_moving_bytes_is_exact(build, channels, seed):
     value: the golden model is the reference's output quantized, and so is the program."""
     shape = (channels, 6, 7)
     model = _single(build, shape)
-    qg, _ = quantize(load_onnx(model), _data(seed, shape, 8))
-    test = _data(seed + 3, shape, 4)
+    qg, _ = quantize(load_onnx(model), data(seed, shape, 8))
+    test = data(seed + 3, shape, 4)
     want = quantize_to(reference(model, test), qg.tensor(qg.output).fmt)
     xs = quantize_input(qg, test)
     assert np.array_equal(run_golden_batch(qg, xs)[qg.output], want)
@@ -153,7 +119,7 @@ def test_pad_folds_into_conv_padding():
     pad = m.node("Pad", ["x", m.const("pads", np.array([0, 0, 1, 2, 0, 0, 3, 0]))], ["xp"])
     m.node("Conv", [pad, m.w("W", (2, 3, 3, 3))], ["y"], pads=[1, 0, 0, 1])
     g = load_onnx(m.model((1, 3, 5, 5), "y"))
-    qg, _ = quantize(g, _data(0, (3, 5, 5), 4))
+    qg, _ = quantize(g, data(0, (3, 5, 5), 4))
     assert [type(op) for op in qg.ops] == [QConv] and qg.ops[0].pads == (2, 2, 3, 1)
     assert qg.ops[0].input == "x"
 
@@ -166,7 +132,7 @@ def test_concat_format_holds_every_input():
 
 def test_producers_requantize_into_the_concat_format_and_the_rest_is_copied(seed):
     model, shape = three_way(seed, 6)
-    qg, _ = quantize(load_onnx(model), _data(seed, shape, 16))
+    qg, _ = quantize(load_onnx(model), data(seed, shape, 16))
     cat = next(op for op in qg.ops if isinstance(op, QConcat))
     fmt = qg.tensor("cat").fmt
     # The conv z writes the concat's format itself; the input and the slice keep theirs
@@ -189,7 +155,7 @@ def test_aligned_concat_and_slice_are_group_copies_others_matmuls():
     cfg = CONFIGS["8x8"]
     for name, matmul_layers in (("shuffle16", False), ("shuffle12", True)):
         model, shape = MODELS[name](0)
-        qg, _ = quantize(load_onnx(model), _data(0, shape, 8))
+        qg, _ = quantize(load_onnx(model), data(0, shape, 8))
         low = lower(qg, cfg)
         lay = {op.name: [i.opcode.name for i, l in zip(low.instructions, low.layers) if l == op.name]
                for op in qg.ops if isinstance(op, (QConcat, QSlice))}
@@ -232,12 +198,5 @@ def test_split_without_sizes_splits_evenly():
 
 @pytest.mark.rtl
 def test_a_fire_module_on_the_native_rtl_equals_golden(tmp_path, seed):
-    from fxpgen.app.flow import compile_model, run_compiled
     model, shape = fire(seed, 3, 5, 8, 8)
-    cfg = CoreConfig(rows=4, cols=8, spad_depth=4096, wbuf_depth=512, acc_depth=512)
-    compile_model(model, _data(seed, shape, 16), cfg, tmp_path)
-    x = _data(seed + 5, shape, 3)
-    out = run_compiled(tmp_path, x, "native")
-    qg = load_qgraph(tmp_path)
-    assert out["golden_identical"] is True
-    assert np.array_equal(out["outputs"], run_golden_batch(qg, quantize_input(qg, x))[qg.output])
+    check_native_rtl(model, shape, seed, tmp_path)

@@ -11,28 +11,17 @@ import pytest
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
-from fxpgen.compiler.golden import quantize_input, run_golden, run_golden_batch
-from fxpgen.compiler.graph import Resize, Shuffle, UnsupportedOp, run_float
+from fxpgen.compiler.golden import quantize_input, run_golden_batch
+from fxpgen.compiler.graph import Resize, Shuffle, UnsupportedOp
 from fxpgen.compiler.lower import lower
 from fxpgen.compiler.onnx_frontend import load_onnx, nearest_is_repeat
-from fxpgen.compiler.program import load_qgraph, save_qgraph
 from fxpgen.compiler.qgraph import QResize, QShuffle
-from fxpgen.compiler.quantize import quantize, sqnr_db
-from fxpgen.config import CoreConfig
+from fxpgen.compiler.quantize import quantize
 from fxpgen.models.zoo import TestModel, reference
-from fxpgen.numerics import dequantize, quantize as quantize_to
+from fxpgen.numerics import quantize as quantize_to
 from fxpgen.sim.isa_sim import run_program
 
-CONFIGS = {"8x8": CoreConfig(rows=8, cols=8, spad_depth=8192, wbuf_depth=1024, acc_depth=512),
-           "4x8": CoreConfig(rows=4, cols=8, spad_depth=8192, wbuf_depth=1024, acc_depth=512),
-           "16x16": CoreConfig(rows=16, cols=16, spad_depth=8192, wbuf_depth=2048, acc_depth=512)}
-
-
-def conv(m, x, cin, cout, k=1, relu=True):
-    y = m.node("Conv", [x, m.w(f"{x}_{cout}_{k}W", (cout, cin, k, k), std=1.0 / np.sqrt(cin * k * k)),
-                        m.w(f"{x}_{cout}_{k}B", (cout,), 0.1)], [f"{x}_c{cout}_{k}"], pads=[k // 2] * 4)
-    return m.node("Relu", [y], [f"{y}_r"]) if relu else y
-
+from op_checks import CONFIGS, check_compiled, check_native_rtl, check_float_import, conv, data
 
 def channel_shuffle(m, x, c, h, w, groups, name="shuffle"):
     """torch.onnx's channel shuffle; the first shape written with torch's 0 and -1."""
@@ -130,40 +119,17 @@ MODELS = {"unit16": lambda s: unit(s, 16, 2), "unit12g3": lambda s: unit(s, 12, 
           "resize_sizes": lambda s: sized_head(s, 8), "upsample9": lambda s: upsample_opset9(s, 5)}
 
 
-def _data(seed, shape, n):
-    return np.random.default_rng(seed + 1).uniform(0, 1, (n,) + shape)
-
-
 @pytest.mark.parametrize("name", MODELS)
 def test_float_import_matches_reference(name, seed):
     model, shape = MODELS[name](seed)
-    g = load_onnx(model)
+    g = check_float_import(model, shape, seed)
     assert all(len(t.shape) == 3 for t in g.tensors.values())
-    x = _data(seed, shape, 3)
-    ref = reference(model, x)
-    got = run_float(g, x)[g.output]
-    assert np.abs(got - ref).max() <= 1e-4 * max(float(np.abs(ref).max()), 1e-6)
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_compiled_isa_equals_golden_and_golden_follows_reference(name, seed, tmp_path):
     model, shape = MODELS[name](seed)
-    qg, report = quantize(load_onnx(model), _data(seed, shape, 32))
-    test = _data(seed + 7, shape, 8)
-    ref = reference(model, test)
-    got = dequantize(run_golden_batch(qg, quantize_input(qg, test))[qg.output], qg.tensor(qg.output).fmt)
-    assert sqnr_db(ref, got) >= min(25, report["output_sqnr_db"] - 6)
-    save_qgraph(tmp_path, qg)
-    back = load_qgraph(tmp_path)
-    assert [type(op) for op in back.ops] == [type(op) for op in qg.ops]
-    x = np.asarray(quantize_input(qg, test[0]), np.int64)
-    golden = run_golden(qg, x)
-    assert all(np.array_equal(v, run_golden(back, x)[k]) for k, v in golden.items())
-    for cfg in CONFIGS.values():
-        low = lower(qg, cfg)
-        res = run_program(cfg, [i.encode(cfg) for i in low.instructions], low.data(low.image_words(x)))
-        assert res.error.name == "NONE", (res.error, res.error_pc)
-        assert np.array_equal(low.decode_output(res.results), golden[qg.output]), cfg
+    check_compiled(model, shape, seed, tmp_path)
 
 
 def _single(build, shape, opset=17):
@@ -187,8 +153,8 @@ def test_moving_bytes_is_exact(build, channels, seed):
     the reference's output quantized, and so is the program."""
     shape = (channels, 3, 4)
     model = _single(lambda m: build(m, channels), shape)
-    qg, _ = quantize(load_onnx(model), _data(seed, shape, 8))
-    test = _data(seed + 3, shape, 4)
+    qg, _ = quantize(load_onnx(model), data(seed, shape, 8))
+    test = data(seed + 3, shape, 4)
     want = quantize_to(reference(model, test), qg.tensor(qg.output).fmt)
     xs = quantize_input(qg, test)
     assert np.array_equal(run_golden_batch(qg, xs)[qg.output], want)
@@ -236,7 +202,7 @@ def test_shuffles_read_by_convs_cost_nothing(name):
     each shuffle that a branch conv reads folds into that conv, and the kept half,
     which a concat reads, is the one 1x1 pick conv left per unit."""
     model, shape = MODELS[name](0)
-    qg, _ = quantize(load_onnx(model), _data(0, shape, 8))
+    qg, _ = quantize(load_onnx(model), data(0, shape, 8))
     shuffles = [op for op in qg.ops if isinstance(op, QShuffle)]
     assert shuffles
     low = lower(qg, CONFIGS["8x8"])
@@ -248,14 +214,14 @@ def test_shuffles_read_by_convs_cost_nothing(name):
 
 def test_a_shuffle_nothing_folds_is_a_pick_conv():
     model, shape = MODELS["pool_shuffle"](0)
-    qg, _ = quantize(load_onnx(model), _data(0, shape, 8))
+    qg, _ = quantize(load_onnx(model), data(0, shape, 8))
     low = lower(qg, CONFIGS["8x8"])
     assert "MATMUL" in _layer_ops(low, "shuffle")
 
 
 def test_upsampling_is_one_max_per_offset_and_group():
     model, shape = MODELS["resize_x3"](0)
-    qg, _ = quantize(load_onnx(model), _data(0, shape, 8))
+    qg, _ = quantize(load_onnx(model), data(0, shape, 8))
     op = next(op for op in qg.ops if isinstance(op, QResize))
     assert op.factor == 3
     for cfg in CONFIGS.values():
@@ -308,12 +274,5 @@ def test_rejections_name_node_op_and_reason(build, match):
 
 @pytest.mark.rtl
 def test_an_upsample_head_on_the_native_rtl_equals_golden(tmp_path, seed):
-    from fxpgen.app.flow import compile_model, run_compiled
     model, shape = sized_head(seed, 8)
-    cfg = CoreConfig(rows=4, cols=8, spad_depth=4096, wbuf_depth=512, acc_depth=512)
-    compile_model(model, _data(seed, shape, 16), cfg, tmp_path)
-    x = _data(seed + 5, shape, 3)
-    out = run_compiled(tmp_path, x, "native")
-    qg = load_qgraph(tmp_path)
-    assert out["golden_identical"] is True
-    assert np.array_equal(out["outputs"], run_golden_batch(qg, quantize_input(qg, x))[qg.output])
+    check_native_rtl(model, shape, seed, tmp_path)
