@@ -354,13 +354,16 @@ def test_core_harness_on_mock_core(mock_core_model, seed):
     after_error = _echo_program(gen, [2])
     starved = _echo_program(gen, [2], max_cycles=300)
     starved["n_results"] = 5                          # never arrives: must time out
-    programs = [p1, p2, two_halts, illegal, after_error, starved, _echo_program(gen, [1])]
+    # Long enough that random stalls on both streams are all but certain (no stall in
+    # 48 words at these probabilities: about 0.6**48), so the stall counters must move.
+    stalled = _echo_program(gen, [48])
+    programs = [p1, p2, two_halts, illegal, after_error, starved, _echo_program(gen, [1]), stalled]
     out = rtl.run_cocotb(mock_core_model, "fxpgen.sim.cocotb_core", {
         "programs": programs, "seed": seed, "max_cycles": 20_000,
         "stall_prob": {"insn": 0.3, "data": 0.4, "result": 0.4}}, timeout_s=120)
     res = out["programs"]
     assert len(res) == len(programs)
-    for i in (0, 1, 2, 4, 6):
+    for i in (0, 1, 2, 4, 6, 7):
         r, p = res[i], programs[i]
         assert r["state"] == 2 and not r["timed_out"], (i, r)
         assert [int(w, 16) for w in r["results"]] == [int(d, 16) for d in p["data"]], i
@@ -368,7 +371,7 @@ def test_core_harness_on_mock_core(mock_core_model, seed):
         assert r["insns_sent"] == len(p["insns"]) and r["data_sent"] == len(p["data"]), i
     assert res[0]["lasts"] == [False] * 4 + [True] + [True] + [False] * 2 + [True]
     assert res[0]["counters"]["insns"] == len(p1["insns"])
-    assert res[0]["counters"]["stall_data"] > 0 and res[0]["counters"]["stall_result"] > 0
+    assert res[7]["counters"]["stall_data"] > 0 and res[7]["counters"]["stall_result"] > 0
     assert res[1]["counters"]["insns"] == len(p2["insns"]) and not res[1]["reset_before"]
     assert res[2]["halts_seen"] == 2 and res[2]["counters"]["insns"] == len(tail["insns"])
     assert res[3]["state"] == 3 and res[3]["error"] == ErrorCode.ILLEGAL_OPCODE.value
