@@ -43,10 +43,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fxpgen.compiler.gemm import random_gemm
-from fxpgen.compiler.gemm import build_gemm, gemm_reference
+from fxpgen.compiler.gemm import build_gemm, gemm_reference, random_gemm
 from fxpgen.config import CoreConfig
-from fxpgen.sim.engine import NetworkProgram
+from fxpgen.sim.engine import GemmRunnable, NetworkProgram
 from fxpgen.sim.segments import cycle_budget
 from fxpgen.isa import Instruction, Opcode
 from fxpgen.sim.core_rtl import RtlProgram, core_model, run_on_rtl
@@ -73,7 +72,8 @@ def gemm_workload(cfg: CoreConfig, seed: int = 0):
     a, b, shift = random_gemm(m, k, n, seed)
     prog = build_gemm(cfg, a, b, shift)
     want = gemm_reference(a, b, shift, cfg.acc_width)
-    programs = [RtlProgram(prog.words, prog.data, prog.n_results, max_cycles=20_000_000)]
+    (seg,) = GemmRunnable(prog, want).segments(None)
+    programs = [RtlProgram(seg.words, seg.data, seg.n_results, max_cycles=cycle_budget(seg))]
 
     def check(results) -> bool:
         return all(np.array_equal(prog.decode_results(r.results), want) for r in results)
