@@ -234,6 +234,7 @@ def run_compiled(outdir: Path, x: np.ndarray, engine: str, *, progress: Callable
         out["cycles_per_image"] = float(np.mean([sum(l["cycles"] for l in img) for img in res.layers]))
     if "frames_rejected" in res.info:
         out["frames_rejected"] = res.info["frames_rejected"]
+        out["frames_sent"] = res.info["frames_sent"]
     if "verilator_build_s" in res.info:
         out["verilator_build_s"] = res.info["verilator_build_s"]
     out["seconds"] = time.monotonic() - t0

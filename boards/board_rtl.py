@@ -11,6 +11,7 @@ from fxpgen.sim.rtl import VerilatorModel, build_model, run_cocotb
 from fxpgen.tools import cache_dir
 
 from .top import BoardTop
+from .wire_faults import Fault
 
 __all__ = ["BOARD_TOP", "board_model", "run_host_on_board"]
 
@@ -30,11 +31,11 @@ def board_model(cfg: CoreConfig, divisor: int, baked: dict | None = None, **buff
 
 
 def run_host_on_board(model: VerilatorModel, divisor: int, host_argv: list[str], *,
-                      corrupt: list[tuple[int, int]] = (), max_cycles: int = 50_000_000,
+                      faults: list[Fault] = (), max_cycles: int = 50_000_000,
                       timeout_s: float = 900.0) -> dict:
     """Run ``host_argv`` (``"{port}"`` is replaced by the simulated serial port)
-    against the simulated board; return its exit code, output, and byte counts.
-    ``corrupt``: (offset, XOR mask) pairs applied to the host's bytes on the wire."""
-    job = {"divisor": divisor, "host_argv": list(host_argv), "corrupt": [list(c) for c in corrupt],
+    against the simulated board; return its exit code, output, byte counts and the
+    ``faults`` (:mod:`fxpgen.boards.wire_faults`) that took effect on the wire."""
+    job = {"divisor": divisor, "host_argv": list(host_argv), "faults": [f.as_json() for f in faults],
            "max_cycles": max_cycles}
     return run_cocotb(model, TEST_MODULE, job, timeout_s=timeout_s)

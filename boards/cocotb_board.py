@@ -6,11 +6,11 @@ Job (from :func:`fxpgen.sim.rtl.run_cocotb`)::
 
     {"divisor": int,                  # clock cycles per UART bit in the design
      "host_argv": [str, ...],         # the host command; "{port}" becomes the pty
-     "corrupt": [[int, int], ...],    # (offset in the host's byte stream, XOR mask)
+     "faults": [fault, ...],          # wire faults (fxpgen.boards.wire_faults.Fault.as_json)
      "max_cycles": int}
 
 Result: ``{"returncode", "stdout", "stderr", "cycles", "host_bytes", "board_bytes",
-"corrupted", "timed_out"}``. The clock is 10 ns, so the UART runs at 1e8/divisor baud
+"faults_applied", "timed_out"}`` (byte counts as sent, before faults). The clock is 10 ns, so the UART runs at 1e8/divisor baud
 in simulated time; the host's timeouts are in wall-clock time.
 """
 
@@ -27,6 +27,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, Timer
 from cocotbext.uart import UartSink, UartSource
 
+from fxpgen.boards.wire_faults import Fault, FaultyWire
 from fxpgen.sim.rtl import deadline, load_job, write_result
 
 CLOCK_NS = 10
@@ -56,9 +57,10 @@ async def run_host(dut):
     argv = [a.replace("{port}", port) for a in job["host_argv"]]
     proc = subprocess.Popen(argv, stdout=out_f, stderr=err_f, stdin=subprocess.DEVNULL)
 
-    corrupt = {int(off): int(mask) for off, mask in job.get("corrupt", [])}
+    faults = [Fault.from_json(f) for f in job.get("faults", [])]
+    to_board = FaultyWire([f for f in faults if f.direction == "host"])
+    to_host = FaultyWire([f for f in faults if f.direction == "board"])
     host_bytes = board_bytes = 0
-    corrupted = []
     byte_ns = 10 * CLOCK_NS * divisor
     poll = Timer(8 * byte_ns, unit="ns")
     max_cycles = int(job.get("max_cycles", 50_000_000))
@@ -71,17 +73,17 @@ async def run_host(dut):
             data = bytearray(os.read(master, 4096))
         except (BlockingIOError, OSError):
             data = bytearray()
-        for i in range(len(data)):
-            if host_bytes + i in corrupt:
-                data[i] ^= corrupt[host_bytes + i]
-                corrupted.append(host_bytes + i)
         if data:
             host_bytes += len(data)
-            await source.write(bytes(data))
+            arriving = to_board.pass_bytes(bytes(data))
+            if arriving:
+                await source.write(arriving)
         if not sink.empty():
             reply = sink.read_nowait()
             board_bytes += len(reply)
-            os.write(master, bytes(reply))
+            arriving = to_host.pass_bytes(bytes(reply))
+            if arriving:
+                os.write(master, arriving)
         if cycles > max_cycles or (end_time and time.time() > end_time):
             timed_out = True
             proc.kill()
@@ -91,7 +93,8 @@ async def run_host(dut):
     err_f.seek(0)
     write_result({"returncode": proc.returncode, "stdout": out_f.read().decode(errors="replace"),
                   "stderr": err_f.read().decode(errors="replace"), "cycles": cycles,
-                  "host_bytes": host_bytes, "board_bytes": board_bytes, "corrupted": corrupted,
+                  "host_bytes": host_bytes, "board_bytes": board_bytes,
+                  "faults_applied": [f.as_json() for f in to_board.applied + to_host.applied],
                   "timed_out": timed_out})
     os.close(master)
     os.close(slave)

@@ -18,7 +18,9 @@ class BoardEngine(Engine):
     """A board on serial ``port`` at ``baud``, replies awaited ``timeout`` seconds.
     With ``baked`` the board runs the program baked into its bitstream (only the
     inputs are sent; no per-layer counters). The link opens on the first run;
-    ``info["frames_rejected"]`` lists the frames the board rejected and got again."""
+    ``info["frames_rejected"]`` lists the frames the board rejected and got again (and
+    the inputs run again after a result was lost), ``info["frames_sent"]`` counts the
+    frames written, resends included."""
 
     name = "board"
     checked_against_golden = True
@@ -48,4 +50,5 @@ class BoardEngine(Engine):
         link = self.link
         outputs, layers = run_images(link, program, list(inputs), baked=self.baked, progress=progress)
         return EngineResult(outputs, None if self.baked else layers,
-                            {"seconds": time.monotonic() - t0, "frames_rejected": list(link.rejected)})
+                            {"seconds": time.monotonic() - t0, "frames_rejected": list(link.rejected),
+                             "frames_sent": link.frames_sent})

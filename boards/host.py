@@ -17,7 +17,7 @@ from fxpgen.isa import INSN_BYTES, CoreState, ErrorCode, Opcode, opcode_of
 from . import protocol
 from .protocol import FrameDecoder, FrameType, NakReason, ProtocolError, encode_frame
 
-__all__ = ["BoardLink", "BoardRun", "open_serial"]
+__all__ = ["BoardLink", "BoardRun", "ResultLost", "open_serial"]
 
 log = logging.getLogger("fxpgen.board")
 
@@ -59,7 +59,9 @@ class BoardLink:
         self._seq = 0
         self._last_stream_seq = None
         self._results: list[tuple[int, int, bool]] = []
+        self._discarding = False
         self.rejected: list[str] = []
+        self.frames_sent = 0            # frames written to the wire, resends included
         self.info = self.request_info()
         self.cfg: CoreConfig = self.info["config"]
         self._credit = {FrameType.INSN: self.info["insn_buffer"], FrameType.DATA: self.info["data_buffer"]}
@@ -81,14 +83,25 @@ class BoardLink:
         return self._pending.pop(0)
 
     def _take_result(self, frame) -> None:
+        if self._discarding:
+            return
         nb = protocol.bus_bytes(self.cfg)
+        n = len(self._results)
         if not frame.crc_ok or len(frame.payload) != nb + 1:
-            raise ProtocolError(f"result frame {len(self._results)} arrived damaged "
-                                f"({'checksum' if not frame.crc_ok else 'length'}); rerun the program")
-        if frame.seq != len(self._results) & 0xFF:
-            raise ProtocolError(f"result frame {len(self._results)} missing (got index {frame.seq})")
+            self._lost(f"result word {n} arrived damaged "
+                       f"({'checksum' if not frame.crc_ok else 'length'})")
         word = int.from_bytes(frame.payload[:nb], "little")
-        self._results.append((frame.seq, word, bool(frame.payload[nb] & 1)))
+        entry = (frame.seq, word, bool(frame.payload[nb] & 1))
+        if n and frame.seq == (n - 1) & 0xFF and self._results[-1] == entry:
+            return                              # the same frame twice on the wire
+        if frame.seq != n & 0xFF:
+            self._lost(f"result word {n} missing (the next to arrive was index {frame.seq})")
+        self._results.append(entry)
+
+    def _lost(self, why: str) -> None:
+        """Give up this program's results: nothing arriving before the next reset counts."""
+        self._discarding = True
+        raise ResultLost(why)
 
     def _transact(self, ftype: FrameType, payload: bytes = b"", *, reply: FrameType) -> bytes:
         """Send one frame (resending after CRC/TIMEOUT refusals or a lost reply) and
@@ -98,6 +111,7 @@ class BoardLink:
         frame = encode_frame(ftype, seq, payload)
         for attempt in range(MAX_RETRIES + 1):
             self.port.write(frame)
+            self.frames_sent += 1
             deadline = time.monotonic() + self.timeout
             while True:
                 f = self._read_frame(deadline)
@@ -136,14 +150,21 @@ class BoardLink:
         return protocol.decode_info(self._transact(FrameType.INFO, reply=FrameType.INFO_REPLY))
 
     def status(self) -> dict:
+        """The board's STATUS. The board sends a STATUS reply after every RESULT frame
+        it counts, so a count above the results received means some were lost."""
         st = protocol.decode_status(self.cfg, self._transact(FrameType.STATUS, reply=FrameType.STATUS_REPLY))
         self._credit = {FrameType.INSN: st["insn_free"], FrameType.DATA: st["data_free"]}
+        if not self._discarding and st["results"] > len(self._results):
+            self._lost(f"result word {len(self._results)} lost on the wire "
+                       f"(the board has sent {st['results']})")
         return st
 
     def reset(self) -> None:
         """Reset the core, empty the board's buffers and forget results."""
+        self._discarding = True
         self._transact(FrameType.RESET, reply=FrameType.ACK)
         self._results.clear()
+        self._discarding = False
         self._credit = {FrameType.INSN: self.info["insn_buffer"], FrameType.DATA: self.info["data_buffer"]}
 
     def _send_words(self, ftype: FrameType, words: list[int], nbytes: int) -> int:
@@ -228,6 +249,11 @@ class BoardLink:
             if time.monotonic() > limit:
                 raise ProtocolError(f"board did not finish: state {CoreState(st['state']).name}, "
                                     f"{st['halts']} HALTs, {len(self._results)} result words")
+
+
+class ResultLost(ProtocolError):
+    """A result word was damaged or lost on the way to the host: the results cannot
+    be trusted, and the program must run again from a reset."""
 
 
 class _BufferFull(Exception):

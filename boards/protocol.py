@@ -115,10 +115,20 @@ class Frame:
 
 class FrameDecoder:
     """Byte-at-a-time frame parser (the host's receive side). Bytes outside a frame
-    are skipped until SYNC; frames come out with ``crc_ok`` telling if they check."""
+    are skipped until SYNC; frames come out with ``crc_ok`` telling if they check.
+
+    A damaged frame proves nothing about where the next one starts (its length may
+    be the damaged byte), so the parser resynchronises on the next SYNC after the
+    damaged frame's own, not after the length it claims; frames found inside a
+    damaged frame's claimed extent are delivered when they check and ignored when
+    they do not (a payload byte that happens to equal SYNC is not a frame). A frame
+    still arriving is given up as soon as a complete, checking frame starts inside
+    its claimed extent, so one flipped length bit never holds back the replies
+    behind it."""
 
     def __init__(self):
         self._buf = bytearray()
+        self._quiet = 0         # bytes at the front inside a damaged frame's extent
 
     def feed(self, data: bytes) -> list[Frame]:
         self._buf += data
@@ -126,26 +136,53 @@ class FrameDecoder:
         while True:
             start = self._buf.find(SYNC)
             if start < 0:
-                self._buf.clear()
+                self._drop(len(self._buf))
                 return frames
-            del self._buf[:start]
-            if len(self._buf) < 5:
-                return frames
-            ftype, seq, length = struct.unpack_from("<BBH", self._buf, 1)
-            if length > MAX_PAYLOAD + 64:
-                del self._buf[:1]          # not a frame start; resynchronize
+            self._drop(start)
+            frame, end = self._parse(0)
+            if frame is not None and frame.crc_ok:
+                frames.append(frame)
+                self._drop(end)
                 continue
-            end = 5 + length + 2
-            if len(self._buf) < end:
-                return frames
-            body = bytes(self._buf[1:5 + length])
-            crc = struct.unpack_from("<H", self._buf, 5 + length)[0]
-            ok = crc16(body) == crc
-            if not ok and ftype not in FrameType._value2member_map_:
-                del self._buf[:1]
-                continue
-            frames.append(Frame(ftype, seq, body[4:], ok))
-            del self._buf[:end]
+            if end is None:
+                later = self._checking_frame_after(0)
+                if later is None:
+                    return frames                   # wait for more bytes
+                end = later
+                frame = Frame(self._buf[1], self._buf[2], b"", False)
+            if not self._quiet and frame.type in FrameType._value2member_map_:
+                frames.append(frame)
+            self._quiet = max(self._quiet, end)
+            self._drop(1)
+
+    def _drop(self, n: int) -> None:
+        del self._buf[:n]
+        self._quiet = max(0, self._quiet - n)
+
+    def _parse(self, pos: int) -> tuple[Frame | None, int | None]:
+        """The frame starting with the SYNC at ``pos``: ``(frame, end)``; ``(None, end)``
+        for a header that cannot start a frame; ``(None, None)`` while incomplete."""
+        if len(self._buf) < pos + 5:
+            return None, None
+        ftype, seq, length = struct.unpack_from("<BBH", self._buf, pos + 1)
+        if length > MAX_PAYLOAD + 64:
+            return Frame(ftype, seq, b"", False), pos + 1
+        end = pos + 5 + length + 2
+        if len(self._buf) < end:
+            return None, None
+        body = bytes(self._buf[pos + 1:pos + 5 + length])
+        crc = struct.unpack_from("<H", self._buf, pos + 5 + length)[0]
+        return Frame(ftype, seq, body[4:], crc16(body) == crc), end
+
+    def _checking_frame_after(self, pos: int) -> int | None:
+        """Where the first complete frame that checks starts after ``pos``, if any."""
+        nxt = self._buf.find(SYNC, pos + 1)
+        while nxt >= 0:
+            frame, _ = self._parse(nxt)
+            if frame is not None and frame.crc_ok:
+                return nxt
+            nxt = self._buf.find(SYNC, nxt + 1)
+        return None
 
 
 def bus_bytes(cfg: CoreConfig) -> int:
