@@ -223,14 +223,17 @@ class FrameReceiver(wiring.Component):
         ftype, remaining = f.ftype, f.remaining
         stream_frame = (ftype == FrameType.INSN) | (ftype == FrameType.DATA)
         tgt = ftype == FrameType.DATA
-        m.d.sync += [f.is_stream.eq(stream_frame), f.target.eq(tgt),
-                     f.duplicate.eq(stream_frame & f.have_last & (f.seq == f.last_seq))]
+        duplicate = stream_frame & f.have_last & (f.seq == f.last_seq)
+        m.d.sync += [f.is_stream.eq(stream_frame), f.target.eq(tgt), f.duplicate.eq(duplicate)]
         known = Cat(*(ftype == t for t in (FrameType.STATUS, FrameType.INFO,
                                            FrameType.RESET, FrameType.RUN))).any()
         with m.If(stream_frame):
             with m.If((remaining == 0) | (remaining > protocol.MAX_PAYLOAD)):
                 m.d.sync += f.reason.eq(NakReason.LENGTH)
-            with m.Elif(remaining > Mux(tgt, self.buf_free[1], self.buf_free[0])):
+            with m.Elif((remaining > Mux(tgt, self.buf_free[1], self.buf_free[0])) & ~duplicate):
+                # A resend of the frame last accepted (its ACK lost) is acknowledged
+                # again even when its words filled the buffer: NAK FULL would make the
+                # host send those words a second time.
                 m.d.sync += f.reason.eq(NakReason.FULL)
         with m.Elif(~known):
             m.d.sync += f.reason.eq(NakReason.TYPE)

@@ -27,9 +27,10 @@ its checksum is good and its words are committed to the buffer, or with NAK and 
 reason. A frame is accepted whole or not at all, so a corrupted frame is never
 executed. The host sends a stream's frame only when the last credit says it fits
 (else the board answers NAK FULL) and resends a frame on NAK. A frame whose seq
-equals the last accepted frame's is acknowledged again but not committed, so a
-resend after a lost ACK does not duplicate words. A frame that stops arriving for
-``TIMEOUT_BYTES`` byte times is dropped with NAK TIMEOUT.
+equals the last accepted frame's is acknowledged again (even when the buffer is
+full) but not committed, so a resend after a lost ACK does not duplicate words.
+A frame that stops arriving for ``TIMEOUT_BYTES`` byte times is dropped with NAK
+TIMEOUT.
 
 Board to host: ACK, NAK (seq, reason), STATUS, INFO, and one RESULT frame per word
 of the core's ``result`` stream (seq = the word's index, mod 256; payload = the

@@ -375,6 +375,39 @@ def test_corrupted_frame_is_not_executed(small_board, tmp_path):
     assert out["error"] and "ADDRESS at instruction 1" in out["error"], out["error"]
 
 
+@pytest.mark.rtl
+def test_resend_of_a_frame_that_filled_the_buffer_is_acknowledged(small_board, tmp_path):
+    """The host resends a stream frame whose ACK it lost; the frame's own words have
+    filled the buffer (the core waits on a LOAD with no data). The board must ACK the
+    duplicate, not refuse it as FULL (the host would then send the words again)."""
+    from fxpgen.boards.board_rtl import run_host_on_board
+    _, model = small_board
+    script = tmp_path / "host.py"
+    script.write_text(
+        "import json, sys, time\n"
+        "from fxpgen.boards.host import BoardLink, open_serial\n"
+        "from fxpgen.boards.protocol import FrameType, FrameDecoder, encode_frame\n"
+        "from fxpgen.isa import Addr, Instruction, Mem, Opcode, INSN_BYTES\n"
+        "link = BoardLink(open_serial(sys.argv[1], 1000000, 20), timeout=20)\n"
+        "link.reset()\n"
+        "wait = Instruction(Opcode.LOAD, {'mem': Mem.SPAD.value}, z=Addr(0)).encode(link.cfg)\n"
+        "halt = Instruction(Opcode.HALT).encode(link.cfg)\n"
+        "n = link.info['insn_buffer'] // INSN_BYTES\n"
+        "payload = b''.join(w.to_bytes(INSN_BYTES, 'little') for w in [wait] + [halt] * (n - 1))\n"
+        "replies = []\n"
+        "for attempt in range(2):\n"
+        "    link.port.write(encode_frame(FrameType.INSN, 77, payload))\n"
+        "    dec, frames, t = FrameDecoder(), [], time.time()\n"
+        "    while not frames and time.time() - t < 20: frames = dec.feed(link.port.read(64))\n"
+        "    replies.append([frames[0].type, frames[0].seq, list(frames[0].payload[:1])])\n"
+        "print(json.dumps({'replies': replies, 'status': link.status()}))\n")
+    r = run_host_on_board(model, SIM_DIVISOR, [sys.executable, str(script), "{port}"], timeout_s=600)
+    assert r["returncode"] == 0, r["stderr"][-2000:]
+    out = json.loads(r["stdout"])
+    assert [rep[:2] for rep in out["replies"]] == [[FrameType.ACK, 77], [FrameType.ACK, 77]], out
+    assert out["status"]["state"] == 1                   # running: the LOAD waits for data
+
+
 @pytest.fixture(scope="module")
 def digits_4x4(tmp_path_factory):
     from click.testing import CliRunner
