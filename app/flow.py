@@ -216,18 +216,26 @@ def jsonable(v):
 def load_compiled(outdir: Path, cfg: CoreConfig | None = None):
     """(program, quantized graph) of a program directory, checked as one unit against
     its manifest (:func:`~fxpgen.compiler.program.check_manifest`)."""
-    from fxpgen.compiler.program import check_manifest, load_program, load_qgraph
+    from fxpgen.compiler.program import load_program, load_qgraph
+    outdir = _checked_folder(outdir)
+    return load_program(outdir / "program.fxp", cfg), load_qgraph(outdir)
+
+
+def _checked_folder(outdir: Path) -> Path:
+    """``outdir`` once it is known to hold a program whose files match its manifest."""
+    from fxpgen.compiler.program import check_manifest
     outdir = Path(outdir)
     if not (outdir / "program.fxp").is_file():
         raise FileNotFoundError(f"{outdir}: no program.fxp here; run `fxpgen compile` first")
     check_manifest(outdir)
-    return load_program(outdir / "program.fxp", cfg), load_qgraph(outdir)
+    return outdir
 
 
 def input_images(outdir: Path, x: np.ndarray, what: str = "input") -> np.ndarray:
     """Float inputs ``x`` checked against the program in ``outdir`` and made a batch
     (N, C, H, W) (:func:`~fxpgen.app.inputs.as_images`), before any engine starts."""
-    _, qg = load_compiled(outdir)
+    from fxpgen.compiler.program import load_qgraph
+    qg = load_qgraph(_checked_folder(outdir))
     return as_images(x, qg.tensor(qg.input).shape, what)
 
 

@@ -311,6 +311,30 @@ def test_an_unwritable_output_folder_is_refused_before_the_work(tiny, tmp_path):
     assert res.exit_code == 1 and "cannot create the folder" in _error_line(res.stderr)
 
 
+@pytest.mark.parametrize("line", ["compile {d}/m.onnx --calib {d}/calib.npy -o {t}/out",
+                                  "run {d}/prog --input {d}/x.npy --output {t}/y.npy",
+                                  "verilog -o {t}/core.v"], ids=["compile", "run", "verilog"])
+def test_a_folder_that_refuses_files_is_named_before_the_work(tiny, tmp_path, monkeypatch, line):
+    """Whatever the cause (permissions, a read-only mount, a full disk: simulated
+    here, as root may write anywhere), the folder is named before any work."""
+    import fxpgen.app.flow as flow
+    import fxpgen.app.paths as paths
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the work started")
+    monkeypatch.setattr(paths.tempfile, "NamedTemporaryFile", refuse)
+    for name in ("compile_model", "run_compiled"):
+        monkeypatch.setattr(flow, name, no_work)
+    res = CliRunner().invoke(main, _argv(line, tiny, tmp_path))
+    assert res.exit_code == 1, res.output
+    error = _error_line(res.stderr)
+    assert error.startswith("Error: ") and str(tmp_path) in error
+    assert error.endswith(": cannot write here (Permission denied)")
+
+
 def test_every_accepted_core_configuration_elaborates():
     """The smallest value of each memory depth CoreConfig accepts (a one-entry shift
     table among them) builds into Verilog."""
