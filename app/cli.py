@@ -12,6 +12,7 @@ import functools
 import json
 import re
 import sys
+import weakref
 from pathlib import Path
 
 import click
@@ -72,12 +73,14 @@ def _debug() -> bool:
     return bool(ctx and ctx.find_root().params.get("debug"))
 
 
+#: The progress bars the commands opened (closing a closed one does nothing).
+_BARS: weakref.WeakSet = weakref.WeakSet()
+
+
 def _end_progress() -> None:
     """Close the open progress bars, so that an error starts on a line of its own."""
-    if "tqdm" in sys.modules:
-        from tqdm import tqdm
-        for bar in list(getattr(tqdm, "_instances", ())):
-            bar.close()
+    for bar in list(_BARS):
+        bar.close()
 
 
 @contextlib.contextmanager
@@ -220,6 +223,7 @@ def _bar(enabled: bool):
         if not enabled:
             return lambda k: None
         bar = tqdm(total=total, desc=label, unit="img", file=sys.stderr, leave=True)
+        _BARS.add(bar)
 
         def tick(k: int):
             bar.update(k)
@@ -239,6 +243,7 @@ def _stage_bar(enabled: bool):
         return None, lambda: None
     bar = tqdm(total=len(STAGES), unit="stage", file=sys.stderr, leave=False,
                bar_format="{desc:<18}{bar:20}| {n_fmt}/{total_fmt} stages [{elapsed}]")
+    _BARS.add(bar)
 
     def stage(name: str):
         if bar.desc:
