@@ -37,21 +37,23 @@ def load_array(path: Path, what: str) -> np.ndarray:
     try:
         with open(path, "rb") as f:
             head = f.read(len(NPY_MAGIC))
-        if zipfile.is_zipfile(path):
-            raise InputError(f"{where}: a .npz archive; save one array with numpy.save (.npy)")
-        if head.startswith(PICKLE_MAGIC):
-            raise pickled
-        if head != NPY_MAGIC:
-            raise InputError(f"{where}: not a .npy file (it does not start with the NumPy header)")
+        archive = zipfile.is_zipfile(path)
+    except OSError as e:
+        raise InputError(f"{where}: cannot be read ({e.strerror or e})") from None
+    if archive:
+        raise InputError(f"{where}: a .npz archive; save one array with numpy.save (.npy)")
+    if head.startswith(PICKLE_MAGIC):
+        raise pickled
+    if head != NPY_MAGIC:
+        raise InputError(f"{where}: not a .npy file (it does not start with the NumPy header)")
+    try:
         x = np.load(path, allow_pickle=False)
     except ValueError as e:
-        if isinstance(e, InputError):
-            raise
-        if "pickle" in str(e):
-            raise pickled from None
-        raise InputError(f"{where}: a damaged .npy file ({e})") from None
+        # numpy's only way to say that the array holds objects, which it would unpickle
+        raise (pickled if "pickle" in str(e) else
+               InputError(f"{where}: a damaged .npy file ({e})")) from None
     except (OSError, EOFError) as e:
-        raise InputError(f"{where}: cannot be read as a .npy array ({e})") from None
+        raise InputError(f"{where}: a damaged .npy file ({e})") from None
     if x.dtype.kind not in "iuf":
         raise InputError(f"{where}: an array of {x.dtype} ({_kind(x.dtype)}); fxpgen needs real "
                          "numbers (float, or integers)")

@@ -55,6 +55,7 @@ def tiny(tmp_path_factory) -> Path:
     (d / "truncated.onnx").write_bytes((d / "m.onnx").read_bytes()[:150])
     (d / "empty.onnx").write_bytes(b"")
     (d / "hello.npy").write_bytes(b"hello, world")
+    (d / "cut.npy").write_bytes((d / "calib.npy").read_bytes()[:300])
     for name, model in (("prog", "m.onnx"), ("prog_other", "other.onnx")):
         res = CliRunner().invoke(main, ["compile", str(d / model), "--calib", str(d / "calib.npy"),
                                         "-o", str(d / name), "-q"])
@@ -72,20 +73,29 @@ def _tree(*roots: Path) -> dict:
 #: line must hold). Every case stands for a class of careless inputs.
 CASES = [
     # the ONNX model
-    ("model random bytes", "compile {d}/random.onnx --calib {d}/calib.npy -o {t}/out", "random.onnx: not an ONNX model"),
-    ("model truncated", "compile {d}/truncated.onnx --calib {d}/calib.npy -o {t}/out", "truncated.onnx: not an ONNX model"),
-    ("model empty file", "compile {d}/empty.onnx --calib {d}/calib.npy -o {t}/out", "empty.onnx: holds no ONNX graph"),
-    ("model is a .npy", "compile {d}/calib.npy --calib {d}/calib.npy -o {t}/out", "calib.npy: not an ONNX model"),
+    ("model random bytes", "compile {d}/random.onnx --calib {d}/calib.npy -o {t}/out",
+     "random.onnx: not an ONNX model"),
+    ("model truncated", "compile {d}/truncated.onnx --calib {d}/calib.npy -o {t}/out",
+     "truncated.onnx: not an ONNX model"),
+    ("model empty file", "compile {d}/empty.onnx --calib {d}/calib.npy -o {t}/out",
+     "empty.onnx: holds no ONNX graph"),
+    ("model is a .npy", "compile {d}/calib.npy --calib {d}/calib.npy -o {t}/out",
+     "calib.npy: not an ONNX model"),
     # the calibration data
     ("calib pickled", "compile {d}/m.onnx --calib {d}/objects.npy -o {t}/out", "objects.npy: holds pickled"),
     ("calib .npz", "compile {d}/m.onnx --calib {d}/arrays.npz -o {t}/out", "arrays.npz: a .npz archive"),
+    ("calib truncated", "compile {d}/m.onnx --calib {d}/cut.npy -o {t}/out", "cut.npy: a damaged .npy file"),
     ("calib not numpy", "compile {d}/m.onnx --calib {d}/hello.npy -o {t}/out", "hello.npy: not a .npy file"),
     ("calib text", "compile {d}/m.onnx --calib {d}/text.npy -o {t}/out", "text.npy: an array of <U4 (text)"),
-    ("calib complex", "compile {d}/m.onnx --calib {d}/complex.npy -o {t}/out", "complex.npy: an array of complex128"),
+    ("calib complex", "compile {d}/m.onnx --calib {d}/complex.npy -o {t}/out",
+     "complex.npy: an array of complex128"),
     ("calib no images", "compile {d}/m.onnx --calib {d}/zero.npy -o {t}/out", "zero.npy: holds no images"),
-    ("calib wrong shape", "compile {d}/m.onnx --calib {d}/shape.npy -o {t}/out", "shape.npy: input of shape (3, 5, 5)"),
-    ("calib NaN", "compile {d}/m.onnx --calib {d}/nan.npy -o {t}/out", "nan.npy: 1 value(s) are NaN or infinite"),
-    ("calib inf", "compile {d}/m.onnx --calib {d}/inf.npy -o {t}/out", "inf.npy: 64 value(s) are NaN or infinite"),
+    ("calib wrong shape", "compile {d}/m.onnx --calib {d}/shape.npy -o {t}/out",
+     "shape.npy: input of shape (3, 5, 5)"),
+    ("calib NaN", "compile {d}/m.onnx --calib {d}/nan.npy -o {t}/out",
+     "nan.npy: 1 value(s) are NaN or infinite"),
+    ("calib inf", "compile {d}/m.onnx --calib {d}/inf.npy -o {t}/out",
+     "inf.npy: 64 value(s) are NaN or infinite"),
     ("calib 1e30", "compile {d}/m.onnx --calib {d}/big.npy -o {t}/out", "big.npy: values reach 9.97e+29"),
     # the output folder
     ("compile -o the model's folder", "compile {d}/m.onnx --calib {d}/calib.npy -o {d}",
@@ -96,11 +106,14 @@ CASES = [
     ("demo -o the model's folder", "demo --no-rtl -o {d}", "holds files that are not an fxpgen program"),
     ("verilog -o missing folder", "verilog -o {t}/no/such/core.v", "core.v: the folder"),
     ("verilog -o a folder", "verilog -o {t}", "is a directory"),
-    ("run --output missing folder", "run {d}/prog --input {d}/x.npy --output {t}/no/y.npy", "y.npy: the folder"),
+    ("run --output missing folder", "run {d}/prog --input {d}/x.npy --output {t}/no/y.npy",
+     "y.npy: the folder"),
     ("build -o under a file", "build --board icebreaker -o {d}/m.onnx/build", "cannot create the folder"),
     # core configurations
-    ("table depth 0", "compile {d}/m.onnx --calib {d}/calib.npy -o {t}/out --table-depth 0", "table_depth must be in"),
-    ("spad depth not a power of two", "verilog -o {t}/core.v --spad-depth 1000", "spad_depth must be a power of two"),
+    ("table depth 0", "compile {d}/m.onnx --calib {d}/calib.npy -o {t}/out --table-depth 0",
+     "table_depth must be in"),
+    ("spad depth not a power of two", "verilog -o {t}/core.v --spad-depth 1000",
+     "spad_depth must be a power of two"),
     ("rows 0", "verilog -o {t}/core.v --rows 0", "rows must be an integer in 1..64"),
     # run inputs, on every engine
     ("run pickled", "run {d}/prog --input {d}/objects.npy", "objects.npy: holds pickled"),
@@ -191,7 +204,8 @@ def test_an_unexpected_exception_is_one_line_and_a_traceback_only_with_debug(tin
     argv = ["run", str(tiny / "prog"), "--input", str(tiny / "x.npy")]
     res = CliRunner().invoke(main, argv)
     assert res.exit_code == 2
-    assert _error_line(res.stderr) == "Error: unexpected KeyError: 'lost' (fxpgen --debug shows the traceback)"
+    assert _error_line(res.stderr) == \
+        "Error: unexpected KeyError: 'lost' (fxpgen --debug shows the traceback)"
     debug = CliRunner().invoke(main, ["--debug", *argv])
     assert isinstance(debug.exception, KeyError)
 
@@ -213,7 +227,8 @@ def test_an_error_starts_its_own_line_after_a_progress_bar(tiny, tmp_path, monke
         progress(1)
         raise RuntimeError("instruction-level simulator stopped: ADDRESS at instruction 7 (input 1)")
     monkeypatch.setattr(IsaEngine, "run", halfway)
-    res = CliRunner().invoke(main, ["run", str(tiny / "prog"), "--input", str(tiny / "x.npy"), "--engine", "isa"])
+    res = CliRunner().invoke(main, ["run", str(tiny / "prog"), "--input", str(tiny / "x.npy"),
+                                    "--engine", "isa"])
     assert res.exit_code == 1 and "1/3" in res.stderr
     assert _starts_a_line(res.stderr, "Error: instruction-level simulator stopped")
     assert "\nError: " in res.stderr
