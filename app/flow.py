@@ -34,6 +34,7 @@ MIN_SQNR_DB = 3.0
 class LowSignalError(ValueError):
     """A quantized model whose output SQNR is under the caller's minimum."""
 
+
 #: The command-line option of each memory a :class:`DoesNotFit` may run out of, and
 #: the deepest memory the core generator accepts.
 MEMORY_OPTIONS = {"spad_depth": "--spad-depth", "acc_depth": "--acc-depth",
