@@ -1,16 +1,24 @@
-"""The ``fxpgen`` command line."""
+"""The ``fxpgen`` command line.
+
+Every error a user can cause ends a command with one line on stderr that names the
+file, option or value at fault, and exit status 1 (2 for a usage error); anything
+else with one line naming the exception, exit status 2, and its traceback only with
+``fxpgen --debug``."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
 import sys
+import weakref
 from pathlib import Path
 
 import click
 
 from fxpgen.app.engines import ENGINES
+from fxpgen.app.flow import MIN_SQNR_DB
 from fxpgen.config import CoreConfig
 
 __all__ = ["main"]
@@ -60,9 +68,66 @@ def board_options(f):
                         help="Serial port of a board running an fxpgen bitstream (e.g. /dev/ttyUSB1).")(f)
 
 
-@click.group()
+def _debug() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().params.get("debug"))
+
+
+#: The progress bars the commands opened (closing a closed one does nothing).
+_BARS: weakref.WeakSet = weakref.WeakSet()
+
+
+def _end_progress() -> None:
+    """Close the open progress bars, so that an error starts on a line of its own."""
+    for bar in list(_BARS):
+        bar.close()
+
+
+@contextlib.contextmanager
+def user_errors(*kinds: type[BaseException]):
+    """Turn the exceptions ``kinds`` (default: ValueError, OSError, RuntimeError, whose
+    messages name what was wrong) into a one-line error and exit status 1."""
+    try:
+        yield
+    except kinds or (ValueError, OSError, RuntimeError) as e:
+        if _debug():
+            raise
+        _end_progress()
+        raise click.ClickException(str(e)) from None
+
+
+class UnexpectedError(click.ClickException):
+    """An exception no command expected, shown as one line (exit status 2)."""
+
+    exit_code = 2
+
+    def __init__(self, error: Exception):
+        text = " ".join(str(error).split()) or "(no message)"
+        super().__init__(f"unexpected {type(error).__name__}: {text} "
+                         "(fxpgen --debug shows the traceback)")
+
+
+class Commands(click.Group):
+    """The command group: closes progress bars before an error and shows an unexpected
+    exception as :class:`UnexpectedError`, unless ``--debug``."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.Abort, click.ClickException):
+            _end_progress()
+            raise
+        except Exception as e:
+            _end_progress()
+            if ctx.params.get("debug"):
+                raise
+            raise UnexpectedError(e) from None
+
+
+@click.group(cls=Commands)
 @click.version_option(package_name="fxpgen")
-def main():
+@click.option("--debug", is_flag=True, help="Show the Python traceback of an unexpected error.")
+def main(debug: bool):
     """fxpgen: fixed-point systolic-array accelerators, generated, compiled for and
     checked bit for bit."""
 
@@ -73,9 +138,13 @@ def main():
               help="Verilog file to write.")
 def verilog(cfg: CoreConfig, output: Path):
     """Write the core's Verilog (top module fxpgen_core)."""
+    from fxpgen.app.paths import writable_file
     from fxpgen.hw.verilog import generate_verilog
+    with user_errors():
+        writable_file(output, "-o/--output")
     text = generate_verilog(cfg)
-    output.write_text(text)
+    with user_errors():
+        output.write_text(text)
     click.echo(f"wrote {output} ({len(text.splitlines())} lines, {cfg.rows}x{cfg.cols} array)")
 
 
@@ -115,10 +184,8 @@ def check(cfg: CoreConfig, gemm: str, seed: int, stall: float, as_json: bool, po
     progress = None if as_json else (lambda msg: click.echo(msg, err=True))
     if port:
         from fxpgen.boards.runtime import board_check, connect
-        try:
+        with user_errors():
             report = board_check(connect(port, baud, timeout), m, k, n, seed=seed)
-        except (ValueError, RuntimeError) as e:
-            raise click.ClickException(str(e)) from None
         click.echo(json.dumps(report, indent=2) if as_json else
                    f"GEMM {m}x{k}x{n} on the board at {port} ({report['config']['rows']}x"
                    f"{report['config']['cols']} core)\n"
@@ -128,10 +195,8 @@ def check(cfg: CoreConfig, gemm: str, seed: int, stall: float, as_json: bool, po
         if not report["bit_identical"]:
             sys.exit(1)
         return
-    try:
+    with user_errors():
         report = run_check(cfg, m, k, n, seed=seed, stall=stall, progress=progress)
-    except ValueError as e:
-        raise click.ClickException(str(e)) from None
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
@@ -158,6 +223,7 @@ def _bar(enabled: bool):
         if not enabled:
             return lambda k: None
         bar = tqdm(total=total, desc=label, unit="img", file=sys.stderr, leave=True)
+        _BARS.add(bar)
 
         def tick(k: int):
             bar.update(k)
@@ -177,6 +243,7 @@ def _stage_bar(enabled: bool):
         return None, lambda: None
     bar = tqdm(total=len(STAGES), unit="stage", file=sys.stderr, leave=False,
                bar_format="{desc:<18}{bar:20}| {n_fmt}/{total_fmt} stages [{elapsed}]")
+    _BARS.add(bar)
 
     def stage(name: str):
         if bar.desc:
@@ -200,25 +267,36 @@ def _stage_bar(enabled: bool):
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True,
               help="No progress and no quantizer or lowering notes on stderr.")
+@click.option("--force", is_flag=True,
+              help="Write into the output folder even if it holds files other than an fxpgen program.")
+@click.option("--allow-low-snr", is_flag=True,
+              help=f"Write the program even if its output SQNR on the calibration set is under "
+                   f"{MIN_SQNR_DB:g} dB (by default an error).")
 def compile_cmd(model: Path, calib: Path, cfg: CoreConfig, outdir: Path, mode: str, per_channel: bool,
-                with_listing: bool, as_json: bool, quiet: bool):
+                with_listing: bool, as_json: bool, quiet: bool, force: bool, allow_low_snr: bool):
     """Quantize a float ONNX model and compile it for a core.
 
     Progress and the quantizer's notes go to stderr; a line starting with WARNING:
-    says when the compiled output carries no usable signal."""
-    import numpy as np
-
+    says when the compiled output carries little usable signal. An output SQNR under
+    the minimum is an error unless --allow-low-snr."""
     from fxpgen.app.flow import compile_model
+    from fxpgen.app.inputs import load_array
+    from fxpgen.app.paths import program_dir
+    with user_errors():
+        samples = load_array(calib, "--calib")
+        program_dir(outdir, "-o/--output", force=force)
     stage, close = _stage_bar(not (as_json or quiet))
     try:
-        summary = compile_model(model, np.load(calib), cfg, outdir, mode=mode, per_channel=per_channel,
-                                listing=with_listing, stage=stage)
-    except (ValueError, FileNotFoundError) as e:
-        raise click.ClickException(str(e)) from None
+        with user_errors():
+            summary = compile_model(model, samples, cfg, outdir, mode=mode, per_channel=per_channel,
+                                    listing=with_listing, stage=stage, calib_name=f"--calib {calib}",
+                                    min_sqnr_db=None if allow_low_snr else MIN_SQNR_DB)
     finally:
         close()
     for line in [] if quiet else summary["warnings"]:
         click.echo(f"warning: {line}", err=True)
+    for line in summary["calibration_warnings"]:
+        click.echo(f"WARNING: {line}", err=True)
     if summary["low_signal"]:
         click.echo(f"WARNING: {summary['low_signal_reason']}: the compiled model's output carries "
                    "no usable signal; see report.json", err=True)
@@ -253,20 +331,30 @@ def run_cmd(outdir: Path, input_path: Path, engine: str, output_path: Path | Non
     The RTL and board engines also check every output against the golden model."""
     import numpy as np
 
-    from fxpgen.app.flow import run_compiled
-    x = np.load(input_path)
+    from fxpgen.app.flow import input_images, run_compiled
+    from fxpgen.app.inputs import load_array
+    from fxpgen.app.paths import writable_file
     if engine == "board" and not port:
         raise click.BadParameter("the board engine needs --port", param_hint="--port")
-    try:
-        res = run_compiled(outdir, x, engine, progress=_bar(not as_json)(engine, len(np.atleast_3d(x))),
-                           board={"port": port, "baud": baud, "timeout": timeout, "baked": baked})
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        raise click.ClickException(str(e)) from None
+    what = f"--input {input_path}"
+    with user_errors():
+        images = input_images(outdir, load_array(input_path, "--input"), what)
+        if output_path:
+            writable_file(output_path, "--output")
+    with user_errors():
+        res = run_compiled(outdir, images, engine, progress=_bar(not as_json)(engine, len(images)),
+                           board={"port": port, "baud": baud, "timeout": timeout, "baked": baked},
+                           input_name=what)
+    if res["saturated"]:
+        click.echo(f"warning: {what}: {res['saturated']} value(s) lie outside the input format "
+                   f"{res['input_format']} and saturate", err=True)
     outputs = res.pop("outputs")
     if output_path:
-        np.save(output_path, outputs.astype(np.int64))
+        with user_errors():
+            np.save(output_path, outputs.astype(np.int64))
     if as_json:
         click.echo(json.dumps({**res, "outputs": outputs.tolist()}, indent=2))
+        _exit_unless_identical(res, engine)
         return
     click.echo(f"{engine}: {len(outputs)} input(s) in {res['seconds']:.2f} s"
                + (f", outputs written to {output_path}" if output_path else ""))
@@ -284,6 +372,16 @@ def run_cmd(outdir: Path, input_path: Path, engine: str, output_path: Path | Non
             click.echo(f"  {l['layer']:<12} {l['cycles']:>8.0f} {l['mac_cycles']:>10.0f} "
                        f"{l['array_occupancy']:>9.3f} {l['stall_dispatch']:>10.0f} "
                        f"{l['stall_data']:>10.0f} {l['stall_result']:>9.0f}")
+    _exit_unless_identical(res, engine)
+
+
+def _exit_unless_identical(res: dict, engine: str) -> None:
+    """Exit status 1, with a line on stderr, when ``engine``'s outputs differ from the
+    golden model's."""
+    if res.get("golden_identical", True):
+        return
+    click.echo(f"Error: the {engine} engine's outputs differ from the golden model's", err=True)
+    sys.exit(1)
 
 
 @main.command("build")
@@ -308,19 +406,22 @@ def build_cmd(board_name, rows, cols, acc_width, spad_depth, wbuf_depth, acc_dep
               program_dir, seed, output, as_json):
     """Build a bitstream for a board (Yosys and nextpnr from PyPI, as YoWASP) and
     report LUT/DSP/BRAM use and the Fmax nextpnr measured."""
+    from fxpgen.app.paths import writable_dir
     from fxpgen.boards.build import BuildFailed, build_board
     from fxpgen.boards.platforms import board
-    try:
+    with user_errors(ValueError, OSError, RuntimeError, BuildFailed):
         b = board(board_name)
         changes = {k: v for k, v in dict(rows=rows, cols=cols, acc_width=acc_width, spad_depth=spad_depth,
                                          wbuf_depth=wbuf_depth, acc_depth=acc_depth).items() if v is not None}
         cfg = b.config.replace(**changes) if changes else None
+        if program_dir is not None:
+            from fxpgen.compiler.program import check_manifest
+            check_manifest(program_dir)
+        writable_dir(output or Path("build") / board_name, "-o/--output")
         report = build_board(board_name, output or Path("build") / board_name, cfg=cfg,
                              clock_hz=clock_mhz * 1e6 if clock_mhz else None, baud=baud,
                              program_dir=program_dir, seed=seed,
                              progress=None if as_json else (lambda msg: click.echo(msg, err=True)))
-    except (ValueError, RuntimeError, BuildFailed) as e:
-        raise click.ClickException(str(e)) from None
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -351,9 +452,13 @@ def demo_cmd(cfg: CoreConfig, images: int | None, no_rtl: bool, outdir: Path | N
     import tempfile
 
     from fxpgen.app.flow import demo
+    from fxpgen.app.paths import program_dir
     if images is not None and images < 1:
         raise click.BadParameter("must be at least 1", param_hint="--images")
-    with tempfile.TemporaryDirectory() as tmp:
+    if outdir is not None:
+        with user_errors():
+            program_dir(outdir, "-o/--output")
+    with tempfile.TemporaryDirectory() as tmp, user_errors():
         report = demo(cfg, outdir or Path(tmp), images=images, rtl=not no_rtl,
                       progress=_bar(not as_json))
     if as_json:

@@ -11,10 +11,11 @@ from typing import Callable
 
 import numpy as np
 
+from fxpgen.app.inputs import as_images, calibration_warnings
 from fxpgen.config import CoreConfig
 
 __all__ = ["compile_model", "load_compiled", "run_compiled", "demo", "group_notes", "low_signal",
-           "lower_for_user", "user_terms", "LOW_SQNR_DB", "STAGES"]
+           "lower_for_user", "user_terms", "LOW_SQNR_DB", "MIN_SQNR_DB", "LowSignalError", "STAGES"]
 
 
 #: Output SQNR (dB, golden model against the float model on the calibration set)
@@ -22,6 +23,17 @@ __all__ = ["compile_model", "load_compiled", "run_compiled", "demo", "group_note
 #: 10 dB the quantization error has a tenth of the output's power, enough to change
 #: a classifier's top class on many inputs.
 LOW_SQNR_DB = 10.0
+
+#: Output SQNR (dB) under which ``fxpgen compile`` refuses the model (unless
+#: ``--allow-low-snr``): under 3 dB the quantization error has more than half the
+#: output's power, so the outputs follow the noise as much as the float model; the
+#: calibration data is then almost always at fault (wrong scale, integers, ...).
+MIN_SQNR_DB = 3.0
+
+
+class LowSignalError(ValueError):
+    """A quantized model whose output SQNR is under the caller's minimum."""
+
 
 #: The command-line option of each memory a :class:`DoesNotFit` may run out of, and
 #: the deepest memory the core generator accepts.
@@ -34,14 +46,22 @@ STAGES = ("import", "quantize", "lower", "write")
 
 def compile_model(model, calib: np.ndarray, cfg: CoreConfig, outdir: Path, *, mode: str = "std",
                   per_channel: bool = False, listing: bool = False,
-                  stage: Callable[[str], None] | None = None) -> dict:
+                  stage: Callable[[str], None] | None = None, min_sqnr_db: float | None = None,
+                  calib_name: str = "calibration data") -> dict:
     """Quantize a float ONNX model with calibration samples, lower it for ``cfg`` and
     write the program directory (``listing.txt`` too with ``listing``). ``stage`` is
     called with each name of :data:`STAGES` as it starts.
 
+    The calibration samples (N x C x H x W, or one image) must be finite real numbers
+    of the model's input shape (:class:`~fxpgen.app.inputs.InputError`, naming them
+    ``calib_name``); doubts about their scale are among the ``warnings``. With
+    ``min_sqnr_db``, a model whose output SQNR on them is lower raises
+    :class:`LowSignalError` before anything is written.
+
     Returns a summary: sizes, timings, the quantizer's and the lowering's notes, the
     same grouped by kind (``warnings``), ``low_signal`` and its reason (see
-    :func:`low_signal`).
+    :func:`low_signal`), ``calibration_warnings`` (doubts about the calibration data,
+    :func:`~fxpgen.app.inputs.calibration_warnings`).
     A :class:`~fxpgen.compiler.tiling.DoesNotFit` names the command-line option of
     the memory to raise and the smallest depth that fits."""
     from fxpgen.compiler.onnx_frontend import load_onnx
@@ -51,8 +71,16 @@ def compile_model(model, calib: np.ndarray, cfg: CoreConfig, outdir: Path, *, mo
     say("import")
     t0 = time.monotonic()
     graph = load_onnx(model)
+    calib = as_images(calib, graph.shape(graph.input), calib_name)
+    doubts = calibration_warnings(calib, calib_name)
     say("quantize")
     qg, report = quantize(graph, np.asarray(calib, np.float64), mode=mode, per_channel=per_channel)
+    if min_sqnr_db is not None and report["output_sqnr_db"] < min_sqnr_db:
+        raise LowSignalError(
+            f"the quantized output {report['output']} has an SQNR of {report['output_sqnr_db']:.1f} dB "
+            f"against the float model on the calibration set (under {min_sqnr_db:g} dB): its "
+            "outputs are mostly quantization noise"
+            + "".join(f"; {d}" for d in doubts) + "; nothing was written")
     t1 = time.monotonic()
     say("lower")
     low = lower_for_user(qg, cfg)
@@ -65,11 +93,12 @@ def compile_model(model, calib: np.ndarray, cfg: CoreConfig, outdir: Path, *, mo
             "spad_rows": low.spad_rows_used, "quantize_s": t1 - t0, "lower_s": t2 - t1,
             "write_s": time.monotonic() - t2, "notes": low.notes, "warnings": group_notes([user_terms(n, qg) for n in notes]),
             "output_sqnr_db": report["output_sqnr_db"], "low_signal": weak is not None, "low_signal_reason": weak,
+            "calibration_warnings": doubts,
             "listing": listing, "outdir": str(outdir)}
 
 
 def _write_program(outdir: Path, qg, low, report: dict, with_listing: bool) -> None:
-    from fxpgen.compiler.program import listing, save_program, save_qgraph
+    from fxpgen.compiler.program import listing, save_program, save_qgraph, write_manifest
     outdir.mkdir(parents=True, exist_ok=True)
     in_t, out_t = qg.tensor(qg.input), qg.tensor(qg.output)
     header = save_program(outdir / "program.fxp", low, extra={
@@ -85,6 +114,7 @@ def _write_program(outdir: Path, qg, low, report: dict, with_listing: bool) -> N
         (outdir / "listing.txt").unlink(missing_ok=True)
     (outdir / "report.json").write_text(json.dumps(report, indent=1, default=jsonable))
     (outdir / "meta.json").write_text(json.dumps(header, indent=1))
+    write_manifest(outdir)
 
 
 def low_signal(report: dict) -> str | None:
@@ -185,35 +215,41 @@ def jsonable(v):
 
 
 def load_compiled(outdir: Path, cfg: CoreConfig | None = None):
-    """(program, quantized graph) of a program directory."""
+    """(program, quantized graph) of a program directory, checked as one unit against
+    its manifest (:func:`~fxpgen.compiler.program.check_manifest`)."""
     from fxpgen.compiler.program import load_program, load_qgraph
-    outdir = Path(outdir)
-    if not (outdir / "program.fxp").is_file():
-        raise FileNotFoundError(f"{outdir}: no program.fxp here; run `fxpgen compile` first")
+    outdir = _checked_folder(outdir)
     return load_program(outdir / "program.fxp", cfg), load_qgraph(outdir)
 
 
-def _images(x: np.ndarray, shape) -> np.ndarray:
-    """Inputs as (N, C, H, W): accepts one image or a batch, with or without C."""
-    x = np.asarray(x)
-    c, h, w = shape
-    if x.shape == (c, h, w):
-        return x[None]
-    if x.ndim == 4 and x.shape[1:] == (c, h, w):
-        return x
-    if c == 1 and x.ndim == 3 and x.shape[1:] == (h, w):
-        return x[:, None]
-    raise ValueError(f"input of shape {x.shape} does not match the model input {(c, h, w)} "
-                     "(one image, or a batch N x C x H x W)")
+def _checked_folder(outdir: Path) -> Path:
+    """``outdir`` once it is known to hold a program whose files match its manifest."""
+    from fxpgen.compiler.program import check_manifest
+    outdir = Path(outdir)
+    if not (outdir / "program.fxp").is_file():
+        raise FileNotFoundError(f"{outdir}: no program.fxp here; run `fxpgen compile` first")
+    check_manifest(outdir)
+    return outdir
+
+
+def input_images(outdir: Path, x: np.ndarray, what: str = "input") -> np.ndarray:
+    """Float inputs ``x`` checked against the program in ``outdir`` and made a batch
+    (N, C, H, W) (:func:`~fxpgen.app.inputs.as_images`), before any engine starts."""
+    from fxpgen.compiler.program import load_qgraph
+    qg = load_qgraph(_checked_folder(outdir))
+    return as_images(x, qg.tensor(qg.input).shape, what)
 
 
 def run_compiled(outdir: Path, x: np.ndarray, engine: str, *, progress: Callable | None = None,
-                 batch: int = 16, board: dict | None = None) -> dict:
+                 batch: int = 16, board: dict | None = None, input_name: str = "input") -> dict:
     """Run float inputs through a compiled program on one engine (a name of
     :data:`fxpgen.app.engines.ENGINES`). Returns the integer outputs (N x C x H x W,
-    in the output format) and, for the RTL and a board, per-layer counters and
-    whether every output equals the golden model's.
+    in the output format), ``saturated``, the count of input values beyond the input
+    format, and, for the RTL and a board, per-layer counters; for every engine but
+    the golden model, whether every output equals the golden model's.
 
+    The inputs (one image C x H x W or a batch) are checked here for every engine
+    (:func:`~fxpgen.app.inputs.as_images`, errors naming them ``input_name``).
     ``batch``: inputs per RTL simulation; ``board``: ``port``, ``baud``,
     ``timeout``, ``baked`` for the board engine."""
     from fxpgen.app.engines import engine_class
@@ -222,11 +258,15 @@ def run_compiled(outdir: Path, x: np.ndarray, engine: str, *, progress: Callable
 
     cls = engine_class(engine)
     prog, qg = load_compiled(outdir)
-    images = _images(x, qg.tensor(qg.input).shape)
+    images = as_images(x, qg.tensor(qg.input).shape, input_name)
     xq = [np.asarray(quantize_input(qg, img), np.int64) for img in images]
+    fmt = qg.tensor(qg.input).fmt
+    scaled = np.asarray(images, np.float64) * 2.0 ** fmt.fl
+    saturated = int(np.sum((scaled < fmt.lo - 0.5) | (scaled > fmt.hi + 0.5)))
     program = NetworkProgram.from_program(prog, qg)
     eng = cls.from_options(batch=batch, **(board or {}))
-    out = {"engine": engine, "config": prog.cfg.as_dict()}
+    out = {"engine": engine, "config": prog.cfg.as_dict(), "saturated": saturated,
+           "input_format": str(fmt)}
     t0 = time.monotonic()
     res = eng.run(program, xq, progress=progress)
     if res.layers is not None and res.layers and res.layers[0]:

@@ -43,6 +43,7 @@ from collections import Counter
 
 import numpy as np
 import onnx
+from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
 from fxpgen.compiler.graph import (Add, AvgPool, BatchNorm, Clip, Concat, Conv, Flatten, Gemm,
@@ -50,7 +51,7 @@ from fxpgen.compiler.graph import (Add, AvgPool, BatchNorm, Clip, Concat, Conv, 
                                    Slice, UnsupportedOp)
 from fxpgen.compiler.onnx_cleanup import cleanup
 
-__all__ = ["load_onnx", "SUPPORTED_OPS", "UnsupportedOp", "nearest_is_repeat"]
+__all__ = ["load_onnx", "SUPPORTED_OPS", "UnsupportedOp", "ModelFileError", "nearest_is_repeat"]
 
 SUPPORTED_OPS = ("Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Constant", "Conv",
                  "Flatten", "Gemm", "GlobalAveragePool", "MatMul", "MaxPool", "Pad", "Relu",
@@ -65,17 +66,31 @@ _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProt
                 onnx.TensorProto.BFLOAT16}
 
 
+class ModelFileError(ValueError):
+    """A model file (or bytes) that holds no readable ONNX model."""
+
+
 def load_onnx(model: str | os.PathLike | bytes | onnx.ModelProto) -> Graph:
     """Import a float ONNX model (a path, serialized bytes or a ``ModelProto``).
 
     Returns a :class:`Graph` with tensors in (C, H, W) (vectors (K, 1, 1)), weights in
     float64. Raises :class:`UnsupportedOp` for any op, attribute or pattern outside the
-    list in the module docstring (one error listing every node of an unsupported op).
+    list in the module docstring (one error listing every node of an unsupported op),
+    and :class:`ModelFileError` for a file or bytes that hold no ONNX model.
     """
-    if isinstance(model, (str, os.PathLike)):
-        model = onnx.load(os.fspath(model))
-    elif isinstance(model, bytes):
-        model = onnx.load_from_string(model)
+    where = os.fspath(model) if isinstance(model, (str, os.PathLike)) else "the model"
+    try:
+        if isinstance(model, (str, os.PathLike)):
+            model = onnx.load(os.fspath(model))
+        elif isinstance(model, bytes):
+            model = onnx.load_from_string(model)
+    except DecodeError as e:
+        raise ModelFileError(f"{where}: not an ONNX model, or a truncated one (protobuf could not "
+                             f"parse it: {e})") from None
+    if not model.graph.node or not model.graph.input or not model.graph.output:
+        raise ModelFileError(f"{where}: holds no ONNX graph ({len(model.graph.node)} nodes, "
+                             f"{len(model.graph.input)} inputs, {len(model.graph.output)} outputs); "
+                             "is it an empty file or another format?")
     return _Importer(cleanup(model)).run()
 
 

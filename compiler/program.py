@@ -5,7 +5,11 @@ A program directory holds:
 - ``program.fxp``: the binary program (format below);
 - ``listing.txt``: the disassembly, each line with the layer it serves;
 - ``qgraph.json`` + ``qgraph.npz``: the quantized graph (for the golden model);
-- ``report.json``: the quantization report.
+- ``report.json``: the quantization report;
+- ``meta.json``: the program header, for people and scripts;
+- ``manifest.json``: the SHA-256 of each file above, written last, so that the folder
+  is checked as one unit (a ``program.fxp`` from another compile next to this
+  quantized graph is refused, see :func:`check_manifest`).
 
 ``program.fxp`` layout (all integers little-endian)::
 
@@ -52,10 +56,16 @@ from .qgraph import (QAdd, QAvgPool, QConcat, QConv, QGraph, QMaxPool, QResize, 
                      QTensor)
 
 __all__ = ["FORMAT_VERSION", "ProgramFormatError", "save_program", "load_program", "Program",
-           "save_qgraph", "load_qgraph", "listing"]
+           "save_qgraph", "load_qgraph", "listing", "PROGRAM_FILES", "MANIFEST", "write_manifest",
+           "check_manifest"]
 
 MAGIC = b"FXPGPROG"
 FORMAT_VERSION = 3
+
+#: The files ``fxpgen compile`` writes into a program folder.
+PROGRAM_FILES = ("program.fxp", "listing.txt", "qgraph.json", "qgraph.npz", "report.json",
+                 "meta.json", "manifest.json")
+MANIFEST = "manifest.json"
 
 
 class ProgramFormatError(ValueError):
@@ -193,6 +203,47 @@ def load_program(path: Path, cfg: CoreConfig | None = None) -> Program:
         raise ProgramFormatError(f"{path}: the data section does not hold the header's "
                                  f"{header['n_data']} words")
     return Program(built_for, words, _split_words(memoryview(data), bus_bytes), header)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write_manifest(directory: Path) -> dict:
+    """Write ``manifest.json``: the SHA-256 (hex) of every other file of
+    :data:`PROGRAM_FILES` in ``directory``; returns it."""
+    files = {name: _sha256(Path(directory, name)) for name in PROGRAM_FILES
+             if name != MANIFEST and Path(directory, name).is_file()}
+    doc = {"format": FORMAT_VERSION, "sha256": files}
+    Path(directory, MANIFEST).write_text(json.dumps(doc, indent=1, sort_keys=True))
+    return doc
+
+
+def check_manifest(directory: Path) -> None:
+    """Check a program folder against its ``manifest.json``: every file it lists
+    present with the same SHA-256, and none of :data:`PROGRAM_FILES` added since.
+    Raises :class:`ProgramFormatError` naming the file that differs."""
+    path = Path(directory, MANIFEST)
+    if not path.is_file():
+        raise ProgramFormatError(f"{directory}: no {MANIFEST}, so its files cannot be checked "
+                                 "as one program: recompile the model")
+    try:
+        listed = json.loads(path.read_text())["sha256"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ProgramFormatError(f"{path}: not an fxpgen manifest ({e})") from None
+    for name in PROGRAM_FILES:
+        file = Path(directory, name)
+        if name == MANIFEST or (name not in listed and not file.exists()):
+            continue
+        if name not in listed:
+            raise ProgramFormatError(f"{file}: not part of the compiled program (added after "
+                                     "the compile): recompile the model")
+        if not file.is_file():
+            raise ProgramFormatError(f"{file}: missing from the program folder: recompile the model")
+        if _sha256(file) != listed[name]:
+            raise ProgramFormatError(f"{file}: differs from the file the compile wrote (checksum "
+                                     "mismatch): the folder mixes compiles or was edited; "
+                                     "recompile the model")
 
 
 def _split_words(raw: memoryview, size: int) -> list[int]:

@@ -80,7 +80,11 @@ class Buffers(wiring.Component):
         m.submodules.spad = spad = Memory(shape=spad_row(cfg), depth=cfg.spad_depth, init=[])
         m.submodules.wbuf = wbuf = Memory(shape=wbuf_row(cfg), depth=cfg.wbuf_depth, init=[])
         m.submodules.acc = acc = Memory(shape=acc_row(cfg), depth=cfg.acc_depth, init=[])
-        m.submodules.table = table = Memory(shape=table_row(cfg), depth=cfg.table_depth, init=[])
+        # A one-entry memory has zero-bit ports, while the units address every memory with
+        # at least one bit (addr_width); a second, unreachable entry keeps the widths equal
+        # (LOAD refuses table addresses from table_depth on).
+        m.submodules.table = table = Memory(shape=table_row(cfg), depth=max(2, cfg.table_depth),
+                                            init=[])
 
         spad_wr = spad.write_port(granularity=1)
         self._arbitrate(m, spad_wr, self.spad_wr_alu, self.spad_wr_load)

@@ -87,8 +87,30 @@ class NetworkProgram(Runnable):
                          else (low.instructions, low.layers))
         return cls(low.cfg, [i.encode(low.cfg) for i in insns], list(layers), low, qgraph)
 
+    def check_input(self, x) -> np.ndarray:
+        """Input ``x`` as int64 (C, H, W), checked as every engine needs it: the input
+        tensor's shape, integers (an integral float array passes) in the input
+        format's range; ValueError saying what is wrong otherwise."""
+        t = self.qgraph.tensor(self.qgraph.input)
+        x = np.asarray(x)
+        if x.shape != tuple(t.shape):
+            raise ValueError(f"quantized input of shape {x.shape}, the program's input {t.name} "
+                             f"is {tuple(t.shape)}")
+        if x.dtype.kind == "f":
+            integral = bool(np.all(np.isfinite(x) & (x == np.round(x))))
+        else:
+            integral = x.dtype.kind in "iu"
+        if not integral:
+            raise ValueError(f"quantized input of {x.dtype} that are not all integers; quantize "
+                             "float inputs with fxpgen.compiler.golden.quantize_input")
+        lo, hi = int(np.min(x)), int(np.max(x))
+        if lo < t.fmt.lo or hi > t.fmt.hi:
+            raise ValueError(f"quantized input spans {lo}..{hi}, outside its format {t.fmt} "
+                             f"({t.fmt.lo}..{t.fmt.hi})")
+        return x.astype(np.int64)
+
     def stream(self, x) -> list[int]:
-        return self.view.data(self.view.image_words(np.asarray(x, np.int64)))
+        return self.view.data(self.view.image_words(self.check_input(x)))
 
     def decode(self, results: list[int]) -> np.ndarray:
         return self.view.decode_output(results)
@@ -96,7 +118,7 @@ class NetworkProgram(Runnable):
     def golden(self, inputs: Sequence) -> list[np.ndarray]:
         if not len(inputs):
             return []
-        out = run_golden_batch(self.qgraph, np.stack([np.asarray(x, np.int64) for x in inputs]))
+        out = run_golden_batch(self.qgraph, np.stack([self.check_input(x) for x in inputs]))
         return list(out[self.qgraph.output])
 
 
@@ -148,7 +170,7 @@ class EngineResult:
 class Engine:
     """Runs runnables. ``name`` is the registry's key; ``checked_against_golden``
     says whether ``fxpgen run`` compares its outputs with the golden model's (it
-    does for the hardware engines). :meth:`run_all` lets an engine put many
+    does for every engine but the golden model itself). :meth:`run_all` lets an engine put many
     programs in one simulation; the default runs them one after another."""
 
     name: ClassVar[str]
@@ -188,6 +210,7 @@ class IsaEngine(Engine):
     time; raises RuntimeError when the program stops on an error."""
 
     name = "isa"
+    checked_against_golden = True
 
     def run(self, program: Runnable, inputs: Sequence, *, progress: Progress | None = None) -> EngineResult:
         from .isa_sim import run_program

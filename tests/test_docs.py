@@ -15,7 +15,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FOLDERS = ["", "fxpgen", "fxpgen/models", "hw", "compiler", "sim", "boards", "app", "bench",
            "bench/baselines", "tests", "scripts", "docs"]
 #: Files fxpgen writes when it runs (program folders, build reports), not project files.
-OUTPUTS = {"report.json", "meta.json", "qgraph.json", "qgraph.npz", "listing.txt", "program.fxp",
+OUTPUTS = {"report.json", "meta.json", "manifest.json", "qgraph.json", "qgraph.npz", "listing.txt", "program.fxp",
            "calib.npy", "x.npy", "y.npy", "core.v", "model.onnx", "trace.json"}
 
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
