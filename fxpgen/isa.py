@@ -352,6 +352,7 @@ class Instruction:
         mem, _ = info.streams[stream]
         if isinstance(mem, str):
             raw = self.params.get(mem, 0)
+            raw = raw.value if isinstance(raw, Mem) else raw
             if raw not in {m.value for m in Mem}:
                 return None     # names no memory: the instruction is a BAD_FIELD
             mem = Mem(raw)
