@@ -24,14 +24,14 @@ import math
 import numpy as np
 
 from fxpgen.compiler.graph import (Add, AvgPool, BatchNorm, Clip, Concat, Conv, Flatten, Gemm,
-                                   GlobalAvgPool, Graph, MaxPool, Pad, Relu, Resize, Shuffle,
-                                   Slice, UnsupportedOp)
+                                   GlobalAvgPool, Graph, MaxPool, Mul, Pad, Relu, Resize, Shuffle,
+                                   Slice, Unary, UnsupportedOp)
 
 __all__ = ["fold_batchnorm", "gemm_to_conv", "lower_global_pool", "fold_avgpool_correction",
            "fold_pad", "prepare", "PREPARED_OPS"]
 
 #: Node types left after :func:`prepare`.
-PREPARED_OPS = (Conv, Relu, Clip, MaxPool, AvgPool, Add, Concat, Slice, Shuffle, Resize)
+PREPARED_OPS = (Conv, Relu, Clip, MaxPool, AvgPool, Add, Concat, Slice, Shuffle, Resize, Unary, Mul)
 
 
 def _who(node) -> str:

@@ -14,8 +14,8 @@ import numpy as np
 
 from fxpgen import numerics
 from .graph import window_taps
-from .qgraph import (QAdd, QAvgPool, QConcat, QConv, QGraph, QMaxPool, QResize, QShuffle,
-                     QSlice)
+from .qgraph import (QAdd, QAvgPool, QConcat, QConv, QGraph, QLut, QMaxPool, QMul, QResize,
+                     QShuffle, QSlice)
 
 __all__ = ["run_golden", "run_golden_batch", "quantize_input", "dequantize_output", "predict",
            "conv_accumulate"]
@@ -100,8 +100,22 @@ def _run_resize(op: QResize, env: dict, g: QGraph, bits: int) -> np.ndarray:
     return env[op.input].repeat(op.factor, axis=2).repeat(op.factor, axis=3)
 
 
+def _run_lut(op: QLut, env: dict, g: QGraph, bits: int) -> np.ndarray:
+    table = np.asarray(op.table, np.int64)
+    fmt = g.tensor(op.output).fmt
+    if table.shape != (256,) or table.min() < fmt.lo or table.max() > fmt.hi:
+        raise ValueError(f"{op.name}: the table must hold 256 values in [{fmt.lo}, {fmt.hi}] ({fmt})")
+    return table[env[op.input] & 0xFF]
+
+
+def _run_mul(op: QMul, env: dict, g: QGraph, bits: int) -> np.ndarray:
+    return numerics.requantize(env[op.a] * env[op.b], op.shift, g.tensor(op.output).fmt.signed,
+                               op.relu)
+
+
 _RUN = {QConv: _run_conv, QMaxPool: _run_maxpool, QAvgPool: _run_avgpool, QAdd: _run_add,
-        QConcat: _run_concat, QSlice: _run_slice, QShuffle: _run_shuffle, QResize: _run_resize}
+        QConcat: _run_concat, QSlice: _run_slice, QShuffle: _run_shuffle, QResize: _run_resize,
+        QLut: _run_lut, QMul: _run_mul}
 
 
 def run_golden_batch(qgraph: QGraph, xs_q: np.ndarray) -> dict[str, np.ndarray]:

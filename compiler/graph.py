@@ -15,13 +15,15 @@ plain, obviously correct numpy over speed.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
 
 __all__ = [
-    "UnsupportedOp", "Shape", "Tensor", "Conv", "Gemm", "BatchNorm", "Relu", "Clip",
+    "UnsupportedOp", "Shape", "Tensor", "Conv", "Gemm", "BatchNorm", "Relu", "Clip", "Unary",
+    "UNARY_FUNCTIONS", "Mul",
     "MaxPool", "AvgPool", "GlobalAvgPool", "Add", "Flatten", "Concat", "Slice", "Pad", "Shuffle", "Resize", "Node",
     "Graph", "run_float",
     "conv2d_float", "pool_out_size", "window_taps",
@@ -233,6 +235,81 @@ class Clip:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return np.clip(x, 0.0, np.inf if self.max is None else self.max)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    # exp of a large positive argument overflows; tanh does not and is equal.
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+#: The element-wise functions a :class:`Unary` node computes, by name; each takes the
+#: node's ``args`` after ``x`` (ONNX's attributes, in the order listed by the front end).
+UNARY_FUNCTIONS: dict[str, Callable[..., np.ndarray]] = {
+    "sigmoid": _sigmoid,
+    "hardsigmoid": lambda x, alpha, beta: np.clip(alpha * x + beta, 0.0, 1.0),
+    "hardswish": lambda x: x * np.clip(x / 6.0 + 0.5, 0.0, 1.0),
+    "silu": lambda x: x * _sigmoid(x),
+    "tanh": np.tanh,
+    "gelu": lambda x: 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0))),
+    "gelu_tanh": lambda x: 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi)
+                                                    * (x + 0.044715 * x ** 3))),
+    "leakyrelu": lambda x, alpha: np.where(x >= 0, x, alpha * x),
+    "clip": lambda x, lo, hi: np.clip(x, lo, hi),
+}
+
+
+@dataclass
+class Unary:
+    """An element-wise nonlinear function ``UNARY_FUNCTIONS[fn](x, *args)`` (quantized
+    as a 256-entry lookup table)."""
+
+    name: str
+    input: str
+    output: str
+    fn: str
+    args: tuple[float, ...] = ()
+    OP: ClassVar[str] = "Unary"
+
+    def __post_init__(self):
+        if self.fn not in UNARY_FUNCTIONS:
+            raise ValueError(f"{self.name}: unknown function {self.fn!r}")
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input]
+
+    def out_shape(self, shape: Shape) -> Shape:
+        return shape
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return UNARY_FUNCTIONS[self.fn](x, *self.args)
+
+
+@dataclass
+class Mul:
+    """Element-wise product of two tensors of one shape, or of a map ``a`` (C, H, W)
+    and a per-channel vector ``b`` (C, 1, 1) broadcast over the pixels."""
+
+    name: str
+    a: str
+    b: str
+    output: str
+    OP: ClassVar[str] = "Mul"
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.a, self.b]
+
+    def out_shape(self, sa: Shape, sb: Shape) -> Shape:
+        if sb != sa and sb != (sa[0], 1, 1):
+            raise ValueError(f"{self.name} (Mul): operand shapes {sa} and {sb} are neither "
+                             "equal nor a map and a per-channel vector")
+        return sa
+
+    def run(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return a * b
 
 
 @dataclass
@@ -477,7 +554,7 @@ class Resize:
 
 
 Node = (Conv | Gemm | BatchNorm | Relu | Clip | MaxPool | AvgPool | GlobalAvgPool | Add | Flatten
-        | Concat | Slice | Pad | Shuffle | Resize)
+        | Concat | Slice | Pad | Shuffle | Resize | Unary | Mul)
 
 
 @dataclass

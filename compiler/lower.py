@@ -44,11 +44,12 @@ from .conv_plan import plan_conv, rows_per_chunk
 from .emit import Emitter, InputPiece
 from .layout import MapLayout, SpadAllocator, last_uses, pad_byte, plan_borders
 from .channel_ops import expand_unaligned
-from .qgraph import QAdd, QAvgPool, QConcat, QConv, QGraph, QMaxPool, QResize, QSlice
+from .qgraph import QAdd, QAvgPool, QConcat, QConv, QGraph, QLut, QMaxPool, QMul, QResize, QSlice
 from .shuffle_fold import fold_shuffles
 from .tiling import DoesNotFit, ceil_div
 from .unfold import InputUnfold, sole_consumer, unfold_input
-from .vector_ops import emit_add, emit_concat, emit_maxpool, emit_resize, emit_slice
+from .vector_ops import (emit_add, emit_concat, emit_lut, emit_maxpool, emit_mul, emit_resize,
+                         emit_slice)
 
 __all__ = ["lower", "Lowered"]
 
@@ -305,6 +306,18 @@ def _lower_resize(lo: _Lowering, op: QResize, out_lay: MapLayout) -> None:
     emit_resize(lo.em, op, lo.layouts[op.input], out_lay)
 
 
+def _lower_mul(lo: _Lowering, op: QMul, out_lay: MapLayout) -> None:
+    emit_mul(lo.em, lo.qg, op, lo.layouts[op.a], lo.layouts[op.b], out_lay)
+
+
+def _lower_lut(lo: _Lowering, op: QLut, out_lay: MapLayout) -> None:
+    # Each table layer takes the next slot: the tables of a program coexist when they
+    # fit (every layer still loads its own, so any slot count works).
+    slot = [o for o in lo.qg.ops if isinstance(o, QLut)].index(op) % lo.cfg.lut_tables
+    emit_lut(lo.em, op, slot, lo.layouts[op.input], out_lay)
+
+
 #: How each op type is lowered: (lowering state, op, its placed output map).
 _LOWERINGS = {QConv: _lower_conv, QAvgPool: _lower_conv, QMaxPool: _lower_maxpool, QAdd: _lower_add,
-              QConcat: _lower_concat, QSlice: _lower_slice, QResize: _lower_resize}
+              QConcat: _lower_concat, QSlice: _lower_slice, QResize: _lower_resize,
+              QMul: _lower_mul, QLut: _lower_lut}

@@ -9,7 +9,8 @@ domain, batch size 1 or a symbolic batch dimension):
   bias constant;
 - Gemm (transA 0, any transB/alpha/beta, constant B and C) and MatMul with a constant
   (K, N) right operand, both on a (1, K) vector;
-- BatchNormalization (inference), Relu, Clip (min 0, any max), MaxPool, AveragePool,
+- BatchNormalization (inference), Relu, Clip (constant bounds: min 0 fuses as a ReLU,
+  any other min is a lookup table), MaxPool, AveragePool,
   GlobalAveragePool, Add of two tensors of one shape, Flatten (axis 0 or 1) and Reshape
   to a flat (1, N) or (N,) vector (its shape a constant, maybe folded by the clean-up);
 - MaxPool with ``ceil_mode=1``: the extra output row or column becomes padding at the
@@ -29,6 +30,11 @@ domain, batch size 1 or a symbolic batch dimension):
   :class:`~fxpgen.compiler.graph.Resize`;
 - Add of a constant right after a Conv/Gemm/MatMul whose output only it reads is taken
   as that layer's bias (how exporters often write Linear: MatMul + Add);
+- Sigmoid, HardSigmoid, HardSwish, Tanh, Gelu (``approximate`` none or tanh),
+  LeakyRelu: a :class:`~fxpgen.compiler.graph.Unary` each (a lookup table); ``Mul(x,
+  Sigmoid(x))`` with the Sigmoid read only there is one SiLU;
+- Mul of two tensors of one shape, or of a map and a (1, C, 1, 1) per-channel
+  vector (squeeze-excitation), either way round;
 - weights from initializers or Constant nodes.
 
 Nodes of other ops raise one :class:`~fxpgen.compiler.graph.UnsupportedOp` listing them
@@ -47,15 +53,16 @@ from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
 from fxpgen.compiler.graph import (Add, AvgPool, BatchNorm, Clip, Concat, Conv, Flatten, Gemm,
-                                   GlobalAvgPool, Graph, MaxPool, Pad, Relu, Resize, Shuffle,
-                                   Slice, UnsupportedOp)
+                                   GlobalAvgPool, Graph, MaxPool, Mul, Pad, Relu, Resize, Shuffle,
+                                   Slice, Unary, UnsupportedOp)
 from fxpgen.compiler.onnx_cleanup import cleanup
 
 __all__ = ["load_onnx", "SUPPORTED_OPS", "UnsupportedOp", "ModelFileError", "nearest_is_repeat"]
 
 SUPPORTED_OPS = ("Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Constant", "Conv",
-                 "Flatten", "Gemm", "GlobalAveragePool", "MatMul", "MaxPool", "Pad", "Relu",
-                 "Reshape", "Resize", "Slice", "Split", "Transpose", "Upsample")
+                 "Flatten", "Gelu", "Gemm", "GlobalAveragePool", "HardSigmoid", "HardSwish",
+                 "LeakyRelu", "MatMul", "MaxPool", "Mul", "Pad", "Relu", "Reshape", "Resize",
+                 "Sigmoid", "Slice", "Split", "Tanh", "Transpose", "Upsample")
 
 #: The Transpose of a channel shuffle: (N, g, C/g, H, W) -> (N, C/g, g, H, W).
 _SHUFFLE_PERM = [0, 2, 1, 3, 4]
@@ -396,14 +403,68 @@ class _Importer:
                     return float(self._const(who, node.input[i], what).reshape(-1)[0])
                 return None
             lo, hi = opt(1, "min"), opt(2, "max")
-        if lo is None or float(lo) != 0.0:
-            raise UnsupportedOp(f"{who}: min={lo} is not supported (only 0)")
-        if hi is not None and not float(hi) > 0:
-            raise UnsupportedOp(f"{who}: max={hi} is not supported (only > 0)")
         if hi is not None and float(hi) >= 3.0e38:   # opset-6 default: no upper bound
             hi = None
+        if lo is not None and float(lo) <= -3.0e38:
+            lo = None
+        if lo is None or float(lo) != 0.0:
+            if lo is not None and hi is not None and not float(lo) <= float(hi):
+                raise UnsupportedOp(f"{who}: min={lo} > max={hi} is not supported")
+            bounds = (-np.inf if lo is None else float(lo), np.inf if hi is None else float(hi))
+            self._emit(Unary(name, x, node.output[0], "clip", bounds), self.ranks[x])
+            return
+        if hi is not None and not float(hi) > 0:
+            raise UnsupportedOp(f"{who}: max={hi} is not supported (only > 0)")
         self._emit(Clip(name, x, node.output[0], None if hi is None else float(hi)),
                    self.ranks[x])
+
+    def _unary(self, node, name, who, fn: str, args: tuple = ()) -> None:
+        x = self._dynamic(who, node.input[0], ranks=(2, 4))
+        self._emit(Unary(name, x, node.output[0], fn, tuple(float(a) for a in args)),
+                   self.ranks[x])
+
+    def _op_Sigmoid(self, node, name, who, attrs) -> None:
+        self._unary(node, name, who, "sigmoid")
+
+    def _op_HardSigmoid(self, node, name, who, attrs) -> None:
+        self._unary(node, name, who, "hardsigmoid",
+                    (attrs.get("alpha", 0.2), attrs.get("beta", 0.5)))
+
+    def _op_HardSwish(self, node, name, who, attrs) -> None:
+        self._unary(node, name, who, "hardswish")
+
+    def _op_Tanh(self, node, name, who, attrs) -> None:
+        self._unary(node, name, who, "tanh")
+
+    def _op_LeakyRelu(self, node, name, who, attrs) -> None:
+        self._unary(node, name, who, "leakyrelu", (attrs.get("alpha", 0.01),))
+
+    def _op_Gelu(self, node, name, who, attrs) -> None:
+        approx = attrs.get("approximate", "none")
+        if approx not in ("none", "tanh"):
+            raise UnsupportedOp(f"{who}: approximate={approx!r} is not supported (none, tanh)")
+        self._unary(node, name, who, "gelu" if approx == "none" else "gelu_tanh")
+
+    def _op_Mul(self, node, name, who, attrs) -> None:
+        a, b = node.input[0], node.input[1]
+        if a not in self.shapes or b not in self.shapes:
+            raise UnsupportedOp(f"{who}: multiplying by a constant is not supported (only two "
+                                "computed tensors)")
+        for x, s in ((a, b), (b, a)):
+            prod = next((n for n in self.nodes if n.output == s), None)
+            if (isinstance(prod, Unary) and prod.fn == "sigmoid" and prod.input == x
+                    and self.uses[s] == 1):
+                # x * sigmoid(x) is one function of x: one SiLU table.
+                prod.fn, prod.output = "silu", node.output[0]
+                self._define(node.output[0], self.shapes.pop(s), self.ranks.pop(s))
+                return
+        sa, sb = self._onnx_shape(a), self._onnx_shape(b)
+        if len(sb) > len(sa) or (len(sa) == len(sb) and sb[2:] != (1, 1) and sa[2:] == (1, 1)):
+            a, b, sa, sb = b, a, sb, sa
+        if sa != sb and sb != (1, sa[1], 1, 1):
+            raise UnsupportedOp(f"{who}: broadcasting {list(sa)} * {list(sb)} is not supported "
+                                "(only equal shapes or a (1, C, 1, 1) per-channel factor)")
+        self._emit(Mul(name, a, b, node.output[0]), self.ranks[a])
 
     def _pool_attrs(self, who, attrs, x, ceil_ok=False):
         if "kernel_shape" not in attrs:

@@ -52,7 +52,7 @@ from .emit import InputPiece
 from .layout import MapLayout
 from .lower import Lowered
 from .unfold import InputUnfold
-from .qgraph import (QAdd, QAvgPool, QConcat, QConv, QGraph, QMaxPool, QResize, QShuffle, QSlice,
+from .qgraph import (QAdd, QAvgPool, QConcat, QConv, QGraph, QLut, QMaxPool, QMul, QResize, QShuffle, QSlice,
                      QTensor)
 
 __all__ = ["FORMAT_VERSION", "ProgramFormatError", "save_program", "load_program", "Program",
@@ -265,7 +265,7 @@ def listing(low: Lowered) -> str:
 # --- the quantized graph on disk --------------------------------------------------------
 
 _OPS = {"conv": QConv, "maxpool": QMaxPool, "avgpool": QAvgPool, "add": QAdd, "concat": QConcat,
-        "slice": QSlice, "shuffle": QShuffle, "resize": QResize}
+        "slice": QSlice, "shuffle": QShuffle, "resize": QResize, "lut": QLut, "mul": QMul}
 _KIND = {v: k for k, v in _OPS.items()}
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from fxpgen.numerics import Format
 
 __all__ = ["QTensor", "QConv", "QMaxPool", "QAvgPool", "QAdd", "QConcat", "QSlice", "QShuffle",
-           "QResize", "QGraph", "QOp"]
+           "QResize", "QLut", "QMul", "QGraph", "QOp"]
 
 
 @dataclass
@@ -186,7 +186,41 @@ class QResize:
         return [self.input]
 
 
-QOp = QConv | QMaxPool | QAvgPool | QAdd | QConcat | QSlice | QShuffle | QResize
+@dataclass
+class QLut:
+    """An element-wise function as a 256-entry table: ``y = table[x mod 256]``, the
+    input byte's two's complement bits as the index (an int8 -1 reads entry 255).
+    ``table``: int64 (256,), values in the output format's range."""
+
+    name: str
+    input: str
+    output: str
+    table: np.ndarray
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input]
+
+
+@dataclass
+class QMul:
+    """Element-wise product ``y = requantize(a * b, shift, out.fmt.signed, relu)`` (the
+    8-bit product is exact) with ``shift = fl_a + fl_b - fl_out`` in -32..31. ``b`` is a
+    map of ``a``'s shape or a per-channel vector (C, 1, 1) broadcast over the pixels."""
+
+    name: str
+    a: str
+    b: str
+    output: str
+    shift: int = 0
+    relu: bool = False
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.a, self.b]
+
+
+QOp = QConv | QMaxPool | QAvgPool | QAdd | QConcat | QSlice | QShuffle | QResize | QLut | QMul
 
 
 @dataclass

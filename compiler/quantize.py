@@ -37,6 +37,14 @@ other input (a max pool's or slice's, which keep their input's format, the graph
 input, a tensor read elsewhere) in another format gets a copy: an add of the tensor
 with itself, ``requantize(2a, fl_a + 1 - fl)``, which is ``requantize(a, fl_a - fl)``
 exactly. A Slice, a Shuffle and a Resize keep their input's format.
+
+Lookup tables and products. A nonlinear function (:class:`~fxpgen.compiler.graph.Unary`)
+becomes a :class:`~fxpgen.compiler.qgraph.QLut`; its output format is chosen from the
+calibration output like any other (signed when some value is negative, fl by the
+mode's rule) and its table is the float function on the input format's grid, every one
+of the 256 input bytes, quantized to the output format (:func:`lut_table`). A Mul
+becomes a :class:`~fxpgen.compiler.qgraph.QMul` with the same output-format rule and
+``shift = fl_a + fl_b - fl_out``.
 """
 
 from __future__ import annotations
@@ -48,15 +56,15 @@ import numpy as np
 from fxpgen import numerics
 from fxpgen.compiler.fold import prepare
 from fxpgen.compiler.golden import quantize_input, run_golden_batch
-from fxpgen.compiler.graph import (Add, AvgPool, Clip, Concat, Conv, Graph, MaxPool, Relu,
-                                   Resize, Shuffle, Slice, run_float)
-from fxpgen.compiler.qgraph import (QAdd, QAvgPool, QConcat, QConv, QGraph, QMaxPool, QResize,
-                                    QShuffle, QSlice, QTensor)
+from fxpgen.compiler.graph import (UNARY_FUNCTIONS, Add, AvgPool, Clip, Concat, Conv, Graph,
+                                   MaxPool, Mul, Relu, Resize, Shuffle, Slice, Unary, run_float)
+from fxpgen.compiler.qgraph import (QAdd, QAvgPool, QConcat, QConv, QGraph, QLut, QMaxPool, QMul,
+                                    QResize, QShuffle, QSlice, QTensor)
 from fxpgen.numerics import Format
 
 __all__ = ["quantize", "fuse", "calibrate", "concat_format", "unify_concat_inputs",
            "check_hardware_ranges", "HardwareRangeError",
-           "Layer", "sqnr_db", "SHIFT_RANGE", "ALIGN_RANGE", "ADD_SHIFT_RANGE"]
+           "Layer", "sqnr_db", "lut_table", "SHIFT_RANGE", "ALIGN_RANGE", "ADD_SHIFT_RANGE"]
 
 #: Inclusive ranges of the hardware's shift fields (signed 6-bit shift and align,
 #: 4-bit ADD operand shifts).
@@ -74,7 +82,7 @@ class Layer:
     """One quantized layer: the float nodes it absorbs and what it reads and writes.
 
     ``kind`` is "conv", "add", "maxpool", "avgpool", "concat", "slice", "shuffle",
-    "resize" or "copy" (a
+    "resize", "lut", "mul" or "copy" (a
     concat input requantized into the concat's format). ``pre`` is the tensor before the
     fused ReLU/Clip (the std of an unsigned output is taken there, docs/numerics.md).
     ``position`` is the index of the last absorbed float node: sorting by it gives a
@@ -95,7 +103,7 @@ class Layer:
     clip_max: float | None = None
     pool: MaxPool | AvgPool | None = None
     identity: bool = False
-    node: Concat | Slice | Shuffle | Resize | None = None
+    node: Concat | Slice | Shuffle | Resize | Unary | Mul | None = None
 
 
 def fuse(graph: Graph) -> list[Layer]:
@@ -141,8 +149,8 @@ def fuse(graph: Graph) -> list[Layer]:
         elif isinstance(n, (MaxPool, AvgPool)):
             kind = "maxpool" if isinstance(n, MaxPool) else "avgpool"
             layer = Layer(kind, n.name, [n.input], n.output, n.output, i, [n.name], pool=n)
-        elif isinstance(n, (Concat, Slice, Shuffle, Resize)):
-            kind = n.OP.lower()
+        elif isinstance(n, (Concat, Slice, Shuffle, Resize, Unary, Mul)):
+            kind = {"Unary": "lut"}.get(n.OP, n.OP.lower())
             layer = Layer(kind, n.name, list(n.inputs), n.output, n.output, i, [n.name], node=n)
         else:
             raise TypeError(f"{n.name}: {n.OP} must be folded before fusion (run prepare)")
@@ -203,6 +211,10 @@ def calibrate(graph: Graph, layers: list[Layer], acts: dict[str, np.ndarray],
             signed, out = formats[src].signed, acts[layer.output]
             fl = min(numerics.fl_from_std(_std(out), signed), _fit_fl(out, signed))
             fmt, rule = Format(signed, fl), "std, capped to hold the calibration maximum"
+        elif layer.kind in ("lut", "mul"):
+            out = acts[layer.output]
+            signed = bool(out.size and out.min() < 0)
+            fmt, rule = Format(signed, _act_fl(out, out, signed, mode)), mode
         elif layer.clip_max is not None:
             fmt = Format(False, _clip_fl(acts[pre], acts[layer.output]))
             rule = f"Clip(0, {layer.clip_max:g}) as ReLU: fl of least RMS error"
@@ -316,6 +328,8 @@ def check_hardware_ranges(qgraph: QGraph) -> None:
             _in_range(where, "align", op.align, ALIGN_RANGE)
         elif isinstance(op, QAvgPool):
             _in_range(where, "shift", op.shift, SHIFT_RANGE)
+        elif isinstance(op, QMul):
+            _in_range(where, "shift", op.shift, SHIFT_RANGE)
         elif isinstance(op, QAdd):
             _in_range(where, "shift", op.shift, SHIFT_RANGE)
             _in_range(where, "a_shift", op.a_shift, ADD_SHIFT_RANGE)
@@ -361,6 +375,9 @@ def _predicted_mse(layer: Layer, op, info: dict, acts, fmt: Format, mse: dict) -
         return m + (mse[op.residual] if op.residual else 0.0)
     if isinstance(op, QAdd):
         return mse[op.a] + mse[op.b] + own
+    if isinstance(op, QMul):
+        return (mse[op.a] * float(np.mean(acts[op.b] ** 2))
+                + mse[op.b] * float(np.mean(acts[op.a] ** 2)) + own)
     if isinstance(op, QConcat):
         sizes = [acts[t].shape[1] for t in op.sources]
         return float(np.average([mse[t] for t in op.sources], weights=sizes))
@@ -430,6 +447,17 @@ def _build_conv(layer: Layer, formats, per_channel, weight_mode, acc_bits):
     return op, info
 
 
+def lut_table(node: Unary, fin: Format, fout: Format) -> np.ndarray:
+    """The 256 entries of ``node``'s table: entry ``b`` is the function of the value the
+    byte ``b`` holds in ``fin`` (two's complement for a signed format, so entry 128, the
+    never-produced -128, is computed too), quantized to ``fout`` (round half to even,
+    saturate). Returns int64 (256,) in ``fout``'s range."""
+    b = np.arange(256, dtype=np.int64)
+    q = np.where(b >= 128, b - 256, b) if fin.signed else b
+    return numerics.quantize(UNARY_FUNCTIONS[node.fn](numerics.dequantize(q, fin), *node.args),
+                             fout)
+
+
 def _build(layer: Layer, formats, per_channel, weight_mode, acc_bits):
     fout = formats[layer.output]
     if layer.kind == "conv":
@@ -449,6 +477,15 @@ def _build(layer: Layer, formats, per_channel, weight_mode, acc_bits):
     if layer.kind == "resize":
         n = layer.node
         return QResize(layer.name, n.input, n.output, n.factor), {}
+    if layer.kind == "lut":
+        n = layer.node
+        return QLut(layer.name, n.input, n.output, lut_table(n, formats[n.input], fout)), \
+            {"function": n.fn}
+    if layer.kind == "mul":
+        n = layer.node
+        op = QMul(layer.name, n.a, n.b, n.output,
+                  formats[n.a].fl + formats[n.b].fl - fout.fl)
+        return op, {"shift_min": op.shift, "shift_max": op.shift}
     if layer.kind == "add":
         a, b = layer.inputs
         fl = max(formats[a].fl, formats[b].fl)

@@ -1,18 +1,19 @@
-"""Max pooling, element-wise adds, channel-group copies (concat, slice) and
-nearest-neighbour upsampling on the vector unit (MAX, ADD): one instruction per
-channel group (and, for MAX, per kernel tap or upsampling offset) whose two address
-loops walk the output pixels, ``ox`` inner and ``oy`` outer (the input pixels for
-upsampling)."""
+"""Max pooling, element-wise adds and products, lookup tables, channel-group copies
+(concat, slice) and nearest-neighbour upsampling on the vector unit (MAX, ADD, MUL,
+LUT): one instruction per channel group (and, for MAX, per kernel tap or upsampling
+offset) whose two address loops walk the output pixels, ``ox`` inner and ``oy``
+outer (the input pixels for upsampling)."""
 
 from __future__ import annotations
 
-from fxpgen.isa import Addr, Instruction, Opcode
+from fxpgen.isa import Addr, Instruction, Mem, Opcode, pack_row
 
 from .emit import Emitter
 from .layout import MapLayout
-from .qgraph import QAdd, QGraph, QMaxPool, QResize, QSlice
+from .qgraph import QAdd, QGraph, QLut, QMaxPool, QMul, QResize, QSlice
 
-__all__ = ["emit_maxpool", "emit_add", "emit_concat", "emit_slice", "emit_resize"]
+__all__ = ["emit_maxpool", "emit_add", "emit_mul", "emit_lut", "emit_concat", "emit_slice",
+           "emit_resize"]
 
 
 def _walk(lay: MapLayout, g: int, y: int = 0, x: int = 0, sy: int = 1, sx: int = 1) -> Addr:
@@ -49,6 +50,32 @@ def emit_add(em: Emitter, qg: QGraph, op: QAdd, a_lay: MapLayout, b_lay: MapLayo
     for g in range(out_lay.groups):
         em.emit(Instruction(Opcode.ADD, params, ow, oh,
                             x=_walk(a_lay, g), y=_walk(b_lay, g), z=_walk(out_lay, g)))
+
+
+def emit_mul(em: Emitter, qg: QGraph, op: QMul, a_lay: MapLayout, b_lay: MapLayout,
+             out_lay: MapLayout) -> None:
+    """One MUL per channel group; a per-channel ``b`` (C, 1, 1) is one row read at every
+    pixel (its address stream has strides 0)."""
+    params = {"shift": op.shift, "relu": int(op.relu),
+              "out_signed": int(qg.tensor(op.output).fmt.signed),
+              "a_signed": int(qg.tensor(op.a).fmt.signed), "b_signed": int(qg.tensor(op.b).fmt.signed)}
+    broadcast = (b_lay.height, b_lay.width) != (a_lay.height, a_lay.width)
+    oh, ow = out_lay.height, out_lay.width
+    for g in range(out_lay.groups):
+        y = Addr(b_lay.pixel(0, 0) + g) if broadcast else _walk(b_lay, g)
+        em.emit(Instruction(Opcode.MUL, params, ow, oh, x=_walk(a_lay, g), y=y,
+                            z=_walk(out_lay, g)))
+
+
+def emit_lut(em: Emitter, op: QLut, slot: int, in_lay: MapLayout, out_lay: MapLayout) -> None:
+    """LOAD the op's table into lookup table ``slot`` (256 one-byte words), then one LUT
+    per channel group. The spare bytes of a last, partial group are looked up too; they
+    stay in spare channels nobody reads as data."""
+    words = [pack_row(Mem.LUT, [int(v) & 0xFF], em.cfg) for v in op.table]
+    em.load(Mem.LUT, Addr(256 * slot, 1), len(words), 1, words)
+    for g in range(out_lay.groups):
+        em.emit(Instruction(Opcode.LUT, {"table": slot}, out_lay.width, out_lay.height,
+                            x=_walk(in_lay, g), z=_walk(out_lay, g)))
 
 
 def _copy_group(em: Emitter, src: MapLayout, g_src: int, dst: MapLayout, g_dst: int) -> None:

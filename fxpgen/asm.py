@@ -44,7 +44,6 @@ text and what is wrong.
 
 from __future__ import annotations
 
-import enum as py_enum
 import operator
 import re
 from dataclasses import dataclass
@@ -55,7 +54,7 @@ from amaranth.hdl import Shape
 
 from .config import REGIONS, CoreConfig
 from .isa import (
-    ADDR_BITS, COUNT_MAX, INSN_BITS, OPCODE_INFO, PARAMS_VIEW, Addr, Instruction, Opcode,
+    ADDR_BITS, COUNT_MAX, INSN_BITS, OPCODE_INFO, PARAM_ENUMS, PARAMS_VIEW, Addr, Instruction, Opcode,
     Params, layout_fields,
 )
 
@@ -151,9 +150,8 @@ def param_fields(opcode: Opcode) -> tuple[ParamField, ...]:
         return ()
     fields = []
     for name, offset, width, shape in layout_fields(Params.as_shape()[view].shape):
-        is_enum = isinstance(shape, type) and issubclass(shape, py_enum.Enum)
         fields.append(ParamField(name, offset, width, Shape.cast(shape).signed,
-                                 shape if is_enum else None))
+                                 PARAM_ENUMS.get(name)))
     return tuple(fields)
 
 
@@ -355,7 +353,8 @@ def format_instruction(insn: Instruction) -> str:
     for f in fields:
         value = insn.params.get(f.name, 0)
         if value:
-            parts.append(f"{f.name}={f.enum(value).name.lower() if f.enum else value}")
+            named = f.enum is not None and value in {m.value for m in f.enum}
+            parts.append(f"{f.name}={f.enum(value).name.lower() if named else value}")
     if info.streams or (insn.count0, insn.count1) != (1, 1):
         c0 = "0x0" if insn.count0 == 0 else str(insn.count0)
         parts.append(f"count={c0}x{insn.count1}")

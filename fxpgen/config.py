@@ -35,6 +35,9 @@ class CoreConfig:
         a row). Powers of two, at least 4, at most 65536.
     table_depth
         Entries in the shift table (per-column requantization shifts).
+    lut_tables
+        256-entry lookup tables the vector unit holds for LUT (nonlinear activations);
+        every scratchpad lane keeps a copy, ``lut_tables * 256`` bytes. 1..16.
     counter_width
         Width of the performance counters in bits.
     """
@@ -46,6 +49,7 @@ class CoreConfig:
     wbuf_depth: int = 1024
     acc_depth: int = 2048
     table_depth: int = 16
+    lut_tables: int = 4
     counter_width: int = 32
 
     def __post_init__(self):
@@ -72,6 +76,8 @@ class CoreConfig:
                 f"wbuf_depth ({self.wbuf_depth}) must hold at least one weight tile ({self.rows} rows)")
         if not isinstance(self.table_depth, int) or not 1 <= self.table_depth <= 256:
             raise ValueError(f"table_depth must be in 1..256, not {self.table_depth!r}")
+        if not isinstance(self.lut_tables, int) or not 1 <= self.lut_tables <= 16:
+            raise ValueError(f"lut_tables must be in 1..16, not {self.lut_tables!r}")
         if not isinstance(self.counter_width, int) or not 16 <= self.counter_width <= 64:
             raise ValueError(f"counter_width must be in 16..64, not {self.counter_width!r}")
 
@@ -103,6 +109,11 @@ class CoreConfig:
         any memory (scratchpad, weight buffer, accumulator, shift table)."""
         return max(8 * self.lanes, self.acc_width * self.cols, 12 * self.cols)
 
+    @property
+    def lut_depth(self) -> int:
+        """Rows of the lookup-table memory (one byte a row): ``256 * lut_tables``."""
+        return 256 * self.lut_tables
+
     def depth(self, mem) -> int:
         """Depth of the memory named by an :class:`fxpgen.isa.Mem` member."""
         from .isa import Mem
@@ -111,6 +122,7 @@ class CoreConfig:
             Mem.WBUF: self.wbuf_depth,
             Mem.ACC: self.acc_depth,
             Mem.TABLE: self.table_depth,
+            Mem.LUT: self.lut_depth,
         }[Mem(mem)]
 
     def replace(self, **changes) -> "CoreConfig":

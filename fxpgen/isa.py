@@ -14,8 +14,8 @@ range(count0)``. In each iteration every address stream ``g`` it uses (``x``, ``
 Every memory is split into four equal regions (top two address bits); ``g.regions``
 is a 4-bit mask of the regions the stream may touch. An address at or beyond the
 memory's depth stops the core with ``ADDRESS``; one outside the mask with
-``REGION`` (the shift table is one region and ignores the mask). Nothing is read or
-written at a faulting address.
+``REGION`` (the shift table and the lookup tables are one region each and ignore
+the mask). Nothing is read or written at a faulting address.
 
 Programs have sequential semantics: the result equals running the instructions
 one after another, in order. The hardware overlaps independent instructions (a
@@ -37,7 +37,7 @@ from amaranth.lib import data, enum
 from .config import REGIONS, CoreConfig
 
 __all__ = [
-    "Opcode", "Mem", "ErrorCode", "AddrGen", "Params", "Insn", "INSN_BITS", "INSN_BYTES",
+    "Opcode", "Mem", "UNREGIONED", "PARAM_ENUMS", "ErrorCode", "AddrGen", "Params", "Insn", "INSN_BITS", "INSN_BYTES",
     "COUNT_MAX", "ADDR_BITS", "Addr", "Instruction", "Footprint", "footprint", "OPCODE_INFO",
     "FieldRule", "FIELD_RULES", "field_rules", "bad_fields",
     "region_of", "regions_spanned", "layout_fields", "opcode_of", "PARAMS_VIEW",
@@ -62,15 +62,23 @@ class Opcode(enum.Enum, shape=4):
     REQUANT = 7
     ADD = 8
     MAX = 9
+    LUT = 10
+    MUL = 11
 
 
-class Mem(enum.Enum, shape=2):
+class Mem(enum.Enum, shape=3):
     """On-chip memories an address stream can name."""
 
     SPAD = 0    #: activation scratchpad, ``lanes`` bytes a row
     WBUF = 1    #: weight buffer, ``cols`` int8 a row
     ACC = 2     #: accumulator memory, ``cols`` x ``acc_width`` a row
     TABLE = 3   #: shift table, ``cols`` x (shift, align) a row
+    LUT = 4     #: lookup tables, one byte a row: entry e of table t is row 256 * t + e
+
+
+#: Memories addressed as one region: their streams ignore the region mask and the
+#: hazard logic tracks them with one bit each.
+UNREGIONED = (Mem.TABLE, Mem.LUT)
 
 
 class ErrorCode(enum.Enum, shape=3):
@@ -92,12 +100,17 @@ class AddrGen(data.Struct):
     regions: unsigned(REGIONS)
 
 
+#: Params fields holding a :class:`Mem` value. They are raw bits in the layout (as
+#: ``opcode`` is) so that a word naming no memory still decodes: it is a BAD_FIELD.
+PARAM_ENUMS: dict[str, type] = {"mem": Mem}
+
+
 class LoadParams(data.Struct):
-    mem: Mem
+    mem: unsigned(Shape.cast(Mem).width)
 
 
 class StoreParams(data.Struct):
-    mem: Mem
+    mem: unsigned(Shape.cast(Mem).width)
 
 
 class LoadwParams(data.Struct):
@@ -130,6 +143,18 @@ class AluParams(data.Struct):
     b_signed: unsigned(1)
 
 
+class LutParams(data.Struct):
+    table: unsigned(4)
+
+
+class MulParams(data.Struct):
+    shift: signed(6)
+    relu: unsigned(1)
+    out_signed: unsigned(1)
+    a_signed: unsigned(1)
+    b_signed: unsigned(1)
+
+
 class Params(data.Union):
     """Opcode-specific parameters, overlaid on the same bits."""
 
@@ -139,6 +164,8 @@ class Params(data.Union):
     matmul: MatmulParams
     requant: RequantParams
     alu: AluParams
+    lut: LutParams
+    mul: MulParams
 
 
 class Insn(data.Struct):
@@ -170,6 +197,7 @@ _PARAM_FIELDS = {
 PARAMS_VIEW = {
     Opcode.LOAD: "load", Opcode.STORE: "store", Opcode.LOADW: "loadw",
     Opcode.MATMUL: "matmul", Opcode.REQUANT: "requant", Opcode.ADD: "alu", Opcode.MAX: "alu",
+    Opcode.LUT: "lut", Opcode.MUL: "mul",
 }
 
 
@@ -202,7 +230,7 @@ OPCODE_INFO: dict[Opcode, OpInfo] = {
         "row `z` of `mem`: SPAD byte l = bits [8l, 8l+8); WBUF int8 column j = bits "
         "[8j, 8j+8); ACC column j = two's complement bits [W*j, W*j+W) (W = acc_width); "
         "TABLE column j = bits [12j, 12j+12) holding `shift` (signed, low 6 bits) and "
-        "`align` (signed, high 6 bits).",
+        "`align` (signed, high 6 bits); LUT = bits [0, 8) (one table entry).",
         {"z": ("mem", "w")}, ("mem",)),
     Opcode.STORE: OpInfo(
         "Memory -> result stream",
@@ -247,6 +275,20 @@ OPCODE_INFO: dict[Opcode, OpInfo] = {
         "Per byte l: SPAD[z][l] = max(SPAD[x][l], SPAD[y][l]), compared as int8 if "
         "`a_signed` else uint8. The format is kept.",
         {"x": (Mem.SPAD, "r"), "y": (Mem.SPAD, "r"), "z": (Mem.SPAD, "w")}, ("a_signed",)),
+    Opcode.LUT: OpInfo(
+        "Table lookup of every scratchpad byte",
+        "Per byte l: SPAD[z][l] = LUT[256 * `table` + SPAD[x][l]], the byte read as an "
+        "unsigned index 0..255 (an int8 byte indexes by its two's complement bits). "
+        "The table holds raw output bytes; their format is the program's business.",
+        {"x": (Mem.SPAD, "r"), "z": (Mem.SPAD, "w")}, ("table",)),
+    Opcode.MUL: OpInfo(
+        "Element-wise multiply of two scratchpad rows",
+        "Per byte l of SPAD rows `x` (a) and `y` (b), read as int8 or uint8 by "
+        "`a_signed`/`b_signed`: p = a * b (exact, 17 bits); out = requantize(p, `shift`) "
+        "saturated as in REQUANT; written to SPAD row `z`. A y stream with stride 0 over "
+        "pixels broadcasts one row of per-channel factors.",
+        {"x": (Mem.SPAD, "r"), "y": (Mem.SPAD, "r"), "z": (Mem.SPAD, "w")},
+        ("shift", "relu", "out_signed", "a_signed", "b_signed")),
 }
 
 
@@ -309,7 +351,11 @@ class Instruction:
             return None
         mem, _ = info.streams[stream]
         if isinstance(mem, str):
-            mem = Mem(self.params.get(mem, 0))
+            raw = self.params.get(mem, 0)
+            raw = raw.value if isinstance(raw, Mem) else raw
+            if raw not in {m.value for m in Mem}:
+                return None     # names no memory: the instruction is a BAD_FIELD
+            mem = Mem(raw)
         if self.opcode is Opcode.REQUANT and stream == "y" and not self.params.get("residual"):
             return None
         return mem
@@ -436,10 +482,12 @@ def footprint(insn: Instruction) -> Footprint:
         if mem is None:
             continue
         mask = getattr(insn, s).regions or 0
-        regs = [0] if mem is Mem.TABLE else [r for r in range(REGIONS) if mask >> r & 1]
+        regs = [0] if mem in UNREGIONED else [r for r in range(REGIONS) if mask >> r & 1]
         (reads if access == "r" else writes).update((mem, r) for r in regs)
     if insn.opcode is Opcode.REQUANT:
         reads.add((Mem.TABLE, 0))
+    if insn.opcode is Opcode.LUT:
+        reads.add((Mem.LUT, 0))
     if insn.opcode is Opcode.LOADW:
         writes.add(("BANK", insn.params.get("bank", 0)))
     if insn.opcode is Opcode.MATMUL:
@@ -537,12 +585,14 @@ class FieldRule:
 
 #: Every field rule, in the order the hardware and the simulator check them.
 FIELD_RULES: tuple[FieldRule, ...] = (
+    FieldRule(Opcode.LOAD, "mem", "in", (Mem.SPAD, Mem.WBUF, Mem.ACC, Mem.TABLE, Mem.LUT)),
     FieldRule(Opcode.STORE, "mem", "in", (Mem.SPAD, Mem.ACC)),
     FieldRule(Opcode.LOADW, "count0", "==", "rows"),
     FieldRule(Opcode.LOADW, "count1", "==", 1),
     FieldRule(Opcode.MATMUL, "lane", "<", "matmul_lanes"),
     FieldRule(Opcode.REQUANT, "lane", "<", "requant_lanes"),
     FieldRule(Opcode.REQUANT, "table", "<", "table_depth"),
+    FieldRule(Opcode.LUT, "table", "<", "lut_tables"),
 )
 
 
@@ -589,6 +639,7 @@ def _lane_bits(mem: Mem, cfg: CoreConfig) -> tuple[int, int]:
         Mem.WBUF: (8, cfg.cols),
         Mem.ACC: (cfg.acc_width, cfg.cols),
         Mem.TABLE: (12, cfg.cols),
+        Mem.LUT: (8, 1),
     }[Mem(mem)]
 
 

@@ -40,6 +40,9 @@ EXAMPLES: dict[Opcode, str] = {
     Opcode.ADD: "add a_shift=1 shift=-1 out_signed=1 a_signed=1 b_signed=1 count=32 "
                 "x=0+1i y=256+1i z=512+1i",
     Opcode.MAX: "max a_signed=1 count=32 x=0+1i y=32+1i z=64+1i",
+    Opcode.LUT: "lut table=1 count=32 x=0+1i z=64+1i          # sigmoid of 32 rows",
+    Opcode.MUL: "mul shift=7 out_signed=1 a_signed=1 count=16x4 x=0+1i+16j y=64+1j "
+                "z=128+1i+16j   # y: one row per channel group",
 }
 
 _ACCESS = {"r": "read", "w": "write"}

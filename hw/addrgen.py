@@ -24,7 +24,8 @@ __all__ = ["AddressLoops", "check_address", "loop_addr_bits"]
 
 def loop_addr_bits(cfg) -> int:
     """Address bits of the loops for ``cfg``: enough for its largest memory."""
-    return max(max(cfg.spad_depth, cfg.wbuf_depth, cfg.acc_depth, cfg.table_depth) - 1, 1).bit_length()
+    return max(max(cfg.spad_depth, cfg.wbuf_depth, cfg.acc_depth, cfg.table_depth,
+                   cfg.lut_depth) - 1, 1).bit_length()
 
 
 def check_address(m: Module, addr, depth_log2, regions, name: str):

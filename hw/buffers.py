@@ -1,11 +1,16 @@
-"""The on-chip memories: activation scratchpad, weight buffer, accumulator memory
-and shift table, with their read ports and the write-port arbitration.
+"""The on-chip memories: activation scratchpad, weight buffer, accumulator memory,
+shift table and lookup tables, with their read ports and the write-port arbitration.
 
 Reads are synchronous (data one cycle after the address). The scratchpad's single
 write port is shared by the vector unit (priority) and the loader; the accumulator's
 by the matmul writeback (priority; the array never stalls) and the loader. The
 matmul's accumulator read port is transparent for the write port, so a row
 accumulated on consecutive cycles reads its newest value.
+
+The lookup tables are one ``lut_depth`` x 8-bit memory per scratchpad lane, all
+written together by LOAD: every lane looks up its own byte in the same cycle, and a
+single-ported copy per lane maps to one block RAM each (a shared multi-read memory
+would be replicated per read port by the synthesis tools anyway).
 """
 
 from amaranth import *
@@ -16,6 +21,8 @@ from amaranth.lib.wiring import Out
 from fxpgen.config import CoreConfig
 
 __all__ = ["Buffers", "spad_row", "acc_row", "wbuf_row", "table_row", "addr_width"]
+
+LUT_ENTRY = unsigned(8)
 
 TableEntry = data.StructLayout({"shift": signed(6), "align": signed(6)})
 
@@ -72,6 +79,8 @@ class Buffers(wiring.Component):
             "acc_load_free": Out(1),
             "table_rd": Out(read_sig(cfg.table_depth, tb)),
             "table_wr": Out(write_sig(cfg.table_depth, tb)),
+            "lut_rd": Out(read_sig(cfg.lut_depth, LUT_ENTRY)).array(cfg.lanes),
+            "lut_wr": Out(write_sig(cfg.lut_depth, LUT_ENTRY)),
         })
 
     def elaborate(self, platform):
@@ -104,7 +113,18 @@ class Buffers(wiring.Component):
 
         wiring.connect(m, wiring.flipped(self.table_wr), table.write_port())
         wiring.connect(m, wiring.flipped(self.table_rd), table.read_port())
+        self._lookup_tables(m)
         return m
+
+    def _lookup_tables(self, m: Module) -> None:
+        """One copy of the lookup tables per lane, written together."""
+        for i in range(self._cfg.lanes):
+            lut = Memory(shape=LUT_ENTRY, depth=self._cfg.lut_depth, init=[])
+            m.submodules[f"lut{i}"] = lut
+            wr = lut.write_port()
+            m.d.comb += [wr.addr.eq(self.lut_wr.addr), wr.data.eq(self.lut_wr.data),
+                         wr.en.eq(self.lut_wr.en)]
+            wiring.connect(m, wiring.flipped(self.lut_rd[i]), lut.read_port())
 
     @staticmethod
     def _arbitrate(m, port, first, second):

@@ -30,6 +30,7 @@ UNITS = ("load", "store", "loadw", "matmul", "vector")
 UNIT_OF = {
     Opcode.LOAD: "load", Opcode.STORE: "store", Opcode.LOADW: "loadw",
     Opcode.MATMUL: "matmul", Opcode.REQUANT: "vector", Opcode.ADD: "vector", Opcode.MAX: "vector",
+    Opcode.LUT: "vector", Opcode.MUL: "vector",
 }
 COUNTERS = ("cycles", "mac_cycles", "stall_dispatch", "stall_data", "stall_result", "insns")
 

@@ -1,22 +1,25 @@
 """Hazard resources: which memory regions and weight banks an instruction reads
 and writes, as bit masks the controller compares between units.
 
-Bit layout: SPAD regions 0-3, WBUF regions 4-7, ACC regions 8-11, TABLE 12,
-weight banks 13-14. The masks come from the instruction's declared region masks
+Bit layout: SPAD regions 0-3, WBUF regions 4-7, ACC regions 8-11, TABLE 12, LUT 13,
+weight banks 14-15. The masks come from the instruction's declared region masks
 (:func:`fxpgen.isa.footprint` is the Python twin; a test keeps them equal).
 """
 
 from amaranth import *
 
 from fxpgen.config import REGIONS
-from fxpgen.isa import Mem, OPCODE_INFO, Opcode, PARAMS_VIEW
+from fxpgen.isa import Mem, OPCODE_INFO, Opcode, PARAMS_VIEW, UNREGIONED
 
-__all__ = ["HAZARD_BITS", "MEM_BASE", "TABLE_BIT", "BANK_BASE", "mem_bits", "bank_bit",
+__all__ = ["HAZARD_BITS", "MEM_BASE", "TABLE_BIT", "LUT_BIT", "BANK_BASE", "mem_bits", "bank_bit",
            "insn_footprint", "resource_index"]
 
 MEM_BASE = {Mem.SPAD: 0, Mem.WBUF: REGIONS, Mem.ACC: 2 * REGIONS}
 TABLE_BIT = 3 * REGIONS
-BANK_BASE = TABLE_BIT + 1
+LUT_BIT = TABLE_BIT + 1
+#: The one hazard bit of each memory that is a single region.
+SINGLE_BIT = {Mem.TABLE: TABLE_BIT, Mem.LUT: LUT_BIT}
+BANK_BASE = LUT_BIT + 1
 HAZARD_BITS = BANK_BASE + 2
 
 
@@ -25,8 +28,8 @@ def resource_index(res) -> int:
     kind, k = res
     if kind == "BANK":
         return BANK_BASE + k
-    if Mem(kind) is Mem.TABLE:
-        return TABLE_BIT
+    if Mem(kind) in UNREGIONED:
+        return SINGLE_BIT[Mem(kind)]
     return MEM_BASE[Mem(kind)] + k
 
 
@@ -34,14 +37,14 @@ def mem_bits(mem, regions) -> Value:
     """Mask for ``regions`` of ``mem`` (a Mem member or a Mem-valued signal)."""
     regions = Value.cast(regions)[:REGIONS]
     if isinstance(mem, Mem):
-        if mem is Mem.TABLE:
-            return Const(1 << TABLE_BIT, HAZARD_BITS)
+        if mem in UNREGIONED:
+            return Const(1 << SINGLE_BIT[mem], HAZARD_BITS)
         return (regions << MEM_BASE[mem])[:HAZARD_BITS]
     mem = Value.cast(mem)
-    return Mux(mem == Mem.TABLE, 1 << TABLE_BIT,
+    return Mux(mem == Mem.TABLE, 1 << TABLE_BIT, Mux(mem == Mem.LUT, 1 << LUT_BIT,
                Mux(mem == Mem.SPAD, regions << MEM_BASE[Mem.SPAD],
                    Mux(mem == Mem.WBUF, regions << MEM_BASE[Mem.WBUF],
-                       regions << MEM_BASE[Mem.ACC])))[:HAZARD_BITS]
+                       regions << MEM_BASE[Mem.ACC]))))[:HAZARD_BITS]
 
 
 def bank_bit(bank) -> Value:
@@ -69,6 +72,8 @@ def insn_footprint(m: Module, insn, name: str = "fp"):
                         w = w | bits
                 if op is Opcode.REQUANT:
                     r = r | (1 << TABLE_BIT)
+                if op is Opcode.LUT:
+                    r = r | (1 << LUT_BIT)
                 if op is Opcode.LOADW:
                     w = w | bank_bit(params.bank)
                 if op is Opcode.MATMUL:

@@ -1,4 +1,5 @@
-"""LOAD: data stream -> scratchpad, weight buffer, accumulators or shift table.
+"""LOAD: data stream -> scratchpad, weight buffer, accumulators, shift table or
+lookup tables.
 
 One row per accepted word. The loader yields the scratchpad and accumulator write
 ports to the vector unit and the matmul writeback (it simply does not accept the
@@ -10,10 +11,10 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from fxpgen.config import CoreConfig
-from fxpgen.isa import ErrorCode, Mem
+from fxpgen.isa import ErrorCode, Mem, UNREGIONED
 
 from .addrgen import check_address
-from .buffers import acc_row, addr_width, spad_row, table_row, wbuf_row, write_sig
+from .buffers import LUT_ENTRY, acc_row, addr_width, spad_row, table_row, wbuf_row, write_sig
 from .unit_port import UnitControl, report, unit_loops
 from .hazards import mem_bits
 
@@ -32,6 +33,7 @@ class LoadUnit(wiring.Component):
             "acc_wr": In(write_sig(cfg.acc_depth, acc_row(cfg))),
             "acc_free": In(1),
             "table_wr": In(write_sig(cfg.table_depth, table_row(cfg))),
+            "lut_wr": In(write_sig(cfg.lut_depth, LUT_ENTRY)),
             "stall": Out(1),
         })
 
@@ -54,8 +56,9 @@ class LoadUnit(wiring.Component):
                     m.d.comb += depth_log2.eq(addr_width(depth))
         err = Signal(ErrorCode)
         region_err = check_address(m, addr, depth_log2, regions, "z")
-        m.d.comb += err.eq(Mux(mem == Mem.TABLE,
-                               Mux(addr >= cfg.table_depth, ErrorCode.ADDRESS, ErrorCode.NONE),
+        single_depth = Mux(mem == Mem.TABLE, cfg.table_depth, cfg.lut_depth)
+        m.d.comb += err.eq(Mux(mem.as_value().matches(*UNREGIONED),
+                               Mux(addr >= single_depth, ErrorCode.ADDRESS, ErrorCode.NONE),
                                region_err))
 
         free = Signal()
@@ -71,8 +74,9 @@ class LoadUnit(wiring.Component):
         for port, mm, layout in ((self.spad_wr, Mem.SPAD, spad_row(cfg)),
                                  (self.wbuf_wr, Mem.WBUF, wbuf_row(cfg)),
                                  (self.acc_wr, Mem.ACC, acc_row(cfg)),
-                                 (self.table_wr, Mem.TABLE, table_row(cfg))):
-            width = data.Layout.cast(layout).size
+                                 (self.table_wr, Mem.TABLE, table_row(cfg)),
+                                 (self.lut_wr, Mem.LUT, LUT_ENTRY)):
+            width = Shape.cast(layout).width
             en_width = len(port.en)
             m.d.comb += [
                 port.addr.eq(addr),

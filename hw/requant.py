@@ -10,6 +10,8 @@ Per lane (the formulas of :mod:`fxpgen.numerics`, no multiplier anywhere):
   ``shift > 0``, left shift for ``shift <= 0`` (cycle 3: the shift and the rounding
   decision; cycle 4: the rounding increment); saturate to int8 [-127, 127] or
   uint8 [0, 255], and to >= 0 with ReLU. Max bypasses these stages (format kept).
+- Table lookups (LUT) arrive one cycle after their operands, from the lookup-table
+  memories, and replace the max in cycle 2: the byte then rides the max path out.
 
 The result bytes appear ``LATENCY`` cycles after the operands.
 """
@@ -122,6 +124,9 @@ class Requantizer(wiring.Component):
         ``valid``; per-instruction ``op_max``, ``relu``, ``out_signed``; per lane
         ``a`` (signed acc_width), ``b`` (signed 9-bit), ``a_shift``, ``b_shift``
         (left shifts, unsigned) and ``shift`` (requantization shift, signed 6-bit).
+        ``op_lookup`` (with ``op_max``) passes ``lookup`` through instead.
+    lookup : In
+        Per lane, the looked-up byte of an ``op_lookup`` operand, one cycle after it.
     result : Out
         ``valid`` and ``data`` (lanes x 8-bit two's complement / unsigned bytes).
     """
@@ -141,8 +146,9 @@ class Requantizer(wiring.Component):
         })
         super().__init__({
             "operands": In(data.StructLayout({
-                "valid": 1, "op_max": 1, "relu": 1, "out_signed": 1,
+                "valid": 1, "op_max": 1, "op_lookup": 1, "relu": 1, "out_signed": 1,
                 "lane": data.ArrayLayout(lane, lanes)})),
+            "lookup": In(data.ArrayLayout(unsigned(8), lanes)),
             "result": Out(data.StructLayout({
                 "valid": 1, "data": data.ArrayLayout(unsigned(8), lanes)})),
         })
@@ -155,7 +161,7 @@ class Requantizer(wiring.Component):
         W = self._acc_width
         ops = self.operands
 
-        flags = {"valid": 1, "op_max": 1, "relu": 1, "out_signed": 1}
+        flags = {"valid": 1, "op_max": 1, "op_lookup": 1, "relu": 1, "out_signed": 1}
 
         # Cycle 1: align both operands.
         s0 = Signal(data.StructLayout({
@@ -170,7 +176,7 @@ class Requantizer(wiring.Component):
                          s0.y[i].eq(shift_left_saturate(m, ln.b, ln.b_shift, W + 1, f"y{i}")),
                          s0.shift[i].eq(ln.shift)]
 
-        # Cycle 2: add with saturation, or take the max.
+        # Cycle 2: add with saturation, take the max, or take the looked-up byte.
         s1 = Signal(data.StructLayout({
             **flags,
             "sum": data.ArrayLayout(signed(W), self._lanes),
@@ -180,7 +186,9 @@ class Requantizer(wiring.Component):
             x, y = s0.x[i], s0.y[i]
             total = Signal(signed(W + 2), name=f"total{i}")
             m.d.comb += total.eq(x + y)
-            with m.If(s0.op_max):
+            with m.If(s0.op_lookup):
+                m.d.sync += s1.sum[i].eq(self.lookup[i])
+            with m.Elif(s0.op_max):
                 m.d.sync += s1.sum[i].eq(Mux(x > y, x, y))
             with m.Else():
                 m.d.sync += s1.sum[i].eq(saturate(m, total, W, f"sum{i}"))

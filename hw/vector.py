@@ -1,11 +1,15 @@
-"""REQUANT, ADD and MAX: the vector unit around the requantizer.
+"""REQUANT, ADD, MAX, MUL and LUT: the vector unit around the requantizer.
 
 - Cycle 0: check addresses; read the source rows (accumulator or scratchpad, the
   residual/second operand from the scratchpad) and the shift-table entry.
 - Cycle 1: build the lane operands: REQUANT uses the per-column shift and alignment
   from the table and the residual bytes of its lane; ADD and MAX use the
-  instruction's scalar shifts on every scratchpad byte.
-- Cycles 2..1+Requantizer.LATENCY: requantize.
+  instruction's scalar shifts on every scratchpad byte; MUL multiplies the two
+  bytes of each lane (one 9 x 9-bit signed multiplier a lane, the only one in the
+  unit) and requantizes the product with its scalar shift; LUT sends every byte as
+  the address of its lane's lookup-table memory.
+- Cycles 2..1+Requantizer.LATENCY: requantize (LUT: the looked-up bytes join in
+  cycle 2 and pass through).
 - Then: write the bytes to the scratchpad (REQUANT only the ``cols`` bytes of its
   lane; the write port's lane enables keep the rest of the row).
 """
@@ -17,12 +21,12 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In
 
 from fxpgen.config import CoreConfig
-from fxpgen.isa import AluParams, ErrorCode, Mem, Opcode, RequantParams
+from fxpgen.isa import AluParams, ErrorCode, LutParams, Mem, MulParams, Opcode, RequantParams
 
 from .addrgen import check_address
-from .buffers import acc_row, addr_width, read_sig, spad_row, table_row, write_sig
+from .buffers import LUT_ENTRY, acc_row, addr_width, read_sig, spad_row, table_row, write_sig
 from .unit_port import UnitControl, report, unit_loops
-from .hazards import TABLE_BIT, mem_bits
+from .hazards import LUT_BIT, TABLE_BIT, mem_bits
 from .requant import Requantizer
 
 __all__ = ["VectorUnit"]
@@ -32,15 +36,20 @@ class _Insn(NamedTuple):
     """The running instruction's fields, latched at ``start``."""
     is_requant: Signal
     op_max: Signal
+    op_mul: Signal
+    op_lut: Signal
     rparams: Signal
     aparams: Signal
+    mparams: Signal
+    lparams: Signal
     regions: list[Signal]
     uses_y: Signal
 
 
 class VectorUnit(wiring.Component):
-    """Executes REQUANT, ADD and MAX: reads through ``acc_rd``, ``spad_rd_x``,
-    ``spad_rd_y`` and ``table_rd``, writes byte lanes through ``spad_wr``."""
+    """Executes REQUANT, ADD, MAX, MUL and LUT: reads through ``acc_rd``,
+    ``spad_rd_x``, ``spad_rd_y``, ``table_rd`` and one ``lut_rd`` port a lane, writes
+    byte lanes through ``spad_wr``."""
 
     def __init__(self, cfg: CoreConfig):
         self._cfg = cfg
@@ -51,6 +60,7 @@ class VectorUnit(wiring.Component):
             "acc_rd": In(read_sig(cfg.acc_depth, acc_row(cfg))),
             "table_rd": In(read_sig(cfg.table_depth, table_row(cfg))),
             "spad_wr": In(write_sig(cfg.spad_depth, spad_row(cfg), 1)),
+            "lut_rd": In(read_sig(cfg.lut_depth, LUT_ENTRY)).array(cfg.lanes),
         })
 
     def elaborate(self, platform):
@@ -68,6 +78,7 @@ class VectorUnit(wiring.Component):
         s1 = Signal(meta_layout)
         m.d.sync += [s1.valid.eq(issue), s1.addr.eq(z_addr)]
         self._operands(m, insn, rq.operands, s1.valid)
+        self._lookup(m, insn, rq.lookup, s1.valid)
         meta = [s1]
         for k in range(Requantizer.LATENCY):
             r = Signal(meta_layout, name=f"meta{k + 1}")
@@ -86,22 +97,31 @@ class VectorUnit(wiring.Component):
         ctrl = self.ctrl
         is_requant = Signal()
         op_max = Signal()
+        op_mul = Signal()
+        op_lut = Signal()
         rparams = Signal(RequantParams)
         aparams = Signal(AluParams)
+        mparams = Signal(MulParams)
+        lparams = Signal(LutParams)
         regions = [Signal(4, name=f"{s}_regions") for s in "xyz"]
         with m.If(ctrl.start):
             m.d.sync += [
                 is_requant.eq(ctrl.insn.opcode == Opcode.REQUANT),
                 op_max.eq(ctrl.insn.opcode == Opcode.MAX),
+                op_mul.eq(ctrl.insn.opcode == Opcode.MUL),
+                op_lut.eq(ctrl.insn.opcode == Opcode.LUT),
                 rparams.eq(ctrl.insn.params.requant),
                 aparams.eq(ctrl.insn.params.alu),
+                mparams.eq(ctrl.insn.params.mul),
+                lparams.eq(ctrl.insn.params.lut),
                 regions[0].eq(ctrl.insn.x.regions),
                 regions[1].eq(ctrl.insn.y.regions),
                 regions[2].eq(ctrl.insn.z.regions),
             ]
         uses_y = Signal()
-        m.d.comb += uses_y.eq(~is_requant | rparams.residual)
-        return _Insn(is_requant, op_max, rparams, aparams, regions, uses_y)
+        m.d.comb += uses_y.eq(Mux(is_requant, rparams.residual, ~op_lut))
+        return _Insn(is_requant, op_max, op_mul, op_lut, rparams, aparams, mparams, lparams,
+                     regions, uses_y)
 
     def _address_error(self, m: Module, insn: _Insn, x_addr, y_addr, z_addr) -> Signal:
         """Cycle 0: the first fault of x (accumulator for REQUANT, else scratchpad),
@@ -141,11 +161,15 @@ class VectorUnit(wiring.Component):
         """Cycle 1: the requantizer's mode and the operands of every lane."""
         L, C = self._cfg.lanes, self._cfg.cols
         rparams, aparams, op_max = insn.rparams, insn.aparams, insn.op_max
+        mparams = insn.mparams
         m.d.comb += [
             ops.valid.eq(valid),
-            ops.op_max.eq(op_max),
-            ops.relu.eq(Mux(insn.is_requant, rparams.relu, aparams.relu & ~op_max)),
-            ops.out_signed.eq(Mux(insn.is_requant, rparams.out_signed, aparams.out_signed)),
+            ops.op_max.eq(op_max | insn.op_lut),
+            ops.op_lookup.eq(insn.op_lut),
+            ops.relu.eq(Mux(insn.is_requant, rparams.relu,
+                            Mux(insn.op_mul, mparams.relu, aparams.relu & ~op_max))),
+            ops.out_signed.eq(Mux(insn.is_requant, rparams.out_signed,
+                                  Mux(insn.op_mul, mparams.out_signed, aparams.out_signed))),
         ]
         x_row = self.spad_rd_x.data.as_value()
         y_row = self.spad_rd_y.data.as_value()
@@ -156,6 +180,9 @@ class VectorUnit(wiring.Component):
             with m.If(insn.is_requant):
                 if i < C:
                     m.d.comb += self._requant_lane(insn, ops.lane[i], i, residual[8 * i:8 * i + 8])
+            with m.Elif(insn.op_mul):
+                m.d.comb += self._mul_lane(insn, ops.lane[i], x_row[8 * i:8 * i + 8],
+                                           y_row[8 * i:8 * i + 8])
             with m.Else():
                 m.d.comb += self._alu_lane(insn, ops.lane[i], x_row[8 * i:8 * i + 8],
                                            y_row[8 * i:8 * i + 8], b_signed)
@@ -186,6 +213,24 @@ class VectorUnit(wiring.Component):
             ln.shift.eq(Mux(op_max, 0, aparams.shift)),
         ]
 
+    def _mul_lane(self, insn: _Insn, ln, xb, yb) -> list:
+        """MUL's byte lane: the exact product of the bytes ``xb`` and ``yb`` (each
+        extended by its signedness; at most 17 bits), requantized by the scalar shift."""
+        mparams = insn.mparams
+        a = Mux(mparams.a_signed, xb.as_signed(), xb.as_unsigned())
+        b = Mux(mparams.b_signed, yb.as_signed(), yb.as_unsigned())
+        return [ln.a.eq(a * b), ln.b.eq(0), ln.a_shift.eq(0), ln.b_shift.eq(0),
+                ln.shift.eq(mparams.shift)]
+
+    def _lookup(self, m: Module, insn: _Insn, lookup, valid) -> None:
+        """Cycle 1: every scratchpad byte addresses its lane's copy of table
+        ``table``; the bytes reach the requantizer's ``lookup`` in cycle 2."""
+        x_row = self.spad_rd_x.data.as_value()
+        for i, port in enumerate(self.lut_rd):
+            m.d.comb += [port.addr.eq(Cat(x_row[8 * i:8 * i + 8], insn.lparams.table)),
+                         port.en.eq(valid & insn.op_lut),
+                         lookup[i].eq(port.data)]
+
     def _write_back(self, m: Module, insn: _Insn, result, wb) -> None:
         """After the requantizer: write ``result`` at ``wb.addr``, REQUANT only into
         the ``cols`` bytes of its lane."""
@@ -211,6 +256,9 @@ class VectorUnit(wiring.Component):
         y_bits = Mux(insn.uses_y, mem_bits(Mem.SPAD, regions[1]), 0)
         x_bits = Mux(insn.is_requant, mem_bits(Mem.ACC, regions[0]) | (1 << TABLE_BIT),
                      mem_bits(Mem.SPAD, regions[0]))
-        report(m, self.ctrl, ready=~busy, busy=busy, reads=Mux(active, x_bits | y_bits, 0),
+        # The tables are read a cycle after the loops issue: held until the drain.
+        lut_bits = Mux(busy & insn.op_lut, 1 << LUT_BIT, 0)
+        report(m, self.ctrl, ready=~busy, busy=busy,
+               reads=Mux(active, x_bits | y_bits, 0) | lut_bits,
                writes=Mux(busy, mem_bits(Mem.SPAD, regions[2]), 0), error=err, pc=pc,
                active=active)

@@ -32,6 +32,7 @@ State kept by a :class:`Machine` (public for tests, all numpy arrays):
 ``table_shift`` ``(table_depth, cols)`` int8 -- signed 6-bit requantization shift ``n_j``
 ``table_align`` ``(table_depth, cols)`` int8 -- signed 6-bit residual alignment ``a_j``
 ``banks``       ``(2, rows, cols)`` int8 -- the array's two weight banks
+``lut``         ``(lut_depth,)`` uint8 -- the lookup tables, entry e of table t at 256 * t + e
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from typing import Sequence
 import numpy as np
 
 from fxpgen.config import REGIONS, CoreConfig
-from fxpgen.isa import INSN_BITS, ErrorCode, Instruction, Mem, Opcode, bad_fields, opcode_of
+from fxpgen.isa import INSN_BITS, UNREGIONED, ErrorCode, Instruction, Mem, Opcode, bad_fields, opcode_of
 from fxpgen.numerics import add_saturate, aligned_add, matmul_accumulate, maximum, requantize
 
 __all__ = ["RunResult", "Machine", "ProgramError", "run_program", "CHUNK"]
@@ -191,8 +192,10 @@ def _make_plan(cfg: CoreConfig, word: int) -> _Plan | None:
     bad = bool(bad_fields(insn, cfg))
     # Only these streams read the memory `z` writes (SPAD), so only they can read
     # rows written earlier by the same instruction.
-    if op in (Opcode.ADD, Opcode.MAX):
+    if op in (Opcode.ADD, Opcode.MAX, Opcode.MUL):
         hazard_reads = ("x", "y")
+    elif op is Opcode.LUT:
+        hazard_reads = ("x",)
     elif op is Opcode.REQUANT and p["residual"]:
         hazard_reads = ("y",)
     else:
@@ -227,7 +230,7 @@ def _gen_batches(cfg: CoreConfig, plan: _Plan, n: int):
             a = s.base + i1 * s.stride1 + i0 * s.stride0
             addrs[s.name] = a
             oob = a >= s.depth
-            if s.mem is Mem.TABLE:
+            if s.mem in UNREGIONED:
                 bad = oob
             else:
                 region = np.minimum(a * REGIONS // s.depth, REGIONS - 1)
@@ -284,6 +287,7 @@ class Machine:
         self.table_shift = np.zeros((cfg.table_depth, cfg.cols), dtype=np.int8)
         self.table_align = np.zeros((cfg.table_depth, cfg.cols), dtype=np.int8)
         self.banks = np.zeros((2, cfg.rows, cfg.cols), dtype=np.int8)
+        self.lut = np.zeros(cfg.lut_depth, dtype=np.uint8)
         self._bus_bytes = (cfg.bus_width + 7) // 8
         self._data: Sequence[int] = ()
         self._dpos = 0
@@ -394,6 +398,12 @@ class Machine:
             x = self._spad_read(ad["x"], p["a_signed"])
             y = self._spad_read(ad["y"], p["a_signed"])
             self._spad_write(b, maximum(x, y))
+        elif op is Opcode.MUL:
+            x = self._spad_read(ad["x"], p["a_signed"])
+            y = self._spad_read(ad["y"], p["b_signed"])
+            self._spad_write(b, requantize(x * y, p["shift"], bool(p["out_signed"]), bool(p["relu"])))
+        elif op is Opcode.LUT:
+            self._spad_write(b, self.lut[256 * p["table"] + self.spad[ad["x"]].astype(np.int64)])
         else:  # pragma: no cover - HALT/SYNC never reach here
             raise AssertionError(op)
 
@@ -464,6 +474,8 @@ class Machine:
             self.wbuf[z] = buf[:, :cfg.cols].view(np.int8)
         elif mem is Mem.ACC:
             self.acc[z] = _sign_extend(_fields(buf, cfg.acc_width, cfg.cols), cfg.acc_width)
+        elif mem is Mem.LUT:
+            self.lut[z] = buf[:, 0]
         else:
             f = _fields(buf, 12, cfg.cols)
             self.table_shift[z] = _sign_extend(f & 0x3F, 6)

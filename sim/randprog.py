@@ -1,7 +1,7 @@
 """Random programs for regression of the RTL against the instruction-level simulator.
 
 Programs mix every opcode with random address loops, strides, lanes, banks, region
-masks (exact or wider than needed), shift-table entries and flags, over small
+masks (exact or wider than needed), shift-table entries, lookup tables and flags, over small
 memories so that instructions collide on regions often and the hazard logic is
 exercised. Every program ends with HALT. Error programs end in one faulting
 instruction of a chosen kind; a ``bad_field`` one breaks one field rule
@@ -16,8 +16,8 @@ import random
 from dataclasses import dataclass, replace
 
 from fxpgen.config import REGIONS, CoreConfig
-from fxpgen.isa import (FIELD_RULES, Addr, FieldRule, Instruction, Mem, Opcode, field_rules,
-                        region_of)
+from fxpgen.isa import (FIELD_RULES, UNREGIONED, Addr, FieldRule, Instruction, Mem, Opcode,
+                        field_rules, region_of)
 
 __all__ = ["RandomProgram", "random_program", "random_error_program", "ERROR_KINDS",
            "breakable_rules", "breaking"]
@@ -25,7 +25,8 @@ __all__ = ["RandomProgram", "random_program", "random_error_program", "ERROR_KIN
 #: Relative frequency of each opcode in random programs.
 MIX = {
     Opcode.LOAD: 18, Opcode.STORE: 12, Opcode.LOADW: 12, Opcode.MATMUL: 22,
-    Opcode.REQUANT: 14, Opcode.ADD: 8, Opcode.MAX: 8, Opcode.SYNC: 2,
+    Opcode.REQUANT: 14, Opcode.ADD: 8, Opcode.MAX: 8, Opcode.MUL: 8, Opcode.LUT: 6,
+    Opcode.SYNC: 2,
 }
 
 ERROR_KINDS = ("illegal_opcode", "bad_field", "address", "region")
@@ -42,7 +43,7 @@ class RandomProgram:
 
 def _row_bits(cfg: CoreConfig, mem: Mem) -> int:
     return {Mem.SPAD: 8 * cfg.lanes, Mem.WBUF: 8 * cfg.cols,
-            Mem.ACC: cfg.acc_width * cfg.cols, Mem.TABLE: 12 * cfg.cols}[mem]
+            Mem.ACC: cfg.acc_width * cfg.cols, Mem.TABLE: 12 * cfg.cols, Mem.LUT: 8}[mem]
 
 
 def _addresses(a: Addr, c0: int, c1: int) -> list[int]:
@@ -108,11 +109,16 @@ class _Gen:
         if op is Opcode.SYNC:
             return Instruction(op)
         if op is Opcode.LOAD:
-            mem = r.choices([Mem.SPAD, Mem.WBUF, Mem.ACC, Mem.TABLE], [4, 3, 2, 1])[0]
+            mem = r.choices([Mem.SPAD, Mem.WBUF, Mem.ACC, Mem.TABLE, Mem.LUT], [4, 3, 2, 1, 2])[0]
             if mem is Mem.TABLE:
                 c0, c1 = r.randint(1, cfg.table_depth), 1
                 base = r.randint(0, cfg.table_depth - c0)
                 z = Addr(base, 1, 0, r.randrange(1 << REGIONS))
+            elif mem is Mem.LUT:
+                # A whole table, or a few entries anywhere (also across tables).
+                c0, c1 = r.choice([256, r.randint(1, 16)]), 1
+                base = r.choice([256 * r.randrange(cfg.lut_tables), r.randint(0, cfg.lut_depth - c0)])
+                z = Addr(min(base, cfg.lut_depth - c0), 1, 0, r.randrange(1 << REGIONS))
             else:
                 z = self.stream(cfg.depth(mem), c0, c1)
             self.data += [self.row_data(mem) for _ in range(c0 * c1)]
@@ -136,6 +142,20 @@ class _Gen:
             y = self.stream(cfg.spad_depth, c0, c1) if params["residual"] else Addr(0, 0, 0, 0)
             return Instruction(op, params, c0, c1, x=self.stream(cfg.acc_depth, c0, c1), y=y,
                                z=self.stream(cfg.spad_depth, c0, c1))
+        if op is Opcode.LUT:
+            return Instruction(op, {"table": self.ruled(op, "table")}, c0, c1,
+                               x=self.stream(cfg.spad_depth, c0, c1),
+                               z=self.stream(cfg.spad_depth, c0, c1))
+        if op is Opcode.MUL:
+            params = {"shift": r.choice([0, 7, 8, r.randint(-32, 31), r.randint(0, 16)]),
+                      "relu": r.randrange(2), "out_signed": r.randrange(2),
+                      "a_signed": r.randrange(2), "b_signed": r.randrange(2)}
+            # stride-0 y: one row of factors broadcast over the pixels.
+            y = self.stream(cfg.spad_depth, c0, c1)
+            if r.random() < 0.3:
+                y = replace(y, stride0=0)
+            return Instruction(op, params, c0, c1, x=self.stream(cfg.spad_depth, c0, c1), y=y,
+                               z=self.stream(cfg.spad_depth, c0, c1))
         # ADD / MAX
         params = {"a_signed": r.randrange(2)}
         if op is Opcode.ADD:
@@ -150,13 +170,13 @@ class _Gen:
     def reads_own_writes(insn: Instruction) -> bool:
         """An iteration reading a scratchpad row an earlier iteration wrote (not allowed:
         the vector unit's pipeline reads ahead of its writes)."""
-        if insn.opcode not in (Opcode.REQUANT, Opcode.ADD, Opcode.MAX):
+        if insn.opcode not in (Opcode.REQUANT, Opcode.ADD, Opcode.MAX, Opcode.MUL, Opcode.LUT):
             return False
         z = _addresses(insn.z, insn.count0, insn.count1)
         reads = []
         if insn.opcode is not Opcode.REQUANT:
             reads.append(_addresses(insn.x, insn.count0, insn.count1))
-        if insn.opcode is not Opcode.REQUANT or insn.params.get("residual"):
+        if insn.opcode not in (Opcode.REQUANT, Opcode.LUT) or insn.params.get("residual"):
             reads.append(_addresses(insn.y, insn.count0, insn.count1))
         written: set[int] = set()
         for k, zk in enumerate(z):
@@ -211,17 +231,17 @@ def random_error_program(cfg: CoreConfig, rng: random.Random, kind: str) -> Rand
     insns: list = [g.legal(rng.choices(list(MIX), list(MIX.values()))[0]) for _ in range(rng.randint(0, 6))]
     if kind == "illegal_opcode":
         word = Instruction(Opcode.HALT).encode(cfg) & ~0xF
-        insns.append(word | rng.choice([0, 10, 11, 12, 13, 14, 15]))
+        insns.append(word | rng.choice([v for v in range(16) if v not in {op.value for op in Opcode}]))
     elif kind == "bad_field":
         rule = rng.choice(breakable_rules(cfg))
         insns.append(breaking(g.legal(rule.opcode), rule, cfg, rng))
     else:
         while True:
             op = rng.choice([Opcode.LOAD, Opcode.STORE, Opcode.LOADW, Opcode.MATMUL, Opcode.REQUANT,
-                             Opcode.ADD, Opcode.MAX])
+                             Opcode.ADD, Opcode.MAX, Opcode.MUL, Opcode.LUT])
             mark = len(g.data)
             insn = g.legal(op)
-            streams = [s for s in ("x", "y", "z") if insn.stream_mem(s) not in (None, Mem.TABLE)]
+            streams = [s for s in ("x", "y", "z") if insn.stream_mem(s) not in (None, *UNREGIONED)]
             if streams:
                 break
             del g.data[mark:]

@@ -136,7 +136,7 @@ def test_mem_names_and_numbers():
         b = assemble(f"load mem={mem.value} z=0@0")
         assert a == b
         assert Instruction.decode(a[0]).params["mem"] == mem.value
-    assert format_word(a[0]) == "load mem=table count=1x1 z=0@0b0000"
+    assert format_word(a[0]) == "load mem=lut count=1x1 z=0@0b0000"
 
 
 def test_count_forms():

@@ -32,14 +32,15 @@ def random_word(cfg, rng: random.Random, bad: bool) -> int:
     that footprints collide often); with ``bad``, an illegal opcode or a field this
     core cannot execute."""
     if bad and rng.random() < 0.4:
-        return (rng.getrandbits(64) << 4) | rng.choice([0, 10, 11, 12, 13, 14, 15])
-    op = rng.choices(list(Opcode), [2, 2, 5, 4, 3, 5, 4, 2, 2])[0]
+        return (rng.getrandbits(64) << 4) | rng.choice([0, 12, 13, 14, 15])
+    op = rng.choices(list(Opcode), [2, 2, 5, 4, 3, 5, 4, 2, 2, 2, 2])[0]
     if bad:
-        op = rng.choice([Opcode.STORE, Opcode.LOADW, Opcode.MATMUL, Opcode.REQUANT])
+        op = rng.choice([Opcode.LOAD, Opcode.STORE, Opcode.LOADW, Opcode.MATMUL, Opcode.REQUANT,
+                         Opcode.LUT])
     c0, c1 = rng.randint(1, 4), rng.randint(1, 3)
     params = {}
     if op is Opcode.LOAD:
-        params = {"mem": rng.randrange(4)}
+        params = {"mem": rng.randint(5, 7) if bad else rng.randrange(5)}
     elif op is Opcode.STORE:
         params = {"mem": rng.choice([Mem.WBUF, Mem.TABLE] if bad else [Mem.SPAD, Mem.ACC]).value}
     elif op is Opcode.LOADW:
@@ -55,8 +56,10 @@ def random_word(cfg, rng: random.Random, bad: bool) -> int:
             params["table"] = rng.randint(cfg.table_depth, 255)
         elif bad:
             params["lane"] = rng.randint(cfg.requant_lanes, 15)
-    elif op in (Opcode.ADD, Opcode.MAX):
+    elif op in (Opcode.ADD, Opcode.MAX, Opcode.MUL):
         params = {"a_signed": rng.randrange(2)}
+    elif op is Opcode.LUT:
+        params = {"table": rng.randint(cfg.lut_tables, 15) if bad else rng.randrange(cfg.lut_tables)}
     if op in (Opcode.HALT, Opcode.SYNC):
         return Instruction(op).encode(cfg)
     streams = {s: Addr(rng.randrange(16), rng.randrange(4), 0,

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from fxpgen.hw.core import Core
-from fxpgen.isa import CoreState, ErrorCode
+from fxpgen.isa import Addr, CoreState, ErrorCode, Instruction, Mem, Opcode, pack_row
 from fxpgen.sim.isa_sim import Machine
 from fxpgen.sim.randprog import ERROR_KINDS, random_error_program, random_program
 
@@ -101,3 +101,28 @@ def test_error_programs_stop_with_the_simulators_error(kind, seed):
         prog = random_error_program(cfg, rng, kind)
         expected = check_program(cfg, prog.words(cfg), prog.data, rng)
         assert expected.error is not ErrorCode.NONE
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
+def test_every_lookup_table_entry_reaches_every_lane(cfg, seed):
+    """Random contents in the first and the last lookup table (LOAD mem=lut, one entry
+    a word), then LUT over rows holding every byte value in every lane: the core
+    looks up what the ISA simulator does, however small its other memories."""
+    rng = random.Random(seed)
+    last = cfg.lut_tables - 1
+    tables = {t: [rng.randrange(256) for _ in range(256)] for t in (0, last)}
+    rows = [[(r * cfg.lanes + lane * 37) % 256 for lane in range(cfg.lanes)]
+            for r in range(256 // cfg.lanes + 1)]
+    n = min(len(rows), cfg.spad_depth // 2)
+    insns = [Instruction(Opcode.LOAD, {"mem": Mem.LUT.value}, 256, 1, z=Addr(256 * t, 1))
+             for t in tables]
+    insns += [Instruction(Opcode.LOAD, {"mem": Mem.SPAD.value}, n, 1, z=Addr(0, 1))]
+    insns += [Instruction(Opcode.LUT, {"table": t}, n, 1, x=Addr(0, 1), z=Addr(n, 1))
+              for t in tables]
+    insns += [Instruction(Opcode.STORE, {"mem": Mem.SPAD.value}, n, 1, x=Addr(n, 1)),
+              Instruction(Opcode.HALT)]
+    data = [pack_row(Mem.LUT, [v], cfg) for t in tables for v in tables[t]]
+    data += [pack_row(Mem.SPAD, r, cfg) for r in rows[:n]]
+    expected = check_program(cfg, [i.encode(cfg) for i in insns], data, rng)
+    looked_up = {v for w in expected.results for v in w.to_bytes(cfg.lanes, "little")}
+    assert looked_up <= set(tables[last]) and len(looked_up) > 1

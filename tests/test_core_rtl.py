@@ -46,7 +46,7 @@ def test_random_programs_match_isa_simulator(rows, cols, seed):
                                                    "result": rng.choice([0.0, 0.3, 0.5])})
     opcodes = {i.opcode for p in programs for i in p.instructions}
     assert opcodes >= {Opcode.LOAD, Opcode.STORE, Opcode.LOADW, Opcode.MATMUL, Opcode.REQUANT,
-                       Opcode.ADD, Opcode.MAX, Opcode.HALT}
+                       Opcode.ADD, Opcode.MAX, Opcode.MUL, Opcode.LUT, Opcode.HALT}
     assert sum(len(e.results) for e in expected) > 0
     for k, (r, e) in enumerate(zip(results, expected)):
         where = f"program {k} (seed {seed})"

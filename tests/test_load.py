@@ -43,6 +43,7 @@ def test_load_matches_isa_sim(cfg, seed):
         Mem.WBUF: MemoryModel(random_rows(rng, Mem.WBUF, cfg), write=[unit.wbuf_wr], name="wbuf"),
         Mem.ACC: MemoryModel(random_rows(rng, Mem.ACC, cfg), write=[unit.acc_wr], name="acc"),
         Mem.TABLE: MemoryModel(random_rows(rng, Mem.TABLE, cfg), write=[unit.table_wr], name="table"),
+        Mem.LUT: MemoryModel(random_rows(rng, Mem.LUT, cfg), write=[unit.lut_wr], name="lut"),
     }
     faults = []
 
@@ -52,7 +53,8 @@ def test_load_matches_isa_sim(cfg, seed):
             mem = Mem(insn.params["mem"])
             words = [rng.getrandbits(cfg.bus_width) for _ in range(insn.iterations)]
             mach = machine_with(cfg, spad=mems[Mem.SPAD].rows, wbuf=mems[Mem.WBUF].rows,
-                                acc=mems[Mem.ACC].rows, table=mems[Mem.TABLE].rows)
+                                acc=mems[Mem.ACC].rows, table=mems[Mem.TABLE].rows,
+                                lut=mems[Mem.LUT].rows)
             res = mach.run([insn.encode(cfg)], words)
             pc = rng.getrandbits(32)
             p_valid = rng.choice([1.0, 0.6, 0.25])

@@ -1,4 +1,4 @@
-"""The vector unit (``hw/vector.py``: REQUANT, ADD, MAX) alone in Amaranth's
+"""The vector unit (``hw/vector.py``: REQUANT, ADD, MAX, MUL, LUT) alone in Amaranth's
 simulator, its memories and its controller played by the testbench, against the
 instruction-level simulator running the same instructions from the same state."""
 
@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from fxpgen.hw.hazards import LUT_BIT
 from fxpgen.hw.requant import Requantizer
 from fxpgen.hw.vector import VectorUnit
 from fxpgen.isa import ErrorCode, Mem, Opcode
@@ -28,8 +29,11 @@ def run_vector(cfg, machine, insns, pcs, abort_at=None, as_run=None):
     - issue one iteration a cycle, reading exactly the rows of those iterations
       (accumulators for REQUANT, ``x`` and ``y`` of the scratchpad otherwise, ``y``
       only with a residual) and writing each result ``WRITE_DELAY`` cycles later;
-    - report the ISA footprint: its reads while it issues, its writes until the
+    - report the ISA footprint: its reads while it issues (LUT's lookup tables,
+      read a cycle after the issue, until the last write), its writes until the
       last write, ``busy`` exactly that long and ``ready`` otherwise;
+    - LUT: look up every byte of each ``x`` row in its lane's table the cycle after
+      the row is read;
     - report a fault in the cycle of the faulting iteration with that
       instruction's ``pc``, and stop reporting it once aborted;
     - once aborted (``abort_at``: that many cycles into the last instruction, as
@@ -43,8 +47,9 @@ def run_vector(cfg, machine, insns, pcs, abort_at=None, as_run=None):
                        write=[dut.spad_wr], name="spad")
     acc = MemoryModel(machine_rows(machine, Mem.ACC), read=[dut.acc_rd], name="acc")
     table = MemoryModel(machine_rows(machine, Mem.TABLE), read=[dut.table_rd], name="table")
+    lut = MemoryModel(machine_rows(machine, Mem.LUT), read=list(dut.lut_rd), name="lut")
     read_ports = {dut.acc_rd: acc, dut.table_rd: table, dut.spad_rd_x: spad, dut.spad_rd_y: spad}
-    h = Harness(acc, table, spad)
+    h = Harness(acc, table, spad, lut)
     ctrl = dut.ctrl
     seen = []      # (error, error_pc) of each instruction run
     after = []     # the played scratchpad after each instruction without error
@@ -66,7 +71,8 @@ def run_vector(cfg, machine, insns, pcs, abort_at=None, as_run=None):
             x, y, z = (addresses(getattr(insn, s), insn.count0, insn.count1) for s in "xyz")
             issued, written, error, cycle = [], [], (ErrorCode.NONE, None), 0
             stopped = None     # the cycle from which the unit may issue nothing
-            uses_y = insn.opcode is not Opcode.REQUANT or insn.params["residual"]
+            uses_y = insn.stream_mem("y") is not None
+            lut_reads = (1 << LUT_BIT) if insn.opcode is Opcode.LUT else 0
             while ctx.get(ctrl.busy):
                 assert not ctx.get(ctrl.ready)
                 if cycle == abort_at and pc == pcs[-1]:
@@ -74,7 +80,7 @@ def run_vector(cfg, machine, insns, pcs, abort_at=None, as_run=None):
                     stopped = cycle
                 e = ErrorCode(ctx.get(ctrl.error))
                 if stopped is None:
-                    assert ctx.get(ctrl.reads) == (fp_reads if cycle < n else 0), cycle
+                    assert ctx.get(ctrl.reads) == (fp_reads if cycle < n else lut_reads), cycle
                     assert ctx.get(ctrl.writes) == fp_writes, cycle
                     if e is not ErrorCode.NONE:
                         error, stopped = (e, ctx.get(ctrl.error_pc)), cycle
@@ -93,6 +99,13 @@ def run_vector(cfg, machine, insns, pcs, abort_at=None, as_run=None):
                     assert reads[dut.spad_rd_y] == (y[cycle] if uses_y else None)
                 else:
                     assert all(reads[p] is None for p in (dut.acc_rd, dut.spad_rd_x, dut.spad_rd_y)), cycle
+                looked_up = [lut.read_in(p, h.cycle - 1) for p in dut.lut_rd]
+                if insn.opcode is Opcode.LUT and cycle - 1 in issued:
+                    row = spad.rows[x[cycle - 1]]
+                    base = 256 * insn.params["table"]
+                    assert looked_up == [base + (row >> (8 * i) & 0xFF) for i in range(cfg.lanes)]
+                else:
+                    assert looked_up == [None] * cfg.lanes, cycle
                 for addr in writes:
                     written.append(addr)
                     assert cycle - WRITE_DELAY == len(written) - 1
@@ -128,8 +141,9 @@ def run_vector(cfg, machine, insns, pcs, abort_at=None, as_run=None):
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
 def test_random_instructions_match_isa_simulator(cfg, seed):
-    """Random REQUANT/ADD/MAX instructions (every lane, residual, signedness, relu,
-    shift and alignment; strides, repeated rows, faults by address and by region)
+    """Random REQUANT/ADD/MAX/MUL/LUT instructions (every lane, residual, signedness,
+    relu, shift and alignment, lookup table; strides, broadcast rows, repeated rows,
+    faults by address and by region)
     write what the ISA simulator writes, stop where it stops, and keep the unit's
     timing and footprint contract (see :func:`run_vector`)."""
     rng = random.Random(seed)
@@ -140,7 +154,7 @@ def test_random_instructions_match_isa_simulator(cfg, seed):
         seen = run_vector(cfg, machine, insns, [rng.randrange(1 << 32) for _ in insns])
         opcodes |= {i.opcode for i in insns[:len(seen)]}
         errors |= {e for e, _ in seen}
-    assert opcodes == {Opcode.REQUANT, Opcode.ADD, Opcode.MAX}
+    assert opcodes == {Opcode.REQUANT, Opcode.ADD, Opcode.MAX, Opcode.MUL, Opcode.LUT}
     assert ErrorCode.NONE in errors and len(errors) > 1
 
 

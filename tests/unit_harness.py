@@ -19,15 +19,16 @@ of ``hw/hazards.py``), so the tests do not reuse the logic they check.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import numpy as np
 from amaranth import Elaboratable, Module, Signal
-from amaranth.hdl import ResetInserter
+from amaranth.hdl import ResetInserter, Value
 from amaranth.sim import Simulator
 
 from fxpgen.config import REGIONS, CoreConfig
 from fxpgen.hw.hazards import resource_index
-from fxpgen.isa import INSN_BITS, Addr, ErrorCode, Instruction, Mem, Opcode, footprint, pack_rows, \
+from fxpgen.isa import INSN_BITS, UNREGIONED, Addr, ErrorCode, Instruction, Mem, Opcode, footprint, pack_rows, \
     regions_spanned, unpack_rows
 from fxpgen.sim.isa_sim import Machine, ProgramError
 
@@ -209,8 +210,8 @@ class MemoryModel:
 
     def sample(self, ctx, cycle):
         reads = [(ctx.get(p.en), ctx.get(p.addr)) for p in self.read_ports]
-        writes = [(ctx.get(p.en), ctx.get(p.addr), ctx.get(p.data.as_value()), len(p.en),
-                   len(p.data.as_value())) for p in self.write_ports]
+        writes = [(ctx.get(p.en), ctx.get(p.addr), ctx.get(Value.cast(p.data)), len(p.en),
+                   len(Value.cast(p.data))) for p in self.write_ports]
         for what, en, addr in [("read", *r) for r in reads] + [("write", *w[:2]) for w in writes]:
             assert not en or addr < len(self.rows), \
                 f"{self.name}: {what} at row {addr} beyond depth {len(self.rows)}"
@@ -231,7 +232,7 @@ class MemoryModel:
             self.writes.append((cycle, addr, self.rows[addr]))
         for port, transparent, (en, addr) in zip(self.read_ports, self.transparent, reads):
             if en:
-                ctx.set(port.data.as_value(), (self.rows if transparent else before)[addr])
+                ctx.set(Value.cast(port.data), (self.rows if transparent else before)[addr])
 
     def read_in(self, port, cycle: int) -> int | None:
         """The row ``port`` read in ``cycle``, None if it read none."""
@@ -322,11 +323,12 @@ def random_rows(rng: random.Random, mem: Mem, cfg: CoreConfig) -> list[int]:
         return pack_rows(Mem.TABLE, [[(rng.choice([rng.randint(-32, 31), rng.randint(0, 12)]),
                                        rng.choice([0, rng.randint(-4, 4), rng.randint(-32, 31)]))
                                       for _ in range(cfg.cols)] for _ in range(depth)], cfg)
-    width = {Mem.SPAD: 8 * cfg.lanes, Mem.WBUF: 8 * cfg.cols}[mem]
+    width = {Mem.SPAD: 8 * cfg.lanes, Mem.WBUF: 8 * cfg.cols, Mem.LUT: 8}[mem]
     return [rng.getrandbits(width) for _ in range(depth)]
 
 
-def machine_with(cfg: CoreConfig, *, spad=None, wbuf=None, acc=None, table=None, banks=None) -> Machine:
+def machine_with(cfg: CoreConfig, *, spad=None, wbuf=None, acc=None, table=None, banks=None,
+                 lut=None) -> Machine:
     """A :class:`Machine` whose memories hold the given packed rows (others zero)."""
     mach = Machine(cfg)
     if spad is not None:
@@ -341,6 +343,8 @@ def machine_with(cfg: CoreConfig, *, spad=None, wbuf=None, acc=None, table=None,
         mach.table_align[:] = pairs[..., 1]
     if banks is not None:
         mach.banks[:] = np.asarray(banks)
+    if lut is not None:
+        mach.lut[:] = np.asarray(lut)
     return mach
 
 
@@ -353,6 +357,8 @@ def machine_rows(mach: Machine, mem: Mem) -> list[int]:
     """``mem`` of ``mach`` as packed rows."""
     if mem is Mem.TABLE:
         return pack_rows(Mem.TABLE, np.stack([mach.table_shift, mach.table_align], axis=-1), mach.cfg)
+    if mem is Mem.LUT:
+        return [int(v) for v in mach.lut]
     return pack_rows(mem, {Mem.SPAD: mach.spad, Mem.WBUF: mach.wbuf, Mem.ACC: mach.acc}[mem], mach.cfg)
 
 
@@ -396,12 +402,13 @@ def random_stream(rng: random.Random, depth: int, count0: int, count1: int,
 
 
 def random_vector_insn(cfg: CoreConfig, rng: random.Random, fault_prob: float = 0.25) -> Instruction:
-    """A random REQUANT, ADD or MAX that the ISA simulator accepts (no iteration reads
-    a row an earlier one wrote), every parameter drawn over its legal range (MAX gets
-    random ADD fields, which it must ignore; REQUANT without residual a random ``y``,
-    which it must not read). With ``fault_prob`` one stream faults."""
+    """A random REQUANT, ADD, MAX, MUL or LUT that the ISA simulator accepts (no
+    iteration reads a row an earlier one wrote), every parameter drawn over its legal
+    range (MAX gets random ADD fields, which it must ignore; REQUANT without residual
+    and LUT a random ``y``, which they must not read; MUL's ``y`` often has stride 0,
+    a broadcast row). With ``fault_prob`` one stream faults."""
     while True:
-        op = rng.choice([Opcode.REQUANT, Opcode.ADD, Opcode.MAX])
+        op = rng.choice([Opcode.REQUANT, Opcode.ADD, Opcode.MAX, Opcode.MUL, Opcode.LUT])
         c0 = rng.choice([1, 2, 3, 4, rng.randint(1, 8), 0 if rng.random() < 0.1 else 1])
         c1 = rng.choice([1, 1, 2, 3])
         if op is Opcode.REQUANT:
@@ -409,6 +416,13 @@ def random_vector_insn(cfg: CoreConfig, rng: random.Random, fault_prob: float = 
                       "relu": rng.randrange(2), "out_signed": rng.randrange(2),
                       "residual": rng.randrange(2), "res_signed": rng.randrange(2)}
             used = ["x", "y", "z"] if params["residual"] else ["x", "z"]
+        elif op is Opcode.LUT:
+            params, used = {"table": rng.randrange(cfg.lut_tables)}, ["x", "z"]
+        elif op is Opcode.MUL:
+            params = {"shift": rng.choice([0, 7, 8, rng.randint(0, 16), rng.randint(-32, 31)]),
+                      "relu": rng.randrange(2), "out_signed": rng.randrange(2),
+                      "a_signed": rng.randrange(2), "b_signed": rng.randrange(2)}
+            used = ["x", "y", "z"]
         else:
             params = {"a_shift": rng.choice([0, 0, 1, 2, rng.randint(0, 15)]),
                       "b_shift": rng.choice([0, 0, 1, rng.randint(0, 15)]),
@@ -425,6 +439,8 @@ def random_vector_insn(cfg: CoreConfig, rng: random.Random, fault_prob: float = 
             else:
                 streams[s] = Addr(rng.randrange(1 << 16), rng.randrange(1 << 16), rng.randrange(1 << 16),
                                   rng.randrange(1 << REGIONS))
+        if op is Opcode.MUL and rng.random() < 0.4 and "y" != faulty:
+            streams["y"] = replace(streams["y"], stride0=0)
         insn = Instruction(op, params, c0, c1, **streams)
         try:
             Machine(cfg).run([insn.encode(cfg)], [])
@@ -441,7 +457,7 @@ def first_fault(insn: Instruction, cfg: CoreConfig) -> int:
             if mem is None:
                 continue
             addr, depth = addresses(getattr(insn, s), insn.count0, insn.count1)[t], cfg.depth(mem)
-            if addr >= depth or (mem is not Mem.TABLE
+            if addr >= depth or (mem not in UNREGIONED
                                  and not getattr(insn, s).regions >> (addr * REGIONS // depth) & 1):
                 return t
     return insn.iterations
