@@ -29,6 +29,8 @@ from fxpgen.boards.wire_faults import random_faults
 
 DIVISOR = 8
 CFG = CoreConfig(2, 2, spad_depth=256, wbuf_depth=64, acc_depth=256)
+#: The network campaign's core: the digits CNN's maps fit its scratchpad.
+NET_CFG = CFG.replace(spad_depth=1024)
 #: Seconds the host waits for a reply before resending; a lost reply costs this.
 HOST_TIMEOUT = 3
 
@@ -55,14 +57,15 @@ class Tally:
 
 
 def _network_job(folder: Path) -> tuple[list[str], str]:
-    """Compile the digits CNN for the campaign's core into ``folder``; the host command."""
+    """Compile the digits CNN for :data:`NET_CFG` into ``folder``; the host command."""
     import numpy as np
     from fxpgen.models import digits_assets
     a = digits_assets()
+    c = NET_CFG
     subprocess.run([sys.executable, "-m", "fxpgen.app.cli", "compile", str(a["model"]), "--calib",
-                    str(a["calib"]), "--rows", str(CFG.rows), "--cols", str(CFG.cols),
-                    "--spad-depth", str(CFG.spad_depth), "--wbuf-depth", str(CFG.wbuf_depth),
-                    "--acc-depth", str(CFG.acc_depth), "-q", "-o", str(folder / "prog")], check=True)
+                    str(a["calib"]), "--rows", str(c.rows), "--cols", str(c.cols),
+                    "--spad-depth", str(c.spad_depth), "--wbuf-depth", str(c.wbuf_depth),
+                    "--acc-depth", str(c.acc_depth), "-q", "-o", str(folder / "prog")], check=True)
     np.save(folder / "x.npy", np.load(a["test_x"])[:2])
     return ([sys.executable, "-m", "fxpgen.app.cli", "run", str(folder / "prog"), "--input",
              str(folder / "x.npy"), "--engine", "board", "--port", "{port}", "--timeout",
@@ -77,7 +80,7 @@ def _gemm_job() -> tuple[list[str], str]:
 def campaign(runs: int, n_faults: int, seed: int, network: bool, log=print) -> Tally:
     """Run the campaign; ``log`` gets one line per run."""
     from fxpgen.boards.board_rtl import board_model, run_host_on_board
-    model = board_model(CFG, DIVISOR, insn_buffer=512, data_buffer=512)
+    model = board_model(NET_CFG if network else CFG, DIVISOR, insn_buffer=512, data_buffer=512)
     with tempfile.TemporaryDirectory() as tmp:
         argv, ok_key = _network_job(Path(tmp)) if network else _gemm_job()
         clean = run_host_on_board(model, DIVISOR, argv, timeout_s=3600)
