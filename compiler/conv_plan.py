@@ -93,10 +93,11 @@ def rows_per_chunk(cfg: CoreConfig, oh: int, ow: int) -> int:
 
 
 def plan_conv(qg: QGraph, op: QConv | QAvgPool, cfg: CoreConfig,
-              band_rows_per_chunk: int | None = None) -> ConvPlan:
+              band_rows_per_chunk: int | None = None, chunk_rows: int | None = None) -> ConvPlan:
     """The plan of ``op`` (a conv or average pool of ``qg``) on ``cfg``; with
     ``band_rows_per_chunk`` its input is a band buffer and a chunk is that many output
-    rows. Raise :class:`DoesNotFit` when a shift leaves -32..31 or an output row
+    rows; with ``chunk_rows`` alone (an off-chip output or residual), a chunk is that
+    many output rows of a resident input. Raise :class:`DoesNotFit` when a shift leaves -32..31 or an output row
     exceeds half the accumulators or a loop count."""
     weight, bias, groups, shift, relu, residual, align = _conv_params(qg, op)
     cout, _, kh, kw = weight.shape
@@ -115,7 +116,7 @@ def plan_conv(qg: QGraph, op: QConv | QAvgPool, cfg: CoreConfig,
         name=op.name, kernel=(kh, kw), stride=tuple(op.stride), pads=tuple(op.pads),
         in_height=in_h, out_size=(oh, ow), k_tiles=ceil_div(cin, cfg.rows), n_tiles=len(tiles),
         tiles=tiles, groups=_group_n_tiles(tiles, cfg), wbuf_tiles=cfg.wbuf_depth // cfg.rows,
-        rows_per_chunk=band_rows_per_chunk if banded else rows_per_chunk(cfg, oh, ow), banded=banded,
+        rows_per_chunk=band_rows_per_chunk or chunk_rows or rows_per_chunk(cfg, oh, ow), banded=banded,
         bias=_bias_rows(bias, cout, len(tiles), cfg), table=table, relu=bool(relu), residual=residual,
         in_signed=in_signed, out_signed=qg.tensor(op.output).fmt.signed,
         res_signed=bool(residual) and qg.tensor(residual).fmt.signed, note=note)
