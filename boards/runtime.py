@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from fxpgen.isa import ErrorCode
+from fxpgen.sim.segments import resolve_data
 
 from .host import BoardLink, open_serial
 from .protocol import ProtocolError
@@ -74,7 +75,7 @@ def run_images(link: BoardLink, program, inputs: list, *, baked: bool = False,
         else:
             res, per_layer = [], []
             for seg in segs:
-                run = link.execute(seg.words, seg.data, n_results=seg.n_results)
+                run = link.execute(seg.words, resolve_data(seg, res), n_results=seg.n_results)
                 res += run.results
                 per_layer.append({"layer": seg.layer, **run.status["counters"]})
             outs.append(program.decode(res))

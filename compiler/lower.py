@@ -238,23 +238,7 @@ def _lower_offchip(qg: QGraph, cfg: CoreConfig, consumer, resident: DoesNotFit) 
     if not tried:
         raise resident
     raise DoesNotFit(f"{last} (with {len(max(tried, key=len))} maps off chip; kept in the "
-                     f"scratchpad: {resident}){_fitting_depth(qg, cfg, consumer)}") from None
-
-
-def _fitting_depth(qg: QGraph, cfg: CoreConfig, consumer) -> str:
-    """``"; --spad-depth N fits"`` for the smallest power-of-two depth above ``cfg``'s
-    that lowers with maps off chip, or ``""``."""
-    depth = cfg.spad_depth * 2
-    while depth <= 65536:
-        big = cfg.replace(spad_depth=depth)
-        for frac in BUDGET_FRACTIONS:
-            try:
-                _lower(qg, big, consumer, spill_plan(qg, cfg.lanes, int(depth * frac), consumer is not None))
-                return f"; --spad-depth {depth} fits"
-            except DoesNotFit:
-                continue
-        depth *= 2
-    return ""
+                     f"scratchpad: {resident})") from None
 
 
 def _streamable_consumer(qg: QGraph):

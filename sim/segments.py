@@ -2,26 +2,50 @@
 
 Every layer of a compiled network ends with a HALT, so the core's performance
 counters (cleared when a program starts, frozen by HALT) measure each layer; the
-engines send one segment at a time and read the counters at each HALT."""
+engines send one segment at a time and read the counters at each HALT.
+
+A program with off-chip maps (:mod:`fxpgen.compiler.offchip`) takes some data words
+from its own earlier results: the engines play the host that keeps those maps,
+filling each segment's referenced words (:attr:`LayerSegment.refs`,
+:func:`resolve_data`) from the results of the segments before it. A segment never
+references its own results, so no engine waits on itself."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fxpgen.isa import Instruction, Opcode, opcode_of
 
-__all__ = ["LayerSegment", "split_layers", "cycle_budget", "with_input_halt"]
+__all__ = ["LayerSegment", "split_layers", "resolve_data", "cycle_budget", "with_input_halt"]
 
 
 @dataclass
 class LayerSegment:
     """Instructions up to and including one HALT, with the data words they consume
-    and the number of result words they produce."""
+    and the number of result words they produce; ``refs`` are ``(data word, result
+    word, count)`` runs: data words ``[data word, data word + count)`` of the segment
+    are result words ``[result word, ...)`` of the earlier segments of the same run
+    (all its results, in order), zeros in ``data`` until filled."""
 
     layer: str
     words: list[int]
     data: list[int]
     n_results: int
+    refs: list[tuple[int, int, int]] = field(default_factory=list)
+
+
+def resolve_data(seg: LayerSegment, results: list[int]) -> list[int]:
+    """``seg``'s data words with its references filled from ``results``, the result
+    words of the run's segments before it."""
+    if not seg.refs:
+        return seg.data
+    data = list(seg.data)
+    for at, first, count in seg.refs:
+        if first + count > len(results):
+            raise ValueError(f"segment {seg.layer} references result words up to {first + count}, "
+                             f"only {len(results)} came before it")
+        data[at:at + count] = results[first:first + count]
+    return data
 
 
 def cycle_budget(seg: LayerSegment, stall_prob: float = 0.0) -> int:
@@ -55,8 +79,12 @@ def with_input_halt(instructions: list[Instruction], layers: list[str]
     return insns, names
 
 
-def split_layers(words: list[int], layers: list[str], data: list[int]) -> list[LayerSegment]:
-    """Cut a program at its HALTs (one per layer)."""
+def split_layers(words: list[int], layers: list[str], data: list[int],
+                 refs: list[tuple[int, int, int]] = ()) -> list[LayerSegment]:
+    """Cut a program at its HALTs (one per layer); ``refs`` are the program's ``(data
+    word, result word, count)`` runs (:meth:`~fxpgen.compiler.lower.Lowered.result_refs`),
+    given to the segments that consume them. Raise ValueError when a segment
+    references result words that no earlier segment produces."""
     segments, cur, pos, n_res, name = [], [], 0, 0, None
     d0 = 0
     for w, layer in zip(words, layers):
@@ -76,4 +104,22 @@ def split_layers(words: list[int], layers: list[str], data: list[int]) -> list[L
         segments.append(LayerSegment(name or "tail", cur, data[d0:pos], n_res))
     if pos != len(data):
         raise ValueError(f"the program's LOADs take {pos} data words but {len(data)} were given")
+    if refs:
+        _give_refs(segments, refs)
     return segments
+
+
+def _give_refs(segments: list[LayerSegment], refs) -> None:
+    """Split the runs at segment boundaries, in segment coordinates for the data."""
+    d0, r0, k = 0, 0, 0
+    for seg in segments:
+        for at, first, count in refs:
+            lo, hi = max(at, d0), min(at + count, d0 + len(seg.data))
+            if lo < hi:
+                if first + (hi - at) > r0:
+                    raise ValueError(f"segment {k} ({seg.layer}) references result words up to "
+                                     f"{first + hi - at}, the segments before it produce {r0}")
+                seg.refs.append((lo - d0, first + lo - at, hi - lo))
+        d0 += len(seg.data)
+        r0 += seg.n_results
+        k += 1
