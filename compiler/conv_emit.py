@@ -11,7 +11,9 @@ when fused). Accumulator blocks alternate between the two halves of the accumula
 Off-chip maps (:class:`ConvBands`). When the residual or the output is kept in the
 host's memory, the loops turn: for every chunk, LOAD the input band and the
 residual's rows, run every group of n-tiles (reloading their weights when there
-is more than one group) into a chunk buffer, and STORE the chunk's rows.
+is more than one group) into a chunk buffer, and STORE the chunk's rows. A plan
+with slabs (a grouped or depthwise conv whose band of all channels would not fit)
+LOADs the band a slab of channel groups at a time and runs the slab's n-tiles on it.
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ class ConvBands:
     input band is read from (None: the image) and the byte of its rows outside the
     map; ``res_buffer`` the host buffer of an off-chip residual (its layout then a
     chunk-sized band); ``out_buffer`` set when the output layout is a chunk buffer
-    whose rows go to the result stream."""
+    whose rows go to the result stream; ``in_groups`` the input's channel groups when
+    the plan has slabs (the band then holds one slab's)."""
 
     in_buffer: int | None = None
     in_pad_byte: int = 0
     res_buffer: int | None = None
     out_buffer: bool = False
+    in_groups: int | None = None      # the input map's channel groups, when the band holds a slab
 
     @property
     def chunk_outer(self) -> bool:
@@ -65,8 +69,12 @@ class _ConvEmission:
         self.in_lay, self.out_lay, self.res_lay = in_lay, out_lay, res_lay
         self.bands = bands
         self.block = 0
+        self.group0 = 0        # the input channel group at the band's group 0 (a slab's first)
 
     def run(self) -> None:
+        if self.plan.slabs:
+            self.run_slabs()
+            return
         if self.bands.chunk_outer:
             self.run_chunk_outer()
             return
@@ -97,6 +105,24 @@ class _ConvEmission:
                 if not once:
                     where = self.load_group(group)
                 self.chunk(group, oy0, nrow, where, load=False)
+            if bands.out_buffer:
+                store_rows(self.em, self.out_lay, 0, nrow)
+
+    def run_slabs(self) -> None:
+        """Chunk by chunk, slab by slab: the slab's channel groups of the input band,
+        its groups of n-tiles; then the chunk's rows stored."""
+        plan, bands = self.plan, self.bands
+        oh, sy = plan.out_size[0], plan.stride[0]
+        for oy0 in range(0, oh, plan.rows_per_chunk):
+            nrow = min(plan.rows_per_chunk, oh - oy0)
+            if bands.res_buffer is not None:
+                load_band(self.em, self.res_lay, oy0, nrow, oh, bands.res_buffer)
+            for slab in plan.slabs:
+                load_band(self.em, self.in_lay, oy0 * sy - plan.pads[0], (nrow - 1) * sy + plan.kernel[0],
+                          plan.in_height, bands.in_buffer, bands.in_pad_byte, slab.first, bands.in_groups)
+                self.group0 = slab.first
+                for group in slab.groups:
+                    self.chunk(group, oy0, nrow, self.load_group(group), load=False)
             if bands.out_buffer:
                 store_rows(self.em, self.out_lay, 0, nrow)
 
@@ -171,7 +197,7 @@ class _ConvEmission:
         self.em.emit(Instruction(Opcode.LOADW, {"bank": bank}, self.cfg.rows, 1,
                                  x=Addr(where[(nt, tile.ky, tile.kx, tile.kt)], 1)))
         group, lane = divmod(tile.kt, self.cfg.matmul_lanes)
-        x0 = lay.pixel(iy0 + tile.ky, tile.kx - plan.pads[1]) + group
+        x0 = lay.pixel(iy0 + tile.ky, tile.kx - plan.pads[1]) + group - self.group0
         self.em.emit(Instruction(
             Opcode.MATMUL,
             {"bank": bank, "accumulate": 1, "act_signed": int(plan.in_signed), "lane": lane},

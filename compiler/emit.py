@@ -39,14 +39,18 @@ class InputPiece:
 
 @dataclass(frozen=True)
 class HostPiece:
-    """Words ``[offset, offset + count)`` of host buffer ``buffer`` go into the data
-    stream before constant word ``at``, after the first ``after_inputs`` image pieces."""
+    """``count`` words of host buffer ``buffer`` go into the data stream before constant
+    word ``at``, after the first ``after_inputs`` image pieces: word k is buffer word
+    ``offset + (k // run) * stride + k % run`` (``run`` words of every ``stride``: some
+    channel groups of every pixel; all words from ``offset`` on with 1 and 1)."""
 
     at: int
     after_inputs: int
     buffer: int
     offset: int
     count: int
+    run: int = 1
+    stride: int = 1
 
 
 @dataclass(frozen=True)
@@ -98,14 +102,19 @@ class Emitter:
             self.emit(Instruction(Opcode.LOAD, {"mem": Mem.SPAD.value}, row, k,
                                   z=Addr(lay.pixel(y + k0, 0), 1, lay.padded_w * lay.groups)))
 
-    def load_host_rows(self, lay: MapLayout, y: int, buffer: int, src_y0: int, n: int):
+    def load_host_rows(self, lay: MapLayout, y: int, buffer: int, src_y0: int, n: int,
+                       group0: int = 0, map_groups: int | None = None):
         """LOAD rows ``[src_y0, src_y0 + n)`` of host buffer ``buffer`` into rows ``y ..``
-        of ``lay``."""
+        of ``lay``; with ``map_groups`` (the map's channel groups), ``lay`` holds only
+        its groups ``group0 .. group0 + lay.groups - 1``."""
         row = lay.width * lay.groups
+        full = map_groups or lay.groups
+        run, stride = (1, 1) if full == lay.groups else (lay.groups, full)
         for k0 in range(0, n, COUNT_MAX):
             k = min(COUNT_MAX, n - k0)
             self.host_pieces.append(HostPiece(len(self.data), len(self.pieces), buffer,
-                                              (src_y0 + k0) * row, k * row))
+                                              (src_y0 + k0) * lay.width * full + group0, k * row,
+                                              run, stride))
             self.emit(Instruction(Opcode.LOAD, {"mem": Mem.SPAD.value}, row, k,
                                   z=Addr(lay.pixel(y + k0, 0), 1, lay.padded_w * lay.groups)))
 
@@ -134,10 +143,12 @@ class Emitter:
 
 
 def load_band(em: Emitter, band: MapLayout, iy0: int, n: int, height: int,
-              buffer: int | None = None, pad_byte: int = 0):
+              buffer: int | None = None, pad_byte: int = 0, group0: int = 0,
+              map_groups: int | None = None):
     """Fill rows ``0 .. n`` of a band buffer with rows ``iy0 .. iy0 + n`` of the image
-    (``buffer`` None) or of host buffer ``buffer``: words of ``pad_byte`` for the rows
-    outside the ``height``-row map, its rows from the data stream."""
+    (``buffer`` None) or of host buffer ``buffer`` (channel groups ``group0 ..`` of a
+    map of ``map_groups``, :meth:`Emitter.load_host_rows`): words of ``pad_byte`` for
+    the rows outside the ``height``-row map, its rows from the data stream."""
     row = band.width * band.groups
     zero = pack_row(Mem.SPAD, [pad_byte] * em.cfg.lanes, em.cfg)
     inside0, inside1 = max(iy0, 0), min(iy0 + n, height)
@@ -150,7 +161,7 @@ def load_band(em: Emitter, band: MapLayout, iy0: int, n: int, height: int,
     if buffer is None:
         em.load_image_rows(band, inside0 - iy0, inside0, inside1 - inside0)
     else:
-        em.load_host_rows(band, inside0 - iy0, buffer, inside0, inside1 - inside0)
+        em.load_host_rows(band, inside0 - iy0, buffer, inside0, inside1 - inside0, group0, map_groups)
 
 
 def store_rows(em: Emitter, lay: MapLayout, y: int, n: int):

@@ -113,16 +113,17 @@ class Lowered:
         keyed += [((p.at, p.after_inputs, 1), p) for p in self.host_pieces]
         return [p for _, p in sorted(keyed, key=lambda kp: kp[0])]
 
-    def result_refs(self) -> list[tuple[int, int, int]]:
-        """Where the data stream takes result words: ``(data word, result word, count)``
-        runs, in stream order; a run's words are result words ``[result word,
-        result word + count)`` of the same run of the program."""
+    def result_refs(self) -> list[tuple[int, int, int, int, int]]:
+        """Where the data stream takes result words: ``(data word, result word, count,
+        run, stride)``, in stream order: data word ``data word + k`` is result word
+        ``result word + (k // run) * stride + k % run`` of the same run of the program."""
         refs, pos, const = [], 0, 0
         for p in self._stream_pieces():
             pos += p.at - const
             const = p.at
             if isinstance(p, HostPiece):
-                refs.append((pos, self.host_buffers[p.buffer].result_at + p.offset, p.count))
+                refs.append((pos, self.host_buffers[p.buffer].result_at + p.offset, p.count,
+                             p.run, p.stride))
             pos += p.count
         return refs
 

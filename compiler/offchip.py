@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Callable
 from fxpgen.isa import COUNT_MAX
 
 from .conv_emit import ConvBands, emit_conv
-from .conv_plan import plan_conv, rows_per_chunk
+from .conv_plan import plan_conv, plan_slabs, rows_per_chunk
 from .emit import HostBuffer, load_band, store_rows
 from .layout import MapLayout, last_uses, pad_byte, plan_borders
 from .qgraph import QAdd, QAvgPool, QConv, QGraph, QMaxPool
@@ -108,10 +108,13 @@ def _host_buffer(lo: "_Lowering", name: str) -> None:
 
 
 def _buffer(lo: "_Lowering", name: str, height: int, border: tuple[int, int, int, int], what: str,
-            taken: list[MapLayout]) -> MapLayout:
-    """A band or chunk buffer of ``height`` rows of map ``name`` at the top of the
-    scratchpad, its side borders filled; appended to ``taken`` (freed after the layer)."""
+            taken: list[MapLayout], groups: int | None = None) -> MapLayout:
+    """A band or chunk buffer of ``height`` rows of map ``name`` (of ``groups`` of its
+    channel groups: a slab) at the top of the scratchpad, its side borders filled;
+    appended to ``taken`` (freed after the layer)."""
     c, _, w = lo.qg.tensor(name).shape
+    if groups is not None and groups != ceil_div(c, lo.cfg.lanes):
+        c = groups * lo.cfg.lanes
     lay = MapLayout(0, c, height, w, border, ceil_div(c, lo.cfg.lanes))
     lay = dataclasses.replace(lay, base=lo.alloc.alloc(lay.rows, what, top=True))
     taken.append(lay)
@@ -125,10 +128,12 @@ def _side_border(lo: "_Lowering", name: str) -> tuple[int, int, int, int]:
     return (0, b[1], 0, b[3])
 
 
-def _row_rows(lo: "_Lowering", name: str, border: tuple[int, int, int, int]) -> int:
-    """Scratchpad rows of one row of map ``name`` with ``border``'s sides."""
+def _row_rows(lo: "_Lowering", name: str, border: tuple[int, int, int, int],
+              groups: int | None = None) -> int:
+    """Scratchpad rows of one row of map ``name`` (of ``groups`` of its channel groups)
+    with ``border``'s sides."""
     c, _, w = lo.qg.tensor(name).shape
-    return (w + border[1] + border[3]) * ceil_div(c, lo.cfg.lanes)
+    return (w + border[1] + border[3]) * (groups or ceil_div(c, lo.cfg.lanes))
 
 
 def _chunk_rows(lo: "_Lowering", op, most: int, need: Callable[[int], int]) -> int:
@@ -171,15 +176,27 @@ def _conv(lo: "_Lowering", op: QConv | QAvgPool, streamed: bool) -> MapLayout | 
     res_band = residual in lo.offchip
     in_border = _side_border(lo, op.input)
 
+    in_groups = ceil_div(qg.tensor(op.input).shape[0], cfg.lanes)
+    slab = in_groups
+
     def need(r: int) -> int:
-        n = ((r - 1) * sy + kh) * _row_rows(lo, op.input, in_border) if in_band else 0
+        n = ((r - 1) * sy + kh) * _row_rows(lo, op.input, in_border, slab) if in_band else 0
         n += r * _row_rows(lo, residual, (0, 0, 0, 0)) if res_band else 0
         return n + (r * _row_rows(lo, op.output, (0, 0, 0, 0)) if out_lay is None else 0)
 
+    slabs = None
+    if op.input in lo.offchip and need(1) > lo.alloc.largest():
+        # A grouped or depthwise conv can read its band a few channel groups at a time.
+        whole = plan_conv(qg, op, cfg, 1)
+        for slab in range(in_groups - 1, 0, -1):
+            slabs = plan_slabs(whole, cfg, in_groups, slab)
+            if slabs is None or need(1) <= lo.alloc.largest():
+                break
+        slab = slab if slabs else in_groups
     rows = _chunk_rows(lo, op, rows_per_chunk(cfg, oh, ow), need)
     taken: list[MapLayout] = []
     in_lay = (_buffer(lo, op.input, (rows - 1) * sy + kh, in_border,
-                      f"the band of input {op.input} of {op.name}", taken)
+                      f"the band of input {op.input} of {op.name}", taken, slab)
               if in_band else lo.layouts[op.input])
     res_lay = None
     if residual:
@@ -189,8 +206,10 @@ def _conv(lo: "_Lowering", op: QConv | QAvgPool, streamed: bool) -> MapLayout | 
         out_lay = _buffer(lo, op.output, rows, (0, 0, 0, 0), f"the chunk of output {op.output}", taken)
     bands = ConvBands(in_buffer=lo.host.get(op.input), in_pad_byte=pad_byte(lo.pad_signed.get(op.input, False)),
                       res_buffer=lo.host.get(residual) if res_band else None,
-                      out_buffer=op.output in lo.offchip)
+                      out_buffer=op.output in lo.offchip, in_groups=in_groups)
     plan = plan_conv(qg, op, cfg, rows if in_band else None, chunk_rows=rows)
+    if slabs:
+        plan = dataclasses.replace(plan, slabs=plan_slabs(plan, cfg, in_groups, slab))
     emit_conv(lo.em, plan, in_lay, out_lay, res_lay, bands)
     _free(lo, taken)
     if streamed:

@@ -25,8 +25,9 @@ A program directory holds:
 The data stream, in order, is runs of constant words, image words and host-buffer
 words: ``input_pieces`` ``[at, first, count]`` put image words ``[first, first +
 count)`` before constant word ``at``; ``host_pieces`` ``[at, after_inputs, buffer,
-offset, count]`` put words ``[offset, offset + count)`` of host buffer ``buffer``
-before constant word ``at``, after the first ``after_inputs`` image pieces. The
+offset, count, run, stride]`` put ``count`` words of host buffer ``buffer``, word k
+being ``offset + (k // run) * stride + k % run``, before constant word ``at``, after
+the first ``after_inputs`` image pieces. The
 result stream is the output map's words but for the runs of ``host_buffers``
 ``[name, result_at, count]``: host buffer k is result words ``[result_at, result_at
 + count)``, the off-chip map ``name``'s interior pixels row-major, which only
@@ -158,7 +159,8 @@ def save_program(path: Path, low: Lowered, extra: dict | None = None) -> dict:
         "data_bytes": len(data),
         "input_pieces": [[p.at, p.first, p.count] for p in low.input_pieces],
         "input_unfold": dataclasses.asdict(low.input_unfold) if low.input_unfold else None,
-        "host_pieces": [[p.at, p.after_inputs, p.buffer, p.offset, p.count] for p in low.host_pieces],
+        "host_pieces": [[p.at, p.after_inputs, p.buffer, p.offset, p.count, p.run, p.stride]
+                        for p in low.host_pieces],
         "host_buffers": [[b.name, b.result_at, b.count] for b in low.host_buffers],
         "input_layout": dataclasses.asdict(low.input_layout),
         "output_layout": dataclasses.asdict(low.output_layout),

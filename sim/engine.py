@@ -54,9 +54,10 @@ class Runnable:
         """The golden model's output array for each of ``inputs``."""
         raise NotImplementedError
 
-    def result_refs(self) -> list[tuple[int, int, int]]:
+    def result_refs(self) -> list[tuple[int, int, int, int, int]]:
         """Where the data stream takes the program's own earlier result words (off-chip
-        maps): ``(data word, result word, count)`` runs; none by default."""
+        maps): ``(data word, result word, count, run, stride)``
+        (:attr:`~fxpgen.sim.segments.LayerSegment.refs`); none by default."""
         return []
 
     def segments(self, x) -> list[LayerSegment]:
@@ -96,7 +97,7 @@ class NetworkProgram(Runnable):
     def stream(self, x) -> list[int]:
         return self.view.data(self.view.image_words(np.asarray(x, np.int64)))
 
-    def result_refs(self) -> list[tuple[int, int, int]]:
+    def result_refs(self) -> list[tuple[int, int, int, int, int]]:
         return self.view.result_refs()
 
     def decode(self, results: list[int]) -> np.ndarray:

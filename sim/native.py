@@ -210,7 +210,7 @@ def _stall_probs(stall_prob: float | dict) -> tuple[float, float, float]:
 
 def _write_job(path: Path, programs: list[RtlProgram], widths: dict[str, int], *, seed: int,
                stall: tuple[float, float, float], max_cycles: int, timeout_s: float,
-               refs: list[tuple[int, int, int, int, int]] = ()) -> None:
+               refs: list[tuple[int, ...]] = ()) -> None:
     lines = ["fxpgen-native-job 2",
              "widths {insn} {data} {result} {counter}".format(**widths),
              f"seed {int(seed) & (2**64 - 1)}",
@@ -236,16 +236,17 @@ def _write_job(path: Path, programs: list[RtlProgram], widths: dict[str, int], *
 def run_on_native(cfg: CoreConfig, programs: list[RtlProgram], *, seed: int = 0,
                   stall_prob: float | dict = 0.0, max_cycles: int = 2_000_000,
                   timeout_s: float = 1800.0, model: NativeModel | None = None,
-                  keep: bool | None = None, refs: list[tuple[int, int, int, int, int]] = ()
+                  keep: bool | None = None, refs: list[tuple[int, ...]] = ()
                   ) -> tuple[list[RtlResult], dict]:
     """Run ``programs`` one after another on one core in the native harness (memories
     persist; the core is reset after a program that stopped on an error or ran past
     its ``max_cycles``). Same arguments and results as
     :func:`fxpgen.sim.core_rtl.run_on_rtl`; see the module docstring for the
     differences. ``refs`` play the host of off-chip maps: ``(program, data word,
-    base, result word, count)`` makes program ``program``'s data words ``[data
-    word, data word + count)`` the result words ``[result word, ...)`` of programs
-    ``base, base + 1, ...`` (their results one after another), filled when it starts. ``raw`` of each result holds the harness's record, with
+    base, result word, count, run, stride)`` makes data word ``data word + k`` of
+    program ``program`` result word ``result word + (k // run) * stride + k % run`` of
+    programs ``base, base + 1, ...`` (their results one after another), filled when
+    the program starts. ``raw`` of each result holds the harness's record, with
     ``"halts"``: for every HALT of the program, the cycle it retired in, the result
     words received before it and the counters.
 

@@ -25,13 +25,13 @@
 //   data <D>
 //   <hex>                                        D lines
 //   refs <R>
-//   <program> <at> <base> <first> <count>        R lines
+//   <program> <at> <base> <first> <count> <run> <stride>      R lines
 //   end
 //
 // A ref plays the host of off-chip maps: before program <program> starts, its data
-// words <at> .. <at> + <count> - 1 (counted from its first data word) become the
-// result words <first> .. of the programs from <base> on (their results one after
-// another, the `last` bit dropped); <base> .. <program> - 1 must have run.
+// word <at> + k (counted from its first data word), for k < <count>, becomes result
+// word <first> + (k / <run>) * <stride> + k % <run> of the programs from <base> on
+// (their results one after another, the `last` bit dropped).
 //
 // Semantics (those of fxpgen.sim.cocotb_core, without its idle cycles between
 // programs): reset (rst high for RESET_CYCLES edges, then one idle edge), then
@@ -232,7 +232,7 @@ struct Program {
 };
 
 struct Ref {
-    uint64_t program, at, base, first, count;
+    uint64_t program, at, base, first, count, run, stride;
 };
 
 struct Job {
@@ -308,8 +308,8 @@ Job read_job(const char* path) {
     for (std::size_t i = 0; i < n; ++i) {
         std::istringstream ss(expect_line(in, "a ref line"));
         Ref r;
-        ss >> r.program >> r.at >> r.base >> r.first >> r.count;
-        if (ss.fail() || r.program >= job.programs.size() || r.base > r.program
+        ss >> r.program >> r.at >> r.base >> r.first >> r.count >> r.run >> r.stride;
+        if (ss.fail() || r.program >= job.programs.size() || r.base > r.program || r.run == 0
             || r.at + r.count > job.programs[r.program].n_data)
             fail("job file: bad ref line " + std::to_string(i));
         job.refs.push_back(r);
@@ -524,7 +524,7 @@ class Harness {
             for (uint64_t i = 0; i < r.count; ++i) {
                 uint32_t* w = data_words_.limbs.data() + (data0 + r.at + i) * dstride;
                 std::fill(w, w + dstride, 0u);
-                uint64_t j = r.first + i;
+                uint64_t j = r.first + (i / r.run) * r.stride + i % r.run;
                 for (uint64_t p = r.base; p < k; ++p) {
                     const uint64_t n = out[p].results.size() / rstride;
                     if (j >= n) {

@@ -75,7 +75,7 @@ class SegmentEngine(Engine):
         raise NotImplementedError
 
     def _simulate(self, cfg: CoreConfig, programs: list["RtlProgram"], model,
-                  timeout_s: float, refs: list[tuple[int, int, int, int, int]]
+                  timeout_s: float, refs: list[tuple[int, ...]]
                   ) -> tuple[list["RtlResult"], dict]:
         """Run ``programs``; ``refs`` as for :func:`~fxpgen.sim.native.run_on_native`."""
         raise NotImplementedError
@@ -99,7 +99,7 @@ class SegmentEngine(Engine):
         for k, segs in enumerate(segments_per_input):
             base = len(programs)
             for s in segs:
-                refs += [(len(programs), at, base, first, count) for at, first, count in s.refs]
+                refs += [(len(programs), at, base, *rest) for at, *rest in s.refs]
                 programs.append(RtlProgram(s.words, s.data, s.n_results,
                                            max_cycles=cycle_budget(s, stall)))
                 owners.append((k, s))

@@ -23,15 +23,15 @@ __all__ = ["LayerSegment", "split_layers", "resolve_data", "cycle_budget", "with
 class LayerSegment:
     """Instructions up to and including one HALT, with the data words they consume
     and the number of result words they produce; ``refs`` are ``(data word, result
-    word, count)`` runs: data words ``[data word, data word + count)`` of the segment
-    are result words ``[result word, ...)`` of the earlier segments of the same run
-    (all its results, in order), zeros in ``data`` until filled."""
+    word, count, run, stride)``: data word ``data word + k`` of the segment is result
+    word ``result word + (k // run) * stride + k % run`` of the earlier segments of
+    the same run (all their results, in order), zero in ``data`` until filled."""
 
     layer: str
     words: list[int]
     data: list[int]
     n_results: int
-    refs: list[tuple[int, int, int]] = field(default_factory=list)
+    refs: list[tuple[int, int, int, int, int]] = field(default_factory=list)
 
 
 def resolve_data(seg: LayerSegment, results: list[int]) -> list[int]:
@@ -40,12 +40,20 @@ def resolve_data(seg: LayerSegment, results: list[int]) -> list[int]:
     if not seg.refs:
         return seg.data
     data = list(seg.data)
-    for at, first, count in seg.refs:
-        if first + count > len(results):
-            raise ValueError(f"segment {seg.layer} references result words up to {first + count}, "
+    for at, first, count, run, stride in seg.refs:
+        last = _last_word(first, count, run, stride)
+        if last >= len(results):
+            raise ValueError(f"segment {seg.layer} references result word {last}, "
                              f"only {len(results)} came before it")
-        data[at:at + count] = results[first:first + count]
+        for k0 in range(0, count, run):
+            src = first + (k0 // run) * stride
+            data[at + k0:at + k0 + run] = results[src:src + min(run, count - k0)]
     return data
+
+
+def _last_word(first: int, count: int, run: int, stride: int) -> int:
+    """The last result word a reference reads."""
+    return first + ((count - 1) // run) * stride + (count - 1) % run
 
 
 def cycle_budget(seg: LayerSegment, stall_prob: float = 0.0) -> int:
@@ -80,11 +88,12 @@ def with_input_halt(instructions: list[Instruction], layers: list[str]
 
 
 def split_layers(words: list[int], layers: list[str], data: list[int],
-                 refs: list[tuple[int, int, int]] = ()) -> list[LayerSegment]:
+                 refs: list[tuple[int, int, int, int, int]] = ()) -> list[LayerSegment]:
     """Cut a program at its HALTs (one per layer); ``refs`` are the program's ``(data
-    word, result word, count)`` runs (:meth:`~fxpgen.compiler.lower.Lowered.result_refs`),
-    given to the segments that consume them. Raise ValueError when a segment
-    references result words that no earlier segment produces."""
+    word, result word, count, run, stride)`` references
+    (:meth:`~fxpgen.compiler.lower.Lowered.result_refs`), given to the segments that
+    consume them. Raise ValueError when a segment references result words that no
+    earlier segment produces, or a reference spans two segments."""
     segments, cur, pos, n_res, name = [], [], 0, 0, None
     d0 = 0
     for w, layer in zip(words, layers):
@@ -110,16 +119,20 @@ def split_layers(words: list[int], layers: list[str], data: list[int],
 
 
 def _give_refs(segments: list[LayerSegment], refs) -> None:
-    """Split the runs at segment boundaries, in segment coordinates for the data."""
-    d0, r0, k = 0, 0, 0
+    """Each reference to the segment whose data holds it, in its coordinates."""
+    starts, d0, r0 = [], 0, 0
     for seg in segments:
-        for at, first, count in refs:
-            lo, hi = max(at, d0), min(at + count, d0 + len(seg.data))
-            if lo < hi:
-                if first + (hi - at) > r0:
-                    raise ValueError(f"segment {k} ({seg.layer}) references result words up to "
-                                     f"{first + hi - at}, the segments before it produce {r0}")
-                seg.refs.append((lo - d0, first + lo - at, hi - lo))
-        d0 += len(seg.data)
-        r0 += seg.n_results
-        k += 1
+        starts.append((d0, r0))
+        d0, r0 = d0 + len(seg.data), r0 + seg.n_results
+    k = 0
+    for at, first, count, run, stride in refs:
+        while k + 1 < len(segments) and starts[k + 1][0] <= at:
+            k += 1
+        seg, (d0, r0) = segments[k], starts[k]
+        if at + count > d0 + len(seg.data):
+            raise ValueError(f"a reference at data word {at} spans segments {k} and {k + 1}")
+        if _last_word(first, count, run, stride) >= r0:
+            raise ValueError(f"segment {k} ({seg.layer}) references result word "
+                             f"{_last_word(first, count, run, stride)}, the segments before it "
+                             f"produce {r0}")
+        seg.refs.append((at - d0, first, count, run, stride))
