@@ -6,9 +6,9 @@ Both cut every input's program at its HALTs (:func:`~fxpgen.sim.segments.split_l
 give each segment the cycle limit :func:`~fxpgen.sim.segments.cycle_budget`, and run
 the segments of up to ``batch`` inputs one after another in one simulation; the
 counters the core froze at each HALT are that segment's (usually one layer's).
-The native harness plays the host of off-chip maps (it fills a segment's data
-words that reference earlier results when the segment starts); the cocotb
-engine refuses such programs."""
+Both play the host of off-chip maps: a segment's data words that reference
+earlier results are filled when the segment starts (in the native harness, and
+in the cocotb module)."""
 
 from __future__ import annotations
 
@@ -188,12 +188,9 @@ class RtlEngine(SegmentEngine):
         return core_model(cfg)
 
     def _simulate(self, cfg, programs, model, timeout_s, refs):
-        if refs:
-            raise RuntimeError("the rtl engine cannot play the host of off-chip maps (the program "
-                               "keeps feature maps off chip); run it on the native engine")
         from .core_rtl import run_on_rtl
         return run_on_rtl(cfg, programs, seed=self.seed, stall_prob=self.stall_prob, model=model,
-                          timeout_s=timeout_s)
+                          timeout_s=timeout_s, refs=refs)
 
 
 class NativeEngine(SegmentEngine):

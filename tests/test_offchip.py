@@ -140,3 +140,26 @@ def test_a_depthwise_band_too_wide_goes_in_slabs(seed):
     out = IsaEngine().run(NetworkProgram.from_lowered(low, qg), xs).outputs
     golden = run_golden_batch(qg, np.stack(xs))[qg.output]
     assert all(np.array_equal(o, g) for o, g in zip(out, golden))
+
+
+@pytest.mark.slow
+@pytest.mark.rtl
+@pytest.mark.parametrize("name", ["mobilenetv2", "resnet50"])
+def test_imagenet_networks_on_the_default_core(name, seed, tmp_path):
+    """MobileNetV2 and ResNet-50 at 224x224 (random weights) compile for the default
+    8x8 core, their large maps off chip, and run whole on the native engine as the
+    golden model does; prints the cycles and the array's utilization."""
+    from fxpgen.app.flow import compile_model, model_macs, run_compiled
+    from fxpgen.models import zoo
+    cfg = CoreConfig()
+    rng = np.random.default_rng(seed)
+    summary = compile_model(getattr(zoo, name)(224, 1000), rng.uniform(0, 1, (2, 3, 224, 224)), cfg,
+                            tmp_path)
+    assert summary["offchip_maps"]
+    out = run_compiled(tmp_path, rng.uniform(0, 1, (1, 3, 224, 224)), "native")
+    assert out["golden_identical"] is True
+    macs = model_macs(load_qgraph(tmp_path))
+    cycles = out["cycles_per_image"]
+    print(f"{name} 224x224 on {cfg.name}: {len(summary['offchip_maps'])} maps off chip, "
+          f"{summary['offchip_words_stored']:,} words stored, {summary['offchip_words_loaded']:,} "
+          f"loaded; {cycles:,.0f} cycles, MAC utilization {macs / (cycles * cfg.rows * cfg.cols):.3f}")
