@@ -142,10 +142,14 @@ class Lowered:
 
     def split_data(self) -> tuple[list[int], list[int]]:
         """(constant words before the image, after it) of a program whose image is one
-        piece; a program that streams its input in bands has no such split."""
+        piece; a program that streams its input in bands, or keeps maps off chip, has
+        no such split."""
         if self.input_streamed:
             raise ValueError(f"the program streams its input in {len(self.input_pieces)} pieces; "
                              "only a program whose input is one piece has a before/after split")
+        if self.host_pieces:
+            raise ValueError("the program keeps maps off chip; its data stream takes words of "
+                             "its own results and has no before/after split")
         at = self.input_pieces[0].at
         return self.consts[:at], self.consts[at:]
 
