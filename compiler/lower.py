@@ -109,8 +109,9 @@ class Lowered:
         """Image and host pieces in stream order."""
         if not self.host_pieces:
             return list(self.input_pieces)
-        keyed = [((p.at, k, 0), p) for k, p in enumerate(self.input_pieces)]
-        keyed += [((p.at, p.after_inputs, 1), p) for p in self.host_pieces]
+        # Image piece k follows the host pieces emitted while k image pieces existed.
+        keyed = [((p.at, k, 1), p) for k, p in enumerate(self.input_pieces)]
+        keyed += [((p.at, p.after_inputs, 0), p) for p in self.host_pieces]
         return [p for _, p in sorted(keyed, key=lambda kp: kp[0])]
 
     def result_refs(self) -> list[tuple[int, int, int, int, int]]:
