@@ -3,7 +3,8 @@ and the band lowering of the layers that read or write them.
 
 Spill policy (:func:`spill_plan`). Walking the ops in order, while the maps live
 at an op (its inputs, its output and every map read later) take more scratchpad
-rows than a budget, the largest of them that may go off chip does. A map may go
+rows than a budget less the op's band buffers (one output row's, as if every map
+it may spill were off chip), the largest of them that may go off chip does. A map may go
 off chip when its producer and every consumer can run in bands: convolutions
 (any kernel, stride and groups, with a residual), average and max pools and adds;
 neither the network's input (streamed in bands by its own rule) nor its output.
@@ -59,27 +60,42 @@ def spillable(qg: QGraph) -> set[str]:
 
 def spill_plan(qg: QGraph, lanes: int, budget: int, input_streamed: bool) -> frozenset[str]:
     """The maps to keep off chip so that the resident maps live at every op take at
-    most ``budget`` scratchpad rows (largest first; module docstring)."""
+    most ``budget`` scratchpad rows less the op's band buffers (largest first;
+    module docstring)."""
     border, _ = plan_borders(qg)
-    rows = {}
+    rows, row = {}, {}
     for name, t in qg.tensors.items():
         c, h, w = t.shape
         b = border[name]
-        rows[name] = (h + b[0] + b[2]) * (w + b[1] + b[3]) * ceil_div(c, lanes)
+        row[name] = (w + b[1] + b[3]) * ceil_div(c, lanes)
+        rows[name] = (h + b[0] + b[2]) * row[name]
     born = {op.output: i for i, op in enumerate(qg.ops)}
     if not input_streamed:
         born[qg.input] = -1
     last = last_uses(qg)
     ok = spillable(qg)
     spilled: set[str] = set()
-    for i in range(len(qg.ops)):
+    for i, op in enumerate(qg.ops):
         live = [t for t, b in born.items() if b <= i <= last.get(t, b)]
-        while sum(rows[t] for t in live if t not in spilled) > budget:
+        room = budget - _band_rows(op, ok, row)
+        while sum(rows[t] for t in live if t not in spilled) > room:
             candidates = [t for t in live if t in ok and t not in spilled]
             if not candidates:
                 break
             spilled.add(max(candidates, key=lambda t: (rows[t], t)))
     return frozenset(spilled)
+
+
+def _band_rows(op, ok: set[str], row: dict[str, int]) -> int:
+    """Scratchpad rows of ``op``'s band buffers for one output row, were every map of
+    ``ok`` it reads or writes off chip (the input band with the kernel's rows)."""
+    kh = 1
+    if isinstance(op, QConv):
+        kh = op.weight.shape[2]
+    elif isinstance(op, (QAvgPool, QMaxPool)):
+        kh = op.kernel[0]
+    n = sum(row[t] for t in {*op.inputs[1:], op.output} & ok)
+    return n + (kh * row[op.inputs[0]] if op.inputs[0] in ok else 0)
 
 
 def lower_banded(lo: "_Lowering", op, streamed: bool) -> MapLayout | None:
