@@ -90,11 +90,20 @@ def compile_model(model, calib: np.ndarray, cfg: CoreConfig, outdir: Path, *, mo
     notes = report["notes"] + low.notes
     weak = low_signal(report)
     return {"instructions": len(low.instructions), "data_words": len(low.consts),
-            "spad_rows": low.spad_rows_used, "quantize_s": t1 - t0, "lower_s": t2 - t1,
+            "spad_rows": low.spad_rows_used, **offchip_summary(low), "quantize_s": t1 - t0, "lower_s": t2 - t1,
             "write_s": time.monotonic() - t2, "notes": low.notes, "warnings": group_notes([user_terms(n, qg) for n in notes]),
             "output_sqnr_db": report["output_sqnr_db"], "low_signal": weak is not None, "low_signal_reason": weak,
             "calibration_warnings": doubts,
             "listing": listing, "outdir": str(outdir)}
+
+
+def offchip_summary(low) -> dict:
+    """The host traffic of a program's off-chip maps: ``offchip_maps`` (their names),
+    ``offchip_words_stored`` (result words they take) and ``offchip_words_loaded``
+    (data words read back, halos and repeated bands included)."""
+    return {"offchip_maps": [b.name for b in low.host_buffers],
+            "offchip_words_stored": sum(b.count for b in low.host_buffers),
+            "offchip_words_loaded": sum(p.count for p in low.host_pieces)}
 
 
 def _write_program(outdir: Path, qg, low, report: dict, with_listing: bool) -> None:
@@ -266,7 +275,7 @@ def run_compiled(outdir: Path, x: np.ndarray, engine: str, *, progress: Callable
     program = NetworkProgram.from_program(prog, qg)
     eng = cls.from_options(batch=batch, **(board or {}))
     out = {"engine": engine, "config": prog.cfg.as_dict(), "saturated": saturated,
-           "input_format": str(fmt)}
+           "input_format": str(fmt), **offchip_summary(program.view)}
     t0 = time.monotonic()
     res = eng.run(program, xq, progress=progress)
     if res.layers is not None and res.layers and res.layers[0]:

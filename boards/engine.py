@@ -17,7 +17,9 @@ __all__ = ["BoardEngine"]
 class BoardEngine(Engine):
     """A board on serial ``port`` at ``baud``, replies awaited ``timeout`` seconds.
     With ``baked`` the board runs the program baked into its bitstream (only the
-    inputs are sent; no per-layer counters). The link opens on the first run;
+    inputs are sent; no per-layer counters). The host keeps a program's off-chip maps:
+    each segment's data words that reference earlier results are filled before it is
+    sent (not with ``baked``). The link opens on the first run;
     ``info["frames_rejected"]`` lists the frames the board rejected and got again (and
     the inputs run again after a result was lost), ``info["frames_sent"]`` counts the
     frames written, resends included."""
@@ -46,6 +48,9 @@ class BoardEngine(Engine):
         return self._link
 
     def run(self, program: Runnable, inputs: Sequence, *, progress: Progress | None = None) -> EngineResult:
+        if self.baked and program.result_refs():
+            raise RuntimeError("a baked program runs without pausing between layers, so the host "
+                               "cannot keep its off-chip maps: send the program (without --baked)")
         t0 = time.monotonic()
         link = self.link
         outputs, layers = run_images(link, program, list(inputs), baked=self.baked, progress=progress)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from fxpgen.isa import ErrorCode
+from fxpgen.sim.segments import resolve_data
 
 from .host import BoardLink, ResultLost, open_serial
 from .protocol import ProtocolError
@@ -101,7 +102,7 @@ def _run_image(link: BoardLink, program, x, baked: bool) -> tuple[np.ndarray, li
         return program.decode(run.results), []
     res, per_layer = [], []
     for seg in segs:
-        run = link.execute(seg.words, seg.data, n_results=seg.n_results)
+        run = link.execute(seg.words, resolve_data(seg, res), n_results=seg.n_results)
         res += run.results
         per_layer.append({"layer": seg.layer, **run.status["counters"]})
     return program.decode(res), per_layer

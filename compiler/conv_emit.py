@@ -7,38 +7,77 @@ MATMUL per nonzero (tap, k-tile) tile whose two address loops walk the output pi
 (``ox`` inner, ``oy`` outer) and read the input pixel each one needs for that tap
 (no im2col copy), and a REQUANT of the block into the output map (with the residual
 when fused). Accumulator blocks alternate between the two halves of the accumulators.
+
+Off-chip maps (:class:`ConvBands`). When the residual or the output is kept in the
+host's memory, the loops turn: for every chunk, LOAD the input band and the
+residual's rows, run every group of n-tiles (reloading their weights when there
+is more than one group) into a chunk buffer, and STORE the chunk's rows. A plan
+with slabs (a grouped or depthwise conv whose band of all channels would not fit)
+LOADs the band a slab of channel groups at a time and runs the slab's n-tiles on it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from fxpgen.isa import Addr, Instruction, Mem, Opcode, pack_row, pack_rows
 
 from .conv_plan import ConvPlan, ConvTile, TileGroup
-from .emit import Emitter, load_band
+from .emit import Emitter, load_band, store_rows
 from .layout import MapLayout
 
-__all__ = ["emit_conv"]
+__all__ = ["ConvBands", "emit_conv"]
+
+
+@dataclass(frozen=True)
+class ConvBands:
+    """Where a banded conv's maps come from and go: ``in_buffer`` the host buffer the
+    input band is read from (None: the image) and the byte of its rows outside the
+    map; ``res_buffer`` the host buffer of an off-chip residual (its layout then a
+    chunk-sized band); ``out_buffer`` set when the output layout is a chunk buffer
+    whose rows go to the result stream; ``in_groups`` the input's channel groups when
+    the plan has slabs (the band then holds one slab's)."""
+
+    in_buffer: int | None = None
+    in_pad_byte: int = 0
+    res_buffer: int | None = None
+    out_buffer: bool = False
+    in_groups: int | None = None      # the input map's channel groups, when the band holds a slab
+
+    @property
+    def chunk_outer(self) -> bool:
+        """Whether a chunk is finished (residual read, output stored) before the next."""
+        return self.res_buffer is not None or self.out_buffer
 
 
 def emit_conv(em: Emitter, plan: ConvPlan, in_lay: MapLayout, out_lay: MapLayout,
-              res_lay: MapLayout | None) -> None:
+              res_lay: MapLayout | None, bands: ConvBands | None = None) -> None:
     """Emit ``plan`` reading ``in_lay`` (a band buffer when ``plan.banded``), writing
-    ``out_lay``, adding ``res_lay`` when the conv has a fused residual."""
+    ``out_lay``, adding ``res_lay`` when the conv has a fused residual; ``bands`` says
+    which of them are bands of off-chip maps."""
     if plan.note:
         em.notes.append(plan.note)
-    _ConvEmission(em, plan, in_lay, out_lay, res_lay).run()
+    _ConvEmission(em, plan, in_lay, out_lay, res_lay, bands or ConvBands()).run()
 
 
 class _ConvEmission:
     """The emission of one plan, step by step; ``block`` counts accumulator blocks."""
 
     def __init__(self, em: Emitter, plan: ConvPlan, in_lay: MapLayout, out_lay: MapLayout,
-                 res_lay: MapLayout | None):
+                 res_lay: MapLayout | None, bands: ConvBands):
         self.em, self.cfg, self.plan = em, em.cfg, plan
         self.in_lay, self.out_lay, self.res_lay = in_lay, out_lay, res_lay
+        self.bands = bands
         self.block = 0
+        self.group0 = 0        # the input channel group at the band's group 0 (a slab's first)
 
     def run(self) -> None:
+        if self.plan.slabs:
+            self.run_slabs()
+            return
+        if self.bands.chunk_outer:
+            self.run_chunk_outer()
+            return
         plan = self.plan
         oh = plan.out_size[0]
         for group in plan.groups:
@@ -47,6 +86,60 @@ class _ConvEmission:
             self.load_table(group)
             for oy0 in range(0, oh, plan.rows_per_chunk):
                 self.chunk(group, oy0, min(plan.rows_per_chunk, oh - oy0), where)
+
+    def run_chunk_outer(self) -> None:
+        """Chunk by chunk: its bands, every group of n-tiles, its rows stored."""
+        plan, bands = self.plan, self.bands
+        oh = plan.out_size[0]
+        once = len(plan.groups) == 1
+        where = {}
+        if once:
+            where = self.load_group(plan.groups[0])
+        for oy0 in range(0, oh, plan.rows_per_chunk):
+            nrow = min(plan.rows_per_chunk, oh - oy0)
+            if plan.banded:
+                self.load_input_band(oy0, nrow)
+            if bands.res_buffer is not None:
+                load_band(self.em, self.res_lay, oy0, nrow, oh, bands.res_buffer)
+            for group in plan.groups:
+                if not once:
+                    where = self.load_group(group)
+                self.chunk(group, oy0, nrow, where, load=False)
+            if bands.out_buffer:
+                store_rows(self.em, self.out_lay, 0, nrow)
+
+    def run_slabs(self) -> None:
+        """Chunk by chunk, slab by slab: the slab's channel groups of the input band,
+        its groups of n-tiles; then the chunk's rows stored."""
+        plan, bands = self.plan, self.bands
+        oh, sy = plan.out_size[0], plan.stride[0]
+        for oy0 in range(0, oh, plan.rows_per_chunk):
+            nrow = min(plan.rows_per_chunk, oh - oy0)
+            if bands.res_buffer is not None:
+                load_band(self.em, self.res_lay, oy0, nrow, oh, bands.res_buffer)
+            for slab in plan.slabs:
+                load_band(self.em, self.in_lay, oy0 * sy - plan.pads[0], (nrow - 1) * sy + plan.kernel[0],
+                          plan.in_height, bands.in_buffer, bands.in_pad_byte, slab.first, bands.in_groups)
+                self.group0 = slab.first
+                for group in slab.groups:
+                    self.chunk(group, oy0, nrow, self.load_group(group), load=False)
+            if bands.out_buffer:
+                store_rows(self.em, self.out_lay, 0, nrow)
+
+    def load_group(self, group: TileGroup) -> dict:
+        """LOAD a group's weight tiles (none when streamed) and shift-table rows."""
+        plan = self.plan
+        where = {} if group.streamed else self.load_tiles(
+            [(nt, t) for nt in group.n_tiles for t in plan.tiles[nt]])
+        self.load_table(group)
+        return where
+
+    def load_input_band(self, oy0: int, nrow: int) -> None:
+        """LOAD the input rows output rows ``oy0 .. oy0 + nrow - 1`` read into the band."""
+        plan = self.plan
+        load_band(self.em, self.in_lay, oy0 * plan.stride[0] - plan.pads[0],
+                  (nrow - 1) * plan.stride[0] + plan.kernel[0], plan.in_height,
+                  self.bands.in_buffer, self.bands.in_pad_byte)
 
     def load_tiles(self, tiles: list[tuple[int, ConvTile]]) -> dict[tuple[int, int, int, int], int]:
         """LOAD the (n-tile, tile) pairs' weights from weight-buffer row 0; the row offset of
@@ -65,15 +158,16 @@ class _ConvEmission:
         table = [pack_row(Mem.TABLE, list(self.plan.table[nt]), self.cfg) for nt in group.n_tiles]
         self.em.load(Mem.TABLE, Addr(0, 1), len(table), 1, table)
 
-    def chunk(self, group: TileGroup, oy0: int, nrow: int, where: dict) -> None:
-        """Output rows ``oy0 .. oy0 + nrow - 1`` of every n-tile of ``group``."""
+    def chunk(self, group: TileGroup, oy0: int, nrow: int, where: dict, load: bool = True) -> None:
+        """Output rows ``oy0 .. oy0 + nrow - 1`` of every n-tile of ``group`` (``load``:
+        LOADing a banded input's rows first)."""
         plan = self.plan
         # The input row that kernel row 0 reads for output row oy0, in the input
         # layout's coordinates: a streamed input's band starts there.
         iy0 = oy0 * plan.stride[0] - plan.pads[0]
         if plan.banded:
-            load_band(self.em, self.in_lay, iy0, (nrow - 1) * plan.stride[0] + plan.kernel[0],
-                      plan.in_height)
+            if load:
+                self.load_input_band(oy0, nrow)
             iy0 = 0
         half = self.cfg.acc_depth // 2
         for nt in group.n_tiles:
@@ -103,7 +197,7 @@ class _ConvEmission:
         self.em.emit(Instruction(Opcode.LOADW, {"bank": bank}, self.cfg.rows, 1,
                                  x=Addr(where[(nt, tile.ky, tile.kx, tile.kt)], 1)))
         group, lane = divmod(tile.kt, self.cfg.matmul_lanes)
-        x0 = lay.pixel(iy0 + tile.ky, tile.kx - plan.pads[1]) + group
+        x0 = lay.pixel(iy0 + tile.ky, tile.kx - plan.pads[1]) + group - self.group0
         self.em.emit(Instruction(
             Opcode.MATMUL,
             {"bank": bank, "accumulate": 1, "act_signed": int(plan.in_signed), "lane": lane},
@@ -116,12 +210,15 @@ class _ConvEmission:
         shift-table entry ``table`` (and the residual when fused)."""
         plan, out, res = self.plan, self.out_lay, self.res_lay
         ow = plan.out_size[1]
+        # A chunk buffer or residual band holds the chunk's rows from its row 0.
+        out_y = 0 if self.bands.out_buffer else oy0
+        res_y = 0 if self.bands.res_buffer is not None else oy0
         group, lane = divmod(nt, self.cfg.requant_lanes)
         params = {"table": table, "lane": lane, "relu": int(plan.relu), "out_signed": int(plan.out_signed)}
         y = Addr()
         if plan.residual:
             params.update(residual=1, res_signed=int(plan.res_signed))
-            y = Addr(res.pixel(oy0, 0) + group, res.groups, res.padded_w * res.groups)
+            y = Addr(res.pixel(res_y, 0) + group, res.groups, res.padded_w * res.groups)
         self.em.emit(Instruction(
             Opcode.REQUANT, params, ow, nrow, x=Addr(acc_base, 1, ow), y=y,
-            z=Addr(out.pixel(oy0, 0) + group, out.groups, out.padded_w * out.groups)))
+            z=Addr(out.pixel(out_y, 0) + group, out.groups, out.padded_w * out.groups)))

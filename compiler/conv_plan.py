@@ -23,7 +23,7 @@ from fxpgen.numerics import acc_bound, acc_range
 from .qgraph import QAvgPool, QConv, QGraph
 from .tiling import DoesNotFit, ceil_div
 
-__all__ = ["ConvTile", "TileGroup", "ConvPlan", "plan_conv", "rows_per_chunk"]
+__all__ = ["ConvTile", "TileGroup", "Slab", "ConvPlan", "plan_conv", "plan_slabs", "rows_per_chunk"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,16 @@ class TileGroup:
 
 
 @dataclass(frozen=True)
+class Slab:
+    """Input channel groups ``first .. first + size - 1`` loaded as a band of their own,
+    and the groups of n-tiles that read only them (:func:`plan_slabs`)."""
+
+    first: int
+    size: int
+    groups: tuple[TileGroup, ...]
+
+
+@dataclass(frozen=True)
 class ConvPlan:
     """How a conv (or average pool) runs on a core: its tiles, their grouping, its
     chunks of output rows and the constants it loads."""
@@ -78,6 +88,7 @@ class ConvPlan:
     out_signed: bool
     res_signed: bool
     note: str | None                         # the accumulator can saturate
+    slabs: tuple[Slab, ...] | None = None    # banded input loaded a few channel groups at a time
 
     def batches(self, group: TileGroup, nt: int) -> list[tuple[ConvTile, ...]]:
         """The weight-buffer loads of n-tile ``nt``: one (all its tiles) unless streamed."""
@@ -93,10 +104,11 @@ def rows_per_chunk(cfg: CoreConfig, oh: int, ow: int) -> int:
 
 
 def plan_conv(qg: QGraph, op: QConv | QAvgPool, cfg: CoreConfig,
-              band_rows_per_chunk: int | None = None) -> ConvPlan:
+              band_rows_per_chunk: int | None = None, chunk_rows: int | None = None) -> ConvPlan:
     """The plan of ``op`` (a conv or average pool of ``qg``) on ``cfg``; with
     ``band_rows_per_chunk`` its input is a band buffer and a chunk is that many output
-    rows. Raise :class:`DoesNotFit` when a shift leaves -32..31 or an output row
+    rows; with ``chunk_rows`` alone (an off-chip output or residual), a chunk is that
+    many output rows of a resident input. Raise :class:`DoesNotFit` when a shift leaves -32..31 or an output row
     exceeds half the accumulators or a loop count."""
     weight, bias, groups, shift, relu, residual, align = _conv_params(qg, op)
     cout, _, kh, kw = weight.shape
@@ -115,10 +127,31 @@ def plan_conv(qg: QGraph, op: QConv | QAvgPool, cfg: CoreConfig,
         name=op.name, kernel=(kh, kw), stride=tuple(op.stride), pads=tuple(op.pads),
         in_height=in_h, out_size=(oh, ow), k_tiles=ceil_div(cin, cfg.rows), n_tiles=len(tiles),
         tiles=tiles, groups=_group_n_tiles(tiles, cfg), wbuf_tiles=cfg.wbuf_depth // cfg.rows,
-        rows_per_chunk=band_rows_per_chunk if banded else rows_per_chunk(cfg, oh, ow), banded=banded,
+        rows_per_chunk=band_rows_per_chunk or chunk_rows or rows_per_chunk(cfg, oh, ow), banded=banded,
         bias=_bias_rows(bias, cout, len(tiles), cfg), table=table, relu=bool(relu), residual=residual,
         in_signed=in_signed, out_signed=qg.tensor(op.output).fmt.signed,
         res_signed=bool(residual) and qg.tensor(residual).fmt.signed, note=note)
+
+
+def plan_slabs(plan: ConvPlan, cfg: CoreConfig, in_groups: int, size: int) -> tuple[Slab, ...] | None:
+    """Cut the n-tiles of ``plan`` (input of ``in_groups`` channel groups) into
+    consecutive runs that each read at most ``size`` consecutive groups: the slabs
+    of a grouped or depthwise conv whose band of every channel would not fit. None
+    when an n-tile reads more than ``size`` groups (a dense conv)."""
+    runs: list[list[int]] = []                 # [first group, stop group, first n-tile, stop n-tile]
+    for nt, tiles in enumerate(plan.tiles):
+        gs = [t.kt // cfg.matmul_lanes for t in tiles]
+        lo, hi = (min(gs), max(gs) + 1) if gs else (runs[-1][0] if runs else 0, 0)
+        if hi - lo > size:
+            return None
+        if runs and lo >= runs[-1][0] and hi <= runs[-1][0] + size:
+            runs[-1][1], runs[-1][3] = max(runs[-1][1], hi), nt + 1
+        else:
+            runs.append([lo, max(hi, lo + 1), nt, nt + 1])
+    return tuple(Slab(min(g0, in_groups - size), size,
+                      tuple(TileGroup(g.first + nt0, g.stop + nt0, g.streamed)
+                            for g in _group_n_tiles(plan.tiles[nt0:nt1], cfg)))
+                 for g0, _, nt0, nt1 in runs)
 
 
 def _conv_params(qg: QGraph, op):

@@ -1,12 +1,17 @@
 """The emitter: instructions with the layer each serves, the data stream they
 consume, and the loads every lowering shares (border fills, image rows, bands of a
-streamed input).
+streamed input or of an off-chip map, stores of an off-chip map's rows).
 
 Streamed input. An image that does not fit next to the maps the network needs is
 not kept: its consumer reads a band buffer that each chunk of output rows LOADs from
 the data stream (rows above or below the image as zero words). The data stream then
 carries the image in overlapping pieces between the constant words
 (:class:`InputPiece`).
+
+Off-chip maps. A map kept in the host's memory (host buffer k, :class:`HostBuffer`)
+is the run of result words its producer STOREs, its interior pixels row-major as
+the image's words; a consumer LOADs bands of its rows back, and the data stream
+carries those words as :class:`HostPiece` references to the earlier results.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from fxpgen.isa import COUNT_MAX, Addr, Instruction, Mem, Opcode, pack_row
 
 from .layout import MapLayout
 
-__all__ = ["Emitter", "InputPiece", "load_band"]
+__all__ = ["Emitter", "InputPiece", "HostPiece", "HostBuffer", "load_band", "store_rows"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,32 @@ class InputPiece:
     count: int
 
 
+@dataclass(frozen=True)
+class HostPiece:
+    """``count`` words of host buffer ``buffer`` go into the data stream before constant
+    word ``at``, after the first ``after_inputs`` image pieces: word k is buffer word
+    ``offset + (k // run) * stride + k % run`` (``run`` words of every ``stride``: some
+    channel groups of every pixel; all words from ``offset`` on with 1 and 1)."""
+
+    at: int
+    after_inputs: int
+    buffer: int
+    offset: int
+    count: int
+    run: int = 1
+    stride: int = 1
+
+
+@dataclass(frozen=True)
+class HostBuffer:
+    """Off-chip map ``name``: result words ``[result_at, result_at + count)`` of the
+    program, its interior pixels row-major (``groups`` words a pixel)."""
+
+    name: str
+    result_at: int
+    count: int
+
+
 class Emitter:
     """Instructions, the layer each serves (``layer`` when emitted), the constant data
     words, where the image's words go in, and notes for the report."""
@@ -42,11 +73,17 @@ class Emitter:
         self.layers: list[str] = []
         self.data: list[int] = []
         self.pieces: list[InputPiece] = []
+        self.host_pieces: list[HostPiece] = []
+        self.buffers: list[HostBuffer] = []
+        self.n_results = 0
         self.layer = ""
         self.notes: list[str] = []
 
     def emit(self, insn: Instruction, data=()):
-        """Append ``insn`` and the data words it consumes."""
+        """Append ``insn`` and the data words it consumes (and count the result words
+        a STORE produces)."""
+        if insn.opcode is Opcode.STORE:
+            self.n_results += insn.count0 * insn.count1
         self.insns.append(insn)
         self.layers.append(self.layer)
         self.data.extend(data)
@@ -62,6 +99,22 @@ class Emitter:
         for k0 in range(0, n, COUNT_MAX):
             k = min(COUNT_MAX, n - k0)
             self.pieces.append(InputPiece(len(self.data), (image_y0 + k0) * row, k * row))
+            self.emit(Instruction(Opcode.LOAD, {"mem": Mem.SPAD.value}, row, k,
+                                  z=Addr(lay.pixel(y + k0, 0), 1, lay.padded_w * lay.groups)))
+
+    def load_host_rows(self, lay: MapLayout, y: int, buffer: int, src_y0: int, n: int,
+                       group0: int = 0, map_groups: int | None = None):
+        """LOAD rows ``[src_y0, src_y0 + n)`` of host buffer ``buffer`` into rows ``y ..``
+        of ``lay``; with ``map_groups`` (the map's channel groups), ``lay`` holds only
+        its groups ``group0 .. group0 + lay.groups - 1``."""
+        row = lay.width * lay.groups
+        full = map_groups or lay.groups
+        run, stride = (1, 1) if full == lay.groups else (lay.groups, full)
+        for k0 in range(0, n, COUNT_MAX):
+            k = min(COUNT_MAX, n - k0)
+            self.host_pieces.append(HostPiece(len(self.data), len(self.pieces), buffer,
+                                              (src_y0 + k0) * lay.width * full + group0, k * row,
+                                              run, stride))
             self.emit(Instruction(Opcode.LOAD, {"mem": Mem.SPAD.value}, row, k,
                                   z=Addr(lay.pixel(y + k0, 0), 1, lay.padded_w * lay.groups)))
 
@@ -89,15 +142,32 @@ class Emitter:
             self.load(Mem.SPAD, Addr(first + start, 1), k, 1, [word] * k)
 
 
-def load_band(em: Emitter, band: MapLayout, iy0: int, n: int, height: int):
-    """Fill rows ``0 .. n`` of a band buffer with image rows ``iy0 .. iy0 + n``: zero words
-    for the rows outside the ``height``-row image, image rows from the data stream."""
+def load_band(em: Emitter, band: MapLayout, iy0: int, n: int, height: int,
+              buffer: int | None = None, pad_byte: int = 0, group0: int = 0,
+              map_groups: int | None = None):
+    """Fill rows ``0 .. n`` of a band buffer with rows ``iy0 .. iy0 + n`` of the image
+    (``buffer`` None) or of host buffer ``buffer`` (channel groups ``group0 ..`` of a
+    map of ``map_groups``, :meth:`Emitter.load_host_rows`): words of ``pad_byte`` for
+    the rows outside the ``height``-row map, its rows from the data stream."""
     row = band.width * band.groups
-    zero = pack_row(Mem.SPAD, [0] * em.cfg.lanes, em.cfg)
+    zero = pack_row(Mem.SPAD, [pad_byte] * em.cfg.lanes, em.cfg)
     inside0, inside1 = max(iy0, 0), min(iy0 + n, height)
     for a, b in ((iy0, min(iy0 + n, 0)), (max(iy0, height), iy0 + n)):
         if a < b:
             em.load(Mem.SPAD, Addr(band.pixel(a - iy0, 0), 1, band.padded_w * band.groups), row, b - a,
                     [zero] * (row * (b - a)))
-    if inside0 < inside1:
+    if inside0 >= inside1:
+        return
+    if buffer is None:
         em.load_image_rows(band, inside0 - iy0, inside0, inside1 - inside0)
+    else:
+        em.load_host_rows(band, inside0 - iy0, buffer, inside0, inside1 - inside0, group0, map_groups)
+
+
+def store_rows(em: Emitter, lay: MapLayout, y: int, n: int):
+    """STORE the interior of rows ``y .. y + n`` of ``lay`` to the result stream, row-major."""
+    row = lay.width * lay.groups
+    for k0 in range(0, n, COUNT_MAX):
+        k = min(COUNT_MAX, n - k0)
+        em.emit(Instruction(Opcode.STORE, {"mem": Mem.SPAD.value}, row, k,
+                            x=Addr(lay.pixel(y + k0, 0), 1, lay.padded_w * lay.groups)))

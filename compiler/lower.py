@@ -25,8 +25,15 @@ the image's pieces and the constant words together. ``lower(..., stream_input=No
 streams only when the resident image does not fit.
 
 Memory. Scratchpad maps are allocated first-fit and freed after their last use
-(:mod:`~fxpgen.compiler.layout`). What does not fit raises
-:class:`~fxpgen.compiler.tiling.DoesNotFit` saying what and by how much.
+(:mod:`~fxpgen.compiler.layout`).
+
+Off-chip maps. When the network does not fit that way either, maps go to the
+host's memory (:mod:`~fxpgen.compiler.offchip`: which ones, and the band lowering
+of the layers that read or write them): their producer STOREs them to the result
+stream, their consumers LOAD bands of their rows back from the data stream, as
+references to those results (:meth:`Lowered.result_refs`). A network that fits
+with every map resident lowers as if this did not exist. What does not fit even
+so raises :class:`~fxpgen.compiler.tiling.DoesNotFit` saying what and by how much.
 """
 
 from __future__ import annotations
@@ -41,10 +48,11 @@ from fxpgen.isa import COUNT_MAX, Addr, Instruction, Mem, Opcode, pack_rows, unp
 
 from .conv_emit import emit_conv
 from .conv_plan import plan_conv, rows_per_chunk
-from .emit import Emitter, InputPiece
+from .emit import Emitter, HostBuffer, HostPiece, InputPiece
 from .layout import MapLayout, SpadAllocator, last_uses, pad_byte, plan_borders
 from .channel_ops import expand_unaligned
 from .qgraph import QAdd, QAvgPool, QConcat, QConv, QGraph, QLut, QMaxPool, QMul, QResize, QSlice
+from .offchip import BUDGET_FRACTIONS, lower_banded, spill_plan, spillable, touches_offchip
 from .shuffle_fold import fold_shuffles
 from .tiling import DoesNotFit, ceil_div
 from .unfold import InputUnfold, sole_consumer, unfold_input
@@ -57,8 +65,9 @@ __all__ = ["lower", "Lowered"]
 @dataclass
 class Lowered:
     """A program: instructions with the layer each serves, the data stream (constant
-    words, and where the input image's words go in), and the layouts of the input and
-    output maps."""
+    words, where the input image's words go in and where words of off-chip maps do),
+    the result stream (the off-chip maps' runs; the rest is the output map), and the
+    layouts of the input and output maps."""
 
     cfg: CoreConfig
     instructions: list[Instruction]
@@ -72,6 +81,8 @@ class Lowered:
     spad_rows_used: int = 0
     notes: list[str] = field(default_factory=list)
     input_unfold: InputUnfold | None = None  # how the host lays out the image, if it does
+    host_pieces: list[HostPiece] = field(default_factory=list)  # off-chip words, in stream order
+    host_buffers: list[HostBuffer] = field(default_factory=list)  # off-chip maps in the results
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -82,13 +93,49 @@ class Lowered:
         return (lay.channels, lay.height, lay.width)
 
     def data(self, image_words: list[int]) -> list[int]:
-        """The whole data stream for one image (:meth:`image_words`)."""
+        """The whole data stream for one image (:meth:`image_words`); the words of
+        off-chip maps are zeros there, to be filled from the results
+        (:meth:`result_refs`)."""
         out, pos = [], 0
-        for p in self.input_pieces:
+        for p in self._stream_pieces():
             out += self.consts[pos:p.at]
-            out += image_words[p.first:p.first + p.count]
+            if isinstance(p, InputPiece):
+                out += image_words[p.first:p.first + p.count]
+            else:
+                out += [0] * p.count
             pos = p.at
         return out + self.consts[pos:]
+
+    def _stream_pieces(self) -> list[InputPiece | HostPiece]:
+        """Image and host pieces in stream order."""
+        if not self.host_pieces:
+            return list(self.input_pieces)
+        # Image piece k follows the host pieces emitted while k image pieces existed.
+        keyed = [((p.at, k, 1), p) for k, p in enumerate(self.input_pieces)]
+        keyed += [((p.at, p.after_inputs, 0), p) for p in self.host_pieces]
+        return [p for _, p in sorted(keyed, key=lambda kp: kp[0])]
+
+    def result_refs(self) -> list[tuple[int, int, int, int, int]]:
+        """Where the data stream takes result words: ``(data word, result word, count,
+        run, stride)``, in stream order: data word ``data word + k`` is result word
+        ``result word + (k // run) * stride + k % run`` of the same run of the program."""
+        refs, pos, const = [], 0, 0
+        for p in self._stream_pieces():
+            pos += p.at - const
+            const = p.at
+            if isinstance(p, HostPiece):
+                refs.append((pos, self.host_buffers[p.buffer].result_at + p.offset, p.count,
+                             p.run, p.stride))
+            pos += p.count
+        return refs
+
+    def output_words(self, results: list[int]) -> list[int]:
+        """The output map's words among all result words (those of no off-chip map)."""
+        out, pos = [], 0
+        for b in self.host_buffers:
+            out += results[pos:b.result_at]
+            pos = b.result_at + b.count
+        return out + results[pos:]
 
     @property
     def input_streamed(self) -> bool:
@@ -97,10 +144,14 @@ class Lowered:
 
     def split_data(self) -> tuple[list[int], list[int]]:
         """(constant words before the image, after it) of a program whose image is one
-        piece; a program that streams its input in bands has no such split."""
+        piece; a program that streams its input in bands, or keeps maps off chip, has
+        no such split."""
         if self.input_streamed:
             raise ValueError(f"the program streams its input in {len(self.input_pieces)} pieces; "
                              "only a program whose input is one piece has a before/after split")
+        if self.host_pieces:
+            raise ValueError("the program keeps maps off chip; its data stream takes words of "
+                             "its own results and has no before/after split")
         at = self.input_pieces[0].at
         return self.consts[:at], self.consts[at:]
 
@@ -119,9 +170,12 @@ class Lowered:
         return pack_rows(Mem.SPAD, px.reshape(-1, L), self.cfg)
 
     def decode_output(self, words: list[int]) -> np.ndarray:
-        """The output map (C, H, W) from the result words (interior pixels)."""
+        """The output map (C, H, W) from the result words (interior pixels; those of
+        off-chip maps left out)."""
         lay = self.output_layout
         L = self.cfg.lanes
+        if self.host_buffers:
+            words = self.output_words(words)
         rows = unpack_rows(Mem.SPAD, words, self.cfg, signed=self.output_signed)
         px = rows.reshape(lay.height, lay.width, lay.groups * L)[:, :, :lay.channels]
         return np.transpose(px, (2, 0, 1))
@@ -151,6 +205,16 @@ def _lower_streamed(qg: QGraph, cfg: CoreConfig, stream_input: bool | None) -> L
     if stream_input and consumer is None:
         raise DoesNotFit(f"the input {qg.input} can be streamed only when its one consumer is a "
                          "convolution or average pool")
+    try:
+        return _lower_resident(qg, cfg, stream_input, consumer)
+    except DoesNotFit as resident:
+        if not spillable(qg):
+            raise
+        return _lower_offchip(qg, cfg, consumer if stream_input is not False else None, resident)
+
+
+def _lower_resident(qg: QGraph, cfg: CoreConfig, stream_input: bool | None, consumer) -> Lowered:
+    """The lowering with every map but a streamed input in the scratchpad."""
     if stream_input is None:
         try:
             return _lower(qg, cfg, None)
@@ -165,19 +229,45 @@ def _lower_streamed(qg: QGraph, cfg: CoreConfig, stream_input: bool | None) -> L
     return _lower(qg, cfg, consumer if stream_input else None)
 
 
+def _lower_offchip(qg: QGraph, cfg: CoreConfig, consumer, resident: DoesNotFit) -> Lowered:
+    """The lowering with maps off chip, for smaller and smaller spill budgets
+    (:mod:`~fxpgen.compiler.offchip`); ``resident`` is why the maps do not all fit."""
+    tried, last = set(), resident
+    for frac in BUDGET_FRACTIONS:
+        spilled = spill_plan(qg, cfg.lanes, int(cfg.spad_depth * frac), consumer is not None)
+        if not spilled or spilled in tried:
+            continue
+        tried.add(spilled)
+        try:
+            return _lower(qg, cfg, consumer, spilled)
+        except DoesNotFit as e:
+            last = e
+    if not tried:
+        raise resident
+    raise DoesNotFit(f"{last} (with {len(max(tried, key=len))} maps off chip; kept in the "
+                     f"scratchpad: {resident})") from None
+
+
 def _streamable_consumer(qg: QGraph):
     """The input's only consumer when it is a conv or average pool reading it once."""
     op = sole_consumer(qg)
     return op if isinstance(op, (QConv, QAvgPool)) else None
 
 
-def _lower(qg: QGraph, cfg: CoreConfig, streamed_into) -> Lowered:
-    """The lowering; ``streamed_into`` is the input's consumer when the input is streamed."""
-    lo = _Lowering(qg, cfg)
+def _lower(qg: QGraph, cfg: CoreConfig, streamed_into, offchip: frozenset[str] = frozenset()) -> Lowered:
+    """The lowering; ``streamed_into`` is the input's consumer when the input is
+    streamed, ``offchip`` the maps kept in the host's memory."""
+    lo = _Lowering(qg, cfg, offchip)
     in_lay = lo.place_input(streamed_into)
     last_use = last_uses(qg)
     for i, op in enumerate(qg.ops):
         lo.em.layer = op.name
+        if touches_offchip(lo, op):
+            band_in = lower_banded(lo, op, op is streamed_into)
+            in_lay = band_in or in_lay
+            lo.em.emit(Instruction(Opcode.HALT))
+            lo.release_read_last(op, i, last_use)
+            continue
         out_lay = lo.place(op.output)
         if op is streamed_into:
             in_lay = _lower_band_consumer(lo, op, out_lay)
@@ -196,8 +286,10 @@ class _Lowering:
     """What the lowering of one graph keeps: the emitter, the scratchpad allocator,
     the borders and the layout of every map placed so far."""
 
-    def __init__(self, qg: QGraph, cfg: CoreConfig):
+    def __init__(self, qg: QGraph, cfg: CoreConfig, offchip: frozenset[str] = frozenset()):
         self.qg, self.cfg = qg, cfg
+        self.offchip = offchip
+        self.host: dict[str, int] = {}       # off-chip map -> its host buffer
         self.em = Emitter(cfg)
         self.border, self.pad_signed = plan_borders(qg)
         self.alloc = SpadAllocator(cfg.spad_depth)
@@ -238,9 +330,10 @@ class _Lowering:
         return in_lay
 
     def release_read_last(self, op, i: int, last_use: dict[str, int]) -> None:
-        """Free the maps op ``i`` was the last to read (never the graph output)."""
+        """Free the maps op ``i`` was the last to read (never the graph output; an
+        off-chip map, or an input streamed to a banded layer, holds no rows here)."""
         for t in set(op.inputs):
-            if last_use.get(t) == i and t != self.qg.output:
+            if last_use.get(t) == i and t != self.qg.output and t in self.layouts:
                 lay = self.layouts[t]
                 self.alloc.release(lay.base, lay.rows)
 
@@ -255,7 +348,8 @@ class _Lowering:
         em.emit(Instruction(Opcode.HALT))
         return Lowered(self.cfg, em.insns, em.layers, em.data, em.pieces, in_lay, out_lay,
                        qg.tensor(qg.input).fmt.signed, qg.tensor(qg.output).fmt.signed,
-                       spad_rows_used=self.alloc.high, notes=em.notes)
+                       spad_rows_used=self.alloc.high, notes=em.notes, host_pieces=em.host_pieces,
+                       host_buffers=em.buffers)
 
 
 def _lower_band_consumer(lo: _Lowering, op, out_lay: MapLayout) -> MapLayout:

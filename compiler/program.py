@@ -18,15 +18,27 @@ A program directory holds:
     hlen       u32       length of the header
     header     hlen      UTF-8 JSON: config, insn_bits, bus_width, counts, layouts,
                          formats, layers (instruction ranges per layer), the
-                         input's pieces and unfolding
+                         input's pieces and unfolding, the off-chip maps
     insns      n_insns  x INSN_BYTES     instruction words
     data       data_bytes                zlib stream of n_data x BUS_BYTES constant
                                          data words; the input image's words go in
-                                         where ``input_pieces`` say
+                                         where ``input_pieces`` say, words of
+                                         off-chip maps where ``host_pieces`` say
     sha256     32 bytes  of everything above
 
+The data stream, in order, is runs of constant words, image words and host-buffer
+words: ``input_pieces`` ``[at, first, count]`` put image words ``[first, first +
+count)`` before constant word ``at``; ``host_pieces`` ``[at, after_inputs, buffer,
+offset, count, run, stride]`` put ``count`` words of host buffer ``buffer``, word k
+being ``offset + (k // run) * stride + k % run``, before constant word ``at``, after
+the first ``after_inputs`` image pieces. The
+result stream is the output map's words but for the runs of ``host_buffers``
+``[name, result_at, count]``: host buffer k is result words ``[result_at, result_at
++ count)``, the off-chip map ``name``'s interior pixels row-major, which only
+later layers (later HALT segments) read (:mod:`fxpgen.compiler.offchip`).
+
 Version 3 compresses the data words: most are weight rows that fill a quarter of a
-bus word, and the rest would be zeros on disk.
+bus word, and the rest would be zeros on disk. Version 4 adds the off-chip maps.
 
 Loading checks the magic, version and checksum, and (when asked) that the program
 was built for the given core configuration.
@@ -48,7 +60,7 @@ from fxpgen.config import CoreConfig
 from fxpgen.isa import INSN_BITS, INSN_BYTES, Instruction
 from fxpgen.numerics import Format
 
-from .emit import InputPiece
+from .emit import HostBuffer, HostPiece, InputPiece
 from .layout import MapLayout
 from .lower import Lowered
 from .unfold import InputUnfold
@@ -60,7 +72,7 @@ __all__ = ["FORMAT_VERSION", "ProgramFormatError", "save_program", "load_program
            "check_manifest"]
 
 MAGIC = b"FXPGPROG"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 #: The files ``fxpgen compile`` writes into a program folder.
 PROGRAM_FILES = ("program.fxp", "listing.txt", "qgraph.json", "qgraph.npz", "report.json",
@@ -105,7 +117,9 @@ class Program:
         unfold = self.header.get("input_unfold")
         return Lowered(self.cfg, [], [], self.consts, pieces, self.input_layout,
                        self.output_layout, self.header["input_signed"], self.header["output_signed"],
-                       input_unfold=InputUnfold(**unfold) if unfold else None)
+                       input_unfold=InputUnfold(**unfold) if unfold else None,
+                       host_pieces=[HostPiece(*p) for p in self.header["host_pieces"]],
+                       host_buffers=[HostBuffer(*b) for b in self.header["host_buffers"]])
 
 
 def _layer_ranges(layers: list[str]) -> list[dict]:
@@ -155,6 +169,9 @@ def save_program(path: Path, low: Lowered, extra: dict | None = None) -> dict:
         "data_bytes": len(data),
         "input_pieces": [[p.at, p.first, p.count] for p in low.input_pieces],
         "input_unfold": dataclasses.asdict(low.input_unfold) if low.input_unfold else None,
+        "host_pieces": [[p.at, p.after_inputs, p.buffer, p.offset, p.count, p.run, p.stride]
+                        for p in low.host_pieces],
+        "host_buffers": [[b.name, b.result_at, b.count] for b in low.host_buffers],
         "input_layout": dataclasses.asdict(low.input_layout),
         "output_layout": dataclasses.asdict(low.output_layout),
         "input_signed": low.input_signed,

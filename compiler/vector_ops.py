@@ -13,7 +13,7 @@ from .layout import MapLayout
 from .qgraph import QAdd, QGraph, QLut, QMaxPool, QMul, QResize, QSlice
 
 __all__ = ["emit_maxpool", "emit_add", "emit_mul", "emit_lut", "emit_concat", "emit_slice",
-           "emit_resize"]
+           "emit_resize", "emit_maxpool_rows", "emit_add_rows"]
 
 
 def _walk(lay: MapLayout, g: int, y: int = 0, x: int = 0, sy: int = 1, sx: int = 1) -> Addr:
@@ -114,3 +114,37 @@ def emit_resize(em: Emitter, op: QResize, in_lay: MapLayout, out_lay: MapLayout)
             for dx in range(f):
                 em.emit(Instruction(Opcode.MAX, {"a_signed": 0}, in_lay.width, in_lay.height,
                                     x=x, y=x, z=_walk(out_lay, g, dy, dx, f, f)))
+
+
+def emit_maxpool_rows(em: Emitter, qg: QGraph, op: QMaxPool, in_lay: MapLayout, in_y: int,
+                      out_lay: MapLayout, out_y: int, nrow: int) -> None:
+    """:func:`emit_maxpool` for ``nrow`` output rows, written from row ``out_y`` of
+    ``out_lay``, whose kernel row 0 reads row ``in_y`` of ``in_lay`` (a band buffer of
+    an off-chip map, or the resident map)."""
+    sy, sx = op.stride
+    kh, kw = op.kernel
+    pl = op.pads[1]
+    signed = int(qg.tensor(op.input).fmt.signed)
+    ow = out_lay.width
+    for g in range(out_lay.groups):
+        z = _walk(out_lay, g, out_y)
+        first = True
+        for ky in range(kh):
+            for kx in range(kw):
+                x = _walk(in_lay, g, in_y + ky, kx - pl, sy, sx)
+                em.emit(Instruction(Opcode.MAX, {"a_signed": signed}, ow, nrow,
+                                    x=x if first else z, y=x, z=z))
+                first = False
+
+
+def emit_add_rows(em: Emitter, qg: QGraph, op: QAdd, a: tuple[MapLayout, int], b: tuple[MapLayout, int],
+                  out: tuple[MapLayout, int], nrow: int) -> None:
+    """:func:`emit_add` for ``nrow`` rows; each operand a (layout, first row) pair: a band
+    buffer of an off-chip map from row 0, or a resident map from the chunk's row."""
+    params = {"a_shift": op.a_shift, "b_shift": op.b_shift, "shift": op.shift, "relu": int(op.relu),
+              "out_signed": int(qg.tensor(op.output).fmt.signed),
+              "a_signed": int(qg.tensor(op.a).fmt.signed), "b_signed": int(qg.tensor(op.b).fmt.signed)}
+    out_lay = out[0]
+    for g in range(out_lay.groups):
+        em.emit(Instruction(Opcode.ADD, params, out_lay.width, nrow,
+                            x=_walk(a[0], g, a[1]), y=_walk(b[0], g, b[1]), z=_walk(out_lay, g, out[1])))

@@ -7,7 +7,12 @@ Run it through :func:`fxpgen.sim.rtl.run_cocotb` with a job::
      "seed": int,
      "stall_prob": {"insn": p, "data": p, "result": p},   # each in [0, 1), default 0
      "max_cycles": int,          # per program, default 1_000_000
-     "drain_cycles": int}        # optional, default 8
+     "drain_cycles": int,        # optional, default 8
+     "refs": [[program, at, base, first, count, run, stride], ...]}   # optional
+
+A ref plays the host of off-chip maps: before program ``program`` starts, its data
+word ``at + k`` (k < ``count``) becomes result word ``first + (k // run) * stride +
+k % run`` of the programs from ``base`` on (their results one after another).
 
 Words are hex strings (``"0x1f"`` or ``"1f"``; they exceed 64 bits). It resets
 the core once, then runs the programs one after another on the same core (memories
@@ -173,6 +178,20 @@ async def _run_program(dut, index: int, prog: dict, job: dict, end_time: float |
     }
 
 
+def _with_refs(index: int, prog: dict, refs, results: list[dict]) -> dict:
+    """``prog`` with the data words its refs name taken from earlier programs' results."""
+    mine = [r for r in refs if r[0] == index]
+    if not mine:
+        return prog
+    data = list(prog.get("data", []))
+    for _, at, base, first, count, run, stride in mine:
+        words = [w for r in results[base:index] for w in r["results"]]
+        for k in range(count):
+            j = first + (k // run) * stride + k % run
+            data[at + k] = words[j] if j < len(words) else "0x0"
+    return {**prog, "data": data}
+
+
 @cocotb.test()
 async def run_programs(dut):
     """Run every program of the job (see the module docstring) and write the results."""
@@ -185,6 +204,7 @@ async def run_programs(dut):
     for index, prog in enumerate(job["programs"]):
         if needs_reset:
             await _reset(dut)
+        prog = _with_refs(index, prog, job.get("refs", ()), results)
         out = await _run_program(dut, index, prog, job, end_time)
         out["reset_before"] = needs_reset
         results.append(out)

@@ -51,10 +51,13 @@ def core_model(cfg: CoreConfig) -> VerilatorModel:
 
 def run_on_rtl(cfg: CoreConfig, programs: list[RtlProgram], *, seed: int = 0,
                stall_prob: float | dict = 0.0, max_cycles: int = 2_000_000,
-               timeout_s: float = 1800.0, model: VerilatorModel | None = None) -> tuple[list[RtlResult], dict]:
+               timeout_s: float = 1800.0, model: VerilatorModel | None = None,
+               refs: list[tuple[int, ...]] = ()) -> tuple[list[RtlResult], dict]:
     """Run ``programs`` one after another on one core (memories persist between
     them; the core is reset after a program that stopped on an error). Returns the
-    per-program results and timing information (build and simulation seconds)."""
+    per-program results and timing information (build and simulation seconds).
+    ``refs`` fill data words from earlier results as for
+    :func:`fxpgen.sim.native.run_on_native`."""
     t0 = time.monotonic()
     model = model or core_model(cfg)
     build_s = time.monotonic() - t0
@@ -65,6 +68,7 @@ def run_on_rtl(cfg: CoreConfig, programs: list[RtlProgram], *, seed: int = 0,
                       "n_results": p.n_results,
                       **({"max_cycles": p.max_cycles} if p.max_cycles else {})}
                      for p in programs],
+        **({"refs": [list(r) for r in refs]} if refs else {}),
         "seed": seed,
         "stall_prob": stall_prob,
         "max_cycles": max_cycles,

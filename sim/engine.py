@@ -24,7 +24,7 @@ from fxpgen.compiler.qgraph import QGraph
 from fxpgen.config import CoreConfig
 from fxpgen.isa import ErrorCode
 
-from .segments import LayerSegment, split_layers, with_input_halt
+from .segments import LayerSegment, resolve_data, split_layers, with_input_halt
 
 __all__ = ["Runnable", "NetworkProgram", "GemmRunnable", "EngineResult", "Engine", "GoldenEngine",
            "IsaEngine"]
@@ -54,9 +54,16 @@ class Runnable:
         """The golden model's output array for each of ``inputs``."""
         raise NotImplementedError
 
+    def result_refs(self) -> list[tuple[int, int, int, int, int]]:
+        """Where the data stream takes the program's own earlier result words (off-chip
+        maps): ``(data word, result word, count, run, stride)``
+        (:attr:`~fxpgen.sim.segments.LayerSegment.refs`); none by default."""
+        return []
+
     def segments(self, x) -> list[LayerSegment]:
-        """The program cut at its HALTs, with input ``x``'s data."""
-        return split_layers(self.words, self.layers, self.stream(x))
+        """The program cut at its HALTs, with input ``x``'s data (and references to
+        earlier results, :attr:`~fxpgen.sim.segments.LayerSegment.refs`)."""
+        return split_layers(self.words, self.layers, self.stream(x), self.result_refs())
 
 
 @dataclass
@@ -111,6 +118,9 @@ class NetworkProgram(Runnable):
 
     def stream(self, x) -> list[int]:
         return self.view.data(self.view.image_words(self.check_input(x)))
+
+    def result_refs(self) -> list[tuple[int, int, int, int, int]]:
+        return self.view.result_refs()
 
     def decode(self, results: list[int]) -> np.ndarray:
         return self.view.decode_output(results)
@@ -207,20 +217,44 @@ class GoldenEngine(Engine):
 
 class IsaEngine(Engine):
     """The instruction-level simulator (:mod:`fxpgen.sim.isa_sim`), an input at a
-    time; raises RuntimeError when the program stops on an error."""
+    time; raises RuntimeError when the program stops on an error. A program with
+    off-chip maps runs segment by segment on one machine, each segment's
+    referenced data words filled from the results so far (the host's part)."""
 
     name = "isa"
     checked_against_golden = True
 
     def run(self, program: Runnable, inputs: Sequence, *, progress: Progress | None = None) -> EngineResult:
-        from .isa_sim import run_program
         outputs = []
+        hosted = bool(program.result_refs())
         for k, x in enumerate(inputs):
-            res = run_program(program.cfg, program.words, program.stream(x))
-            if res.error is not ErrorCode.NONE:
-                raise RuntimeError(f"instruction-level simulator stopped: {res.error.name} at "
-                                   f"instruction {res.error_pc} (input {k})")
-            outputs.append(program.decode(res.results))
+            results = _run_hosted(program, x, k) if hosted else _run_whole(program, x, k)
+            outputs.append(program.decode(results))
             if progress:
                 progress(1)
         return EngineResult(outputs)
+
+
+def _run_whole(program: Runnable, x, k: int) -> list[int]:
+    from .isa_sim import run_program
+    res = run_program(program.cfg, program.words, program.stream(x))
+    _check(res, k, 0)
+    return res.results
+
+
+def _run_hosted(program: Runnable, x, k: int) -> list[int]:
+    """Segment by segment, filling the references to earlier results."""
+    from .isa_sim import Machine
+    machine, results, pc = Machine(program.cfg), [], 0
+    for seg in program.segments(x):
+        res = machine.run(seg.words, resolve_data(seg, results))
+        _check(res, k, pc)
+        results += res.results
+        pc += len(seg.words)
+    return results
+
+
+def _check(res, k: int, pc0: int) -> None:
+    if res.error is not ErrorCode.NONE:
+        raise RuntimeError(f"instruction-level simulator stopped: {res.error.name} at "
+                           f"instruction {pc0 + res.error_pc} (input {k})")

@@ -209,8 +209,9 @@ def _stall_probs(stall_prob: float | dict) -> tuple[float, float, float]:
 
 
 def _write_job(path: Path, programs: list[RtlProgram], widths: dict[str, int], *, seed: int,
-               stall: tuple[float, float, float], max_cycles: int, timeout_s: float) -> None:
-    lines = ["fxpgen-native-job 1",
+               stall: tuple[float, float, float], max_cycles: int, timeout_s: float,
+               refs: list[tuple[int, ...]] = ()) -> None:
+    lines = ["fxpgen-native-job 2",
              "widths {insn} {data} {result} {counter}".format(**widths),
              f"seed {int(seed) & (2**64 - 1)}",
              "stall " + " ".join(repr(p) for p in stall),
@@ -226,6 +227,8 @@ def _write_job(path: Path, programs: list[RtlProgram], widths: dict[str, int], *
     lines += [format(w, "x") for p in programs for w in p.words]
     lines.append(f"data {sum(len(p.data) for p in programs)}")
     lines += [format(d, "x") for p in programs for d in p.data]
+    lines.append(f"refs {len(refs)}")
+    lines += [" ".join(str(int(v)) for v in r) for r in refs]
     lines.append("end\n")
     path.write_text("\n".join(lines))
 
@@ -233,12 +236,17 @@ def _write_job(path: Path, programs: list[RtlProgram], widths: dict[str, int], *
 def run_on_native(cfg: CoreConfig, programs: list[RtlProgram], *, seed: int = 0,
                   stall_prob: float | dict = 0.0, max_cycles: int = 2_000_000,
                   timeout_s: float = 1800.0, model: NativeModel | None = None,
-                  keep: bool | None = None) -> tuple[list[RtlResult], dict]:
+                  keep: bool | None = None, refs: list[tuple[int, ...]] = ()
+                  ) -> tuple[list[RtlResult], dict]:
     """Run ``programs`` one after another on one core in the native harness (memories
     persist; the core is reset after a program that stopped on an error or ran past
     its ``max_cycles``). Same arguments and results as
     :func:`fxpgen.sim.core_rtl.run_on_rtl`; see the module docstring for the
-    differences. ``raw`` of each result holds the harness's record, with
+    differences. ``refs`` play the host of off-chip maps: ``(program, data word,
+    base, result word, count, run, stride)`` makes data word ``data word + k`` of
+    program ``program`` result word ``result word + (k // run) * stride + k % run`` of
+    programs ``base, base + 1, ...`` (their results one after another), filled when
+    the program starts. ``raw`` of each result holds the harness's record, with
     ``"halts"``: for every HALT of the program, the cycle it retired in, the result
     words received before it and the counters.
 
@@ -265,7 +273,7 @@ def run_on_native(cfg: CoreConfig, programs: list[RtlProgram], *, seed: int = 0,
     run_dir = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=runs))
     job_path, out_path = run_dir / "job.txt", run_dir / "out.json"
     _write_job(job_path, programs, model.widths, seed=seed, stall=stall, max_cycles=max_cycles,
-               timeout_s=timeout_s)
+               timeout_s=timeout_s, refs=refs)
 
     t1 = time.monotonic()
     problem = None

@@ -11,7 +11,7 @@
 // Usage: fxpgen_native JOB OUT
 //
 // JOB is text, one item per line (every number decimal, every word hex without 0x):
-//   fxpgen-native-job 1
+//   fxpgen-native-job 2
 //   widths <insn> <data> <result> <counter>      must equal the macros above
 //   seed <u64>
 //   stall <p_insn> <p_data> <p_result>           each in [0, 1)
@@ -24,7 +24,14 @@
 //   <hex>                                        N lines
 //   data <D>
 //   <hex>                                        D lines
+//   refs <R>
+//   <program> <at> <base> <first> <count> <run> <stride>      R lines
 //   end
+//
+// A ref plays the host of off-chip maps: before program <program> starts, its data
+// word <at> + k (counted from its first data word), for k < <count>, becomes result
+// word <first> + (k / <run>) * <stride> + k % <run> of the programs from <base> on
+// (their results one after another, the `last` bit dropped).
 //
 // Semantics (those of fxpgen.sim.cocotb_core, without its idle cycles between
 // programs): reset (rst high for RESET_CYCLES edges, then one idle edge), then
@@ -57,6 +64,7 @@
 #include "Vcore.h"
 #include "verilated.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cinttypes>
 #include <cstdint>
@@ -223,6 +231,10 @@ struct Program {
     int64_t n_results = 0;
 };
 
+struct Ref {
+    uint64_t program, at, base, first, count, run, stride;
+};
+
 struct Job {
     uint64_t seed = 0;
     double stall[3] = {0.0, 0.0, 0.0};
@@ -232,6 +244,7 @@ struct Job {
     std::vector<Program> programs;
     Words insns{FXP_INSN_BITS};
     Words data{FXP_DATA_BITS};
+    std::vector<Ref> refs;
 };
 
 std::string expect_line(std::istream& in, const char* what) {
@@ -256,7 +269,7 @@ Job read_job(const char* path) {
     Job job;
     int version = 0;
     read_key(in, "fxpgen-native-job", version);
-    if (version != 1) fail("job file version " + std::to_string(version) + " (this harness reads 1)");
+    if (version != 2) fail("job file version " + std::to_string(version) + " (this harness reads 2)");
     int wi = 0, wd = 0, wr = 0, wc = 0;
     read_key(in, "widths", wi, wd, wr, wc);
     if (wi != FXP_INSN_BITS || wd != FXP_DATA_BITS || wr != FXP_RESULT_BITS || wc != FXP_COUNTER_BITS)
@@ -291,6 +304,16 @@ Job read_job(const char* path) {
     read_key(in, "data", n);
     job.data.limbs.reserve(n * job.data.stride);
     for (std::size_t i = 0; i < n; ++i) parse_hex(expect_line(in, "a data word"), job.data, "data", i);
+    read_key(in, "refs", n);
+    for (std::size_t i = 0; i < n; ++i) {
+        std::istringstream ss(expect_line(in, "a ref line"));
+        Ref r;
+        ss >> r.program >> r.at >> r.base >> r.first >> r.count >> r.run >> r.stride;
+        if (ss.fail() || r.program >= job.programs.size() || r.base > r.program || r.run == 0
+            || r.at + r.count > job.programs[r.program].n_data)
+            fail("job file: bad ref line " + std::to_string(i));
+        job.refs.push_back(r);
+    }
     if (expect_line(in, "'end'") != "end") fail("job file: expected 'end' after the data words");
     if (sum_insns != job.insns.size() || sum_data != job.data.size())
         fail("job file: the programs declare " + std::to_string(sum_insns) + " insn and "
@@ -375,9 +398,10 @@ class Harness {
   public:
     Harness(const Job& job)
         : job_(job),
+          data_words_(job.data),
           ctx_(new VerilatedContext),
           insn_(job.insns, stream_seed(job.seed, 0), job.stall[0]),
-          data_(job.data, stream_seed(job.seed, 1), job.stall[1]),
+          data_(data_words_, stream_seed(job.seed, 1), job.stall[1]),
           result_rng_(stream_seed(job.seed, 2)),
           result_word_(words_for(FXP_RESULT_BITS), 0) {
         top_.reset(new Vcore{ctx_.get(), "core"});
@@ -413,6 +437,7 @@ class Harness {
             if (!po.ran) {
                 po.ran = true;
                 po.start_cycle = cycles_;
+                fill_refs(k, data_start[k], out);
                 insn_.seek(insn_start[k], insn_start[k + 1]);
                 data_.seek(data_start[k], data_start[k + 1]);
             }
@@ -482,12 +507,38 @@ class Harness {
 
   private:
     const Job& job_;
+    Words data_words_;   // the job's data words, references filled as programs start
     std::unique_ptr<VerilatedContext> ctx_;
     std::unique_ptr<Vcore> top_;
     Driver insn_, data_;
     Rng result_rng_;
     std::vector<uint32_t> result_word_;
     uint64_t cycles_ = 0;
+
+    // Program k's referenced data words from the results of earlier programs (a
+    // word past the results received stays zero: that program failed).
+    void fill_refs(std::size_t k, uint64_t data0, const std::vector<ProgramOut>& out) {
+        const int rstride = words_for(FXP_RESULT_BITS), dstride = data_words_.stride;
+        for (const Ref& r : job_.refs) {
+            if (r.program != k) continue;
+            for (uint64_t i = 0; i < r.count; ++i) {
+                uint32_t* w = data_words_.limbs.data() + (data0 + r.at + i) * dstride;
+                std::fill(w, w + dstride, 0u);
+                uint64_t j = r.first + (i / r.run) * r.stride + i % r.run;
+                for (uint64_t p = r.base; p < k; ++p) {
+                    const uint64_t n = out[p].results.size() / rstride;
+                    if (j >= n) {
+                        j -= n;
+                        continue;
+                    }
+                    const uint32_t* src = out[p].results.data() + j * rstride;
+                    for (int b = 0; b < FXP_DATA_BITS; ++b)
+                        if ((src[b / 32] >> (b % 32)) & 1u) w[b / 32] |= 1u << (b % 32);
+                    break;
+                }
+            }
+        }
+    }
 
     static double seconds_since(std::chrono::steady_clock::time_point t0) {
         return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -5,7 +5,10 @@
 Both cut every input's program at its HALTs (:func:`~fxpgen.sim.segments.split_layers`),
 give each segment the cycle limit :func:`~fxpgen.sim.segments.cycle_budget`, and run
 the segments of up to ``batch`` inputs one after another in one simulation; the
-counters the core froze at each HALT are that segment's (usually one layer's)."""
+counters the core froze at each HALT are that segment's (usually one layer's).
+Both play the host of off-chip maps: a segment's data words that reference
+earlier results are filled when the segment starts (in the native harness, and
+in the cocotb module)."""
 
 from __future__ import annotations
 
@@ -72,7 +75,9 @@ class SegmentEngine(Engine):
         raise NotImplementedError
 
     def _simulate(self, cfg: CoreConfig, programs: list["RtlProgram"], model,
-                  timeout_s: float) -> tuple[list["RtlResult"], dict]:
+                  timeout_s: float, refs: list[tuple[int, ...]]
+                  ) -> tuple[list["RtlResult"], dict]:
+        """Run ``programs``; ``refs`` as for :func:`~fxpgen.sim.native.run_on_native`."""
         raise NotImplementedError
 
     def _max_stall(self) -> float:
@@ -90,14 +95,16 @@ class SegmentEngine(Engine):
         from .core_rtl import RtlProgram
         names = names or [f"image {k}" for k in range(len(segments_per_input))]
         stall = self._max_stall()
-        programs, owners = [], []
+        programs, owners, refs = [], [], []
         for k, segs in enumerate(segments_per_input):
+            base = len(programs)
             for s in segs:
+                refs += [(len(programs), at, base, *rest) for at, *rest in s.refs]
                 programs.append(RtlProgram(s.words, s.data, s.n_results,
                                            max_cycles=cycle_budget(s, stall)))
                 owners.append((k, s))
         timeout_s = max(MIN_TIMEOUT_S, 3 * sum(p.max_cycles for p in programs) / self.min_cycles_per_s)
-        results, info = self._simulate(cfg, programs, self.model(cfg), timeout_s)
+        results, info = self._simulate(cfg, programs, self.model(cfg), timeout_s, refs)
         per_input = [{"results": [], "layers": []} for _ in segments_per_input]
         for (k, seg), r in zip(owners, results):
             problem = _problem(r, seg, info)
@@ -180,10 +187,10 @@ class RtlEngine(SegmentEngine):
         from .core_rtl import core_model
         return core_model(cfg)
 
-    def _simulate(self, cfg, programs, model, timeout_s):
+    def _simulate(self, cfg, programs, model, timeout_s, refs):
         from .core_rtl import run_on_rtl
         return run_on_rtl(cfg, programs, seed=self.seed, stall_prob=self.stall_prob, model=model,
-                          timeout_s=timeout_s)
+                          timeout_s=timeout_s, refs=refs)
 
 
 class NativeEngine(SegmentEngine):
@@ -198,7 +205,7 @@ class NativeEngine(SegmentEngine):
         from .native import native_model
         return native_model(cfg)
 
-    def _simulate(self, cfg, programs, model, timeout_s):
+    def _simulate(self, cfg, programs, model, timeout_s, refs):
         from .native import run_on_native
         return run_on_native(cfg, programs, seed=self.seed, stall_prob=self.stall_prob, model=model,
-                             timeout_s=timeout_s)
+                             timeout_s=timeout_s, refs=refs)

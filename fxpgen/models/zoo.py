@@ -1,6 +1,6 @@
 """Float ONNX graphs for compiler tests, built with ``onnx.helper``: a small model
-builder for per-op tests, and ResNet-18 and MobileNetV2 shaped networks (random
-weights, batch 1)."""
+builder for per-op tests, and ResNet-18, ResNet-50 and MobileNetV2 shaped networks
+(random weights, batch 1)."""
 
 import numpy as np
 import onnx
@@ -148,3 +148,24 @@ def mobilenetv2(size: int = 32, classes: int = 10, seed: int = 0) -> onnx.ModelP
     x = b.conv_bn(x, cin, 1280, 1, act="relu6")
     b.head(x, 1280, classes)
     return b.model(size, classes, "mobilenetv2")
+
+
+def resnet50(size: int = 224, classes: int = 1000, seed: int = 0) -> onnx.ModelProto:
+    """ResNet-50 (bottleneck blocks 3-4-6-3, stride in the 3x3 conv) with random weights."""
+    b = _Builder(seed)
+    x = b.conv_bn("input", 3, 64, 7, stride=2)
+    mp = b.name("maxpool")
+    b.nodes.append(helper.make_node("MaxPool", [x], [mp], name=mp, kernel_shape=[3, 3], strides=[2, 2],
+                                    pads=[1, 1, 1, 1]))
+    x, cin = mp, 64
+    for width, n, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+        cout = 4 * width
+        for i in range(n):
+            s = stride if i == 0 else 1
+            y = b.conv_bn(x, cin, width, 1)
+            y = b.conv_bn(y, width, width, 3, s)
+            y = b.conv_bn(y, width, cout, 1, act=None)
+            short = x if (s == 1 and cin == cout) else b.conv_bn(x, cin, cout, 1, s, act=None)
+            x, cin = b.relu(b.add(y, short)), cout
+    b.head(x, cin, classes)
+    return b.model(size, classes, "resnet50")

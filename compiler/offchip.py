@@ -1,0 +1,301 @@
+"""Feature maps kept off chip: which maps the lowering spills to the host's memory,
+and the band lowering of the layers that read or write them.
+
+Spill policy (:func:`spill_plan`). Walking the ops in order, while the maps live
+at an op (its inputs, its output and every map read later) take more scratchpad
+rows than a budget less the op's band buffers (one output row's, as if every map
+it may spill were off chip), the largest of them that may go off chip does. A map may go
+off chip when its producer and every consumer can run in bands: convolutions
+(any kernel, stride and groups, with a residual), average and max pools and adds;
+neither the network's input (streamed in bands by its own rule) nor its output.
+The lowering tries the budgets ``spad_depth`` x 1, 3/4, 1/2, 1/4 and 0 in turn
+(the bands and chunk buffers need room, and first-fit allocation leaves holes).
+
+Band lowering (:func:`lower_banded`). A layer that reads or writes an off-chip map
+runs in chunks of output rows: it LOADs the input rows of each chunk (with the
+kernel's halo; rows outside the map as the map's border byte) into a band buffer,
+and an off-chip residual's or add operand's rows into bands of their own, computes
+the chunk into a chunk buffer when its output is off chip, and STOREs the chunk's
+rows to the result stream, where they become host buffer k
+(:class:`~fxpgen.compiler.emit.HostBuffer`). A chunk is as many output rows as
+the accumulators hold (:func:`~fxpgen.compiler.conv_plan.rows_per_chunk`, for a
+conv), fewer when its buffers would not fit the largest free block.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Callable
+
+from fxpgen.isa import COUNT_MAX
+
+from .conv_emit import ConvBands, emit_conv
+from .conv_plan import plan_conv, plan_slabs, rows_per_chunk
+from .emit import HostBuffer, load_band, store_rows
+from .layout import MapLayout, last_uses, pad_byte, plan_borders
+from .qgraph import QAdd, QAvgPool, QConv, QGraph, QMaxPool
+from .tiling import DoesNotFit, ceil_div
+from .vector_ops import emit_add_rows, emit_maxpool_rows
+
+if TYPE_CHECKING:
+    from .lower import _Lowering
+
+__all__ = ["BANDED_OPS", "BUDGET_FRACTIONS", "spillable", "spill_plan", "touches_offchip", "lower_banded"]
+
+#: Ops that can run in bands of rows over off-chip maps.
+BANDED_OPS = (QConv, QAvgPool, QMaxPool, QAdd)
+#: The spill budgets tried, as fractions of ``spad_depth``.
+BUDGET_FRACTIONS = (1.0, 0.75, 0.5, 0.25, 0.0)
+
+
+def spillable(qg: QGraph) -> set[str]:
+    """The maps that may go off chip: produced and read only by :data:`BANDED_OPS`,
+    neither the network's input nor its output."""
+    ok = {op.output for op in qg.ops if isinstance(op, BANDED_OPS)}
+    for op in qg.ops:
+        if not isinstance(op, BANDED_OPS):
+            ok -= set(op.inputs)
+    return ok - {qg.input, qg.output}
+
+
+def spill_plan(qg: QGraph, lanes: int, budget: int, input_streamed: bool) -> frozenset[str]:
+    """The maps to keep off chip so that the resident maps live at every op take at
+    most ``budget`` scratchpad rows less the op's band buffers (largest first;
+    module docstring)."""
+    border, _ = plan_borders(qg)
+    rows, row = {}, {}
+    for name, t in qg.tensors.items():
+        c, h, w = t.shape
+        b = border[name]
+        row[name] = (w + b[1] + b[3]) * ceil_div(c, lanes)
+        rows[name] = (h + b[0] + b[2]) * row[name]
+    born = {op.output: i for i, op in enumerate(qg.ops)}
+    if not input_streamed:
+        born[qg.input] = -1
+    last = last_uses(qg)
+    ok = spillable(qg)
+    spilled: set[str] = set()
+    for i, op in enumerate(qg.ops):
+        live = [t for t, b in born.items() if b <= i <= last.get(t, b)]
+        room = budget - _band_rows(op, ok, row)
+        while sum(rows[t] for t in live if t not in spilled) > room:
+            candidates = [t for t in live if t in ok and t not in spilled]
+            if not candidates:
+                break
+            spilled.add(max(candidates, key=lambda t: (rows[t], t)))
+    return frozenset(spilled)
+
+
+def _band_rows(op, ok: set[str], row: dict[str, int]) -> int:
+    """Scratchpad rows of ``op``'s band buffers for one output row, were every map of
+    ``ok`` it reads or writes off chip (the input band with the kernel's rows)."""
+    kh = 1
+    if isinstance(op, QConv):
+        kh = op.weight.shape[2]
+    elif isinstance(op, (QAvgPool, QMaxPool)):
+        kh = op.kernel[0]
+    n = sum(row[t] for t in {*op.inputs[1:], op.output} & ok)
+    return n + (kh * row[op.inputs[0]] if op.inputs[0] in ok else 0)
+
+
+def lower_banded(lo: "_Lowering", op, streamed: bool) -> MapLayout | None:
+    """Lower ``op`` in bands (its input streamed when ``streamed``, or some of its maps
+    off chip); the streamed input's layout as the host sees it, else None."""
+    if isinstance(op, (QConv, QAvgPool)):
+        return _conv(lo, op, streamed)
+    if isinstance(op, QMaxPool):
+        _maxpool(lo, op)
+    else:
+        _add(lo, op)
+    return None
+
+
+def touches_offchip(lo: "_Lowering", op) -> bool:
+    """Whether ``op`` reads or writes an off-chip map."""
+    return any(t in lo.offchip for t in [*op.inputs, op.output])
+
+
+def _host_buffer(lo: "_Lowering", name: str) -> None:
+    """Register off-chip map ``name`` as the next host buffer, stored from the next result word."""
+    c, h, w = lo.qg.tensor(name).shape
+    em = lo.em
+    lo.host[name] = len(em.buffers)
+    em.buffers.append(HostBuffer(name, em.n_results, h * w * ceil_div(c, lo.cfg.lanes)))
+
+
+def _buffer(lo: "_Lowering", name: str, height: int, border: tuple[int, int, int, int], what: str,
+            taken: list[MapLayout], groups: int | None = None) -> MapLayout:
+    """A band or chunk buffer of ``height`` rows of map ``name`` (of ``groups`` of its
+    channel groups: a slab) at the top of the scratchpad, its side borders filled;
+    appended to ``taken`` (freed after the layer)."""
+    c, _, w = lo.qg.tensor(name).shape
+    if groups is not None and groups != ceil_div(c, lo.cfg.lanes):
+        c = groups * lo.cfg.lanes
+    lay = MapLayout(0, c, height, w, border, ceil_div(c, lo.cfg.lanes))
+    lay = dataclasses.replace(lay, base=lo.alloc.alloc(lay.rows, what, top=True))
+    taken.append(lay)
+    if any(border):
+        lo.em.fill(lay, pad_byte(lo.pad_signed.get(name, False)))
+    return lay
+
+
+def _side_border(lo: "_Lowering", name: str) -> tuple[int, int, int, int]:
+    b = lo.border[name]
+    return (0, b[1], 0, b[3])
+
+
+def _row_rows(lo: "_Lowering", name: str, border: tuple[int, int, int, int],
+              groups: int | None = None) -> int:
+    """Scratchpad rows of one row of map ``name`` (of ``groups`` of its channel groups)
+    with ``border``'s sides."""
+    c, _, w = lo.qg.tensor(name).shape
+    return (w + border[1] + border[3]) * (groups or ceil_div(c, lo.cfg.lanes))
+
+
+def _chunk_rows(lo: "_Lowering", op, most: int, need: Callable[[int], int]) -> int:
+    """The most output rows per chunk, at most ``most``, whose buffers (``need(rows)``
+    scratchpad rows) fit the largest free block."""
+    free = lo.alloc.largest()
+    rows = most
+    while rows >= 1 and need(rows) > free:
+        rows -= 1
+    if rows < 1:
+        raise DoesNotFit(f"{op.name}: the buffers of one output row in bands take {need(1)} "
+                         f"scratchpad rows, {free} are free")
+    return rows
+
+
+def _check_row(lo: "_Lowering", name: str) -> None:
+    c, _, w = lo.qg.tensor(name).shape
+    if w * ceil_div(c, lo.cfg.lanes) > COUNT_MAX:
+        raise DoesNotFit(f"rows of map {name} exceed a loop count in words")
+
+
+def _out(lo: "_Lowering", op) -> MapLayout | None:
+    """The resident output map, placed; None (and a host buffer) when it is off chip."""
+    if op.output in lo.offchip:
+        _check_row(lo, op.output)
+        _host_buffer(lo, op.output)
+        return None
+    return lo.place(op.output)
+
+
+def _conv(lo: "_Lowering", op: QConv | QAvgPool, streamed: bool) -> MapLayout | None:
+    qg, cfg = lo.qg, lo.cfg
+    out_lay = _out(lo, op)
+    _, h, _ = qg.tensor(op.input).shape
+    _, oh, ow = qg.tensor(op.output).shape
+    kh = op.weight.shape[2] if isinstance(op, QConv) else op.kernel[0]
+    sy = op.stride[0]
+    residual = op.residual if isinstance(op, QConv) else None
+    in_band = streamed or op.input in lo.offchip
+    res_band = residual in lo.offchip
+    in_border = _side_border(lo, op.input)
+
+    in_groups = ceil_div(qg.tensor(op.input).shape[0], cfg.lanes)
+    slab = in_groups
+
+    def need(r: int) -> int:
+        n = ((r - 1) * sy + kh) * _row_rows(lo, op.input, in_border, slab) if in_band else 0
+        n += r * _row_rows(lo, residual, (0, 0, 0, 0)) if res_band else 0
+        return n + (r * _row_rows(lo, op.output, (0, 0, 0, 0)) if out_lay is None else 0)
+
+    slabs = None
+    if op.input in lo.offchip and need(1) > lo.alloc.largest():
+        # A grouped or depthwise conv can read its band a few channel groups at a time.
+        whole = plan_conv(qg, op, cfg, 1)
+        for slab in range(in_groups - 1, 0, -1):
+            slabs = plan_slabs(whole, cfg, in_groups, slab)
+            if slabs is None or need(1) <= lo.alloc.largest():
+                break
+        slab = slab if slabs else in_groups
+    rows = _chunk_rows(lo, op, rows_per_chunk(cfg, oh, ow), need)
+    taken: list[MapLayout] = []
+    in_lay = (_buffer(lo, op.input, (rows - 1) * sy + kh, in_border,
+                      f"the band of input {op.input} of {op.name}", taken, slab)
+              if in_band else lo.layouts[op.input])
+    res_lay = None
+    if residual:
+        res_lay = (_buffer(lo, residual, rows, (0, 0, 0, 0), f"the band of residual {residual}", taken)
+                   if res_band else lo.layouts[residual])
+    if out_lay is None:
+        out_lay = _buffer(lo, op.output, rows, (0, 0, 0, 0), f"the chunk of output {op.output}", taken)
+    bands = ConvBands(in_buffer=lo.host.get(op.input), in_pad_byte=pad_byte(lo.pad_signed.get(op.input, False)),
+                      res_buffer=lo.host.get(residual) if res_band else None,
+                      out_buffer=op.output in lo.offchip, in_groups=in_groups)
+    plan = plan_conv(qg, op, cfg, rows if in_band else None, chunk_rows=rows)
+    if slabs:
+        plan = dataclasses.replace(plan, slabs=plan_slabs(plan, cfg, in_groups, slab))
+    emit_conv(lo.em, plan, in_lay, out_lay, res_lay, bands)
+    _free(lo, taken)
+    if streamed:
+        return dataclasses.replace(in_lay, height=h, border=tuple(lo.border[op.input]))
+    return None
+
+
+def _maxpool(lo: "_Lowering", op: QMaxPool) -> None:
+    qg = lo.qg
+    out_lay = _out(lo, op)
+    _, h, _ = qg.tensor(op.input).shape
+    _, oh, _ = qg.tensor(op.output).shape
+    kh, sy, pt = op.kernel[0], op.stride[0], op.pads[0]
+    in_band = op.input in lo.offchip
+    in_border = _side_border(lo, op.input)
+
+    def need(r: int) -> int:
+        n = ((r - 1) * sy + kh) * _row_rows(lo, op.input, in_border) if in_band else 0
+        return n + (r * _row_rows(lo, op.output, (0, 0, 0, 0)) if out_lay is None else 0)
+
+    rows = _chunk_rows(lo, op, min(oh, COUNT_MAX), need)
+    taken: list[MapLayout] = []
+    in_lay = (_buffer(lo, op.input, (rows - 1) * sy + kh, in_border,
+                      f"the band of input {op.input} of {op.name}", taken)
+              if in_band else lo.layouts[op.input])
+    store = out_lay is None
+    if store:
+        out_lay = _buffer(lo, op.output, rows, (0, 0, 0, 0), f"the chunk of output {op.output}", taken)
+    pad = pad_byte(lo.pad_signed.get(op.input, False))
+    for oy0 in range(0, oh, rows):
+        nrow = min(rows, oh - oy0)
+        iy0 = oy0 * sy - pt
+        if in_band:
+            load_band(lo.em, in_lay, iy0, (nrow - 1) * sy + kh, h, lo.host[op.input], pad)
+        emit_maxpool_rows(lo.em, qg, op, in_lay, 0 if in_band else iy0, out_lay, 0 if store else oy0, nrow)
+        if store:
+            store_rows(lo.em, out_lay, 0, nrow)
+    _free(lo, taken)
+
+
+def _add(lo: "_Lowering", op: QAdd) -> None:
+    qg = lo.qg
+    out_lay = _out(lo, op)
+    _, oh, _ = qg.tensor(op.output).shape
+    banded = [t for t in dict.fromkeys((op.a, op.b)) if t in lo.offchip]
+
+    def need(r: int) -> int:
+        n = sum(r * _row_rows(lo, t, (0, 0, 0, 0)) for t in banded)
+        return n + (r * _row_rows(lo, op.output, (0, 0, 0, 0)) if out_lay is None else 0)
+
+    rows = _chunk_rows(lo, op, min(oh, COUNT_MAX), need)
+    taken: list[MapLayout] = []
+    bands = {t: _buffer(lo, t, rows, (0, 0, 0, 0), f"the band of {t} of {op.name}", taken) for t in banded}
+    store = out_lay is None
+    if store:
+        out_lay = _buffer(lo, op.output, rows, (0, 0, 0, 0), f"the chunk of output {op.output}", taken)
+    for oy0 in range(0, oh, rows):
+        nrow = min(rows, oh - oy0)
+        for t, band in bands.items():
+            load_band(lo.em, band, oy0, nrow, oh, lo.host[t])
+
+        def rows_of(t: str) -> tuple[MapLayout, int]:
+            return (bands[t], 0) if t in bands else (lo.layouts[t], oy0)
+
+        emit_add_rows(lo.em, qg, op, rows_of(op.a), rows_of(op.b), (out_lay, 0 if store else oy0), nrow)
+        if store:
+            store_rows(lo.em, out_lay, 0, nrow)
+    _free(lo, taken)
+
+
+def _free(lo: "_Lowering", taken: list[MapLayout]) -> None:
+    for lay in taken:
+        lo.alloc.release(lay.base, lay.rows)
