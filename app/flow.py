@@ -6,6 +6,7 @@ import dataclasses
 import json
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -45,6 +46,7 @@ def compile_model(model, calib: np.ndarray, cfg: CoreConfig, outdir: Path, *, mo
     A :class:`~fxpgen.compiler.tiling.DoesNotFit` names the command-line option of
     the memory to raise and the smallest depth that fits."""
     from fxpgen.compiler.onnx_frontend import load_onnx
+    from fxpgen.compiler.program import encode_qgraph
     from fxpgen.compiler.quantize import quantize
 
     say = stage or (lambda name: None)
@@ -54,11 +56,15 @@ def compile_model(model, calib: np.ndarray, cfg: CoreConfig, outdir: Path, *, mo
     say("quantize")
     qg, report = quantize(graph, np.asarray(calib, np.float64), mode=mode, per_channel=per_channel)
     t1 = time.monotonic()
-    say("lower")
-    low = lower_for_user(qg, cfg)
-    t2 = time.monotonic()
-    say("write")
-    _write_program(Path(outdir), qg, low, report, listing)
+    # The quantized graph's files (mostly zlib, which releases the GIL) are encoded on
+    # another core while the lowering runs; they are written only if it succeeds.
+    with ThreadPoolExecutor(1) as pool:
+        qgraph_files = pool.submit(encode_qgraph, qg)
+        say("lower")
+        low = lower_for_user(qg, cfg)
+        t2 = time.monotonic()
+        say("write")
+        _write_program(Path(outdir), qg, low, report, listing, qgraph_files.result())
     notes = report["notes"] + low.notes
     weak = low_signal(report)
     return {"instructions": len(low.instructions), "data_words": len(low.consts),
@@ -68,8 +74,9 @@ def compile_model(model, calib: np.ndarray, cfg: CoreConfig, outdir: Path, *, mo
             "listing": listing, "outdir": str(outdir)}
 
 
-def _write_program(outdir: Path, qg, low, report: dict, with_listing: bool) -> None:
-    from fxpgen.compiler.program import listing, save_program, save_qgraph
+def _write_program(outdir: Path, qg, low, report: dict, with_listing: bool,
+                   qgraph_files: tuple[str, bytes]) -> None:
+    from fxpgen.compiler.program import listing, save_program, write_qgraph
     outdir.mkdir(parents=True, exist_ok=True)
     in_t, out_t = qg.tensor(qg.input), qg.tensor(qg.output)
     header = save_program(outdir / "program.fxp", low, extra={
@@ -77,7 +84,7 @@ def _write_program(outdir: Path, qg, low, report: dict, with_listing: bool) -> N
         "output": {"name": qg.output, "shape": list(out_t.shape), "signed": out_t.fmt.signed,
                    "fl": out_t.fmt.fl},
     })
-    save_qgraph(outdir, qg)
+    write_qgraph(outdir, *qgraph_files)
     if with_listing:
         (outdir / "listing.txt").write_text(listing(low))
     else:
