@@ -53,18 +53,20 @@ def compile_model(model, calib: np.ndarray, cfg: CoreConfig, outdir: Path, *, mo
     say("import")
     t0 = time.monotonic()
     graph = load_onnx(model)
-    say("quantize")
-    qg, report = quantize(graph, np.asarray(calib, np.float64), mode=mode, per_channel=per_channel)
-    t1 = time.monotonic()
     # The quantized graph's files (mostly zlib, which releases the GIL) are encoded on
-    # another core while the lowering runs; they are written only if it succeeds.
+    # another core while the quantizer's report and the lowering run; they are written
+    # only if both succeed.
     with ThreadPoolExecutor(1) as pool:
-        qgraph_files = pool.submit(encode_qgraph, qg)
+        encoding = []
+        say("quantize")
+        qg, report = quantize(graph, np.asarray(calib, np.float64), mode=mode, per_channel=per_channel,
+                              on_graph=lambda q: encoding.append(pool.submit(encode_qgraph, q)))
+        t1 = time.monotonic()
         say("lower")
         low = lower_for_user(qg, cfg)
         t2 = time.monotonic()
         say("write")
-        _write_program(Path(outdir), qg, low, report, listing, qgraph_files.result())
+        _write_program(Path(outdir), qg, low, report, listing, encoding[0].result())
     notes = report["notes"] + low.notes
     weak = low_signal(report)
     return {"instructions": len(low.instructions), "data_words": len(low.consts),
