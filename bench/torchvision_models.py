@@ -75,9 +75,11 @@ def onnxruntime_output(path: Path, x: np.ndarray) -> np.ndarray:
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine of the angle between two arrays taken as flat vectors."""
+    """Cosine of the angle between two arrays taken as flat vectors (0 if either is
+    all zero)."""
     a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+    norms = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / norms) if norms else 0.0
 
 
 def reason(message: str) -> str:
@@ -171,8 +173,9 @@ def table(rows: list[dict]) -> str:
             lines.append(f"| {r['model']} | no: {r['error'].replace('|', '/')} | {r['compile_s']:.1f} "
                          f"| {r['peak_mb']:.0f} | | | |")
         else:
+            weak = " (warned: low signal)" if r["low_signal"] else ""
             lines.append(f"| {r['model']} | yes | {r['compile_s']:.1f} | {r['peak_mb']:.0f} "
-                         f"| {r['folder_mb']:.1f} | {r['instructions']:,} | {r['cosine']:.3f} |")
+                         f"| {r['folder_mb']:.1f} | {r['instructions']:,} | {r['cosine']:.3f}{weak} |")
     return "\n".join(lines)
 
 
