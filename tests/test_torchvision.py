@@ -17,7 +17,7 @@ statistics is the identity. The cosine measures how close the quantized model st
 to the float one, not accuracy.
 
 Needs the ``models`` extra (``pip install ".[models]"``); run with
-``python -m pytest -m slow tests/test_torchvision.py`` (about an hour on 2 cores).
+``python -m pytest -m slow tests/test_torchvision.py`` (about 15 minutes on 2 shared cores).
 """
 
 from __future__ import annotations
