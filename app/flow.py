@@ -6,6 +6,7 @@ import dataclasses
 import json
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -65,6 +66,7 @@ def compile_model(model, calib: np.ndarray, cfg: CoreConfig, outdir: Path, *, mo
     A :class:`~fxpgen.compiler.tiling.DoesNotFit` names the command-line option of
     the memory to raise and the smallest depth that fits."""
     from fxpgen.compiler.onnx_frontend import load_onnx
+    from fxpgen.compiler.program import encode_qgraph
     from fxpgen.compiler.quantize import quantize
 
     say = stage or (lambda name: None)
@@ -73,20 +75,26 @@ def compile_model(model, calib: np.ndarray, cfg: CoreConfig, outdir: Path, *, mo
     graph = load_onnx(model)
     calib = as_images(calib, graph.shape(graph.input), calib_name)
     doubts = calibration_warnings(calib, calib_name)
-    say("quantize")
-    qg, report = quantize(graph, np.asarray(calib, np.float64), mode=mode, per_channel=per_channel)
-    if min_sqnr_db is not None and report["output_sqnr_db"] < min_sqnr_db:
-        raise LowSignalError(
-            f"the quantized output {report['output']} has an SQNR of {report['output_sqnr_db']:.1f} dB "
-            f"against the float model on the calibration set (under {min_sqnr_db:g} dB): its "
-            "outputs are mostly quantization noise"
-            + "".join(f"; {d}" for d in doubts) + "; nothing was written")
-    t1 = time.monotonic()
-    say("lower")
-    low = lower_for_user(qg, cfg)
-    t2 = time.monotonic()
-    say("write")
-    _write_program(Path(outdir), qg, low, report, listing)
+    # The quantized graph's files (mostly zlib, which releases the GIL) are encoded on
+    # another core while the quantizer's report and the lowering run; they are written
+    # only if both succeed.
+    with ThreadPoolExecutor(1) as pool:
+        encoding = []
+        say("quantize")
+        qg, report = quantize(graph, np.asarray(calib, np.float64), mode=mode, per_channel=per_channel,
+                              on_graph=lambda q: encoding.append(pool.submit(encode_qgraph, q)))
+        if min_sqnr_db is not None and report["output_sqnr_db"] < min_sqnr_db:
+            raise LowSignalError(
+                f"the quantized output {report['output']} has an SQNR of {report['output_sqnr_db']:.1f} "
+                f"dB against the float model on the calibration set (under {min_sqnr_db:g} dB): its "
+                "outputs are mostly quantization noise"
+                + "".join(f"; {d}" for d in doubts) + "; nothing was written")
+        t1 = time.monotonic()
+        say("lower")
+        low = lower_for_user(qg, cfg)
+        t2 = time.monotonic()
+        say("write")
+        _write_program(Path(outdir), qg, low, report, listing, encoding[0].result())
     notes = report["notes"] + low.notes
     weak = low_signal(report)
     return {"instructions": len(low.instructions), "data_words": len(low.consts),
@@ -106,8 +114,9 @@ def offchip_summary(low) -> dict:
             "offchip_words_loaded": sum(p.count for p in low.host_pieces)}
 
 
-def _write_program(outdir: Path, qg, low, report: dict, with_listing: bool) -> None:
-    from fxpgen.compiler.program import listing, save_program, save_qgraph, write_manifest
+def _write_program(outdir: Path, qg, low, report: dict, with_listing: bool,
+                   qgraph_files: tuple[str, bytes]) -> None:
+    from fxpgen.compiler.program import listing, save_program, write_manifest, write_qgraph
     outdir.mkdir(parents=True, exist_ok=True)
     in_t, out_t = qg.tensor(qg.input), qg.tensor(qg.output)
     header = save_program(outdir / "program.fxp", low, extra={
@@ -115,7 +124,7 @@ def _write_program(outdir: Path, qg, low, report: dict, with_listing: bool) -> N
         "output": {"name": qg.output, "shape": list(out_t.shape), "signed": out_t.fmt.signed,
                    "fl": out_t.fmt.fl},
     })
-    save_qgraph(outdir, qg)
+    write_qgraph(outdir, *qgraph_files)
     if with_listing:
         (outdir / "listing.txt").write_text(listing(low))
     else:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from fxpgen.isa import Addr, Instruction, Mem, Opcode, pack_row, pack_rows
 
 from .conv_plan import ConvPlan, ConvTile, TileGroup
@@ -145,10 +147,10 @@ class _ConvEmission:
         """LOAD the (n-tile, tile) pairs' weights from weight-buffer row 0; the row offset of
         each by (n-tile, ky, kx, kt)."""
         R = self.cfg.rows
-        words, where = [], {}
-        for nt, tile in tiles:
-            where[(nt, tile.ky, tile.kx, tile.kt)] = len(words)
-            words += pack_rows(Mem.WBUF, tile.weight, self.cfg)
+        where = {(nt, tile.ky, tile.kx, tile.kt): k * R for k, (nt, tile) in enumerate(tiles)}
+        # One pack for all the tiles (R rows each): a network has 10**5 tiles.
+        words = pack_rows(Mem.WBUF, np.concatenate([tile.weight for _, tile in tiles]),
+                          self.cfg) if tiles else []
         if words:
             self.em.load(Mem.WBUF, Addr(0, 1, R), R, len(words) // R, words)
         return where

@@ -115,8 +115,7 @@ def plan_conv(qg: QGraph, op: QConv | QAvgPool, cfg: CoreConfig,
     cin, in_h, _ = qg.tensor(op.input).shape
     _, oh, ow = qg.tensor(op.output).shape
     in_signed = qg.tensor(op.input).fmt.signed
-    dense = _dense_taps(weight, groups, cin, cfg)
-    tiles = _nonzero_tiles(dense, cfg)
+    tiles = _nonzero_tiles(weight, groups, cin, cfg)
     note = _acc_bound_note(op.name, weight, bias, in_signed, cfg)
     table = _table_rows(op.name, shift, align, cout, len(tiles), cfg)
     if ow > cfg.acc_depth // 2 or ow > COUNT_MAX:
@@ -165,29 +164,44 @@ def _conv_params(qg: QGraph, op):
     return w, np.zeros(c, np.int64), c, np.full(c, op.shift, np.int64), False, None, np.zeros(c, np.int64)
 
 
-def _dense_taps(weight: np.ndarray, groups: int, cin: int, cfg: CoreConfig) -> np.ndarray:
-    """Per-tap weight matrices (kh, kw, Cin, Cout), padded to whole tiles and
-    block-diagonal for groups."""
-    cout, cin_g, kh, kw = weight.shape
-    dense = np.zeros((kh, kw, ceil_div(cin, cfg.rows) * cfg.rows, ceil_div(cout, cfg.cols) * cfg.cols),
-                     np.int64)
-    cout_g = cout // groups
-    for g in range(groups):
-        blk = weight[g * cout_g:(g + 1) * cout_g]          # (cout_g, cin_g, kh, kw)
-        dense[:, :, g * cin_g:(g + 1) * cin_g, g * cout_g:(g + 1) * cout_g] = \
-            np.transpose(blk, (2, 3, 1, 0))
-    return dense
+def _nonzero_tiles(weight: np.ndarray, groups: int, cin: int,
+                   cfg: CoreConfig) -> tuple[tuple[ConvTile, ...], ...]:
+    """Per n-tile, its (tap, k-tile) tiles that hold a nonzero weight, in tap-major order.
 
-
-def _nonzero_tiles(dense: np.ndarray, cfg: CoreConfig) -> tuple[tuple[ConvTile, ...], ...]:
-    """Per n-tile, its (tap, k-tile) tiles that hold a nonzero weight, in tap-major order."""
+    The tiles cut the per-tap weight matrices (Cin x Cout, padded to whole tiles,
+    block-diagonal for groups) into rows x cols blocks. Each is built alone from the
+    groups it meets: a whole matrix per tap would be Cin x Cout int64 words, 1.6 GB
+    for the 7x7 average pool over ResNet-50's 2048 channels."""
     R, C = cfg.rows, cfg.cols
-    kh, kw, cin_p, cout_p = dense.shape
-    return tuple(
-        tuple(ConvTile(ky, kx, kt, tile)
-              for ky in range(kh) for kx in range(kw) for kt in range(cin_p // R)
-              if (tile := dense[ky, kx, kt * R:(kt + 1) * R, nt * C:(nt + 1) * C]).any())
-        for nt in range(cout_p // C))
+    cout, cin_g, kh, kw = weight.shape
+    cout_g = cout // groups
+    taps = np.transpose(weight, (2, 3, 1, 0))               # (kh, kw, cin_g, cout)
+    out = []
+    for o0 in range(0, cout, C):
+        o1 = min(o0 + C, cout)
+        g0, g1 = o0 // cout_g, (o1 - 1) // cout_g + 1       # the groups of these outputs
+        tiles = []
+        for ky in range(kh):
+            for kx in range(kw):
+                for kt in range(g0 * cin_g // R, ceil_div(g1 * cin_g, R)):
+                    tile = _tile(taps[ky, kx], range(g0, g1), cin_g, cout_g, kt * R, o0, cin, cfg)
+                    if tile.any():
+                        tiles.append(ConvTile(ky, kx, kt, tile))
+        out.append(tuple(tiles))
+    return tuple(out)
+
+
+def _tile(tap: np.ndarray, groups: range, cin_g: int, cout_g: int, i0: int, o0: int, cin: int,
+          cfg: CoreConfig) -> np.ndarray:
+    """The rows x cols block at input channel ``i0``, output channel ``o0`` of one tap's
+    block-diagonal matrix; ``tap`` is (cin_g, Cout), the diagonal blocks side by side."""
+    tile = np.zeros((cfg.rows, cfg.cols), np.int64)
+    for g in groups:
+        a0, a1 = max(g * cin_g, i0), min((g + 1) * cin_g, i0 + cfg.rows, cin)
+        b0, b1 = max(g * cout_g, o0), min((g + 1) * cout_g, o0 + cfg.cols, tap.shape[1])
+        if a0 < a1 and b0 < b1:
+            tile[a0 - i0:a1 - i0, b0 - o0:b1 - o0] = tap[a0 - g * cin_g:a1 - g * cin_g, b0:b1]
+    return tile
 
 
 def _acc_bound_note(name: str, weight: np.ndarray, bias: np.ndarray, in_signed: bool,

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import struct
 import zlib
@@ -68,8 +69,8 @@ from .qgraph import (QAdd, QAvgPool, QConcat, QConv, QGraph, QLut, QMaxPool, QMu
                      QTensor)
 
 __all__ = ["FORMAT_VERSION", "ProgramFormatError", "save_program", "load_program", "Program",
-           "save_qgraph", "load_qgraph", "listing", "PROGRAM_FILES", "MANIFEST", "write_manifest",
-           "check_manifest"]
+           "save_qgraph", "encode_qgraph", "write_qgraph", "load_qgraph", "listing", "PROGRAM_FILES",
+           "MANIFEST", "write_manifest", "check_manifest"]
 
 MAGIC = b"FXPGPROG"
 FORMAT_VERSION = 4
@@ -288,6 +289,18 @@ _KIND = {v: k for k, v in _OPS.items()}
 
 def save_qgraph(directory: Path, qg: QGraph) -> None:
     """Write ``qgraph.json`` (structure) and ``qgraph.npz`` (integer arrays)."""
+    write_qgraph(directory, *encode_qgraph(qg))
+
+
+def write_qgraph(directory: Path, text: str, npz: bytes) -> None:
+    """Write the files of :func:`encode_qgraph`'s result."""
+    Path(directory, "qgraph.json").write_text(text)
+    Path(directory, "qgraph.npz").write_bytes(npz)
+
+
+def encode_qgraph(qg: QGraph) -> tuple[str, bytes]:
+    """The text of ``qgraph.json`` and the bytes of ``qgraph.npz``: most of the time
+    goes to zlib, which releases the GIL, so a thread can encode while the lowering runs."""
     arrays, ops = {}, []
     for k, op in enumerate(qg.ops):
         d = {"kind": _KIND[type(op)]}
@@ -306,8 +319,9 @@ def save_qgraph(directory: Path, qg: QGraph) -> None:
                     for n, t in qg.tensors.items()},
         "ops": ops,
     }
-    Path(directory, "qgraph.json").write_text(json.dumps(doc, indent=1))
-    np.savez_compressed(Path(directory, "qgraph.npz"), **arrays)
+    npz = io.BytesIO()
+    np.savez_compressed(npz, **arrays)
+    return json.dumps(doc, indent=1), npz.getvalue()
 
 
 def load_qgraph(directory: Path) -> QGraph:

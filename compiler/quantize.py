@@ -50,6 +50,7 @@ becomes a :class:`~fxpgen.compiler.qgraph.QMul` with the same output-format rule
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -508,7 +509,8 @@ def _build(layer: Layer, formats, per_channel, weight_mode, acc_bits):
 
 
 def quantize(graph: Graph, calib: np.ndarray, *, mode: str = "std", per_channel: bool = False,
-             weight_mode: str = "std", acc_bits: int = 32) -> tuple[QGraph, dict]:
+             weight_mode: str = "std", acc_bits: int = 32,
+             on_graph: Callable[[QGraph], None] | None = None) -> tuple[QGraph, dict]:
     """Quantize a float graph with calibration data.
 
     ``graph``: as loaded (folding runs here); ``calib``: float inputs (N, C, H, W) or
@@ -526,6 +528,10 @@ def quantize(graph: Graph, calib: np.ndarray, *, mode: str = "std", per_channel:
     ``predicted_sqnr_db``, a first-order error model propagating input, weight and
     rounding errors (see :func:`_predicted_mse`)), ``output_sqnr_db`` (measured)
     and ``notes`` (Clip bounds, folded pool factors, saturation warnings).
+
+    ``on_graph`` is called with the :class:`QGraph` as soon as it is checked, before
+    the report's golden run on the calibration set (as long again as the rest), so a
+    caller can start work on it meanwhile; it must not change the graph.
 
     Raises :class:`~fxpgen.compiler.graph.UnsupportedOp` for graphs the passes cannot
     map and :class:`HardwareRangeError` for shifts outside the hardware's fields.
@@ -565,6 +571,8 @@ def quantize(graph: Graph, calib: np.ndarray, *, mode: str = "std", per_channel:
     if g.output not in tensors:
         raise ValueError(f"graph output {g.output!r} is not a layer output")
     check_hardware_ranges(qg)
+    if on_graph is not None:
+        on_graph(qg)
     return qg, _report(qg, g, layers, infos, acts, stats, calib)
 
 

@@ -679,7 +679,17 @@ def unpack_row(mem: Mem, word: int, cfg: CoreConfig, signed: bool = True) -> lis
 
 def pack_rows(mem: Mem, rows, cfg: CoreConfig) -> list[int]:
     """Stream words for a 2-D array of rows (see :func:`pack_row`)."""
-    return [pack_row(mem, r, cfg) for r in _np.asarray(rows).tolist()]
+    arr = _np.asarray(rows)
+    width, lanes = _lane_bits(mem, cfg)
+    if (Mem(mem) is Mem.TABLE or width not in (8, 16, 32, 64) or arr.ndim != 2
+            or arr.shape[1] != lanes or not _np.issubdtype(arr.dtype, _np.integer)):
+        return [pack_row(mem, r, cfg) for r in arr.tolist()]
+    # Lanes of whole bytes: the rows' two's-complement bytes, little-endian, are the
+    # words, cut from one buffer (a network's weights are millions of rows).
+    lane_bits = (arr.astype(_np.int64) & ((1 << width) - 1) if width < 64 else arr)
+    buf = lane_bits.astype(f"<u{width // 8}").tobytes()
+    n = lanes * width // 8
+    return [int.from_bytes(buf[i:i + n], "little") for i in range(0, len(buf), n)]
 
 
 def unpack_rows(mem: Mem, words, cfg: CoreConfig, signed: bool = True) -> _np.ndarray:
