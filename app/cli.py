@@ -42,13 +42,19 @@ def core_options(f):
                      help="Accumulator rows (power of two)."),
         click.option("--table-depth", type=int, default=defaults.table_depth, show_default=True,
                      help="Shift-table entries."),
+        click.option("--lut-tables", type=int, default=defaults.lut_tables, show_default=True,
+                     help="256-entry lookup tables for LUT (nonlinear activations); 0 builds none."),
+        click.option("--lane-multipliers/--no-lane-multipliers", default=defaults.lane_multipliers,
+                     show_default=True, help="The vector unit's 8-bit multipliers for MUL."),
     ]
 
     @functools.wraps(f)
-    def wrapper(rows, cols, acc_width, spad_depth, wbuf_depth, acc_depth, table_depth, **kw):
+    def wrapper(rows, cols, acc_width, spad_depth, wbuf_depth, acc_depth, table_depth, lut_tables,
+                lane_multipliers, **kw):
         try:
             cfg = CoreConfig(rows=rows, cols=cols, acc_width=acc_width, spad_depth=spad_depth,
-                             wbuf_depth=wbuf_depth, acc_depth=acc_depth, table_depth=table_depth)
+                             wbuf_depth=wbuf_depth, acc_depth=acc_depth, table_depth=table_depth,
+                             lut_tables=lut_tables, lane_multipliers=lane_multipliers)
         except ValueError as e:
             raise click.BadParameter(str(e)) from None
         return f(cfg=cfg, **kw)

@@ -66,8 +66,9 @@ class Board:
 
 BOARDS = {b.name: b for b in [
     Board("icebreaker", "icebreaker:ICEBreakerPlatform", "ice40", "clk12", 12e6, 18e6,
+          # Without lookup tables and lane multipliers: the logic cells are the limit.
           CoreConfig(rows=1, cols=1, acc_width=20, spad_depth=1024, wbuf_depth=64, acc_depth=256,
-                     table_depth=16, counter_width=20),
+                     table_depth=16, counter_width=20, lut_tables=0, lane_multipliers=False),
           buffers=(256, 256), leds=2,
           notes="iCE40UP5K: 5280 logic cells, 8 DSPs, 30 block RAMs"),
     Board("ulx3s-85f", "ulx3s:ULX3S_85F_Platform", "ecp5", "clk25", 25e6, 40e6,

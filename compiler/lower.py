@@ -191,6 +191,7 @@ def lower(qg: QGraph, cfg: CoreConfig, *, stream_input: bool | None = None,
     ``unfold``: let the host unfold the input for its first convolution when that
     takes fewer matmuls (:mod:`fxpgen.compiler.unfold`).
     """
+    _check_units(qg, cfg)
     qg = expand_unaligned(fold_shuffles(qg), cfg.lanes)
     unfolded = unfold_input(qg, cfg.rows) if unfold else None
     if unfolded is None:
@@ -409,6 +410,17 @@ def _lower_lut(lo: _Lowering, op: QLut, out_lay: MapLayout) -> None:
     # fit (every layer still loads its own, so any slot count works).
     slot = [o for o in lo.qg.ops if isinstance(o, QLut)].index(op) % lo.cfg.lut_tables
     emit_lut(lo.em, op, slot, lo.layouts[op.input], out_lay)
+
+
+def _check_units(qg: QGraph, cfg: CoreConfig) -> None:
+    """Refuse a graph whose ops need vector-unit parts the core was built without."""
+    needs = [(QLut, cfg.lut_tables > 0, "lookup tables (its lut_tables is 0)"),
+             (QMul, cfg.lane_multipliers, "lane multipliers (built without them)")]
+    for kind, present, part in needs:
+        users = [op.name for op in qg.ops if isinstance(op, kind)]
+        if users and not present:
+            raise ValueError(f"{', '.join(users[:3])}{' ...' if len(users) > 3 else ''} need the "
+                             f"vector unit's {part}, which this core lacks")
 
 
 #: How each op type is lowered: (lowering state, op, its placed output map).

@@ -37,7 +37,12 @@ class CoreConfig:
         Entries in the shift table (per-column requantization shifts).
     lut_tables
         256-entry lookup tables the vector unit holds for LUT (nonlinear activations);
-        every scratchpad lane keeps a copy, ``lut_tables * 256`` bytes. 1..16.
+        every scratchpad lane keeps a copy, ``lut_tables * 256`` bytes. 0..16: 0 builds
+        no tables and no lookup path (every LUT, and every LOAD into the tables, is
+        refused), for devices that cannot afford them.
+    lane_multipliers
+        Whether the vector unit has its 8-bit multiplier per lane for MUL (elementwise
+        products). Without them every MUL is refused (``BAD_FIELD``).
     counter_width
         Width of the performance counters in bits.
     """
@@ -51,6 +56,7 @@ class CoreConfig:
     table_depth: int = 16
     lut_tables: int = 4
     counter_width: int = 32
+    lane_multipliers: bool = True
 
     def __post_init__(self):
         for name in ("rows", "cols"):
@@ -76,8 +82,10 @@ class CoreConfig:
                 f"wbuf_depth ({self.wbuf_depth}) must hold at least one weight tile ({self.rows} rows)")
         if not isinstance(self.table_depth, int) or not 1 <= self.table_depth <= 256:
             raise ValueError(f"table_depth must be in 1..256, not {self.table_depth!r}")
-        if not isinstance(self.lut_tables, int) or not 1 <= self.lut_tables <= 16:
-            raise ValueError(f"lut_tables must be in 1..16, not {self.lut_tables!r}")
+        if not isinstance(self.lut_tables, int) or not 0 <= self.lut_tables <= 16:
+            raise ValueError(f"lut_tables must be in 0..16, not {self.lut_tables!r}")
+        if not isinstance(self.lane_multipliers, bool):
+            raise ValueError(f"lane_multipliers must be True or False, not {self.lane_multipliers!r}")
         if not isinstance(self.counter_width, int) or not 16 <= self.counter_width <= 64:
             raise ValueError(f"counter_width must be in 16..64, not {self.counter_width!r}")
 
@@ -113,6 +121,13 @@ class CoreConfig:
     def lut_depth(self) -> int:
         """Rows of the lookup-table memory (one byte a row): ``256 * lut_tables``."""
         return 256 * self.lut_tables
+
+    @property
+    def mul_shift_bound(self) -> int:
+        """MUL's ``shift`` must be below this (its field rule): above every shift on a
+        core with lane multipliers, below every one on a core without, so that there
+        every MUL is refused."""
+        return 32 if self.lane_multipliers else -32
 
     def depth(self, mem) -> int:
         """Depth of the memory named by an :class:`fxpgen.isa.Mem` member."""

@@ -317,8 +317,9 @@ def region_of(addr: int, depth: int) -> int:
 
 
 def regions_spanned(a: Addr, count0: int, count1: int, depth: int) -> int:
-    """Mask of the regions between the lowest and highest row the loops reach."""
-    if count0 == 0 or count1 == 0:
+    """Mask of the regions between the lowest and highest row the loops reach (none
+    in a memory of no rows: a core built without lookup tables)."""
+    if count0 == 0 or count1 == 0 or depth == 0:
         return 0
     lo = a.base
     hi = a.base + (count0 - 1) * a.stride0 + (count1 - 1) * a.stride1
@@ -593,6 +594,7 @@ FIELD_RULES: tuple[FieldRule, ...] = (
     FieldRule(Opcode.REQUANT, "lane", "<", "requant_lanes"),
     FieldRule(Opcode.REQUANT, "table", "<", "table_depth"),
     FieldRule(Opcode.LUT, "table", "<", "lut_tables"),
+    FieldRule(Opcode.MUL, "shift", "<", "mul_shift_bound"),
 )
 
 

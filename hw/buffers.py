@@ -79,8 +79,8 @@ class Buffers(wiring.Component):
             "acc_load_free": Out(1),
             "table_rd": Out(read_sig(cfg.table_depth, tb)),
             "table_wr": Out(write_sig(cfg.table_depth, tb)),
-            "lut_rd": Out(read_sig(cfg.lut_depth, LUT_ENTRY)).array(cfg.lanes),
-            "lut_wr": Out(write_sig(cfg.lut_depth, LUT_ENTRY)),
+            **({"lut_rd": Out(read_sig(cfg.lut_depth, LUT_ENTRY)).array(cfg.lanes),
+                "lut_wr": Out(write_sig(cfg.lut_depth, LUT_ENTRY))} if cfg.lut_tables else {}),
         })
 
     def elaborate(self, platform):
@@ -113,7 +113,8 @@ class Buffers(wiring.Component):
 
         wiring.connect(m, wiring.flipped(self.table_wr), table.write_port())
         wiring.connect(m, wiring.flipped(self.table_rd), table.read_port())
-        self._lookup_tables(m)
+        if cfg.lut_tables:
+            self._lookup_tables(m)
         return m
 
     def _lookup_tables(self, m: Module) -> None:

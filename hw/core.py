@@ -87,7 +87,8 @@ class Core(wiring.Component):
         connect(m, load.wbuf_wr, buf.wbuf_wr)
         connect(m, load.acc_wr, buf.acc_wr_load)
         connect(m, load.table_wr, buf.table_wr)
-        connect(m, load.lut_wr, buf.lut_wr)
+        if cfg.lut_tables:
+            connect(m, load.lut_wr, buf.lut_wr)
         m.d.comb += [load.spad_free.eq(buf.spad_load_free), load.acc_free.eq(buf.acc_load_free)]
 
         connect(m, wiring.flipped(self.result), store.result)
@@ -106,7 +107,8 @@ class Core(wiring.Component):
         connect(m, vec.spad_rd_y, buf.spad_rd_alu_y)
         connect(m, vec.acc_rd, buf.acc_rd_alu)
         connect(m, vec.table_rd, buf.table_rd)
-        for vec_lut, buf_lut in zip(vec.lut_rd, buf.lut_rd):
-            connect(m, vec_lut, buf_lut)
+        if cfg.lut_tables:
+            for vec_lut, buf_lut in zip(vec.lut_rd, buf.lut_rd):
+                connect(m, vec_lut, buf_lut)
         connect(m, vec.spad_wr, buf.spad_wr_alu)
         return m

@@ -33,7 +33,7 @@ class LoadUnit(wiring.Component):
             "acc_wr": In(write_sig(cfg.acc_depth, acc_row(cfg))),
             "acc_free": In(1),
             "table_wr": In(write_sig(cfg.table_depth, table_row(cfg))),
-            "lut_wr": In(write_sig(cfg.lut_depth, LUT_ENTRY)),
+            **({"lut_wr": In(write_sig(cfg.lut_depth, LUT_ENTRY))} if cfg.lut_tables else {}),
             "stall": Out(1),
         })
 
@@ -71,11 +71,11 @@ class LoadUnit(wiring.Component):
         m.d.comb += loops.advance.eq(write)
 
         payload = self.data.payload
-        for port, mm, layout in ((self.spad_wr, Mem.SPAD, spad_row(cfg)),
-                                 (self.wbuf_wr, Mem.WBUF, wbuf_row(cfg)),
-                                 (self.acc_wr, Mem.ACC, acc_row(cfg)),
-                                 (self.table_wr, Mem.TABLE, table_row(cfg)),
-                                 (self.lut_wr, Mem.LUT, LUT_ENTRY)):
+        ports = [(self.spad_wr, Mem.SPAD, spad_row(cfg)), (self.wbuf_wr, Mem.WBUF, wbuf_row(cfg)),
+                 (self.acc_wr, Mem.ACC, acc_row(cfg)), (self.table_wr, Mem.TABLE, table_row(cfg))]
+        if cfg.lut_tables:
+            ports.append((self.lut_wr, Mem.LUT, LUT_ENTRY))
+        for port, mm, layout in ports:
             width = Shape.cast(layout).width
             en_width = len(port.en)
             m.d.comb += [

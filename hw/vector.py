@@ -60,7 +60,8 @@ class VectorUnit(wiring.Component):
             "acc_rd": In(read_sig(cfg.acc_depth, acc_row(cfg))),
             "table_rd": In(read_sig(cfg.table_depth, table_row(cfg))),
             "spad_wr": In(write_sig(cfg.spad_depth, spad_row(cfg), 1)),
-            "lut_rd": In(read_sig(cfg.lut_depth, LUT_ENTRY)).array(cfg.lanes),
+            **({"lut_rd": In(read_sig(cfg.lut_depth, LUT_ENTRY)).array(cfg.lanes)}
+               if cfg.lut_tables else {}),
         })
 
     def elaborate(self, platform):
@@ -78,7 +79,8 @@ class VectorUnit(wiring.Component):
         s1 = Signal(meta_layout)
         m.d.sync += [s1.valid.eq(issue), s1.addr.eq(z_addr)]
         self._operands(m, insn, rq.operands, s1.valid)
-        self._lookup(m, insn, rq.lookup, s1.valid)
+        if self._cfg.lut_tables:
+            self._lookup(m, insn, rq.lookup, s1.valid)
         meta = [s1]
         for k in range(Requantizer.LATENCY):
             r = Signal(meta_layout, name=f"meta{k + 1}")
@@ -108,8 +110,10 @@ class VectorUnit(wiring.Component):
             m.d.sync += [
                 is_requant.eq(ctrl.insn.opcode == Opcode.REQUANT),
                 op_max.eq(ctrl.insn.opcode == Opcode.MAX),
-                op_mul.eq(ctrl.insn.opcode == Opcode.MUL),
-                op_lut.eq(ctrl.insn.opcode == Opcode.LUT),
+                # A core without the lookup tables or the lane multipliers refuses
+                # LUT or MUL (field rules), so they never start here.
+                op_mul.eq((ctrl.insn.opcode == Opcode.MUL) & self._cfg.lane_multipliers),
+                op_lut.eq((ctrl.insn.opcode == Opcode.LUT) & (self._cfg.lut_tables > 0)),
                 rparams.eq(ctrl.insn.params.requant),
                 aparams.eq(ctrl.insn.params.alu),
                 mparams.eq(ctrl.insn.params.mul),
@@ -180,9 +184,10 @@ class VectorUnit(wiring.Component):
             with m.If(insn.is_requant):
                 if i < C:
                     m.d.comb += self._requant_lane(insn, ops.lane[i], i, residual[8 * i:8 * i + 8])
-            with m.Elif(insn.op_mul):
-                m.d.comb += self._mul_lane(insn, ops.lane[i], x_row[8 * i:8 * i + 8],
-                                           y_row[8 * i:8 * i + 8])
+            if self._cfg.lane_multipliers:
+                with m.Elif(insn.op_mul):
+                    m.d.comb += self._mul_lane(insn, ops.lane[i], x_row[8 * i:8 * i + 8],
+                                               y_row[8 * i:8 * i + 8])
             with m.Else():
                 m.d.comb += self._alu_lane(insn, ops.lane[i], x_row[8 * i:8 * i + 8],
                                            y_row[8 * i:8 * i + 8], b_signed)

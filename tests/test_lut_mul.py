@@ -9,13 +9,18 @@ import pytest
 from onnx import helper
 
 from fxpgen.compiler.golden import quantize_input, run_golden
+from fxpgen.compiler.lower import lower
+from fxpgen.compiler.quantize import quantize
+from fxpgen.config import CoreConfig
+from fxpgen.isa import Addr, ErrorCode, Instruction, Mem, Opcode
+from fxpgen.sim.isa_sim import Machine
 from fxpgen.compiler.graph import Mul, Unary
 from fxpgen.compiler.onnx_frontend import load_onnx
 from fxpgen.compiler.qgraph import QLut, QMul
 from fxpgen.models.zoo import TestModel, reference
 from fxpgen.numerics import dequantize
 
-from op_checks import check_compiled, check_float_import, check_native_rtl, conv
+from op_checks import check_compiled, check_float_import, check_native_rtl, conv, data
 
 SHAPE = (3, 8, 8)
 
@@ -179,3 +184,49 @@ def test_squeeze_excitation_on_the_rtl(seed, tmp_path):
     """The squeeze-excitation block (LUT and broadcast MUL) on the native RTL engine,
     bit-identical to the golden model."""
     check_native_rtl(se_model(seed), SHAPE, seed, tmp_path)
+
+
+# -- a core built without the lookup tables and the lane multipliers ---------------
+
+BARE = CoreConfig(rows=2, cols=2, spad_depth=64, wbuf_depth=16, acc_depth=16, lut_tables=0,
+                  lane_multipliers=False)
+
+
+def _refused_programs(cfg: CoreConfig) -> list[tuple[list[int], list[int], ErrorCode]]:
+    """(words, data, the error expected at instruction 1): a LUT, a MUL, a table load."""
+    halt = Instruction(Opcode.HALT).encode(cfg)
+    sync = Instruction(Opcode.SYNC).encode(cfg)
+    lut = Instruction(Opcode.LUT, {"table": 0}, 1, 1, x=Addr(0), z=Addr(1)).encode(cfg)
+    mul = Instruction(Opcode.MUL, {"shift": 3}, 1, 1, x=Addr(0), y=Addr(0), z=Addr(1)).encode(cfg)
+    load = Instruction(Opcode.LOAD, {"mem": Mem.LUT.value}, 1, 1, z=Addr(0)).encode(cfg)
+    return [([sync, lut, halt], [], ErrorCode.BAD_FIELD),
+            ([sync, mul, halt], [], ErrorCode.BAD_FIELD),
+            ([sync, load, halt], [7], ErrorCode.ADDRESS)]
+
+
+def test_a_core_without_tables_or_multipliers_refuses_lut_mul_and_table_loads():
+    for words, data, error in _refused_programs(BARE):
+        r = Machine(BARE).run(words, data)
+        assert (r.error, r.error_pc) == (error, 1)
+    for words, data, _ in _refused_programs(CoreConfig(rows=2, cols=2, spad_depth=64,
+                                                      wbuf_depth=16, acc_depth=16)):
+        assert Machine(CoreConfig(rows=2, cols=2, spad_depth=64, wbuf_depth=16,
+                                  acc_depth=16)).run(words, data).error is ErrorCode.NONE
+
+
+@pytest.mark.rtl
+def test_a_core_without_tables_or_multipliers_refuses_them_on_the_rtl(seed):
+    """The RTL built without the parts stops where the ISA simulator does."""
+    from fxpgen.sim.core_rtl import RtlProgram
+    from fxpgen.sim.native import run_on_native
+    for words, data, error in _refused_programs(BARE):
+        [r], _ = run_on_native(BARE, [RtlProgram(words, data, -1, max_cycles=5_000)], seed=seed)
+        assert (ErrorCode(r.error), r.error_pc) == (error, 1)
+
+
+def test_compiling_lut_or_mul_for_a_core_without_them_names_the_part(seed):
+    qg, _ = quantize(load_onnx(se_model(seed)), data(seed, SHAPE, 8))
+    with pytest.raises(ValueError, match="lookup tables"):
+        lower(qg, CoreConfig(lut_tables=0))
+    with pytest.raises(ValueError, match="lane multipliers"):
+        lower(qg, CoreConfig(lane_multipliers=False))
