@@ -65,7 +65,7 @@ def _trace(jobdir: Path) -> Path | None:
 
 def run_sby(name: str, harness, workdir: Path, depth: int, timeout: float = 1800) -> Verdict:
     """Prove the asserts of ``harness`` (an Amaranth component) by k-induction of
-    ``depth`` steps in ``workdir / name`` (replaced if present)."""
+    ``depth`` steps in ``workdir / name`` (a previous run's results there are replaced)."""
     root = Path(workdir).resolve() / name
     root.mkdir(parents=True, exist_ok=True)
     (root / "design.il").write_text(rtlil.convert(harness, name="top", emit_src=False))
