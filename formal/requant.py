@@ -102,8 +102,10 @@ class RequantReference(wiring.Component):
         x = _align(m, self.a, self.a_shift, W + 1, "x")
         y = _align(m, self.b, self.b_shift, W + 1, "y")
         s = _clamp(m, x + y, -(1 << (W - 1)), (1 << (W - 1)) - 1, "sum", W)
+        larger = Signal(signed(max(W + 1, 8)), name="larger")   # sign-extended to a byte
+        m.d.comb += larger.eq(Mux(x > y, x, y))
         with m.If(self.op_max):
-            m.d.comb += self.byte.eq(Mux(x > y, x, y)[:8])
+            m.d.comb += self.byte.eq(larger[:8])
         with m.Else():
             m.d.comb += self.byte.eq(_requantize(m, s, self.shift, self.out_signed, self.relu))
         return m
