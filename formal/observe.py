@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Fragment
 
-__all__ = ["elaborate_observed"]
+__all__ = ["elaborate_observed", "fsm_states"]
 
 
 def _collect(fragment: Fragment, prefix: str, found: dict) -> None:
@@ -31,3 +31,16 @@ def elaborate_observed(component, platform=None) -> tuple[Fragment, dict]:
     found: dict = {}
     _collect(fragment, "", found)
     return fragment, found
+
+
+def fsm_states(state) -> dict[str, int]:
+    """``{state name: code}`` of an FSM's state signal (``signals["fsm_state"]``),
+    read from the decoder amaranth gives it."""
+    codes = {}
+    for code in range(1 << len(state)):
+        try:
+            name = state.decoder(code)
+        except KeyError:            # codes past the last state
+            break
+        codes[name.rpartition("/")[0]] = code
+    return codes

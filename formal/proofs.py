@@ -15,6 +15,7 @@ from fxpgen.hw.addrgen import check_address
 
 from .addrgen import AddrGenHarness, check_address_off_by_one
 from .array import ArrayHarness, BankBlindArray
+from .bridge import BridgeHarness, CrcBlindReceiver
 from .requant import RequantHarness, TieUpRequantizer
 from .sby import Verdict, run_sby
 
@@ -25,7 +26,7 @@ __all__ = ["Proof", "ProofResult", "PROOFS", "prove"]
 class Proof:
     """A property, the harness that states it, and the k-induction ``depth``.
     ``harness()`` builds it on the shipped design, ``mutant()`` on the mutant
-    that ``mutation`` describes."""
+    that ``mutation`` describes (run ``mutant_depth`` deep, default ``depth``)."""
 
     name: str
     claim: str
@@ -33,6 +34,8 @@ class Proof:
     harness: Callable[[], object]
     mutant: Callable[[], object]
     mutation: str
+    #: Depth of the mutant's run: deep enough for a reachable counterexample.
+    mutant_depth: int | None = None
 
 
 @dataclass(frozen=True)
@@ -59,11 +62,15 @@ PROOFS: dict[str, Proof] = {p.name: p for p in [
     Proof("addrgen", "16-bit address loops are exact; checks pass only in-memory, in-region",
           3, lambda: AddrGenHarness(16), lambda: AddrGenHarness(16, check_address_off_by_one),
           "depth check off by one"),
+    Proof("bridge", "UART frame receiver commits no frame whose CRC fails", 4,
+          lambda: BridgeHarness(), lambda: BridgeHarness(CrcBlindReceiver),
+          "CRC not compared", mutant_depth=14),
 ]}
 
 
 def prove(proof: Proof, workdir: Path, mutant: bool = True) -> ProofResult:
     """Run ``proof`` (and its mutant unless ``mutant`` is False) in ``workdir``."""
     verdict = run_sby(proof.name, proof.harness(), workdir, proof.depth)
-    broken = run_sby(f"{proof.name}-mutant", proof.mutant(), workdir, proof.depth) if mutant else None
+    broken = (run_sby(f"{proof.name}-mutant", proof.mutant(), workdir, proof.mutant_depth or proof.depth)
+              if mutant else None)
     return ProofResult(proof, verdict, broken)
