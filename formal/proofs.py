@@ -18,6 +18,7 @@ from .array import ArrayHarness, BankBlindArray
 from .bridge import BridgeHarness, CrcBlindReceiver
 from .requant import RequantHarness, TieUpRequantizer
 from .sby import Verdict, run_sby
+from .streams import store_harness
 
 __all__ = ["Proof", "ProofResult", "PROOFS", "prove"]
 
@@ -62,6 +63,9 @@ PROOFS: dict[str, Proof] = {p.name: p for p in [
     Proof("addrgen", "16-bit address loops are exact; checks pass only in-memory, in-region",
           3, lambda: AddrGenHarness(16), lambda: AddrGenHarness(16, check_address_off_by_one),
           "depth check off by one"),
+    Proof("streams", "the core's result stream (store unit, 2x2 core) keeps stalled words", 4,
+          lambda: store_harness(), lambda: store_harness(mutant=True),
+          "unit told every word is taken", mutant_depth=10),
     Proof("bridge", "UART frame receiver commits no frame whose CRC fails", 4,
           lambda: BridgeHarness(), lambda: BridgeHarness(CrcBlindReceiver),
           "CRC not compared", mutant_depth=14),
