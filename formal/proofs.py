@@ -18,7 +18,7 @@ from .array import ArrayHarness, BankBlindArray
 from .bridge import BridgeHarness, CrcBlindReceiver
 from .requant import RequantHarness, TieUpRequantizer
 from .sby import Verdict, run_sby
-from .streams import store_harness
+from .streams import store_harness, word_buffer_harness
 
 __all__ = ["Proof", "ProofResult", "PROOFS", "prove"]
 
@@ -66,6 +66,9 @@ PROOFS: dict[str, Proof] = {p.name: p for p in [
     Proof("streams", "the core's result stream (store unit, 2x2 core) keeps stalled words", 4,
           lambda: store_harness(), lambda: store_harness(mutant=True),
           "unit told every word is taken", mutant_depth=10),
+    Proof("wordbuffer", "the bridge's word buffers (core insn/data streams) keep stalled words", 4,
+          lambda: word_buffer_harness(), lambda: word_buffer_harness(mutant=True),
+          "buffer told every word is taken", mutant_depth=10),
     Proof("bridge", "UART frame receiver commits no frame whose CRC fails", 4,
           lambda: BridgeHarness(), lambda: BridgeHarness(CrcBlindReceiver),
           "CRC not compared", mutant_depth=14),

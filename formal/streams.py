@@ -4,11 +4,13 @@ On an output stream, once ``valid`` is raised it stays high, with the same
 ``payload``, until the cycle ``ready`` takes the word. :class:`StreamRuleHarness`
 drives every input of a component freely (its memories' read data, its control,
 the streams' ``ready``) and asserts the rule on the named output streams on every
-cycle; ``exempt`` names an input that may legitimately drop a word (a unit's
-``ctrl.abort`` stops it for good). A reset also restarts the rule.
+cycle; ``exempt`` names an input that may legitimately drop a word, on the cycle
+it is high or the next (a unit's ``ctrl.abort`` stops it for good; a buffer's
+``clear`` empties it). A reset also restarts the rule.
 
 The store unit's ``result`` is the core's output stream (``core.result``); the
-core only wires it through.
+core only wires it through. The bridge's word buffers drive the core's ``insn``
+and ``data`` streams.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from amaranth.hdl import Assert
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In
 
+from fxpgen.boards.bridge import WordBuffer
 from fxpgen.config import CoreConfig
 from fxpgen.hw.store import StoreUnit
 
-__all__ = ["StreamRuleHarness", "ReadyBlind", "STORE_CONFIG"]
+__all__ = ["StreamRuleHarness", "ReadyBlind", "STORE_CONFIG", "store_harness", "word_buffer_harness"]
 
 #: A small core for the store unit: 2x2 lanes, shallow memories.
 STORE_CONFIG = CoreConfig(rows=2, cols=2, acc_width=20, spad_depth=16, wbuf_depth=8,
@@ -83,6 +86,10 @@ class StreamRuleHarness(wiring.Component):
             if member.flow == In:
                 m.d.comb += value.eq(getattr(self, _port_name(path)))
         exempt = _member(dut, self._exempt) if self._exempt else C(0)
+        # A synchronous input (a clear) drops the word a cycle later.
+        was_exempt = Signal(name="was_exempt")
+        m.d.sync += was_exempt.eq(exempt)
+        exempt = exempt | was_exempt
         for name in self._streams:
             s = getattr(dut, name)
             stalled = Signal(name=f"{name}_stalled")
@@ -95,7 +102,16 @@ class StreamRuleHarness(wiring.Component):
 
 def store_harness(mutant: bool = False) -> StreamRuleHarness:
     """The rule on the store unit's (the core's) result stream."""
-    if mutant:
-        return StreamRuleHarness(lambda: ReadyBlind(StoreUnit(STORE_CONFIG), "result"),
-                                 ("result",), ("ctrl", "abort"))
-    return StreamRuleHarness(lambda: StoreUnit(STORE_CONFIG), ("result",), ("ctrl", "abort"))
+    def make():
+        unit = StoreUnit(STORE_CONFIG)
+        return ReadyBlind(unit, "result") if mutant else unit
+    return StreamRuleHarness(make, ("result",), ("ctrl", "abort"))
+
+
+def word_buffer_harness(mutant: bool = False) -> StreamRuleHarness:
+    """The rule on a bridge word buffer's ``out`` (the core's insn and data streams
+    come from two of them): 8 bytes deep, 2-byte words."""
+    def make():
+        buffer = WordBuffer(8, 2, 16)
+        return ReadyBlind(buffer, "out") if mutant else buffer
+    return StreamRuleHarness(make, ("out",), ("clear",))
