@@ -488,7 +488,7 @@ def _verdict_line(label: str, verdict, expect: str, note: str) -> str:
     said = {("PASS", "PASS"): "proven", ("FAIL", "FAIL"): "fails as it must",
             ("PASS", "FAIL"): "MUTANT NOT CAUGHT"}.get((verdict.status, expect),
                                                         f"NOT PROVEN ({verdict.status})")
-    line = (f"{'PASS' if verdict.status == expect else 'FAIL'}  {label:<18} {said:<18} "
+    line = (f"{'PASS' if verdict.status == expect else 'FAIL'}  {label:<24} {said:<18} "
             f"{verdict.seconds:6.1f} s  {note}")
     if verdict.status != expect:
         line += f"\n      log: {verdict.workdir / 'sby.log'}"

@@ -16,6 +16,7 @@ from fxpgen.hw.addrgen import check_address
 from .addrgen import AddrGenHarness, check_address_off_by_one
 from .array import ArrayHarness, BankBlindArray
 from .bridge import BridgeHarness, CrcBlindReceiver
+from .footprint import FootprintHarness
 from .requant import RequantHarness, TieUpRequantizer
 from .sby import Verdict, run_sby
 from .streams import store_harness, word_buffer_harness
@@ -69,6 +70,10 @@ PROOFS: dict[str, Proof] = {p.name: p for p in [
     Proof("wordbuffer", "the bridge's word buffers (core insn/data streams) keep stalled words", 4,
           lambda: word_buffer_harness(), lambda: word_buffer_harness(mutant=True),
           "buffer told every word is taken", mutant_depth=10),
+    *(Proof(f"footprint-{unit}", f"every {unit.upper()} memory access inside the footprint it reports",
+            4, lambda unit=unit: FootprintHarness(unit), lambda unit=unit: FootprintHarness(unit, mutant=True),
+            "a memory left out of the reported mask", mutant_depth=8)
+      for unit in ("store", "load", "loadw")),
     Proof("bridge", "UART frame receiver commits no frame whose CRC fails", 4,
           lambda: BridgeHarness(), lambda: BridgeHarness(CrcBlindReceiver),
           "CRC not compared", mutant_depth=14),
