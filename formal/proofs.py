@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from fxpgen.hw.addrgen import check_address
-
 from .addrgen import AddrGenHarness, check_address_off_by_one
 from .array import ArrayHarness, BankBlindArray
 from .bridge import BridgeHarness, CrcBlindReceiver

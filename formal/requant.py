@@ -111,15 +111,15 @@ class RequantReference(wiring.Component):
         return m
 
 
+_ship_round = requant_module.shift_round_half_even
+
+
 def _round_half_up(m: Module, value, shift, name: str):
     """The shipped rounding with ties rounded up instead of to even."""
     shifted, _ = _ship_round(m, value, shift, name)
     round_up = Signal(name=f"{name}_tie_up")
     m.d.comb += round_up.eq((shift > 0) & (value >> (shift[:5] - 1)[:5])[0])
     return shifted, round_up
-
-
-_ship_round = requant_module.shift_round_half_even
 
 
 class TieUpRequantizer(Requantizer):

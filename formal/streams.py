@@ -20,7 +20,6 @@ from typing import Callable
 from amaranth import *
 from amaranth.hdl import Assert
 from amaranth.lib import wiring
-from amaranth.lib.wiring import In
 
 from fxpgen.boards.bridge import WordBuffer
 from fxpgen.config import CoreConfig
