@@ -1,7 +1,8 @@
 """The parts of fxpgen import one another in one direction only:
 
     base (fxpgen/: config, isa, numerics, asm, tools)  <-  hw, compiler  <-  sim
-        <-  boards  <-  app (command line, flows, checks, engines)
+        <-  boards  <-  formal (proofs of hw and boards)  <-  app (command line, flows,
+        checks, engines)
 
 with the shipped models (``fxpgen/models``) beside the base, and the benchmarks and
 tests on top. Every module of the project is parsed and each import resolved to the
@@ -25,6 +26,7 @@ PARTS = {
     "compiler": ("compiler", "fxpgen.compiler"),
     "sim": ("sim", "fxpgen.sim"),
     "boards": ("boards", "fxpgen.boards"),
+    "formal": ("formal", "fxpgen.formal"),
     "app": ("app", "fxpgen.app"),
     "bench": ("bench", "bench"),
     "scripts": ("scripts", "scripts"),
@@ -39,7 +41,8 @@ ALLOWED = {
     "compiler": {"compiler", "base"},
     "sim": {"sim", "hw", "compiler", "base"},
     "boards": {"boards", "sim", "hw", "compiler", "base"},
-    "app": {"app", "boards", "sim", "hw", "compiler", "models", "base"},
+    "formal": {"formal", "boards", "hw", "base"},
+    "app": {"app", "formal", "boards", "sim", "hw", "compiler", "models", "base"},
     "bench": {"bench", "app", "boards", "sim", "hw", "compiler", "models", "base"},
     "scripts": {"scripts", "app", "boards", "sim", "hw", "compiler", "models", "base"},
     "tests": set(PARTS),
