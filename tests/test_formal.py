@@ -157,10 +157,14 @@ def test_prove_refuses_an_unknown_name():
     assert "unknown proof 'no-such-proof'" in res.output
 
 
+#: Proofs that take more than a minute here (docs/formal.md): run with -m slow.
+LONG_PROOFS = ("requant", "bridge")
+
+
 @needs_tools
 @pytest.mark.formal
-@pytest.mark.slow
-@pytest.mark.parametrize("name", list(PROOFS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in LONG_PROOFS else n
+                                  for n in PROOFS])
 def test_proof_holds_and_its_mutant_fails(name, tmp_path):
     result = prove(PROOFS[name], tmp_path)
     assert result.verdict.status == "PASS", result.verdict
