@@ -144,12 +144,16 @@ def _per_distinct(instructions: list[Instruction], fn: Callable[[Instruction], o
     a network repeats a few thousand instructions over its tiles, and encoding one
     costs tens of microseconds."""
     seen: dict[tuple, object] = {}
+    # The lowering repeats instruction objects (a conv's chunks): their id is the cheap key.
+    by_id: dict[int, object] = {}
     out = []
     for insn in instructions:
-        key = _instruction_key(insn)
-        if key not in seen:
-            seen[key] = fn(insn)
-        out.append(seen[key])
+        if id(insn) not in by_id:
+            key = _instruction_key(insn)
+            if key not in seen:
+                seen[key] = fn(insn)
+            by_id[id(insn)] = seen[key]
+        out.append(by_id[id(insn)])
     return out
 
 
