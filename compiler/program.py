@@ -157,13 +157,22 @@ def _per_distinct(instructions: list[Instruction], fn: Callable[[Instruction], o
     return out
 
 
+def _compressed_words(words: list[int], nbytes: int, chunk: int = 1 << 20) -> bytes:
+    """zlib (level 1) of the words, ``nbytes`` little-endian each, encoded a chunk at a
+    time: a network's tens of millions of words as bytes objects at once take gigabytes."""
+    z = zlib.compressobj(1)
+    out = [z.compress(b"".join(w.to_bytes(nbytes, "little") for w in words[i:i + chunk]))
+           for i in range(0, len(words), chunk)]
+    return b"".join(out) + z.flush()
+
+
 def save_program(path: Path, low: Lowered, extra: dict | None = None) -> dict:
     """Write ``program.fxp`` for a lowered program; returns its header."""
     cfg = low.cfg
     bus_bytes = (cfg.bus_width + 7) // 8
     words = _per_distinct(low.instructions, lambda insn: insn.encode(cfg))
     insns = b"".join(w.to_bytes(INSN_BYTES, "little") for w in words)
-    data = zlib.compress(b"".join(w.to_bytes(bus_bytes, "little") for w in low.consts), 1)
+    data = _compressed_words(low.consts, bus_bytes)
     header = {
         "format": FORMAT_VERSION,
         "config": cfg.as_dict(),
