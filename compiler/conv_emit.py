@@ -72,6 +72,9 @@ class _ConvEmission:
         self.bands = bands
         self.block = 0
         self.group0 = 0        # the input channel group at the band's group 0 (a slab's first)
+        # Chunks repeat their instructions and weight loads: each is built once, by key.
+        self.runs: dict[tuple, list[Instruction]] = {}
+        self.packed: dict[tuple, list[int]] = {}
 
     def run(self) -> None:
         if self.plan.slabs:
@@ -148,16 +151,24 @@ class _ConvEmission:
         each by (n-tile, ky, kx, kt)."""
         R = self.cfg.rows
         where = {(nt, tile.ky, tile.kx, tile.kt): k * R for k, (nt, tile) in enumerate(tiles)}
-        # One pack for all the tiles (R rows each): a network has 10**5 tiles.
-        words = pack_rows(Mem.WBUF, np.concatenate([tile.weight for _, tile in tiles]),
-                          self.cfg) if tiles else []
-        if words:
-            self.em.load(Mem.WBUF, Addr(0, 1, R), R, len(words) // R, words)
+        if not tiles:
+            return where
+        key = ("tiles", tiles[0][0], id(tiles[0][1]), len(tiles))
+        if key not in self.packed:
+            # One pack for all the tiles (R rows each): a network has 10**5 tiles.
+            self.packed[key] = pack_rows(Mem.WBUF, np.concatenate([tile.weight for _, tile in tiles]),
+                                         self.cfg)
+        words = self.packed[key]
+        self.em.load(Mem.WBUF, Addr(0, 1, R), R, len(words) // R, words)
         return where
 
     def load_table(self, group: TileGroup) -> None:
         """LOAD the group's shift-table rows, n-tile ``first`` at entry 0."""
-        table = [pack_row(Mem.TABLE, list(self.plan.table[nt]), self.cfg) for nt in group.n_tiles]
+        key = ("table", group.first, group.stop)
+        if key not in self.packed:
+            self.packed[key] = [pack_row(Mem.TABLE, list(self.plan.table[nt]), self.cfg)
+                                for nt in group.n_tiles]
+        table = self.packed[key]
         self.em.load(Mem.TABLE, Addr(0, 1), len(table), 1, table)
 
     def chunk(self, group: TileGroup, oy0: int, nrow: int, where: dict, load: bool = True) -> None:
@@ -177,35 +188,47 @@ class _ConvEmission:
             self.block += 1
             self.load_bias(nt, acc_base, nrow)
             bank = 0
-            for batch in plan.batches(group, nt):
+            for k, batch in enumerate(plan.batches(group, nt)):
                 if group.streamed:
                     where = self.load_tiles([(nt, t) for t in batch])
-                for tile in batch:
-                    self.matmul(nt, tile, where, bank, acc_base, iy0, nrow)
-                    bank ^= 1
+                self.em.emit_all(self.matmuls(nt, k, batch, where, bank, acc_base, iy0, nrow))
+                bank ^= len(batch) % 2
             self.requant(nt, nt - group.first, acc_base, oy0, nrow)
 
     def load_bias(self, nt: int, acc_base: int, nrow: int) -> None:
         """LOAD n-tile ``nt``'s bias into every accumulator row of the block."""
         ow = self.plan.out_size[1]
-        brow = pack_row(Mem.ACC, list(self.plan.bias[nt]), self.cfg)
-        self.em.load(Mem.ACC, Addr(acc_base, 1, ow), ow, nrow, [brow] * (nrow * ow))
+        key = ("bias", nt)
+        if key not in self.packed:
+            self.packed[key] = [pack_row(Mem.ACC, list(self.plan.bias[nt]), self.cfg)]
+        self.em.load(Mem.ACC, Addr(acc_base, 1, ow), ow, nrow, self.packed[key] * (nrow * ow))
 
-    def matmul(self, nt: int, tile: ConvTile, where: dict, bank: int, acc_base: int,
-               iy0: int, nrow: int) -> None:
-        """LOADW ``tile`` into ``bank`` and accumulate its products over the chunk."""
-        plan, lay = self.plan, self.in_lay
+    def matmuls(self, nt: int, k: int, batch: tuple[ConvTile, ...], where: dict, bank: int,
+                acc_base: int, iy0: int, nrow: int) -> list[Instruction]:
+        """Batch ``k`` of n-tile ``nt``: per tile, LOADW it into the bank (alternating from
+        ``bank``) and accumulate its products over the chunk."""
+        key = (nt, k, bank, acc_base, iy0, nrow, self.group0)
+        if key in self.runs:
+            return self.runs[key]
+        plan, lay, cfg = self.plan, self.in_lay, self.cfg
         sy, sx = plan.stride
-        self.em.emit(Instruction(Opcode.LOADW, {"bank": bank}, self.cfg.rows, 1,
-                                 x=Addr(where[(nt, tile.ky, tile.kx, tile.kt)], 1)))
-        group, lane = divmod(tile.kt, self.cfg.matmul_lanes)
-        x0 = lay.pixel(iy0 + tile.ky, tile.kx - plan.pads[1]) + group - self.group0
-        self.em.emit(Instruction(
-            Opcode.MATMUL,
-            {"bank": bank, "accumulate": 1, "act_signed": int(plan.in_signed), "lane": lane},
-            plan.out_size[1], nrow,
-            x=Addr(x0, sx * lay.groups, sy * lay.padded_w * lay.groups),
-            z=Addr(acc_base, 1, plan.out_size[1])))
+        ow = plan.out_size[1]
+        g, row = lay.groups, lay.padded_w * lay.groups
+        lanes, signed = cfg.matmul_lanes, int(plan.in_signed)
+        # Tap (ky, kx) reads from this row on, moved ky rows and kx pixels.
+        x00 = lay.pixel(iy0, -plan.pads[1]) - self.group0
+        z = Addr(acc_base, 1, ow)
+        out = []
+        for tile in batch:
+            group, lane = divmod(tile.kt, lanes)
+            out.append(Instruction(Opcode.LOADW, {"bank": bank}, cfg.rows, 1,
+                                   x=Addr(where[(nt, tile.ky, tile.kx, tile.kt)], 1)))
+            out.append(Instruction(
+                Opcode.MATMUL, {"bank": bank, "accumulate": 1, "act_signed": signed, "lane": lane},
+                ow, nrow, x=Addr(x00 + tile.ky * row + tile.kx * g + group, sx * g, sy * row), z=z))
+            bank ^= 1
+        self.runs[key] = out
+        return out
 
     def requant(self, nt: int, table: int, acc_base: int, oy0: int, nrow: int) -> None:
         """REQUANT the block into n-tile ``nt``'s channels of the output rows, with

@@ -23,7 +23,8 @@ from fxpgen.numerics import acc_bound, acc_range
 from .qgraph import QAvgPool, QConv, QGraph
 from .tiling import DoesNotFit, ceil_div
 
-__all__ = ["ConvTile", "TileGroup", "Slab", "ConvPlan", "plan_conv", "plan_slabs", "rows_per_chunk"]
+__all__ = ["ConvTile", "TileGroup", "Slab", "ConvPlan", "ConvConstants", "conv_constants", "plan_conv",
+           "plan_slabs", "slab_span", "rows_per_chunk"]
 
 
 @dataclass(frozen=True)
@@ -103,33 +104,55 @@ def rows_per_chunk(cfg: CoreConfig, oh: int, ow: int) -> int:
     return max(1, min(oh, (cfg.acc_depth // 2) // max(ow, 1)))
 
 
-def plan_conv(qg: QGraph, op: QConv | QAvgPool, cfg: CoreConfig,
-              band_rows_per_chunk: int | None = None, chunk_rows: int | None = None) -> ConvPlan:
-    """The plan of ``op`` (a conv or average pool of ``qg``) on ``cfg``; with
-    ``band_rows_per_chunk`` its input is a band buffer and a chunk is that many output
-    rows; with ``chunk_rows`` alone (an off-chip output or residual), a chunk is that
-    many output rows of a resident input. Raise :class:`DoesNotFit` when a shift leaves -32..31 or an output row
-    exceeds half the accumulators or a loop count."""
-    weight, bias, groups, shift, relu, residual, align = _conv_params(qg, op)
-    cout, _, kh, kw = weight.shape
-    cin, in_h, _ = qg.tensor(op.input).shape
-    _, oh, ow = qg.tensor(op.output).shape
-    in_signed = qg.tensor(op.input).fmt.signed
+@dataclass(frozen=True)
+class ConvConstants:
+    """What a conv's plan takes from the op and the core alone, whatever its chunks:
+    its nonzero tiles, their bias and shift-table rows, the saturation note."""
+
+    tiles: tuple[tuple[ConvTile, ...], ...]
+    bias: tuple[tuple[int, ...], ...]
+    table: tuple[tuple[tuple[int, int], ...], ...]
+    note: str | None
+
+
+def conv_constants(qg: QGraph, op: QConv | QAvgPool, cfg: CoreConfig) -> ConvConstants:
+    """The :class:`ConvConstants` of ``op`` on ``cfg``. Raise :class:`DoesNotFit` when a
+    shift leaves -32..31 or an output row exceeds half the accumulators or a loop count."""
+    weight, bias, groups, shift, _, _, align = _conv_params(qg, op)
+    cout = weight.shape[0]
+    cin = qg.tensor(op.input).shape[0]
+    ow = qg.tensor(op.output).shape[2]
     tiles = _nonzero_tiles(weight, groups, cin, cfg)
-    note = _acc_bound_note(op.name, weight, bias, in_signed, cfg)
+    note = _acc_bound_note(op.name, weight, bias, qg.tensor(op.input).fmt.signed, cfg)
     table = _table_rows(op.name, shift, align, cout, len(tiles), cfg)
     if ow > cfg.acc_depth // 2 or ow > COUNT_MAX:
         raise DoesNotFit(f"{op.name}: an output row of {ow} pixels exceeds half the accumulators "
                          f"({cfg.acc_depth // 2}) or a loop count")
-    banded = band_rows_per_chunk is not None
+    return ConvConstants(tiles, _bias_rows(bias, cout, len(tiles), cfg), table, note)
+
+
+def plan_conv(qg: QGraph, op: QConv | QAvgPool, cfg: CoreConfig,
+              band_rows_per_chunk: int | None = None, chunk_rows: int | None = None,
+              consts: ConvConstants | None = None) -> ConvPlan:
+    """The plan of ``op`` (a conv or average pool of ``qg``) on ``cfg``; with
+    ``band_rows_per_chunk`` its input is a band buffer and a chunk is that many output
+    rows; with ``chunk_rows`` alone (an off-chip output or residual), a chunk is that
+    many output rows of a resident input; ``consts`` its :func:`conv_constants` when
+    already computed. Raise :class:`DoesNotFit` as :func:`conv_constants` does."""
+    c = consts or conv_constants(qg, op, cfg)
+    kh, kw = (op.weight.shape[2:] if isinstance(op, QConv) else op.kernel)
+    cin, in_h, _ = qg.tensor(op.input).shape
+    _, oh, ow = qg.tensor(op.output).shape
+    residual = op.residual if isinstance(op, QConv) else None
     return ConvPlan(
         name=op.name, kernel=(kh, kw), stride=tuple(op.stride), pads=tuple(op.pads),
-        in_height=in_h, out_size=(oh, ow), k_tiles=ceil_div(cin, cfg.rows), n_tiles=len(tiles),
-        tiles=tiles, groups=_group_n_tiles(tiles, cfg), wbuf_tiles=cfg.wbuf_depth // cfg.rows,
-        rows_per_chunk=band_rows_per_chunk or chunk_rows or rows_per_chunk(cfg, oh, ow), banded=banded,
-        bias=_bias_rows(bias, cout, len(tiles), cfg), table=table, relu=bool(relu), residual=residual,
-        in_signed=in_signed, out_signed=qg.tensor(op.output).fmt.signed,
-        res_signed=bool(residual) and qg.tensor(residual).fmt.signed, note=note)
+        in_height=in_h, out_size=(oh, ow), k_tiles=ceil_div(cin, cfg.rows), n_tiles=len(c.tiles),
+        tiles=c.tiles, groups=_group_n_tiles(c.tiles, cfg), wbuf_tiles=cfg.wbuf_depth // cfg.rows,
+        rows_per_chunk=band_rows_per_chunk or chunk_rows or rows_per_chunk(cfg, oh, ow),
+        banded=band_rows_per_chunk is not None, bias=c.bias, table=c.table,
+        relu=bool(op.relu) if isinstance(op, QConv) else False, residual=residual,
+        in_signed=qg.tensor(op.input).fmt.signed, out_signed=qg.tensor(op.output).fmt.signed,
+        res_signed=bool(residual) and qg.tensor(residual).fmt.signed, note=c.note)
 
 
 def plan_slabs(plan: ConvPlan, cfg: CoreConfig, in_groups: int, size: int) -> tuple[Slab, ...] | None:
@@ -138,8 +161,9 @@ def plan_slabs(plan: ConvPlan, cfg: CoreConfig, in_groups: int, size: int) -> tu
     of a grouped or depthwise conv whose band of every channel would not fit. None
     when an n-tile reads more than ``size`` groups (a dense conv)."""
     runs: list[list[int]] = []                 # [first group, stop group, first n-tile, stop n-tile]
+    lanes = cfg.matmul_lanes
     for nt, tiles in enumerate(plan.tiles):
-        gs = [t.kt // cfg.matmul_lanes for t in tiles]
+        gs = [t.kt // lanes for t in tiles]
         lo, hi = (min(gs), max(gs) + 1) if gs else (runs[-1][0] if runs else 0, 0)
         if hi - lo > size:
             return None
@@ -151,6 +175,15 @@ def plan_slabs(plan: ConvPlan, cfg: CoreConfig, in_groups: int, size: int) -> tu
                       tuple(TileGroup(g.first + nt0, g.stop + nt0, g.streamed)
                             for g in _group_n_tiles(plan.tiles[nt0:nt1], cfg)))
                  for g0, _, nt0, nt1 in runs)
+
+
+def slab_span(plan: ConvPlan, cfg: CoreConfig) -> int:
+    """The most input channel groups one n-tile of ``plan`` reads (from its first to its
+    last): :func:`plan_slabs` gives None for any smaller size."""
+    lanes = cfg.matmul_lanes
+    spans = [max(t.kt for t in tiles) // lanes - min(t.kt for t in tiles) // lanes + 1
+             for tiles in plan.tiles if tiles]
+    return max(spans, default=0)
 
 
 def _conv_params(qg: QGraph, op):

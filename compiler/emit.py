@@ -88,6 +88,11 @@ class Emitter:
         self.layers.append(self.layer)
         self.data.extend(data)
 
+    def emit_all(self, insns: list[Instruction]):
+        """Append instructions that consume no data and store no result (no STORE)."""
+        self.insns += insns
+        self.layers += [self.layer] * len(insns)
+
     def load(self, mem: Mem, z: Addr, count0: int, count1: int, words: list[int]):
         """LOAD ``count0 x count1`` constant words into ``mem`` along ``z``."""
         assert len(words) == count0 * count1

@@ -46,8 +46,8 @@ import numpy as np
 from fxpgen.config import CoreConfig
 from fxpgen.isa import COUNT_MAX, Addr, Instruction, Mem, Opcode, pack_rows, unpack_rows
 
-from .conv_emit import emit_conv
-from .conv_plan import plan_conv, rows_per_chunk
+from .conv_emit import ConvBands, emit_conv
+from .conv_plan import ConvPlan, conv_constants, plan_conv, rows_per_chunk
 from .emit import Emitter, HostBuffer, HostPiece, InputPiece
 from .layout import MapLayout, SpadAllocator, last_uses, pad_byte, plan_borders
 from .channel_ops import expand_unaligned
@@ -206,31 +206,33 @@ def _lower_streamed(qg: QGraph, cfg: CoreConfig, stream_input: bool | None) -> L
     if stream_input and consumer is None:
         raise DoesNotFit(f"the input {qg.input} can be streamed only when its one consumer is a "
                          "convolution or average pool")
+    plans: dict = {}
     try:
-        return _lower_resident(qg, cfg, stream_input, consumer)
+        return _lower_resident(qg, cfg, stream_input, consumer, plans)
     except DoesNotFit as resident:
         if not spillable(qg):
             raise
-        return _lower_offchip(qg, cfg, consumer if stream_input is not False else None, resident)
+        return _lower_offchip(qg, cfg, consumer if stream_input is not False else None, resident, plans)
 
 
-def _lower_resident(qg: QGraph, cfg: CoreConfig, stream_input: bool | None, consumer) -> Lowered:
+def _lower_resident(qg: QGraph, cfg: CoreConfig, stream_input: bool | None, consumer,
+                    plans: dict) -> Lowered:
     """The lowering with every map but a streamed input in the scratchpad."""
     if stream_input is None:
         try:
-            return _lower(qg, cfg, None)
+            return _lower(qg, cfg, None, plans=plans)
         except DoesNotFit as resident:
             if consumer is None:
                 raise
             try:
-                return _lower(qg, cfg, consumer)
+                return _lower(qg, cfg, consumer, plans=plans)
             except DoesNotFit as streamed:
                 raise DoesNotFit(f"{streamed} (with the input streamed in bands; kept whole: "
                                  f"{resident})") from None
-    return _lower(qg, cfg, consumer if stream_input else None)
+    return _lower(qg, cfg, consumer if stream_input else None, plans=plans)
 
 
-def _lower_offchip(qg: QGraph, cfg: CoreConfig, consumer, resident: DoesNotFit) -> Lowered:
+def _lower_offchip(qg: QGraph, cfg: CoreConfig, consumer, resident: DoesNotFit, plans: dict) -> Lowered:
     """The lowering with maps off chip, for smaller and smaller spill budgets
     (:mod:`~fxpgen.compiler.offchip`); ``resident`` is why the maps do not all fit."""
     tried, last = set(), resident
@@ -240,7 +242,7 @@ def _lower_offchip(qg: QGraph, cfg: CoreConfig, consumer, resident: DoesNotFit) 
             continue
         tried.add(spilled)
         try:
-            return _lower(qg, cfg, consumer, spilled)
+            return _lower(qg, cfg, consumer, spilled, plans)
         except DoesNotFit as e:
             last = e
     if not tried:
@@ -255,10 +257,21 @@ def _streamable_consumer(qg: QGraph):
     return op if isinstance(op, (QConv, QAvgPool)) else None
 
 
-def _lower(qg: QGraph, cfg: CoreConfig, streamed_into, offchip: frozenset[str] = frozenset()) -> Lowered:
+def _lower(qg: QGraph, cfg: CoreConfig, streamed_into, offchip: frozenset[str] = frozenset(),
+           plans: dict | None = None) -> Lowered:
     """The lowering; ``streamed_into`` is the input's consumer when the input is
-    streamed, ``offchip`` the maps kept in the host's memory."""
-    lo = _Lowering(qg, cfg, offchip)
+    streamed, ``offchip`` the maps kept in the host's memory, ``plans`` the convs'
+    constants (:class:`~fxpgen.compiler.conv_plan.ConvConstants`) by op, shared by
+    the attempts. A dry run (the placements and plans, no instruction) goes first:
+    an attempt that does not fit fails in it, emitting nothing."""
+    plans = {} if plans is None else plans
+    _run(_Lowering(qg, cfg, offchip, plans, dry=True), streamed_into)
+    return _run(_Lowering(qg, cfg, offchip, plans), streamed_into)
+
+
+def _run(lo: "_Lowering", streamed_into) -> Lowered | None:
+    """Lower ``lo``'s graph op by op; the program, or None for a dry run."""
+    qg = lo.qg
     in_lay = lo.place_input(streamed_into)
     last_use = last_uses(qg)
     for i, op in enumerate(qg.ops):
@@ -276,7 +289,8 @@ def _lower(qg: QGraph, cfg: CoreConfig, streamed_into, offchip: frozenset[str] =
             lowering = _LOWERINGS.get(type(op))
             if lowering is None:
                 raise TypeError(f"{op.name}: cannot lower {type(op).__name__}")
-            lowering(lo, op, out_lay)
+            if not lo.dry or lowering is _lower_conv:
+                lowering(lo, op, out_lay)
         # A HALT per layer: the core's counters then measure each layer on its own.
         lo.em.emit(Instruction(Opcode.HALT))
         lo.release_read_last(op, i, last_use)
@@ -285,11 +299,15 @@ def _lower(qg: QGraph, cfg: CoreConfig, streamed_into, offchip: frozenset[str] =
 
 class _Lowering:
     """What the lowering of one graph keeps: the emitter, the scratchpad allocator,
-    the borders and the layout of every map placed so far."""
+    the borders and the layout of every map placed so far; ``dry``: placements and
+    plans only, no instruction emitted."""
 
-    def __init__(self, qg: QGraph, cfg: CoreConfig, offchip: frozenset[str] = frozenset()):
+    def __init__(self, qg: QGraph, cfg: CoreConfig, offchip: frozenset[str] = frozenset(),
+                 plans: dict | None = None, dry: bool = False):
         self.qg, self.cfg = qg, cfg
         self.offchip = offchip
+        self.dry = dry
+        self.plans = {} if plans is None else plans
         self.host: dict[str, int] = {}       # off-chip map -> its host buffer
         self.em = Emitter(cfg)
         self.border, self.pad_signed = plan_borders(qg)
@@ -330,6 +348,20 @@ class _Lowering:
         self.em.load_image_rows(in_lay, 0, 0, in_lay.height)
         return in_lay
 
+    def plan_conv(self, op: QConv | QAvgPool, band_rows_per_chunk: int | None = None,
+                  chunk_rows: int | None = None) -> ConvPlan:
+        """:func:`~fxpgen.compiler.conv_plan.plan_conv` of ``op``, its constants computed once."""
+        # By identity: the ops outlive the attempts, which share ``plans``.
+        if id(op) not in self.plans:
+            self.plans[id(op)] = conv_constants(self.qg, op, self.cfg)
+        return plan_conv(self.qg, op, self.cfg, band_rows_per_chunk, chunk_rows, self.plans[id(op)])
+
+    def emit_conv(self, plan: ConvPlan, in_lay: MapLayout, out_lay: MapLayout, res_lay: MapLayout | None,
+                  bands: ConvBands | None = None) -> None:
+        """:func:`~fxpgen.compiler.conv_emit.emit_conv`, unless this is a dry run."""
+        if not self.dry:
+            emit_conv(self.em, plan, in_lay, out_lay, res_lay, bands)
+
     def release_read_last(self, op, i: int, last_use: dict[str, int]) -> None:
         """Free the maps op ``i`` was the last to read (never the graph output; an
         off-chip map, or an input streamed to a banded layer, holds no rows here)."""
@@ -338,9 +370,11 @@ class _Lowering:
                 lay = self.layouts[t]
                 self.alloc.release(lay.base, lay.rows)
 
-    def finish(self, in_lay: MapLayout) -> Lowered:
-        """STORE the output map row by row, HALT, and the program."""
+    def finish(self, in_lay: MapLayout) -> Lowered | None:
+        """STORE the output map row by row, HALT, and the program (None for a dry run)."""
         qg, em = self.qg, self.em
+        if self.dry:
+            return None
         out_lay = self.layouts[qg.output]
         em.layer = "output"
         for y in range(out_lay.height):
@@ -376,9 +410,9 @@ def _lower_band_consumer(lo: _Lowering, op, out_lay: MapLayout) -> MapLayout:
 
 def _lower_conv(lo: _Lowering, op: QConv | QAvgPool, out_lay: MapLayout,
                 band_rows_per_chunk: int | None = None) -> None:
-    plan = plan_conv(lo.qg, op, lo.cfg, band_rows_per_chunk)
+    plan = lo.plan_conv(op, band_rows_per_chunk)
     res_lay = lo.layouts[plan.residual] if plan.residual else None
-    emit_conv(lo.em, plan, lo.layouts[op.input], out_lay, res_lay)
+    lo.emit_conv(plan, lo.layouts[op.input], out_lay, res_lay)
 
 
 def _lower_maxpool(lo: _Lowering, op: QMaxPool, out_lay: MapLayout) -> None:

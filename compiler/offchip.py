@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Callable
 
 from fxpgen.isa import COUNT_MAX
 
-from .conv_emit import ConvBands, emit_conv
-from .conv_plan import plan_conv, plan_slabs, rows_per_chunk
+from .conv_emit import ConvBands
+from .conv_plan import plan_slabs, rows_per_chunk, slab_span
 from .emit import HostBuffer, load_band, store_rows
 from .layout import MapLayout, last_uses, pad_byte, plan_borders
 from .qgraph import QAdd, QAvgPool, QConv, QGraph, QMaxPool
@@ -203,11 +203,13 @@ def _conv(lo: "_Lowering", op: QConv | QAvgPool, streamed: bool) -> MapLayout | 
     slabs = None
     if op.input in lo.offchip and need(1) > lo.alloc.largest():
         # A grouped or depthwise conv can read its band a few channel groups at a time.
-        whole = plan_conv(qg, op, cfg, 1)
+        # The widest slab that fits, or the narrowest an n-tile allows (no slabs then).
+        whole = lo.plan_conv(op, 1)
+        span = slab_span(whole, cfg)
         for slab in range(in_groups - 1, 0, -1):
-            slabs = plan_slabs(whole, cfg, in_groups, slab)
-            if slabs is None or need(1) <= lo.alloc.largest():
+            if slab < span or need(1) <= lo.alloc.largest():
                 break
+        slabs = plan_slabs(whole, cfg, in_groups, slab) if in_groups > 1 else None
         slab = slab if slabs else in_groups
     rows = _chunk_rows(lo, op, rows_per_chunk(cfg, oh, ow), need)
     taken: list[MapLayout] = []
@@ -223,10 +225,10 @@ def _conv(lo: "_Lowering", op: QConv | QAvgPool, streamed: bool) -> MapLayout | 
     bands = ConvBands(in_buffer=lo.host.get(op.input), in_pad_byte=pad_byte(lo.pad_signed.get(op.input, False)),
                       res_buffer=lo.host.get(residual) if res_band else None,
                       out_buffer=op.output in lo.offchip, in_groups=in_groups)
-    plan = plan_conv(qg, op, cfg, rows if in_band else None, chunk_rows=rows)
+    plan = lo.plan_conv(op, rows if in_band else None, chunk_rows=rows)
     if slabs:
         plan = dataclasses.replace(plan, slabs=plan_slabs(plan, cfg, in_groups, slab))
-    emit_conv(lo.em, plan, in_lay, out_lay, res_lay, bands)
+    lo.emit_conv(plan, in_lay, out_lay, res_lay, bands)
     _free(lo, taken)
     if streamed:
         return dataclasses.replace(in_lay, height=h, border=tuple(lo.border[op.input]))
@@ -255,7 +257,7 @@ def _maxpool(lo: "_Lowering", op: QMaxPool) -> None:
     if store:
         out_lay = _buffer(lo, op.output, rows, (0, 0, 0, 0), f"the chunk of output {op.output}", taken)
     pad = pad_byte(lo.pad_signed.get(op.input, False))
-    for oy0 in range(0, oh, rows):
+    for oy0 in range(0, 0 if lo.dry else oh, rows):
         nrow = min(rows, oh - oy0)
         iy0 = oy0 * sy - pt
         if in_band:
@@ -282,7 +284,7 @@ def _add(lo: "_Lowering", op: QAdd) -> None:
     store = out_lay is None
     if store:
         out_lay = _buffer(lo, op.output, rows, (0, 0, 0, 0), f"the chunk of output {op.output}", taken)
-    for oy0 in range(0, oh, rows):
+    for oy0 in range(0, 0 if lo.dry else oh, rows):
         nrow = min(rows, oh - oy0)
         for t, band in bands.items():
             load_band(lo.em, band, oy0, nrow, oh, lo.host[t])

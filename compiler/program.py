@@ -144,13 +144,26 @@ def _per_distinct(instructions: list[Instruction], fn: Callable[[Instruction], o
     a network repeats a few thousand instructions over its tiles, and encoding one
     costs tens of microseconds."""
     seen: dict[tuple, object] = {}
+    # The lowering repeats instruction objects (a conv's chunks): their id is the cheap key.
+    by_id: dict[int, object] = {}
     out = []
     for insn in instructions:
-        key = _instruction_key(insn)
-        if key not in seen:
-            seen[key] = fn(insn)
-        out.append(seen[key])
+        if id(insn) not in by_id:
+            key = _instruction_key(insn)
+            if key not in seen:
+                seen[key] = fn(insn)
+            by_id[id(insn)] = seen[key]
+        out.append(by_id[id(insn)])
     return out
+
+
+def _compressed_words(words: list[int], nbytes: int, chunk: int = 1 << 20) -> bytes:
+    """zlib (level 1) of the words, ``nbytes`` little-endian each, encoded a chunk at a
+    time: a network's tens of millions of words as bytes objects at once take gigabytes."""
+    z = zlib.compressobj(1)
+    out = [z.compress(b"".join(w.to_bytes(nbytes, "little") for w in words[i:i + chunk]))
+           for i in range(0, len(words), chunk)]
+    return b"".join(out) + z.flush()
 
 
 def save_program(path: Path, low: Lowered, extra: dict | None = None) -> dict:
@@ -159,7 +172,7 @@ def save_program(path: Path, low: Lowered, extra: dict | None = None) -> dict:
     bus_bytes = (cfg.bus_width + 7) // 8
     words = _per_distinct(low.instructions, lambda insn: insn.encode(cfg))
     insns = b"".join(w.to_bytes(INSN_BYTES, "little") for w in words)
-    data = zlib.compress(b"".join(w.to_bytes(bus_bytes, "little") for w in low.consts), 1)
+    data = _compressed_words(low.consts, bus_bytes)
     header = {
         "format": FORMAT_VERSION,
         "config": cfg.as_dict(),
