@@ -48,7 +48,7 @@ def _uses(nodes: list, output: str, name: str) -> int:
 
 def _replace_input(nodes: list, old: str, new: str) -> None:
     for n in nodes:
-        if isinstance(n, Add):
+        if isinstance(n, (Add, Mul)):
             n.a = new if n.a == old else n.a
             n.b = new if n.b == old else n.b
         elif isinstance(n, Concat):

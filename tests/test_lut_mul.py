@@ -71,6 +71,19 @@ def se_model(seed: int):
     return m.model((1,) + SHAPE, conv(m, y, 8, 4, relu=False))
 
 
+def se_classifier_model(seed: int):
+    """The squeeze-excitation block under a classifier head: GAP -> Flatten -> Gemm
+    (the Flatten is bypassed while the Mul is in the graph)."""
+    m = TestModel(seed)
+    x = conv(m, "x", 3, 8, k=3)
+    s = m.node("Sigmoid", [conv(m, m.node("GlobalAveragePool", [x], ["gap"]), 8, 8, relu=False)],
+               ["gate"])
+    y = m.node("GlobalAveragePool", [m.node("Mul", [x, s], ["scaled"])], ["pooled"])
+    flat = m.node("Flatten", [y], ["flat"], axis=1)
+    out = m.node("Gemm", [flat, m.w("fc_w", (5, 8)), m.w("fc_b", (5,))], ["logits"], transB=1)
+    return m.model((1,) + SHAPE, out)
+
+
 def product_model(seed: int):
     """Two conv branches multiplied element-wise (one signed, one unsigned)."""
     m = TestModel(seed)
@@ -155,6 +168,13 @@ def test_squeeze_excitation_block(seed, tmp_path):
     assert g.shape(mul.b) == (8, 1, 1)
     qg, _ = check_compiled(model, SHAPE, seed, tmp_path)
     assert {type(op) for op in qg.ops} >= {QLut, QMul}
+
+
+def test_squeeze_excitation_under_a_classifier_head(seed, tmp_path):
+    """Folding the Flatten before the Gemm rewires the graph's inputs around every node,
+    a Mul's two included (torchvision's MobileNetV3 and EfficientNet stopped there)."""
+    qg, _ = check_compiled(se_classifier_model(seed), SHAPE, seed, tmp_path)
+    assert any(isinstance(op, QMul) for op in qg.ops)
 
 
 def test_mul_by_a_constant_is_refused(seed):
