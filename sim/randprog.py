@@ -254,23 +254,23 @@ class _Gen:
                 return insn
             del self.data[mark:]
 
-    def halt(self) -> Instruction:
-        """A HALT, its unread count and stream fields possibly random."""
+    def bare(self, op: Opcode) -> Instruction:
+        """A HALT or SYNC, its unread count and stream fields possibly random."""
         if not self.garbage():
-            return Instruction(Opcode.HALT)
+            return Instruction(op)
         r = self.rng
-        return Instruction(Opcode.HALT, {}, r.randint(0, COUNT_MAX), r.randint(0, COUNT_MAX),
+        return Instruction(op, {}, r.randint(0, COUNT_MAX), r.randint(0, COUNT_MAX),
                            self.junk_addr(), self.junk_addr(), self.junk_addr())
 
     def program(self, body: list) -> RandomProgram:
-        """``body`` with random HALTs inserted (none after an error program's fault)
-        and params noise drawn for every instruction."""
+        """``body`` with random HALTs inserted anywhere (first and back to back too)."""
         extra = self.profile.extra_halts
         for _ in range(self.rng.choices(list(extra), list(extra.values()))[0]):
-            body.insert(self.rng.randint(0, len(body)), self.halt())
+            body.insert(self.rng.randint(0, len(body)), self.bare(Opcode.HALT))
         return RandomProgram(body, self.data)
 
     def with_noise(self, prog: RandomProgram) -> RandomProgram:
+        """``prog`` with random bits for the unread params bits of some instructions."""
         for k, insn in enumerate(prog.instructions):
             if isinstance(insn, Instruction) and self.garbage():
                 prog.noise[k] = self.rng.getrandbits(INSN_BITS) & _UNREAD[insn.opcode]
@@ -358,10 +358,7 @@ def _alu(op: Opcode):
 
 
 def _sync(g: _Gen, c0: int, c1: int) -> Instruction:
-    if not g.garbage():
-        return Instruction(Opcode.SYNC)
-    return Instruction(Opcode.SYNC, {}, g.rng.randint(0, COUNT_MAX), g.rng.randint(0, COUNT_MAX),
-                       g.junk_addr(), g.junk_addr(), g.junk_addr())
+    return g.bare(Opcode.SYNC)
 
 
 #: How each opcode's random instruction is built from its loop counts.
@@ -510,7 +507,7 @@ def random_program(cfg: CoreConfig, rng: random.Random, length: tuple[int, int] 
     # LOADs consume data words when generated: keep data order = program order.
     body = [g.legal(rng.choices(ops, weights)[0]) for _ in range(rng.randint(*length))]
     prog = g.program(body)
-    prog.instructions.append(g.halt())
+    prog.instructions.append(g.bare(Opcode.HALT))
     return g.with_noise(prog)
 
 
