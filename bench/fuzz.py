@@ -8,7 +8,8 @@ against the instruction-level simulator, per core shape.
 
 Programs run in batches, one harness run each, on one core whose memories persist
 from program to program (the simulator keeps one machine likewise), with random
-stalls drawn per batch. A quarter are error programs; each is followed by
+stalls drawn per batch. Every fourth is an error program (the error targets in
+turn); each is followed by
 :func:`~fxpgen.sim.randprog.scrub_program`, since the units a fault stops may have
 done more than the simulator (the harness resets the core after an error; memories
 persist). Checked for every program: a legal one halts with the simulator's result
@@ -43,7 +44,8 @@ from fxpgen.isa import CoreState, ErrorCode, Instruction, Opcode, opcode_of
 from fxpgen.sim.core_rtl import RtlProgram, RtlResult
 from fxpgen.sim.isa_sim import Machine, RunResult
 from fxpgen.sim.native import native_model, run_on_native
-from fxpgen.sim.randprog import coverage, coverage_bins, random_error_program, random_program, scrub_program
+from fxpgen.sim.randprog import (coverage, coverage_bins, error_targets, random_error_program, random_program,
+                                 scrub_program)
 
 #: The shapes fuzzed by default: square, rows < cols and rows > cols; memories from
 #: 8 to 4096 rows; accumulators of 20 to 48 bits; 1 to 16 shift-table entries and
@@ -57,8 +59,8 @@ SHAPES = {
     "8x8": CoreConfig(rows=8, cols=8, acc_width=20, spad_depth=16, wbuf_depth=8, acc_depth=16,
                       table_depth=2, lut_tables=16, counter_width=16),
 }
-#: Share of error programs.
-ERROR_SHARE = 0.25
+#: One program in this many is an error program; they take the error targets in turn.
+ERROR_EVERY = 4
 #: Cycle budget of a program: this many per iteration and instruction, plus a floor.
 CYCLES_PER_STEP, CYCLES_FLOOR = 40, 5_000
 
@@ -176,14 +178,17 @@ def check_batch(cfg: CoreConfig, cases: list[Case], seed: int, stall: dict,
 
 def batch_cases(cfg: CoreConfig, seed: int, start: int, n: int) -> tuple[list[Case], list, list[int]]:
     """Programs ``start .. start + n - 1`` of a campaign (program k is drawn from
-    ``random.Random(f"{seed}/{k}")``, so it can be regenerated alone), each error
-    program followed by a scrub; also the random programs and each case's program
+    ``random.Random(f"{seed}/{k}")``, so it can be regenerated alone), every
+    :data:`ERROR_EVERY`-th an error program (the targets of
+    :func:`~fxpgen.sim.randprog.error_targets` in turn, so a few hundred programs hit
+    them all) followed by a scrub; also the random programs and each case's program
     index."""
     cases, programs, index = [], [], []
+    targets = error_targets(cfg)
     for k in range(start, start + n):
         rng = random.Random(f"{seed}/{k}")
-        if rng.random() < ERROR_SHARE:
-            p = random_error_program(cfg, rng)
+        if k % ERROR_EVERY == 0:
+            p = random_error_program(cfg, rng, target=targets[k // ERROR_EVERY % len(targets)])
             scrub = scrub_program(cfg, rng)
             cases += [Case(p.words(cfg), p.data, True), Case(scrub.words(cfg), scrub.data, False)]
             index += [k, k]

@@ -512,13 +512,17 @@ def random_program(cfg: CoreConfig, rng: random.Random, length: tuple[int, int] 
 
 
 def random_error_program(cfg: CoreConfig, rng: random.Random, kind: str | None = None,
-                         profile: Profile = WIDE) -> RandomProgram:
-    """A short legal prefix (HALTs too), then one instruction faulting with a target of
-    :func:`error_targets` of ``kind`` (one of :data:`ERROR_KINDS`; None: any), drawn
-    uniformly, then a LOAD and a HALT that must never run."""
+                         profile: Profile = WIDE, target: tuple | None = None) -> RandomProgram:
+    """A short legal prefix (HALTs too), then one instruction faulting with ``target``
+    (one of :func:`error_targets`; default: one of ``kind``, one of
+    :data:`ERROR_KINDS` or None for any, drawn uniformly), then a LOAD and a HALT that
+    must never run."""
     if kind is not None and kind not in ERROR_KINDS:
         raise ValueError(f"unknown error kind {kind!r}; choose from {ERROR_KINDS}")
-    target = rng.choice([t for t in _targets(cfg) if kind in (None, t[0])])
+    if target is None:
+        target = rng.choice([t for t in _targets(cfg) if kind in (None, t[0])])
+    elif target not in _targets(cfg):
+        raise ValueError(f"{target} is not an error target on {cfg.name}")
     g = _Gen(cfg, rng, profile)
     ops, weights = list(MIX), list(MIX.values())
     prog = g.program([g.legal(rng.choices(ops, weights)[0]) for _ in range(rng.randint(0, 6))])
