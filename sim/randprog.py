@@ -142,7 +142,7 @@ def _first_fault(insn: Instruction, cfg: CoreConfig) -> tuple[int, str, str] | N
         for t, addr in enumerate(_addresses(a, insn.count0, insn.count1)):
             if addr >= depth:
                 kind = "address"
-            elif mem not in UNREGIONED and not a.regions >> min(region_of(addr, depth), REGIONS - 1) & 1:
+            elif mem not in UNREGIONED and not a.regions >> region_of(addr, depth) & 1:
                 kind = "region"
             else:
                 continue
@@ -153,10 +153,12 @@ def _first_fault(insn: Instruction, cfg: CoreConfig) -> tuple[int, str, str] | N
 
 
 class _Gen:
+    """Draws the instructions of one program from ``rng``; keeps the data words its
+    LOADs consume (in program order) and the iterations left in its budget."""
+
     def __init__(self, cfg: CoreConfig, rng: random.Random, profile: Profile):
         self.cfg, self.rng, self.profile = cfg, rng, profile
         self.data: list[int] = []
-        self.noise: dict[int, int] = {}
         self.budget = profile.max_iterations
         self.row_bits = _row_bits(cfg)
         self.bus_width = cfg.bus_width
@@ -417,6 +419,8 @@ def _stream_targets() -> list[tuple[Opcode, str, Mem]]:
     out = []
     for op, info in OPCODE_INFO.items():
         for s, (mem, _) in info.streams.items():
+            # A params field names the memory: the ones it may name (LOAD's, STORE's)
+            # are the same on every core.
             mems = [mem] if isinstance(mem, Mem) else [
                 Mem(v) for v in next(r for r in field_rules(op) if r.field == mem).legal_values(CoreConfig())]
             out += [(op, s, m) for m in mems]
