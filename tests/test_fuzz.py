@@ -13,8 +13,8 @@ import pytest
 from bench.fuzz import SHAPES, batch_cases, check_batch, compare, expect, fuzz_shape, replay, save_failure
 from fxpgen.isa import ErrorCode
 from fxpgen.sim.isa_sim import Machine
-from fxpgen.sim.randprog import (coverage, coverage_bins, random_config, random_error_program,
-                                 random_program)
+from fxpgen.sim.randprog import (coverage, coverage_bins, error_targets, random_config,
+                                 random_error_program, random_program)
 
 #: Shapes of the default differential run: square and rows > cols (one shift-table
 #: entry, one lookup table, 4096-row scratchpad).
@@ -24,10 +24,12 @@ CI_PROGRAMS = 1200
 
 @pytest.mark.parametrize("shape", ["8x4", "8x8"])
 def test_random_programs_hit_every_coverage_bin(shape, seed):
-    """A few thousand programs, half of them error programs, hit every bin, and every
-    error program stops where and as its target says."""
+    """A few thousand programs, half of them error programs (the targets in turn),
+    hit every bin, and every error program stops where and as its target says."""
     cfg, rng = SHAPES[shape], random.Random(seed)
-    programs = [random_program(cfg, rng) if k % 2 else random_error_program(cfg, rng)
+    targets = error_targets(cfg)
+    programs = [random_program(cfg, rng) if k % 2 else
+                random_error_program(cfg, rng, target=targets[k // 2 % len(targets)])
                 for k in range(1500)]
     hits = coverage(cfg, programs)
     assert [b for b in coverage_bins(cfg) if not hits[b]] == []
