@@ -10,7 +10,7 @@ import pytest
 from fxpgen.hw.core import Core
 from fxpgen.isa import Addr, CoreState, ErrorCode, Instruction, Mem, Opcode, pack_row
 from fxpgen.sim.isa_sim import Machine
-from fxpgen.sim.randprog import ERROR_KINDS, random_error_program, random_program
+from fxpgen.sim.randprog import ERROR_KINDS, SHORT, random_error_program, random_program
 
 from unit_harness import CONFIGS, config_id, simulate
 
@@ -84,7 +84,7 @@ def test_short_programs_match_isa_simulator(cfg, seed):
     rng = random.Random(seed)
     opcodes = set()
     for _ in range(4):
-        prog = random_program(cfg, rng, length=(3, 8))
+        prog = random_program(cfg, rng, length=(3, 8), profile=SHORT)
         opcodes |= {i.opcode for i in prog.instructions}
         check_program(cfg, prog.words(cfg), prog.data, rng)
     assert len(opcodes) >= 5
@@ -98,7 +98,7 @@ def test_error_programs_stop_with_the_simulators_error(kind, seed):
     cfg = CONFIGS[0]
     rng = random.Random(seed)
     for _ in range(2):
-        prog = random_error_program(cfg, rng, kind)
+        prog = random_error_program(cfg, rng, kind, profile=SHORT)
         expected = check_program(cfg, prog.words(cfg), prog.data, rng)
         assert expected.error is not ErrorCode.NONE
 
