@@ -288,19 +288,25 @@ class Unary:
 
 
 @dataclass
-class Mul:
-    """Element-wise product of two tensors of one shape, or of a map ``a`` (C, H, W)
-    and a per-channel vector ``b`` (C, 1, 1) broadcast over the pixels."""
+class _TwoOperands:
+    """An element-wise node of operands ``a`` and ``b``."""
 
     name: str
     a: str
     b: str
     output: str
-    OP: ClassVar[str] = "Mul"
 
     @property
     def inputs(self) -> list[str]:
         return [self.a, self.b]
+
+
+@dataclass
+class Mul(_TwoOperands):
+    """Element-wise product of two tensors of one shape, or of a map ``a`` (C, H, W)
+    and a per-channel vector ``b`` (C, 1, 1) broadcast over the pixels."""
+
+    OP: ClassVar[str] = "Mul"
 
     def out_shape(self, sa: Shape, sb: Shape) -> Shape:
         if sb != sa and sb != (sa[0], 1, 1):
@@ -390,18 +396,10 @@ class GlobalAvgPool:
 
 
 @dataclass
-class Add:
+class Add(_TwoOperands):
     """Element-wise sum of two tensors of one shape (no broadcasting)."""
 
-    name: str
-    a: str
-    b: str
-    output: str
     OP: ClassVar[str] = "Add"
-
-    @property
-    def inputs(self) -> list[str]:
-        return [self.a, self.b]
 
     def out_shape(self, sa: Shape, sb: Shape) -> Shape:
         if sa != sb:
