@@ -96,6 +96,14 @@ class _Builder:
         self.nodes.append(helper.make_node("Add", [a, b], [y], name=y))
         return y
 
+    def resnet_stem(self) -> str:
+        """ResNet's stem: a 7x7 stride-2 conv to 64 channels, then a 3x3 stride-2 max pool."""
+        x = self.conv_bn("input", 3, 64, 7, stride=2)
+        mp = self.name("maxpool")
+        self.nodes.append(helper.make_node("MaxPool", [x], [mp], name=mp, kernel_shape=[3, 3],
+                                           strides=[2, 2], pads=[1, 1, 1, 1]))
+        return mp
+
     def head(self, x, channels, classes):
         gap, flat, logits = self.name("gap"), self.name("flatten"), "logits"
         self.nodes += [helper.make_node("GlobalAveragePool", [x], [gap], name=gap),
@@ -117,11 +125,7 @@ class _Builder:
 
 def resnet18(size: int = 32, classes: int = 10, seed: int = 0) -> onnx.ModelProto:
     b = _Builder(seed)
-    x = b.conv_bn("input", 3, 64, 7, stride=2)
-    mp = b.name("maxpool")
-    b.nodes.append(helper.make_node("MaxPool", [x], [mp], name=mp, kernel_shape=[3, 3], strides=[2, 2],
-                                    pads=[1, 1, 1, 1]))
-    x, cin = mp, 64
+    x, cin = b.resnet_stem(), 64
     for cout, stride in ((64, 1), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1)):
         y = b.conv_bn(x, cin, cout, 3, stride)
         y = b.conv_bn(y, cout, cout, 3, 1, act=None)
@@ -153,11 +157,7 @@ def mobilenetv2(size: int = 32, classes: int = 10, seed: int = 0) -> onnx.ModelP
 def resnet50(size: int = 224, classes: int = 1000, seed: int = 0) -> onnx.ModelProto:
     """ResNet-50 (bottleneck blocks 3-4-6-3, stride in the 3x3 conv) with random weights."""
     b = _Builder(seed)
-    x = b.conv_bn("input", 3, 64, 7, stride=2)
-    mp = b.name("maxpool")
-    b.nodes.append(helper.make_node("MaxPool", [x], [mp], name=mp, kernel_shape=[3, 3], strides=[2, 2],
-                                    pads=[1, 1, 1, 1]))
-    x, cin = mp, 64
+    x, cin = b.resnet_stem(), 64
     for width, n, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
         cout = 4 * width
         for i in range(n):
