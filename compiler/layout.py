@@ -46,6 +46,14 @@ class MapLayout:
         down to minus the border)."""
         return self.base + ((y + self.border[0]) * self.padded_w + x + self.border[1]) * self.groups
 
+    def window(self, y0: int, n: int) -> MapLayout:
+        """Rows ``y0 .. y0 + n - 1`` of this map as a map of ``n`` rows of its own (the
+        same scratchpad rows; the side borders kept, no top or bottom border), for
+        emitters that walk a whole map to walk a band of it."""
+        t, left, _, right = self.border
+        return MapLayout(self.base + (y0 + t) * self.padded_w * self.groups, self.channels, n,
+                         self.width, (0, left, 0, right), self.groups)
+
 
 def plan_borders(qg: QGraph) -> tuple[dict[str, list[int]], dict[str, bool]]:
     """(border of every tensor: the widest padding any consumer needs on each side,

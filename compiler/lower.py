@@ -52,12 +52,12 @@ from .emit import Emitter, HostBuffer, HostPiece, InputPiece
 from .layout import MapLayout, SpadAllocator, last_uses, pad_byte, plan_borders
 from .channel_ops import expand_unaligned
 from .qgraph import QAdd, QAvgPool, QConcat, QConv, QGraph, QLut, QMaxPool, QMul, QResize, QSlice
-from .offchip import BUDGET_FRACTIONS, lower_banded, spill_plan, spillable, touches_offchip
+from .offchip import lower_banded, spill_plans, spillable, touches_offchip
 from .shuffle_fold import fold_shuffles
 from .tiling import DoesNotFit, ceil_div
 from .unfold import InputUnfold, sole_consumer, unfold_input
 from .vector_ops import (emit_add, emit_concat, emit_lut, emit_maxpool, emit_mul, emit_resize,
-                         emit_slice)
+                         emit_slice, lut_slot)
 
 __all__ = ["lower", "Lowered"]
 
@@ -236,10 +236,7 @@ def _lower_offchip(qg: QGraph, cfg: CoreConfig, consumer, resident: DoesNotFit, 
     """The lowering with maps off chip, for smaller and smaller spill budgets
     (:mod:`~fxpgen.compiler.offchip`); ``resident`` is why the maps do not all fit."""
     tried, last = set(), resident
-    for frac in BUDGET_FRACTIONS:
-        spilled = spill_plan(qg, cfg.lanes, int(cfg.spad_depth * frac), consumer is not None)
-        if not spilled or spilled in tried:
-            continue
+    for spilled in spill_plans(qg, cfg.lanes, cfg.spad_depth, consumer is not None):
         tried.add(spilled)
         try:
             return _lower(qg, cfg, consumer, spilled, plans)
@@ -371,13 +368,18 @@ class _Lowering:
                 self.alloc.release(lay.base, lay.rows)
 
     def finish(self, in_lay: MapLayout) -> Lowered | None:
-        """STORE the output map row by row, HALT, and the program (None for a dry run)."""
+        """STORE the output map row by row (an off-chip output its producer stored), HALT,
+        and the program (None for a dry run)."""
         qg, em = self.qg, self.em
         if self.dry:
             return None
-        out_lay = self.layouts[qg.output]
         em.layer = "output"
-        for y in range(out_lay.height):
+        if qg.output in self.offchip:
+            c, h, w = qg.tensor(qg.output).shape
+            out_lay = MapLayout(0, c, h, w, (0, 0, 0, 0), ceil_div(c, self.cfg.lanes))
+        else:
+            out_lay = self.layouts[qg.output]
+        for y in range(0 if qg.output in self.offchip else out_lay.height):
             em.emit(Instruction(Opcode.STORE, {"mem": Mem.SPAD.value}, out_lay.width * out_lay.groups, 1,
                                 x=Addr(out_lay.pixel(y, 0), 1)))
         em.emit(Instruction(Opcode.HALT))
@@ -440,10 +442,7 @@ def _lower_mul(lo: _Lowering, op: QMul, out_lay: MapLayout) -> None:
 
 
 def _lower_lut(lo: _Lowering, op: QLut, out_lay: MapLayout) -> None:
-    # Each table layer takes the next slot: the tables of a program coexist when they
-    # fit (every layer still loads its own, so any slot count works).
-    slot = [o for o in lo.qg.ops if isinstance(o, QLut)].index(op) % lo.cfg.lut_tables
-    emit_lut(lo.em, op, slot, lo.layouts[op.input], out_lay)
+    emit_lut(lo.em, op, lut_slot(lo.qg, op, lo.cfg.lut_tables), lo.layouts[op.input], out_lay)
 
 
 def _check_units(qg: QGraph, cfg: CoreConfig) -> None:

@@ -25,7 +25,7 @@ conv), fewer when its buffers would not fit the largest free block.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from fxpgen.isa import COUNT_MAX
 
@@ -33,35 +33,61 @@ from .conv_emit import ConvBands
 from .conv_plan import plan_slabs, rows_per_chunk, slab_span
 from .emit import HostBuffer, load_band, store_rows
 from .layout import MapLayout, last_uses, pad_byte, plan_borders
-from .qgraph import QAdd, QAvgPool, QConv, QGraph, QMaxPool
+from .qgraph import QAdd, QAvgPool, QConcat, QConv, QGraph, QLut, QMaxPool, QMul, QResize, QSlice
 from .tiling import DoesNotFit, ceil_div
-from .vector_ops import emit_add_rows, emit_maxpool_rows
+from .vector_ops import (emit_add_rows, emit_concat, emit_lut_groups, emit_maxpool_rows, emit_mul,
+                         emit_resize, emit_slice, load_lut_table, lut_slot)
 
 if TYPE_CHECKING:
     from .lower import _Lowering
 
-__all__ = ["BANDED_OPS", "BUDGET_FRACTIONS", "spillable", "spill_plan", "touches_offchip", "lower_banded"]
+__all__ = ["CONV_BANDED_OPS", "ROW_BANDED_OPS", "BANDED_OPS", "SPILL_TIERS", "BUDGET_FRACTIONS",
+           "spillable", "spill_plans", "spill_plan", "touches_offchip", "lower_banded"]
 
-#: Ops that can run in bands of rows over off-chip maps.
-BANDED_OPS = (QConv, QAvgPool, QMaxPool, QAdd)
+#: Ops that can run in bands of rows over off-chip maps: the convolution family,
+#: whose maps the lowering spills first, then the ops that copy or transform rows.
+CONV_BANDED_OPS = (QConv, QAvgPool, QMaxPool, QAdd)
+ROW_BANDED_OPS = (QConcat, QSlice, QResize, QLut, QMul)
+BANDED_OPS = CONV_BANDED_OPS + ROW_BANDED_OPS
+#: The spill tiers tried in turn: (ops that may read or write off-chip maps, whether
+#: the network's output may go off chip).
+SPILL_TIERS = ((CONV_BANDED_OPS, False), (BANDED_OPS, True))
 #: The spill budgets tried, as fractions of ``spad_depth``.
 BUDGET_FRACTIONS = (1.0, 0.75, 0.5, 0.25, 0.0)
 
 
-def spillable(qg: QGraph) -> set[str]:
-    """The maps that may go off chip: produced and read only by :data:`BANDED_OPS`,
-    neither the network's input nor its output."""
-    ok = {op.output for op in qg.ops if isinstance(op, BANDED_OPS)}
+def spillable(qg: QGraph, ops: tuple[type, ...] = BANDED_OPS, output: bool = True) -> set[str]:
+    """The maps that may go off chip: produced and read only by ``ops``, never a MUL's
+    per-channel operand nor the network's input; the network's output when ``output``
+    and no op reads it."""
+    ok = {op.output for op in qg.ops if isinstance(op, ops)}
     for op in qg.ops:
-        if not isinstance(op, BANDED_OPS):
+        if not isinstance(op, ops):
             ok -= set(op.inputs)
-    return ok - {qg.input, qg.output}
+        elif isinstance(op, QMul) and qg.tensor(op.b).shape != qg.tensor(op.a).shape:
+            ok.discard(op.b)
+    read = {t for op in qg.ops for t in op.inputs}
+    return ok - {qg.input} - ({qg.output} if not output or qg.output in read else set())
 
 
-def spill_plan(qg: QGraph, lanes: int, budget: int, input_streamed: bool) -> frozenset[str]:
-    """The maps to keep off chip so that the resident maps live at every op take at
-    most ``budget`` scratchpad rows less the op's band buffers (largest first;
-    module docstring)."""
+def spill_plans(qg: QGraph, lanes: int, spad_depth: int, input_streamed: bool) -> Iterator[frozenset[str]]:
+    """The spill plans to try in turn, each new and not empty: per tier of
+    :data:`SPILL_TIERS`, :func:`spill_plan` for every budget of :data:`BUDGET_FRACTIONS`."""
+    seen = set()
+    for ops, output in SPILL_TIERS:
+        ok = spillable(qg, ops, output)
+        for frac in BUDGET_FRACTIONS:
+            spilled = spill_plan(qg, lanes, int(spad_depth * frac), input_streamed, ok)
+            if spilled and spilled not in seen:
+                seen.add(spilled)
+                yield spilled
+
+
+def spill_plan(qg: QGraph, lanes: int, budget: int, input_streamed: bool,
+               ok: set[str] | None = None) -> frozenset[str]:
+    """The maps of ``ok`` (default :func:`spillable`) to keep off chip so that the
+    resident maps live at every op take at most ``budget`` scratchpad rows less the
+    op's band buffers (largest first; module docstring)."""
     border, _ = plan_borders(qg)
     rows, row = {}, {}
     for name, t in qg.tensors.items():
@@ -73,7 +99,7 @@ def spill_plan(qg: QGraph, lanes: int, budget: int, input_streamed: bool) -> fro
     if not input_streamed:
         born[qg.input] = -1
     last = last_uses(qg)
-    ok = spillable(qg)
+    ok = spillable(qg) if ok is None else ok
     spilled: set[str] = set()
     for i, op in enumerate(qg.ops):
         live = [t for t, b in born.items() if b <= i <= last.get(t, b)]
@@ -94,7 +120,8 @@ def _band_rows(op, ok: set[str], row: dict[str, int]) -> int:
         kh = op.weight.shape[2]
     elif isinstance(op, (QAvgPool, QMaxPool)):
         kh = op.kernel[0]
-    n = sum(row[t] for t in {*op.inputs[1:], op.output} & ok)
+    f = op.factor if isinstance(op, QResize) else 1
+    n = sum(row[t] for t in {*op.inputs[1:]} & ok) + (f * row[op.output] if op.output in ok else 0)
     return n + (kh * row[op.inputs[0]] if op.inputs[0] in ok else 0)
 
 
@@ -105,8 +132,10 @@ def lower_banded(lo: "_Lowering", op, streamed: bool) -> MapLayout | None:
         return _conv(lo, op, streamed)
     if isinstance(op, QMaxPool):
         _maxpool(lo, op)
-    else:
+    elif isinstance(op, QAdd):
         _add(lo, op)
+    else:
+        _rowwise(lo, op)
     return None
 
 
@@ -116,9 +145,12 @@ def touches_offchip(lo: "_Lowering", op) -> bool:
 
 
 def _host_buffer(lo: "_Lowering", name: str) -> None:
-    """Register off-chip map ``name`` as the next host buffer, stored from the next result word."""
+    """Register off-chip map ``name`` as the next host buffer, stored from the next result
+    word; the network's output, stored by its producer, is the result words of no buffer."""
     c, h, w = lo.qg.tensor(name).shape
     em = lo.em
+    if name == lo.qg.output:
+        return
     lo.host[name] = len(em.buffers)
     em.buffers.append(HostBuffer(name, em.n_results, h * w * ceil_div(c, lo.cfg.lanes)))
 
@@ -296,6 +328,65 @@ def _add(lo: "_Lowering", op: QAdd) -> None:
         if store:
             store_rows(lo.em, out_lay, 0, nrow)
     _free(lo, taken)
+
+
+def _rowwise(lo: "_Lowering", op: QConcat | QSlice | QResize | QLut | QMul) -> None:
+    """A concat, slice, upsampling, lookup or product in chunks of input rows: each
+    chunk LOADs the rows of its off-chip operands into bands, runs the op's emitter on
+    windows of the chunk's rows (:meth:`~fxpgen.compiler.layout.MapLayout.window`) and
+    STOREs an off-chip output's rows (``factor`` of them per input row, upsampling).
+    A MUL's per-channel operand is resident and read whole by every chunk."""
+    qg = lo.qg
+    out_lay = _out(lo, op)
+    f = op.factor if isinstance(op, QResize) else 1
+    _, h, _ = qg.tensor(op.inputs[0]).shape
+    banded = [t for t in dict.fromkeys(op.inputs) if t in lo.offchip]
+
+    def need(r: int) -> int:
+        n = sum(r * _row_rows(lo, t, (0, 0, 0, 0)) for t in banded)
+        return n + (r * f * _row_rows(lo, op.output, (0, 0, 0, 0)) if out_lay is None else 0)
+
+    rows = _chunk_rows(lo, op, min(h, COUNT_MAX // f), need)
+    taken: list[MapLayout] = []
+    bands = {t: _buffer(lo, t, rows, (0, 0, 0, 0), f"the band of {t} of {op.name}", taken) for t in banded}
+    store = out_lay is None
+    if store:
+        out_lay = _buffer(lo, op.output, rows * f, (0, 0, 0, 0), f"the chunk of output {op.output}", taken)
+    slot = lut_slot(qg, op, lo.cfg.lut_tables) if isinstance(op, QLut) else 0
+    if isinstance(op, QLut) and not lo.dry:
+        load_lut_table(lo.em, op, slot)
+    for y0 in range(0, 0 if lo.dry else h, rows):
+        nrow = min(rows, h - y0)
+        for t, band in bands.items():
+            load_band(lo.em, band, y0, nrow, h, lo.host[t])
+
+        def window(t: str) -> MapLayout:
+            if t in bands:
+                return bands[t].window(0, nrow)
+            lay = lo.layouts[t]
+            return lay if lay.height != h else lay.window(y0, nrow)
+
+        out = out_lay.window(0 if store else y0 * f, nrow * f)
+        _emit_rows(lo, op, [window(t) for t in op.inputs], out, slot)
+        if store:
+            store_rows(lo.em, out_lay, 0, nrow * f)
+    _free(lo, taken)
+
+
+def _emit_rows(lo: "_Lowering", op, ins: list[MapLayout], out: MapLayout, slot: int) -> None:
+    """The whole-map emitter of ``op`` over windows ``ins`` (in ``op.inputs``' order)
+    and ``out``."""
+    em = lo.em
+    if isinstance(op, QConcat):
+        emit_concat(em, ins, out)
+    elif isinstance(op, QSlice):
+        emit_slice(em, op, ins[0], out, lo.cfg.lanes)
+    elif isinstance(op, QResize):
+        emit_resize(em, op, ins[0], out)
+    elif isinstance(op, QLut):
+        emit_lut_groups(em, slot, ins[0], out)
+    else:
+        emit_mul(em, lo.qg, op, ins[0], ins[1], out)
 
 
 def _free(lo: "_Lowering", taken: list[MapLayout]) -> None:

@@ -12,8 +12,9 @@ from .emit import Emitter
 from .layout import MapLayout
 from .qgraph import QAdd, QGraph, QLut, QMaxPool, QMul, QResize, QSlice
 
-__all__ = ["emit_maxpool", "emit_add", "emit_mul", "emit_lut", "emit_concat", "emit_slice",
-           "emit_resize", "emit_maxpool_rows", "emit_add_rows"]
+__all__ = ["emit_maxpool", "emit_add", "emit_mul", "emit_lut", "lut_slot", "load_lut_table",
+           "emit_lut_groups", "emit_concat", "emit_slice", "emit_resize", "emit_maxpool_rows",
+           "emit_add_rows"]
 
 
 def _walk(lay: MapLayout, g: int, y: int = 0, x: int = 0, sy: int = 1, sx: int = 1) -> Addr:
@@ -67,12 +68,30 @@ def emit_mul(em: Emitter, qg: QGraph, op: QMul, a_lay: MapLayout, b_lay: MapLayo
                             z=_walk(out_lay, g)))
 
 
+def lut_slot(qg: QGraph, op: QLut, tables: int) -> int:
+    """The lookup table ``op`` loads: each table layer takes the next of ``tables`` slots,
+    so the tables of a program coexist when they fit (every layer still loads its own,
+    so any slot count works)."""
+    return [o for o in qg.ops if isinstance(o, QLut)].index(op) % tables
+
+
 def emit_lut(em: Emitter, op: QLut, slot: int, in_lay: MapLayout, out_lay: MapLayout) -> None:
     """LOAD the op's table into lookup table ``slot`` (256 one-byte words), then one LUT
-    per channel group. The spare bytes of a last, partial group are looked up too; they
-    stay in spare channels nobody reads as data."""
+    per channel group (:func:`emit_lut_groups`)."""
+    load_lut_table(em, op, slot)
+    emit_lut_groups(em, slot, in_lay, out_lay)
+
+
+def load_lut_table(em: Emitter, op: QLut, slot: int) -> None:
+    """LOAD the op's table into lookup table ``slot`` (256 one-byte words)."""
     words = [pack_row(Mem.LUT, [int(v) & 0xFF], em.cfg) for v in op.table]
     em.load(Mem.LUT, Addr(256 * slot, 1), len(words), 1, words)
+
+
+def emit_lut_groups(em: Emitter, slot: int, in_lay: MapLayout, out_lay: MapLayout) -> None:
+    """One LUT through table ``slot`` per channel group of the output map. The spare bytes
+    of a last, partial group are looked up too; they stay in spare channels nobody reads
+    as data."""
     for g in range(out_lay.groups):
         em.emit(Instruction(Opcode.LUT, {"table": slot}, out_lay.width, out_lay.height,
                             x=_walk(in_lay, g), z=_walk(out_lay, g)))
