@@ -9,6 +9,7 @@ import pytest
 from fxpgen.compiler.golden import quantize_input, run_golden_batch
 from fxpgen.compiler.lower import lower
 from fxpgen.compiler.onnx_frontend import load_onnx
+from fxpgen.compiler.qgraph import QConcat, QLut, QMul, QResize, QSlice
 from fxpgen.compiler.program import load_program, load_qgraph, save_program, save_qgraph
 from fxpgen.compiler.quantize import quantize
 from fxpgen.compiler.tiling import DoesNotFit
@@ -48,6 +49,24 @@ def _net(kind: str, seed: int):
     elif kind == "concat":
         c = m.node("Concat", [conv(m, "x", 3, 8, 3), conv(m, "x", 3, 8, 1)], ["cat"], axis=1)
         y = conv(m, c, 16, 4, 1)
+    elif kind == "gated":
+        gate = m.node("Sigmoid", [conv(m, "x", 3, 8, 1, relu=False)], ["gate"])
+        y = conv(m, m.node("Mul", [conv(m, "x", 3, 8, 3, relu=False), gate], ["gated"]), 8, 4, 1)
+    elif kind == "excite":
+        gate = m.node("Sigmoid", [conv(m, m.node("GlobalAveragePool", ["x"], ["gap"]), 3, 8)], ["gate"])
+        y = conv(m, m.node("Mul", [conv(m, "x", 3, 8, 3), gate], ["scaled"]), 8, 4, 1)
+    elif kind == "slice_resize":
+        a = conv(m, "x", 3, 8, 3)
+        hi = m.node("Slice", [conv(m, a, 8, 16, 1), m.const("st", np.array([8])), m.const("en", np.array([16])),
+                              m.const("ax", np.array([1]))], ["hi"])
+        p = m.node("MaxPool", [hi], ["p"], kernel_shape=[2, 2], strides=[2, 2])
+        r = m.node("Resize", [p, "", m.const("scales", np.array([1, 1, 2, 2], np.float32))], ["up"],
+                   mode="nearest")
+        y = conv(m, m.node("Concat", [r, a], ["cat"], axis=1), 16, 4, 1)
+    elif kind == "output":
+        y = m.node("HardSigmoid", [conv(m, conv(m, "x", 3, 8, 3), 8, 8, 3, relu=False)], ["hsig"])
+    elif kind == "global_pool":
+        y = m.node("GlobalAveragePool", [conv(m, "x", 3, 16, 3)], ["gap"])
     return m.model((1,) + SHAPE, y)
 
 
@@ -56,7 +75,12 @@ def _compiled(kind: str, seed: int):
     return qg, [np.asarray(quantize_input(qg, x), np.int64) for x in data(seed + 3, SHAPE, 2)]
 
 
-@pytest.mark.parametrize("kind", ["chain", "residual", "depthwise", "maxpool"])
+#: The networks whose maps go off chip: the conv family's, then every other op's
+#: (concat, LUT, product with a map and per channel, slice, upsampling, the output).
+KINDS = ["chain", "residual", "depthwise", "maxpool", "concat", "gated", "excite", "slice_resize", "output"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_offchip_maps_run_as_the_golden_model(kind, seed):
     qg, xs = _compiled(kind, seed)
     assert not lower(qg, TINY.replace(spad_depth=8192)).host_buffers     # what fits stays on chip
@@ -109,17 +133,34 @@ def test_output_words_leave_out_the_offchip_maps(seed):
     assert buf.result_at == 0 and low.output_words(results) == results[buf.count:]
 
 
+@pytest.mark.parametrize("kind, ops", [("concat", {QConcat}), ("gated", {QLut, QMul}), ("excite", {QMul}),
+                                       ("slice_resize", {QSlice, QResize, QConcat}), ("output", {QLut})])
+def test_every_kind_of_op_reads_or_writes_offchip_maps(kind, ops, seed):
+    """Each of these ops reads or writes a map kept off chip (the tiny scratchpad
+    leaves no choice); the output, too big to stay, is stored by its producer."""
+    qg, _ = _compiled(kind, seed)
+    low = lower(qg, TINY)
+    offchip = {b.name for b in low.host_buffers}
+    if kind == "output":
+        assert qg.output not in offchip and low.output_words(list(range(10 ** 6)))
+        offchip.add(qg.output)
+    kinds = {type(op) for op in qg.ops if offchip & {*op.inputs, op.output}}
+    assert ops <= kinds, (ops, kinds)
+
+
 def test_maps_an_op_cannot_band_are_reported(seed):
-    """A concat cannot read off-chip maps: its inputs must fit, and the error says which
-    map did not (and, in the flow's terms, the scratchpad depth that fits)."""
+    """A global average pool reads all rows of its input at once, one channel group at
+    a time: where one group of the off-chip map outgrows the scratchpad, the error names
+    the pool and the map that did not fit (and, in the flow's terms, the scratchpad
+    depth that fits)."""
     from fxpgen.app.flow import lower_for_user
-    qg, _ = _compiled("concat", seed)
-    with pytest.raises(DoesNotFit, match=r"feature map .* rows short.*--spad-depth \d+"):
-        lower_for_user(qg, TINY)
+    qg, _ = _compiled("global_pool", seed)
+    with pytest.raises(DoesNotFit, match=rf"{qg.ops[-1].name}: .*feature map .* rows short.*--spad-depth \d+"):
+        lower_for_user(qg, TINY.replace(spad_depth=512))
 
 
 @pytest.mark.rtl
-@pytest.mark.parametrize("kind", ["chain", "residual", "depthwise", "maxpool"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_offchip_maps_on_the_native_engine(kind, seed):
     from fxpgen.sim.rtl_engines import NativeEngine
     qg, xs = _compiled(kind, seed)
