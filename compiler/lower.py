@@ -368,18 +368,13 @@ class _Lowering:
                 self.alloc.release(lay.base, lay.rows)
 
     def finish(self, in_lay: MapLayout) -> Lowered | None:
-        """STORE the output map row by row (an off-chip output its producer stored), HALT,
-        and the program (None for a dry run)."""
+        """STORE the output map row by row, HALT, and the program (None for a dry run)."""
         qg, em = self.qg, self.em
         if self.dry:
             return None
+        out_lay = self.layouts[qg.output]
         em.layer = "output"
-        if qg.output in self.offchip:
-            c, h, w = qg.tensor(qg.output).shape
-            out_lay = MapLayout(0, c, h, w, (0, 0, 0, 0), ceil_div(c, self.cfg.lanes))
-        else:
-            out_lay = self.layouts[qg.output]
-        for y in range(0 if qg.output in self.offchip else out_lay.height):
+        for y in range(out_lay.height):
             em.emit(Instruction(Opcode.STORE, {"mem": Mem.SPAD.value}, out_lay.width * out_lay.groups, 1,
                                 x=Addr(out_lay.pixel(y, 0), 1)))
         em.emit(Instruction(Opcode.HALT))

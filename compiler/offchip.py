@@ -5,21 +5,35 @@ Spill policy (:func:`spill_plan`). Walking the ops in order, while the maps live
 at an op (its inputs, its output and every map read later) take more scratchpad
 rows than a budget less the op's band buffers (one output row's, as if every map
 it may spill were off chip), the largest of them that may go off chip does. A map may go
-off chip when its producer and every consumer can run in bands: convolutions
-(any kernel, stride and groups, with a residual), average and max pools and adds;
-neither the network's input (streamed in bands by its own rule) nor its output.
-The lowering tries the budgets ``spad_depth`` x 1, 3/4, 1/2, 1/4 and 0 in turn
-(the bands and chunk buffers need room, and first-fit allocation leaves holes).
+off chip when its producer and every consumer can run in bands (:data:`BANDED_OPS`):
+convolutions (any kernel, stride and groups, with a residual), average and max
+pools, adds, concats, slices, nearest upsampling, lookup tables and products; neither
+the network's input (streamed in bands by its own rule) nor its output, nor a
+product's per-channel operand (read whole at every pixel). The plans are tried in
+two tiers (:data:`SPILL_TIERS`, :func:`spill_plans`): first only maps the conv family
+alone reads and writes (so what compiled before the other ops could band lowers as
+it did), then every map that may go off chip. Within a tier the
+lowering tries the budgets ``spad_depth`` x 1, 3/4, 1/2, 1/4 and 0 in turn (the
+bands and chunk buffers need room, and first-fit allocation leaves holes).
 
 Band lowering (:func:`lower_banded`). A layer that reads or writes an off-chip map
 runs in chunks of output rows: it LOADs the input rows of each chunk (with the
 kernel's halo; rows outside the map as the map's border byte) into a band buffer,
-and an off-chip residual's or add operand's rows into bands of their own, computes
-the chunk into a chunk buffer when its output is off chip, and STOREs the chunk's
-rows to the result stream, where they become host buffer k
+and an off-chip residual's or second operand's rows into bands of their own,
+computes the chunk into a chunk buffer when its output is off chip, and STOREs the
+chunk's rows to the result stream, where they become host buffer k
 (:class:`~fxpgen.compiler.emit.HostBuffer`). A chunk is as many output rows as
 the accumulators hold (:func:`~fxpgen.compiler.conv_plan.rows_per_chunk`, for a
 conv), fewer when its buffers would not fit the largest free block.
+
+The row ops (concat, slice, upsampling, lookup, product) have no halo and no
+accumulators: a chunk is as many input rows as the buffers fit, and the op's
+whole-map emitter runs on windows of the chunk's rows
+(:meth:`~fxpgen.compiler.layout.MapLayout.window`). A concat copies each operand's
+band into its channel groups of the chunk, as it copies whole maps on chip: its
+producers do not store straight into their slice of an off-chip concat map,
+because a host buffer is one run of result words per map, and every consumer's band
+would then be gathered from several buffers, a pixel's channel groups from each.
 """
 
 from __future__ import annotations
@@ -49,33 +63,30 @@ __all__ = ["CONV_BANDED_OPS", "ROW_BANDED_OPS", "BANDED_OPS", "SPILL_TIERS", "BU
 CONV_BANDED_OPS = (QConv, QAvgPool, QMaxPool, QAdd)
 ROW_BANDED_OPS = (QConcat, QSlice, QResize, QLut, QMul)
 BANDED_OPS = CONV_BANDED_OPS + ROW_BANDED_OPS
-#: The spill tiers tried in turn: (ops that may read or write off-chip maps, whether
-#: the network's output may go off chip).
-SPILL_TIERS = ((CONV_BANDED_OPS, False), (BANDED_OPS, True))
+#: The spill tiers tried in turn: the ops that may read or write off-chip maps.
+SPILL_TIERS = (CONV_BANDED_OPS, BANDED_OPS)
 #: The spill budgets tried, as fractions of ``spad_depth``.
 BUDGET_FRACTIONS = (1.0, 0.75, 0.5, 0.25, 0.0)
 
 
-def spillable(qg: QGraph, ops: tuple[type, ...] = BANDED_OPS, output: bool = True) -> set[str]:
-    """The maps that may go off chip: produced and read only by ``ops``, never a MUL's
-    per-channel operand nor the network's input; the network's output when ``output``
-    and no op reads it."""
+def spillable(qg: QGraph, ops: tuple[type, ...] = BANDED_OPS) -> set[str]:
+    """The maps that may go off chip: produced and read only by ``ops``; neither a
+    MUL's per-channel operand nor the network's input or output."""
     ok = {op.output for op in qg.ops if isinstance(op, ops)}
     for op in qg.ops:
         if not isinstance(op, ops):
             ok -= set(op.inputs)
         elif isinstance(op, QMul) and qg.tensor(op.b).shape != qg.tensor(op.a).shape:
             ok.discard(op.b)
-    read = {t for op in qg.ops for t in op.inputs}
-    return ok - {qg.input} - ({qg.output} if not output or qg.output in read else set())
+    return ok - {qg.input, qg.output}
 
 
 def spill_plans(qg: QGraph, lanes: int, spad_depth: int, input_streamed: bool) -> Iterator[frozenset[str]]:
     """The spill plans to try in turn, each new and not empty: per tier of
     :data:`SPILL_TIERS`, :func:`spill_plan` for every budget of :data:`BUDGET_FRACTIONS`."""
     seen = set()
-    for ops, output in SPILL_TIERS:
-        ok = spillable(qg, ops, output)
+    for ops in SPILL_TIERS:
+        ok = spillable(qg, ops)
         for frac in BUDGET_FRACTIONS:
             spilled = spill_plan(qg, lanes, int(spad_depth * frac), input_streamed, ok)
             if spilled and spilled not in seen:
@@ -145,12 +156,9 @@ def touches_offchip(lo: "_Lowering", op) -> bool:
 
 
 def _host_buffer(lo: "_Lowering", name: str) -> None:
-    """Register off-chip map ``name`` as the next host buffer, stored from the next result
-    word; the network's output, stored by its producer, is the result words of no buffer."""
+    """Register off-chip map ``name`` as the next host buffer, stored from the next result word."""
     c, h, w = lo.qg.tensor(name).shape
     em = lo.em
-    if name == lo.qg.output:
-        return
     lo.host[name] = len(em.buffers)
     em.buffers.append(HostBuffer(name, em.n_results, h * w * ceil_div(c, lo.cfg.lanes)))
 

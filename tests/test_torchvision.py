@@ -2,11 +2,10 @@
 opset_version=17)``, random weights, eval mode, 1x3x64x64) through
 :func:`fxpgen.app.flow.compile_model`, calibrated on uniform [0, 1) images.
 
-* With default options, a model either compiles or is an expected failure (strict)
-  with the compiler's reason: the models with a concat, LUT or MUL map that outgrows
-  the default scratchpad (such maps cannot go off chip yet). A strict expected
-  failure that compiles fails the test, saying it is time to move the model to the
-  passing ones.
+* With default options, every model compiles (the maps that outgrow the default
+  scratchpad go off chip), and is checked as below. A model listed in
+  ``TOO_BIG_FOR_DEFAULTS`` would be an expected failure (strict) with the compiler's
+  reason; the list is empty.
 * With a 65,536-row scratchpad, every model compiles; the
   instruction-level simulator equals the golden model bit for bit on one image, and
   the golden model's dequantized output follows onnxruntime's float output (cosine),
@@ -42,11 +41,9 @@ SIZE = 64
 CALIB_IMAGES = 4
 BIG_SCRATCHPAD = CoreConfig(spad_depth=65536)
 
-# Models whose maps do not fit the default 4,096-row scratchpad at 64x64 and cannot
-# go off chip yet: a concat map (squeezenet, googlenet, densenet), or a map read or
-# written by a LUT or MUL (mobilenet_v3, efficientnet).
-TOO_BIG_FOR_DEFAULTS = {"squeezenet1_1", "googlenet", "densenet121", "mobilenet_v3_small",
-                        "efficientnet_b0"}
+# Models that do not compile for the default core at 64x64 (each an expected
+# failure with the compiler's reason); every map may go off chip, so none.
+TOO_BIG_FOR_DEFAULTS: set[str] = set()
 # Models whose quantized output the compiler flags as carrying no usable signal
 # (all zero, or an SQNR under 10 dB on the calibration images): with random weights
 # their activations shrink under the finest format in the inverted-residual blocks.
@@ -81,8 +78,7 @@ def _compile(path, cfg: CoreConfig, seed: int, outdir) -> dict:
 def _default_marks(name: str) -> list:
     if name in TOO_BIG_FOR_DEFAULTS:
         return [pytest.mark.xfail(strict=True, raises=DoesNotFit,
-                                  reason="a concat, LUT or MUL map outgrows the default scratchpad "
-                                         "(such maps cannot go off chip yet)")]
+                                  reason="its maps outgrow the default scratchpad even off chip")]
     return []
 
 
