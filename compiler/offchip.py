@@ -375,28 +375,23 @@ def _rowwise(lo: "_Lowering", op: QConcat | QSlice | QResize | QLut | QMul) -> N
             return lay if lay.height != h else lay.window(y0, nrow)
 
         out = out_lay.window(0 if store else y0 * f, nrow * f)
-        _emit_rows(lo, op, [window(t) for t in op.inputs], out, slot)
+        _ROW_EMITTERS[type(op)](lo, op, [window(t) for t in op.inputs], out, slot)
         if store:
             store_rows(lo.em, out_lay, 0, nrow * f)
     _free(lo, taken)
 
 
-def _emit_rows(lo: "_Lowering", op, ins: list[MapLayout], out: MapLayout, slot: int) -> None:
-    """The whole-map emitter of ``op`` over windows ``ins`` (in ``op.inputs``' order)
-    and ``out``."""
-    em = lo.em
-    if isinstance(op, QConcat):
-        emit_concat(em, ins, out)
-    elif isinstance(op, QSlice):
-        emit_slice(em, op, ins[0], out, lo.cfg.lanes)
-    elif isinstance(op, QResize):
-        emit_resize(em, op, ins[0], out)
-    elif isinstance(op, QLut):
-        emit_lut_groups(em, slot, ins[0], out)
-    else:
-        emit_mul(em, lo.qg, op, ins[0], ins[1], out)
-
-
 def _free(lo: "_Lowering", taken: list[MapLayout]) -> None:
     for lay in taken:
         lo.alloc.release(lay.base, lay.rows)
+
+
+#: The whole-map emitter of each row op, on windows: (lowering, op, its input windows
+#: in ``op.inputs``' order, its output window, its lookup table slot).
+_ROW_EMITTERS = {
+    QConcat: lambda lo, op, ins, out, slot: emit_concat(lo.em, ins, out),
+    QSlice: lambda lo, op, ins, out, slot: emit_slice(lo.em, op, ins[0], out, lo.cfg.lanes),
+    QResize: lambda lo, op, ins, out, slot: emit_resize(lo.em, op, ins[0], out),
+    QLut: lambda lo, op, ins, out, slot: emit_lut_groups(lo.em, slot, ins[0], out),
+    QMul: lambda lo, op, ins, out, slot: emit_mul(lo.em, lo.qg, op, ins[0], ins[1], out),
+}

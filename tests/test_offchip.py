@@ -1,7 +1,9 @@
 """Feature maps larger than the scratchpad, kept off chip (:mod:`fxpgen.compiler.offchip`):
-small networks compiled for a 4x4 core with a 1024-row scratchpad, where their
-8x24x24 maps (1352 rows with the border) cannot stay, run on the instruction-level
-simulator (and, marker ``rtl``, the native engine) exactly as the golden model."""
+small networks of every op that can run in bands (convs, pools, adds, concats,
+slices, upsampling, lookup tables, products) compiled for a 4x4 core with a 1024-row
+scratchpad, where their 8x24x24 maps (1352 rows with the border) cannot stay, run on
+the instruction-level simulator (and, marker ``rtl``, the native engine) exactly as
+the golden model."""
 
 import numpy as np
 import pytest
@@ -9,8 +11,8 @@ import pytest
 from fxpgen.compiler.golden import quantize_input, run_golden_batch
 from fxpgen.compiler.lower import lower
 from fxpgen.compiler.onnx_frontend import load_onnx
-from fxpgen.compiler.qgraph import QConcat, QLut, QMul, QResize, QSlice
 from fxpgen.compiler.program import load_program, load_qgraph, save_program, save_qgraph
+from fxpgen.compiler.qgraph import QConcat, QLut, QMul, QResize, QSlice
 from fxpgen.compiler.quantize import quantize
 from fxpgen.compiler.tiling import DoesNotFit
 from fxpgen.config import CoreConfig
