@@ -10,7 +10,8 @@ it is high or the next (a unit's ``ctrl.abort`` stops it for good; a buffer's
 
 The store unit's ``result`` is the core's output stream (``core.result``); the
 core only wires it through. The bridge's word buffers drive the core's ``insn``
-and ``data`` streams.
+and ``data`` streams; the frame receiver's ``reply`` asks the frame sender for
+ACK, NAK, STATUS and INFO frames.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from amaranth import *
 from amaranth.hdl import Assert
 from amaranth.lib import wiring
 
-from fxpgen.boards.bridge import WordBuffer
+from fxpgen.boards.bridge import FrameReceiver, WordBuffer
 from fxpgen.config import CoreConfig
 from fxpgen.hw.store import StoreUnit
 
 from .free import FreeInputs, Rewired, member
 
-__all__ = ["StreamRuleHarness", "ready_blind", "STORE_CONFIG", "store_harness", "word_buffer_harness"]
+__all__ = ["StreamRuleHarness", "ready_blind", "STORE_CONFIG", "store_harness", "word_buffer_harness",
+           "ReplyOverwritingReceiver", "reply_harness"]
 
 #: A small core for the store unit: 2x2 lanes, shallow memories.
 STORE_CONFIG = CoreConfig(rows=2, cols=2, acc_width=20, spad_depth=16, wbuf_depth=8,
@@ -82,3 +84,19 @@ def word_buffer_harness(mutant: bool = False) -> StreamRuleHarness:
         buffer = WordBuffer(8, 2, 16)
         return ready_blind(buffer, "out") if mutant else buffer
     return StreamRuleHarness(make, ("out",), ("clear",))
+
+
+class ReplyOverwritingReceiver(FrameReceiver):
+    """Mutant: the receiver puts every reply on ``reply`` at once, replacing one
+    the sender has not taken yet (the bridge before its REPLY state)."""
+
+    def _reply(self, m, f, rtype, rreason=0):
+        m.d.sync += self._offer(f, rtype, rreason)
+        m.next = "SYNC"
+
+
+def reply_harness(mutant: bool = False) -> StreamRuleHarness:
+    """The rule on the frame receiver's ``reply`` stream: timeout 3 cycles, two
+    16-byte buffers of 2-byte words (as the ``bridge`` proof)."""
+    cls = ReplyOverwritingReceiver if mutant else FrameReceiver
+    return StreamRuleHarness(lambda: cls(3, (2, 2), (16, 16), has_rom=False), ("reply",))
