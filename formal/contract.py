@@ -16,12 +16,15 @@ an instruction of the unit's opcodes whose fields are legal on the core
 from __future__ import annotations
 
 from amaranth import *
+from amaranth.hdl import Assert, Assume
 
 from fxpgen.config import CoreConfig
 from fxpgen.hw.controller import UNIT_OF, bad_field
 from fxpgen.hw.hazards import HAZARD_BITS, insn_footprint
 
-__all__ = ["allowed_masks", "within", "controller_guarantee"]
+from .free import FreeInputs
+
+__all__ = ["allowed_masks", "within", "controller_guarantee", "ContractHarness"]
 
 
 def allowed_masks(m: Module, ctrl, name: str) -> tuple[Signal, Signal]:
@@ -48,3 +51,29 @@ def controller_guarantee(m: Module, ctrl, unit: str, cfg: CoreConfig) -> Value:
     ops = [op.value for op, u in UNIT_OF.items() if u == unit]
     legal = ctrl.insn.opcode.matches(*ops) & ~bad_field(m, ctrl.insn, cfg)
     return ~ctrl.start | (ctrl.ready & legal)
+
+
+class ContractHarness(FreeInputs):
+    """The unit's half of the contract, proven: every input of the unit ``name``
+    (built by ``make``, on ``cfg``) free, its starts as the controller makes them
+    (assumed: :func:`controller_guarantee`), and its reported masks asserted inside
+    :func:`allowed_masks` on every cycle. Subclasses add further properties in
+    :meth:`properties`."""
+
+    def __init__(self, name: str, make, cfg: CoreConfig):
+        self._name, self._cfg = name, cfg
+        super().__init__(lambda: make(cfg))
+
+    def elaborate(self, platform):
+        m = Module()
+        dut, signals = self.drive(m, observe=True)
+        ctrl = dut.ctrl
+        m.d.comb += Assume(controller_guarantee(m, ctrl, self._name, self._cfg))
+        reads, writes = allowed_masks(m, ctrl, self._name)
+        m.d.comb += [Assert(within(ctrl.reads, reads), "reads inside the started instructions' footprints"),
+                     Assert(within(ctrl.writes, writes), "writes inside the started instructions' footprints")]
+        self.properties(m, dut, signals)
+        return m
+
+    def properties(self, m: Module, dut, signals: dict) -> None:
+        """Assertions beyond the contract (none here)."""
