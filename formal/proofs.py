@@ -19,7 +19,7 @@ from .footprint import FootprintHarness, contract_harness
 from .memory import MatmulSafety, OffByOneMatmul, OffByOneVector, VectorSafety
 from .requant import RequantHarness, TieUpRequantizer
 from .sby import Verdict, run_sby
-from .streams import reply_harness, store_harness, word_buffer_harness
+from .streams import SenderHarness, reply_harness, store_harness, word_buffer_harness
 
 __all__ = ["Proof", "ProofResult", "PROOFS", "prove"]
 
@@ -87,6 +87,9 @@ PROOFS: dict[str, Proof] = {p.name: p for p in [
     Proof("memory-vector", "every vector-unit access inside its memory, declared regions and reported masks", 2,
           lambda: VectorSafety(), lambda: VectorSafety(OffByOneVector),
           "depth check off by one", mutant_depth=8),
+    Proof("sender", "the bridge's UART byte stream keeps a stalled byte (result word held, counters frozen)",
+          4, lambda: SenderHarness(), lambda: SenderHarness(mutant=True),
+          "sender told every byte is taken", mutant_depth=10),
     Proof("dispatch", "the controller never dispatches into a hazard (units by their contracts)", 2,
           lambda: DispatchHarness(), lambda: DispatchHarness(BankBlindController),
           "weight banks left out of the dispatched write mask", mutant_depth=8),
