@@ -1,17 +1,18 @@
-"""Proof 3, the units' part: memory safety and footprints of the MATMUL unit and
-the vector unit.
+"""Proof 3, the units' part: memory safety and footprints of every execution unit.
 
 For any field values and any memory data, with the unit started as the
-controller starts it (:func:`~.contract.controller_guarantee`),
-:class:`MatmulSafety` and :class:`VectorSafety` assert on every cycle:
+controller starts it (:func:`~.contract.controller_guarantee`), the harnesses
+(:class:`StoreSafety`, :class:`LoadSafety`, :class:`LoadwSafety`,
+:class:`MatmulSafety`, :class:`VectorSafety`) assert on every cycle:
 
 - every memory access whose data is used lies inside its memory's depth and in
   a region the instruction declares for its stream: a read or write issued from
   the address loops checks the loops' untruncated address (the ``addrgen`` proof
   shows it exact); a write-back or a read later in the pipeline checks the address
   the pipeline carries against the regions declared by the instruction that
-  issued it; the shift-table row and the lookup table come from fields checked
-  against the core (``table < table_depth``, ``table < lut_tables``);
+  issued it; the shift-table row and the lookup table a lane reads come from
+  fields checked against the core (``table < table_depth``, ``table < lut_tables``);
+  LOAD's rows of the shift table and the lookup tables lie below their depths;
 - every such access lies in a region, table or bank whose bit is set in the mask
   the unit reports to the controller on that cycle (the weight bank a vector uses
   stays reported until its write-back);
@@ -29,19 +30,21 @@ one cycle before a write-back is used, and only that one is checked.
 
 from __future__ import annotations
 
+import sys
 from unittest.mock import patch
 
 from amaranth import *
 from amaranth.hdl import Assert
 
-import fxpgen.hw.matmul as matmul_module
-import fxpgen.hw.vector as vector_module
 from fxpgen.config import REGIONS, CoreConfig
 from fxpgen.hw.addrgen import loop_addr_bits
 from fxpgen.hw.array import SystolicArray
 from fxpgen.hw.buffers import addr_width
 from fxpgen.hw.hazards import LUT_BIT, MEM_BASE, TABLE_BIT, bank_bit
+from fxpgen.hw.load import LoadUnit
+from fxpgen.hw.loadw import WeightLoader
 from fxpgen.hw.matmul import MatmulUnit
+from fxpgen.hw.store import StoreUnit
 from fxpgen.hw.vector import VectorUnit
 from fxpgen.isa import Mem
 
@@ -50,24 +53,21 @@ from .contract import ContractHarness
 from .footprint import FOOTPRINT_CONFIG
 from .observe import struct_fields
 
-__all__ = ["MatmulSafety", "VectorSafety", "OffByOneMatmul", "OffByOneVector"]
+__all__ = ["MatmulSafety", "VectorSafety", "StoreSafety", "LoadSafety", "LoadwSafety", "off_by_one"]
 
 
-class OffByOneMatmul(MatmulUnit):
-    """Mutant: the MATMUL unit checks its addresses with a depth check off by one
-    (:func:`~.addrgen.check_address_off_by_one`)."""
+def off_by_one(unit_class: type) -> type:
+    """Mutant: ``unit_class`` checking its addresses with a depth check off by one
+    (:func:`~.addrgen.check_address_off_by_one` in place of ``check_address`` in the
+    unit's module while it elaborates)."""
+    module = sys.modules[unit_class.__module__]
 
-    def elaborate(self, platform):
-        with patch.object(matmul_module, "check_address", check_address_off_by_one):
-            return super().elaborate(platform)
-
-
-class OffByOneVector(VectorUnit):
-    """Mutant: the vector unit checks its addresses with a depth check off by one."""
-
-    def elaborate(self, platform):
-        with patch.object(vector_module, "check_address", check_address_off_by_one):
-            return super().elaborate(platform)
+    class OffByOne(unit_class):
+        def elaborate(self, platform):
+            with patch.object(module, "check_address", check_address_off_by_one):
+                return super().elaborate(platform)
+    OffByOne.__name__ = OffByOne.__qualname__ = f"OffByOne{unit_class.__name__}"
+    return OffByOne
 
 
 def _stages(signals: dict) -> list:
@@ -85,8 +85,21 @@ def _region(addr, depth: int) -> Value:
 
 
 class _Safety(ContractHarness):
-    """Shared parts: the declared fields latched at start, the loops' addresses,
-    the checks."""
+    """Shared parts: the unit (``UNIT``, named ``NAME`` in the controller) on
+    :data:`~.footprint.FOOTPRINT_CONFIG`, or with ``mutant`` its
+    :func:`off_by_one` twin; the declared fields latched at start, the loops'
+    addresses, the checks."""
+
+    UNIT: type
+    NAME: str
+
+    def __init__(self, mutant: bool = False):
+        unit_class = off_by_one(self.UNIT) if mutant else self.UNIT
+        super().__init__(self.NAME, self._builder(unit_class), FOOTPRINT_CONFIG)
+
+    def _builder(self, unit_class: type):
+        """A function building ``unit_class`` for a configuration."""
+        return unit_class
 
     def _declared(self, m: Module, ctrl, fields: dict) -> dict:
         """Registers latching, at ``start``, each ``name: value`` of ``fields``."""
@@ -113,14 +126,15 @@ class _Safety(ContractHarness):
 
 
 class MatmulSafety(_Safety):
-    """Memory safety and footprint of the MATMUL unit (``unit_class``: the shipped
-    one by default) on :data:`~.footprint.FOOTPRINT_CONFIG`, built for the latency
-    of that core's array; see the module doc."""
+    """Memory safety and footprint of the MATMUL unit, built for the latency of its
+    configuration's array; see the module doc."""
 
-    def __init__(self, unit_class: type[MatmulUnit] = MatmulUnit):
+    UNIT, NAME = MatmulUnit, "matmul"
+
+    def _builder(self, unit_class):
         cfg = FOOTPRINT_CONFIG
         self._array = SystolicArray(cfg.rows, cfg.cols, cfg.psum_width)
-        super().__init__("matmul", lambda cfg: unit_class(cfg, self._array.LATENCY), cfg)
+        return lambda cfg: unit_class(cfg, self._array.LATENCY)
 
     def properties(self, m, dut, signals):
         cfg, ctrl = self._cfg, dut.ctrl
@@ -176,11 +190,9 @@ class MatmulSafety(_Safety):
 
 
 class VectorSafety(_Safety):
-    """Memory safety and footprint of the vector unit (``make``: the shipped one by
-    default) on :data:`~.footprint.FOOTPRINT_CONFIG`; see the module doc."""
+    """Memory safety and footprint of the vector unit; see the module doc."""
 
-    def __init__(self, make=VectorUnit):
-        super().__init__("vector", make, FOOTPRINT_CONFIG)
+    UNIT, NAME = VectorUnit, "vector"
 
     def properties(self, m, dut, signals):
         cfg, ctrl = self._cfg, dut.ctrl
@@ -222,3 +234,59 @@ class VectorSafety(_Safety):
         wb = _stages(signals)[-1]
         m.d.comb += Assert((dut.spad_wr.en == 0) | (wb.valid & (dut.spad_wr.addr == wb.addr)),
                            "write-back at its stage's row")
+
+
+class StoreSafety(_Safety):
+    """Memory safety and footprint of the STORE unit."""
+
+    UNIT, NAME = StoreUnit, "store"
+
+    def properties(self, m, dut, signals):
+        cfg, ctrl = self._cfg, dut.ctrl
+        decl = self._declared(m, ctrl, {"x": ctrl.insn.x.regions})
+        x = self._loop_addr(signals, 0, cfg)
+        m.d.comb += [
+            Assert(signals["regions"] == decl["x"], "x regions latched"),
+            Assert(~dut.spad_rd.en | self._inside(x, cfg.spad_depth, decl["x"], ctrl.reads, Mem.SPAD),
+                   "scratchpad read inside memory, declared regions and reads"),
+            Assert(~dut.acc_rd.en | self._inside(x, cfg.acc_depth, decl["x"], ctrl.reads, Mem.ACC),
+                   "accumulator read inside memory, declared regions and reads"),
+        ]
+
+
+class LoadwSafety(_Safety):
+    """Memory safety and footprint of the LOADW unit."""
+
+    UNIT, NAME = WeightLoader, "loadw"
+
+    def properties(self, m, dut, signals):
+        cfg, ctrl = self._cfg, dut.ctrl
+        decl = self._declared(m, ctrl, {"x": ctrl.insn.x.regions})
+        x = self._loop_addr(signals, 0, cfg)
+        m.d.comb += [
+            Assert(signals["regions"] == decl["x"], "x regions latched"),
+            Assert(~dut.wbuf_rd.en | self._inside(x, cfg.wbuf_depth, decl["x"], ctrl.reads, Mem.WBUF),
+                   "weight-buffer read inside memory, declared regions and reads"),
+        ]
+
+
+class LoadSafety(_Safety):
+    """Memory safety and footprint of the LOAD unit: the regioned memories by
+    depth and declared region, the shift table and the lookup tables by depth."""
+
+    UNIT, NAME = LoadUnit, "load"
+
+    def properties(self, m, dut, signals):
+        cfg, ctrl = self._cfg, dut.ctrl
+        decl = self._declared(m, ctrl, {"z": ctrl.insn.z.regions})
+        z = self._loop_addr(signals, 0, cfg)
+        m.d.comb += Assert(signals["regions"] == decl["z"], "z regions latched")
+        for port, mem in ((dut.spad_wr, Mem.SPAD), (dut.wbuf_wr, Mem.WBUF), (dut.acc_wr, Mem.ACC)):
+            m.d.comb += Assert((port.en == 0) | self._inside(z, cfg.depth(mem), decl["z"], ctrl.writes, mem),
+                               f"{mem.name} write inside memory, declared regions and writes")
+        single = [(dut.table_wr, Mem.TABLE, TABLE_BIT)]
+        if cfg.lut_tables:
+            single.append((dut.lut_wr, Mem.LUT, LUT_BIT))
+        for port, mem, bit in single:
+            m.d.comb += Assert((port.en == 0) | ((z < cfg.depth(mem)) & ctrl.writes.bit_select(bit, 1)),
+                               f"{mem.name} write inside memory and writes")

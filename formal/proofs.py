@@ -15,8 +15,8 @@ from .addrgen import AddrGenHarness, check_address_off_by_one
 from .array import ArrayHarness, BankBlindArray
 from .bridge import BridgeHarness, CrcBlindReceiver
 from .dispatch import BankBlindController, DispatchHarness
-from .footprint import FootprintHarness, contract_harness
-from .memory import MatmulSafety, OffByOneMatmul, OffByOneVector, VectorSafety
+from .footprint import FootprintHarness
+from .memory import LoadSafety, LoadwSafety, MatmulSafety, StoreSafety, VectorSafety
 from .requant import RequantHarness, TieUpRequantizer
 from .sby import Verdict, run_sby
 from .streams import SenderHarness, reply_harness, store_harness, word_buffer_harness
@@ -77,16 +77,10 @@ PROOFS: dict[str, Proof] = {p.name: p for p in [
             4, lambda unit=unit: FootprintHarness(unit), lambda unit=unit: FootprintHarness(unit, mutant=True),
             "a memory left out of the reported mask", mutant_depth=8)
       for unit in ("store", "load", "loadw")),
-    *(Proof(f"contract-{unit}", f"{unit.upper()} reports no mask beyond its instructions' footprints",
-            2, lambda unit=unit: contract_harness(unit), lambda unit=unit: contract_harness(unit, mutant=True),
-            "the lookup tables reported as read", mutant_depth=4)
-      for unit in ("store", "load", "loadw")),
-    Proof("memory-matmul", "every MATMUL access inside its memory, declared regions and reported masks", 2,
-          lambda: MatmulSafety(), lambda: MatmulSafety(OffByOneMatmul),
-          "depth check off by one", mutant_depth=8),
-    Proof("memory-vector", "every vector-unit access inside its memory, declared regions and reported masks", 2,
-          lambda: VectorSafety(), lambda: VectorSafety(OffByOneVector),
-          "depth check off by one", mutant_depth=8),
+    *(Proof(f"memory-{cls.NAME}", f"every {cls.NAME.upper()} access inside its memory, declared regions, masks",
+            2,
+            cls, lambda cls=cls: cls(mutant=True), "depth check off by one", mutant_depth=8)
+      for cls in (StoreSafety, LoadSafety, LoadwSafety, MatmulSafety, VectorSafety)),
     Proof("sender", "the bridge's UART byte stream keeps a stalled byte (result word held, counters frozen)",
           4, lambda: SenderHarness(), lambda: SenderHarness(mutant=True),
           "sender told every byte is taken", mutant_depth=10),
