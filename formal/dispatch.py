@@ -9,9 +9,9 @@ are free, except that the masks stay inside what the contract allows. It asserts
 on every cycle:
 
 - for every two units, one's write mask meets neither the other's read nor its
-  write mask (with the per-unit proofs, `footprint-*`, `memory-matmul` and
-  `memory-vector`, that every access lies inside the reported masks, this is the
-  hazard rule on the memories and banks themselves);
+  write mask (with the unit proofs, ``memory-*``, that every access lies inside
+  the reported masks, this is the hazard rule on the memories and banks
+  themselves);
 - the controller's side of the contract: a unit is started only when ready, with
   an instruction of its own opcodes whose fields are legal, one unit a cycle;
 - the invariant that closes the induction: the masks the contract allows two

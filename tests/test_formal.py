@@ -1,7 +1,7 @@
 """The formal proofs (``formal/``, ``fxpgen prove``): the requantizer's reference
 against fxpgen.numerics, by simulation (no solver needed), and the proofs
-themselves with their mutation twins (``-m formal``, also ``slow``: the whole run
-takes minutes). The exhaustive sweeps of the reference (about 20 s each) are
+themselves with their mutation twins (``-m formal``; ``requant``, which takes
+minutes, is also ``slow``). The exhaustive sweeps of the reference (about 20 s each) are
 ``slow`` too; random ones run by default.
 
 The chain is numpy -> reference -> hardware: these tests close the first link,
@@ -165,7 +165,7 @@ def test_prove_refuses_an_unknown_name():
 
 
 #: Proofs that take more than a minute here (docs/formal.md): run with -m slow.
-LONG_PROOFS = ("requant", "bridge")
+LONG_PROOFS = ("requant",)
 
 
 @needs_tools
