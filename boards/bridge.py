@@ -110,6 +110,8 @@ class _Frame(NamedTuple):
     have_last: Signal
     word_pos: Signal            # byte within the target's word
     idle: Signal                # cycles without a byte, inside a frame
+    held_type: Signal           # a reply waiting in REPLY until the sender takes the one before
+    held_reason: Signal
     word_end: Value
     mask: Value                 # the target's bit in the buffer controls
     crc_next: Value
@@ -162,10 +164,13 @@ class FrameReceiver(wiring.Component):
             self._receive(m, f, "CRC1", "DECIDE", f.crc_rx[8:].eq(byte))
             with m.State("DECIDE"):
                 self._decide(m, f)
-                m.next = "SYNC"
+            with m.State("REPLY"):
+                with m.If(~self.reply.valid | self.reply.ready):
+                    m.d.sync += self._offer(f, f.held_type, f.held_reason)
+                    m.next = "SYNC"
 
         # The timeout counts only while a frame waits for its next byte.
-        waiting = ~fsm.ongoing("SYNC") & ~fsm.ongoing("CHECK") & ~fsm.ongoing("DECIDE")
+        waiting = ~Cat(*(fsm.ongoing(s) for s in ("SYNC", "CHECK", "DECIDE", "REPLY"))).any()
         with m.If(self.rx.valid | ~waiting | f.timed_out):
             m.d.sync += f.idle.eq(0)
         with m.Else():
@@ -187,15 +192,29 @@ class FrameReceiver(wiring.Component):
         wb0, wb1 = self._word_bytes
         word_pos = Signal(range(max(wb0, wb1)))
         idle = Signal(range(self._timeout + 1))
+        held_type = Signal(8)
+        held_reason = Signal(8)
         return _Frame(ftype, seq, reason, remaining, crc, crc_rx, target, is_stream, duplicate,
-                      last_seq, have_last, word_pos, idle,
+                      last_seq, have_last, word_pos, idle, held_type, held_reason,
                       word_end=Mux(target, wb1 - 1, wb0 - 1), mask=Mux(target, 0b10, 0b01),
                       crc_next=crc16_next(crc, self.rx.payload), timed_out=idle == self._timeout)
 
-    def _reply(self, f: _Frame, rtype, rreason=0) -> list:
-        """Request reply ``rtype`` (with NAK reason ``rreason``) to the frame ``f.seq``."""
+    def _offer(self, f: _Frame, rtype, rreason) -> list:
+        """Put reply ``rtype`` (NAK reason ``rreason``) to the frame ``f.seq`` on ``reply``."""
         return [self.reply.payload.type.eq(rtype), self.reply.payload.seq.eq(f.seq),
                 self.reply.payload.reason.eq(rreason), self.reply.valid.eq(1)]
+
+    def _reply(self, m: Module, f: _Frame, rtype, rreason=0) -> None:
+        """Request reply ``rtype`` (with NAK reason ``rreason``) to the frame ``f.seq``
+        and end the frame. A reply the sender has not taken yet is never replaced:
+        the new one waits in REPLY (bytes arriving meanwhile are ignored; the host
+        sends its next frame only after this reply)."""
+        with m.If(~self.reply.valid | self.reply.ready):
+            m.d.sync += self._offer(f, rtype, rreason)
+            m.next = "SYNC"
+        with m.Else():
+            m.d.sync += [f.held_type.eq(rtype), f.held_reason.eq(rreason)]
+            m.next = "REPLY"
 
     def _receive(self, m: Module, f: _Frame, state: str, nxt: str, *actions) -> None:
         """State ``state`` takes one byte with ``actions`` and goes to ``nxt``. A
@@ -214,8 +233,7 @@ class FrameReceiver(wiring.Component):
         """Opens an ``If`` chain: on timeout, roll back both buffers and NAK."""
         with m.If(f.timed_out):
             m.d.comb += self.buf_rollback.eq(0b11)
-            m.d.sync += self._reply(f, FrameType.NAK, NakReason.TIMEOUT)
-            m.next = "SYNC"
+            self._reply(m, f, FrameType.NAK, NakReason.TIMEOUT)
 
     def _check(self, m: Module, f: _Frame) -> None:
         """After the header, before the payload: the target and whether the payload
@@ -258,27 +276,30 @@ class FrameReceiver(wiring.Component):
         rollback = Mux(f.is_stream, f.mask, 0)
         with m.If(f.crc_rx != f.crc):
             m.d.comb += self.buf_rollback.eq(rollback)
-            m.d.sync += self._reply(f, FrameType.NAK, NakReason.CRC)
+            self._reply(m, f, FrameType.NAK, NakReason.CRC)
         with m.Elif(f.is_stream & (f.word_pos != 0)):
             m.d.comb += self.buf_rollback.eq(rollback)
-            m.d.sync += self._reply(f, FrameType.NAK, NakReason.LENGTH)
+            self._reply(m, f, FrameType.NAK, NakReason.LENGTH)
         with m.Elif(f.reason != 0):
             m.d.comb += self.buf_rollback.eq(rollback)
-            m.d.sync += self._reply(f, FrameType.NAK, f.reason)
+            self._reply(m, f, FrameType.NAK, f.reason)
         with m.Elif(f.is_stream):
             m.d.comb += self.buf_commit.eq(f.mask)
-            m.d.sync += [f.last_seq.eq(f.seq), f.have_last.eq(1), *self._reply(f, FrameType.ACK)]
+            m.d.sync += [f.last_seq.eq(f.seq), f.have_last.eq(1)]
+            self._reply(m, f, FrameType.ACK)
         with m.Elif(f.ftype == FrameType.STATUS):
-            m.d.sync += self._reply(f, FrameType.STATUS_REPLY)
+            self._reply(m, f, FrameType.STATUS_REPLY)
         with m.Elif(f.ftype == FrameType.INFO):
-            m.d.sync += self._reply(f, FrameType.INFO_REPLY)
+            self._reply(m, f, FrameType.INFO_REPLY)
         with m.Elif(f.ftype == FrameType.RESET):
-            m.d.sync += [self.core_reset.eq(1), f.have_last.eq(0), *self._reply(f, FrameType.ACK)]
+            m.d.sync += [self.core_reset.eq(1), f.have_last.eq(0)]
+            self._reply(m, f, FrameType.ACK)
         with m.Else():                  # RUN
             if self._has_rom:
-                m.d.sync += [self.run.eq(1), *self._reply(f, FrameType.ACK)]
+                m.d.sync += self.run.eq(1)
+                self._reply(m, f, FrameType.ACK)
             else:
-                m.d.sync += self._reply(f, FrameType.NAK, NakReason.NO_ROM)
+                self._reply(m, f, FrameType.NAK, NakReason.NO_ROM)
 
 
 #: Reply kinds in the order of the sender's ``kind`` register; RESULT last.

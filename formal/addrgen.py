@@ -39,13 +39,15 @@ __all__ = ["AddrGenHarness", "check_address_off_by_one"]
 _EXACT_BITS = 16 + COUNT_BITS + 2
 
 
-def check_address_off_by_one(m: Module, addr, depth_log2: int, regions, name: str):
+def check_address_off_by_one(m: Module, addr, depth_log2, regions, name: str):
     """Mutant of :func:`~fxpgen.hw.addrgen.check_address` with an off-by-one depth
-    check: the address equal to the depth passes."""
+    check: the address equal to the depth passes. ``depth_log2`` an int or a signal."""
     err = Signal(ErrorCode, name=f"{name}_err")
     region = Signal(range(REGIONS), name=f"{name}_region")
-    m.d.comb += region.eq(addr >> (depth_log2 - 2))
-    with m.If(addr > (1 << depth_log2)):
+    region_shift = Signal(5, name=f"{name}_region_shift")
+    m.d.comb += [region_shift.eq(depth_log2 - 2), region.eq(addr >> region_shift)]
+    # addr > 2**depth_log2, where the shipped check has addr >= 2**depth_log2.
+    with m.If((addr != 0) & (((addr - 1) >> depth_log2) != 0)):
         m.d.comb += err.eq(ErrorCode.ADDRESS)
     with m.Elif(~regions.bit_select(region, 1)):
         m.d.comb += err.eq(ErrorCode.REGION)

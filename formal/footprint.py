@@ -9,11 +9,10 @@ freely and asserts, on every cycle, that each enabled memory port's region (the
 top two bits of its address; the table is one resource) has its bit set in the
 unit's ``ctrl.reads`` (read ports) or ``ctrl.writes`` (write ports).
 
-Proven for the STORE, LOAD and LOADW units. Not proven: the MATMUL unit (its
-accumulator read port is enabled on every cycle, its data used only for the rows
-it writes back, and the induction does not close on its write-back pipeline
-without invariants on it), the vector unit, and the controller's side (that it
-never dispatches against a conflicting mask).
+Proven for the STORE, LOAD and LOADW units with no assumption on their inputs.
+:mod:`.memory` proves the same of every unit, the MATMUL and vector units
+included, started as the controller starts it, together with memory safety and
+the unit's half of the contract with the controller.
 """
 
 from __future__ import annotations
@@ -81,3 +80,4 @@ class FootprintHarness(FreeInputs):
             m.d.comb += Assert(~Value.cast(port.en).any() | mask.bit_select(bit, 1),
                                f"{name}: access inside the reported footprint")
         return m
+

@@ -8,6 +8,8 @@ from amaranth import *
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In
 
+from .observe import elaborate_observed
+
 __all__ = ["FreeInputs", "Rewired", "member", "port_name"]
 
 
@@ -39,13 +41,19 @@ class FreeInputs(wiring.Component):
     def dut(self) -> wiring.Component:
         return self._dut
 
-    def drive(self, m: Module) -> wiring.Component:
-        """Add the design to ``m`` with its inputs driven; returns it."""
-        m.submodules.dut = dut = self._dut
+    def drive(self, m: Module, observe: bool = False):
+        """Add the design to ``m`` with its inputs driven; returns it, or with
+        ``observe`` ``(design, signals)``: the signals it drives, by name
+        (:func:`~.observe.elaborate_observed`)."""
+        dut = self._dut
+        if observe:
+            m.submodules.dut, signals = elaborate_observed(dut)
+        else:
+            m.submodules.dut = dut
         for path, port, value in dut.signature.flatten(dut):
             if port.flow == In:
                 m.d.comb += value.eq(getattr(self, port_name(path)))
-        return dut
+        return (dut, signals) if observe else dut
 
 
 class Rewired(wiring.Component):

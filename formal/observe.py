@@ -8,9 +8,11 @@ harness can assert on them; the design and its Verilog stay as they are.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth.hdl import Fragment
 
-__all__ = ["elaborate_observed", "fsm_states"]
+__all__ = ["elaborate_observed", "fsm_states", "struct_fields"]
 
 
 def _collect(fragment: Fragment, prefix: str, found: dict) -> None:
@@ -44,3 +46,12 @@ def fsm_states(state) -> dict[str, int]:
             break
         codes[name.rpartition("/")[0]] = code
     return codes
+
+
+def struct_fields(signal) -> SimpleNamespace:
+    """The fields of an observed signal declared with a ``StructLayout`` (the
+    fragment holds the plain signal, not its view), as attributes: each the slice
+    of ``signal`` that holds it, read from the signal's struct format."""
+    # Amaranth 0.5 keeps the layout only in the signal's display format.
+    fields = signal._format._fields
+    return SimpleNamespace(**{name: fmt._chunks[0][0] for name, fmt in fields.items()})

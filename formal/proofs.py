@@ -14,10 +14,12 @@ from typing import Callable
 from .addrgen import AddrGenHarness, check_address_off_by_one
 from .array import ArrayHarness, BankBlindArray
 from .bridge import BridgeHarness, CrcBlindReceiver
+from .dispatch import BankBlindController, DispatchHarness
 from .footprint import FootprintHarness
+from .memory import LoadSafety, LoadwSafety, MatmulSafety, StoreSafety, VectorSafety
 from .requant import RequantHarness, TieUpRequantizer
 from .sby import Verdict, run_sby
-from .streams import store_harness, word_buffer_harness
+from .streams import SenderHarness, reply_harness, store_harness, word_buffer_harness
 
 __all__ = ["Proof", "ProofResult", "PROOFS", "prove"]
 
@@ -68,10 +70,23 @@ PROOFS: dict[str, Proof] = {p.name: p for p in [
     Proof("wordbuffer", "the bridge's word buffers (core insn/data streams) keep stalled words", 4,
           lambda: word_buffer_harness(), lambda: word_buffer_harness(mutant=True),
           "buffer told every word is taken", mutant_depth=10),
+    Proof("reply", "the bridge's reply requests (receiver to sender) keep a reply until it is taken", 4,
+          lambda: reply_harness(), lambda: reply_harness(mutant=True),
+          "a new reply replaces one not yet taken", mutant_depth=14),
     *(Proof(f"footprint-{unit}", f"every {unit.upper()} memory access inside the footprint it reports",
             4, lambda unit=unit: FootprintHarness(unit), lambda unit=unit: FootprintHarness(unit, mutant=True),
             "a memory left out of the reported mask", mutant_depth=8)
       for unit in ("store", "load", "loadw")),
+    *(Proof(f"memory-{cls.NAME}", f"every {cls.NAME.upper()} access inside its memory, declared regions, masks",
+            2,
+            cls, lambda cls=cls: cls(mutant=True), "depth check off by one", mutant_depth=8)
+      for cls in (StoreSafety, LoadSafety, LoadwSafety, MatmulSafety, VectorSafety)),
+    Proof("sender", "the bridge's UART byte stream keeps a stalled byte (result word held, counters frozen)",
+          4, lambda: SenderHarness(), lambda: SenderHarness(mutant=True),
+          "sender told every byte is taken", mutant_depth=10),
+    Proof("dispatch", "the controller never dispatches into a hazard (units by their contracts)", 2,
+          lambda: DispatchHarness(), lambda: DispatchHarness(BankBlindController),
+          "weight banks left out of the dispatched write mask", mutant_depth=8),
     Proof("bridge", "UART frame receiver commits no frame whose CRC fails", 4,
           lambda: BridgeHarness(), lambda: BridgeHarness(CrcBlindReceiver),
           "CRC not compared", mutant_depth=14),

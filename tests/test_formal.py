@@ -1,7 +1,7 @@
 """The formal proofs (``formal/``, ``fxpgen prove``): the requantizer's reference
 against fxpgen.numerics, by simulation (no solver needed), and the proofs
-themselves with their mutation twins (``-m formal``, also ``slow``: the whole run
-takes minutes). The exhaustive sweeps of the reference (about 20 s each) are
+themselves with their mutation twins (``-m formal``; ``requant``, which takes
+minutes, is also ``slow``). The exhaustive sweeps of the reference (about 20 s each) are
 ``slow`` too; random ones run by default.
 
 The chain is numpy -> reference -> hardware: these tests close the first link,
@@ -11,6 +11,7 @@ the ``requant`` proof the second, for every input.
 from __future__ import annotations
 
 import importlib.util
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -20,9 +21,15 @@ from click.testing import CliRunner
 
 from fxpgen import numerics
 from fxpgen.app.cli import main
+import fxpgen.hw.store as store_module
+from fxpgen.formal.memory import StoreSafety
 from fxpgen.formal.proofs import PROOFS, prove
 from fxpgen.formal.requant import RequantReference, TieUpRequantizer
+from fxpgen.formal.sby import run_sby
+from fxpgen.hw.hazards import LUT_BIT
 from fxpgen.hw.requant import Requantizer
+from fxpgen.hw.store import StoreUnit
+from fxpgen.hw.unit_port import report
 
 #: Reference lanes simulated side by side, one operand set each.
 LANES = 128
@@ -158,7 +165,7 @@ def test_prove_refuses_an_unknown_name():
 
 
 #: Proofs that take more than a minute here (docs/formal.md): run with -m slow.
-LONG_PROOFS = ("requant", "bridge")
+LONG_PROOFS = ("requant",)
 
 
 @needs_tools
@@ -170,3 +177,27 @@ def test_proof_holds_and_its_mutant_fails(name, tmp_path):
     assert result.verdict.status == "PASS", result.verdict
     assert result.mutant.status == "FAIL", result.mutant
     assert result.mutant.trace is not None and result.mutant.trace.is_file()
+
+
+class _LutClaimingStore(StoreUnit):
+    """The STORE unit also reporting a read of the lookup tables, which no STORE
+    instruction declares."""
+
+    def elaborate(self, platform):
+        def claiming(m, ctrl, *, reads, **status):
+            report(m, ctrl, reads=reads | (1 << LUT_BIT), **status)
+        with patch.object(store_module, "report", claiming):
+            return super().elaborate(platform)
+
+
+class _LutClaimingSafety(StoreSafety):
+    UNIT = _LutClaimingStore
+
+
+@needs_tools
+@pytest.mark.formal
+def test_a_unit_reporting_beyond_its_footprint_breaks_the_contract(tmp_path):
+    """The memory proofs' mutants fail on the depth check; their contract
+    assertions (the masks the dispatch proof assumes) fail on this one."""
+    verdict = run_sby("contract-mutant", _LutClaimingSafety(), tmp_path, 4)
+    assert verdict.status == "FAIL", verdict
