@@ -64,7 +64,7 @@ from fxpgen.compiler.qgraph import (QAdd, QAvgPool, QConcat, QConv, QGraph, QLut
 from fxpgen.numerics import Format
 
 __all__ = ["quantize", "fuse", "calibrate", "concat_format", "unify_concat_inputs",
-           "check_hardware_ranges", "HardwareRangeError",
+           "check_hardware_ranges", "HardwareRangeError", "weight_error_bias",
            "Layer", "sqnr_db", "lut_table", "SHIFT_RANGE", "ALIGN_RANGE", "ADD_SHIFT_RANGE"]
 
 #: Inclusive ranges of the hardware's shift fields (signed 6-bit shift and align,
@@ -417,7 +417,19 @@ def _compact(v):
     return int(v[0]) if v.size and np.all(v == v[0]) else [int(e) for e in v]
 
 
-def _build_conv(layer: Layer, formats, per_channel, weight_mode, acc_bits, fine):
+def weight_error_bias(w_err: np.ndarray, x_mean: np.ndarray, groups: int) -> np.ndarray:
+    """The mean output error of rounded weights, per output channel: each output's
+    ``sum(w_err * x)`` with every input at its channel's calibration mean (padding
+    ignored). ``w_err``: (Cout, Cin // groups, kh, kw), quantized minus float weights
+    in real units; ``x_mean``: (Cin,). Subtracted from the bias, it cancels the shift
+    a layer's rounding adds to its output's mean (bias correction, Nagel et al. 2019)."""
+    cout, cin_g = w_err.shape[:2]
+    per_input = w_err.reshape(cout, cin_g, -1).sum(axis=2)
+    means = np.asarray(x_mean, np.float64).reshape(groups, cin_g)[np.arange(cout) // (cout // groups)]
+    return np.sum(per_input * means, axis=1)
+
+
+def _build_conv(layer: Layer, formats, per_channel, weight_mode, acc_bits, fine, x_mean):
     conv = layer.conv
     fx = formats[conv.input]
     fout = formats[layer.output]
@@ -429,7 +441,11 @@ def _build_conv(layer: Layer, formats, per_channel, weight_mode, acc_bits, fine)
         fl_w = _weight_fl(conv.weight, per_channel, weight_mode, fine)
         wq = np.stack([numerics.quantize(conv.weight[c], Format(True, int(fl_w[c])))
                        for c in range(cout)])
-    bias = numerics.bias_quantize(conv.bias, fx.fl, fl_w, acc_bits)
+    w_float = conv.weight
+    w_scale = np.exp2(fl_w.astype(np.float64)).reshape((-1,) + (1,) * (w_float.ndim - 1))
+    correction = (np.zeros(cout) if x_mean is None or layer.identity else
+                  weight_error_bias(wq / w_scale - w_float, x_mean, conv.groups))
+    bias = numerics.bias_quantize(conv.bias - correction, fx.fl, fl_w, acc_bits)
     fl_acc = fx.fl + fl_w
     if layer.residual:
         fl_r = formats[layer.residual].fl
@@ -444,8 +460,7 @@ def _build_conv(layer: Layer, formats, per_channel, weight_mode, acc_bits, fine)
                align.astype(np.int64))
     # Worst case |sum(w * x) + b| over any input in the input format's range.
     acc_bound = int(np.max(numerics.acc_bound(wq, bias, fx.signed))) if cout else 0
-    w_float = conv.weight
-    w_scaled = w_float * np.exp2(fl_w.astype(np.float64)).reshape((-1,) + (1,) * (w_float.ndim - 1))
+    w_scaled = w_float * w_scale
     info = {
         "fl_w": _compact(fl_w),
         "weight_range": _int_range(wq),
@@ -456,6 +471,8 @@ def _build_conv(layer: Layer, formats, per_channel, weight_mode, acc_bits, fine)
         "weight_sqnr_db": float("inf") if layer.identity else
         sqnr_db(w_scaled, wq),
         "bias_range": _int_range(bias),
+        # Bias correction, real units: the largest |change| over the channels.
+        "bias_correction": float(np.max(np.abs(correction))) if cout else 0.0,
         "shift_min": int(shift.min()), "shift_max": int(shift.max()),
         "align_min": int(op.align.min()), "align_max": int(op.align.max()),
         "acc_bound": acc_bound,
@@ -476,10 +493,10 @@ def lut_table(node: Unary, fin: Format, fout: Format) -> np.ndarray:
                              fout)
 
 
-def _build(layer: Layer, formats, per_channel, weight_mode, acc_bits, fine):
+def _build(layer: Layer, formats, per_channel, weight_mode, acc_bits, fine, x_mean):
     fout = formats[layer.output]
     if layer.kind == "conv":
-        return _build_conv(layer, formats, per_channel, weight_mode, acc_bits, fine)
+        return _build_conv(layer, formats, per_channel, weight_mode, acc_bits, fine, x_mean)
     if layer.kind == "copy":
         src = layer.inputs[0]
         op = QAdd(layer.name, src, src, layer.output, 0, 0, formats[src].fl + 1 - fout.fl)
@@ -527,6 +544,7 @@ def _build(layer: Layer, formats, per_channel, weight_mode, acc_bits, fine):
 
 def quantize(graph: Graph, calib: np.ndarray, *, mode: str = "std", per_channel: bool = False,
              weight_mode: str = "std", acc_bits: int = 32, fine_formats: bool = True,
+             bias_correction: bool = True,
              on_graph: Callable[[QGraph], None] | None = None) -> tuple[QGraph, dict]:
     """Quantize a float graph with calibration data.
 
@@ -535,6 +553,10 @@ def quantize(graph: Graph, calib: np.ndarray, *, mode: str = "std", per_channel:
     activation formats; ``weight_mode`` the same for weights (docs/numerics.md: std of the
     folded weight), per layer or, with ``per_channel``, per output channel.
     ``acc_bits`` is the accumulator width the QGraph is computed with (``meta``).
+    ``fine_formats`` lets data and weights all far under 1 take formats finer than
+    s8.7/u8.8 (:func:`_fl_limit`); ``bias_correction`` subtracts from each conv's bias
+    the mean output error of its rounded weights on the calibration set
+    (:func:`weight_error_bias`). docs/numerics.md gives the measured effect of each.
 
     Returns the :class:`QGraph` and a report (plain dict): ``tensors`` (format and
     statistics of every tensor), ``layers`` (in op order: op, inputs, output, format,
@@ -576,7 +598,9 @@ def quantize(graph: Graph, calib: np.ndarray, *, mode: str = "std", per_channel:
 
     ops, infos = [], []
     for layer in layers:
-        op, info = _build(layer, formats, per_channel, weight_mode, acc_bits, fine_formats)
+        x_mean = (acts[layer.conv.input].mean(axis=(0, 2, 3))
+                  if bias_correction and layer.kind == "conv" else None)
+        op, info = _build(layer, formats, per_channel, weight_mode, acc_bits, fine_formats, x_mean)
         ops.append(op)
         infos.append(info)
     names = [g.input] + [layer.output for layer in layers]
@@ -590,7 +614,8 @@ def quantize(graph: Graph, calib: np.ndarray, *, mode: str = "std", per_channel:
     check_hardware_ranges(qg)
     if on_graph is not None:
         on_graph(qg)
-    return qg, _report(qg, g, layers, infos, acts, stats, calib, {"fine_formats": fine_formats})
+    options = {"fine_formats": fine_formats, "bias_correction": bias_correction}
+    return qg, _report(qg, g, layers, infos, acts, stats, calib, options)
 
 
 def _report(qg: QGraph, g: Graph, layers, infos, acts, stats, calib, options: dict) -> dict:

@@ -19,7 +19,7 @@ from fxpgen.compiler.onnx_frontend import load_onnx
 from fxpgen.models.zoo import TestModel, reference
 from fxpgen.compiler.qgraph import QAdd, QAvgPool, QConv, QGraph, QTensor
 from fxpgen.compiler.quantize import (HardwareRangeError, check_hardware_ranges, fuse, quantize,
-                                      sqnr_db)
+                                      sqnr_db, weight_error_bias)
 from fxpgen.numerics import Format
 from fxpgen.compiler.lower import lower
 from fxpgen.config import CoreConfig
@@ -194,7 +194,13 @@ def test_relu_std_taken_before_relu_and_weight_rules():
     fl_w = numerics.fl_from_std(float(conv.weight.std()), True)
     assert np.array_equal(op.weight, numerics.quantize(conv.weight, Format(True, fl_w)))
     assert op.weight.min() >= -127
-    assert np.array_equal(op.bias, numerics.bias_quantize(conv.bias, 8, fl_w))
+    # The bias less the mean error of the rounded weights on the calibration inputs.
+    w_err = op.weight * 2.0 ** -fl_w - conv.weight
+    corrected = conv.bias - weight_error_bias(w_err, calib.mean(axis=(0, 2, 3)), 1)
+    assert np.array_equal(op.bias, numerics.bias_quantize(corrected, 8, fl_w))
+    (plain,) = quantize(g, calib, bias_correction=False)[0].ops
+    assert np.array_equal(plain.bias, numerics.bias_quantize(conv.bias, 8, fl_w))
+    assert np.array_equal(plain.weight, op.weight) and np.array_equal(plain.shift, op.shift)
     assert np.all(op.shift == 8 + fl_w - out.fl)
     assert op.relu and op.residual is None
     layer = report["layers"][op.name]
@@ -284,6 +290,36 @@ def test_fine_formats_keep_a_shrinking_stack():
     assert res.error.name == "NONE", (res.error, res.error_pc)
     gold = run_golden_batch(qg, x[None])[qg.output][0]
     assert np.any(gold) and np.array_equal(low.decode_output(res.results), gold)
+
+
+def test_weight_error_bias_per_group():
+    rng = np.random.default_rng(SEED)
+    w_err = rng.normal(0, 1, (6, 2, 3, 3))
+    x_mean = rng.normal(0, 1, 6)
+    got = weight_error_bias(w_err, x_mean, groups=3)
+    # Output channel o reads input channels 2 * (o // 2) and 2 * (o // 2) + 1.
+    want = [sum(w_err[o, i].sum() * x_mean[2 * (o // 2) + i] for i in range(2)) for o in range(6)]
+    assert np.allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_bias_correction_cancels_the_mean_weight_error():
+    # Inputs of mean 0.5: each channel's rounded weights shift its output's mean by
+    # 0.5 * sum(w_err); the corrected bias takes that shift out (what remains is the
+    # output rounding's, averaged over 256 values per channel).
+    m = M()
+    m.node("Conv", ["x", m.w("W", (8, 16, 1, 1), 0.05)], ["y"])
+    g = load_onnx(m.model((1, 16, 4, 4), "y"))
+    calib = data((16, 4, 4), 16, 0, 1, SEED)
+    y = run_float(g, calib)["y"]
+    mean_err = {}
+    for corrected in (False, True):
+        qg, report = quantize(g, calib, bias_correction=corrected)
+        out = numerics.dequantize(run_golden_batch(qg, quantize_input(qg, calib))["y"],
+                                  qg.tensor("y").fmt)
+        mean_err[corrected] = float(np.sqrt(np.mean((out - y).mean(axis=(0, 2, 3)) ** 2)))
+        assert report["bias_correction"] is corrected
+        assert (report["layers"]["Conv_0"]["bias_correction"] > 0) is corrected
+    assert mean_err[True] < 0.5 * mean_err[False]
 
 
 def test_grid_mode_formats():
