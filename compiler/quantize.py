@@ -10,7 +10,8 @@ Passes, each small and testable alone:
 3. :func:`calibrate`: run the float graph on the calibration set and choose every
    tensor's format (docs/numerics.md); :func:`unify_concat_inputs` gives each
    concat's inputs its format;
-4. weights, biases and shifts for each layer, checked against the hardware's ranges;
+4. weights, biases and shifts for each layer, checked against the hardware's ranges
+   (each conv's bias less the mean error of its rounded weights, :func:`weight_error_bias`);
 5. the report, including the SQNR the golden model actually reaches per layer.
 
 Clip(0, c) is quantized as a ReLU whose upper bound is the saturation of the unsigned
@@ -294,8 +295,8 @@ def _fit_fl(x: np.ndarray, signed: bool, hi: int) -> int:
 
 def _clip_fl(pre: np.ndarray, clipped: np.ndarray, hi: int) -> int:
     """Format of a Clip(0, c) output computed as a ReLU that saturates at the format's
-    limit ``255 * 2**-fl``: the fl in 0..``hi`` whose ``quantize(pre)`` is closest (RMS) to the float
-    Clip output on the calibration set (ties to the finer format). This weighs the
+    limit ``255 * 2**-fl``: the fl in 0..``hi`` whose ``quantize(pre)`` is closest (RMS)
+    to the float Clip output on the calibration set (ties to the finer format). This weighs the
     rounding step against values in (c, limit] left unclipped or (limit, c] clipped."""
     best_fl, best_err = 0, np.inf
     for fl in range(hi + 1):
@@ -425,7 +426,8 @@ def weight_error_bias(w_err: np.ndarray, x_mean: np.ndarray, groups: int) -> np.
     a layer's rounding adds to its output's mean (bias correction, Nagel et al. 2019)."""
     cout, cin_g = w_err.shape[:2]
     per_input = w_err.reshape(cout, cin_g, -1).sum(axis=2)
-    means = np.asarray(x_mean, np.float64).reshape(groups, cin_g)[np.arange(cout) // (cout // groups)]
+    group_of_output = np.arange(cout) // (cout // groups)
+    means = np.asarray(x_mean, np.float64).reshape(groups, cin_g)[group_of_output]
     return np.sum(per_input * means, axis=1)
 
 
