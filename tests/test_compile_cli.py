@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from fxpgen.app.cli import main
-from fxpgen.app.flow import LOW_SQNR_DB, group_notes, low_signal
+from fxpgen.app.flow import LOW_SQNR_DB, group_notes, low_signal, user_terms
 from fxpgen.compiler.program import MAGIC, ProgramFormatError, load_program
 from fxpgen.models import digits_assets
 
@@ -130,3 +130,8 @@ def test_bad_quantizer_options_give_one_clear_error(tmp_path, args, option):
     errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and option in errors[0], res.output
     assert not (tmp_path / "out" / "program.fxp").exists()
+
+
+def test_weight_clipping_note_names_the_command_line_options():
+    note = "conv1: 3 weights clip at +-127 (fl_w 7); try per_channel=True or weight_mode='grid'"
+    assert user_terms(note, None).endswith("try --per-channel or --weight-mode grid")
