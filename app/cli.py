@@ -268,6 +268,11 @@ def _stage_bar(enabled: bool):
 @click.option("--mode", type=click.Choice(["std", "grid"]), default="std", show_default=True,
               help="Activation format rule: F8Net's std rule or RMS-error grid search.")
 @click.option("--per-channel", is_flag=True, help="Weight formats per output channel.")
+@click.option("--weight-mode", type=click.Choice(["std", "grid"]), default="std", show_default=True,
+              help="Weight format rule: F8Net's std rule or RMS-error grid search.")
+@click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
+              help="Subtract from each conv's bias the mean output error of its rounded weights "
+                   "on the calibration set.")
 @click.option("--listing", "with_listing", is_flag=True,
               help="Also write listing.txt, the disassembly with each instruction's layer.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -279,7 +284,8 @@ def _stage_bar(enabled: bool):
               help=f"Write the program even if its output SQNR on the calibration set is under "
                    f"{MIN_SQNR_DB:g} dB (by default an error).")
 def compile_cmd(model: Path, calib: Path, cfg: CoreConfig, outdir: Path, mode: str, per_channel: bool,
-                with_listing: bool, as_json: bool, quiet: bool, force: bool, allow_low_snr: bool):
+                weight_mode: str, bias_correction: bool, with_listing: bool, as_json: bool, quiet: bool,
+                force: bool, allow_low_snr: bool):
     """Quantize a float ONNX model and compile it for a core.
 
     Progress and the quantizer's notes go to stderr; a line starting with WARNING:
@@ -295,6 +301,7 @@ def compile_cmd(model: Path, calib: Path, cfg: CoreConfig, outdir: Path, mode: s
     try:
         with user_errors():
             summary = compile_model(model, samples, cfg, outdir, mode=mode, per_channel=per_channel,
+                                    weight_mode=weight_mode, bias_correction=bias_correction,
                                     listing=with_listing, stage=stage, calib_name=f"--calib {calib}",
                                     min_sqnr_db=None if allow_low_snr else MIN_SQNR_DB)
     finally:

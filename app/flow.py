@@ -46,12 +46,15 @@ STAGES = ("import", "quantize", "lower", "write")
 
 
 def compile_model(model, calib: np.ndarray, cfg: CoreConfig, outdir: Path, *, mode: str = "std",
-                  per_channel: bool = False, listing: bool = False,
+                  per_channel: bool = False, weight_mode: str = "std", bias_correction: bool = True,
+                  listing: bool = False,
                   stage: Callable[[str], None] | None = None, min_sqnr_db: float | None = None,
                   calib_name: str = "calibration data") -> dict:
     """Quantize a float ONNX model with calibration samples, lower it for ``cfg`` and
-    write the program directory (``listing.txt`` too with ``listing``). ``stage`` is
-    called with each name of :data:`STAGES` as it starts.
+    write the program directory (``listing.txt`` too with ``listing``). ``mode``,
+    ``per_channel``, ``weight_mode`` and ``bias_correction`` go to the quantizer
+    (:func:`~fxpgen.compiler.quantize.quantize`). ``stage`` is called with each name
+    of :data:`STAGES` as it starts.
 
     The calibration samples (N x C x H x W, or one image) must be finite real numbers
     of the model's input shape (:class:`~fxpgen.app.inputs.InputError`, naming them
@@ -82,6 +85,7 @@ def compile_model(model, calib: np.ndarray, cfg: CoreConfig, outdir: Path, *, mo
         encoding = []
         say("quantize")
         qg, report = quantize(graph, np.asarray(calib, np.float64), mode=mode, per_channel=per_channel,
+                              weight_mode=weight_mode, bias_correction=bias_correction,
                               on_graph=lambda q: encoding.append(pool.submit(encode_qgraph, q)))
         if min_sqnr_db is not None and report["output_sqnr_db"] < min_sqnr_db:
             raise LowSignalError(
@@ -218,6 +222,7 @@ def user_terms(message: str, qg) -> str:
         return m.group(0) if t is None else f"{m.group(1)} ({'x'.join(map(str, (1, *t.shape)))})"
     message = re.sub(r"([\w./:-]+) \(\d+, \d+, \d+\)", shape, message)
     message = message.replace("per_channel=True", "--per-channel")
+    message = message.replace("weight_mode='grid'", "--weight-mode grid")
     return re.sub(r"\b(spad|acc|wbuf|table)_depth\b", lambda m: f"--{m.group(1)}-depth", message)
 
 

@@ -10,7 +10,8 @@ Passes, each small and testable alone:
 3. :func:`calibrate`: run the float graph on the calibration set and choose every
    tensor's format (docs/numerics.md); :func:`unify_concat_inputs` gives each
    concat's inputs its format;
-4. weights, biases and shifts for each layer, checked against the hardware's ranges;
+4. weights, biases and shifts for each layer, checked against the hardware's ranges
+   (each conv's bias less the mean error of its rounded weights, :func:`weight_error_bias`);
 5. the report, including the SQNR the golden model actually reaches per layer.
 
 Clip(0, c) is quantized as a ReLU whose upper bound is the saturation of the unsigned
@@ -64,7 +65,7 @@ from fxpgen.compiler.qgraph import (QAdd, QAvgPool, QConcat, QConv, QGraph, QLut
 from fxpgen.numerics import Format
 
 __all__ = ["quantize", "fuse", "calibrate", "concat_format", "unify_concat_inputs",
-           "check_hardware_ranges", "HardwareRangeError",
+           "check_hardware_ranges", "HardwareRangeError", "weight_error_bias",
            "Layer", "sqnr_db", "lut_table", "SHIFT_RANGE", "ALIGN_RANGE", "ADD_SHIFT_RANGE"]
 
 #: Inclusive ranges of the hardware's shift fields (signed 6-bit shift and align,
@@ -171,21 +172,37 @@ def _std(x: np.ndarray) -> float:
     return float(np.std(x)) if x.size else 0.0
 
 
-def _act_fl(pre: np.ndarray, out: np.ndarray, signed: bool, mode: str) -> int:
+def _fl_limit(x: np.ndarray, signed: bool, fine: bool) -> int:
+    """Finest fl the quantizer gives data ``x``: the finest format whose range reaches 1
+    (s8.7, u8.8) or, with ``fine`` and data all smaller, the finest holding max |x|.
+
+    Without ``fine``, activations of deep stacks that shrink under 2**-8 round to zero;
+    with it, a format finer than s8.7/u8.8 never saturates the calibration maximum
+    (the std rule would, on data whose mean is large against its std)."""
+    classic = numerics.SIGNED_FL_MAX if signed else numerics.UNSIGNED_FL_MAX
+    if not fine or not np.any(x):
+        return classic
+    return max(classic, _fit_fl(x, signed, numerics.FL_MAX))
+
+
+def _act_fl(pre: np.ndarray, out: np.ndarray, signed: bool, mode: str, fine: bool) -> int:
+    hi = _fl_limit(out, signed, fine)
     if mode == "grid":
-        return numerics.fl_grid_search(out.reshape(-1), signed)
-    return numerics.fl_from_std(_std(pre), signed)
+        return numerics.fl_grid_search(out.reshape(-1), signed, hi)
+    return numerics.fl_from_std(_std(pre), signed, hi)
 
 
 def calibrate(graph: Graph, layers: list[Layer], acts: dict[str, np.ndarray],
-              mode: str = "std") -> tuple[dict[str, Format], dict[str, dict]]:
+              mode: str = "std", fine: bool = True) -> tuple[dict[str, Format], dict[str, dict]]:
     """Choose the format of the input and of every layer's output.
 
     ``acts``: float tensors of the calibration batch (from :func:`run_float`). Input:
     u8.8 when the data lie in [0, 1), else by the rule (unsigned if all >= 0). Outputs
     with a fused ReLU/Clip are unsigned with the std taken before the activation;
     others signed; MaxPool, Slice, Shuffle and Resize keep their input's format; AvgPool keeps its
-    signedness; a Concat takes :func:`concat_format` of its inputs.
+    signedness; a Concat takes :func:`concat_format` of its inputs. With ``fine``,
+    data all smaller than s8.7's or u8.8's range may take a finer format, never finer
+    than one that holds its maximum (:func:`_fl_limit`).
     Returns the formats and per-tensor statistics for the report.
     """
     formats: dict[str, Format] = {}
@@ -196,7 +213,7 @@ def calibrate(graph: Graph, layers: list[Layer], acts: dict[str, np.ndarray],
         rule = "u8.8: calibration data in [0, 1)"
     else:
         signed = bool(x.size and x.min() < 0)
-        formats[graph.input] = Format(signed, _act_fl(x, x, signed, mode))
+        formats[graph.input] = Format(signed, _act_fl(x, x, signed, mode, fine))
         rule = mode
     stats[graph.input] = {"std": _std(x), "std_of": graph.input, "rule": rule}
     for layer in layers:
@@ -210,18 +227,20 @@ def calibrate(graph: Graph, layers: list[Layer], acts: dict[str, np.ndarray],
             # A pooled ReLU map has a mean large against its std, which the std rule
             # alone would mostly saturate: cap it at the finest fl holding the maximum.
             signed, out = formats[src].signed, acts[layer.output]
-            fl = min(numerics.fl_from_std(_std(out), signed), _fit_fl(out, signed))
+            hi = _fl_limit(out, signed, fine)
+            fl = min(numerics.fl_from_std(_std(out), signed, hi), _fit_fl(out, signed, hi))
             fmt, rule = Format(signed, fl), "std, capped to hold the calibration maximum"
         elif layer.kind in ("lut", "mul"):
             out = acts[layer.output]
             signed = bool(out.size and out.min() < 0)
-            fmt, rule = Format(signed, _act_fl(out, out, signed, mode)), mode
+            fmt, rule = Format(signed, _act_fl(out, out, signed, mode, fine)), mode
         elif layer.clip_max is not None:
-            fmt = Format(False, _clip_fl(acts[pre], acts[layer.output]))
+            clipped = acts[layer.output]
+            fmt = Format(False, _clip_fl(acts[pre], clipped, _fl_limit(clipped, False, fine)))
             rule = f"Clip(0, {layer.clip_max:g}) as ReLU: fl of least RMS error"
         else:
             signed = formats[src].signed if layer.kind == "avgpool" else not layer.relu
-            fmt = Format(signed, _act_fl(acts[pre], acts[layer.output], signed, mode))
+            fmt = Format(signed, _act_fl(acts[pre], acts[layer.output], signed, mode, fine))
             rule = mode
         formats[layer.output] = fmt
         stats[layer.output] = {"std": _std(acts[pre]), "std_of": pre, "rule": rule}
@@ -267,21 +286,20 @@ def unify_concat_inputs(graph: Graph, layers: list[Layer], formats: dict[str, Fo
     return out
 
 
-def _fit_fl(x: np.ndarray, signed: bool) -> int:
-    """Finest fl whose range holds every value of ``x`` (0 if none does)."""
+def _fit_fl(x: np.ndarray, signed: bool, hi: int) -> int:
+    """Finest fl in 0..``hi`` whose range holds every value of ``x`` (0 if none does)."""
     fmt = Format(signed, 0)
     m = float(np.max(np.abs(x))) if x.size else 0.0
-    hi = numerics.SIGNED_FL_MAX if signed else numerics.UNSIGNED_FL_MAX
     return max([f for f in range(hi + 1) if m <= fmt.hi * 2.0 ** -f] or [0])
 
 
-def _clip_fl(pre: np.ndarray, clipped: np.ndarray) -> int:
+def _clip_fl(pre: np.ndarray, clipped: np.ndarray, hi: int) -> int:
     """Format of a Clip(0, c) output computed as a ReLU that saturates at the format's
-    limit ``255 * 2**-fl``: the fl whose ``quantize(pre)`` is closest (RMS) to the float
-    Clip output on the calibration set (ties to the finer format). This weighs the
+    limit ``255 * 2**-fl``: the fl in 0..``hi`` whose ``quantize(pre)`` is closest (RMS)
+    to the float Clip output on the calibration set (ties to the finer format). This weighs the
     rounding step against values in (c, limit] left unclipped or (limit, c] clipped."""
     best_fl, best_err = 0, np.inf
-    for fl in range(numerics.UNSIGNED_FL_MAX + 1):
+    for fl in range(hi + 1):
         fmt = Format(False, fl)
         err = float(np.sqrt(np.mean((numerics.dequantize(numerics.quantize(pre, fmt), fmt)
                                      - clipped) ** 2)))
@@ -290,24 +308,24 @@ def _clip_fl(pre: np.ndarray, clipped: np.ndarray) -> int:
     return best_fl
 
 
-def _weight_fl(w: np.ndarray, per_channel: bool, mode: str) -> np.ndarray:
+def _weight_fl(w: np.ndarray, per_channel: bool, mode: str, fine: bool) -> np.ndarray:
     """Fractional length of each output channel's weights (one shared value unless
-    ``per_channel``), by the std rule or the grid search."""
+    ``per_channel``), by the std rule or the grid search, at most :func:`_fl_limit`."""
     cout = w.shape[0]
     groups = w.reshape(cout, -1) if per_channel else w.reshape(1, -1)
     fls = []
     for v in groups:
+        hi = _fl_limit(v, True, fine)
         if mode == "grid":
-            fls.append(numerics.fl_grid_search(v, True))
+            fls.append(numerics.fl_grid_search(v, True, hi))
             continue
         std = _std(v)
         if std == 0:
             # A constant group (e.g. one weight per channel) makes the std rule pick
-            # fl = 7 whatever the value; take the finest fl that still holds max |w|.
-            m = float(np.max(np.abs(v))) if v.size else 0.0
-            fls.append(max([f for f in range(8) if m * 2 ** f <= numerics.SIGNED_MAX] or [0]))
+            # the finest fl whatever the value; take the finest that still holds max |w|.
+            fls.append(_fit_fl(v, True, hi))
         else:
-            fls.append(numerics.fl_from_std(std, True))
+            fls.append(numerics.fl_from_std(std, True, hi))
     return np.broadcast_to(np.asarray(fls, np.int64), (cout,)).copy()
 
 
@@ -400,7 +418,20 @@ def _compact(v):
     return int(v[0]) if v.size and np.all(v == v[0]) else [int(e) for e in v]
 
 
-def _build_conv(layer: Layer, formats, per_channel, weight_mode, acc_bits):
+def weight_error_bias(w_err: np.ndarray, x_mean: np.ndarray, groups: int) -> np.ndarray:
+    """The mean output error of rounded weights, per output channel: each output's
+    ``sum(w_err * x)`` with every input at its channel's calibration mean (padding
+    ignored). ``w_err``: (Cout, Cin // groups, kh, kw), quantized minus float weights
+    in real units; ``x_mean``: (Cin,). Subtracted from the bias, it cancels the shift
+    a layer's rounding adds to its output's mean (bias correction, Nagel et al. 2019)."""
+    cout, cin_g = w_err.shape[:2]
+    per_input = w_err.reshape(cout, cin_g, -1).sum(axis=2)
+    group_of_output = np.arange(cout) // (cout // groups)
+    means = np.asarray(x_mean, np.float64).reshape(groups, cin_g)[group_of_output]
+    return np.sum(per_input * means, axis=1)
+
+
+def _build_conv(layer: Layer, formats, per_channel, weight_mode, acc_bits, fine, x_mean):
     conv = layer.conv
     fx = formats[conv.input]
     fout = formats[layer.output]
@@ -409,10 +440,14 @@ def _build_conv(layer: Layer, formats, per_channel, weight_mode, acc_bits):
         fl_w = np.zeros(cout, np.int64)
         wq = np.ones(conv.weight.shape, np.int64)
     else:
-        fl_w = _weight_fl(conv.weight, per_channel, weight_mode)
+        fl_w = _weight_fl(conv.weight, per_channel, weight_mode, fine)
         wq = np.stack([numerics.quantize(conv.weight[c], Format(True, int(fl_w[c])))
                        for c in range(cout)])
-    bias = numerics.bias_quantize(conv.bias, fx.fl, fl_w, acc_bits)
+    w_float = conv.weight
+    w_scale = np.exp2(fl_w.astype(np.float64)).reshape((-1,) + (1,) * (w_float.ndim - 1))
+    correction = (np.zeros(cout) if x_mean is None or layer.identity else
+                  weight_error_bias(wq / w_scale - w_float, x_mean, conv.groups))
+    bias = numerics.bias_quantize(conv.bias - correction, fx.fl, fl_w, acc_bits)
     fl_acc = fx.fl + fl_w
     if layer.residual:
         fl_r = formats[layer.residual].fl
@@ -427,8 +462,7 @@ def _build_conv(layer: Layer, formats, per_channel, weight_mode, acc_bits):
                align.astype(np.int64))
     # Worst case |sum(w * x) + b| over any input in the input format's range.
     acc_bound = int(np.max(numerics.acc_bound(wq, bias, fx.signed))) if cout else 0
-    w_float = conv.weight
-    w_scaled = w_float * np.exp2(fl_w.astype(np.float64)).reshape((-1,) + (1,) * (w_float.ndim - 1))
+    w_scaled = w_float * w_scale
     info = {
         "fl_w": _compact(fl_w),
         "weight_range": _int_range(wq),
@@ -439,6 +473,8 @@ def _build_conv(layer: Layer, formats, per_channel, weight_mode, acc_bits):
         "weight_sqnr_db": float("inf") if layer.identity else
         sqnr_db(w_scaled, wq),
         "bias_range": _int_range(bias),
+        # Bias correction, real units: the largest |change| over the channels.
+        "bias_correction": float(np.max(np.abs(correction))) if cout else 0.0,
         "shift_min": int(shift.min()), "shift_max": int(shift.max()),
         "align_min": int(op.align.min()), "align_max": int(op.align.max()),
         "acc_bound": acc_bound,
@@ -459,10 +495,10 @@ def lut_table(node: Unary, fin: Format, fout: Format) -> np.ndarray:
                              fout)
 
 
-def _build(layer: Layer, formats, per_channel, weight_mode, acc_bits):
+def _build(layer: Layer, formats, per_channel, weight_mode, acc_bits, fine, x_mean):
     fout = formats[layer.output]
     if layer.kind == "conv":
-        return _build_conv(layer, formats, per_channel, weight_mode, acc_bits)
+        return _build_conv(layer, formats, per_channel, weight_mode, acc_bits, fine, x_mean)
     if layer.kind == "copy":
         src = layer.inputs[0]
         op = QAdd(layer.name, src, src, layer.output, 0, 0, formats[src].fl + 1 - fout.fl)
@@ -509,7 +545,8 @@ def _build(layer: Layer, formats, per_channel, weight_mode, acc_bits):
 
 
 def quantize(graph: Graph, calib: np.ndarray, *, mode: str = "std", per_channel: bool = False,
-             weight_mode: str = "std", acc_bits: int = 32,
+             weight_mode: str = "std", acc_bits: int = 32, fine_formats: bool = True,
+             bias_correction: bool = True,
              on_graph: Callable[[QGraph], None] | None = None) -> tuple[QGraph, dict]:
     """Quantize a float graph with calibration data.
 
@@ -518,6 +555,10 @@ def quantize(graph: Graph, calib: np.ndarray, *, mode: str = "std", per_channel:
     activation formats; ``weight_mode`` the same for weights (docs/numerics.md: std of the
     folded weight), per layer or, with ``per_channel``, per output channel.
     ``acc_bits`` is the accumulator width the QGraph is computed with (``meta``).
+    ``fine_formats`` lets data and weights all far under 1 take formats finer than
+    s8.7/u8.8 (:func:`_fl_limit`); ``bias_correction`` subtracts from each conv's bias
+    the mean output error of its rounded weights on the calibration set
+    (:func:`weight_error_bias`). docs/numerics.md gives the measured effect of each.
 
     Returns the :class:`QGraph` and a report (plain dict): ``tensors`` (format and
     statistics of every tensor), ``layers`` (in op order: op, inputs, output, format,
@@ -551,7 +592,7 @@ def quantize(graph: Graph, calib: np.ndarray, *, mode: str = "std", per_channel:
 
     layers = fuse(g)
     acts = run_float(g, calib)
-    formats, stats = calibrate(g, layers, acts, mode)
+    formats, stats = calibrate(g, layers, acts, mode, fine_formats)
     layers = unify_concat_inputs(g, layers, formats, stats)
     for layer in layers:
         if layer.kind == "copy":
@@ -559,7 +600,9 @@ def quantize(graph: Graph, calib: np.ndarray, *, mode: str = "std", per_channel:
 
     ops, infos = [], []
     for layer in layers:
-        op, info = _build(layer, formats, per_channel, weight_mode, acc_bits)
+        x_mean = (acts[layer.conv.input].mean(axis=(0, 2, 3))
+                  if bias_correction and layer.kind == "conv" else None)
+        op, info = _build(layer, formats, per_channel, weight_mode, acc_bits, fine_formats, x_mean)
         ops.append(op)
         infos.append(info)
     names = [g.input] + [layer.output for layer in layers]
@@ -573,10 +616,11 @@ def quantize(graph: Graph, calib: np.ndarray, *, mode: str = "std", per_channel:
     check_hardware_ranges(qg)
     if on_graph is not None:
         on_graph(qg)
-    return qg, _report(qg, g, layers, infos, acts, stats, calib)
+    options = {"fine_formats": fine_formats, "bias_correction": bias_correction}
+    return qg, _report(qg, g, layers, infos, acts, stats, calib, options)
 
 
-def _report(qg: QGraph, g: Graph, layers, infos, acts, stats, calib) -> dict:
+def _report(qg: QGraph, g: Graph, layers, infos, acts, stats, calib, options: dict) -> dict:
     gold = run_golden_batch(qg, quantize_input(qg, calib))
     tensors = {}
     for name, t in qg.tensors.items():
@@ -635,7 +679,7 @@ def _report(qg: QGraph, g: Graph, layers, infos, acts, stats, calib) -> dict:
                          "folded into a neighbouring conv")
     return {
         "mode": qg.meta["mode"], "weight_mode": qg.meta["weight_mode"],
-        "per_channel": qg.meta["per_channel"], "acc_bits": qg.meta["acc_bits"],
+        "per_channel": qg.meta["per_channel"], **options, "acc_bits": qg.meta["acc_bits"],
         "calibration_samples": int(len(calib)),
         "input": qg.input, "output": qg.output,
         "tensors": tensors, "layers": report_layers,

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
-    "Format", "SIGNED_MIN", "SIGNED_MAX", "UNSIGNED_MAX",
+    "Format", "FL_MAX", "SIGNED_FL_MAX", "UNSIGNED_FL_MAX",
+    "SIGNED_MIN", "SIGNED_MAX", "UNSIGNED_MAX",
     "out_range", "saturate", "saturate_acc", "acc_range",
     "shift_round_half_even", "shift_left_saturate", "requantize",
     "quantize", "dequantize", "relu", "align", "residual_add", "add_saturate",
@@ -30,9 +31,15 @@ __all__ = [
 SIGNED_MIN = -127
 SIGNED_MAX = 127
 UNSIGNED_MAX = 255
-#: Largest fractional length of a signed and an unsigned format.
+#: Finest fractional length of a signed and an unsigned format whose range reaches 1
+#: (s8.7 holds (-1, 1), u8.8 [0, 1)): where F8Net's format rules clamp by default.
 SIGNED_FL_MAX = 7
 UNSIGNED_FL_MAX = 8
+#: Finest fractional length of any format. Only differences of fractional lengths
+#: reach the hardware (its shift fields), so the bound is not the hardware's: it lets
+#: deep stacks whose activations shrink to 1e-15 keep their 8 bits (random-weight
+#: EfficientNet-B0 needs s8.52, docs/numerics.md) while 2**fl stays exact in float64.
+FL_MAX = 64
 
 
 @dataclass(frozen=True)
@@ -43,10 +50,9 @@ class Format:
     fl: int
 
     def __post_init__(self):
-        hi = SIGNED_FL_MAX if self.signed else UNSIGNED_FL_MAX
-        if not isinstance(self.fl, (int, np.integer)) or not 0 <= self.fl <= hi:
+        if not isinstance(self.fl, (int, np.integer)) or not 0 <= self.fl <= FL_MAX:
             kind = "signed" if self.signed else "unsigned"
-            raise ValueError(f"fl of a {kind} format must be in 0..{hi}, not {self.fl!r}")
+            raise ValueError(f"fl of a {kind} format must be in 0..{FL_MAX}, not {self.fl!r}")
 
     @property
     def lo(self) -> int:
@@ -219,11 +225,12 @@ def maximum(a, b) -> np.ndarray:
     return np.maximum(_i64(a), _i64(b))
 
 
-def fl_from_std(std: float, signed: bool) -> int:
+def fl_from_std(std: float, signed: bool, fl_max: int | None = None) -> int:
     """F8Net's format rule: ``floor(log2(40 / std))`` for signed data,
     ``floor(log2(70 / std))`` for unsigned data (std taken before the ReLU),
-    clamped to the valid fractional lengths."""
-    hi = SIGNED_FL_MAX if signed else UNSIGNED_FL_MAX
+    clamped to 0..``fl_max`` (by default :data:`SIGNED_FL_MAX` or
+    :data:`UNSIGNED_FL_MAX`)."""
+    hi = _fl_max(signed, fl_max)
     if np.isnan(std) or std <= 0:
         return hi                       # no spread: finest format (log2(c / 0) = +inf)
     # floor(log2(c / std)) >= f  <=>  std * 2**f <= c; the product is exact in
@@ -238,11 +245,12 @@ def fl_from_std(std: float, signed: bool) -> int:
     return fl
 
 
-def fl_grid_search(x, signed: bool) -> int:
-    """The fractional length that minimises the RMS quantization error of ``x``
-    over all valid ones (ties go to the larger fl)."""
+def fl_grid_search(x, signed: bool, fl_max: int | None = None) -> int:
+    """The fractional length in 0..``fl_max`` (by default :data:`SIGNED_FL_MAX` or
+    :data:`UNSIGNED_FL_MAX`) that minimises the RMS quantization error of ``x``
+    (ties go to the larger fl)."""
     x = np.asarray(x, dtype=np.float64)
-    hi = SIGNED_FL_MAX if signed else UNSIGNED_FL_MAX
+    hi = _fl_max(signed, fl_max)
     best_fl, best_err = 0, np.inf
     for fl in range(hi + 1):
         fmt = Format(signed, fl)
@@ -250,6 +258,14 @@ def fl_grid_search(x, signed: bool) -> int:
         if err <= best_err:
             best_fl, best_err = fl, err
     return best_fl
+
+
+def _fl_max(signed: bool, fl_max: int | None) -> int:
+    if fl_max is None:
+        return SIGNED_FL_MAX if signed else UNSIGNED_FL_MAX
+    if not 0 <= fl_max <= FL_MAX:
+        raise ValueError(f"fl_max must be in 0..{FL_MAX}, not {fl_max}")
+    return fl_max
 
 
 def avgpool_fl_shift(window: int) -> int | None:

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from fxpgen.app.cli import main
-from fxpgen.app.flow import LOW_SQNR_DB, group_notes, low_signal
+from fxpgen.app.flow import LOW_SQNR_DB, group_notes, low_signal, user_terms
 from fxpgen.compiler.program import MAGIC, ProgramFormatError, load_program
 from fxpgen.models import digits_assets
 
@@ -101,3 +101,37 @@ def test_group_notes_one_line_per_repeated_kind():
     grouped = group_notes(clips + other)
     assert grouped == [f"{clips[0]} [5 of this kind; also conv1, conv2, conv3, ...]", other[0]]
     assert group_notes(clips[:2]) == clips[:2]
+
+
+def test_quantizer_options_reach_the_report_and_the_weights(tmp_path):
+    runs = {"default": (), "grid": ("--weight-mode", "grid"), "plain": ("--no-bias-correction",)}
+    reports, arrays = {}, {}
+    for name, args in runs.items():
+        res = _compile(tmp_path / name, "--quiet", *args)
+        assert res.exit_code == 0, res.output
+        reports[name] = json.loads((tmp_path / name / "report.json").read_text())
+        arrays[name] = np.load(tmp_path / name / "qgraph.npz")
+    assert [reports[n]["weight_mode"] for n in runs] == ["std", "grid", "std"]
+    assert [reports[n]["bias_correction"] for n in runs] == [True, True, False]
+    weights = [k for k in arrays["default"].files if k.endswith("_weight")]
+    biases = [k for k in arrays["default"].files if k.endswith("_bias")]
+    # The grid search picks other weight formats somewhere; bias correction moves biases only.
+    assert any(not np.array_equal(arrays["default"][k], arrays["grid"][k]) for k in weights)
+    assert all(np.array_equal(arrays["default"][k], arrays["plain"][k]) for k in weights)
+    assert any(not np.array_equal(arrays["default"][k], arrays["plain"][k]) for k in biases)
+
+
+@pytest.mark.parametrize("args, option", [(("--weight-mode", "minmax"), "--weight-mode"),
+                                          (("--mode", "max"), "--mode"),
+                                          (("--bias-correction=yes",), "--bias-correction")])
+def test_bad_quantizer_options_give_one_clear_error(tmp_path, args, option):
+    res = _compile(tmp_path / "out", *args)
+    assert res.exit_code == 2
+    errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and option in errors[0], res.output
+    assert not (tmp_path / "out" / "program.fxp").exists()
+
+
+def test_weight_clipping_note_names_the_command_line_options():
+    note = "conv1: 3 weights clip at +-127 (fl_w 7); try per_channel=True or weight_mode='grid'"
+    assert user_terms(note, None).endswith("try --per-channel or --weight-mode grid")

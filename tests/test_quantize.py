@@ -19,8 +19,11 @@ from fxpgen.compiler.onnx_frontend import load_onnx
 from fxpgen.models.zoo import TestModel, reference
 from fxpgen.compiler.qgraph import QAdd, QAvgPool, QConv, QGraph, QTensor
 from fxpgen.compiler.quantize import (HardwareRangeError, check_hardware_ranges, fuse, quantize,
-                                      sqnr_db)
+                                      sqnr_db, weight_error_bias)
 from fxpgen.numerics import Format
+from fxpgen.compiler.lower import lower
+from fxpgen.config import CoreConfig
+from fxpgen.sim.isa_sim import run_program
 from fxpgen.compiler.golden import predict, quantize_input, run_golden_batch
 
 SEED = 0   # set per test by _weights_and_data_seed
@@ -191,7 +194,13 @@ def test_relu_std_taken_before_relu_and_weight_rules():
     fl_w = numerics.fl_from_std(float(conv.weight.std()), True)
     assert np.array_equal(op.weight, numerics.quantize(conv.weight, Format(True, fl_w)))
     assert op.weight.min() >= -127
-    assert np.array_equal(op.bias, numerics.bias_quantize(conv.bias, 8, fl_w))
+    # The bias less the mean error of the rounded weights on the calibration inputs.
+    w_err = op.weight * 2.0 ** -fl_w - conv.weight
+    corrected = conv.bias - weight_error_bias(w_err, calib.mean(axis=(0, 2, 3)), 1)
+    assert np.array_equal(op.bias, numerics.bias_quantize(corrected, 8, fl_w))
+    (plain,) = quantize(g, calib, bias_correction=False)[0].ops
+    assert np.array_equal(plain.bias, numerics.bias_quantize(conv.bias, 8, fl_w))
+    assert np.array_equal(plain.weight, op.weight) and np.array_equal(plain.shift, op.shift)
     assert np.all(op.shift == 8 + fl_w - out.fl)
     assert op.relu and op.residual is None
     layer = report["layers"][op.name]
@@ -208,7 +217,8 @@ def test_per_channel_weights():
     m.node("Conv", ["x", "W"], ["y"])
     g = load_onnx(m.model((1, 3, 6, 6), "y"))
     calib = data((3, 6, 6), 8, 0, 1, SEED)
-    qg, report = quantize(g, calib, per_channel=True)
+    # The std rule clamped at s8.7 (test_fine_weight_formats has the finer formats).
+    qg, report = quantize(g, calib, per_channel=True, fine_formats=False)
     wf = g.nodes[0].weight
     want = [numerics.fl_from_std(float(wf[c].std()), True) for c in range(4)]
     assert report["layers"][g.nodes[0].name]["fl_w"] == want
@@ -217,12 +227,99 @@ def test_per_channel_weights():
     assert list(op.shift) == [8 + f - qg.tensor("y").fmt.fl for f in want]
     # The small channels keep their precision: per layer, the shared fl (set by the
     # pooled std) leaves channel 3's weights at a fraction of an LSB.
-    q_layer, _ = quantize(g, calib)
+    q_layer, _ = quantize(g, calib, fine_formats=False)
     fl_layer = numerics.fl_from_std(float(wf.std()), True)
     per_ch = sqnr_db(wf[3], op.weight[3] * 2.0 ** -want[3])
     shared = sqnr_db(wf[3], q_layer.ops[0].weight[3] * 2.0 ** -fl_layer)
     assert want[3] - fl_layer >= 2
     assert per_ch > shared + 6.02 * (want[3] - fl_layer) - 4     # 6 dB per bit
+
+
+def test_fine_weight_formats():
+    # Channels whose weights are all far under 1 take formats finer than s8.7, up to
+    # the finest that holds their largest weight: 6 dB per extra bit.
+    m = M()
+    w = m.rng.normal(0, 1, (4, 3, 3, 3)) * np.array([2.0, 0.5, 0.01, 0.001])[:, None, None, None]
+    m.inits.append(numpy_helper.from_array(w.astype(np.float32), "W"))
+    m.node("Conv", ["x", "W"], ["y"])
+    g = load_onnx(m.model((1, 3, 6, 6), "y"))
+    calib = data((3, 6, 6), 8, 0, 1, SEED)
+    wf = g.nodes[0].weight
+    fine, _ = quantize(g, calib, per_channel=True)
+    coarse, _ = quantize(g, calib, per_channel=True, fine_formats=False)
+    for c in range(4):
+        fit = max(f for f in range(numerics.FL_MAX + 1) if np.abs(wf[c]).max() * 2 ** f <= 127.5)
+        want = min(numerics.fl_from_std(float(wf[c].std()), True, numerics.FL_MAX), max(fit, 7))
+        assert list(fine.ops[0].shift)[c] == 8 + want - fine.tensor("y").fmt.fl
+        assert sqnr_db(wf[c], fine.ops[0].weight[c] * 2.0 ** -want) > 30
+    assert list(fine.ops[0].shift)[3] - list(fine.ops[0].shift)[1] >= 8
+    # In s8.7, channel 3's weights (std 0.001) are mostly rounded to zero.
+    assert sqnr_db(wf[3], coarse.ops[0].weight[3] * 2.0 ** -7) < 10
+
+
+def _shrinking_stack(layers: int, gain: float):
+    """1x1 convs (8 -> 8 channels) each with a ReLU, weights scaled so the activations
+    shrink by about ``gain`` per layer."""
+    m = M()
+    x = "x"
+    for i in range(layers):
+        w = m.w(f"W{i}", (8, 8, 1, 1), 1.0)
+        m.inits[-1] = numpy_helper.from_array(
+            (numpy_helper.to_array(m.inits[-1]) * gain).astype(np.float32), w)
+        x = m.node("Relu", [m.node("Conv", [x, w], [f"c{i}"])], [f"r{i}"])
+    return load_onnx(m.model((1, 8, 8, 8), x))
+
+
+def test_fine_formats_keep_a_shrinking_stack():
+    # Activations shrink 16x per layer: without formats finer than u8.8 they round to
+    # zero after three layers; with them the output keeps a usable signal (over 10 dB;
+    # random 8-channel ReLU nets lose 10 to 25 dB over six layers whatever the
+    # formats), and the instruction-level simulator computes the golden model's integers.
+    g = _shrinking_stack(6, 1 / 16)
+    calib = data((8, 8, 8), 8, 0, 1, SEED)
+    _, coarse = quantize(g, calib, fine_formats=False)
+    qg, fine = quantize(g, calib)
+    assert coarse["output_sqnr_db"] < 3 or coarse["output_nonzero_fraction"] == 0
+    assert fine["output_sqnr_db"] > 10
+    assert qg.tensor(qg.output).fmt.fl > 20
+    assert fine["fine_formats"] and not coarse["fine_formats"]
+    cfg = CoreConfig()
+    low = lower(qg, cfg)
+    x = np.asarray(quantize_input(qg, calib[0]), np.int64)
+    res = run_program(cfg, [i.encode(cfg) for i in low.instructions], low.data(low.image_words(x)))
+    assert res.error.name == "NONE", (res.error, res.error_pc)
+    gold = run_golden_batch(qg, x[None])[qg.output][0]
+    assert np.any(gold) and np.array_equal(low.decode_output(res.results), gold)
+
+
+def test_weight_error_bias_per_group():
+    rng = np.random.default_rng(SEED)
+    w_err = rng.normal(0, 1, (6, 2, 3, 3))
+    x_mean = rng.normal(0, 1, 6)
+    got = weight_error_bias(w_err, x_mean, groups=3)
+    # Output channel o reads input channels 2 * (o // 2) and 2 * (o // 2) + 1.
+    want = [sum(w_err[o, i].sum() * x_mean[2 * (o // 2) + i] for i in range(2)) for o in range(6)]
+    assert np.allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_bias_correction_cancels_the_mean_weight_error():
+    # Inputs of mean 0.5: each channel's rounded weights shift its output's mean by
+    # 0.5 * sum(w_err); the corrected bias takes that shift out (what remains is the
+    # output rounding's, averaged over 256 values per channel).
+    m = M()
+    m.node("Conv", ["x", m.w("W", (8, 16, 1, 1), 0.05)], ["y"])
+    g = load_onnx(m.model((1, 16, 4, 4), "y"))
+    calib = data((16, 4, 4), 16, 0, 1, SEED)
+    y = run_float(g, calib)["y"]
+    mean_err = {}
+    for corrected in (False, True):
+        qg, report = quantize(g, calib, bias_correction=corrected)
+        out = numerics.dequantize(run_golden_batch(qg, quantize_input(qg, calib))["y"],
+                                  qg.tensor("y").fmt)
+        mean_err[corrected] = float(np.sqrt(np.mean((out - y).mean(axis=(0, 2, 3)) ** 2)))
+        assert report["bias_correction"] is corrected
+        assert (report["layers"]["Conv_0"]["bias_correction"] > 0) is corrected
+    assert mean_err[True] < 0.5 * mean_err[False]
 
 
 def test_grid_mode_formats():
