@@ -97,7 +97,7 @@ def compile_model(model, calib: np.ndarray, cfg: CoreConfig, outdir: Path, *, mo
         _write_program(Path(outdir), qg, low, report, listing, encoding[0].result())
     notes = report["notes"] + low.notes
     weak = low_signal(report)
-    return {"instructions": len(low.instructions), "data_words": len(low.consts),
+    return {"instructions": len(low.words), "data_words": len(low.consts),
             "spad_rows": low.spad_rows_used, **offchip_summary(low), "quantize_s": t1 - t0, "lower_s": t2 - t1,
             "write_s": time.monotonic() - t2, "notes": low.notes, "warnings": group_notes([user_terms(n, qg) for n in notes]),
             "output_sqnr_db": report["output_sqnr_db"], "low_signal": weak is not None, "low_signal_reason": weak,

@@ -39,6 +39,7 @@ so raises :class:`~fxpgen.compiler.tiling.DoesNotFit` saying what and by how muc
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,7 +71,7 @@ class Lowered:
     layouts of the input and output maps."""
 
     cfg: CoreConfig
-    instructions: list[Instruction]
+    words: list[int]                         # the instruction words
     layers: list[str]                        # source layer of every instruction
     consts: list[int]                        # the data stream without the image
     input_pieces: list[InputPiece]           # where the image goes in, in stream order
@@ -83,6 +84,13 @@ class Lowered:
     input_unfold: InputUnfold | None = None  # how the host lays out the image, if it does
     host_pieces: list[HostPiece] = field(default_factory=list)  # off-chip words, in stream order
     host_buffers: list[HostBuffer] = field(default_factory=list)  # off-chip maps in the results
+
+    @functools.cached_property
+    def instructions(self) -> list[Instruction]:
+        """The instructions, decoded from :attr:`words` (region masks filled in), one
+        object per distinct word."""
+        decoded: dict[int, Instruction] = {}
+        return [decoded.get(w) or decoded.setdefault(w, Instruction.decode(w)) for w in self.words]
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -381,7 +389,7 @@ class _Lowering:
             em.emit(Instruction(Opcode.STORE, {"mem": Mem.SPAD.value}, out_lay.width * out_lay.groups, 1,
                                 x=Addr(out_lay.pixel(y, 0), 1)))
         em.emit(Instruction(Opcode.HALT))
-        return Lowered(self.cfg, em.insns, em.layers, em.data, em.pieces, in_lay, out_lay,
+        return Lowered(self.cfg, em.words, em.layers, em.data, em.pieces, in_lay, out_lay,
                        qg.tensor(qg.input).fmt.signed, qg.tensor(qg.output).fmt.signed,
                        spad_rows_used=self.alloc.high, notes=em.notes, host_pieces=em.host_pieces,
                        host_buffers=em.buffers)

@@ -67,7 +67,7 @@ from typing import Callable, Hashable, Iterator
 import numpy as np
 
 from fxpgen.config import CoreConfig
-from fxpgen.isa import INSN_BITS, INSN_BYTES
+from fxpgen.isa import INSN_BITS, INSN_BYTES, Instruction
 from fxpgen.numerics import Format
 
 from .emit import HostBuffer, HostPiece, InputPiece
@@ -198,7 +198,7 @@ def save_program(path: Path, low: Lowered, extra: dict | None = None) -> dict:
     """Write ``program.fxp`` for a lowered program; returns its header."""
     cfg = low.cfg
     bus_bytes = (cfg.bus_width + 7) // 8
-    insn_table, insn_index = _distinct(low.instructions, lambda insn: insn.encode(cfg))
+    insn_table, insn_index = _distinct(low.words, int)
     data_table, data_index = _distinct(low.consts, int)
     sections = [_zlib(_table_bytes(insn_table, INSN_BYTES)), _zlib(_index_bytes(insn_index)),
                 _zlib(_table_bytes(data_table, bus_bytes)), _zlib(_index_bytes(data_index))]
@@ -207,7 +207,7 @@ def save_program(path: Path, low: Lowered, extra: dict | None = None) -> dict:
         "config": cfg.as_dict(),
         "insn_bits": INSN_BITS,
         "bus_width": cfg.bus_width,
-        "n_insns": len(low.instructions),
+        "n_insns": len(low.words),
         "n_data": len(low.consts),
         "n_insn_table": len(insn_table),
         "n_data_table": len(data_table),
@@ -340,8 +340,8 @@ def listing(low: Lowered) -> str:
     """The disassembly, one instruction a line, prefixed with its index and layer."""
     from fxpgen.asm import format_instruction
     width = max((len(n) for n in low.layers), default=5)
-    texts, index = _distinct(low.instructions, lambda insn: format_instruction(insn.with_regions(low.cfg)))
-    lines = [f"# fxpgen program: {len(low.instructions)} instructions, "
+    texts, index = _distinct(low.words, lambda word: format_instruction(Instruction.decode(word)))
+    lines = [f"# fxpgen program: {len(low.words)} instructions, "
              f"{low.cfg.rows}x{low.cfg.cols} array"]
     lines += [f"{i:6d}  {layer:<{width}}  {texts[k]}" for i, (k, layer) in enumerate(zip(index.tolist(), low.layers))]
     return "\n".join(lines) + "\n"
