@@ -83,6 +83,9 @@ def compile_model(model, calib: np.ndarray, cfg: CoreConfig, outdir: Path, *, mo
         say("quantize")
         qg, report = quantize(graph, np.asarray(calib, np.float64), mode=mode, per_channel=per_channel,
                               on_graph=lambda q: encoding.append(pool.submit(encode_qgraph, q)))
+        # The float model and the samples (hundreds of MB for an ImageNet network) are
+        # not needed past here: the lowering and the write then peak lower.
+        del graph, calib
         if min_sqnr_db is not None and report["output_sqnr_db"] < min_sqnr_db:
             raise LowSignalError(
                 f"the quantized output {report['output']} has an SQNR of {report['output_sqnr_db']:.1f} "

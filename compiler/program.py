@@ -146,31 +146,25 @@ def _layer_ranges(layers: list[str]) -> list[dict]:
     return out
 
 
-def _distinct(items: list, encode: Callable[[object], Hashable]) -> tuple[list, np.ndarray]:
+def _distinct(items: list, encode: Callable[[object], Hashable] = lambda v: v) -> tuple[list, np.ndarray]:
     """The distinct values ``encode`` gives the items, in order of first use, and the
-    index (int64) of each item's value among them: ``[values[k] for k in index]`` is
-    ``[encode(i) for i in items]``. ``encode`` runs once per distinct object: a program
-    repeats the same instruction and weight-word objects millions of times."""
-    by_id: dict[int, int] = {}
-    objects: list = []
-    index = np.empty(len(items), np.int64)
+    index (int32) of each item's value among them: ``[values[k] for k in index]`` is
+    ``[encode(i) for i in items]``. ``encode`` runs once per distinct object of a chunk
+    of items (found by identity, in numpy): a program repeats the same instruction-word
+    and weight-word objects millions of times."""
+    code_of: dict = {}
+    index = np.empty(len(items), np.int32)
     for start in range(0, len(items), _CHUNK):
         part = items[start:start + _CHUNK]
-        ids, first, inverse = np.unique(np.fromiter(map(id, part), np.int64, len(part)),
-                                        return_index=True, return_inverse=True)
-        codes = np.empty(len(ids), np.int64)
-        order = np.argsort(first, kind="stable")
-        for u, key, at in zip(order.tolist(), ids[order].tolist(), first[order].tolist()):
-            code = by_id.get(key)
-            if code is None:
-                code = by_id[key] = len(objects)
-                objects.append(part[at])
-            codes[u] = code
-        index[start:start + len(part)] = codes[inverse.reshape(-1)]
-    # Equal values of distinct objects share one entry: the table depends on the values only.
-    by_value: dict = {}
-    remap = np.array([by_value.setdefault(encode(o), len(by_value)) for o in objects], np.int64)
-    return list(by_value), remap[index] if len(objects) else index
+        _, first, inverse = np.unique(np.fromiter(map(id, part), np.int64, len(part)),
+                                      return_index=True, return_inverse=True)
+        codes = [0] * len(first)
+        at = first.tolist()
+        # In order of first use, so that new values take the next codes.
+        for u in np.argsort(first, kind="stable").tolist():
+            codes[u] = code_of.setdefault(encode(part[at[u]]), len(code_of))
+        index[start:start + len(part)] = np.array(codes, np.int32)[inverse.reshape(-1)]
+    return list(code_of), index
 
 
 def _zlib(parts: Iterator[bytes]) -> bytes:
@@ -198,8 +192,8 @@ def save_program(path: Path, low: Lowered, extra: dict | None = None) -> dict:
     """Write ``program.fxp`` for a lowered program; returns its header."""
     cfg = low.cfg
     bus_bytes = (cfg.bus_width + 7) // 8
-    insn_table, insn_index = _distinct(low.words, int)
-    data_table, data_index = _distinct(low.consts, int)
+    insn_table, insn_index = _distinct(low.words)
+    data_table, data_index = _distinct(low.consts)
     sections = [_zlib(_table_bytes(insn_table, INSN_BYTES)), _zlib(_index_bytes(insn_index)),
                 _zlib(_table_bytes(data_table, bus_bytes)), _zlib(_index_bytes(data_index))]
     header = {
@@ -355,7 +349,8 @@ _KIND = {v: k for k, v in _OPS.items()}
 
 
 def save_qgraph(directory: Path, qg: QGraph) -> None:
-    """Write ``qgraph.json`` (structure) and ``qgraph.npz`` (integer arrays)."""
+    """Write ``qgraph.json`` (structure) and ``qgraph.npz`` (integer arrays, each in the
+    narrowest signed type that holds it; loaded as int64)."""
     write_qgraph(directory, *encode_qgraph(qg))
 
 
@@ -363,6 +358,15 @@ def write_qgraph(directory: Path, text: str, npz: bytes) -> None:
     """Write the files of :func:`encode_qgraph`'s result."""
     Path(directory, "qgraph.json").write_text(text)
     Path(directory, "qgraph.npz").write_bytes(npz)
+
+
+def _narrowest(a: np.ndarray) -> np.ndarray:
+    """``a`` in the narrowest signed integer type holding its values: weights are
+    bytes, and compressing them as int64 took most of the write."""
+    for t in (np.int8, np.int16, np.int32):
+        if not a.size or (np.iinfo(t).min <= a.min() and a.max() <= np.iinfo(t).max):
+            return a.astype(t)
+    return a
 
 
 def encode_qgraph(qg: QGraph) -> tuple[str, bytes]:
@@ -375,7 +379,7 @@ def encode_qgraph(qg: QGraph) -> tuple[str, bytes]:
             v = getattr(op, f.name)
             if isinstance(v, np.ndarray):
                 key = f"op{k}_{f.name}"
-                arrays[key] = np.asarray(v, np.int64)
+                arrays[key] = _narrowest(np.asarray(v, np.int64))
                 d[f.name] = {"array": key}
             else:
                 d[f.name] = list(v) if isinstance(v, tuple) else (int(v) if isinstance(v, np.integer) else v)
@@ -402,7 +406,7 @@ def load_qgraph(directory: Path) -> QGraph:
         kw = {}
         for k, v in d.items():
             if isinstance(v, dict) and "array" in v:
-                kw[k] = arrays[v["array"]]
+                kw[k] = np.asarray(arrays[v["array"]], np.int64)
             elif isinstance(v, list):
                 kw[k] = tuple(v)
             else:
