@@ -48,10 +48,12 @@ STAGES = ("import", "quantize", "lower", "write")
 def compile_model(model, calib: np.ndarray, cfg: CoreConfig, outdir: Path, *, mode: str = "std",
                   per_channel: bool = False, listing: bool = False,
                   stage: Callable[[str], None] | None = None, min_sqnr_db: float | None = None,
-                  calib_name: str = "calibration data") -> dict:
+                  calib_name: str = "calibration data",
+                  layers: Callable[[int, int], None] | None = None) -> dict:
     """Quantize a float ONNX model with calibration samples, lower it for ``cfg`` and
     write the program directory (``listing.txt`` too with ``listing``). ``stage`` is
-    called with each name of :data:`STAGES` as it starts.
+    called with each name of :data:`STAGES` as it starts, ``layers`` with (layers
+    lowered, all layers) as the lowering goes.
 
     The calibration samples (N x C x H x W, or one image) must be finite real numbers
     of the model's input shape (:class:`~fxpgen.app.inputs.InputError`, naming them
@@ -94,7 +96,7 @@ def compile_model(model, calib: np.ndarray, cfg: CoreConfig, outdir: Path, *, mo
                 + "".join(f"; {d}" for d in doubts) + "; nothing was written")
         t1 = time.monotonic()
         say("lower")
-        low = lower_for_user(qg, cfg)
+        low = lower_for_user(qg, cfg, layers)
         t2 = time.monotonic()
         say("write")
         _write_program(Path(outdir), qg, low, report, listing, encoding[0].result())
@@ -171,14 +173,14 @@ def group_notes(notes: list[str], *, at_most: int = 2) -> list[str]:
     return out
 
 
-def lower_for_user(qg, cfg: CoreConfig):
-    """:func:`~fxpgen.compiler.lower.lower`, with a :class:`DoesNotFit` in the terms of
-    ``fxpgen compile``: command-line options, the model's N x C x H x W shapes, and
-    the smallest memory depths that would fit."""
+def lower_for_user(qg, cfg: CoreConfig, progress: Callable[[int, int], None] | None = None):
+    """:func:`~fxpgen.compiler.lower.lower` (``progress`` as there), with a
+    :class:`DoesNotFit` in the terms of ``fxpgen compile``: command-line options, the
+    model's N x C x H x W shapes, and the smallest memory depths that would fit."""
     from fxpgen.compiler.lower import lower
     from fxpgen.compiler.tiling import DoesNotFit
     try:
-        return lower(qg, cfg)
+        return lower(qg, cfg, progress=progress)
     except DoesNotFit as e:
         fixes = [f"{MEMORY_OPTIONS[f]} {d}" for f, d in _smallest_fits(qg, cfg)]
         advice = (f"; it fits with {' or '.join(fixes)}" if fixes else

@@ -108,8 +108,13 @@ class Emitter:
 
     def _encode(self, insn: Instruction) -> int:
         """``insn``'s word, encoded once per distinct instruction."""
-        key = (insn.opcode, tuple(sorted(insn.params.items())), insn.count0, insn.count1,
-               insn.x, insn.y, insn.z)
+        # The address fields themselves: hashing and comparing them as Addr objects
+        # took most of the lowering's time. Parameters given in another order only
+        # cost another encoding.
+        x, y, z = insn.x, insn.y, insn.z
+        key = (insn.opcode, tuple(insn.params.items()), insn.count0, insn.count1,
+               x.base, x.stride0, x.stride1, x.regions, y.base, y.stride0, y.stride1, y.regions,
+               z.base, z.stride0, z.stride1, z.regions)
         word = self._by_value.get(key)
         if word is None:
             word = self._by_value[key] = insn.encode(self.cfg)

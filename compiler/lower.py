@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -61,6 +62,9 @@ from .vector_ops import (emit_add, emit_concat, emit_lut, emit_maxpool, emit_mul
                          emit_slice)
 
 __all__ = ["lower", "Lowered"]
+
+#: ``progress(done, total)``: layers of the program emitted so far, of all.
+Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -190,7 +194,7 @@ class Lowered:
 
 
 def lower(qg: QGraph, cfg: CoreConfig, *, stream_input: bool | None = None,
-          unfold: bool = True) -> Lowered:
+          unfold: bool = True, progress: Progress | None = None) -> Lowered:
     """Lower ``qg`` to a program for ``cfg``; raise :class:`DoesNotFit` when a layer or
     map does not fit the memories.
 
@@ -198,49 +202,53 @@ def lower(qg: QGraph, cfg: CoreConfig, *, stream_input: bool | None = None,
     bands of rows to its consumer (True), or stream only when it does not fit (None).
     ``unfold``: let the host unfold the input for its first convolution when that
     takes fewer matmuls (:mod:`fxpgen.compiler.unfold`).
+    ``progress(done, total)``: called as the program's layers are emitted.
     """
     _check_units(qg, cfg)
     qg = expand_unaligned(fold_shuffles(qg), cfg.lanes)
     unfolded = unfold_input(qg, cfg.rows) if unfold else None
     if unfolded is None:
-        return _lower_streamed(qg, cfg, stream_input)
-    low = _lower_streamed(unfolded[0], cfg, stream_input)
+        return _lower_streamed(qg, cfg, stream_input, progress)
+    low = _lower_streamed(unfolded[0], cfg, stream_input, progress)
     low.input_unfold = unfolded[1]
     return low
 
 
-def _lower_streamed(qg: QGraph, cfg: CoreConfig, stream_input: bool | None) -> Lowered:
+def _lower_streamed(qg: QGraph, cfg: CoreConfig, stream_input: bool | None,
+                    progress: Progress | None = None) -> Lowered:
     consumer = _streamable_consumer(qg)
     if stream_input and consumer is None:
         raise DoesNotFit(f"the input {qg.input} can be streamed only when its one consumer is a "
                          "convolution or average pool")
     plans: dict = {}
     try:
-        return _lower_resident(qg, cfg, stream_input, consumer, plans)
+        return _lower_resident(qg, cfg, stream_input, consumer, plans, progress)
     except DoesNotFit as resident:
         if not spillable(qg):
             raise
-        return _lower_offchip(qg, cfg, consumer if stream_input is not False else None, resident, plans)
+        return _lower_offchip(qg, cfg, consumer if stream_input is not False else None, resident, plans,
+                              progress)
 
 
 def _lower_resident(qg: QGraph, cfg: CoreConfig, stream_input: bool | None, consumer,
-                    plans: dict) -> Lowered:
+                    plans: dict, progress: Progress | None = None) -> Lowered:
     """The lowering with every map but a streamed input in the scratchpad."""
     if stream_input is None:
         try:
-            return _lower(qg, cfg, None, plans=plans)
+            return _lower(qg, cfg, None, plans=plans, progress=progress)
         except DoesNotFit as resident:
             if consumer is None:
                 raise
             try:
-                return _lower(qg, cfg, consumer, plans=plans)
+                return _lower(qg, cfg, consumer, plans=plans, progress=progress)
             except DoesNotFit as streamed:
                 raise DoesNotFit(f"{streamed} (with the input streamed in bands; kept whole: "
                                  f"{resident})") from None
-    return _lower(qg, cfg, consumer if stream_input else None, plans=plans)
+    return _lower(qg, cfg, consumer if stream_input else None, plans=plans, progress=progress)
 
 
-def _lower_offchip(qg: QGraph, cfg: CoreConfig, consumer, resident: DoesNotFit, plans: dict) -> Lowered:
+def _lower_offchip(qg: QGraph, cfg: CoreConfig, consumer, resident: DoesNotFit, plans: dict,
+                   progress: Progress | None = None) -> Lowered:
     """The lowering with maps off chip, for smaller and smaller spill budgets
     (:mod:`~fxpgen.compiler.offchip`); ``resident`` is why the maps do not all fit."""
     tried, last = set(), resident
@@ -250,7 +258,7 @@ def _lower_offchip(qg: QGraph, cfg: CoreConfig, consumer, resident: DoesNotFit, 
             continue
         tried.add(spilled)
         try:
-            return _lower(qg, cfg, consumer, spilled, plans)
+            return _lower(qg, cfg, consumer, spilled, plans, progress)
         except DoesNotFit as e:
             last = e
     if not tried:
@@ -266,23 +274,27 @@ def _streamable_consumer(qg: QGraph):
 
 
 def _lower(qg: QGraph, cfg: CoreConfig, streamed_into, offchip: frozenset[str] = frozenset(),
-           plans: dict | None = None) -> Lowered:
+           plans: dict | None = None, progress: Progress | None = None) -> Lowered:
     """The lowering; ``streamed_into`` is the input's consumer when the input is
     streamed, ``offchip`` the maps kept in the host's memory, ``plans`` the convs'
     constants (:class:`~fxpgen.compiler.conv_plan.ConvConstants`) by op, shared by
     the attempts. A dry run (the placements and plans, no instruction) goes first:
-    an attempt that does not fit fails in it, emitting nothing."""
+    an attempt that does not fit fails in it, emitting nothing; ``progress`` follows
+    the second run."""
     plans = {} if plans is None else plans
     _run(_Lowering(qg, cfg, offchip, plans, dry=True), streamed_into)
-    return _run(_Lowering(qg, cfg, offchip, plans), streamed_into)
+    return _run(_Lowering(qg, cfg, offchip, plans), streamed_into, progress)
 
 
-def _run(lo: "_Lowering", streamed_into) -> Lowered | None:
-    """Lower ``lo``'s graph op by op; the program, or None for a dry run."""
+def _run(lo: "_Lowering", streamed_into, progress: Progress | None = None) -> Lowered | None:
+    """Lower ``lo``'s graph op by op (``progress(done, total)`` after each); the
+    program, or None for a dry run."""
     qg = lo.qg
     in_lay = lo.place_input(streamed_into)
     last_use = last_uses(qg)
     for i, op in enumerate(qg.ops):
+        if progress:
+            progress(i, len(qg.ops))
         lo.em.layer = op.name
         if touches_offchip(lo, op):
             band_in = lower_banded(lo, op, op is streamed_into)
@@ -302,6 +314,8 @@ def _run(lo: "_Lowering", streamed_into) -> Lowered | None:
         # A HALT per layer: the core's counters then measure each layer on its own.
         lo.em.emit(Instruction(Opcode.HALT))
         lo.release_read_last(op, i, last_use)
+    if progress:
+        progress(len(qg.ops), len(qg.ops))
     return lo.finish(in_lay)
 
 

@@ -58,6 +58,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import itertools
 import json
 import struct
 import zlib
@@ -137,12 +138,11 @@ class Program:
 
 
 def _layer_ranges(layers: list[str]) -> list[dict]:
-    out = []
-    for i, name in enumerate(layers):
-        if out and out[-1]["layer"] == name and out[-1]["end"] == i:
-            out[-1]["end"] = i + 1
-        else:
-            out.append({"layer": name, "start": i, "end": i + 1})
+    out, start = [], 0
+    for name, run in itertools.groupby(layers):
+        n = len(list(run))
+        out.append({"layer": name, "start": start, "end": start + n})
+        start += n
     return out
 
 

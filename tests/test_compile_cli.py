@@ -3,6 +3,7 @@ the command line's terms, compact program folders of a checked format."""
 
 import hashlib
 import json
+import re
 import struct
 
 import numpy as np
@@ -25,6 +26,8 @@ def test_progress_and_notes_on_stderr_and_silent_when_asked(tmp_path):
     loud = _compile(tmp_path / "loud")
     assert loud.exit_code == 0, loud.output
     assert "compile: write" in loud.stderr and "compiled" in loud.stdout
+    # The lowering counts the layers up to all of them.
+    assert re.search(r"compile: lower (\d+)/\1\b", loud.stderr), loud.stderr
     for flag in ("--quiet", "--json"):
         res = _compile(tmp_path / flag, flag)
         assert res.exit_code == 0, res.output
