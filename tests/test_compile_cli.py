@@ -104,3 +104,14 @@ def test_group_notes_one_line_per_repeated_kind():
     grouped = group_notes(clips + other)
     assert grouped == [f"{clips[0]} [5 of this kind; also conv1, conv2, conv3, ...]", other[0]]
     assert group_notes(clips[:2]) == clips[:2]
+
+
+def test_program_file_holds_each_distinct_word_once_and_every_word_back(tmp_path):
+    from fxpgen.compiler.lower import lower
+    from fxpgen.compiler.program import load_qgraph
+    assert _compile(tmp_path).exit_code == 0
+    prog = load_program(tmp_path / "program.fxp")
+    low = lower(load_qgraph(tmp_path), prog.cfg)
+    assert prog.words == low.words and prog.consts == low.consts
+    assert prog.header["n_insn_table"] == len(set(low.words)) < len(low.words)
+    assert prog.header["n_data_table"] == len(set(low.consts)) < len(low.consts)
