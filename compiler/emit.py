@@ -108,9 +108,9 @@ class Emitter:
 
     def _encode(self, insn: Instruction) -> int:
         """``insn``'s word, encoded once per distinct instruction."""
-        # The address fields themselves: hashing and comparing them as Addr objects
-        # took most of the lowering's time. Parameters given in another order only
-        # cost another encoding.
+        # The address fields themselves: hashing and comparing Addr objects costs
+        # several times more. Parameters given in another order only cost another
+        # encoding of the same word.
         x, y, z = insn.x, insn.y, insn.z
         key = (insn.opcode, tuple(insn.params.items()), insn.count0, insn.count1,
                x.base, x.stride0, x.stride1, x.regions, y.base, y.stride0, y.stride1, y.regions,
