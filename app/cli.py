@@ -241,12 +241,13 @@ def _bar(enabled: bool):
 
 def _stage_bar(enabled: bool):
     """A tqdm bar on stderr over the stages of :func:`fxpgen.app.flow.compile_model`,
-    showing the running one; (callback, close), no-ops when disabled."""
+    showing the running one and the layers lowered; (stage callback, layers callback,
+    close), no-ops when disabled."""
     from tqdm import tqdm
 
     from fxpgen.app.flow import STAGES
     if not enabled:
-        return None, lambda: None
+        return None, None, lambda: None
     bar = tqdm(total=len(STAGES), unit="stage", file=sys.stderr, leave=False,
                bar_format="{desc:<18}{bar:20}| {n_fmt}/{total_fmt} stages [{elapsed}]")
     _BARS.add(bar)
@@ -255,7 +256,10 @@ def _stage_bar(enabled: bool):
         if bar.desc:
             bar.update(1)
         bar.set_description_str(f"compile: {name}")
-    return stage, bar.close
+
+    def layers(done: int, total: int):
+        bar.set_description_str(f"compile: lower {done}/{total}")
+    return stage, layers, bar.close
 
 
 @main.command("compile")
@@ -297,12 +301,13 @@ def compile_cmd(model: Path, calib: Path, cfg: CoreConfig, outdir: Path, mode: s
     with user_errors():
         samples = load_array(calib, "--calib")
         program_dir(outdir, "-o/--output", force=force)
-    stage, close = _stage_bar(not (as_json or quiet))
+    stage, layers, close = _stage_bar(not (as_json or quiet))
     try:
         with user_errors():
             summary = compile_model(model, samples, cfg, outdir, mode=mode, per_channel=per_channel,
                                     weight_mode=weight_mode, bias_correction=bias_correction,
-                                    listing=with_listing, stage=stage, calib_name=f"--calib {calib}",
+                                    listing=with_listing, stage=stage, layers=layers,
+                                    calib_name=f"--calib {calib}",
                                     min_sqnr_db=None if allow_low_snr else MIN_SQNR_DB)
     finally:
         close()

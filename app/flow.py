@@ -49,12 +49,14 @@ def compile_model(model, calib: np.ndarray, cfg: CoreConfig, outdir: Path, *, mo
                   per_channel: bool = False, weight_mode: str = "std", bias_correction: bool = True,
                   listing: bool = False,
                   stage: Callable[[str], None] | None = None, min_sqnr_db: float | None = None,
-                  calib_name: str = "calibration data") -> dict:
+                  calib_name: str = "calibration data",
+                  layers: Callable[[int, int], None] | None = None) -> dict:
     """Quantize a float ONNX model with calibration samples, lower it for ``cfg`` and
     write the program directory (``listing.txt`` too with ``listing``). ``mode``,
     ``per_channel``, ``weight_mode`` and ``bias_correction`` go to the quantizer
     (:func:`~fxpgen.compiler.quantize.quantize`). ``stage`` is called with each name
-    of :data:`STAGES` as it starts.
+    of :data:`STAGES` as it starts, ``layers`` with (layers lowered, all layers) as
+    the lowering goes.
 
     The calibration samples (N x C x H x W, or one image) must be finite real numbers
     of the model's input shape (:class:`~fxpgen.app.inputs.InputError`, naming them
@@ -87,6 +89,9 @@ def compile_model(model, calib: np.ndarray, cfg: CoreConfig, outdir: Path, *, mo
         qg, report = quantize(graph, np.asarray(calib, np.float64), mode=mode, per_channel=per_channel,
                               weight_mode=weight_mode, bias_correction=bias_correction,
                               on_graph=lambda q: encoding.append(pool.submit(encode_qgraph, q)))
+        # The float model and the samples (hundreds of MB for an ImageNet network) are
+        # not needed past here: the lowering and the write then peak lower.
+        del graph, calib
         if min_sqnr_db is not None and report["output_sqnr_db"] < min_sqnr_db:
             raise LowSignalError(
                 f"the quantized output {report['output']} has an SQNR of {report['output_sqnr_db']:.1f} "
@@ -95,13 +100,13 @@ def compile_model(model, calib: np.ndarray, cfg: CoreConfig, outdir: Path, *, mo
                 + "".join(f"; {d}" for d in doubts) + "; nothing was written")
         t1 = time.monotonic()
         say("lower")
-        low = lower_for_user(qg, cfg)
+        low = lower_for_user(qg, cfg, layers)
         t2 = time.monotonic()
         say("write")
         _write_program(Path(outdir), qg, low, report, listing, encoding[0].result())
     notes = report["notes"] + low.notes
     weak = low_signal(report)
-    return {"instructions": len(low.instructions), "data_words": len(low.consts),
+    return {"instructions": len(low.words), "data_words": len(low.consts),
             "spad_rows": low.spad_rows_used, **offchip_summary(low), "quantize_s": t1 - t0, "lower_s": t2 - t1,
             "write_s": time.monotonic() - t2, "notes": low.notes, "warnings": group_notes([user_terms(n, qg) for n in notes]),
             "output_sqnr_db": report["output_sqnr_db"], "low_signal": weak is not None, "low_signal_reason": weak,
@@ -172,14 +177,14 @@ def group_notes(notes: list[str], *, at_most: int = 2) -> list[str]:
     return out
 
 
-def lower_for_user(qg, cfg: CoreConfig):
-    """:func:`~fxpgen.compiler.lower.lower`, with a :class:`DoesNotFit` in the terms of
-    ``fxpgen compile``: command-line options, the model's N x C x H x W shapes, and
-    the smallest memory depths that would fit."""
+def lower_for_user(qg, cfg: CoreConfig, progress: Callable[[int, int], None] | None = None):
+    """:func:`~fxpgen.compiler.lower.lower` (``progress`` as there), with a
+    :class:`DoesNotFit` in the terms of ``fxpgen compile``: command-line options, the
+    model's N x C x H x W shapes, and the smallest memory depths that would fit."""
     from fxpgen.compiler.lower import lower
     from fxpgen.compiler.tiling import DoesNotFit
     try:
-        return lower(qg, cfg)
+        return lower(qg, cfg, progress=progress)
     except DoesNotFit as e:
         fixes = [f"{MEMORY_OPTIONS[f]} {d}" for f, d in _smallest_fits(qg, cfg)]
         advice = (f"; it fits with {' or '.join(fixes)}" if fixes else

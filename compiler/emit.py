@@ -64,12 +64,12 @@ class HostBuffer:
 
 
 class Emitter:
-    """Instructions, the layer each serves (``layer`` when emitted), the constant data
-    words, where the image's words go in, and notes for the report."""
+    """Instruction words, the layer each serves (``layer`` when emitted), the constant
+    data words, where the image's words go in, and notes for the report."""
 
     def __init__(self, cfg: CoreConfig):
         self.cfg = cfg
-        self.insns: list[Instruction] = []
+        self.words: list[int] = []           # instruction words, one int object per distinct word
         self.layers: list[str] = []
         self.data: list[int] = []
         self.pieces: list[InputPiece] = []
@@ -78,20 +78,47 @@ class Emitter:
         self.n_results = 0
         self.layer = ""
         self.notes: list[str] = []
+        # A program is millions of instructions but a few thousand distinct ones: each
+        # is encoded once (by value), and a run of them (a conv's matmuls, repeated for
+        # every chunk of rows) once per layer (by identity; the runs are kept alive
+        # here until the layer changes, so that an identity is never reused meanwhile).
+        self._by_value: dict[tuple, int] = {}
+        self._runs: dict[int, tuple[list[Instruction], list[int]]] = {}
+        self._runs_layer = ""
 
     def emit(self, insn: Instruction, data=()):
         """Append ``insn`` and the data words it consumes (and count the result words
         a STORE produces)."""
         if insn.opcode is Opcode.STORE:
             self.n_results += insn.count0 * insn.count1
-        self.insns.append(insn)
+        self.words.append(self._encode(insn))
         self.layers.append(self.layer)
         self.data.extend(data)
 
     def emit_all(self, insns: list[Instruction]):
-        """Append instructions that consume no data and store no result (no STORE)."""
-        self.insns += insns
+        """Append instructions that consume no data and store no result (no STORE). The
+        list must not change afterwards: emitted again, its words are found by its identity."""
+        if self._runs_layer != self.layer:
+            self._runs, self._runs_layer = {}, self.layer
+        run = self._runs.get(id(insns))
+        if run is None:
+            run = self._runs[id(insns)] = (insns, [self._encode(insn) for insn in insns])
+        self.words += run[1]
         self.layers += [self.layer] * len(insns)
+
+    def _encode(self, insn: Instruction) -> int:
+        """``insn``'s word, encoded once per distinct instruction."""
+        # The address fields themselves: hashing and comparing Addr objects costs
+        # several times more. Parameters given in another order only cost another
+        # encoding of the same word.
+        x, y, z = insn.x, insn.y, insn.z
+        key = (insn.opcode, tuple(insn.params.items()), insn.count0, insn.count1,
+               x.base, x.stride0, x.stride1, x.regions, y.base, y.stride0, y.stride1, y.regions,
+               z.base, z.stride0, z.stride1, z.regions)
+        word = self._by_value.get(key)
+        if word is None:
+            word = self._by_value[key] = insn.encode(self.cfg)
+        return word
 
     def load(self, mem: Mem, z: Addr, count0: int, count1: int, words: list[int]):
         """LOAD ``count0 x count1`` constant words into ``mem`` along ``z``."""

@@ -39,7 +39,9 @@ so raises :class:`~fxpgen.compiler.tiling.DoesNotFit` saying what and by how muc
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -61,6 +63,9 @@ from .vector_ops import (emit_add, emit_concat, emit_lut, emit_maxpool, emit_mul
 
 __all__ = ["lower", "Lowered"]
 
+#: ``progress(done, total)``: layers of the program emitted so far, of all.
+Progress = Callable[[int, int], None]
+
 
 @dataclass
 class Lowered:
@@ -70,7 +75,7 @@ class Lowered:
     layouts of the input and output maps."""
 
     cfg: CoreConfig
-    instructions: list[Instruction]
+    words: list[int]                         # the instruction words
     layers: list[str]                        # source layer of every instruction
     consts: list[int]                        # the data stream without the image
     input_pieces: list[InputPiece]           # where the image goes in, in stream order
@@ -83,6 +88,13 @@ class Lowered:
     input_unfold: InputUnfold | None = None  # how the host lays out the image, if it does
     host_pieces: list[HostPiece] = field(default_factory=list)  # off-chip words, in stream order
     host_buffers: list[HostBuffer] = field(default_factory=list)  # off-chip maps in the results
+
+    @functools.cached_property
+    def instructions(self) -> list[Instruction]:
+        """The instructions, decoded from :attr:`words` (region masks filled in), one
+        object per distinct word."""
+        decoded: dict[int, Instruction] = {}
+        return [decoded.get(w) or decoded.setdefault(w, Instruction.decode(w)) for w in self.words]
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -182,7 +194,7 @@ class Lowered:
 
 
 def lower(qg: QGraph, cfg: CoreConfig, *, stream_input: bool | None = None,
-          unfold: bool = True) -> Lowered:
+          unfold: bool = True, progress: Progress | None = None) -> Lowered:
     """Lower ``qg`` to a program for ``cfg``; raise :class:`DoesNotFit` when a layer or
     map does not fit the memories.
 
@@ -190,56 +202,60 @@ def lower(qg: QGraph, cfg: CoreConfig, *, stream_input: bool | None = None,
     bands of rows to its consumer (True), or stream only when it does not fit (None).
     ``unfold``: let the host unfold the input for its first convolution when that
     takes fewer matmuls (:mod:`fxpgen.compiler.unfold`).
+    ``progress(done, total)``: called as the program's layers are emitted.
     """
     _check_units(qg, cfg)
     qg = expand_unaligned(fold_shuffles(qg), cfg.lanes)
     unfolded = unfold_input(qg, cfg.rows) if unfold else None
     if unfolded is None:
-        return _lower_streamed(qg, cfg, stream_input)
-    low = _lower_streamed(unfolded[0], cfg, stream_input)
+        return _lower_streamed(qg, cfg, stream_input, progress)
+    low = _lower_streamed(unfolded[0], cfg, stream_input, progress)
     low.input_unfold = unfolded[1]
     return low
 
 
-def _lower_streamed(qg: QGraph, cfg: CoreConfig, stream_input: bool | None) -> Lowered:
+def _lower_streamed(qg: QGraph, cfg: CoreConfig, stream_input: bool | None,
+                    progress: Progress | None = None) -> Lowered:
     consumer = _streamable_consumer(qg)
     if stream_input and consumer is None:
         raise DoesNotFit(f"the input {qg.input} can be streamed only when its one consumer is a "
                          "convolution or average pool")
     plans: dict = {}
     try:
-        return _lower_resident(qg, cfg, stream_input, consumer, plans)
+        return _lower_resident(qg, cfg, stream_input, consumer, plans, progress)
     except DoesNotFit as resident:
         if not spillable(qg):
             raise
-        return _lower_offchip(qg, cfg, consumer if stream_input is not False else None, resident, plans)
+        return _lower_offchip(qg, cfg, consumer if stream_input is not False else None, resident, plans,
+                              progress)
 
 
 def _lower_resident(qg: QGraph, cfg: CoreConfig, stream_input: bool | None, consumer,
-                    plans: dict) -> Lowered:
+                    plans: dict, progress: Progress | None = None) -> Lowered:
     """The lowering with every map but a streamed input in the scratchpad."""
     if stream_input is None:
         try:
-            return _lower(qg, cfg, None, plans=plans)
+            return _lower(qg, cfg, None, plans=plans, progress=progress)
         except DoesNotFit as resident:
             if consumer is None:
                 raise
             try:
-                return _lower(qg, cfg, consumer, plans=plans)
+                return _lower(qg, cfg, consumer, plans=plans, progress=progress)
             except DoesNotFit as streamed:
                 raise DoesNotFit(f"{streamed} (with the input streamed in bands; kept whole: "
                                  f"{resident})") from None
-    return _lower(qg, cfg, consumer if stream_input else None, plans=plans)
+    return _lower(qg, cfg, consumer if stream_input else None, plans=plans, progress=progress)
 
 
-def _lower_offchip(qg: QGraph, cfg: CoreConfig, consumer, resident: DoesNotFit, plans: dict) -> Lowered:
+def _lower_offchip(qg: QGraph, cfg: CoreConfig, consumer, resident: DoesNotFit, plans: dict,
+                   progress: Progress | None = None) -> Lowered:
     """The lowering with maps off chip, for smaller and smaller spill budgets
     (:mod:`~fxpgen.compiler.offchip`); ``resident`` is why the maps do not all fit."""
     tried, last = set(), resident
     for spilled in spill_plans(qg, cfg.lanes, cfg.spad_depth, consumer is not None):
         tried.add(spilled)
         try:
-            return _lower(qg, cfg, consumer, spilled, plans)
+            return _lower(qg, cfg, consumer, spilled, plans, progress)
         except DoesNotFit as e:
             last = e
     if not tried:
@@ -255,23 +271,27 @@ def _streamable_consumer(qg: QGraph):
 
 
 def _lower(qg: QGraph, cfg: CoreConfig, streamed_into, offchip: frozenset[str] = frozenset(),
-           plans: dict | None = None) -> Lowered:
+           plans: dict | None = None, progress: Progress | None = None) -> Lowered:
     """The lowering; ``streamed_into`` is the input's consumer when the input is
     streamed, ``offchip`` the maps kept in the host's memory, ``plans`` the convs'
     constants (:class:`~fxpgen.compiler.conv_plan.ConvConstants`) by op, shared by
     the attempts. A dry run (the placements and plans, no instruction) goes first:
-    an attempt that does not fit fails in it, emitting nothing."""
+    an attempt that does not fit fails in it, emitting nothing; ``progress`` follows
+    the second run."""
     plans = {} if plans is None else plans
     _run(_Lowering(qg, cfg, offchip, plans, dry=True), streamed_into)
-    return _run(_Lowering(qg, cfg, offchip, plans), streamed_into)
+    return _run(_Lowering(qg, cfg, offchip, plans), streamed_into, progress)
 
 
-def _run(lo: "_Lowering", streamed_into) -> Lowered | None:
-    """Lower ``lo``'s graph op by op; the program, or None for a dry run."""
+def _run(lo: "_Lowering", streamed_into, progress: Progress | None = None) -> Lowered | None:
+    """Lower ``lo``'s graph op by op (``progress(done, total)`` after each); the
+    program, or None for a dry run."""
     qg = lo.qg
     in_lay = lo.place_input(streamed_into)
     last_use = last_uses(qg)
     for i, op in enumerate(qg.ops):
+        if progress:
+            progress(i, len(qg.ops))
         lo.em.layer = op.name
         if touches_offchip(lo, op):
             band_in = lower_banded(lo, op, op is streamed_into)
@@ -291,6 +311,8 @@ def _run(lo: "_Lowering", streamed_into) -> Lowered | None:
         # A HALT per layer: the core's counters then measure each layer on its own.
         lo.em.emit(Instruction(Opcode.HALT))
         lo.release_read_last(op, i, last_use)
+    if progress:
+        progress(len(qg.ops), len(qg.ops))
     return lo.finish(in_lay)
 
 
@@ -378,7 +400,7 @@ class _Lowering:
             em.emit(Instruction(Opcode.STORE, {"mem": Mem.SPAD.value}, out_lay.width * out_lay.groups, 1,
                                 x=Addr(out_lay.pixel(y, 0), 1)))
         em.emit(Instruction(Opcode.HALT))
-        return Lowered(self.cfg, em.insns, em.layers, em.data, em.pieces, in_lay, out_lay,
+        return Lowered(self.cfg, em.words, em.layers, em.data, em.pieces, in_lay, out_lay,
                        qg.tensor(qg.input).fmt.signed, qg.tensor(qg.output).fmt.signed,
                        spad_rows_used=self.alloc.high, notes=em.notes, host_pieces=em.host_pieces,
                        host_buffers=em.buffers)

@@ -13,18 +13,23 @@ A program directory holds:
 
 ``program.fxp`` layout (all integers little-endian)::
 
-    magic      8 bytes   b"FXPGPROG"
-    version    u16       FORMAT_VERSION
-    hlen       u32       length of the header
-    header     hlen      UTF-8 JSON: config, insn_bits, bus_width, counts, layouts,
-                         formats, layers (instruction ranges per layer), the
-                         input's pieces and unfolding, the off-chip maps
-    insns      n_insns  x INSN_BYTES     instruction words
-    data       data_bytes                zlib stream of n_data x BUS_BYTES constant
-                                         data words; the input image's words go in
-                                         where ``input_pieces`` say, words of
-                                         off-chip maps where ``host_pieces`` say
-    sha256     32 bytes  of everything above
+    magic       8 bytes   b"FXPGPROG"
+    version     u16       FORMAT_VERSION
+    hlen        u32       length of the header
+    header      hlen      UTF-8 JSON: config, insn_bits, bus_width, counts, section
+                          sizes, layouts, formats, layers (instruction ranges per
+                          layer), the input's pieces and unfolding, the off-chip maps
+    insn_table  zlib      the distinct instruction words, INSN_BYTES each, in order of
+                          first use
+    insn_index  zlib      n_insns x i32: each instruction's index in ``insn_table``
+                          less the previous one's (the first's less 0)
+    data_table  zlib      the distinct constant data words, BUS_BYTES each, in order
+                          of first use
+    data_index  zlib      n_data x i32: each constant word's index in ``data_table``,
+                          as differences likewise; the image's words go in where
+                          ``input_pieces`` say, words of off-chip maps where
+                          ``host_pieces`` say
+    sha256      32 bytes  of everything above
 
 The data stream, in order, is runs of constant words, image words and host-buffer
 words: ``input_pieces`` ``[at, first, count]`` put image words ``[first, first +
@@ -39,6 +44,10 @@ later layers (later HALT segments) read (:mod:`fxpgen.compiler.offchip`).
 
 Version 3 compresses the data words: most are weight rows that fill a quarter of a
 bus word, and the rest would be zeros on disk. Version 4 adds the off-chip maps.
+Version 5 writes each distinct instruction and data word once: a network repeats a
+few thousand instructions over its tiles, reloads its weight tiles for every band of
+rows and fills accumulators with the same bias word, so the indices (mostly runs of
+0 and 1 as differences) compress to a small part of the words they stand for.
 
 Loading checks the magic, version and checksum, and (when asked) that the program
 was built for the given core configuration.
@@ -49,11 +58,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import itertools
 import json
 import struct
 import zlib
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Hashable, Iterator
 
 import numpy as np
 
@@ -73,7 +83,11 @@ __all__ = ["FORMAT_VERSION", "ProgramFormatError", "save_program", "load_program
            "MANIFEST", "write_manifest", "check_manifest"]
 
 MAGIC = b"FXPGPROG"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
+
+#: The compressed sections after the header, in file order.
+SECTIONS = ("insn_table", "insn_index", "data_table", "data_index")
+_CHUNK = 1 << 20          # items converted at a time: bounds the temporary bytes objects
 
 #: The files ``fxpgen compile`` writes into a program folder.
 PROGRAM_FILES = ("program.fxp", "listing.txt", "qgraph.json", "qgraph.npz", "report.json",
@@ -124,63 +138,74 @@ class Program:
 
 
 def _layer_ranges(layers: list[str]) -> list[dict]:
-    out = []
-    for i, name in enumerate(layers):
-        if out and out[-1]["layer"] == name and out[-1]["end"] == i:
-            out[-1]["end"] = i + 1
-        else:
-            out.append({"layer": name, "start": i, "end": i + 1})
+    out, start = [], 0
+    for name, run in itertools.groupby(layers):
+        n = len(list(run))
+        out.append({"layer": name, "start": start, "end": start + n})
+        start += n
     return out
 
 
-def _instruction_key(insn: Instruction) -> tuple:
-    """What an instruction's word and text depend on: equal keys, equal words."""
-    return (insn.opcode, tuple(sorted(insn.params.items())), insn.count0, insn.count1,
-            insn.x, insn.y, insn.z)
+def _distinct(items: list, encode: Callable[[object], Hashable] = lambda v: v) -> tuple[list, np.ndarray]:
+    """The distinct values ``encode`` gives the items, in order of first use, and the
+    index (int32) of each item's value among them: ``[values[k] for k in index]`` is
+    ``[encode(i) for i in items]``. ``encode`` runs once per distinct object of a chunk
+    of items (found by identity, in numpy): a program repeats the same instruction-word
+    and weight-word objects millions of times."""
+    code_of: dict = {}
+    index = np.empty(len(items), np.int32)
+    for start in range(0, len(items), _CHUNK):
+        part = items[start:start + _CHUNK]
+        _, first, inverse = np.unique(np.fromiter(map(id, part), np.int64, len(part)),
+                                      return_index=True, return_inverse=True)
+        codes = [0] * len(first)
+        at = first.tolist()
+        # In order of first use, so that new values take the next codes.
+        for u in np.argsort(first, kind="stable").tolist():
+            codes[u] = code_of.setdefault(encode(part[at[u]]), len(code_of))
+        index[start:start + len(part)] = np.array(codes, np.int32)[inverse.reshape(-1)]
+    return list(code_of), index
 
 
-def _per_distinct(instructions: list[Instruction], fn: Callable[[Instruction], object]) -> list:
-    """``[fn(i) for i in instructions]``, calling ``fn`` once per distinct instruction:
-    a network repeats a few thousand instructions over its tiles, and encoding one
-    costs tens of microseconds."""
-    seen: dict[tuple, object] = {}
-    # The lowering repeats instruction objects (a conv's chunks): their id is the cheap key.
-    by_id: dict[int, object] = {}
-    out = []
-    for insn in instructions:
-        if id(insn) not in by_id:
-            key = _instruction_key(insn)
-            if key not in seen:
-                seen[key] = fn(insn)
-            by_id[id(insn)] = seen[key]
-        out.append(by_id[id(insn)])
-    return out
-
-
-def _compressed_words(words: list[int], nbytes: int, chunk: int = 1 << 20) -> bytes:
-    """zlib (level 1) of the words, ``nbytes`` little-endian each, encoded a chunk at a
-    time: a network's tens of millions of words as bytes objects at once take gigabytes."""
+def _zlib(parts: Iterator[bytes]) -> bytes:
+    """zlib (level 1: the sections are mostly runs, fast to find) of the parts' bytes."""
     z = zlib.compressobj(1)
-    out = [z.compress(b"".join(w.to_bytes(nbytes, "little") for w in words[i:i + chunk]))
-           for i in range(0, len(words), chunk)]
-    return b"".join(out) + z.flush()
+    return b"".join([z.compress(part) for part in parts]) + z.flush()
+
+
+def _table_bytes(values: list[int], size: int) -> Iterator[bytes]:
+    """The values as little-endian words of ``size`` bytes, a chunk at a time."""
+    for i in range(0, len(values), _CHUNK):
+        yield b"".join([v.to_bytes(size, "little") for v in values[i:i + _CHUNK]])
+
+
+def _index_bytes(index: np.ndarray) -> Iterator[bytes]:
+    """The indices as i32 differences from the one before, a chunk at a time."""
+    prev = 0
+    for i in range(0, len(index), _CHUNK):
+        part = index[i:i + _CHUNK]
+        yield np.diff(part, prepend=prev).astype("<i4").tobytes()
+        prev = int(part[-1])
 
 
 def save_program(path: Path, low: Lowered, extra: dict | None = None) -> dict:
     """Write ``program.fxp`` for a lowered program; returns its header."""
     cfg = low.cfg
     bus_bytes = (cfg.bus_width + 7) // 8
-    words = _per_distinct(low.instructions, lambda insn: insn.encode(cfg))
-    insns = b"".join(w.to_bytes(INSN_BYTES, "little") for w in words)
-    data = _compressed_words(low.consts, bus_bytes)
+    insn_table, insn_index = _distinct(low.words)
+    data_table, data_index = _distinct(low.consts)
+    sections = [_zlib(_table_bytes(insn_table, INSN_BYTES)), _zlib(_index_bytes(insn_index)),
+                _zlib(_table_bytes(data_table, bus_bytes)), _zlib(_index_bytes(data_index))]
     header = {
         "format": FORMAT_VERSION,
         "config": cfg.as_dict(),
         "insn_bits": INSN_BITS,
         "bus_width": cfg.bus_width,
-        "n_insns": len(low.instructions),
+        "n_insns": len(low.words),
         "n_data": len(low.consts),
-        "data_bytes": len(data),
+        "n_insn_table": len(insn_table),
+        "n_data_table": len(data_table),
+        "section_bytes": dict(zip(SECTIONS, map(len, sections))),
         "input_pieces": [[p.at, p.first, p.count] for p in low.input_pieces],
         "input_unfold": dataclasses.asdict(low.input_unfold) if low.input_unfold else None,
         "host_pieces": [[p.at, p.after_inputs, p.buffer, p.offset, p.count, p.run, p.stride]
@@ -195,8 +220,12 @@ def save_program(path: Path, low: Lowered, extra: dict | None = None) -> dict:
         **(extra or {}),
     }
     hbytes = json.dumps(header, sort_keys=True).encode()
-    body = b"".join([MAGIC, struct.pack("<HI", FORMAT_VERSION, len(hbytes)), hbytes, insns, data])
-    Path(path).write_bytes(body + hashlib.sha256(body).digest())
+    digest = hashlib.sha256()
+    with open(path, "wb") as f:
+        for part in [MAGIC, struct.pack("<HI", FORMAT_VERSION, len(hbytes)), hbytes, *sections]:
+            digest.update(part)
+            f.write(part)
+        f.write(digest.digest())
     return header
 
 
@@ -225,15 +254,34 @@ def load_program(path: Path, cfg: CoreConfig | None = None) -> Program:
             + "; recompile with the core's --rows/--cols/... options")
     if header["insn_bits"] != INSN_BITS:
         raise ProgramFormatError(f"{path}: instruction width {header['insn_bits']} != {INSN_BITS}")
-    view = memoryview(raw)
-    words = _split_words(view[off:off + header["n_insns"] * INSN_BYTES], INSN_BYTES)
-    off += header["n_insns"] * INSN_BYTES
+    view = memoryview(body)
+    sections = {}
+    for name in SECTIONS:
+        size = header["section_bytes"][name]
+        sections[name] = zlib.decompress(view[off:off + size])
+        off += size
+    if off != len(body):
+        raise ProgramFormatError(f"{path}: the sections do not add up to the file's length")
     bus_bytes = (built_for.bus_width + 7) // 8
-    data = zlib.decompress(view[off:off + header["data_bytes"]])
-    if len(data) != header["n_data"] * bus_bytes or off + header["data_bytes"] != len(body):
-        raise ProgramFormatError(f"{path}: the data section does not hold the header's "
-                                 f"{header['n_data']} words")
-    return Program(built_for, words, _split_words(memoryview(data), bus_bytes), header)
+    words = _expand(path, "instruction", sections["insn_table"], sections["insn_index"], INSN_BYTES,
+                    header["n_insn_table"], header["n_insns"])
+    consts = _expand(path, "data", sections["data_table"], sections["data_index"], bus_bytes,
+                     header["n_data_table"], header["n_data"])
+    return Program(built_for, words, consts, header)
+
+
+def _expand(path: Path, what: str, table: bytes, deltas: bytes, size: int, n_table: int,
+            n: int) -> list[int]:
+    """The words of a table section and an index section (:func:`save_program`)."""
+    if len(table) != n_table * size or len(deltas) != 4 * n:
+        raise ProgramFormatError(f"{path}: the {what} sections do not hold the header's {n_table} "
+                                 f"distinct words and {n} indices")
+    index = np.cumsum(np.frombuffer(deltas, "<i4"), dtype=np.int64)
+    if n and not (0 <= index.min() and index.max() < n_table):
+        raise ProgramFormatError(f"{path}: an index of the {what} section points outside its table")
+    values = np.empty(n_table, object)
+    values[:] = _split_words(memoryview(table), size)
+    return values[index].tolist()
 
 
 def _sha256(path: Path) -> str:
@@ -286,10 +334,10 @@ def listing(low: Lowered) -> str:
     """The disassembly, one instruction a line, prefixed with its index and layer."""
     from fxpgen.asm import format_instruction
     width = max((len(n) for n in low.layers), default=5)
-    texts = _per_distinct(low.instructions, lambda insn: format_instruction(insn.with_regions(low.cfg)))
-    lines = [f"# fxpgen program: {len(low.instructions)} instructions, "
+    texts, index = _distinct(low.words, lambda word: format_instruction(Instruction.decode(word)))
+    lines = [f"# fxpgen program: {len(low.words)} instructions, "
              f"{low.cfg.rows}x{low.cfg.cols} array"]
-    lines += [f"{i:6d}  {layer:<{width}}  {text}" for i, (text, layer) in enumerate(zip(texts, low.layers))]
+    lines += [f"{i:6d}  {layer:<{width}}  {texts[k]}" for i, (k, layer) in enumerate(zip(index.tolist(), low.layers))]
     return "\n".join(lines) + "\n"
 
 
@@ -301,7 +349,8 @@ _KIND = {v: k for k, v in _OPS.items()}
 
 
 def save_qgraph(directory: Path, qg: QGraph) -> None:
-    """Write ``qgraph.json`` (structure) and ``qgraph.npz`` (integer arrays)."""
+    """Write ``qgraph.json`` (structure) and ``qgraph.npz`` (integer arrays, each in the
+    narrowest signed type that holds it; loaded as int64)."""
     write_qgraph(directory, *encode_qgraph(qg))
 
 
@@ -309,6 +358,15 @@ def write_qgraph(directory: Path, text: str, npz: bytes) -> None:
     """Write the files of :func:`encode_qgraph`'s result."""
     Path(directory, "qgraph.json").write_text(text)
     Path(directory, "qgraph.npz").write_bytes(npz)
+
+
+def _narrowest(a: np.ndarray) -> np.ndarray:
+    """``a`` in the narrowest signed integer type holding its values: weights are
+    bytes, and compressing them as int64 took most of the write."""
+    for t in (np.int8, np.int16, np.int32):
+        if not a.size or (np.iinfo(t).min <= a.min() and a.max() <= np.iinfo(t).max):
+            return a.astype(t)
+    return a
 
 
 def encode_qgraph(qg: QGraph) -> tuple[str, bytes]:
@@ -321,7 +379,7 @@ def encode_qgraph(qg: QGraph) -> tuple[str, bytes]:
             v = getattr(op, f.name)
             if isinstance(v, np.ndarray):
                 key = f"op{k}_{f.name}"
-                arrays[key] = np.asarray(v, np.int64)
+                arrays[key] = _narrowest(np.asarray(v, np.int64))
                 d[f.name] = {"array": key}
             else:
                 d[f.name] = list(v) if isinstance(v, tuple) else (int(v) if isinstance(v, np.integer) else v)
@@ -348,7 +406,7 @@ def load_qgraph(directory: Path) -> QGraph:
         kw = {}
         for k, v in d.items():
             if isinstance(v, dict) and "array" in v:
-                kw[k] = arrays[v["array"]]
+                kw[k] = np.asarray(arrays[v["array"]], np.int64)
             elif isinstance(v, list):
                 kw[k] = tuple(v)
             else:

@@ -691,7 +691,14 @@ def pack_rows(mem: Mem, rows, cfg: CoreConfig) -> list[int]:
     lane_bits = (arr.astype(_np.int64) & ((1 << width) - 1) if width < 64 else arr)
     buf = lane_bits.astype(f"<u{width // 8}").tobytes()
     n = lanes * width // 8
-    return [int.from_bytes(buf[i:i + n], "little") for i in range(0, len(buf), n)]
+    if n % 8:
+        return [int.from_bytes(buf[i:i + n], "little") for i in range(0, len(buf), n)]
+    # Whole 64-bit limbs: numpy makes the integers, most significant limb first.
+    limbs = _np.frombuffer(buf, "<u8").reshape(-1, n // 8)
+    words = limbs[:, -1].tolist()
+    for k in range(n // 8 - 2, -1, -1):
+        words = [(w << 64) | low for w, low in zip(words, limbs[:, k].tolist())]
+    return words
 
 
 def unpack_rows(mem: Mem, words, cfg: CoreConfig, signed: bool = True) -> _np.ndarray:

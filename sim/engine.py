@@ -90,9 +90,10 @@ class NetworkProgram(Runnable):
         """From a lowering in memory; ``input_halt`` adds a HALT after the input load
         (:func:`~fxpgen.sim.segments.with_input_halt`), so the input load is a
         segment of its own."""
-        insns, layers = ((with_input_halt(low.instructions, low.layers)) if input_halt
-                         else (low.instructions, low.layers))
-        return cls(low.cfg, [i.encode(low.cfg) for i in insns], list(layers), low, qgraph)
+        if not input_halt:
+            return cls(low.cfg, list(low.words), list(low.layers), low, qgraph)
+        insns, layers = with_input_halt(low.instructions, low.layers)
+        return cls(low.cfg, [i.encode(low.cfg) for i in insns], layers, low, qgraph)
 
     def check_input(self, x) -> np.ndarray:
         """Input ``x`` as int64 (C, H, W), checked as every engine needs it: the input

@@ -3,6 +3,7 @@ the command line's terms, compact program folders of a checked format."""
 
 import hashlib
 import json
+import re
 import struct
 
 import numpy as np
@@ -25,6 +26,8 @@ def test_progress_and_notes_on_stderr_and_silent_when_asked(tmp_path):
     loud = _compile(tmp_path / "loud")
     assert loud.exit_code == 0, loud.output
     assert "compile: write" in loud.stderr and "compiled" in loud.stdout
+    # The lowering counts the layers up to all of them.
+    assert re.search(r"compile: lower (\d+)/\1\b", loud.stderr), loud.stderr
     for flag in ("--quiet", "--json"):
         res = _compile(tmp_path / flag, flag)
         assert res.exit_code == 0, res.output
@@ -51,7 +54,7 @@ def test_old_program_version_is_refused_clearly(tmp_path):
     raw = bytearray((tmp_path / "program.fxp").read_bytes()[:-32])
     struct.pack_into("<H", raw, len(MAGIC), 2)
     (tmp_path / "program.fxp").write_bytes(bytes(raw) + hashlib.sha256(raw).digest())
-    with pytest.raises(ProgramFormatError, match="version 2, this fxpgen reads version 4"):
+    with pytest.raises(ProgramFormatError, match="version 2, this fxpgen reads version 5"):
         load_program(tmp_path / "program.fxp")
 
 
@@ -135,3 +138,14 @@ def test_bad_quantizer_options_give_one_clear_error(tmp_path, args, option):
 def test_weight_clipping_note_names_the_command_line_options():
     note = "conv1: 3 weights clip at +-127 (fl_w 7); try per_channel=True or weight_mode='grid'"
     assert user_terms(note, None).endswith("try --per-channel or --weight-mode grid")
+
+
+def test_program_file_holds_each_distinct_word_once_and_every_word_back(tmp_path):
+    from fxpgen.compiler.lower import lower
+    from fxpgen.compiler.program import load_qgraph
+    assert _compile(tmp_path).exit_code == 0
+    prog = load_program(tmp_path / "program.fxp")
+    low = lower(load_qgraph(tmp_path), prog.cfg)
+    assert prog.words == low.words and prog.consts == low.consts
+    assert prog.header["n_insn_table"] == len(set(low.words)) < len(low.words)
+    assert prog.header["n_data_table"] == len(set(low.consts)) < len(low.consts)
