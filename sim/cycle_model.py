@@ -26,17 +26,18 @@ program that stops on an error has no meaningful timing).
 from __future__ import annotations
 
 import bisect
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from fxpgen.config import CoreConfig
+from fxpgen.config import REGIONS, CoreConfig
 from fxpgen.hw.array import SystolicArray
 from fxpgen.hw.controller import UNIT_OF
 from fxpgen.hw.hazards import resource_index
 from fxpgen.hw.requant import Requantizer
 from fxpgen.hw.store import FIFO_DEPTH
-from fxpgen.isa import Instruction, Mem, Opcode, footprint
+from fxpgen.isa import Addr, Instruction, Mem, Opcode, footprint, region_of
 
 from .engine import Engine, EngineResult, Progress, Runnable
 from .segments import split_layers
@@ -76,8 +77,10 @@ class Latencies:
     store_fifo: int
 
     @classmethod
+    @functools.cache
     def of(cls, cfg: CoreConfig) -> "Latencies":
         array = SystolicArray(cfg.rows, cfg.cols, cfg.psum_width)
+        array._MustUse__silence = True     # built for its LATENCY only, never elaborated
         return cls(matmul_write=1 + array.LATENCY, vector_write=1 + Requantizer.LATENCY,
                    loadw_drain=1, store_drain=3, store_fifo=FIFO_DEPTH)
 
@@ -167,8 +170,47 @@ def _store_last_issue(d: int, n: int, lat: Latencies) -> int:
     return d + 1 + ((n - 1) // lat.store_fifo) * window + (n - 1) % lat.store_fifo
 
 
-def _unit_timing(insn: Instruction, d: int, n: int, lat: Latencies, reads: list[int],
-                 writes: list[int]) -> tuple[int, int, list[tuple[int, int]], list[tuple[int, int]]]:
+def _last_touches(a: Addr, count0: int, count1: int, depth: int) -> dict[int, int]:
+    """The last iteration (counted in loop order) whose address lies in each region of
+    a ``depth``-row memory that the loops reach. Addresses grow along both loops
+    (strides are unsigned), so within one pass of the inner loop a region's
+    iterations are consecutive: the outer loop is walked backwards until every
+    region between the lowest and the highest address is found or ruled out."""
+    size = depth // REGIONS
+    hi = a.base + (count0 - 1) * a.stride0 + (count1 - 1) * a.stride1
+    todo = set(range(region_of(a.base, depth), min(region_of(hi, depth), REGIONS - 1) + 1))
+    found: dict[int, int] = {}
+    for i1 in range(count1 - 1, -1, -1):
+        row = a.base + i1 * a.stride1
+        for r in sorted(todo):
+            top = (r + 1) * size - 1
+            if top < row:
+                continue
+            i0 = count0 - 1 if a.stride0 == 0 else min(count0 - 1, (top - row) // a.stride0)
+            if row + i0 * a.stride0 >= r * size:
+                found[r] = i1 * count0 + i0
+        todo -= found.keys()
+        if not todo:
+            break
+    return found
+
+
+def _matmul_holds(insn: Instruction, d: int, lat: Latencies, cfg: CoreConfig,
+                  writes: list[int]) -> list[tuple[int, int]]:
+    """MATMUL's accumulator regions: the declared ones while its loops run, then each
+    region its vectors write until the last of them is written back (the matmul
+    unit counts vectors in flight per region of their address, ``hw/matmul.py``)."""
+    last = d + insn.iterations
+    ends = {b: last for b in writes}
+    for r, k in _last_touches(insn.z, insn.count0, insn.count1, cfg.acc_depth).items():
+        b = resource_index((Mem.ACC, r))
+        ends[b] = max(ends.get(b, last), d + 1 + k + lat.matmul_write)
+    return list(ends.items())
+
+
+def _unit_timing(insn: Instruction, d: int, n: int, lat: Latencies, cfg: CoreConfig,
+                 reads: list[int], writes: list[int]
+                 ) -> tuple[int, int, list[tuple[int, int]], list[tuple[int, int]]]:
     """A non-LOAD instruction dispatched at ``d`` with ``n > 0`` iterations: ``(ready,
     busy_end, read_holds, write_holds)``, where ``ready`` is the first cycle its unit
     accepts another instruction, ``busy_end`` the last cycle the unit is busy with
@@ -181,7 +223,7 @@ def _unit_timing(insn: Instruction, d: int, n: int, lat: Latencies, reads: list[
         wb = last + lat.matmul_write
         bank = resource_index(("BANK", insn.params.get("bank", 0)))
         return (last, wb, [(b, wb if b == bank else last) for b in reads],
-                [(b, wb) for b in writes])
+                _matmul_holds(insn, d, lat, cfg, writes))
     if op is Opcode.LOADW:
         drained = last + lat.loadw_drain
         return drained + 1, drained, [(b, last) for b in reads], [(b, drained) for b in writes]
@@ -197,8 +239,8 @@ def _unit_timing(insn: Instruction, d: int, n: int, lat: Latencies, reads: list[
 class _Core:
     """The state the model keeps between instructions of one segment."""
 
-    def __init__(self, lat: Latencies):
-        self.lat = lat
+    def __init__(self, cfg: CoreConfig, lat: Latencies):
+        self.cfg, self.lat = cfg, lat
         self.ready = dict.fromkeys(set(UNIT_OF.values()), 0)
         self.busy_end = dict.fromkeys(self.ready, 0)
         self.r_end = {u: {} for u in self.ready}
@@ -255,7 +297,7 @@ class _Core:
             mem = Mem(insn.params.get("mem", 0))
             self.load = (d, n, mem, writes, s)
             return d
-        ready, busy_end, r_holds, w_holds = _unit_timing(insn, d, n, self.lat, reads, writes)
+        ready, busy_end, r_holds, w_holds = _unit_timing(insn, d, n, self.lat, self.cfg, reads, writes)
         self.ready[unit], self.busy_end[unit] = ready, busy_end
         for b, e in r_holds:
             self.r_end[unit][b] = e
@@ -268,11 +310,11 @@ class _Core:
         return busy_end
 
 
-def _segment(insns: Sequence[Instruction], first: int, start: int, layer: str,
+def _segment(insns: Sequence[Instruction], first: int, start: int, layer: str, cfg: CoreConfig,
              lat: Latencies, slices: list[Slice] | None) -> SegmentTiming:
     """Time one segment (instructions up to its HALT) taken at program cycle ``start``;
     its instructions are ``first, first + 1, ...`` of the program."""
-    core, d, macs = _Core(lat), 0, 0
+    core, d, macs = _Core(cfg, lat), 0, 0
     for k, insn in enumerate(insns):
         waiting = d + 1
         unit = UNIT_OF.get(insn.opcode)
@@ -315,7 +357,8 @@ def estimate_words(cfg: CoreConfig, words: Sequence[int], layers: Sequence[str],
     slices: list[Slice] | None = [] if timeline else None
     segments, first, start = [], 0, 0
     for cut in cuts:
-        seg = _segment(insns[first:first + len(cut.words)], first, start, cut.layer, lat, slices)
+        seg = _segment(insns[first:first + len(cut.words)], first, start, cut.layer, cfg, lat,
+                       slices)
         segments.append(seg)
         first += len(cut.words)
         start += seg.counters["cycles"] + 2
