@@ -36,10 +36,12 @@ SMALL = {"4x8": CoreConfig(rows=4, cols=8, spad_depth=4096, wbuf_depth=1024, acc
 
 
 def random_network(seed: int, size: int):
-    """A random chain of 3x3 and 1x1 convs, residual blocks, max pools and depthwise
-    convs on a 3 x size x size input, ending in a 1x1 conv to 4 channels."""
+    """A 3x3 conv to 8 to 16 channels on a 3 x size x size input, then a random chain
+    of 3x3 and 1x1 convs, residual blocks, max pools and depthwise convs, ending in
+    a 1x1 conv to 4 channels."""
     rng = np.random.default_rng(seed)
-    m, x, c = TestModel(seed), "x", 3
+    m, c = TestModel(seed), int(rng.choice([8, 12, 16]))
+    x = conv(m, "x", 3, c, 3)
     for k in range(int(rng.integers(2, 5))):
         kind = rng.choice(["conv", "conv", "residual", "maxpool", "depthwise"])
         if kind == "residual":
