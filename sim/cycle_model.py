@@ -34,7 +34,7 @@ from typing import Sequence
 from fxpgen.config import REGIONS, CoreConfig
 from fxpgen.hw.array import SystolicArray
 from fxpgen.hw.controller import UNIT_OF
-from fxpgen.hw.hazards import resource_index
+from fxpgen.hw.hazards import HAZARD_BITS, resource_index
 from fxpgen.hw.requant import Requantizer
 from fxpgen.hw.store import FIFO_DEPTH
 from fxpgen.isa import Addr, Instruction, Mem, Opcode, footprint, region_of
@@ -87,10 +87,14 @@ class Latencies:
 
 @dataclass
 class Slice:
-    """One instruction on the timeline, in cycles from the start of the program:
-    it became the current instruction at ``waiting``, was dispatched at
-    ``dispatch`` and kept its unit busy until ``end`` (exclusive; ``dispatch + 1``
-    for HALT and SYNC)."""
+    """One instruction on the timeline, in counted cycles: the cycles the core's
+    ``cycles`` counter counts, numbered from 1, the segments one after another (the
+    two cycles between a HALT and the next segment's first instruction, which no
+    counter counts, left out). The instruction became the current one in cycle
+    ``waiting``, was dispatched in ``dispatch``, and its unit worked on it from
+    ``first`` to ``last`` (inclusive; empty for no iterations): a MATMUL while its
+    vectors enter the array (its drain overlaps the next MATMUL), any other unit
+    until it is idle again. HALT and SYNC occupy their dispatch cycle."""
 
     index: int
     opcode: Opcode
@@ -98,13 +102,14 @@ class Slice:
     layer: str
     waiting: int
     dispatch: int
-    end: int
+    first: int
+    last: int
 
 
 @dataclass
 class SegmentTiming:
     """One HALT segment's counters, named as the core's (``docs/core.md``), and the
-    cycle of the program at which it started (its first instruction taken)."""
+    counted cycle before its first (see :class:`Slice`)."""
 
     layer: str
     start: int
@@ -156,18 +161,37 @@ class _Port:
         return pos + rows - 1
 
 
-def _bits(resources) -> list[int]:
-    return [resource_index(r) for r in resources]
+@dataclass(frozen=True)
+class _Op:
+    """What the model needs of one instruction word, every cycle an offset from its
+    dispatch: its unit's ``ready`` again, its ``busy`` end, the ``last`` cycle of its
+    slice, how long it holds each hazard bit (``(bit, offset)``), and the shared
+    write port it waits for (LOAD) or takes (``take``: first and last offset of the
+    matmul's or the vector unit's writes). A LOAD's end depends on the port and is
+    left to :meth:`_Core.settle_load`."""
+
+    opcode: Opcode
+    unit: str | None
+    n: int
+    reads: tuple[int, ...]
+    writes: tuple[int, ...]
+    ready: int = 1
+    busy: int = 0
+    last: int = 0
+    r_holds: tuple[tuple[int, int], ...] = ()
+    w_holds: tuple[tuple[int, int], ...] = ()
+    port: Mem | None = None
+    take: tuple[int, int] | None = None
 
 
-def _store_last_issue(d: int, n: int, lat: Latencies) -> int:
-    """The cycle a STORE of ``n`` rows dispatched at ``d`` reads its last row: one a
-    cycle while its reads in flight stay below the FIFO's depth (each is in flight
-    for ``store_drain`` cycles after its read)."""
+def _store_last_issue(n: int, lat: Latencies) -> int:
+    """The cycle, counted from its dispatch, in which a STORE of ``n`` rows reads its
+    last row: one a cycle while its rows in flight stay below the FIFO's depth (each
+    is in flight for ``store_drain`` cycles after its read)."""
     window = lat.store_drain + 1
     if lat.store_fifo >= window:
-        return d + n
-    return d + 1 + ((n - 1) // lat.store_fifo) * window + (n - 1) % lat.store_fifo
+        return n
+    return 1 + ((n - 1) // lat.store_fifo) * window + (n - 1) % lat.store_fifo
 
 
 def _last_touches(a: Addr, count0: int, count1: int, depth: int) -> dict[int, int]:
@@ -195,147 +219,150 @@ def _last_touches(a: Addr, count0: int, count1: int, depth: int) -> dict[int, in
     return found
 
 
-def _matmul_holds(insn: Instruction, d: int, lat: Latencies, cfg: CoreConfig,
-                  writes: list[int]) -> list[tuple[int, int]]:
-    """MATMUL's accumulator regions: the declared ones while its loops run, then each
-    region its vectors write until the last of them is written back (the matmul
-    unit counts vectors in flight per region of their address, ``hw/matmul.py``)."""
-    last = d + insn.iterations
-    ends = {b: last for b in writes}
-    for r, k in _last_touches(insn.z, insn.count0, insn.count1, cfg.acc_depth).items():
-        b = resource_index((Mem.ACC, r))
-        ends[b] = max(ends.get(b, last), d + 1 + k + lat.matmul_write)
-    return list(ends.items())
+def _op(word: int, cfg: CoreConfig, lat: Latencies) -> _Op:
+    """The timing of an instruction word (:class:`_Op`)."""
+    insn = Instruction.decode(word)
+    unit = UNIT_OF.get(insn.opcode)
+    if unit is None:
+        return _Op(insn.opcode, None, 0, (), ())
+    fp = footprint(insn)
+    reads = tuple(resource_index(r) for r in fp.reads)
+    writes = tuple(resource_index(r) for r in fp.writes)
+    n = insn.iterations
+    if n == 0:
+        return _Op(insn.opcode, unit, 0, reads, writes)
+    if unit == "load":
+        mem = Mem(insn.params.get("mem", 0))
+        return _Op(insn.opcode, unit, n, reads, writes,
+                   port=mem if mem in (Mem.SPAD, Mem.ACC) else None)
+    return _timed_op(insn, unit, n, reads, writes, cfg, lat)
 
 
-def _unit_timing(insn: Instruction, d: int, n: int, lat: Latencies, cfg: CoreConfig,
-                 reads: list[int], writes: list[int]
-                 ) -> tuple[int, int, list[tuple[int, int]], list[tuple[int, int]]]:
-    """A non-LOAD instruction dispatched at ``d`` with ``n > 0`` iterations: ``(ready,
-    busy_end, read_holds, write_holds)``, where ``ready`` is the first cycle its unit
-    accepts another instruction, ``busy_end`` the last cycle the unit is busy with
-    it, and the holds ``(bit, last cycle held)`` per hazard bit it declares."""
-    last = d + n
+def _timed_op(insn: Instruction, unit: str, n: int, reads: tuple[int, ...], writes: tuple[int, ...],
+              cfg: CoreConfig, lat: Latencies) -> _Op:
+    """:func:`_op` of an instruction with iterations on a unit other than LOAD."""
     op = insn.opcode
     if op is Opcode.MATMUL:
-        # Ready as its last vector issues; the accumulator regions and the bank stay
-        # marked until that vector's write-back.
-        wb = last + lat.matmul_write
+        # Ready as its last vector issues; the bank, and each accumulator region,
+        # stay marked until their last vector is written back.
+        wb = n + lat.matmul_write
         bank = resource_index(("BANK", insn.params.get("bank", 0)))
-        return (last, wb, [(b, wb if b == bank else last) for b in reads],
-                _matmul_holds(insn, d, lat, cfg, writes))
+        ends = dict.fromkeys(writes, n)
+        for r, k in _last_touches(insn.z, insn.count0, insn.count1, cfg.acc_depth).items():
+            b = resource_index((Mem.ACC, r))
+            ends[b] = max(ends.get(b, n), 1 + k + lat.matmul_write)
+        return _Op(op, unit, n, reads, writes, ready=n, busy=wb, last=n,
+                   r_holds=tuple((b, wb if b == bank else n) for b in reads),
+                   w_holds=tuple(ends.items()), port=Mem.ACC, take=(1 + lat.matmul_write, wb))
     if op is Opcode.LOADW:
-        drained = last + lat.loadw_drain
-        return drained + 1, drained, [(b, last) for b in reads], [(b, drained) for b in writes]
+        drained = n + lat.loadw_drain
+        return _Op(op, unit, n, reads, writes, ready=drained + 1, busy=drained, last=drained,
+                   r_holds=tuple((b, n) for b in reads), w_holds=tuple((b, drained) for b in writes))
     if op is Opcode.STORE:
-        issued = _store_last_issue(d, n, lat)
+        issued = _store_last_issue(n, lat)
         sent = issued + lat.store_drain
-        return sent + 1, sent, [(b, issued + 1) for b in reads], []
-    wb = last + lat.vector_write
+        return _Op(op, unit, n, reads, writes, ready=sent + 1, busy=sent, last=sent,
+                   r_holds=tuple((b, issued + 1) for b in reads))
+    wb = n + lat.vector_write
     lut = resource_index((Mem.LUT, 0))
-    return (wb + 1, wb, [(b, wb if b == lut else last) for b in reads], [(b, wb) for b in writes])
+    return _Op(op, unit, n, reads, writes, ready=wb + 1, busy=wb, last=wb,
+               r_holds=tuple((b, wb if b == lut else n) for b in reads),
+               w_holds=tuple((b, wb) for b in writes), port=Mem.SPAD, take=(1 + lat.vector_write, wb))
 
 
 class _Core:
-    """The state the model keeps between instructions of one segment."""
+    """The state the model keeps between the instructions of one segment: per unit
+    its ready cycle, its last busy cycle and the last cycle it holds each hazard
+    bit; the shared write ports; the LOAD whose end is not known yet."""
 
-    def __init__(self, cfg: CoreConfig, lat: Latencies):
-        self.cfg, self.lat = cfg, lat
-        self.ready = dict.fromkeys(set(UNIT_OF.values()), 0)
-        self.busy_end = dict.fromkeys(self.ready, 0)
-        self.r_end = {u: {} for u in self.ready}
-        self.w_end = {u: {} for u in self.ready}
+    def __init__(self):
+        units = sorted(set(UNIT_OF.values()))
+        self.ready = dict.fromkeys(units, 0)
+        self.busy_end = dict.fromkeys(units, 0)
+        self.r_end = {u: [-1] * HAZARD_BITS for u in units}
+        self.w_end = {u: [-1] * HAZARD_BITS for u in units}
+        self.others = {u: [(self.r_end[o], self.w_end[o]) for o in units if o != u] for u in units}
         self.ports = {Mem.SPAD: _Port(), Mem.ACC: _Port()}
-        self.load: tuple | None = None    # a LOAD whose end is not known yet
+        self.load: tuple | None = None
+        self.load_bits: frozenset = frozenset()
 
     def settle_load(self) -> None:
         """Find the end of the pending LOAD from the write-port intervals known so far.
 
         Only an instruction that waits for the LOAD asks, so every interval not yet
         known lies after it."""
-        if self.load is None:
-            return
-        d, n, mem, writes, s = self.load
-        port = self.ports.get(mem)
-        end = port.finish(d + 1, n) if port is not None else d + n
+        d, op, s = self.load
+        end = self.ports[op.port].finish(d + 1, op.n) if op.port is not None else d + op.n
         self.ready["load"], self.busy_end["load"] = end + 1, end
-        for b in writes:
-            self.w_end["load"][b] = end
+        w_end = self.w_end["load"]
+        for b in op.writes:
+            w_end[b] = end
         if s is not None:
-            s.end = s.dispatch + end - d + 1
-        self.load = None
+            s.last = s.dispatch - d + end
+        self.load, self.load_bits = None, frozenset()
 
-    def earliest(self, unit: str, reads: list[int], writes: list[int]) -> int:
-        """The first cycle the hazard check and ``unit``'s ready let the instruction go."""
-        if self.load is not None and (unit == "load" or set(self.load[3]) & set(reads + writes)):
+    def earliest(self, op: _Op) -> int:
+        """The first cycle the hazard check and the unit's ready let ``op`` go."""
+        if self.load is not None and (op.unit == "load" or self.load_bits.intersection(op.reads + op.writes)):
             self.settle_load()
-        t = self.ready[unit]
-        for other in self.ready:
-            if other == unit:
-                continue
-            w_end, r_end = self.w_end[other], self.r_end[other]
-            for b in reads:
-                t = max(t, w_end.get(b, -1) + 1)
-            for b in writes:
-                t = max(t, w_end.get(b, -1) + 1, r_end.get(b, -1) + 1)
+        t = self.ready[op.unit]
+        for r_end, w_end in self.others[op.unit]:
+            for b in op.reads:
+                if w_end[b] >= t:
+                    t = w_end[b] + 1
+            for b in op.writes:
+                e = max(w_end[b], r_end[b])
+                if e >= t:
+                    t = e + 1
         return t
 
     def idle(self) -> int:
         """The first cycle every unit is idle."""
-        self.settle_load()
+        if self.load is not None:
+            self.settle_load()
         return max(self.busy_end.values()) + 1
 
-    def dispatch(self, insn: Instruction, unit: str, d: int, reads: list[int], writes: list[int],
-                 s: Slice | None) -> int:
-        """Start ``insn`` on ``unit`` at cycle ``d``; the last cycle it keeps the unit
-        busy. A LOAD's end waits for :meth:`settle_load`, which sets it in ``s``."""
-        n = insn.iterations
-        if n == 0:
+    def dispatch(self, op: _Op, d: int, s: Slice | None) -> None:
+        """Start ``op`` at cycle ``d``; a LOAD's end is set in ``s`` once settled."""
+        unit = op.unit
+        if op.n == 0:
             self.ready[unit] = max(self.ready[unit], d + 1)
-            return d
+            return
         if unit == "load":
-            mem = Mem(insn.params.get("mem", 0))
-            self.load = (d, n, mem, writes, s)
-            return d
-        ready, busy_end, r_holds, w_holds = _unit_timing(insn, d, n, self.lat, self.cfg, reads, writes)
-        self.ready[unit], self.busy_end[unit] = ready, busy_end
-        for b, e in r_holds:
-            self.r_end[unit][b] = e
-        for b, e in w_holds:
-            self.w_end[unit][b] = e
-        if unit == "matmul":
-            self.ports[Mem.ACC].take(d + 1 + self.lat.matmul_write, d + n + self.lat.matmul_write)
-        elif unit == "vector":
-            self.ports[Mem.SPAD].take(d + 1 + self.lat.vector_write, d + n + self.lat.vector_write)
-        return busy_end
+            self.load, self.load_bits = (d, op, s), frozenset(op.writes)
+            return
+        self.ready[unit], self.busy_end[unit] = d + op.ready, d + op.busy
+        r_end, w_end = self.r_end[unit], self.w_end[unit]
+        for b, e in op.r_holds:
+            r_end[b] = d + e
+        for b, e in op.w_holds:
+            w_end[b] = d + e
+        if op.take is not None:
+            self.ports[op.port].take(d + op.take[0], d + op.take[1])
 
 
-def _segment(insns: Sequence[Instruction], first: int, start: int, layer: str, cfg: CoreConfig,
-             lat: Latencies, slices: list[Slice] | None) -> SegmentTiming:
-    """Time one segment (instructions up to its HALT) taken at program cycle ``start``;
-    its instructions are ``first, first + 1, ...`` of the program."""
-    core, d, macs = _Core(cfg, lat), 0, 0
-    for k, insn in enumerate(insns):
+def _segment(ops: Sequence[_Op], first: int, start: int, layer: str,
+             slices: list[Slice] | None) -> SegmentTiming:
+    """Time one segment (instructions up to its HALT) whose counted cycles follow
+    ``start``; its instructions are ``first, first + 1, ...`` of the program."""
+    core, d, macs = _Core(), 0, 0
+    for k, op in enumerate(ops):
         waiting = d + 1
-        unit = UNIT_OF.get(insn.opcode)
-        s = None
-        if unit is None:
+        if op.unit is None:
             d = max(waiting, core.idle())
-            end = d
         else:
-            fp = footprint(insn)
-            reads, writes = _bits(fp.reads), _bits(fp.writes)
-            d = max(waiting, core.earliest(unit, reads, writes))
-            if slices is not None:
-                s = Slice(first + k, insn.opcode, unit, layer, start + waiting, start + d, 0)
-            end = core.dispatch(insn, unit, d, reads, writes, s)
-            if insn.opcode is Opcode.MATMUL:
-                macs += insn.iterations
+            d = max(waiting, core.earliest(op))
+            if op.opcode is Opcode.MATMUL:
+                macs += op.n
+        s = None
         if slices is not None:
-            s = s or Slice(first + k, insn.opcode, CONTROL, layer, start + waiting, start + d, 0)
-            s.end = s.end or start + end + 1
+            last = d if op.unit is None else d + op.last
+            s = Slice(first + k, op.opcode, op.unit or CONTROL, layer, start + waiting, start + d,
+                      start + d + (op.unit is not None), start + last)
             slices.append(s)
-        if insn.opcode is Opcode.HALT:
+        if op.unit is not None:
+            core.dispatch(op, d, s)
+        if op.opcode is Opcode.HALT:
             break
     counters = {"cycles": d, "mac_cycles": macs, "stall_dispatch": d - (k + 1), "stall_data": 0,
                 "stall_result": 0, "insns": k + 1}
@@ -345,23 +372,23 @@ def _segment(insns: Sequence[Instruction], first: int, start: int, layer: str, c
 def estimate_words(cfg: CoreConfig, words: Sequence[int], layers: Sequence[str], *,
                    timeline: bool = False) -> ProgramTiming:
     """The counters of every HALT segment of a program (instruction words and the
-    layer of each), and with ``timeline`` every instruction's :class:`Slice`.
-
-    Segments follow one another as in the native harness: the next segment's first
-    instruction is taken two cycles after a HALT's dispatch (the cycle the core
-    shows HALTED, then the next)."""
+    layer of each), and with ``timeline`` every instruction's :class:`Slice`."""
     lat = Latencies.of(cfg)
-    insns = [Instruction.decode(w) for w in words]
-    n_data = sum(i.iterations for i in insns if i.opcode is Opcode.LOAD)
-    cuts = split_layers(list(words), list(layers), [0] * n_data)
+    known: dict[int, _Op] = {}
+    ops = []
+    for w in words:
+        op = known.get(w)
+        if op is None:
+            op = known[w] = _op(w, cfg, lat)
+        ops.append(op)
+    n_data = sum(op.n for op in ops if op.opcode is Opcode.LOAD)
     slices: list[Slice] | None = [] if timeline else None
     segments, first, start = [], 0, 0
-    for cut in cuts:
-        seg = _segment(insns[first:first + len(cut.words)], first, start, cut.layer, cfg, lat,
-                       slices)
+    for cut in split_layers(list(words), list(layers), [0] * n_data):
+        seg = _segment(ops[first:first + len(cut.words)], first, start, cut.layer, slices)
         segments.append(seg)
         first += len(cut.words)
-        start += seg.counters["cycles"] + 2
+        start += seg.counters["cycles"]
     return ProgramTiming(segments, slices or [])
 
 
