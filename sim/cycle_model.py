@@ -40,7 +40,6 @@ from fxpgen.hw.store import FIFO_DEPTH
 from fxpgen.isa import Addr, Instruction, Mem, Opcode, footprint, region_of
 
 from .engine import Engine, EngineResult, Progress, Runnable
-from .segments import split_layers
 
 __all__ = ["Latencies", "Slice", "SegmentTiming", "ProgramTiming", "estimate", "estimate_words",
            "ModelEngine"]
@@ -369,6 +368,22 @@ def _segment(ops: Sequence[_Op], first: int, start: int, layer: str,
     return SegmentTiming(layer, start, counters)
 
 
+def _cuts(ops: Sequence[_Op], layers: Sequence[str]) -> list[tuple[int, int, str]]:
+    """The HALT segments ``(first, end, layer)`` of a program, named as
+    :func:`~fxpgen.sim.segments.split_layers` names them: after the first layer
+    other than ``"input"`` they serve, else after their HALT's."""
+    cuts, first, name = [], 0, None
+    for k, (op, layer) in enumerate(zip(ops, layers)):
+        if op.opcode is Opcode.HALT:
+            cuts.append((first, k + 1, name or layer))
+            first, name = k + 1, None
+        elif name is None and layer != "input":
+            name = layer
+    if first < len(ops):
+        cuts.append((first, len(ops), name or "tail"))
+    return cuts
+
+
 def estimate_words(cfg: CoreConfig, words: Sequence[int], layers: Sequence[str], *,
                    timeline: bool = False) -> ProgramTiming:
     """The counters of every HALT segment of a program (instruction words and the
@@ -381,13 +396,11 @@ def estimate_words(cfg: CoreConfig, words: Sequence[int], layers: Sequence[str],
         if op is None:
             op = known[w] = _op(w, cfg, lat)
         ops.append(op)
-    n_data = sum(op.n for op in ops if op.opcode is Opcode.LOAD)
     slices: list[Slice] | None = [] if timeline else None
-    segments, first, start = [], 0, 0
-    for cut in split_layers(list(words), list(layers), [0] * n_data):
-        seg = _segment(ops[first:first + len(cut.words)], first, start, cut.layer, slices)
+    segments, start = [], 0
+    for first, end, layer in _cuts(ops, layers):
+        seg = _segment(ops[first:end], first, start, layer, slices)
         segments.append(seg)
-        first += len(cut.words)
         start += seg.counters["cycles"]
     return ProgramTiming(segments, slices or [])
 
