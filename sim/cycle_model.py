@@ -1,6 +1,7 @@
 """An analytical cycle model of the core: the counters the RTL freezes at each HALT,
-predicted from the instruction words and the :class:`~fxpgen.config.CoreConfig` in
-a fraction of a second, with every stream assumed never to stall.
+predicted from the instruction words and the :class:`~fxpgen.config.CoreConfig`
+(a few microseconds an instruction, no simulator to build), with every stream
+assumed never to stall.
 
 The model follows the hardware rule by rule (``docs/performance.md``):
 
@@ -12,8 +13,8 @@ The model follows the hardware rule by rule (``docs/performance.md``):
   instruction is taken to its HALT's dispatch, inclusive.
 - Every unit starts its address loops the cycle after dispatch and issues one
   iteration a cycle; what differs is how long it stays busy, when it is ready for
-  its next instruction and how long it holds each resource (:func:`_unit_timing`),
-  from the latencies of :class:`Latencies`, read off the hardware's own constants.
+  its next instruction and how long it holds each resource (:func:`_op`), from the
+  latencies of :class:`Latencies`, read off the hardware's own constants.
 - LOAD writes a row only in cycles where the vector unit (scratchpad) or the matmul
   write-back (accumulators) leaves the shared write port free (``hw/buffers.py``),
   so its end is found by walking the other units' write intervals.
