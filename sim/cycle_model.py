@@ -26,11 +26,14 @@ program that stops on an error has no meaningful timing).
 
 from __future__ import annotations
 
+import array
 import bisect
 import functools
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
+
+import numpy as np
 
 from fxpgen.config import REGIONS, CoreConfig
 from fxpgen.hw.array import SystolicArray
@@ -301,6 +304,39 @@ class _Core:
             s.last = s.dispatch - d + end
         self.load, self.load_bits = None, frozenset()
 
+    def relative(self, d: int) -> tuple:
+        """Everything that can still delay an instruction dispatched after cycle ``d``,
+        in cycles after ``d`` (0 for what is over by then)."""
+        def rel(values):
+            return tuple(v - d if v > d else 0 for v in values)
+        lo = d if self.load is None else min(d, self.load[0])
+        ports = []
+        for port in self.ports.values():
+            k = bisect.bisect_right(port.ends, lo)
+            ports.append((tuple(v - d for v in port.starts[k:]), tuple(v - d for v in port.ends[k:])))
+        load = None if self.load is None else (self.load[0] - d, self.load[1])
+        return (rel(self.ready.values()), rel(self.busy_end.values()),
+                tuple(rel(a) for a in self.r_end.values()), tuple(rel(a) for a in self.w_end.values()),
+                tuple(ports), load)
+
+    def shift(self, d: int, delta: int) -> None:
+        """Move every cycle of the state ``delta`` cycles later, dropping the write
+        intervals over before cycle ``d`` and the pending LOAD (nothing dispatched
+        after ``d`` can see them)."""
+        lo = d if self.load is None else min(d, self.load[0])
+        for port in self.ports.values():
+            k = bisect.bisect_right(port.ends, lo)
+            port.starts[:] = [v + delta for v in port.starts[k:]]
+            port.ends[:] = [v + delta for v in port.ends[k:]]
+        for u in self.ready:
+            self.ready[u] += delta
+            self.busy_end[u] += delta
+            for a in (self.r_end[u], self.w_end[u]):
+                a[:] = [v + delta for v in a]
+        if self.load is not None:
+            d, op, s = self.load
+            self.load = (d + delta, op, s)
+
     def earliest(self, op: _Op) -> int:
         """The first cycle the hazard check and the unit's ready let ``op`` go."""
         if self.load is not None and (op.unit == "load" or self.load_bits.intersection(op.reads + op.writes)):
@@ -341,19 +377,26 @@ class _Core:
             self.ports[op.port].take(d + op.take[0], d + op.take[1])
 
 
-def _segment(ops: Sequence[_Op], first: int, start: int, layer: str,
+def _when(core: _Core, op: _Op, d: int) -> int:
+    """The cycle ``op`` is dispatched in, the instruction before it having left in ``d``."""
+    if op.unit is None:
+        return max(d + 1, core.idle())
+    return max(d + 1, core.earliest(op))
+
+
+def _segment(by_id: Sequence[_Op], ids: list[int], first: int, start: int, layer: str,
              slices: list[Slice] | None) -> SegmentTiming:
     """Time one segment (instructions up to its HALT) whose counted cycles follow
-    ``start``; its instructions are ``first, first + 1, ...`` of the program."""
-    core, d, macs = _Core(), 0, 0
-    for k, op in enumerate(ops):
-        waiting = d + 1
-        if op.unit is None:
-            d = max(waiting, core.idle())
-        else:
-            d = max(waiting, core.earliest(op))
-            if op.opcode is Opcode.MATMUL:
-                macs += op.n
+    ``start``; its instructions are ``first, first + 1, ...`` of the program, of
+    timings ``by_id[i] for i in ids``. Without
+    a timeline, the repeats of periodic stretches are skipped (:class:`_Repeats`)."""
+    core, d, macs, k = _Core(), 0, 0, 0
+    repeats = _Repeats(ids) if slices is None else None
+    while True:
+        if repeats is not None and k >= repeats.next_check:
+            k, d, macs = repeats.skip(core, by_id, k, d, macs)
+        op = by_id[ids[k]]
+        waiting, d = d + 1, _when(core, op, d)
         s = None
         if slices is not None:
             last = d if op.unit is None else d + op.last
@@ -362,26 +405,107 @@ def _segment(ops: Sequence[_Op], first: int, start: int, layer: str,
             slices.append(s)
         if op.unit is not None:
             core.dispatch(op, d, s)
-        if op.opcode is Opcode.HALT:
+            if op.opcode is Opcode.MATMUL:
+                macs += op.n
+        if op.opcode is Opcode.HALT or k + 1 == len(ids):
             break
+        k += 1
     counters = {"cycles": d, "mac_cycles": macs, "stall_dispatch": d - (k + 1), "stall_data": 0,
                 "stall_result": 0, "insns": k + 1}
     return SegmentTiming(layer, start, counters)
 
 
-def _cuts(ops: Sequence[_Op], layers: Sequence[str]) -> list[tuple[int, int, str]]:
-    """The HALT segments ``(first, end, layer)`` of a program, named as
-    :func:`~fxpgen.sim.segments.split_layers` names them: after the first layer
-    other than ``"input"`` they serve, else after their HALT's."""
-    cuts, first, name = [], 0, None
-    for k, (op, layer) in enumerate(zip(ops, layers)):
-        if op.opcode is Opcode.HALT:
-            cuts.append((first, k + 1, name or layer))
-            first, name = k + 1, None
-        elif name is None and layer != "input":
-            name = layer
-    if first < len(ops):
-        cuts.append((first, len(ops), name or "tail"))
+class _Repeats:
+    """Skips repeats in a segment: a compiled layer is long runs of the same few
+    instruction patterns, and once the core's state relative to the last dispatch
+    (:meth:`_Core.relative`) comes back to what it was a pattern earlier, every
+    further repeat of the pattern takes the same cycles and leaves the state shifted
+    by them. The pattern at instruction ``k`` is the shortest ``ids[k:k + p]`` that the
+    next ``p`` instructions repeat and whose first :attr:`BLOCK` instructions recur
+    at ``k + p`` (``p`` up to :attr:`WINDOW`); ``ids`` number the segment's
+    instructions, equal for equal timing (:class:`_Op`)."""
+
+    WINDOW = 1 << 16
+    #: Instructions that must recur for a pattern to be tried.
+    BLOCK = 128
+    #: Patterns run to reach a repeating state before giving up at a position.
+    TRIES = 4
+    #: Instructions to the next look after a first failed one; each further failure
+    #: doubles it, a skip resets it (the search costs up to a few windows).
+    BACKOFF = 64
+
+    def __init__(self, ids: list[int]):
+        self.ids = ids
+        self.text = array.array("I", ids)
+        self.raw: bytes | None = None
+        self.next_check = 0
+        self.backoff = self.BACKOFF
+
+    def period(self, k: int) -> int | None:
+        """The pattern's length at ``k``: the first later start of the next
+        :attr:`BLOCK` instructions from which the instructions since ``k`` repeat."""
+        ids, text, width = self.ids, self.text, self.text.itemsize
+        raw = text.tobytes() if self.raw is None else self.raw
+        self.raw = raw
+        block = raw[k * width:(k + self.BLOCK) * width]
+        pos = (k + 1) * width
+        for _ in range(8):
+            j = raw.find(block, pos, (k + self.WINDOW + self.BLOCK) * width)
+            if j < 0:
+                return None
+            if j % width:
+                pos = j + 1
+                continue
+            j //= width
+            if ids[k:j] == ids[j:2 * j - k]:
+                return j - k
+            pos = (j + 1) * width
+        return None
+
+    def skip(self, core: _Core, by_id: Sequence[_Op], k: int, d: int, macs: int
+             ) -> tuple[int, int, int]:
+        """Run from instruction ``k`` (the one before it left in ``d``) until the state
+        repeats, then skip every further whole repeat; the new ``(k, d, macs)``."""
+        p = self.period(k)
+        if p is None:
+            self.next_check, self.backoff = k + self.backoff, 2 * self.backoff
+            return k, d, macs
+        ids, pattern = self.ids, self.ids[k:k + p]
+        before, d0, m0 = core.relative(d), d, macs
+        for _ in range(self.TRIES):
+            if ids[k:k + p] != pattern:
+                break
+            for op in map(by_id.__getitem__, ids[k:k + p]):
+                d = _when(core, op, d)
+                core.dispatch(op, d, None)
+                if op.opcode is Opcode.MATMUL:
+                    macs += op.n
+            k += p
+            now = core.relative(d)
+            if now == before:
+                r = 0
+                while ids[k + r * p:k + (r + 1) * p] == pattern:
+                    r += 1
+                core.shift(d, r * (d - d0))
+                self.next_check, self.backoff = k + r * p, self.BACKOFF
+                return k + r * p, d + r * (d - d0), macs + r * (macs - m0)
+            before, d0, m0 = now, d, macs
+        self.next_check, self.backoff = k + self.backoff, 2 * self.backoff
+        return k, d, macs
+
+
+def _cuts(halts: Sequence[int], n: int, layers: Sequence[str]) -> list[tuple[int, int, str]]:
+    """The HALT segments ``(first, end, layer)`` of a program of ``n`` instructions
+    with HALTs at ``halts``, named as :func:`~fxpgen.sim.segments.split_layers`
+    names them: after the first layer other than ``"input"`` they serve, else after
+    their HALT's (or "tail" for instructions after the last HALT)."""
+    cuts, first = [], 0
+    last_halt = halts[-1] + 1 if halts else 0
+    for end in [h + 1 for h in halts] + ([n] if last_halt < n else []):
+        halted = end <= last_halt
+        name = next((layers[k] for k in range(first, end - halted) if layers[k] != "input"), None)
+        cuts.append((first, end, name or (layers[end - 1] if halted else "tail")))
+        first = end
     return cuts
 
 
@@ -390,17 +514,22 @@ def estimate_words(cfg: CoreConfig, words: Sequence[int], layers: Sequence[str],
     """The counters of every HALT segment of a program (instruction words and the
     layer of each), and with ``timeline`` every instruction's :class:`Slice`."""
     lat = Latencies.of(cfg)
-    known: dict[int, _Op] = {}
-    ops = []
-    for w in words:
-        op = known.get(w)
-        if op is None:
-            op = known[w] = _op(w, cfg, lat)
-        ops.append(op)
+    # Each distinct word is timed once; words of equal timing share an id.
+    known: dict[int, int] = {}
+    interned: dict[_Op, int] = {}
+    by_id: list[_Op] = []
+    for w in dict.fromkeys(words):
+        op = _op(w, cfg, lat)
+        known[w] = interned.setdefault(op, len(interned))
+        if known[w] == len(by_id):
+            by_id.append(op)
+    ids = list(map(known.__getitem__, words))
+    halt_ids = [i for i, op in enumerate(by_id) if op.opcode is Opcode.HALT]
+    halts = np.flatnonzero(np.isin(np.asarray(ids), halt_ids)).tolist()
     slices: list[Slice] | None = [] if timeline else None
     segments, start = [], 0
-    for first, end, layer in _cuts(ops, layers):
-        seg = _segment(ops[first:end], first, start, layer, slices)
+    for first, end, layer in _cuts(halts, len(ids), layers):
+        seg = _segment(by_id, ids[first:end], first, start, layer, slices)
         segments.append(seg)
         start += seg.counters["cycles"]
     return ProgramTiming(segments, slices or [])
