@@ -1,7 +1,7 @@
 """An analytical cycle model of the core: the counters the RTL freezes at each HALT,
 predicted from the instruction words and the :class:`~fxpgen.config.CoreConfig`
-(a few microseconds an instruction, no simulator to build), with every stream
-assumed never to stall.
+(no simulator to build; the repeats of a layer's instruction patterns are added
+up, not walked: :class:`_Repeats`), with every stream assumed never to stall.
 
 The model follows the hardware rule by rule (``docs/performance.md``):
 
