@@ -189,3 +189,27 @@ def test_the_digits_model_on_the_native_engine(digits):
     measured = NativeEngine(batch=1, model=native(cfg)).run(program, xs).layers[0]
     predicted = [s.as_layer() for s in estimate(program).segments]
     assert_close(predicted, measured, "digits on 8x8")
+
+
+def test_skipping_the_repeats_changes_no_counter(monkeypatch):
+    """The walk without a timeline adds up the repeats of each pattern once the
+    state repeats; with a timeline it walks every instruction: the same counters."""
+    from fxpgen.models.zoo import resnet18
+    from fxpgen.sim.cycle_model import _Repeats
+
+    program, _ = compiled(resnet18(), CoreConfig(), 0, (3, 32, 32))
+    covered = []
+    original = _Repeats.skip
+
+    def counting(self, core, by_id, k, d, macs):
+        after = original(self, core, by_id, k, d, macs)
+        covered.append(after[0] - k)
+        return after
+
+    monkeypatch.setattr(_Repeats, "skip", counting)
+    fast = estimate(program)
+    monkeypatch.undo()
+    full = estimate(program, timeline=True)
+    # Most instructions went through a pattern (walked until the state repeated, or skipped).
+    assert sum(covered) > len(program.words) // 2
+    assert [s.counters for s in fast.segments] == [s.counters for s in full.segments]
