@@ -43,12 +43,14 @@ import time
 from pathlib import Path
 
 from fxpgen.config import CoreConfig
+from fxpgen.hw.controller import UNIT_OF, UNITS
 from fxpgen.hw.verilog import TOP_NAME, generate_verilog
 from fxpgen.isa import INSN_BITS, CoreState, ErrorCode, Opcode, opcode_of
 from fxpgen.tools import cache_dir, verilator_env, verilator_make_vars
 
 from .core_rtl import RtlProgram, RtlResult
-from .cycle_model import ProgramTiming
+from .cycle_model import CONTROL, ProgramTiming, SegmentTiming, Slice
+from .segments import cycle_budget
 from .rtl import BUILD_JOBS, BuildError, build_folder, SimulationError, _env_bool, _locked, _tail
 
 __all__ = ["HARNESS_SOURCE", "NATIVE_ARGS", "NativeModel", "build_native", "native_model",
@@ -355,16 +357,13 @@ def _read_timeline(path: Path, n_programs: int) -> list[list[tuple]]:
     return per_program
 
 
-def native_timeline(program, x) -> "ProgramTiming":
+def native_timeline(program, x) -> ProgramTiming:
     """Input ``x``'s run of ``program`` (a :class:`~fxpgen.sim.engine.Runnable`) on
     the native harness, every HALT segment one after another as the native engine
     runs them, as the cycle model's :class:`~fxpgen.sim.cycle_model.ProgramTiming`
     with its timeline: every instruction's dispatch observed through the ``insns``
     counter, each unit's work through its busy wire, a MATMUL's through the
     ``mac_cycles`` counter. RuntimeError if a segment does not halt."""
-    from .cycle_model import SegmentTiming
-    from .segments import cycle_budget
-
     cfg = program.cfg
     segs = program.segments(x)
     refs = [(k, at, 0, *rest) for k, s in enumerate(segs) for at, *rest in s.refs]
@@ -384,11 +383,8 @@ def native_timeline(program, x) -> "ProgramTiming":
 
 
 def _segment_slices(words: list[int], layer: str, first: int, start: int,
-                    events: list[tuple]) -> list["Slice"]:
+                    events: list[tuple]) -> list[Slice]:
     """One segment's :class:`~fxpgen.sim.cycle_model.Slice` from its timeline events."""
-    from .cycle_model import CONTROL, Slice
-    from fxpgen.hw.controller import UNIT_OF, UNITS
-
     dispatches = [e[1] for e in events if e[0] == "D"]
     issues = [(e[1], e[2]) for e in events if e[0] == "M"]
     busy_ends: dict[str, dict[int, int]] = {u: {} for u in UNITS}
