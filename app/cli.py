@@ -338,11 +338,17 @@ def compile_cmd(model: Path, calib: Path, cfg: CoreConfig, outdir: Path, mode: s
 @click.option("--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the integer outputs (.npy, N x C x H x W) here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="native and model engines: write the first input's timeline here as a "
+              "Chrome/Perfetto trace (JSON: a track per unit, a slice per instruction).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Engines with counters: write a per-layer utilization chart (PNG; needs "
+              "the bench extra's matplotlib).")
 @board_options
 @click.option("--baked", is_flag=True, help="Board engine: run the program baked into the bitstream "
               "(fxpgen build --program); only the inputs are sent.")
 def run_cmd(outdir: Path, input_path: Path, engine: str, output_path: Path | None, as_json: bool,
-            port, baud, timeout, baked):
+            trace_path: Path | None, plot_path: Path | None, port, baud, timeout, baked):
     """Run a compiled program on the golden model, the instruction-level simulator,
     the RTL (Verilator under cocotb, cycle-accurate, with per-layer counters), the
     RTL in the Verilator-native harness (the same, far faster) or a board (--port).
@@ -354,11 +360,18 @@ def run_cmd(outdir: Path, input_path: Path, engine: str, output_path: Path | Non
     from fxpgen.app.paths import writable_file
     if engine == "board" and not port:
         raise click.BadParameter("the board engine needs --port", param_hint="--port")
+    if trace_path and engine not in TRACE_ENGINES:
+        raise click.BadParameter(f"a trace comes from the {' or '.join(TRACE_ENGINES)} engine, "
+                                 f"not {engine}", param_hint="--trace")
+    if plot_path and engine in ("golden", "isa"):
+        raise click.BadParameter(f"the {engine} engine has no counters to plot", param_hint="--plot")
     what = f"--input {input_path}"
     with user_errors():
         images = input_images(outdir, load_array(input_path, "--input"), what)
-        if output_path:
-            writable_file(output_path, "--output")
+        for path, option in ((output_path, "--output"), (trace_path, "--trace"),
+                             (plot_path, "--plot")):
+            if path:
+                writable_file(path, option)
     with user_errors():
         res = run_compiled(outdir, images, engine, progress=_bar(not as_json)(engine, len(images)),
                            board={"port": port, "baud": baud, "timeout": timeout, "baked": baked},
@@ -367,9 +380,16 @@ def run_cmd(outdir: Path, input_path: Path, engine: str, output_path: Path | Non
         click.echo(f"warning: {what}: {res['saturated']} value(s) lie outside the input format "
                    f"{res['input_format']} and saturate", err=True)
     outputs = res.pop("outputs")
-    if output_path:
-        with user_errors():
+    with user_errors():
+        if output_path:
             np.save(output_path, outputs.astype(np.int64))
+        if trace_path:
+            _write_trace(outdir, images[0], engine, trace_path)
+        if plot_path and res.get("layers"):
+            from fxpgen.app.plot import utilization_chart
+            utilization_chart(res["layers"], plot_path,
+                              title=f"{outdir.name} on {res['config']['rows']}x{res['config']['cols']}, "
+                                    f"{engine} engine")
     if as_json:
         click.echo(json.dumps({**res, "outputs": outputs.tolist()}, indent=2))
         _exit_unless_identical(res, engine)
@@ -391,6 +411,28 @@ def run_cmd(outdir: Path, input_path: Path, engine: str, output_path: Path | Non
                        f"{l['array_occupancy']:>9.3f} {l['stall_dispatch']:>10.0f} "
                        f"{l['stall_data']:>10.0f} {l['stall_result']:>9.0f}")
     _exit_unless_identical(res, engine)
+
+
+#: The engines ``fxpgen run --trace`` takes a timeline from.
+TRACE_ENGINES = ("native", "model")
+
+
+def _write_trace(outdir: Path, image, engine: str, path: Path) -> None:
+    """The timeline of ``image`` (float, C x H x W) on ``engine`` as a Chrome trace."""
+    from fxpgen.app.flow import load_compiled
+    from fxpgen.compiler.golden import quantize_input
+    from fxpgen.sim.cycle_model import estimate
+    from fxpgen.sim.engine import NetworkProgram
+    from fxpgen.sim.native import native_timeline
+    from fxpgen.sim.trace import write_trace
+
+    prog, qg = load_compiled(outdir)
+    program = NetworkProgram.from_program(prog, qg)
+    if engine == "model":
+        timing = estimate(program, timeline=True)
+    else:
+        timing = native_timeline(program, quantize_input(qg, image))
+    write_trace(path, timing.slices, timing.segments, source=engine)
 
 
 def _exit_unless_identical(res: dict, engine: str) -> None:

@@ -10,6 +10,7 @@ its options as keywords (the board's ``port``, the RTL engines' ``batch``, ...).
 from __future__ import annotations
 
 from fxpgen.boards.engine import BoardEngine
+from fxpgen.sim.cycle_model import ModelEngine
 from fxpgen.sim.engine import Engine, GoldenEngine, IsaEngine
 from fxpgen.sim.rtl_engines import NativeEngine, RtlEngine
 
@@ -17,7 +18,8 @@ __all__ = ["ENGINES", "engine_class", "make_engine"]
 
 #: Engine name -> engine class.
 ENGINES: dict[str, type[Engine]] = {cls.name: cls for cls in
-                                    (GoldenEngine, IsaEngine, RtlEngine, NativeEngine, BoardEngine)}
+                                    (GoldenEngine, IsaEngine, RtlEngine, NativeEngine, BoardEngine,
+                                     ModelEngine)}
 
 
 def engine_class(name: str) -> type[Engine]:

@@ -10,6 +10,7 @@ For every conv / fully connected layer of
   golden model,
 
 it reports the RTL's cycles (the ``cycles`` counter of the layer's HALT segment),
+the cycle model's prediction for the same programs (:mod:`fxpgen.sim.cycle_model`),
 SCALE-Sim's weight-stationary estimate for the same array and the ideal
 ``MACs / (rows * cols)``; utilization = ideal / cycles. Results go to
 ``bench/results/utilization.{json,md,png}``; a run updates only the networks it ran.
@@ -57,6 +58,7 @@ from fxpgen.compiler.lower import lower
 from fxpgen.compiler.qgraph import QAdd, QAvgPool, QConv, QGraph, QMaxPool
 from fxpgen.config import CoreConfig
 from fxpgen.isa import Instruction, Opcode
+from fxpgen.sim.cycle_model import estimate
 from fxpgen.sim.engine import NetworkProgram
 
 __all__ = ["layer_kind", "layer_macs", "layer_statistics", "bench_digits", "bench_network", "main"]
@@ -153,6 +155,7 @@ def bench_digits(rows: int, cols: int, engine_name: str, *, images: int = 4,
     res = engine.run(program, xq)
     ok = all(bool(np.array_equal(y, g)) for y, g in zip(res.outputs, program.golden(xq)))
     per_image = [{d["layer"]: d for d in img} for img in res.layers]
+    model = {s.layer: s.counters["cycles"] for s in estimate(program).segments}
     stats = layer_statistics(low.instructions, low.layers)
     ops = {op.name: op for op in qg.ops}
     rows_out = []
@@ -163,13 +166,13 @@ def bench_digits(rows: int, cols: int, engine_name: str, *, images: int = 4,
             op = ops[name]
             d = _describe(qg, op)
             d.update(macs=layer_macs(qg, op), rtl_cycles=c["cycles"], rtl_mac_cycles=c["mac_cycles"],
-                     rtl_stall_dispatch=c["stall_dispatch"], verified=ok)
+                     rtl_stall_dispatch=c["stall_dispatch"], model_cycles=model[name], verified=ok)
             if isinstance(op, QConv):
                 d["scalesim_layer"] = dataclasses.asdict(scalesim_layer(qg, op))
                 d.update(_with_vectors_per_matmul(stats[name]))
         else:
             d = {"layer": name, "kind": name, "rtl_cycles": c["cycles"], "rtl_mac_cycles": c["mac_cycles"],
-                 "macs": 0}
+                 "model_cycles": model[name], "macs": 0}
         rows_out.append(d)
     meta = {"config": cfg.as_dict(), "engine": engine.name, "images": images,
             "outputs_identical_to_golden": ok, "whole_network_cycles": sum(
@@ -226,11 +229,13 @@ def bench_layer(qg: QGraph, op: QConv, env: dict, engine, cfg: CoreConfig) -> tu
         g = layer_graph(qg, op)
         want = run_golden(g, x)[g.output]
     results = engine.run_all([(bp.program, [bp.crop]) for bp in progs])
-    sums = {"cycles": 0, "mac_cycles": 0, "stall_dispatch": 0, "stall_data": 0, "io_cycles": 0}
+    sums = {"cycles": 0, "mac_cycles": 0, "stall_dispatch": 0, "stall_data": 0, "io_cycles": 0,
+            "model_cycles": 0}
     stats = {"matmuls": 0, "weight_tiles": 0, "vectors": 0}
     ok = True
     for bp, res in zip(progs, results):
         seg_in, seg_layer, seg_out = res.layers[0]
+        sums["model_cycles"] += estimate(bp.program).segments[1].counters["cycles"]
         for key in ("cycles", "mac_cycles", "stall_dispatch", "stall_data"):
             sums[key] += seg_layer[key]
         sums["io_cycles"] += seg_in["cycles"] + seg_out["cycles"]
@@ -240,7 +245,7 @@ def bench_layer(qg: QGraph, op: QConv, env: dict, engine, cfg: CoreConfig) -> tu
             stats[key] += band.get(key, 0)
     return {"rtl_cycles": sums["cycles"], "rtl_mac_cycles": sums["mac_cycles"],
             "rtl_stall_dispatch": sums["stall_dispatch"], "rtl_stall_data": sums["stall_data"],
-            "rtl_io_cycles": sums["io_cycles"], "bands": len(progs),
+            "rtl_io_cycles": sums["io_cycles"], "model_cycles": sums["model_cycles"], "bands": len(progs),
             "band_rows": progs[0].y1 - progs[0].y0, "verified": ok,
             "verified_against": "golden output" if op.residual is None else
             "golden conv without the fused residual", **_with_vectors_per_matmul(stats)}, results[-1].info

@@ -21,6 +21,8 @@ def totals(rows_: list[dict]) -> dict:
          "ideal_cycles": sum(d["ideal_cycles"] for d in cl),
          "rtl_cycles": sum(d["rtl_cycles"] for d in cl),
          "rtl_io_cycles": sum(d.get("rtl_io_cycles", 0) for d in cl)}
+    if cl and all("model_cycles" in d for d in cl):
+        t["model_cycles"] = sum(d["model_cycles"] for d in cl)
     t["utilization"] = t["ideal_cycles"] / t["rtl_cycles"] if t["rtl_cycles"] else None
     if cl and all(d.get("scalesim_cycles") for d in cl):
         t["scalesim_cycles"] = sum(d["scalesim_cycles"] for d in cl)
@@ -73,16 +75,17 @@ def write_report(data: dict, results_dir: Path) -> None:
         if meta.get("command"):
             md += ["", f"Command: `{meta['command']}` (the whole command took "
                    f"{meta.get('wall_seconds', 0) / 60:.0f} min, SCALE-Sim included)."]
-        md += ["", "| layer | kind | in | out | k/s | MACs | ideal | RTL cycles | util | SCALE-Sim | "
-               "SCALE-Sim util | RTL/SCALE-Sim | array busy | I/O cycles | bands | checked |",
-               "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        md += ["", "| layer | kind | in | out | k/s | MACs | ideal | RTL cycles | model cycles | util | "
+               "SCALE-Sim | SCALE-Sim util | RTL/SCALE-Sim | array busy | I/O cycles | bands | checked |",
+               "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for d in r["layers"]:
             ks = (f"{d['kernel'][0]}x{d['kernel'][1]}/{d['stride'][0]}" if "kernel" in d else "")
             busy = d["rtl_mac_cycles"] / d["rtl_cycles"] if d.get("rtl_cycles") else None
-            md.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+            md.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
                 d["layer"], d["kind"], "x".join(map(str, d.get("in_shape", []))),
                 "x".join(map(str, d.get("out_shape", []))), ks, fmt(d.get("macs") or None),
-                fmt(d.get("ideal_cycles")), fmt(d.get("rtl_cycles")), fmt(d.get("utilization"), ".3f"),
+                fmt(d.get("ideal_cycles")), fmt(d.get("rtl_cycles")), fmt(d.get("model_cycles")),
+                fmt(d.get("utilization"), ".3f"),
                 fmt(d.get("scalesim_cycles")), fmt(d.get("scalesim_utilization"), ".3f"),
                 fmt(d.get("rtl_over_scalesim"), ".3f"), fmt(busy, ".3f"),
                 fmt(d.get("rtl_io_cycles") if "bands" in d else None),
@@ -93,7 +96,7 @@ def write_report(data: dict, results_dir: Path) -> None:
                f"{t['big_conv_layers']}." if t["big_conv_layers"] else "")
         md += ["", f"**Totals over {t['layers']} conv/FC layers:** {t['macs']:,} MACs, ideal "
                f"{t['ideal_cycles']:,.0f} cycles, RTL {t['rtl_cycles']:,.0f} cycles (utilization "
-               f"{fmt(t['utilization'], '.3f')}), SCALE-Sim {fmt(t.get('scalesim_cycles'))} cycles "
+               f"{fmt(t['utilization'], '.3f')}), cycle model {fmt(t.get('model_cycles'))}, SCALE-Sim {fmt(t.get('scalesim_cycles'))} cycles "
                f"(utilization {fmt(t.get('scalesim_utilization'), '.3f')}); RTL / SCALE-Sim = "
                f"{fmt(t.get('rtl_over_scalesim'), '.3f')}.{io}{big}", ""]
     md += _statistics(data["networks"])

@@ -31,6 +31,7 @@ stalls come from another generator (same probabilities, other draws).
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
 import json
@@ -42,15 +43,18 @@ import time
 from pathlib import Path
 
 from fxpgen.config import CoreConfig
+from fxpgen.hw.controller import UNIT_OF, UNITS
 from fxpgen.hw.verilog import TOP_NAME, generate_verilog
-from fxpgen.isa import INSN_BITS, Opcode, opcode_of
+from fxpgen.isa import INSN_BITS, CoreState, ErrorCode, Opcode, opcode_of
 from fxpgen.tools import cache_dir, verilator_env, verilator_make_vars
 
 from .core_rtl import RtlProgram, RtlResult
+from .cycle_model import CONTROL, ProgramTiming, SegmentTiming, Slice
+from .segments import cycle_budget
 from .rtl import BUILD_JOBS, BuildError, build_folder, SimulationError, _env_bool, _locked, _tail
 
 __all__ = ["HARNESS_SOURCE", "NATIVE_ARGS", "NativeModel", "build_native", "native_model",
-           "run_on_native"]
+           "run_on_native", "native_timeline"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,13 @@ DRAIN_CYCLES = 8
 #: Seconds past ``timeout_s`` after which the harness process is killed if it has
 #: not stopped by itself (it checks the wall clock every few thousand cycles).
 KILL_GRACE_S = 30.0
+
+#: A timeline build's Verilator configuration: the units' busy wires of the top
+#: module readable by the harness (the default build keeps them private, so Verilator
+#: may optimise them away).
+TIMELINE_VLT = "`verilator_config\n" + "".join(
+    f'public_flat_rd -module "{{top}}" -var "{u}__busy"\n'
+    for u in ("load", "store", "loadw", "matmul", "vector"))
 
 _EXE = "fxpgen_native"
 _STAMP = "fxpgen-native.json"
@@ -104,13 +115,17 @@ def _widths(cfg: CoreConfig) -> dict[str, int]:
 
 
 def build_native(name: str, verilog: str, widths: dict[str, int], build_dir: Path | str, *,
-                 toplevel: str = TOP_NAME) -> NativeModel:
+                 toplevel: str = TOP_NAME, timeline: bool = False) -> NativeModel:
     """Verilate ``verilog`` (top module ``toplevel``, ports as in ``docs/core.md``)
     with the harness into an executable, unless an identical build exists.
 
     widths
         ``{"insn": bits, "data": bits, "result": bits, "counter": bits}`` of the
         top module's ports (``result`` includes the ``last`` bit).
+    timeline
+        Build the harness's timeline output (``FXP_TRACE``, with the units' busy
+        wires made readable: :data:`TIMELINE_VLT`), a separate executable; the
+        default build has neither, so its speed is unaffected.
     build_dir
         Parent folder of all native builds, e.g. ``cache_dir() / "native"``.
 
@@ -122,12 +137,13 @@ def build_native(name: str, verilog: str, widths: dict[str, int], build_dir: Pat
     env = verilator_env()
     harness = HARNESS_SOURCE.read_text()
     defines = [f"-DFXP_{k.upper()}_BITS={int(widths[k])}"
-               for k in ("insn", "data", "result", "counter")]
+               for k in ("insn", "data", "result", "counter")] + (["-DFXP_TRACE"] if timeline else [])
+    vlt = TIMELINE_VLT.format(top=toplevel) if timeline else None
     make_vars = {**verilator_make_vars(), **OPT_MAKE_VARS}
     key = json.dumps({
         "schema": _BUILD_SCHEMA, "verilog": verilog, "toplevel": toplevel, "harness": harness,
         "args": list(NATIVE_ARGS), "defines": defines, "make_vars": make_vars,
-        "verilator": verilator.__version__,
+        "verilator": verilator.__version__, **({"vlt": vlt} if vlt else {}),
     }, sort_keys=True)
     root, model_dir, digest = build_folder(name, key, build_dir)
     model = NativeModel(name, model_dir, digest, dict(widths), False, 0.0)
@@ -147,11 +163,13 @@ def build_native(name: str, verilog: str, widths: dict[str, int], build_dir: Pat
         model_dir.mkdir(parents=True)
         (model_dir / f"{toplevel}.v").write_text(verilog)
         (model_dir / HARNESS_SOURCE.name).write_text(harness)
+        if vlt:
+            (model_dir / "timeline.vlt").write_text(vlt)
         cmd = ["verilator", "--cc", "--exe", "--build", *NATIVE_ARGS, "--top-module", toplevel,
                "-j", str(BUILD_JOBS), "--Mdir", "obj", "-o", _EXE,
                *(a for d in defines for a in ("-CFLAGS", d)),
                *(a for k, v in make_vars.items() for a in ("-MAKEFLAGS", f"{k}={v}")),
-               f"{toplevel}.v", HARNESS_SOURCE.name]
+               *(["timeline.vlt"] if vlt else []), f"{toplevel}.v", HARNESS_SOURCE.name]
         build_log = model_dir / "build.log"
         log.info("building native model %s (once per distinct Verilog)", model_dir.name)
         start = time.monotonic()
@@ -192,10 +210,12 @@ def _verilog(cfg: CoreConfig) -> str:
     return generate_verilog(cfg)
 
 
-def native_model(cfg: CoreConfig) -> NativeModel:
+def native_model(cfg: CoreConfig, *, timeline: bool = False) -> NativeModel:
     """The native simulator of the core for ``cfg`` (built on first use; the
-    Verilog text is generated once per process and configuration)."""
-    return build_native(f"core-{cfg.name}", _verilog(cfg), _widths(cfg), cache_dir() / "native")
+    Verilog text is generated once per process and configuration); with
+    ``timeline``, its build with the timeline output (:func:`build_native`)."""
+    return build_native(f"core-{cfg.name}" + ("-timeline" if timeline else ""), _verilog(cfg),
+                        _widths(cfg), cache_dir() / "native", timeline=timeline)
 
 
 def _stall_probs(stall_prob: float | dict) -> tuple[float, float, float]:
@@ -236,8 +256,8 @@ def _write_job(path: Path, programs: list[RtlProgram], widths: dict[str, int], *
 def run_on_native(cfg: CoreConfig, programs: list[RtlProgram], *, seed: int = 0,
                   stall_prob: float | dict = 0.0, max_cycles: int = 2_000_000,
                   timeout_s: float = 1800.0, model: NativeModel | None = None,
-                  keep: bool | None = None, refs: list[tuple[int, ...]] = ()
-                  ) -> tuple[list[RtlResult], dict]:
+                  keep: bool | None = None, refs: list[tuple[int, ...]] = (),
+                  timeline: bool = False) -> tuple[list[RtlResult], dict]:
     """Run ``programs`` one after another on one core in the native harness (memories
     persist; the core is reset after a program that stopped on an error or ran past
     its ``max_cycles``). Same arguments and results as
@@ -249,6 +269,11 @@ def run_on_native(cfg: CoreConfig, programs: list[RtlProgram], *, seed: int = 0,
     the program starts. ``raw`` of each result holds the harness's record, with
     ``"halts"``: for every HALT of the program, the cycle it retired in, the result
     words received before it and the counters.
+
+    With ``timeline`` (a ``model`` built with it, :func:`native_model`), the
+    info also has ``"timeline"``: per program, the harness's timeline events (see
+    ``native_harness.cpp``) as tuples ``("D", cycle)``, ``("M", first, last)``,
+    ``("B", cycle, mask)``.
 
     Programs not reached because the wall-clock ``timeout_s`` ran out are
     returned with ``timed_out`` set and ``raw["ran"]`` False. ``keep`` keeps the
@@ -262,7 +287,7 @@ def run_on_native(cfg: CoreConfig, programs: list[RtlProgram], *, seed: int = 0,
     file I/O included), ``loop_cycles_per_s`` by the simulation loop's own time.
     Raises :class:`~fxpgen.sim.rtl.SimulationError` if the harness fails."""
     t0 = time.monotonic()
-    model = model or native_model(cfg)
+    model = model or native_model(cfg, timeline=timeline)
     build_s = time.monotonic() - t0
     if model.widths != _widths(cfg):
         raise ValueError(f"the native model {model.name!r} has ports {model.widths}, "
@@ -272,13 +297,15 @@ def run_on_native(cfg: CoreConfig, programs: list[RtlProgram], *, seed: int = 0,
     runs.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=runs))
     job_path, out_path = run_dir / "job.txt", run_dir / "out.json"
+    timeline_path = run_dir / "timeline.txt"
     _write_job(job_path, programs, model.widths, seed=seed, stall=stall, max_cycles=max_cycles,
                timeout_s=timeout_s, refs=refs)
 
     t1 = time.monotonic()
     problem = None
     try:
-        proc = subprocess.run([str(model.executable), str(job_path), str(out_path)],
+        proc = subprocess.run([str(model.executable), str(job_path), str(out_path),
+                               *([str(timeline_path)] if timeline else [])],
                               capture_output=True, text=True, timeout=timeout_s + KILL_GRACE_S)
         (run_dir / "sim.log").write_text(proc.stdout + proc.stderr)
         if proc.returncode:
@@ -298,6 +325,7 @@ def run_on_native(cfg: CoreConfig, programs: list[RtlProgram], *, seed: int = 0,
             f"native run on {model.name!r} failed after {sim_s:.1f} s: {problem}\n"
             f"(run folder kept: {run_dir})\n--- tail of {log_path} ---\n{_tail(log_path)}",
             [problem], run_dir)
+    events = _read_timeline(timeline_path, len(programs)) if timeline else None
     if keep is None:
         keep = bool(_env_bool("FXPGEN_KEEP_RUNS"))
     if not keep:
@@ -312,5 +340,85 @@ def run_on_native(cfg: CoreConfig, programs: list[RtlProgram], *, seed: int = 0,
     return results, {"build_s": build_s, "rebuilt": model.rebuilt, "native_build_s": model.build_s,
                      "sim_s": sim_s, "cycles": cycles, "cycles_per_s": cycles / sim_s if sim_s else 0.0,
                      "loop_s": loop_s, "loop_cycles_per_s": cycles / loop_s if loop_s else 0.0,
-                     "stopped": out["stopped"], "run_dir": str(run_dir) if keep else None}
+                     "stopped": out["stopped"], "run_dir": str(run_dir) if keep else None,
+                     **({"timeline": events} if timeline else {})}
+
+
+def _read_timeline(path: Path, n_programs: int) -> list[list[tuple]]:
+    """The harness's timeline file as event tuples, per program."""
+    per_program: list[list[tuple]] = [[] for _ in range(n_programs)]
+    current: list[tuple] = []
+    for line in path.read_text().splitlines():
+        kind, *values = line.split()
+        if kind == "P":
+            current = per_program[int(values[0])]
+        else:
+            current.append((kind, *map(int, values)))
+    return per_program
+
+
+def native_timeline(program, x) -> ProgramTiming:
+    """Input ``x``'s run of ``program`` (a :class:`~fxpgen.sim.engine.Runnable`) on
+    the native harness, every HALT segment one after another as the native engine
+    runs them, as the cycle model's :class:`~fxpgen.sim.cycle_model.ProgramTiming`
+    with its timeline: every instruction's dispatch observed through the ``insns``
+    counter, each unit's work through its busy wire, a MATMUL's through the
+    ``mac_cycles`` counter. RuntimeError if a segment does not halt."""
+    cfg = program.cfg
+    segs = program.segments(x)
+    refs = [(k, at, 0, *rest) for k, s in enumerate(segs) for at, *rest in s.refs]
+    jobs = [RtlProgram(s.words, s.data, s.n_results, max_cycles=cycle_budget(s)) for s in segs]
+    results, info = run_on_native(cfg, jobs, refs=refs, timeline=True)
+    timing = ProgramTiming([], [])
+    first = 0
+    for seg, r, events in zip(segs, results, info["timeline"]):
+        if r.state != CoreState.HALTED.value:
+            raise RuntimeError(f"native run of layer {seg.layer} stopped in state "
+                               f"{CoreState(r.state).name} (error {ErrorCode(r.error).name})")
+        start = timing.cycles
+        timing.slices += _segment_slices(seg.words, seg.layer, first, start, events)
+        timing.segments.append(SegmentTiming(seg.layer, start, dict(r.counters)))
+        first += len(seg.words)
+    return timing
+
+
+def _segment_slices(words: list[int], layer: str, first: int, start: int,
+                    events: list[tuple]) -> list[Slice]:
+    """One segment's :class:`~fxpgen.sim.cycle_model.Slice` from its timeline events."""
+    dispatches = [e[1] for e in events if e[0] == "D"]
+    issues = [(e[1], e[2]) for e in events if e[0] == "M"]
+    busy_ends: dict[str, dict[int, int]] = {u: {} for u in UNITS}
+    rose: dict[str, int] = {}
+    mask = 0
+    for e in events:
+        if e[0] != "B":
+            continue
+        for bit, u in enumerate(UNITS):
+            was, now = mask >> bit & 1, e[2] >> bit & 1
+            if now and not was:
+                rose[u] = e[1]
+            elif was and not now:
+                busy_ends[u][rose.pop(u)] = e[1] - 1
+        mask = e[2]
+    slices, waiting = [], 1
+    matmuls = [d for w, d in zip(words, dispatches) if opcode_of(w) == Opcode.MATMUL.value]
+    run_starts = [c0 for c0, _ in issues]
+    for k, (w, d) in enumerate(zip(words, dispatches)):
+        op = Opcode(opcode_of(w))
+        unit = UNIT_OF.get(op)
+        if unit is None:
+            last = d
+        elif op is Opcode.MATMUL:
+            # Its vectors issue from d + 1 on, the last one in the cycle the next
+            # MATMUL is dispatched (if any): the latest issue up to then is its last.
+            later = bisect.bisect_right(matmuls, d)
+            bound = matmuls[later] if later < len(matmuls) else dispatches[-1]
+            run = bisect.bisect_right(run_starts, bound) - 1
+            last = min(issues[run][1], bound) if run >= 0 and issues[run][1] > d else d
+        else:
+            last = busy_ends[unit].get(d + 1, d)
+        slices.append(Slice(first + k, op, unit or CONTROL, layer, start + waiting, start + d,
+                            start + d + (unit is not None), start + last))
+        waiting = d + 1
+    return slices
 

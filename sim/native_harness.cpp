@@ -7,8 +7,12 @@
 //   FXP_DATA_BITS     data payload bits (cfg.bus_width)
 //   FXP_RESULT_BITS   result payload bits (cfg.bus_width + 1; the top bit is `last`)
 //   FXP_COUNTER_BITS  counter output bits (cfg.counter_width)
+//   FXP_TRACE         (optional) build the timeline output; the model must then make
+//                     the units' busy wires of the top module readable
+//                     (Verilator public_flat_rd: load__busy, store__busy, loadw__busy,
+//                     matmul__busy, vector__busy)
 //
-// Usage: fxpgen_native JOB OUT
+// Usage: fxpgen_native JOB OUT [TIMELINE]     (TIMELINE only in an FXP_TRACE build)
 //
 // JOB is text, one item per line (every number decimal, every word hex without 0x):
 //   fxpgen-native-job 2
@@ -56,6 +60,15 @@
 // timeout or max_total_cycles stop the whole run; programs not reached are
 // reported with "ran": false.
 //
+// TIMELINE is text, one event a line, cycles counted as the `cycles` counter counts
+// them (1 = the first cycle after a program's first instruction is taken):
+//   P <k>            program k starts
+//   D <c>            the next instruction of the program was dispatched in cycle c
+//                    (the `insns` counter went up)
+//   M <c0> <c1>      vectors entered the array in cycles c0..c1 (`mac_cycles` went up)
+//   B <c> <mask>     from cycle c on, the units busy are <mask> (bit 0 load, 1 store,
+//                    2 loadw, 3 matmul, 4 vector: fxpgen.hw.controller.UNITS)
+//
 // OUT is JSON: {"cycles", "wall_s", "stopped", "programs": [{"ran", "results",
 // "lasts", "state", "error", "error_pc", "counters", "halts": [{"cycle",
 // "results", "counters"}], "timed_out", "timeout_reason", "halts_seen", "insns_sent",
@@ -63,6 +76,9 @@
 
 #include "Vcore.h"
 #include "verilated.h"
+#ifdef FXP_TRACE
+#include "Vcore___024root.h"
+#endif
 
 #include <algorithm>
 #include <chrono>
@@ -97,7 +113,7 @@
 
 namespace {
 
-constexpr int HALTED = 2, ERROR = 3;   // CoreState values
+constexpr int RUNNING = 1, HALTED = 2, ERROR = 3;   // CoreState values
 constexpr int RESET_CYCLES = 4;
 // Cycles between wall-clock checks (a steady_clock read costs ~20 ns, a cycle of
 // the core a few microseconds).
@@ -394,6 +410,51 @@ struct ProgramOut {
     uint64_t start_cycle = 0, sim_cycles = 0;
 };
 
+// The timeline of TIMELINE (see the header), from the top module's counters and the
+// units' busy wires, sampled once a cycle like the counters.
+struct Timeline {
+    FILE* f = nullptr;
+    bool running = false;
+    uint64_t insns = 0, macs = 0, mac_first = 0, mac_last = 0;
+    unsigned busy = 0;
+
+    void program(std::size_t k) {
+        std::fprintf(f, "P %zu\n", k);
+        running = false;
+    }
+
+    // `cycles`: the counter now, so the previous cycle's number; `busy_now`: the mask.
+    void sample(int state, uint64_t cycles, uint64_t insns_now, uint64_t macs_now, unsigned busy_now) {
+        if (state == RUNNING && !running) {
+            running = true;
+            insns = macs = 0;
+            busy = 0;
+        }
+        if (!running) return;
+        if (insns_now > insns) std::fprintf(f, "D %" PRIu64 "\n", cycles);
+        insns = insns_now;
+        if (macs_now > macs) {
+            if (mac_last && mac_last + 1 != cycles) flush_macs();
+            if (!mac_last) mac_first = cycles;
+            mac_last = cycles;
+        }
+        macs = macs_now;
+        if (state == RUNNING && busy_now != busy) {
+            std::fprintf(f, "B %" PRIu64 " %u\n", cycles + 1, busy_now);
+            busy = busy_now;
+        }
+        if (state != RUNNING) {
+            flush_macs();
+            running = false;
+        }
+    }
+
+    void flush_macs() {
+        if (mac_last) std::fprintf(f, "M %" PRIu64 " %" PRIu64 "\n", mac_first, mac_last);
+        mac_last = 0;
+    }
+};
+
 class Harness {
   public:
     Harness(const Job& job)
@@ -408,6 +469,8 @@ class Harness {
     }
 
     ~Harness() { top_->final(); }
+
+    void trace_to(FILE* f) { timeline_.f = f; }
 
     std::vector<ProgramOut> run(uint64_t& total_cycles, double& wall_s, const char*& stopped) {
         const auto t0 = std::chrono::steady_clock::now();
@@ -438,6 +501,7 @@ class Harness {
                 po.ran = true;
                 po.start_cycle = cycles_;
                 fill_refs(k, data_start[k], out);
+                if (timeline_.f) timeline_.program(k);
                 insn_.seek(insn_start[k], insn_start[k + 1]);
                 data_.seek(data_start[k], data_start[k + 1]);
             }
@@ -451,6 +515,7 @@ class Harness {
 
             // Sample (the ReadOnly phase before the edge).
             const int state = static_cast<int>(top_->state);
+            if (timeline_.f) sample_timeline(state);
             if (state == HALTED && prev_state != HALTED) {
                 ++halts;
                 HaltRecord h;
@@ -514,6 +579,23 @@ class Harness {
     Rng result_rng_;
     std::vector<uint32_t> result_word_;
     uint64_t cycles_ = 0;
+    Timeline timeline_;
+
+#ifdef FXP_TRACE
+    // The busy wires by their Verilator names (Verilog `fxpgen_core.load__busy`, the
+    // "__" escaped as for the stream ports).
+    void sample_timeline(int state) {
+        const auto* r = top_->rootp;
+        const unsigned busy = r->fxpgen_core__DOT__load___05Fbusy | r->fxpgen_core__DOT__store___05Fbusy << 1
+                              | r->fxpgen_core__DOT__loadw___05Fbusy << 2
+                              | r->fxpgen_core__DOT__matmul___05Fbusy << 3
+                              | r->fxpgen_core__DOT__vector___05Fbusy << 4;
+        timeline_.sample(state, get_u64(top_->cycles), get_u64(top_->insns),
+                         get_u64(top_->mac_cycles), busy);
+    }
+#else
+    void sample_timeline(int) {}
+#endif
 
     // Program k's referenced data words from the results of earlier programs (a
     // word past the results received stays zero: that program failed).
@@ -673,8 +755,13 @@ void write_output(const char* path, const std::vector<ProgramOut>& progs, uint64
 }  // namespace
 
 int main(int argc, char** argv) {
-    if (argc != 3) {
-        std::fprintf(stderr, "usage: %s JOB OUT\n", argv[0]);
+#ifdef FXP_TRACE
+    const int max_args = 4;
+#else
+    const int max_args = 3;
+#endif
+    if (argc < 3 || argc > max_args) {
+        std::fprintf(stderr, "usage: %s JOB OUT%s\n", argv[0], max_args > 3 ? " [TIMELINE]" : "");
         return 2;
     }
     try {
@@ -685,7 +772,11 @@ int main(int argc, char** argv) {
         std::vector<ProgramOut> progs;
         {
             Harness h(job);
+            FILE* timeline = argc > 3 ? std::fopen(argv[3], "w") : nullptr;
+            if (argc > 3 && !timeline) fail(std::string("cannot write ") + argv[3]);
+            h.trace_to(timeline);
             progs = h.run(cycles, wall_s, stopped);
+            if (timeline && std::fclose(timeline) != 0) fail(std::string("cannot write ") + argv[3]);
         }
         write_output(argv[2], progs, cycles, wall_s, stopped);
     } catch (const std::exception& e) {

@@ -20,8 +20,9 @@ SMALL = CoreConfig(rows=4, cols=4, spad_depth=512, wbuf_depth=256, acc_depth=256
 
 
 def test_unknown_engine_names_the_choices():
-    assert set(ENGINES) == {"golden", "isa", "rtl", "native", "board"}
-    with pytest.raises(ValueError, match="unknown engine 'gpu'; choose one of golden, isa, rtl, native, board"):
+    assert set(ENGINES) == {"golden", "isa", "rtl", "native", "board", "model"}
+    with pytest.raises(ValueError, match="unknown engine 'gpu'; choose one of golden, isa, rtl, native, "
+                                         "board, model"):
         engine_class("gpu")
     assert make_engine("native", batch=3).batch == 3
 

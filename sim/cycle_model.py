@@ -1,0 +1,559 @@
+"""An analytical cycle model of the core: the counters the RTL freezes at each HALT,
+predicted from the instruction words and the :class:`~fxpgen.config.CoreConfig`
+(no simulator to build; the repeats of a layer's instruction patterns are added
+up, not walked: :class:`_Repeats`), with every stream assumed never to stall.
+
+The model follows the hardware rule by rule (``docs/performance.md``):
+
+- Dispatch (``hw/controller.py``): instructions leave in order, at most one a cycle;
+  one is dispatched in the first cycle its unit is ready and no other unit still
+  holds a resource it declares (a write against another unit's reads or writes, a
+  read against another unit's writes; ``hw/hazards.py``). HALT and SYNC wait until
+  every unit is idle. A segment's counters run from the cycle after its first
+  instruction is taken to its HALT's dispatch, inclusive.
+- Every unit starts its address loops the cycle after dispatch and issues one
+  iteration a cycle; what differs is how long it stays busy, when it is ready for
+  its next instruction and how long it holds each resource (:func:`_op`), from the
+  latencies of :class:`Latencies`, read off the hardware's own constants.
+- LOAD writes a row only in cycles where the vector unit (scratchpad) or the matmul
+  write-back (accumulators) leaves the shared write port free (``hw/buffers.py``),
+  so its end is found by walking the other units' write intervals.
+
+What the model leaves out: stream stalls (the data, instruction and result streams
+are always ready, as in a stall-free run of the native harness) and faults (a
+program that stops on an error has no meaningful timing).
+"""
+
+from __future__ import annotations
+
+import array
+import bisect
+import functools
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from fxpgen.config import REGIONS, CoreConfig
+from fxpgen.hw.array import SystolicArray
+from fxpgen.hw.controller import UNIT_OF
+from fxpgen.hw.hazards import HAZARD_BITS, resource_index
+from fxpgen.hw.requant import Requantizer
+from fxpgen.hw.store import FIFO_DEPTH
+from fxpgen.isa import Addr, Instruction, Mem, Opcode, footprint, region_of
+
+from .engine import Engine, EngineResult, Progress, Runnable
+
+__all__ = ["Latencies", "Slice", "SegmentTiming", "ProgramTiming", "estimate", "estimate_words",
+           "ModelEngine"]
+
+#: The dispatcher's own track: HALT and SYNC, and the cycles an instruction waits.
+CONTROL = "control"
+
+
+@dataclass(frozen=True)
+class Latencies:
+    """The fixed delays of the core, in cycles, each taken from the hardware.
+
+    matmul_write
+        From a MATMUL iteration's issue to its accumulator write-back: the
+        scratchpad read, then :attr:`SystolicArray.LATENCY` (``hw/matmul.py``).
+    vector_write
+        From a vector iteration's issue to its scratchpad write: the source reads,
+        then :attr:`Requantizer.LATENCY` (``hw/vector.py``).
+    loadw_drain
+        From the last weight-buffer read of a LOADW to the last row entering the
+        array: the synchronous read (``hw/loadw.py``).
+    store_drain
+        From the last row read by a STORE to the result stream taking it: the
+        synchronous read, then two cycles through the ``SyncFIFOBuffered`` (its
+        inner memory's read, then its output register; ``hw/store.py``).
+    store_fifo
+        Rows a STORE may have read and not yet sent (``hw.store.FIFO_DEPTH``).
+    """
+
+    matmul_write: int
+    vector_write: int
+    loadw_drain: int
+    store_drain: int
+    store_fifo: int
+
+    @classmethod
+    @functools.cache
+    def of(cls, cfg: CoreConfig) -> "Latencies":
+        array = SystolicArray(cfg.rows, cfg.cols, cfg.psum_width)
+        array._MustUse__silence = True     # built for its LATENCY only, never elaborated
+        return cls(matmul_write=1 + array.LATENCY, vector_write=1 + Requantizer.LATENCY,
+                   loadw_drain=1, store_drain=3, store_fifo=FIFO_DEPTH)
+
+
+@dataclass
+class Slice:
+    """One instruction on the timeline, in counted cycles: the cycles the core's
+    ``cycles`` counter counts, numbered from 1, the segments one after another (the
+    two cycles between a HALT and the next segment's first instruction, which no
+    counter counts, left out). The instruction became the current one in cycle
+    ``waiting``, was dispatched in ``dispatch``, and its unit worked on it from
+    ``first`` to ``last`` (inclusive; empty for no iterations): a MATMUL while its
+    vectors enter the array (its drain overlaps the next MATMUL), any other unit
+    until it is idle again. HALT and SYNC occupy their dispatch cycle."""
+
+    index: int
+    opcode: Opcode
+    unit: str
+    layer: str
+    waiting: int
+    dispatch: int
+    first: int
+    last: int
+
+
+@dataclass
+class SegmentTiming:
+    """One HALT segment's counters, named as the core's (``docs/core.md``), and the
+    counted cycle before its first (see :class:`Slice`)."""
+
+    layer: str
+    start: int
+    counters: dict
+
+    def as_layer(self) -> dict:
+        """The engines' per-layer record: ``{"layer", **counters}``."""
+        return {"layer": self.layer, **self.counters}
+
+
+@dataclass
+class ProgramTiming:
+    """A program's predicted segments and, when asked for, its timeline."""
+
+    segments: list[SegmentTiming]
+    slices: list[Slice] = field(default_factory=list)
+
+    @property
+    def cycles(self) -> int:
+        return sum(s.counters["cycles"] for s in self.segments)
+
+
+class _Port:
+    """Cycles a shared memory write port is taken by its priority writer: disjoint
+    intervals ``[start, end]`` in increasing order."""
+
+    def __init__(self):
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+
+    def take(self, start: int, end: int) -> None:
+        if self.ends and start == self.ends[-1] + 1:
+            self.ends[-1] = end
+        else:
+            self.starts.append(start)
+            self.ends.append(end)
+
+    def finish(self, first: int, rows: int) -> int:
+        """The cycle of the last of ``rows`` writes made one a free cycle from ``first`` on."""
+        pos, k = first, bisect.bisect_left(self.ends, first)
+        while k < len(self.starts):
+            free = self.starts[k] - pos
+            if free >= rows:
+                break
+            if free > 0:
+                rows -= free
+            pos = max(pos, self.ends[k] + 1)
+            k += 1
+        return pos + rows - 1
+
+
+@dataclass(frozen=True)
+class _Op:
+    """What the model needs of one instruction word, every cycle an offset from its
+    dispatch: its unit's ``ready`` again, its ``busy`` end, the ``last`` cycle of its
+    slice, how long it holds each hazard bit (``(bit, offset)``), and the shared
+    write port it waits for (LOAD) or takes (``take``: first and last offset of the
+    matmul's or the vector unit's writes). A LOAD's end depends on the port and is
+    left to :meth:`_Core.settle_load`."""
+
+    opcode: Opcode
+    unit: str | None
+    n: int
+    reads: tuple[int, ...]
+    writes: tuple[int, ...]
+    ready: int = 1
+    busy: int = 0
+    last: int = 0
+    r_holds: tuple[tuple[int, int], ...] = ()
+    w_holds: tuple[tuple[int, int], ...] = ()
+    port: Mem | None = None
+    take: tuple[int, int] | None = None
+
+
+def _store_last_issue(n: int, lat: Latencies) -> int:
+    """The cycle, counted from its dispatch, in which a STORE of ``n`` rows reads its
+    last row: one a cycle while its rows in flight stay below the FIFO's depth (each
+    is in flight for ``store_drain`` cycles after its read)."""
+    window = lat.store_drain + 1
+    if lat.store_fifo >= window:
+        return n
+    return 1 + ((n - 1) // lat.store_fifo) * window + (n - 1) % lat.store_fifo
+
+
+def _last_touches(a: Addr, count0: int, count1: int, depth: int) -> dict[int, int]:
+    """The last iteration (counted in loop order) whose address lies in each region of
+    a ``depth``-row memory that the loops reach. Addresses grow along both loops
+    (strides are unsigned), so within one pass of the inner loop a region's
+    iterations are consecutive: the outer loop is walked backwards until every
+    region between the lowest and the highest address is found or ruled out."""
+    size = depth // REGIONS
+    hi = a.base + (count0 - 1) * a.stride0 + (count1 - 1) * a.stride1
+    todo = set(range(region_of(a.base, depth), min(region_of(hi, depth), REGIONS - 1) + 1))
+    found: dict[int, int] = {}
+    for i1 in range(count1 - 1, -1, -1):
+        row = a.base + i1 * a.stride1
+        for r in sorted(todo):
+            top = (r + 1) * size - 1
+            if top < row:
+                continue
+            i0 = count0 - 1 if a.stride0 == 0 else min(count0 - 1, (top - row) // a.stride0)
+            if row + i0 * a.stride0 >= r * size:
+                found[r] = i1 * count0 + i0
+        todo -= found.keys()
+        if not todo:
+            break
+    return found
+
+
+def _op(word: int, cfg: CoreConfig, lat: Latencies) -> _Op:
+    """The timing of an instruction word (:class:`_Op`)."""
+    insn = Instruction.decode(word)
+    unit = UNIT_OF.get(insn.opcode)
+    if unit is None:
+        return _Op(insn.opcode, None, 0, (), ())
+    fp = footprint(insn)
+    reads = tuple(resource_index(r) for r in fp.reads)
+    writes = tuple(resource_index(r) for r in fp.writes)
+    n = insn.iterations
+    if n == 0:
+        return _Op(insn.opcode, unit, 0, reads, writes)
+    if unit == "load":
+        mem = Mem(insn.params.get("mem", 0))
+        return _Op(insn.opcode, unit, n, reads, writes,
+                   port=mem if mem in (Mem.SPAD, Mem.ACC) else None)
+    return _timed_op(insn, unit, n, reads, writes, cfg, lat)
+
+
+def _timed_op(insn: Instruction, unit: str, n: int, reads: tuple[int, ...], writes: tuple[int, ...],
+              cfg: CoreConfig, lat: Latencies) -> _Op:
+    """:func:`_op` of an instruction with iterations on a unit other than LOAD."""
+    op = insn.opcode
+    if op is Opcode.MATMUL:
+        # Ready as its last vector issues; the bank, and each accumulator region,
+        # stay marked until their last vector is written back.
+        wb = n + lat.matmul_write
+        bank = resource_index(("BANK", insn.params.get("bank", 0)))
+        ends = dict.fromkeys(writes, n)
+        for r, k in _last_touches(insn.z, insn.count0, insn.count1, cfg.acc_depth).items():
+            b = resource_index((Mem.ACC, r))
+            ends[b] = max(ends.get(b, n), 1 + k + lat.matmul_write)
+        return _Op(op, unit, n, reads, writes, ready=n, busy=wb, last=n,
+                   r_holds=tuple((b, wb if b == bank else n) for b in reads),
+                   w_holds=tuple(ends.items()), port=Mem.ACC, take=(1 + lat.matmul_write, wb))
+    if op is Opcode.LOADW:
+        drained = n + lat.loadw_drain
+        return _Op(op, unit, n, reads, writes, ready=drained + 1, busy=drained, last=drained,
+                   r_holds=tuple((b, n) for b in reads), w_holds=tuple((b, drained) for b in writes))
+    if op is Opcode.STORE:
+        issued = _store_last_issue(n, lat)
+        sent = issued + lat.store_drain
+        return _Op(op, unit, n, reads, writes, ready=sent + 1, busy=sent, last=sent,
+                   r_holds=tuple((b, issued + 1) for b in reads))
+    wb = n + lat.vector_write
+    lut = resource_index((Mem.LUT, 0))
+    return _Op(op, unit, n, reads, writes, ready=wb + 1, busy=wb, last=wb,
+               r_holds=tuple((b, wb if b == lut else n) for b in reads),
+               w_holds=tuple((b, wb) for b in writes), port=Mem.SPAD, take=(1 + lat.vector_write, wb))
+
+
+class _Core:
+    """The state the model keeps between the instructions of one segment: per unit
+    its ready cycle, its last busy cycle and the last cycle it holds each hazard
+    bit; the shared write ports; the LOAD whose end is not known yet."""
+
+    def __init__(self):
+        units = sorted(set(UNIT_OF.values()))
+        self.ready = dict.fromkeys(units, 0)
+        self.busy_end = dict.fromkeys(units, 0)
+        self.r_end = {u: [-1] * HAZARD_BITS for u in units}
+        self.w_end = {u: [-1] * HAZARD_BITS for u in units}
+        self.others = {u: [(self.r_end[o], self.w_end[o]) for o in units if o != u] for u in units}
+        self.ports = {Mem.SPAD: _Port(), Mem.ACC: _Port()}
+        self.load: tuple | None = None
+        self.load_bits: frozenset = frozenset()
+
+    def settle_load(self) -> None:
+        """Find the end of the pending LOAD from the write-port intervals known so far.
+
+        Only an instruction that waits for the LOAD asks, so every interval not yet
+        known lies after it."""
+        d, op, s = self.load
+        end = self.ports[op.port].finish(d + 1, op.n) if op.port is not None else d + op.n
+        self.ready["load"], self.busy_end["load"] = end + 1, end
+        w_end = self.w_end["load"]
+        for b in op.writes:
+            w_end[b] = end
+        if s is not None:
+            s.last = s.dispatch - d + end
+        self.load, self.load_bits = None, frozenset()
+
+    def relative(self, d: int) -> tuple:
+        """Everything that can still delay an instruction dispatched after cycle ``d``,
+        in cycles after ``d`` (0 for what is over by then)."""
+        def rel(values):
+            return tuple(v - d if v > d else 0 for v in values)
+        lo = d if self.load is None else min(d, self.load[0])
+        ports = []
+        for port in self.ports.values():
+            k = bisect.bisect_right(port.ends, lo)
+            ports.append((tuple(v - d for v in port.starts[k:]), tuple(v - d for v in port.ends[k:])))
+        load = None if self.load is None else (self.load[0] - d, self.load[1])
+        return (rel(self.ready.values()), rel(self.busy_end.values()),
+                tuple(rel(a) for a in self.r_end.values()), tuple(rel(a) for a in self.w_end.values()),
+                tuple(ports), load)
+
+    def shift(self, d: int, delta: int) -> None:
+        """Move every cycle of the state ``delta`` cycles later, dropping the write
+        intervals over before cycle ``d`` and the pending LOAD (nothing dispatched
+        after ``d`` can see them)."""
+        lo = d if self.load is None else min(d, self.load[0])
+        for port in self.ports.values():
+            k = bisect.bisect_right(port.ends, lo)
+            port.starts[:] = [v + delta for v in port.starts[k:]]
+            port.ends[:] = [v + delta for v in port.ends[k:]]
+        for u in self.ready:
+            self.ready[u] += delta
+            self.busy_end[u] += delta
+            for a in (self.r_end[u], self.w_end[u]):
+                a[:] = [v + delta for v in a]
+        if self.load is not None:
+            d, op, s = self.load
+            self.load = (d + delta, op, s)
+
+    def earliest(self, op: _Op) -> int:
+        """The first cycle the hazard check and the unit's ready let ``op`` go."""
+        if self.load is not None and (op.unit == "load" or self.load_bits.intersection(op.reads + op.writes)):
+            self.settle_load()
+        t = self.ready[op.unit]
+        for r_end, w_end in self.others[op.unit]:
+            for b in op.reads:
+                if w_end[b] >= t:
+                    t = w_end[b] + 1
+            for b in op.writes:
+                e = max(w_end[b], r_end[b])
+                if e >= t:
+                    t = e + 1
+        return t
+
+    def idle(self) -> int:
+        """The first cycle every unit is idle."""
+        if self.load is not None:
+            self.settle_load()
+        return max(self.busy_end.values()) + 1
+
+    def dispatch(self, op: _Op, d: int, s: Slice | None) -> None:
+        """Start ``op`` at cycle ``d``; a LOAD's end is set in ``s`` once settled."""
+        unit = op.unit
+        if op.n == 0:
+            self.ready[unit] = max(self.ready[unit], d + 1)
+            return
+        if unit == "load":
+            self.load, self.load_bits = (d, op, s), frozenset(op.writes)
+            return
+        self.ready[unit], self.busy_end[unit] = d + op.ready, d + op.busy
+        r_end, w_end = self.r_end[unit], self.w_end[unit]
+        for b, e in op.r_holds:
+            r_end[b] = d + e
+        for b, e in op.w_holds:
+            w_end[b] = d + e
+        if op.take is not None:
+            self.ports[op.port].take(d + op.take[0], d + op.take[1])
+
+
+def _when(core: _Core, op: _Op, d: int) -> int:
+    """The cycle ``op`` is dispatched in, the instruction before it having left in ``d``."""
+    if op.unit is None:
+        return max(d + 1, core.idle())
+    return max(d + 1, core.earliest(op))
+
+
+def _segment(by_id: Sequence[_Op], ids: list[int], first: int, start: int, layer: str,
+             slices: list[Slice] | None) -> SegmentTiming:
+    """Time one segment (instructions up to its HALT) whose counted cycles follow
+    ``start``; its instructions are ``first, first + 1, ...`` of the program, of
+    timings ``by_id[i] for i in ids``. Without
+    a timeline, the repeats of periodic stretches are skipped (:class:`_Repeats`)."""
+    core, d, macs, k = _Core(), 0, 0, 0
+    repeats = _Repeats(ids) if slices is None else None
+    while True:
+        if repeats is not None and k >= repeats.next_check:
+            k, d, macs = repeats.skip(core, by_id, k, d, macs)
+        op = by_id[ids[k]]
+        waiting, d = d + 1, _when(core, op, d)
+        s = None
+        if slices is not None:
+            last = d if op.unit is None else d + op.last
+            s = Slice(first + k, op.opcode, op.unit or CONTROL, layer, start + waiting, start + d,
+                      start + d + (op.unit is not None), start + last)
+            slices.append(s)
+        if op.unit is not None:
+            core.dispatch(op, d, s)
+            if op.opcode is Opcode.MATMUL:
+                macs += op.n
+        if op.opcode is Opcode.HALT or k + 1 == len(ids):
+            break
+        k += 1
+    counters = {"cycles": d, "mac_cycles": macs, "stall_dispatch": d - (k + 1), "stall_data": 0,
+                "stall_result": 0, "insns": k + 1}
+    return SegmentTiming(layer, start, counters)
+
+
+class _Repeats:
+    """Skips repeats in a segment: a compiled layer is long runs of the same few
+    instruction patterns, and once the core's state relative to the last dispatch
+    (:meth:`_Core.relative`) comes back to what it was a pattern earlier, every
+    further repeat of the pattern takes the same cycles and leaves the state shifted
+    by them. The pattern at instruction ``k`` is the shortest ``ids[k:k + p]`` that the
+    next ``p`` instructions repeat and whose first :attr:`BLOCK` instructions recur
+    at ``k + p`` (``p`` up to :attr:`WINDOW`); ``ids`` number the segment's
+    instructions, equal for equal timing (:class:`_Op`)."""
+
+    WINDOW = 1 << 16
+    #: Instructions that must recur for a pattern to be tried.
+    BLOCK = 128
+    #: Patterns run to reach a repeating state before giving up at a position.
+    TRIES = 4
+    #: Instructions to the next look after a first failed one; each further failure
+    #: doubles it, a skip resets it (the search costs up to a few windows).
+    BACKOFF = 64
+
+    def __init__(self, ids: list[int]):
+        self.ids = ids
+        self.text = array.array("I", ids)
+        self.raw: bytes | None = None
+        self.next_check = 0
+        self.backoff = self.BACKOFF
+
+    def period(self, k: int) -> int | None:
+        """The pattern's length at ``k``: the first later start of the next
+        :attr:`BLOCK` instructions from which the instructions since ``k`` repeat."""
+        ids, text, width = self.ids, self.text, self.text.itemsize
+        raw = text.tobytes() if self.raw is None else self.raw
+        self.raw = raw
+        block = raw[k * width:(k + self.BLOCK) * width]
+        pos = (k + 1) * width
+        for _ in range(8):
+            j = raw.find(block, pos, (k + self.WINDOW + self.BLOCK) * width)
+            if j < 0:
+                return None
+            if j % width:
+                pos = j + 1
+                continue
+            j //= width
+            if ids[k:j] == ids[j:2 * j - k]:
+                return j - k
+            pos = (j + 1) * width
+        return None
+
+    def skip(self, core: _Core, by_id: Sequence[_Op], k: int, d: int, macs: int
+             ) -> tuple[int, int, int]:
+        """Run from instruction ``k`` (the one before it left in ``d``) until the state
+        repeats, then skip every further whole repeat; the new ``(k, d, macs)``."""
+        p = self.period(k)
+        if p is None:
+            self.next_check, self.backoff = k + self.backoff, 2 * self.backoff
+            return k, d, macs
+        ids, pattern = self.ids, self.ids[k:k + p]
+        before, d0, m0 = core.relative(d), d, macs
+        for _ in range(self.TRIES):
+            if ids[k:k + p] != pattern:
+                break
+            for op in map(by_id.__getitem__, ids[k:k + p]):
+                d = _when(core, op, d)
+                core.dispatch(op, d, None)
+                if op.opcode is Opcode.MATMUL:
+                    macs += op.n
+            k += p
+            now = core.relative(d)
+            if now == before:
+                r = 0
+                while ids[k + r * p:k + (r + 1) * p] == pattern:
+                    r += 1
+                core.shift(d, r * (d - d0))
+                self.next_check, self.backoff = k + r * p, self.BACKOFF
+                return k + r * p, d + r * (d - d0), macs + r * (macs - m0)
+            before, d0, m0 = now, d, macs
+        self.next_check, self.backoff = k + self.backoff, 2 * self.backoff
+        return k, d, macs
+
+
+def _cuts(halts: Sequence[int], n: int, layers: Sequence[str]) -> list[tuple[int, int, str]]:
+    """The HALT segments ``(first, end, layer)`` of a program of ``n`` instructions
+    with HALTs at ``halts``, named as :func:`~fxpgen.sim.segments.split_layers`
+    names them: after the first layer other than ``"input"`` they serve, else after
+    their HALT's (or "tail" for instructions after the last HALT)."""
+    cuts, first = [], 0
+    last_halt = halts[-1] + 1 if halts else 0
+    for end in [h + 1 for h in halts] + ([n] if last_halt < n else []):
+        halted = end <= last_halt
+        name = next((layers[k] for k in range(first, end - halted) if layers[k] != "input"), None)
+        cuts.append((first, end, name or (layers[end - 1] if halted else "tail")))
+        first = end
+    return cuts
+
+
+def estimate_words(cfg: CoreConfig, words: Sequence[int], layers: Sequence[str], *,
+                   timeline: bool = False) -> ProgramTiming:
+    """The counters of every HALT segment of a program (instruction words and the
+    layer of each), and with ``timeline`` every instruction's :class:`Slice`."""
+    lat = Latencies.of(cfg)
+    # Each distinct word is timed once; words of equal timing share an id.
+    known: dict[int, int] = {}
+    interned: dict[_Op, int] = {}
+    by_id: list[_Op] = []
+    for w in dict.fromkeys(words):
+        op = _op(w, cfg, lat)
+        known[w] = interned.setdefault(op, len(interned))
+        if known[w] == len(by_id):
+            by_id.append(op)
+    ids = list(map(known.__getitem__, words))
+    halt_ids = [i for i, op in enumerate(by_id) if op.opcode is Opcode.HALT]
+    halts = np.flatnonzero(np.isin(np.asarray(ids), halt_ids)).tolist()
+    slices: list[Slice] | None = [] if timeline else None
+    segments, start = [], 0
+    for first, end, layer in _cuts(halts, len(ids), layers):
+        seg = _segment(by_id, ids[first:end], first, start, layer, slices)
+        segments.append(seg)
+        start += seg.counters["cycles"]
+    return ProgramTiming(segments, slices or [])
+
+
+def estimate(program: Runnable, *, timeline: bool = False) -> ProgramTiming:
+    """:func:`estimate_words` of a runnable program (a compiled network or a GEMM)."""
+    return estimate_words(program.cfg, program.words, program.layers, timeline=timeline)
+
+
+class ModelEngine(Engine):
+    """The cycle model as an engine: the golden model's outputs, and per input the
+    counters :func:`estimate` predicts (the same for every input: the core's timing
+    does not depend on the data). ``info`` has ``seconds`` and ``model_s``, the
+    time the estimate took."""
+
+    name = "model"
+
+    def run(self, program: Runnable, inputs: Sequence, *, progress: Progress | None = None) -> EngineResult:
+        t0 = time.monotonic()
+        timing = estimate(program)
+        model_s = time.monotonic() - t0
+        outputs = program.golden(inputs)
+        if progress:
+            progress(len(inputs))
+        layers = [[s.as_layer() for s in timing.segments] for _ in inputs]
+        return EngineResult(outputs, layers, {"seconds": time.monotonic() - t0, "model_s": model_s})
