@@ -65,7 +65,7 @@ from fxpgen.compiler.qgraph import (QAdd, QAvgPool, QConcat, QConv, QGraph, QLut
 from fxpgen.numerics import Format
 
 __all__ = ["quantize", "fuse", "calibrate", "concat_format", "unify_concat_inputs",
-           "check_hardware_ranges", "HardwareRangeError", "weight_error_bias",
+           "check_hardware_ranges", "HardwareRangeError", "fit_shift_fields", "weight_error_bias",
            "Layer", "sqnr_db", "lut_table", "SHIFT_RANGE", "ALIGN_RANGE", "ADD_SHIFT_RANGE"]
 
 #: Inclusive ranges of the hardware's shift fields (signed 6-bit shift and align,
@@ -245,6 +245,61 @@ def calibrate(graph: Graph, layers: list[Layer], acts: dict[str, np.ndarray],
         formats[layer.output] = fmt
         stats[layer.output] = {"std": _std(acts[pre]), "std_of": pre, "rule": rule}
     return formats, stats
+
+
+def fit_shift_fields(layers: list[Layer], formats: dict[str, Format], acc_bits: int) -> None:
+    """Coarsen, in place, the fine formats whose shifts would outgrow the requantizer's
+    field or whose bias would outgrow the accumulator: a conv's or average pool's
+    input (and residual) at most ``SHIFT_RANGE[1]`` fractional bits finer than its
+    output, less the pool's ``log2(divisor)``; a conv's input no finer than
+    :func:`_bias_fl_max`. A conv's weight fl then fits from 0 up (:func:`_build_conv`).
+
+    Data that much finer than the layer's output carry nothing above its least
+    significant bit (a classifier reading vanished features: its output is its bias),
+    so the dropped bits are below what the layer keeps. A format is coarsened with the
+    maps that share it (max pool, slice, shuffle, resize); never the network's input
+    or a concat's. Coarsening an output widens its producer's shift, so the walk runs
+    backwards until nothing changes."""
+    producer = {layer.output: layer for layer in layers}
+    changed = True
+    while changed:
+        changed = False
+        for layer in reversed(layers):
+            if layer.kind == "conv":
+                cap = formats[layer.output].fl + SHIFT_RANGE[1]
+                if formats[layer.conv.input].fl > _bias_fl_max(layer, acc_bits):
+                    changed |= _coarsen(layer.conv.input, _bias_fl_max(layer, acc_bits), producer, formats)
+                srcs = [layer.conv.input] + ([layer.residual] if layer.residual else [])
+            elif layer.kind == "avgpool":
+                log2 = numerics.avgpool_fl_shift(layer.pool.divisor)
+                cap = formats[layer.output].fl + SHIFT_RANGE[1] - log2
+                srcs = [layer.pool.input]
+            else:
+                continue
+            for src in srcs:
+                if formats[src].fl > cap:
+                    changed |= _coarsen(src, cap, producer, formats)
+
+
+def _bias_fl_max(layer: Layer, acc_bits: int) -> int:
+    """The finest accumulator fl (input fl + weight fl) at which the conv's bias takes at
+    most a quarter of the accumulator's range, leaving the rest to the products."""
+    b = float(np.max(np.abs(layer.conv.bias))) if layer.conv.bias.size else 0.0
+    if b == 0.0:
+        return numerics.FL_MAX
+    return int(np.floor(np.log2(2.0 ** (acc_bits - 3) / b)))
+
+
+def _coarsen(t: str, fl: int, producer: dict, formats: dict[str, Format]) -> bool:
+    chain = [t]
+    while t in producer and producer[t].kind in ("maxpool", "slice", "shuffle", "resize"):
+        t = producer[t].inputs[0]
+        chain.append(t)
+    if t not in producer or producer[t].kind in ("concat", "copy"):
+        return False
+    for name in chain:
+        formats[name] = Format(formats[name].signed, max(fl, 0))
+    return True
 
 
 def concat_format(fmts: list[Format]) -> Format:
@@ -440,7 +495,12 @@ def _build_conv(layer: Layer, formats, per_channel, weight_mode, acc_bits, fine,
         fl_w = np.zeros(cout, np.int64)
         wq = np.ones(conv.weight.shape, np.int64)
     else:
-        fl_w = _weight_fl(conv.weight, per_channel, weight_mode, fine)
+        # Fine formats can make fl_x + fl_w - fl_out outgrow the requantizer's shift
+        # field; weight bits below what the shift keeps are dropped there instead.
+        fl_w_max = SHIFT_RANGE[1] + fout.fl - fx.fl
+        if fine:
+            fl_w_max = min(fl_w_max, _bias_fl_max(layer, acc_bits) - fx.fl)
+        fl_w = np.clip(_weight_fl(conv.weight, per_channel, weight_mode, fine), 0, max(0, fl_w_max))
         wq = np.stack([numerics.quantize(conv.weight[c], Format(True, int(fl_w[c])))
                        for c in range(cout)])
     w_float = conv.weight
@@ -594,6 +654,8 @@ def quantize(graph: Graph, calib: np.ndarray, *, mode: str = "std", per_channel:
     acts = run_float(g, calib)
     formats, stats = calibrate(g, layers, acts, mode, fine_formats)
     layers = unify_concat_inputs(g, layers, formats, stats)
+    if fine_formats:
+        fit_shift_fields(layers, formats, acc_bits)
     for layer in layers:
         if layer.kind == "copy":
             acts[layer.output] = acts[layer.pre]

@@ -292,6 +292,29 @@ def test_fine_formats_keep_a_shrinking_stack():
     assert np.any(gold) and np.array_equal(low.decode_output(res.results), gold)
 
 
+def test_fine_formats_keep_shifts_and_biases_in_their_fields():
+    # Features shrink 1024x per layer to about 1e-12; the head's output is its bias
+    # (about 1), so the features' fine format would need a shift near 40 and a bias of
+    # 2**45 in the accumulator: they are coarsened to what the head's output keeps.
+    m = M()
+    x = "x"
+    for i in range(4):
+        w = m.w(f"W{i}", (8, 8, 1, 1), 1.0)
+        m.inits[-1] = numpy_helper.from_array(
+            (numpy_helper.to_array(m.inits[-1]) / 1024).astype(np.float32), w)
+        x = m.node("Relu", [m.node("Conv", [x, w], [f"c{i}"])], [f"r{i}"])
+    x = m.node("Conv", [x, m.w("Wh", (4, 8, 1, 1), 1.0), m.w("Bh", (4,), 1.0)], ["head"])
+    g = load_onnx(m.model((1, 8, 8, 8), x))
+    calib = data((8, 8, 8), 8, 0, 1, SEED)
+    qg, rep = quantize(g, calib)
+    head = qg.ops[-1]
+    assert qg.tensor(head.input).fmt.fl - qg.tensor(head.output).fmt.fl <= 31
+    assert qg.tensor(qg.ops[-2].output).fmt.fl > 8        # still finer than u8.8
+    assert all(-32 <= s <= 31 for op in qg.ops for s in np.atleast_1d(op.shift))
+    assert np.max(np.abs(head.bias)) < 2 ** 30
+    assert rep["output_sqnr_db"] > 20
+
+
 def test_weight_error_bias_per_group():
     rng = np.random.default_rng(SEED)
     w_err = rng.normal(0, 1, (6, 2, 3, 3))
