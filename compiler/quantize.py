@@ -45,6 +45,15 @@ mode's rule) and its table is the float function on the input format's grid, eve
 of the 256 input bytes, quantized to the output format (:func:`lut_table`). A Mul
 becomes a :class:`~fxpgen.compiler.qgraph.QMul` with the same output-format rule and
 ``shift = fl_a + fl_b - fl_out``.
+
+Fixed formats (a QCDQ model, :mod:`fxpgen.compiler.qdq`). A tensor whose format the
+graph's quantizer fixes takes that format instead of the rule's; a layer whose weight
+fl it fixes takes that fl (the weights, on that grid, quantize exactly). A tensor
+without a quantizer follows the rules above: a max pool, slice, shuffle or resize
+keeps its input's format, a concat takes the common one, any other layer output is
+calibrated, so it needs calibration data; without them (``calib`` None) every such
+tensor must be fixed, and the report is computed on random inputs spanning the
+input format's range.
 """
 
 from __future__ import annotations
@@ -58,7 +67,9 @@ from fxpgen import numerics
 from fxpgen.compiler.fold import prepare
 from fxpgen.compiler.golden import quantize_input, run_golden_batch
 from fxpgen.compiler.graph import (UNARY_FUNCTIONS, Add, AvgPool, Clip, Concat, Conv, Graph,
-                                   MaxPool, Mul, Relu, Resize, Shuffle, Slice, Unary, run_float)
+                                   MaxPool, Mul, Relu, Resize, Shuffle, Slice, Unary, UnsupportedOp,
+                                   run_float)
+from fxpgen.compiler.qdq import FixedFormats
 from fxpgen.compiler.qgraph import (QAdd, QAvgPool, QConcat, QConv, QGraph, QLut, QMaxPool, QMul,
                                     QResize, QShuffle, QSlice, QTensor)
 from fxpgen.numerics import Format
@@ -178,14 +189,17 @@ def _act_fl(pre: np.ndarray, out: np.ndarray, signed: bool, mode: str) -> int:
 
 
 def calibrate(graph: Graph, layers: list[Layer], acts: dict[str, np.ndarray],
-              mode: str = "std") -> tuple[dict[str, Format], dict[str, dict]]:
+              mode: str = "std", given: dict[str, Format] | None = None,
+              ) -> tuple[dict[str, Format], dict[str, dict]]:
     """Choose the format of the input and of every layer's output.
 
     ``acts``: float tensors of the calibration batch (from :func:`run_float`). Input:
     u8.8 when the data lie in [0, 1), else by the rule (unsigned if all >= 0). Outputs
     with a fused ReLU/Clip are unsigned with the std taken before the activation;
     others signed; MaxPool, Slice, Shuffle and Resize keep their input's format; AvgPool keeps its
-    signedness; a Concat takes :func:`concat_format` of its inputs.
+    signedness; a Concat takes :func:`concat_format` of its inputs. A tensor in
+    ``given`` (formats a quantized graph fixes) takes that format; a kept format must
+    then agree with it (:class:`~fxpgen.compiler.graph.UnsupportedOp` otherwise).
     Returns the formats and per-tensor statistics for the report.
     """
     formats: dict[str, Format] = {}
@@ -198,6 +212,9 @@ def calibrate(graph: Graph, layers: list[Layer], acts: dict[str, np.ndarray],
         signed = bool(x.size and x.min() < 0)
         formats[graph.input] = Format(signed, _act_fl(x, x, signed, mode))
         rule = mode
+    given = given or {}
+    if graph.input in given:
+        formats[graph.input], rule = given[graph.input], _GIVEN
     stats[graph.input] = {"std": _std(x), "std_of": graph.input, "rule": rule}
     for layer in layers:
         src = layer.inputs[0]
@@ -223,9 +240,47 @@ def calibrate(graph: Graph, layers: list[Layer], acts: dict[str, np.ndarray],
             signed = formats[src].signed if layer.kind == "avgpool" else not layer.relu
             fmt = Format(signed, _act_fl(acts[pre], acts[layer.output], signed, mode))
             rule = mode
+        if layer.output in given:
+            if rule == "kept from input" and given[layer.output] != fmt:
+                raise UnsupportedOp(f"{layer.name}: {layer.kind} keeps its input's format {fmt}, but "
+                                    f"the graph quantizes its output to {given[layer.output]}")
+            fmt, rule = given[layer.output], _GIVEN
         formats[layer.output] = fmt
         stats[layer.output] = {"std": _std(acts[pre]), "std_of": pre, "rule": rule}
     return formats, stats
+
+
+_GIVEN = "fixed by the graph's quantizer"
+_DERIVED = ("kept from input", "common of the inputs", _GIVEN)
+
+
+def _check_fixed(g: Graph, layers: list[Layer], fixed: FixedFormats, stats: dict[str, dict],
+                 calibrated: bool) -> None:
+    """Every fixed tensor is one the quantized graph stores; without calibration data,
+    every layer output whose format needs statistics is fixed."""
+    stored = {g.input} | {layer.output for layer in layers}
+    for t in fixed.activations:
+        if t not in stored:
+            raise UnsupportedOp(f"{fixed.quantizers[t]}: quantizes {t!r}, which fxpgen computes "
+                                "inside a fused layer (conv + add + ReLU) and never stores; "
+                                "quantize only the fused layer's output")
+    if not calibrated:
+        free = [t for t in [g.input] + [layer.output for layer in layers]
+                if stats[t]["rule"] not in _DERIVED]
+        if free:
+            raise ValueError(f"no quantizer in the graph fixes the format of {', '.join(free)}: "
+                             "give calibration data to choose it")
+
+
+def _fixed_samples(g: Graph, fixed: FixedFormats, n: int = 8) -> np.ndarray:
+    """Stand-in calibration inputs for a graph whose quantizers fix every format: ``n``
+    random images spanning the input format's range (seed 0), for the report."""
+    fmt = fixed.activations.get(g.input)
+    if fmt is None:
+        raise ValueError(f"no quantizer in the graph fixes the format of the input {g.input}: "
+                         "give calibration data to choose it")
+    q = np.random.default_rng(0).integers(fmt.lo, fmt.hi + 1, (n,) + g.shape(g.input))
+    return numerics.dequantize(q, fmt)
 
 
 def concat_format(fmts: list[Format]) -> Format:
@@ -400,7 +455,17 @@ def _compact(v):
     return int(v[0]) if v.size and np.all(v == v[0]) else [int(e) for e in v]
 
 
-def _build_conv(layer: Layer, formats, per_channel, weight_mode, acc_bits):
+def _fixed_weight_fl(conv: Conv, fl: int) -> np.ndarray:
+    """The graph's weight fl of ``conv`` per output channel; its weights must lie on
+    the grid ``2**-fl`` (a BatchNorm or pool factor folded in afterwards moves them)."""
+    scaled = conv.weight * 2.0 ** fl
+    if not np.array_equal(scaled, np.round(scaled)):
+        raise UnsupportedOp(f"{conv.name}: its weights are off the grid 2**-{fl} of its quantizer "
+                            "after folding (a BatchNorm or pool factor folded into it?)")
+    return np.full(conv.weight.shape[0], fl, np.int64)
+
+
+def _build_conv(layer: Layer, formats, per_channel, weight_mode, acc_bits, weight_fls=None):
     conv = layer.conv
     fx = formats[conv.input]
     fout = formats[layer.output]
@@ -409,7 +474,8 @@ def _build_conv(layer: Layer, formats, per_channel, weight_mode, acc_bits):
         fl_w = np.zeros(cout, np.int64)
         wq = np.ones(conv.weight.shape, np.int64)
     else:
-        fl_w = _weight_fl(conv.weight, per_channel, weight_mode)
+        fl_w = (_fixed_weight_fl(conv, weight_fls[conv.name]) if conv.name in (weight_fls or {})
+                else _weight_fl(conv.weight, per_channel, weight_mode))
         wq = np.stack([numerics.quantize(conv.weight[c], Format(True, int(fl_w[c])))
                        for c in range(cout)])
     bias = numerics.bias_quantize(conv.bias, fx.fl, fl_w, acc_bits)
@@ -459,10 +525,10 @@ def lut_table(node: Unary, fin: Format, fout: Format) -> np.ndarray:
                              fout)
 
 
-def _build(layer: Layer, formats, per_channel, weight_mode, acc_bits):
+def _build(layer: Layer, formats, per_channel, weight_mode, acc_bits, weight_fls=None):
     fout = formats[layer.output]
     if layer.kind == "conv":
-        return _build_conv(layer, formats, per_channel, weight_mode, acc_bits)
+        return _build_conv(layer, formats, per_channel, weight_mode, acc_bits, weight_fls)
     if layer.kind == "copy":
         src = layer.inputs[0]
         op = QAdd(layer.name, src, src, layer.output, 0, 0, formats[src].fl + 1 - fout.fl)
@@ -508,9 +574,10 @@ def _build(layer: Layer, formats, per_channel, weight_mode, acc_bits):
                 "shift_min": op.shift, "shift_max": op.shift}
 
 
-def quantize(graph: Graph, calib: np.ndarray, *, mode: str = "std", per_channel: bool = False,
+def quantize(graph: Graph, calib: np.ndarray | None, *, mode: str = "std", per_channel: bool = False,
              weight_mode: str = "std", acc_bits: int = 32,
-             on_graph: Callable[[QGraph], None] | None = None) -> tuple[QGraph, dict]:
+             on_graph: Callable[[QGraph], None] | None = None,
+             fixed: FixedFormats | None = None) -> tuple[QGraph, dict]:
     """Quantize a float graph with calibration data.
 
     ``graph``: as loaded (folding runs here); ``calib``: float inputs (N, C, H, W) or
@@ -533,6 +600,10 @@ def quantize(graph: Graph, calib: np.ndarray, *, mode: str = "std", per_channel:
     the report's golden run on the calibration set (as long again as the rest), so a
     caller can start work on it meanwhile; it must not change the graph.
 
+    ``fixed``: the formats a quantized graph's quantizers fix
+    (:func:`~fxpgen.compiler.qdq.load_qdq`), used instead of the rules (module
+    docstring); then ``calib`` may be None if they fix every format that would need it.
+
     Raises :class:`~fxpgen.compiler.graph.UnsupportedOp` for graphs the passes cannot
     map and :class:`HardwareRangeError` for shifts outside the hardware's fields.
     """
@@ -540,6 +611,11 @@ def quantize(graph: Graph, calib: np.ndarray, *, mode: str = "std", per_channel:
         raise ValueError(f"mode and weight_mode must be 'std' or 'grid', not {mode!r}, "
                          f"{weight_mode!r}")
     g = prepare(graph)
+    calibrated = calib is not None
+    if not calibrated:
+        if fixed is None:
+            raise ValueError("calibration data are needed for a graph without quantizers")
+        calib = _fixed_samples(g, fixed)
     calib = np.asarray(calib, np.float64)
     if calib.shape == g.shape(g.input):
         calib = calib[None]
@@ -551,7 +627,9 @@ def quantize(graph: Graph, calib: np.ndarray, *, mode: str = "std", per_channel:
 
     layers = fuse(g)
     acts = run_float(g, calib)
-    formats, stats = calibrate(g, layers, acts, mode)
+    formats, stats = calibrate(g, layers, acts, mode, fixed.activations if fixed else None)
+    if fixed is not None:
+        _check_fixed(g, layers, fixed, stats, calibrated)
     layers = unify_concat_inputs(g, layers, formats, stats)
     for layer in layers:
         if layer.kind == "copy":
@@ -559,7 +637,8 @@ def quantize(graph: Graph, calib: np.ndarray, *, mode: str = "std", per_channel:
 
     ops, infos = [], []
     for layer in layers:
-        op, info = _build(layer, formats, per_channel, weight_mode, acc_bits)
+        op, info = _build(layer, formats, per_channel, weight_mode, acc_bits,
+                          fixed.weights if fixed else None)
         ops.append(op)
         infos.append(info)
     names = [g.input] + [layer.output for layer in layers]
