@@ -2,6 +2,8 @@
 DequantizeLinear pairs (``compiler/qdq.py``), no calibration is needed, and the golden
 model's integers are those of onnx's reference evaluator, bit for bit."""
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -168,3 +170,31 @@ def test_float_model_has_no_fixed_formats(seed):
     w = m.const("w", np.ones((2, 1, 1, 1), np.float32))
     _, fixed = load_qdq(m.model(m.node("Conv", ["x", w], "conv")))
     assert fixed is None
+
+
+def test_cli_compiles_without_calibration(tmp_path, seed):
+    from click.testing import CliRunner
+
+    from fxpgen.app.cli import main
+    from fxpgen.compiler.program import load_qgraph
+
+    onnx.save(qcdq_model(seed), tmp_path / "q.onnx")
+    res = CliRunner().invoke(main, ["compile", str(tmp_path / "q.onnx"), "--rows", "4", "--cols", "8",
+                                    "-o", str(tmp_path / "out"), "--json", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["fixed_formats"] is True
+    assert load_qgraph(tmp_path / "out").tensor("relu1_out").fmt == Format(False, 4)
+
+
+def test_cli_needs_calibration_for_a_float_model(tmp_path, seed):
+    from click.testing import CliRunner
+
+    from fxpgen.app.cli import main
+
+    m = _Builder(np.random.default_rng(seed))
+    onnx.save(m.model(m.node("Relu", ["x"], "relu")), tmp_path / "f.onnx")
+    res = CliRunner().invoke(main, ["compile", str(tmp_path / "f.onnx"), "-o", str(tmp_path / "out"),
+                                    "--quiet"])
+    assert res.exit_code == 1
+    assert res.output.strip() == ("Error: --calib is needed: the model has no QuantizeLinear/"
+                                  "DequantizeLinear to take its formats from")
