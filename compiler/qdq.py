@@ -15,7 +15,8 @@ model left (what the front end imports) together with the formats they stood for
 - a weight or bias: ``constant integers -> [Clip] -> DequantizeLinear`` (or a constant
   float through QuantizeLinear first); it becomes the float constant ``scale * int``,
   exact in float64, and a weight's fl is recorded for the Conv, Gemm or MatMul reading
-  it. A weight must hold int8 in [-127, 127]; a bias's scale must be no finer than
+  it (any integer fl: it enters only the layer's shift, whose range the quantizer
+  checks). A weight must hold int8 in [-127, 127]; a bias's scale must be no finer than
   the accumulator's ``2**-(fl_x + fl_w)`` (Brevitas's ``Int32Bias`` is exactly it), so
   that it lands on the accumulator's grid without rounding.
 
@@ -246,9 +247,6 @@ class _Stripper:
             if lo < numerics.SIGNED_MIN or hi > numerics.SIGNED_MAX:
                 raise UnsupportedOp(f"{who}: weight integers {lo}..{hi} (from {dq}) leave fxpgen's "
                                     "narrow range [-127, 127] (Brevitas's narrow_range=True)")
-            if not 0 <= fl <= numerics.SIGNED_FL_MAX:
-                raise UnsupportedOp(f"{who}: weight scale 2**-{fl} (from {dq}) gives fl {fl}, "
-                                    f"outside 0..{numerics.SIGNED_FL_MAX}")
             self.fixed.weights[n.name] = fl
             x = n.input[0]
             if len(n.input) > 2 and n.input[2] in self.const_fl and x in self.fixed.activations:

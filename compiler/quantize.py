@@ -455,14 +455,16 @@ def _compact(v):
     return int(v[0]) if v.size and np.all(v == v[0]) else [int(e) for e in v]
 
 
-def _fixed_weight_fl(conv: Conv, fl: int) -> np.ndarray:
-    """The graph's weight fl of ``conv`` per output channel; its weights must lie on
-    the grid ``2**-fl`` (a BatchNorm or pool factor folded in afterwards moves them)."""
+def _fixed_weights(conv: Conv, fl: int) -> tuple[np.ndarray, np.ndarray]:
+    """The graph's weight fl of ``conv`` per output channel and its integer weights,
+    ``weight * 2**fl`` exactly. Any fl may come from the graph (a layer of small
+    weights has fl 8 or more): it only enters the layer's shift. The weights must lie
+    on their grid (a BatchNorm or pool factor folded in afterwards moves them)."""
     scaled = conv.weight * 2.0 ** fl
     if not np.array_equal(scaled, np.round(scaled)):
         raise UnsupportedOp(f"{conv.name}: its weights are off the grid 2**-{fl} of its quantizer "
                             "after folding (a BatchNorm or pool factor folded into it?)")
-    return np.full(conv.weight.shape[0], fl, np.int64)
+    return np.full(conv.weight.shape[0], fl, np.int64), scaled.astype(np.int64)
 
 
 def _build_conv(layer: Layer, formats, per_channel, weight_mode, acc_bits, weight_fls=None):
@@ -473,9 +475,10 @@ def _build_conv(layer: Layer, formats, per_channel, weight_mode, acc_bits, weigh
     if layer.identity:
         fl_w = np.zeros(cout, np.int64)
         wq = np.ones(conv.weight.shape, np.int64)
+    elif conv.name in (weight_fls or {}):
+        fl_w, wq = _fixed_weights(conv, weight_fls[conv.name])
     else:
-        fl_w = (_fixed_weight_fl(conv, weight_fls[conv.name]) if conv.name in (weight_fls or {})
-                else _weight_fl(conv.weight, per_channel, weight_mode))
+        fl_w = _weight_fl(conv.weight, per_channel, weight_mode)
         wq = np.stack([numerics.quantize(conv.weight[c], Format(True, int(fl_w[c])))
                        for c in range(cout)])
     bias = numerics.bias_quantize(conv.bias, fx.fl, fl_w, acc_bits)
