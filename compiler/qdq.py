@@ -52,8 +52,8 @@ _WEIGHT_READERS = ("Conv", "Gemm", "MatMul")
 class FixedFormats:
     """Formats a quantized graph fixes: ``activations`` by tensor name (the tensor a
     QuantizeLinear read), ``weights`` as the weight fl of each Conv/Gemm/MatMul by
-    node name (one per layer), ``quantizers`` the name of the QuantizeLinear (or
-    DequantizeLinear) that fixed each activation, for messages."""
+    node name (one per layer), ``quantizers`` the QuantizeLinear that fixed each
+    activation, as errors name it ("name (QuantizeLinear)")."""
 
     activations: dict[str, Format] = field(default_factory=dict)
     weights: dict[str, int] = field(default_factory=dict)
@@ -109,21 +109,17 @@ class _Stripper:
         self.rename: dict[str, str] = {}
 
     def run(self) -> FixedFormats:
+        dequantized = {i for n in self.g.node if n.op_type in ("Clip", "DequantizeLinear")
+                       for i in n.input}
         for node in list(self.g.node):
             if node.op_type == "DequantizeLinear":
                 self._dequantize(node)
-            elif node.op_type == "QuantizeLinear" and not any(
-                    self._reads(n, node.output[0]) and n.op_type in ("Clip", "DequantizeLinear")
-                    for n in self.g.node):
-                raise UnsupportedOp(f"{node.name}: QuantizeLinear not followed by "
+            elif node.op_type == "QuantizeLinear" and node.output[0] not in dequantized:
+                raise UnsupportedOp(f"{node.name} (QuantizeLinear): not followed by a "
                                     "DequantizeLinear (only Q/DQ pairs are supported)")
         self._rewrite()
         self._weights_per_layer()
         return self.fixed
-
-    @staticmethod
-    def _reads(node, name: str) -> bool:
-        return name in node.input
 
     def _scale_zero(self, node) -> tuple[int, np.ndarray]:
         who = f"{node.name} ({node.op_type})"
@@ -206,7 +202,7 @@ class _Stripper:
             raise UnsupportedOp(f"{who}: tensor {x!r} is quantized twice, to "
                                 f"{self.fixed.activations[x]} and {fmt}")
         self.fixed.activations[x] = fmt
-        self.fixed.quantizers[x] = q.name
+        self.fixed.quantizers[x] = who
         self.rename[dq.output[0]] = x
 
     def _constant(self, dq, ints: np.ndarray, fl: int) -> None:

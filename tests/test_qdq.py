@@ -198,3 +198,25 @@ def test_cli_needs_calibration_for_a_float_model(tmp_path, seed):
     assert res.exit_code == 1
     assert res.output.strip() == ("Error: --calib is needed: the model has no QuantizeLinear/"
                                   "DequantizeLinear to take its formats from")
+
+
+def test_a_quantizer_inside_a_fused_layer_is_refused(seed):
+    m = _Builder(np.random.default_rng(seed))
+    x = m.qdq("x", 8, False, "in")
+    y = m.node("Conv", [x, m.weight("w1", (4, 1, 3, 3), 6), m.bias("b1", 4, 14)], "conv1",
+               pads=[1] * 4)
+    y = m.qdq(y, 4, True, "pre", clip=(-127, 127))
+    model = m.model(m.qdq(m.node("Relu", [y], "relu1"), 4, False, "a1"))
+    graph, fixed = load_qdq(model)
+    with pytest.raises(UnsupportedOp, match=r"^pre/Q \(QuantizeLinear\): quantizes 'conv1_out', "
+                       r"which fxpgen computes inside a fused layer"):
+        quantize(graph, None, fixed=fixed)
+
+
+def test_a_max_pool_keeps_its_format(seed):
+    m = _Builder(np.random.default_rng(seed))
+    y = m.node("MaxPool", [m.qdq("x", 8, False, "in")], "pool", kernel_shape=[2, 2], strides=[2, 2])
+    graph, fixed = load_qdq(m.model(m.qdq(y, 6, False, "p")))
+    with pytest.raises(UnsupportedOp, match=r"^pool: maxpool keeps its input's format u8\.8, but "
+                       r"the graph quantizes its output to u8\.6$"):
+        quantize(graph, None, fixed=fixed)
