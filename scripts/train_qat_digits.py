@@ -119,7 +119,8 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(epochs, 1))
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     model.train()
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        total = 0.0
         for idx in np.array_split(rng.permutation(len(x)), max(len(x) // 64, 1)):
             dy, dx = rng.integers(-1, 2, 2)
             batch = torch.roll(xt[idx], (int(dy), int(dx)), (2, 3))
@@ -127,7 +128,9 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int
             opt.zero_grad()
             loss.backward()
             opt.step()
+            total += float(loss.detach()) * len(idx)
         sched.step()
+        print(f"epoch {epoch + 1}/{epochs}: loss {total / len(x):.4f}", file=sys.stderr, flush=True)
     model.eval()
 
 
@@ -186,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, help="test images to check (default: all)")
     a = ap.parse_args(argv)
     torch.manual_seed(a.seed)
+    # The network is tiny: more threads only add synchronisation.
+    torch.set_num_threads(1)
     x_tr, x_te, y_tr, y_te = load_split()
     x_te, y_te = x_te[:a.images], y_te[:a.images]
     model = QatDigits()
