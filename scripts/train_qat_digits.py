@@ -37,7 +37,7 @@ Data and split as ``scripts/train_digits.py`` (scikit-learn's digits, no downloa
 Needs the ``train`` extra (torch, brevitas). Prints a JSON summary; with ``--out``
 writes ``model.onnx`` (QCDQ) and ``summary.json`` there.
 
-Usage:  python scripts/train_qat_digits.py [--out DIR] [--epochs 60] [--seed 0]
+Usage:  python scripts/train_qat_digits.py [--out DIR] [--epochs 150] [--seed 0]
             [--images N]
 """
 
@@ -184,7 +184,7 @@ def round_trip(model: nn.Module, x: np.ndarray, y: np.ndarray, workdir: Path,
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, help="write model.onnx and summary.json here")
-    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--epochs", type=int, default=150)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--images", type=int, help="test images to check (default: all)")
     a = ap.parse_args(argv)
