@@ -26,7 +26,7 @@ SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "train_qat_digits.
 def test_golden_equals_brevitas(tmp_path, seed):
     res = subprocess.run([sys.executable, str(SCRIPT), "--epochs", "2", "--images", "48",
                           "--seed", str(seed % 1000), "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=900)
+                         capture_output=True, text=True, timeout=900, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["images"] == 48
