@@ -264,8 +264,9 @@ def _stage_bar(enabled: bool):
 
 @main.command("compile")
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--calib", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help="Calibration samples (.npy, N x C x H x W float).")
+@click.option("--calib", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Calibration samples (.npy, N x C x H x W float). Optional for a quantized "
+                   "(QCDQ) model whose QuantizeLinear/DequantizeLinear fix every format.")
 @core_options
 @click.option("-o", "--output", "outdir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Program directory to write.")
@@ -287,10 +288,12 @@ def _stage_bar(enabled: bool):
 @click.option("--allow-low-snr", is_flag=True,
               help=f"Write the program even if its output SQNR on the calibration set is under "
                    f"{MIN_SQNR_DB:g} dB (by default an error).")
-def compile_cmd(model: Path, calib: Path, cfg: CoreConfig, outdir: Path, mode: str, per_channel: bool,
+def compile_cmd(model: Path, calib: Path | None, cfg: CoreConfig, outdir: Path, mode: str, per_channel: bool,
                 weight_mode: str, bias_correction: bool, with_listing: bool, as_json: bool, quiet: bool,
                 force: bool, allow_low_snr: bool):
-    """Quantize a float ONNX model and compile it for a core.
+    """Quantize a float ONNX model and compile it for a core. A QCDQ model (exported
+    with fixed-point quantizers: power-of-two scales, zero points 0) keeps the formats
+    its QuantizeLinear/DequantizeLinear give (docs/qat.md).
 
     Progress and the quantizer's notes go to stderr; a line starting with WARNING:
     says when the compiled output carries little usable signal. An output SQNR under
@@ -299,7 +302,7 @@ def compile_cmd(model: Path, calib: Path, cfg: CoreConfig, outdir: Path, mode: s
     from fxpgen.app.inputs import load_array
     from fxpgen.app.paths import program_dir
     with user_errors():
-        samples = load_array(calib, "--calib")
+        samples = None if calib is None else load_array(calib, "--calib")
         program_dir(outdir, "-o/--output", force=force)
     stage, layers, close = _stage_bar(not (as_json or quiet))
     try:
@@ -307,7 +310,7 @@ def compile_cmd(model: Path, calib: Path, cfg: CoreConfig, outdir: Path, mode: s
             summary = compile_model(model, samples, cfg, outdir, mode=mode, per_channel=per_channel,
                                     weight_mode=weight_mode, bias_correction=bias_correction,
                                     listing=with_listing, stage=stage, layers=layers,
-                                    calib_name=f"--calib {calib}",
+                                    calib_name=f"--calib {calib}" if calib else "--calib",
                                     min_sqnr_db=None if allow_low_snr else MIN_SQNR_DB)
     finally:
         close()

@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from fxpgen.app.inputs import as_images, calibration_warnings
+from fxpgen.app.inputs import InputError, as_images, calibration_warnings
 from fxpgen.config import CoreConfig
 
 __all__ = ["compile_model", "load_compiled", "run_compiled", "demo", "group_notes", "low_signal",
@@ -45,7 +45,7 @@ MAX_DEPTH = {"spad_depth": 65536, "acc_depth": 65536, "wbuf_depth": 65536, "tabl
 STAGES = ("import", "quantize", "lower", "write")
 
 
-def compile_model(model, calib: np.ndarray, cfg: CoreConfig, outdir: Path, *, mode: str = "std",
+def compile_model(model, calib: np.ndarray | None, cfg: CoreConfig, outdir: Path, *, mode: str = "std",
                   per_channel: bool = False, weight_mode: str = "std", bias_correction: bool = True,
                   listing: bool = False,
                   stage: Callable[[str], None] | None = None, min_sqnr_db: float | None = None,
@@ -67,26 +67,34 @@ def compile_model(model, calib: np.ndarray, cfg: CoreConfig, outdir: Path, *, mo
     Returns a summary: sizes, timings, the quantizer's and the lowering's notes, the
     same grouped by kind (``warnings``), ``low_signal`` and its reason (see
     :func:`low_signal`), ``calibration_warnings`` (doubts about the calibration data,
-    :func:`~fxpgen.app.inputs.calibration_warnings`).
+    :func:`~fxpgen.app.inputs.calibration_warnings`), ``fixed_formats`` (whether the
+    model's QuantizeLinear/DequantizeLinear fixed its formats, :mod:`fxpgen.compiler.qdq`).
+    ``calib`` may be None for such a model when its quantizers fix every format.
     A :class:`~fxpgen.compiler.tiling.DoesNotFit` names the command-line option of
     the memory to raise and the smallest depth that fits."""
-    from fxpgen.compiler.onnx_frontend import load_onnx
     from fxpgen.compiler.program import encode_qgraph
+    from fxpgen.compiler.qdq import load_qdq
     from fxpgen.compiler.quantize import quantize
 
     say = stage or (lambda name: None)
     say("import")
     t0 = time.monotonic()
-    graph = load_onnx(model)
-    calib = as_images(calib, graph.shape(graph.input), calib_name)
-    doubts = calibration_warnings(calib, calib_name)
+    graph, fixed = load_qdq(model)
+    if calib is None and fixed is None:
+        raise InputError(f"{calib_name} is needed: the model has no QuantizeLinear/DequantizeLinear "
+                         "to take its formats from")
+    doubts = []
+    if calib is not None:
+        calib = as_images(calib, graph.shape(graph.input), calib_name)
+        doubts = calibration_warnings(calib, calib_name)
+        calib = np.asarray(calib, np.float64)
     # The quantized graph's files (mostly zlib, which releases the GIL) are encoded on
     # another core while the quantizer's report and the lowering run; they are written
     # only if both succeed.
     with ThreadPoolExecutor(1) as pool:
         encoding = []
         say("quantize")
-        qg, report = quantize(graph, np.asarray(calib, np.float64), mode=mode, per_channel=per_channel,
+        qg, report = quantize(graph, calib, mode=mode, per_channel=per_channel, fixed=fixed,
                               weight_mode=weight_mode, bias_correction=bias_correction,
                               on_graph=lambda q: encoding.append(pool.submit(encode_qgraph, q)))
         # The float model and the samples (hundreds of MB for an ImageNet network) are
@@ -110,7 +118,7 @@ def compile_model(model, calib: np.ndarray, cfg: CoreConfig, outdir: Path, *, mo
             "spad_rows": low.spad_rows_used, **offchip_summary(low), "quantize_s": t1 - t0, "lower_s": t2 - t1,
             "write_s": time.monotonic() - t2, "notes": low.notes, "warnings": group_notes([user_terms(n, qg) for n in notes]),
             "output_sqnr_db": report["output_sqnr_db"], "low_signal": weak is not None, "low_signal_reason": weak,
-            "calibration_warnings": doubts,
+            "calibration_warnings": doubts, "fixed_formats": fixed is not None,
             "listing": listing, "outdir": str(outdir)}
 
 

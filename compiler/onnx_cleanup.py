@@ -43,7 +43,7 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 from onnx.reference import ReferenceEvaluator
 
-__all__ = ["cleanup"]
+__all__ = ["cleanup", "name_nodes"]
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 # Not folded although their inputs may be constant: random draws and control flow.
@@ -59,7 +59,7 @@ def cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    _name_nodes(out.graph)
+    name_nodes(out.graph)
     touched = False
     while True:
         changed = _bypass_passthrough(out.graph)
@@ -86,7 +86,7 @@ def _drop_unread_initializers(graph: onnx.GraphProto) -> None:
                 del field[i]
 
 
-def _name_nodes(graph: onnx.GraphProto) -> None:
+def name_nodes(graph: onnx.GraphProto) -> None:
     """The importer's names, fixed on the original graph: ``{op}_{index}`` when a node
     has no name or repeats an earlier one."""
     names: set[str] = set()

@@ -57,7 +57,7 @@ from fxpgen.compiler.graph import (Add, AvgPool, BatchNorm, Clip, Concat, Conv, 
                                    Slice, Unary, UnsupportedOp)
 from fxpgen.compiler.onnx_cleanup import cleanup
 
-__all__ = ["load_onnx", "SUPPORTED_OPS", "UnsupportedOp", "ModelFileError", "nearest_is_repeat"]
+__all__ = ["load_onnx", "read_model", "SUPPORTED_OPS", "UnsupportedOp", "ModelFileError", "nearest_is_repeat"]
 
 SUPPORTED_OPS = ("Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Constant", "Conv",
                  "Flatten", "Gelu", "Gemm", "GlobalAveragePool", "HardSigmoid", "HardSwish",
@@ -77,14 +77,9 @@ class ModelFileError(ValueError):
     """A model file (or bytes) that holds no readable ONNX model."""
 
 
-def load_onnx(model: str | os.PathLike | bytes | onnx.ModelProto) -> Graph:
-    """Import a float ONNX model (a path, serialized bytes or a ``ModelProto``).
-
-    Returns a :class:`Graph` with tensors in (C, H, W) (vectors (K, 1, 1)), weights in
-    float64. Raises :class:`UnsupportedOp` for any op, attribute or pattern outside the
-    list in the module docstring (one error listing every node of an unsupported op),
-    and :class:`ModelFileError` for a file or bytes that hold no ONNX model.
-    """
+def read_model(model: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
+    """The ``ModelProto`` of a path, serialized bytes or a ``ModelProto`` (returned as
+    is). Raises :class:`ModelFileError` for a file or bytes that hold no ONNX model."""
     where = os.fspath(model) if isinstance(model, (str, os.PathLike)) else "the model"
     try:
         if isinstance(model, (str, os.PathLike)):
@@ -98,7 +93,20 @@ def load_onnx(model: str | os.PathLike | bytes | onnx.ModelProto) -> Graph:
         raise ModelFileError(f"{where}: holds no ONNX graph ({len(model.graph.node)} nodes, "
                              f"{len(model.graph.input)} inputs, {len(model.graph.output)} outputs); "
                              "is it an empty file or another format?")
-    return _Importer(cleanup(model)).run()
+    return model
+
+
+def load_onnx(model: str | os.PathLike | bytes | onnx.ModelProto) -> Graph:
+    """Import a float ONNX model (a path, serialized bytes or a ``ModelProto``).
+
+    Returns a :class:`Graph` with tensors in (C, H, W) (vectors (K, 1, 1)), weights in
+    float64. Raises :class:`UnsupportedOp` for any op, attribute or pattern outside the
+    list in the module docstring (one error listing every node of an unsupported op),
+    and :class:`ModelFileError` for a file or bytes that hold no ONNX model. A model
+    with QuantizeLinear/DequantizeLinear goes through
+    :func:`fxpgen.compiler.qdq.load_qdq` instead, which keeps its formats.
+    """
+    return _Importer(cleanup(read_model(model))).run()
 
 
 def _supported(node) -> bool:

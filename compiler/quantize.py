@@ -46,6 +46,15 @@ mode's rule) and its table is the float function on the input format's grid, eve
 of the 256 input bytes, quantized to the output format (:func:`lut_table`). A Mul
 becomes a :class:`~fxpgen.compiler.qgraph.QMul` with the same output-format rule and
 ``shift = fl_a + fl_b - fl_out``.
+
+Fixed formats (a QCDQ model, :mod:`fxpgen.compiler.qdq`). A tensor whose format the
+graph's quantizer fixes takes that format instead of the rule's; a layer whose weight
+fl it fixes takes that fl (the weights, on that grid, quantize exactly). A tensor
+without a quantizer follows the rules above: a max pool, slice, shuffle or resize
+keeps its input's format, a concat takes the common one, any other layer output is
+calibrated, so it needs calibration data; without them (``calib`` None) every such
+tensor must be fixed, and the report is computed on random inputs spanning the
+input format's range.
 """
 
 from __future__ import annotations
@@ -59,7 +68,9 @@ from fxpgen import numerics
 from fxpgen.compiler.fold import prepare
 from fxpgen.compiler.golden import quantize_input, run_golden_batch
 from fxpgen.compiler.graph import (UNARY_FUNCTIONS, Add, AvgPool, Clip, Concat, Conv, Graph,
-                                   MaxPool, Mul, Relu, Resize, Shuffle, Slice, Unary, run_float)
+                                   MaxPool, Mul, Relu, Resize, Shuffle, Slice, Unary, UnsupportedOp,
+                                   run_float)
+from fxpgen.compiler.qdq import FixedFormats
 from fxpgen.compiler.qgraph import (QAdd, QAvgPool, QConcat, QConv, QGraph, QLut, QMaxPool, QMul,
                                     QResize, QShuffle, QSlice, QTensor)
 from fxpgen.numerics import Format
@@ -193,7 +204,8 @@ def _act_fl(pre: np.ndarray, out: np.ndarray, signed: bool, mode: str, fine: boo
 
 
 def calibrate(graph: Graph, layers: list[Layer], acts: dict[str, np.ndarray],
-              mode: str = "std", fine: bool = True) -> tuple[dict[str, Format], dict[str, dict]]:
+              mode: str = "std", fine: bool = True, given: dict[str, Format] | None = None,
+              ) -> tuple[dict[str, Format], dict[str, dict]]:
     """Choose the format of the input and of every layer's output.
 
     ``acts``: float tensors of the calibration batch (from :func:`run_float`). Input:
@@ -202,7 +214,9 @@ def calibrate(graph: Graph, layers: list[Layer], acts: dict[str, np.ndarray],
     others signed; MaxPool, Slice, Shuffle and Resize keep their input's format; AvgPool keeps its
     signedness; a Concat takes :func:`concat_format` of its inputs. With ``fine``,
     data all smaller than s8.7's or u8.8's range may take a finer format, never finer
-    than one that holds its maximum (:func:`_fl_limit`).
+    than one that holds its maximum (:func:`_fl_limit`). A tensor in
+    ``given`` (formats a quantized graph fixes) takes that format; a kept format must
+    then agree with it (:class:`~fxpgen.compiler.graph.UnsupportedOp` otherwise).
     Returns the formats and per-tensor statistics for the report.
     """
     formats: dict[str, Format] = {}
@@ -215,6 +229,9 @@ def calibrate(graph: Graph, layers: list[Layer], acts: dict[str, np.ndarray],
         signed = bool(x.size and x.min() < 0)
         formats[graph.input] = Format(signed, _act_fl(x, x, signed, mode, fine))
         rule = mode
+    given = given or {}
+    if graph.input in given:
+        formats[graph.input], rule = given[graph.input], _GIVEN
     stats[graph.input] = {"std": _std(x), "std_of": graph.input, "rule": rule}
     for layer in layers:
         src = layer.inputs[0]
@@ -242,6 +259,11 @@ def calibrate(graph: Graph, layers: list[Layer], acts: dict[str, np.ndarray],
             signed = formats[src].signed if layer.kind == "avgpool" else not layer.relu
             fmt = Format(signed, _act_fl(acts[pre], acts[layer.output], signed, mode, fine))
             rule = mode
+        if layer.output in given:
+            if rule == "kept from input" and given[layer.output] != fmt:
+                raise UnsupportedOp(f"{layer.name}: {layer.kind} keeps its input's format {fmt}, but "
+                                    f"the graph quantizes its output to {given[layer.output]}")
+            fmt, rule = given[layer.output], _GIVEN
         formats[layer.output] = fmt
         stats[layer.output] = {"std": _std(acts[pre]), "std_of": pre, "rule": rule}
     return formats, stats
@@ -300,6 +322,37 @@ def _coarsen(t: str, fl: int, producer: dict, formats: dict[str, Format]) -> boo
     for name in chain:
         formats[name] = Format(formats[name].signed, max(fl, 0))
     return True
+_GIVEN = "fixed by the graph's quantizer"
+_DERIVED = ("kept from input", "common of the inputs", _GIVEN)
+
+
+def _check_fixed(g: Graph, layers: list[Layer], fixed: FixedFormats, stats: dict[str, dict],
+                 calibrated: bool) -> None:
+    """Every fixed tensor is one the quantized graph stores; without calibration data,
+    every layer output whose format needs statistics is fixed."""
+    stored = {g.input} | {layer.output for layer in layers}
+    for t in fixed.activations:
+        if t not in stored:
+            raise UnsupportedOp(f"{fixed.quantizers[t]}: quantizes {t!r}, which fxpgen computes "
+                                "inside a fused layer (conv + add + ReLU) and never stores; "
+                                "quantize only the fused layer's output")
+    if not calibrated:
+        free = [t for t in [g.input] + [layer.output for layer in layers]
+                if stats[t]["rule"] not in _DERIVED]
+        if free:
+            raise ValueError(f"no quantizer in the graph fixes the format of {', '.join(free)}: "
+                             "give calibration data to choose it")
+
+
+def _fixed_samples(g: Graph, fixed: FixedFormats, n: int = 8) -> np.ndarray:
+    """Stand-in calibration inputs for a graph whose quantizers fix every format: ``n``
+    random images spanning the input format's range (seed 0), for the report."""
+    fmt = fixed.activations.get(g.input)
+    if fmt is None:
+        raise ValueError(f"no quantizer in the graph fixes the format of the input {g.input}: "
+                         "give calibration data to choose it")
+    q = np.random.default_rng(0).integers(fmt.lo, fmt.hi + 1, (n,) + g.shape(g.input))
+    return numerics.dequantize(q, fmt)
 
 
 def concat_format(fmts: list[Format]) -> Format:
@@ -486,7 +539,20 @@ def weight_error_bias(w_err: np.ndarray, x_mean: np.ndarray, groups: int) -> np.
     return np.sum(per_input * means, axis=1)
 
 
-def _build_conv(layer: Layer, formats, per_channel, weight_mode, acc_bits, fine, x_mean):
+def _fixed_weights(conv: Conv, fl: int) -> tuple[np.ndarray, np.ndarray]:
+    """The graph's weight fl of ``conv`` per output channel and its integer weights,
+    ``weight * 2**fl`` exactly. Any fl may come from the graph (a layer of small
+    weights has fl 8 or more): it only enters the layer's shift. The weights must lie
+    on their grid (a BatchNorm or pool factor folded in afterwards moves them)."""
+    scaled = conv.weight * 2.0 ** fl
+    if not np.array_equal(scaled, np.round(scaled)):
+        raise UnsupportedOp(f"{conv.name}: its weights are off the grid 2**-{fl} of its quantizer "
+                            "after folding (a BatchNorm or pool factor folded into it?)")
+    return np.full(conv.weight.shape[0], fl, np.int64), scaled.astype(np.int64)
+
+
+def _build_conv(layer: Layer, formats, per_channel, weight_mode, acc_bits, fine, x_mean,
+                weight_fls=None):
     conv = layer.conv
     fx = formats[conv.input]
     fout = formats[layer.output]
@@ -494,6 +560,8 @@ def _build_conv(layer: Layer, formats, per_channel, weight_mode, acc_bits, fine,
     if layer.identity:
         fl_w = np.zeros(cout, np.int64)
         wq = np.ones(conv.weight.shape, np.int64)
+    elif conv.name in (weight_fls or {}):
+        fl_w, wq = _fixed_weights(conv, weight_fls[conv.name])
     else:
         # Fine formats can make fl_x + fl_w - fl_out outgrow the requantizer's shift
         # field; weight bits below what the shift keeps are dropped there instead.
@@ -555,10 +623,10 @@ def lut_table(node: Unary, fin: Format, fout: Format) -> np.ndarray:
                              fout)
 
 
-def _build(layer: Layer, formats, per_channel, weight_mode, acc_bits, fine, x_mean):
+def _build(layer: Layer, formats, per_channel, weight_mode, acc_bits, fine, x_mean, weight_fls=None):
     fout = formats[layer.output]
     if layer.kind == "conv":
-        return _build_conv(layer, formats, per_channel, weight_mode, acc_bits, fine, x_mean)
+        return _build_conv(layer, formats, per_channel, weight_mode, acc_bits, fine, x_mean, weight_fls)
     if layer.kind == "copy":
         src = layer.inputs[0]
         op = QAdd(layer.name, src, src, layer.output, 0, 0, formats[src].fl + 1 - fout.fl)
@@ -604,10 +672,11 @@ def _build(layer: Layer, formats, per_channel, weight_mode, acc_bits, fine, x_me
                 "shift_min": op.shift, "shift_max": op.shift}
 
 
-def quantize(graph: Graph, calib: np.ndarray, *, mode: str = "std", per_channel: bool = False,
+def quantize(graph: Graph, calib: np.ndarray | None, *, mode: str = "std", per_channel: bool = False,
              weight_mode: str = "std", acc_bits: int = 32, fine_formats: bool = True,
              bias_correction: bool = True,
-             on_graph: Callable[[QGraph], None] | None = None) -> tuple[QGraph, dict]:
+             on_graph: Callable[[QGraph], None] | None = None,
+             fixed: FixedFormats | None = None) -> tuple[QGraph, dict]:
     """Quantize a float graph with calibration data.
 
     ``graph``: as loaded (folding runs here); ``calib``: float inputs (N, C, H, W) or
@@ -634,6 +703,10 @@ def quantize(graph: Graph, calib: np.ndarray, *, mode: str = "std", per_channel:
     the report's golden run on the calibration set (as long again as the rest), so a
     caller can start work on it meanwhile; it must not change the graph.
 
+    ``fixed``: the formats a quantized graph's quantizers fix
+    (:func:`~fxpgen.compiler.qdq.load_qdq`), used instead of the rules (module
+    docstring); then ``calib`` may be None if they fix every format that would need it.
+
     Raises :class:`~fxpgen.compiler.graph.UnsupportedOp` for graphs the passes cannot
     map and :class:`HardwareRangeError` for shifts outside the hardware's fields.
     """
@@ -641,6 +714,11 @@ def quantize(graph: Graph, calib: np.ndarray, *, mode: str = "std", per_channel:
         raise ValueError(f"mode and weight_mode must be 'std' or 'grid', not {mode!r}, "
                          f"{weight_mode!r}")
     g = prepare(graph)
+    calibrated = calib is not None
+    if not calibrated:
+        if fixed is None:
+            raise ValueError("calibration data are needed for a graph without quantizers")
+        calib = _fixed_samples(g, fixed)
     calib = np.asarray(calib, np.float64)
     if calib.shape == g.shape(g.input):
         calib = calib[None]
@@ -652,9 +730,12 @@ def quantize(graph: Graph, calib: np.ndarray, *, mode: str = "std", per_channel:
 
     layers = fuse(g)
     acts = run_float(g, calib)
-    formats, stats = calibrate(g, layers, acts, mode, fine_formats)
+    formats, stats = calibrate(g, layers, acts, mode, fine_formats,
+                               fixed.activations if fixed else None)
+    if fixed is not None:
+        _check_fixed(g, layers, fixed, stats, calibrated)
     layers = unify_concat_inputs(g, layers, formats, stats)
-    if fine_formats:
+    if fine_formats and fixed is None:
         fit_shift_fields(layers, formats, acc_bits)
     for layer in layers:
         if layer.kind == "copy":
@@ -662,9 +743,12 @@ def quantize(graph: Graph, calib: np.ndarray, *, mode: str = "std", per_channel:
 
     ops, infos = [], []
     for layer in layers:
+        # A weight the graph fixes keeps its bias too: no correction for it.
+        fixed_w = fixed is not None and layer.kind == "conv" and layer.conv.name in fixed.weights
         x_mean = (acts[layer.conv.input].mean(axis=(0, 2, 3))
-                  if bias_correction and layer.kind == "conv" else None)
-        op, info = _build(layer, formats, per_channel, weight_mode, acc_bits, fine_formats, x_mean)
+                  if bias_correction and layer.kind == "conv" and not fixed_w else None)
+        op, info = _build(layer, formats, per_channel, weight_mode, acc_bits, fine_formats, x_mean,
+                          fixed.weights if fixed else None)
         ops.append(op)
         infos.append(info)
     names = [g.input] + [layer.output for layer in layers]
