@@ -92,9 +92,16 @@ def parse_depths(text: str, what: str) -> list[int]:
 
 
 def sweep_points(shapes, spad_depths, wbuf_depths, acc_depths, boards) -> list[SweepPoint]:
-    """Every combination of the parameters (``boards``: a list, or ``[None]`` without builds)."""
-    return [SweepPoint(r, c, s, w, a, b) for (r, c), s, w, a, b in
-            itertools.product(shapes, spad_depths, wbuf_depths, acc_depths, boards)]
+    """Every combination of the parameters (``boards``: a list, or ``[None]`` without
+    builds), each checked by the core generator first (ValueError naming the point)."""
+    points = [SweepPoint(r, c, s, w, a, b) for (r, c), s, w, a, b in
+              itertools.product(shapes, spad_depths, wbuf_depths, acc_depths, boards)]
+    for p in points:
+        try:
+            p.config()
+        except ValueError as e:
+            raise ValueError(f"sweep point {p.name}: {e}") from None
+    return points
 
 
 def model_hash(model: bytes, calib: np.ndarray, inputs: np.ndarray) -> str:

@@ -96,7 +96,9 @@ def test_sweep_bad_input(tmp_path):
     r = invoke("sweep", "--shapes", "4x4,8", "-o", str(tmp_path))
     assert r.exit_code == 1 and "--shapes '4x4,8': '8' is not ROWSxCOLS" in r.output
     r = invoke("sweep", "--shapes", "3x4", "-o", str(tmp_path))
-    assert r.exit_code == 1 and "rows" in r.output
+    assert r.exit_code == 1 and "sweep point 3x4 spad 4096 wbuf 1024 acc 2048: rows (3) and cols (4)" in r.output
+    r = invoke("sweep", "--shapes", "4x4", "--spad-depths", "1000", "-o", str(tmp_path))
+    assert r.exit_code == 1 and "spad_depth must be a power of two" in r.output
     r = invoke("sweep", "--shapes", "4x4", "--build", "-o", str(tmp_path))
     assert r.exit_code == 2 and "--build and --boards go together" in r.output
     r = invoke("sweep", "--shapes", "4x4", "--engine", "golden", "-o", str(tmp_path))
