@@ -651,18 +651,18 @@ def sweep_cmd(model, calib, input_path, images, shapes, spad_depths, wbuf_depths
 
 
 def _print_sweep(rows: list[dict], skipped: int, outdir: Path, files: list[str]) -> None:
+    from fxpgen.app.sweep import SweepPoint
     click.echo(f"{len(rows)} point(s), {skipped} already measured; table and plot in {outdir}: "
                + ", ".join(files))
-    click.echo(f"  {'point':<40} {'cycles/inf':>10} {'MAC util':>8} {'LUTs':>7} {'Fmax':>6}")
+    click.echo(f"  {'point':<44} {'cycles/inf':>10} {'MAC util':>8} {'LUTs':>7} {'Fmax':>6}")
     for r in rows:
-        name = (f"{r['rows']}x{r['cols']} spad {r['spad_depth']} wbuf {r['wbuf_depth']} acc {r['acc_depth']}"
-                + (f" {r['board']}" if r.get("board") else ""))
+        name = SweepPoint.of_row(r).name
         if r["status"] != "ok":
-            click.echo(f"  {name:<40} FAILED: {r['error']}")
+            click.echo(f"  {name:<44} FAILED: {r['error']}")
             for line in r["log_tail"].splitlines():
                 click.echo(f"      | {line}")
             continue
-        click.echo(f"  {name:<40} {r['cycles_per_inference']:>10.0f} {r['mac_utilization']:>8.3f} "
+        click.echo(f"  {name:<44} {r['cycles_per_inference']:>10.0f} {r['mac_utilization']:>8.3f} "
                    f"{r.get('luts') or '-':>7} {r.get('fmax_mhz') or '-':>6}")
 
 

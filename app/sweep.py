@@ -59,6 +59,11 @@ class SweepPoint:
         return (f"{self.rows}x{self.cols} spad {self.spad_depth} wbuf {self.wbuf_depth} "
                 f"acc {self.acc_depth}" + (f" on {self.board}" if self.board else ""))
 
+    @classmethod
+    def of_row(cls, row: dict) -> SweepPoint:
+        """The point a row of the table measured."""
+        return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls)})
+
     def config(self) -> CoreConfig:
         """The point's core (ValueError naming the parameter when the generator refuses it)."""
         return CoreConfig(rows=self.rows, cols=self.cols, spad_depth=self.spad_depth,
