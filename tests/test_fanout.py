@@ -4,6 +4,7 @@ front, shards, bad input, the missing extra) and both commands end to end on a l
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 
@@ -151,8 +152,16 @@ def test_sweep_on_ray(tmp_path):
     expect = run_compiled(direct, np.load(a["test_x"])[:2], "native")["cycles_per_image"]
     assert ok[(8, 8)]["cycles_per_inference"] == expect
 
-    csv_lines = (out / "results.csv").read_text().splitlines()
-    assert len(csv_lines) == 9 and "cycles:conv1" in csv_lines[0]
+    with open(out / "results.csv", newline="") as f:
+        table = {line["key"]: line for line in csv.DictReader(f)}
+    assert table.keys() == {p["key"] for p in rows}
+    for p in rows:
+        assert table[p["key"]]["status"] == p["status"]
+        if p["status"] == "ok":
+            assert float(table[p["key"]]["cycles_per_inference"]) == p["cycles_per_inference"]
+            assert float(table[p["key"]]["cycles:conv1"]) == p["layers"][0]["cycles"]
+        else:
+            assert table[p["key"]]["log_tail"] == p["log_tail"]
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     again = invoke(*args)
