@@ -189,3 +189,28 @@ def test_eval_on_ray(digits_program):
     assert report["golden_identical"] and report["images_differing"] == []
     assert report["accuracy"] == report["golden_accuracy"] == float(np.mean(np.argmax(golden, axis=1) == y))
     assert report["cycles_per_image"] > 0
+
+
+@pytest.mark.parametrize("family, utilization, luts", [
+    ("ecp5", {"luts": 5120, "flip_flops": 3000, "block_ram": 12, "dsp": 16}, 5120),
+    ("ice40", {"logic_cells": 4800, "block_ram": 20, "dsp": 4}, 4800),
+])
+def test_build_figures_and_plot_against_luts(monkeypatch, tmp_path, family, utilization, luts):
+    """A built point's row takes the build report's resources (logic cells stand for
+    LUTs on iCE40), and the plot's x axis is LUTs once every point was built."""
+    import fxpgen.boards.build as build
+    from fxpgen.app.sweep import _build_figures, plot_rows
+
+    def fake_build(name, outdir, *, cfg):
+        return {"built": True, "utilization": {k: {"used": v, "available": 10 ** 5} for k, v in utilization.items()},
+                "fmax_mhz": 48.5, "timing_met": True, "build_s": 1.0}
+    monkeypatch.setattr(build, "build_board", fake_build)
+    point = SweepPoint(4, 4, 4096, 1024, 2048, "icebreaker")
+    figures = _build_figures(point, point.config(), tmp_path)
+    assert figures == {"luts": luts, "ffs": utilization.get("flip_flops"), "bram": utilization["block_ram"],
+                       "dsp": utilization["dsp"], "fmax_mhz": 48.5, "timing_met": True, "build_s": 1.0}
+    rows = [{"status": "ok", "rows": r, "cols": r, "pes": r * r, "cycles_per_inference": 8000 // r,
+             **figures, "luts": luts * r} for r in (2, 4, 8)]
+    assert plot_rows(rows, tmp_path / "built.png") == "luts"
+    assert plot_rows([*rows, {**rows[0], "luts": None}], tmp_path / "pes.png") == "pes"
+    assert (tmp_path / "built.png").read_bytes()[:4] == b"\x89PNG"
