@@ -707,10 +707,11 @@ def eval_cmd(outdir: Path, input_path: Path, labels_path: Path, engine: str, sha
                    f"{report['engine_s']:.1f} s of engine time")
         click.echo(f"  accuracy:              {report['accuracy']:.4f}")
         click.echo(f"  golden model accuracy: {report['golden_accuracy']:.4f}")
-        click.echo(f"  bit-identical to golden model: "
-                   + ("yes (every image)" if report["golden_identical"] else
-                      f"NO ({len(report['images_differing'])} image(s), the first "
-                      f"{report['images_differing'][:5]})"))
+        if engine != "golden":
+            click.echo(f"  bit-identical to golden model: "
+                       + ("yes (every image)" if report["golden_identical"] else
+                          f"NO ({len(report['images_differing'])} image(s), the first "
+                          f"{report['images_differing'][:5]})"))
         if "cycles_per_image" in report:
             click.echo(f"  cycles per image:      {report['cycles_per_image']:.0f}")
     _exit_unless_identical(report, engine)
