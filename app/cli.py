@@ -221,14 +221,14 @@ def check(cfg: CoreConfig, gemm: str, seed: int, stall: float, as_json: bool, po
         sys.exit(1)
 
 
-def _bar(enabled: bool):
-    """A factory of tqdm progress callbacks on stderr (no-ops when disabled)."""
+def _bar(enabled: bool, unit: str = "img"):
+    """A factory of tqdm progress callbacks on stderr counting ``unit`` (no-ops when disabled)."""
     from tqdm import tqdm
 
     def make(label: str, total: int):
         if not enabled:
             return lambda k: None
-        bar = tqdm(total=total, desc=label, unit="img", file=sys.stderr, leave=True)
+        bar = tqdm(total=total, desc=label, unit=unit, file=sys.stderr, leave=True)
         _BARS.add(bar)
 
         def tick(k: int):
@@ -598,6 +598,180 @@ def prove_cmd(names: tuple[str, ...], no_mutants: bool, workdir: Path | None, as
         click.echo(f"jobs, logs and traces in {folder}")
     if not all(r.ok for r in results):
         sys.exit(1)
+
+
+def ray_options(f):
+    """Where the commands that fan out on Ray run."""
+    f = click.option("--address", default=None,
+                     help="Address of a running Ray cluster (ray start --head prints it; "
+                          "'auto' finds one on this machine); default: a local Ray instance.")(f)
+    return click.option("--workers", type=int, default=None,
+                        help="CPUs of the local Ray instance, one task each (default: all of "
+                             "this machine's); with --address, the cluster's own.")(f)
+
+
+def _check_workers(workers: int | None) -> None:
+    if workers is not None and workers < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--workers")
+
+
+def _sweep_inputs(model: Path | None, calib: Path | None, input_path: Path | None, images: int):
+    """(model bytes, its name, calibration samples, the images run at each point):
+    the shipped digits model and its test images by default."""
+    from fxpgen.app.inputs import as_images, load_array
+    from fxpgen.models import digits_assets
+    if model is None:
+        if calib is not None or input_path is not None:
+            raise click.BadParameter("--calib and --input go with --model", param_hint="--model")
+        a = digits_assets()
+        model, calib, input_path = a["model"], a["calib"], a["test_x"]
+    elif calib is None:
+        raise click.BadParameter("--model needs its calibration samples (--calib)", param_hint="--calib")
+    from fxpgen.compiler.onnx_frontend import load_onnx
+    with user_errors():
+        samples = load_array(calib, "--calib")
+        graph = load_onnx(model)
+        what = f"--input {input_path}" if input_path else f"--calib {calib}"
+        x = as_images(load_array(input_path, "--input") if input_path else samples,
+                      graph.shape(graph.input), what)
+        return model.read_bytes(), model.name, samples, x[:images]
+
+@main.command("sweep")
+@click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Float ONNX model (default: the shipped digits model).")
+@click.option("--calib", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Calibration samples of --model (.npy, N x C x H x W float).")
+@click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Images run at each point (.npy; default: the calibration samples, "
+              "or the digits test set).")
+@click.option("--images", type=int, default=4, show_default=True, help="Images run at each point.")
+@click.option("--shapes", required=True, help="Array shapes ROWSxCOLS, separated by commas (4x4,8x8,...).")
+@click.option("--spad-depths", default=str(CoreConfig().spad_depth), show_default=True,
+              help="Scratchpad depths (rows), separated by commas.")
+@click.option("--wbuf-depths", default=str(CoreConfig().wbuf_depth), show_default=True,
+              help="Weight-buffer depths (rows), separated by commas.")
+@click.option("--acc-depths", default=str(CoreConfig().acc_depth), show_default=True,
+              help="Accumulator depths (rows), separated by commas.")
+@click.option("--build", is_flag=True, help="Also build each point's bitstream (LUTs, FFs, BRAM, DSPs, Fmax).")
+@click.option("--boards", default=None, help="Boards to build for, separated by commas (with --build).")
+@click.option("--engine", default="native", show_default=True,
+              help="Engine counting the cycles: native (Verilator-native harness), or model "
+                   "(the analytical cycle model) where installed.")
+@click.option("-o", "--out", "outdir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder of the table (results.json, results.csv) and the plot (sweep.png).")
+@ray_options
+@click.option("--json", "as_json", is_flag=True, help="Print this sweep's rows as JSON.")
+def sweep_cmd(model, calib, input_path, images, shapes, spad_depths, wbuf_depths, acc_depths, build, boards,
+              engine, outdir, workers, address, as_json):
+    """Sweep the design space (array shapes x memory depths x boards) on Ray: each point
+    compiles the model, counts its cycles on a few images and, with --build, builds its
+    bitstream. Points already in the table are skipped; failed ones are reported with
+    their log tail. Needs the scale extra: pip install 'fxpgen[scale]'."""
+    from fxpgen.app.engines import ENGINES
+    from fxpgen.app.fanout import ray_session, require_ray
+    from fxpgen.app.paths import writable_dir
+    from fxpgen.app.sweep import (PLOT_PNG, RESULTS_CSV, RESULTS_JSON, SWEEP_ENGINES, parse_depths,
+                                  parse_shapes, plot_rows, run_sweep, sweep_points)
+    from fxpgen.boards.platforms import board
+    _check_workers(workers)
+    if images < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--images")
+    offered = [e for e in SWEEP_ENGINES if e in ENGINES]
+    if engine not in offered:
+        raise click.BadParameter(f"{engine!r} is not an engine that counts cycles here "
+                                 f"(choose one of {', '.join(offered)})", param_hint="--engine")
+    if build != bool(boards):
+        raise click.BadParameter("--build and --boards go together", param_hint="--boards")
+    with user_errors():
+        board_names = [board(b.strip()).name for b in boards.split(",")] if boards else [None]
+        points = sweep_points(parse_shapes(shapes), parse_depths(spad_depths, "--spad-depths"),
+                              parse_depths(wbuf_depths, "--wbuf-depths"),
+                              parse_depths(acc_depths, "--acc-depths"), board_names)
+        require_ray("fxpgen sweep")
+        writable_dir(outdir, "-o/--out")
+    model_bytes, model_name, samples, x = _sweep_inputs(model, calib, input_path, images)
+    tick = _bar(not as_json, "point")("sweep", len(points))
+    with user_errors(), ray_session("fxpgen sweep", address=address, num_cpus=workers):
+        rows, skipped = run_sweep(points, engine=engine, build=build, model=model_bytes, model_name=model_name,
+                                  calib=samples, inputs=x, outdir=outdir, done=lambda key: tick(1))
+    measured = [r for r in rows if r["status"] == "ok"]
+    axis = None
+    if measured:
+        with user_errors():
+            axis = plot_rows(rows, outdir / PLOT_PNG)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        _print_sweep(rows, skipped, outdir, [RESULTS_JSON, RESULTS_CSV] + ([PLOT_PNG] if axis else []))
+    if len(measured) < len(rows):
+        sys.exit(1)
+
+
+def _print_sweep(rows: list[dict], skipped: int, outdir: Path, files: list[str]) -> None:
+    from fxpgen.app.sweep import SweepPoint
+    click.echo(f"{len(rows)} point(s), {skipped} already measured; table and plot in {outdir}: "
+               + ", ".join(files))
+    click.echo(f"  {'point':<44} {'cycles/inf':>10} {'MAC util':>8} {'LUTs':>7} {'Fmax':>6}")
+    for r in rows:
+        name = SweepPoint.of_row(r).name
+        if r["status"] != "ok":
+            click.echo(f"  {name:<44} FAILED: {r['error']}")
+            for line in r["log_tail"].splitlines():
+                click.echo(f"      | {line}")
+            continue
+        click.echo(f"  {name:<44} {r['cycles_per_inference']:>10.0f} {r['mac_utilization']:>8.3f} "
+                   f"{r.get('luts') or '-':>7} {r.get('fmax_mhz') or '-':>6}")
+
+
+@main.command("eval")
+@click.argument("outdir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              required=True, help="Float images (.npy, N x C x H x W).")
+@click.option("--labels", "labels_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              required=True, help="Their class indices (.npy, N integers).")
+@click.option("--engine", type=click.Choice([e for e in ENGINES if e != "board"]), default="native",
+              show_default=True)
+@click.option("--shards", type=int, default=None,
+              help="Ray tasks the images are cut into (default: 4 per worker, for the progress bar).")
+@ray_options
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def eval_cmd(outdir: Path, input_path: Path, labels_path: Path, engine: str, shards: int | None,
+             workers: int | None, address: str | None, as_json: bool):
+    """Evaluate a compiled program on a labelled data set, sharded across Ray workers:
+    accuracy of the engine and of the golden model, and every image's output compared
+    with the golden model's (exit status 1 on any difference). Needs the scale extra:
+    pip install 'fxpgen[scale]'."""
+    from fxpgen.app.evaluate import check_labels, evaluate, output_size
+    from fxpgen.app.fanout import ray_session, require_ray
+    from fxpgen.app.flow import input_images
+    from fxpgen.app.inputs import load_array
+    _check_workers(workers)
+    if shards is not None and shards < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--shards")
+    with user_errors():
+        images = input_images(outdir, load_array(input_path, "--input"), f"--input {input_path}")
+        labels = check_labels(load_array(labels_path, "--labels"), len(images), output_size(outdir),
+                              f"--labels {labels_path}")
+        require_ray("fxpgen eval")
+    tick = _bar(not as_json)(engine, len(images))
+    with user_errors(), ray_session("fxpgen eval", address=address, num_cpus=workers) as ray:
+        count = shards or 4 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+        report = evaluate(outdir, images, labels, engine, shards=count, done=tick)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(f"{engine}: {report['images']} image(s) in {count} shard(s), "
+                   f"{report['engine_s']:.1f} s of engine time")
+        click.echo(f"  accuracy:              {report['accuracy']:.4f}")
+        click.echo(f"  golden model accuracy: {report['golden_accuracy']:.4f}")
+        if engine != "golden":
+            click.echo(f"  bit-identical to golden model: "
+                       + ("yes (every image)" if report["golden_identical"] else
+                          f"NO ({len(report['images_differing'])} image(s), the first "
+                          f"{report['images_differing'][:5]})"))
+        if "cycles_per_image" in report:
+            click.echo(f"  cycles per image:      {report['cycles_per_image']:.0f}")
+    _exit_unless_identical(report, engine)
 
 
 if __name__ == "__main__":
