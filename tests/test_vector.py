@@ -8,16 +8,15 @@ from dataclasses import replace
 import pytest
 
 from fxpgen.hw.hazards import LUT_BIT
-from fxpgen.hw.requant import Requantizer
-from fxpgen.hw.vector import VectorUnit
+from fxpgen.hw.vector import READ_STAGES, VectorUnit
 from fxpgen.isa import ErrorCode, Mem, Opcode
 
 from unit_harness import (CONFIGS, Harness, MemoryModel, addresses, config_id, hazard_mask,
                           machine_rows, random_machine, random_vector_insn, simulate)
 
-#: Cycles from an iteration's issue to its scratchpad write: operands, then the
-#: requantizer (hw/vector.py, "Cycle 0", "Cycle 1", then Requantizer.LATENCY).
-WRITE_DELAY = 1 + Requantizer.LATENCY
+#: Cycles from an iteration's issue to its scratchpad write: the reads, their
+#: registers, the operand registers, then the requantizer (hw/vector.py).
+WRITE_DELAY = VectorUnit.WRITE_DELAY
 
 
 def run_vector(cfg, machine, insns, pcs, abort_at=None, as_run=None):
@@ -32,8 +31,8 @@ def run_vector(cfg, machine, insns, pcs, abort_at=None, as_run=None):
     - report the ISA footprint: its reads while it issues (LUT's lookup tables,
       read a cycle after the issue, until the last write), its writes until the
       last write, ``busy`` exactly that long and ``ready`` otherwise;
-    - LUT: look up every byte of each ``x`` row in its lane's table the cycle after
-      the row is read;
+    - LUT: look up every byte of each ``x`` row in its lane's table ``READ_STAGES + 1``
+      cycles after the row is read;
     - report a fault in the cycle of the faulting iteration with that
       instruction's ``pc``, and stop reporting it once aborted;
     - once aborted (``abort_at``: that many cycles into the last instruction, as
@@ -100,8 +99,9 @@ def run_vector(cfg, machine, insns, pcs, abort_at=None, as_run=None):
                 else:
                     assert all(reads[p] is None for p in (dut.acc_rd, dut.spad_rd_x, dut.spad_rd_y)), cycle
                 looked_up = [lut.read_in(p, h.cycle - 1) for p in dut.lut_rd]
-                if insn.opcode is Opcode.LUT and cycle - 1 in issued:
-                    row = spad.rows[x[cycle - 1]]
+                read_at = cycle - 1 - READ_STAGES
+                if insn.opcode is Opcode.LUT and read_at in issued:
+                    row = spad.rows[x[read_at]]
                     base = 256 * insn.params["table"]
                     assert looked_up == [base + (row >> (8 * i) & 0xFF) for i in range(cfg.lanes)]
                 else:
