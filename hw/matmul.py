@@ -5,8 +5,13 @@ Pipeline, one vector per cycle with no stalls once issued:
 - Cycle 0: check both addresses, read the scratchpad row.
 - Cycle 1: pick the ``rows`` bytes of the lane, extend to 9 bits (int8 or uint8),
   enter the array with the weight bank.
-- Cycle 1 + LATENCY - 1: read the accumulator row (transparent to the write port).
-- Cycle 1 + LATENCY: ``acc <= sat(acc + psum)`` (or ``psum``) written back.
+- Cycle 1 + LATENCY - 1 - ACC_READ_STAGES: read the accumulator row (transparent
+  to the write port, so a row written in that cycle reads new).
+- The next ACC_READ_STAGES cycles: the row read passes through registers (a block
+  RAM's clock-to-out and the adder do not fit one cycle at 100 MHz).
+- Cycle 1 + LATENCY: ``acc <= sat(acc + psum)`` (or ``psum``) written back; a row
+  written back in the cycles since the read is forwarded from those write-backs,
+  the newest first, so repeated rows still accumulate in order.
 
 Per-region and per-bank counters of vectors in flight keep the accumulator regions
 and the weight bank marked busy until the last write-back, so other units never
@@ -29,7 +34,10 @@ from .unit_port import UnitControl, report, unit_loops
 from .hazards import bank_bit, mem_bits
 from .pe import ACT_WIDTH
 
-__all__ = ["MatmulUnit"]
+__all__ = ["MatmulUnit", "ACC_READ_STAGES"]
+
+#: Registers between the accumulator's read data and the write-back adder.
+ACC_READ_STAGES = 1
 
 
 class _Insn(NamedTuple):
@@ -47,6 +55,9 @@ class MatmulUnit(wiring.Component):
     its ``psum`` through ``acc_rd``/``acc_wr``; ``issuing`` marks each vector sent."""
 
     def __init__(self, cfg: CoreConfig, array_latency: int):
+        if array_latency < 1 + ACC_READ_STAGES:
+            raise ValueError(f"array_latency must be at least {1 + ACC_READ_STAGES} (the "
+                             f"accumulator is read that early), not {array_latency}")
         self._cfg = cfg
         self._latency = array_latency
         super().__init__({
@@ -83,7 +94,7 @@ class MatmulUnit(wiring.Component):
             r = Signal(meta_layout, name=f"meta{k + 1}")
             m.d.sync += r.eq(meta[-1])
             meta.append(r)
-        rd, wb = meta[self._latency - 1], meta[self._latency]
+        rd, wb = meta[self._latency - 1 - ACC_READ_STAGES], meta[self._latency]
         m.d.comb += [self.acc_rd.addr.eq(rd.addr), self.acc_rd.en.eq(1)]
         self._write_back(m, wb)
 
@@ -139,14 +150,34 @@ class MatmulUnit(wiring.Component):
             m.d.comb += self.act.data[i].eq(Mux(s1_signed, byte.as_signed(), byte.as_unsigned()))
 
     def _write_back(self, m: Module, wb) -> None:
-        """Cycle 1 + LATENCY: ``acc <= sat(acc + psum)`` (or ``psum``) at ``wb.addr``."""
+        """Cycle 1 + LATENCY: ``acc <= sat(acc + psum)`` (or ``psum``) at ``wb.addr``,
+        ``acc`` being the row read ACC_READ_STAGES cycles ago or, when the same row
+        was written back since, the newest of those writes."""
         W = self._cfg.acc_width
         lo, hi = -(1 << (W - 1)), (1 << (W - 1)) - 1
-        m.d.comb += [self.acc_wr.addr.eq(wb.addr), self.acc_wr.en.eq(wb.valid)]
+        wr = self.acc_wr
+        m.d.comb += [wr.addr.eq(wb.addr), wr.en.eq(wb.valid)]
+        acc = self.acc_rd.data
+        for k in range(ACC_READ_STAGES):
+            older, acc = acc, Signal.like(self.acc_rd.data, name=f"acc_read{k}")
+            m.d.sync += acc.eq(older)
+        # The write-backs 1..ACC_READ_STAGES cycles ago, newest first.
+        recent, src = [], (wr.en, wr.addr, wr.data)
+        for k in range(ACC_READ_STAGES):
+            written = (Signal(name=f"written{k}_en"), Signal.like(wr.addr, name=f"written{k}_addr"),
+                       Signal.like(wr.data, name=f"written{k}_data"))
+            m.d.sync += [r.eq(v) for r, v in zip(written, src)]
+            recent.append(written)
+            src = written
+        current = Signal.like(self.acc_rd.data, name="acc_current")
+        m.d.comb += current.eq(acc)
+        for en, addr, row in reversed(recent):      # the newest last: its match wins
+            with m.If(en & (addr == wb.addr)):
+                m.d.comb += current.eq(row)
         for j in range(self._cfg.cols):
             total = Signal(signed(W + 1), name=f"total{j}")
-            m.d.comb += total.eq(Mux(wb.accumulate, self.acc_rd.data[j], 0) + self.psum.data[j])
-            m.d.comb += self.acc_wr.data[j].eq(Mux(total > hi, hi, Mux(total < lo, lo, total)))
+            m.d.comb += total.eq(Mux(wb.accumulate, current[j], 0) + self.psum.data[j])
+            m.d.comb += wr.data[j].eq(Mux(total > hi, hi, Mux(total < lo, lo, total)))
 
     def _inflight(self, m: Module, insn: _Insn, issue, z_addr, wb) -> tuple[list, list]:
         """Counters of vectors between issue and write-back, per accumulator region
