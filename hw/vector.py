@@ -29,6 +29,7 @@ from fxpgen.config import CoreConfig
 from fxpgen.isa import AluParams, ErrorCode, LutParams, Mem, MulParams, Opcode, RequantParams
 
 from .addrgen import check_address
+from .delay import delay
 from .buffers import LUT_ENTRY, acc_row, addr_width, read_sig, spad_row, table_row, write_sig
 from .unit_port import UnitControl, report, unit_loops
 from .hazards import LUT_BIT, TABLE_BIT, mem_bits
@@ -101,12 +102,12 @@ class VectorUnit(wiring.Component):
         m.d.comb += [issued.valid.eq(issue), issued.addr.eq(z_addr)]
         meta, stage = [], issued
         for k in range(self.WRITE_DELAY):
-            stage = _delay(m, stage, 1, f"meta{k + 1}")
+            stage = delay(m, stage, 1, f"meta{k + 1}")
             meta.append(stage)
         rows = self._read_rows(m)
         ops = Signal.like(rq.operands)
         self._operands(m, insn, rows, ops, meta[READ_STAGES].valid)
-        m.d.comb += rq.operands.eq(_delay(m, ops, OPERAND_STAGES, "ops"))
+        m.d.comb += rq.operands.eq(delay(m, ops, OPERAND_STAGES, "ops"))
         if self._cfg.lut_tables:
             self._lookup(m, insn, rows, rq.lookup, meta[READ_STAGES].valid)
         self._write_back(m, insn, rq.result.data, meta[-1])
@@ -186,7 +187,7 @@ class VectorUnit(wiring.Component):
 
     def _read_rows(self, m: Module) -> _Rows:
         """The read data of the scratchpad, accumulator and table ports, registered."""
-        return _Rows(*(_delay(m, port.data, READ_STAGES, f"{name}_row") for name, port in (
+        return _Rows(*(delay(m, port.data, READ_STAGES, f"{name}_row") for name, port in (
             ("x", self.spad_rd_x), ("y", self.spad_rd_y), ("acc", self.acc_rd),
             ("table", self.table_rd))))
 
@@ -267,7 +268,7 @@ class VectorUnit(wiring.Component):
         for i, port in enumerate(self.lut_rd):
             m.d.comb += [port.addr.eq(Cat(x_row[8 * i:8 * i + 8], insn.lparams.table)),
                          port.en.eq(valid & insn.op_lut),
-                         lookup[i].eq(_delay(m, port.data, OPERAND_STAGES, f"looked_up{i}"))]
+                         lookup[i].eq(delay(m, port.data, OPERAND_STAGES, f"looked_up{i}"))]
 
     def _write_back(self, m: Module, insn: _Insn, result, wb) -> None:
         """After the requantizer: write ``result`` at ``wb.addr``, REQUANT only into
@@ -301,11 +302,3 @@ class VectorUnit(wiring.Component):
                writes=Mux(busy, mem_bits(Mem.SPAD, regions[2]), 0), error=err, pc=pc,
                active=active)
 
-
-def _delay(m: Module, value, cycles: int, name: str):
-    """``value`` through ``cycles`` registers (a signal or view like it)."""
-    for k in range(cycles):
-        reg = Signal.like(value, name=f"{name}_d{k}" if cycles > 1 else name)
-        m.d.sync += reg.eq(value)
-        value = reg
-    return value

@@ -12,7 +12,7 @@ import pytest
 from fxpgen.config import REGIONS
 from fxpgen.hw.array import SystolicArray
 from fxpgen.hw.hazards import resource_index
-from fxpgen.hw.matmul import MatmulUnit
+from fxpgen.hw.matmul import ACT_STAGES, MatmulUnit
 from fxpgen.isa import Addr, ErrorCode, Instruction, Mem, Opcode
 
 from unit_harness import (CONFIGS, Harness, MemoryModel, Top, addresses, check_end,
@@ -63,8 +63,8 @@ def test_matmul_matches_isa_sim(cfg, seed):
     does (lane select, int8/uint8 activations, either bank, overwrite or saturating
     accumulate, repeated rows accumulated in order through the transparent read).
     It issues one vector a cycle from the cycle after start, reads SPAD row x and
-    writes ACC row z of each iteration, the write ``1 + SystolicArray.LATENCY``
-    cycles after the issue. A faulting MATMUL reports the code and its pc, issues
+    writes ACC row z of each iteration, the write ``1 + ACT_STAGES +
+    SystolicArray.LATENCY`` cycles after the issue. A faulting MATMUL reports the code and its pc, issues
     nothing from the faulting iteration on, and still writes back the vectors
     before it once aborted. It is ready exactly from the cycle of its last issue,
     busy until its last write-back, and declares the SPAD regions and bank it reads
@@ -74,8 +74,8 @@ def test_matmul_matches_isa_sim(cfg, seed):
     top, mm, arr, spad, acc = build(cfg, rng)
     ctrl = mm.ctrl
     h = Harness(spad, acc)
-    latency = 1 + arr.LATENCY
-    assert latency == 1 + cfg.rows + cfg.cols
+    latency = mm.write_delay
+    assert latency == 1 + ACT_STAGES + cfg.rows + cfg.cols
     faults = []
 
     async def bench(ctx):
