@@ -4,14 +4,14 @@ Pipeline, one vector per cycle with no stalls once issued:
 
 - Cycle 0: check both addresses, read the scratchpad row.
 - Cycle 1: pick the ``rows`` bytes of the lane, extend to 9 bits (int8 or uint8)
-  into the activation register (``ACT_STAGES``: the block RAM's clock-to-out and
-  the first PE's multiplier do not fit one cycle at 100 MHz).
-- Cycle 1 + ACT_STAGES: enter the array with the weight bank.
-- Cycle WRITE_DELAY - 1 - ACC_READ_STAGES: read the accumulator row (transparent to the
+  into ``stages.matmul_act`` registers (:mod:`fxpgen.hw.stages`: the block RAM's
+  clock-to-out and the first PE's multiplier do not fit one cycle at 100 MHz).
+- Cycle 1 + matmul_act: enter the array with the weight bank.
+- Cycle write_delay - 1 - acc_read: read the accumulator row (transparent to the
   write port, so a row written in that cycle reads new).
-- The next ACC_READ_STAGES cycles: the row read passes through registers (the
+- The next ``stages.acc_read`` cycles: the row read passes through registers (the
   block RAM's clock-to-out and the adder do not fit one cycle either).
-- Cycle WRITE_DELAY = 1 + ACT_STAGES + LATENCY: ``acc <= sat(acc + psum)`` (or
+- Cycle write_delay = 1 + matmul_act + LATENCY: ``acc <= sat(acc + psum)`` (or
   ``psum``) written back; a row written back in the cycles since the read is
   forwarded from those write-backs, the newest first, so repeated rows still
   accumulate in order.
@@ -33,17 +33,13 @@ from fxpgen.isa import ErrorCode, Mem
 
 from .addrgen import check_address
 from .delay import delay
+from .stages import FAST, Stages
 from .buffers import acc_row, addr_width, read_sig, spad_row, write_sig
 from .unit_port import UnitControl, report, unit_loops
 from .hazards import bank_bit, mem_bits
 from .pe import ACT_WIDTH
 
-__all__ = ["MatmulUnit", "ACT_STAGES", "ACC_READ_STAGES"]
-
-#: Registers between the scratchpad's read data and the array's activation input.
-ACT_STAGES = 1
-#: Registers between the accumulator's read data and the write-back adder.
-ACC_READ_STAGES = 1
+__all__ = ["MatmulUnit"]
 
 
 class _Insn(NamedTuple):
@@ -58,14 +54,16 @@ class _Insn(NamedTuple):
 
 class MatmulUnit(wiring.Component):
     """Executes MATMUL: feeds ``act`` to the array from ``spad_rd`` and accumulates
-    its ``psum`` through ``acc_rd``/``acc_wr``; ``issuing`` marks each vector sent."""
+    its ``psum`` through ``acc_rd``/``acc_wr``; ``issuing`` marks each vector sent;
+    ``stages`` sets its pipeline registers."""
 
-    def __init__(self, cfg: CoreConfig, array_latency: int):
-        least = max(1, 1 + ACC_READ_STAGES - ACT_STAGES)     # the accumulator read after cycle 0
+    def __init__(self, cfg: CoreConfig, array_latency: int, stages: Stages = FAST):
+        least = max(1, 1 + stages.acc_read - stages.matmul_act)   # the accumulator read after cycle 0
         if array_latency < least:
             raise ValueError(f"array_latency must be at least {least}, not {array_latency}")
         self._cfg = cfg
-        self._write_delay = 1 + ACT_STAGES + array_latency
+        self._stages = stages
+        self._write_delay = stages.matmul_write_delay(array_latency)
         super().__init__({
             "ctrl": In(UnitControl()),
             "spad_rd": In(read_sig(cfg.spad_depth, spad_row(cfg))),
@@ -105,9 +103,10 @@ class MatmulUnit(wiring.Component):
             r = Signal(meta_layout, name=f"meta{k}")
             m.d.sync += r.eq(meta[-1])
             meta.append(r)
-        rd, wb = meta[self._write_delay - 2 - ACC_READ_STAGES], meta[-1]
+        rd, wb = meta[self._write_delay - 2 - self._stages.acc_read], meta[-1]
         m.d.comb += [self.acc_rd.addr.eq(rd.addr), self.acc_rd.en.eq(1)]
-        self._write_back(m, wb, meta[-1 - ACC_READ_STAGES:-1][::-1])
+        acc_read = self._stages.acc_read
+        self._write_back(m, wb, meta[len(meta) - 1 - acc_read:-1][::-1])
 
         acc_inflight, bank_inflight = self._inflight(m, insn, issue, z_addr, wb)
         self._report(m, insn, loops, issue, acc_inflight, bank_inflight, err, pc)
@@ -150,7 +149,7 @@ class MatmulUnit(wiring.Component):
 
     def _activations(self, m: Module, s1, s1_signed, s1_lane) -> None:
         """Cycle 1: the ``rows`` bytes of the lane, extended to int8 or uint8, enter
-        the array with the weight bank ACT_STAGES cycles later."""
+        the array with the weight bank ``stages.matmul_act`` cycles later."""
         cfg = self._cfg
         row = self.spad_rd.data.as_value()
         vector = Signal(8 * cfg.rows)
@@ -160,11 +159,11 @@ class MatmulUnit(wiring.Component):
         for i in range(cfg.rows):
             byte = vector[8 * i:8 * i + 8]
             m.d.comb += act.data[i].eq(Mux(s1_signed, byte.as_signed(), byte.as_unsigned()))
-        m.d.comb += self.act.eq(delay(m, act, ACT_STAGES, "act"))
+        m.d.comb += self.act.eq(delay(m, act, self._stages.matmul_act, "act"))
 
     def _write_back(self, m: Module, wb, ahead) -> None:
-        """Cycle WRITE_DELAY: ``acc <= sat(acc + psum)`` (or ``psum``) at ``wb.addr``,
-        ``acc`` being the row read ACC_READ_STAGES cycles ago or, when the same row
+        """Cycle write_delay: ``acc <= sat(acc + psum)`` (or ``psum``) at ``wb.addr``,
+        ``acc`` being the row read ``stages.acc_read`` cycles ago or, when the same row
         was written back since, the newest of those writes; ``ahead[k - 1]`` is the
         write-back ``k`` cycles behind ``wb``."""
         W = self._cfg.acc_width
@@ -172,10 +171,11 @@ class MatmulUnit(wiring.Component):
         wr = self.acc_wr
         m.d.comb += [wr.addr.eq(wb.addr), wr.en.eq(wb.valid)]
         current = Signal.like(self.acc_rd.data, name="acc_current")
-        m.d.comb += current.eq(delay(m, self.acc_rd.data, ACC_READ_STAGES, "acc_read"))
+        stages = self._stages.acc_read
+        m.d.comb += current.eq(delay(m, self.acc_rd.data, stages, "acc_read"))
         # The write-back k cycles ago hits this one's row: compared when it was
         # written, against the row then k stages behind, so no comparator sits here.
-        for k in reversed(range(1, ACC_READ_STAGES + 1)):     # the newest last: it wins
+        for k in reversed(range(1, stages + 1)):     # the newest last: it wins
             hit = delay(m, wr.en & (wr.addr == ahead[k - 1].addr), k, f"written{k}_hit")
             written = delay(m, wr.data, k, f"written{k}_data")
             with m.If(hit):

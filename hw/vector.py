@@ -2,20 +2,21 @@
 
 - Cycle 0: check addresses; read the source rows (accumulator or scratchpad, the
   residual/second operand from the scratchpad) and the shift-table entry.
-- Cycle 1: the memories' read data enters a register (``READ_STAGES``): a block
-  RAM's clock-to-out without its output register is most of a cycle at 100 MHz.
-- Cycle 1 + READ_STAGES: build the lane operands: REQUANT uses the per-column
+- Cycle 1: the memories' read data enters ``stages.vector_read`` registers
+  (:mod:`fxpgen.hw.stages`): a block RAM's clock-to-out without its output
+  register is most of a cycle at 100 MHz.
+- Cycle 1 + vector_read: build the lane operands: REQUANT uses the per-column
   shift and alignment from the table and the residual bytes of its lane; ADD and
   MAX use the instruction's scalar shifts on every scratchpad byte; MUL multiplies
   the two bytes of each lane (one 9 x 9-bit signed multiplier a lane, the only one
   in the unit) and requantizes the product with its scalar shift; LUT sends every
-  byte as the address of its lane's lookup-table memory. The operands enter the
-  requantizer's input register (``OPERAND_STAGES``), so the multiplier (a DSP
-  block) and the alignment shifters are in different cycles; the looked-up bytes
-  are registered as long.
+  byte as the address of its lane's lookup-table memory. The operands pass
+  ``stages.vector_operands`` registers to the requantizer, so the multiplier (a
+  DSP block) and the alignment shifters are in different cycles; the looked-up
+  bytes are registered as long.
 - The next ``Requantizer.LATENCY`` cycles: requantize (LUT: the looked-up bytes
   join in the requantizer's second cycle and pass through).
-- Cycle ``WRITE_DELAY``: write the bytes to the scratchpad (REQUANT only the
+- Cycle ``write_delay``: write the bytes to the scratchpad (REQUANT only the
   ``cols`` bytes of its lane; the write port's lane enables keep the rest of the row).
 """
 
@@ -30,21 +31,17 @@ from fxpgen.isa import AluParams, ErrorCode, LutParams, Mem, MulParams, Opcode, 
 
 from .addrgen import check_address
 from .delay import delay
+from .stages import FAST, Stages
 from .buffers import LUT_ENTRY, acc_row, addr_width, read_sig, spad_row, table_row, write_sig
 from .unit_port import UnitControl, report, unit_loops
 from .hazards import LUT_BIT, TABLE_BIT, mem_bits
 from .requant import Requantizer
 
-__all__ = ["VectorUnit", "READ_STAGES", "OPERAND_STAGES"]
-
-#: Registers between the memories' read data and the lane operands.
-READ_STAGES = 1
-#: Registers between the lane operands (and the looked-up bytes) and the requantizer.
-OPERAND_STAGES = 1
+__all__ = ["VectorUnit"]
 
 
 class _Rows(NamedTuple):
-    """The read data of the unit's memories, ``READ_STAGES`` cycles late."""
+    """The read data of the unit's memories, ``stages.vector_read`` cycles late."""
     x: Value
     y: Value
     acc: data.View
@@ -68,13 +65,11 @@ class _Insn(NamedTuple):
 class VectorUnit(wiring.Component):
     """Executes REQUANT, ADD, MAX, MUL and LUT: reads through ``acc_rd``,
     ``spad_rd_x``, ``spad_rd_y``, ``table_rd`` and one ``lut_rd`` port a lane, writes
-    byte lanes through ``spad_wr``."""
+    byte lanes through ``spad_wr``; ``stages`` sets its pipeline registers."""
 
-    #: Cycles from an iteration's issue (its reads) to its scratchpad write.
-    WRITE_DELAY = 1 + READ_STAGES + OPERAND_STAGES + Requantizer.LATENCY
-
-    def __init__(self, cfg: CoreConfig):
+    def __init__(self, cfg: CoreConfig, stages: Stages = FAST):
         self._cfg = cfg
+        self._stages = stages
         super().__init__({
             "ctrl": In(UnitControl()),
             "spad_rd_x": In(read_sig(cfg.spad_depth, spad_row(cfg))),
@@ -86,8 +81,14 @@ class VectorUnit(wiring.Component):
                if cfg.lut_tables else {}),
         })
 
+    @property
+    def write_delay(self) -> int:
+        """Cycles from an iteration's issue (its reads) to its scratchpad write."""
+        return self._stages.vector_write_delay(Requantizer.LATENCY)
+
     def elaborate(self, platform):
         m = Module()
+        st = self._stages
         loops, pc = unit_loops(m, self.ctrl, ("x", "y", "z"), self._cfg)
         m.submodules.requant = rq = Requantizer(self._cfg.lanes, self._cfg.acc_width)
         insn = self._latch(m)
@@ -101,15 +102,15 @@ class VectorUnit(wiring.Component):
         issued = Signal(meta_layout)
         m.d.comb += [issued.valid.eq(issue), issued.addr.eq(z_addr)]
         meta, stage = [], issued
-        for k in range(self.WRITE_DELAY):
+        for k in range(self.write_delay):
             stage = delay(m, stage, 1, f"meta{k + 1}")
             meta.append(stage)
         rows = self._read_rows(m)
         ops = Signal.like(rq.operands)
-        self._operands(m, insn, rows, ops, meta[READ_STAGES].valid)
-        m.d.comb += rq.operands.eq(delay(m, ops, OPERAND_STAGES, "ops"))
+        self._operands(m, insn, rows, ops, meta[st.vector_read].valid)
+        m.d.comb += rq.operands.eq(delay(m, ops, st.vector_operands, "ops"))
         if self._cfg.lut_tables:
-            self._lookup(m, insn, rows, rq.lookup, meta[READ_STAGES].valid)
+            self._lookup(m, insn, rows, rq.lookup, meta[st.vector_read].valid)
         self._write_back(m, insn, rq.result.data, meta[-1])
 
         pipeline = Cat(*(r.valid for r in meta))
@@ -187,12 +188,13 @@ class VectorUnit(wiring.Component):
 
     def _read_rows(self, m: Module) -> _Rows:
         """The read data of the scratchpad, accumulator and table ports, registered."""
-        return _Rows(*(delay(m, port.data, READ_STAGES, f"{name}_row") for name, port in (
-            ("x", self.spad_rd_x), ("y", self.spad_rd_y), ("acc", self.acc_rd),
-            ("table", self.table_rd))))
+        ports = (("x", self.spad_rd_x), ("y", self.spad_rd_y), ("acc", self.acc_rd),
+                 ("table", self.table_rd))
+        return _Rows(*(delay(m, port.data, self._stages.vector_read, f"{name}_row")
+                       for name, port in ports))
 
     def _operands(self, m: Module, insn: _Insn, rows: _Rows, ops, valid) -> None:
-        """Cycle 1 + READ_STAGES: the requantizer's mode and the operands of every
+        """Cycle 1 + vector_read: the requantizer's mode and the operands of every
         lane, from the registered ``rows``."""
         L, C = self._cfg.lanes, self._cfg.cols
         rparams, aparams, op_max = insn.rparams, insn.aparams, insn.op_max
@@ -261,14 +263,15 @@ class VectorUnit(wiring.Component):
                 ln.shift.eq(mparams.shift)]
 
     def _lookup(self, m: Module, insn: _Insn, rows: _Rows, lookup, valid) -> None:
-        """Cycle 1 + READ_STAGES: every scratchpad byte addresses its lane's copy of
+        """Cycle 1 + vector_read: every scratchpad byte addresses its lane's copy of
         table ``table``; the bytes reach the requantizer's ``lookup`` the cycle after
         its operands, as it expects."""
         x_row = rows.x.as_value()
         for i, port in enumerate(self.lut_rd):
             m.d.comb += [port.addr.eq(Cat(x_row[8 * i:8 * i + 8], insn.lparams.table)),
                          port.en.eq(valid & insn.op_lut),
-                         lookup[i].eq(delay(m, port.data, OPERAND_STAGES, f"looked_up{i}"))]
+                         lookup[i].eq(delay(m, port.data, self._stages.vector_operands,
+                                            f"looked_up{i}"))]
 
     def _write_back(self, m: Module, insn: _Insn, result, wb) -> None:
         """After the requantizer: write ``result`` at ``wb.addr``, REQUANT only into
