@@ -30,6 +30,7 @@ from .controller import COUNTERS, Controller
 from .unit_port import PC_WIDTH
 from .load import LoadUnit
 from .matmul import MatmulUnit
+from .stages import FAST, Stages
 from .store import ResultWord, StoreUnit
 from .loadw import WeightLoader
 
@@ -37,12 +38,15 @@ __all__ = ["Core"]
 
 
 class Core(wiring.Component):
-    """One fxpgen accelerator core for a :class:`~fxpgen.config.CoreConfig`."""
+    """One fxpgen accelerator core for a :class:`~fxpgen.config.CoreConfig`, with the
+    pipeline registers ``stages`` (:mod:`fxpgen.hw.stages`; the same results with
+    any, only the latencies differ)."""
 
-    def __init__(self, cfg: CoreConfig):
+    def __init__(self, cfg: CoreConfig, stages: Stages = FAST):
         if not isinstance(cfg, CoreConfig):
             raise TypeError(f"Core needs a CoreConfig, not {type(cfg).__name__}")
         self._cfg = cfg
+        self._stages = stages
         members = {
             "insn": In(stream.Signature(unsigned(INSN_BITS))),
             "data": In(stream.Signature(unsigned(cfg.bus_width))),
@@ -59,6 +63,10 @@ class Core(wiring.Component):
     def cfg(self) -> CoreConfig:
         return self._cfg
 
+    @property
+    def stages(self) -> Stages:
+        return self._stages
+
     def elaborate(self, platform):
         m = Module()
         cfg = self._cfg
@@ -68,8 +76,8 @@ class Core(wiring.Component):
         m.submodules.load = load = LoadUnit(cfg)
         m.submodules.store = store = StoreUnit(cfg)
         m.submodules.loadw = loadw = WeightLoader(cfg)
-        m.submodules.matmul = mm = MatmulUnit(cfg, arr.LATENCY)
-        m.submodules.vector = vec = VectorUnit(cfg)
+        m.submodules.matmul = mm = MatmulUnit(cfg, arr.LATENCY, self._stages)
+        m.submodules.vector = vec = VectorUnit(cfg, self._stages)
 
         connect(m, wiring.flipped(self.insn), ctl.insn)
         for name, unit in (("load", load), ("store", store), ("loadw", loadw),

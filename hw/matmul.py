@@ -3,10 +3,18 @@
 Pipeline, one vector per cycle with no stalls once issued:
 
 - Cycle 0: check both addresses, read the scratchpad row.
-- Cycle 1: pick the ``rows`` bytes of the lane, extend to 9 bits (int8 or uint8),
-  enter the array with the weight bank.
-- Cycle 1 + LATENCY - 1: read the accumulator row (transparent to the write port).
-- Cycle 1 + LATENCY: ``acc <= sat(acc + psum)`` (or ``psum``) written back.
+- Cycle 1: pick the ``rows`` bytes of the lane, extend to 9 bits (int8 or uint8)
+  into ``stages.matmul_act`` registers (:mod:`fxpgen.hw.stages`: the block RAM's
+  clock-to-out and the first PE's multiplier do not fit one cycle at 100 MHz).
+- Cycle 1 + matmul_act: enter the array with the weight bank.
+- Cycle write_delay - 1 - acc_read: read the accumulator row (transparent to the
+  write port, so a row written in that cycle reads new).
+- The next ``stages.acc_read`` cycles: the row read passes through registers (the
+  block RAM's clock-to-out and the adder do not fit one cycle either).
+- Cycle write_delay = 1 + matmul_act + LATENCY: ``acc <= sat(acc + psum)`` (or
+  ``psum``) written back; a row written back in the cycles since the read is
+  forwarded from those write-backs, the newest first, so repeated rows still
+  accumulate in order.
 
 Per-region and per-bank counters of vectors in flight keep the accumulator regions
 and the weight bank marked busy until the last write-back, so other units never
@@ -24,6 +32,8 @@ from fxpgen.config import REGIONS, CoreConfig
 from fxpgen.isa import ErrorCode, Mem
 
 from .addrgen import check_address
+from .delay import delay
+from .stages import FAST, Stages
 from .buffers import acc_row, addr_width, read_sig, spad_row, write_sig
 from .unit_port import UnitControl, report, unit_loops
 from .hazards import bank_bit, mem_bits
@@ -44,11 +54,16 @@ class _Insn(NamedTuple):
 
 class MatmulUnit(wiring.Component):
     """Executes MATMUL: feeds ``act`` to the array from ``spad_rd`` and accumulates
-    its ``psum`` through ``acc_rd``/``acc_wr``; ``issuing`` marks each vector sent."""
+    its ``psum`` through ``acc_rd``/``acc_wr``; ``issuing`` marks each vector sent;
+    ``stages`` sets its pipeline registers."""
 
-    def __init__(self, cfg: CoreConfig, array_latency: int):
+    def __init__(self, cfg: CoreConfig, array_latency: int, stages: Stages = FAST):
+        least = max(1, 1 + stages.acc_read - stages.matmul_act)   # the accumulator read after cycle 0
+        if array_latency < least:
+            raise ValueError(f"array_latency must be at least {least}, not {array_latency}")
         self._cfg = cfg
-        self._latency = array_latency
+        self._stages = stages
+        self._write_delay = stages.matmul_write_delay(array_latency)
         super().__init__({
             "ctrl": In(UnitControl()),
             "spad_rd": In(read_sig(cfg.spad_depth, spad_row(cfg))),
@@ -60,6 +75,11 @@ class MatmulUnit(wiring.Component):
                 "valid": 1, "data": data.ArrayLayout(signed(cfg.psum_width), cfg.cols)})),
             "issuing": Out(1),
         })
+
+    @property
+    def write_delay(self) -> int:
+        """Cycles from a vector's issue (its scratchpad read) to its accumulator write."""
+        return self._write_delay
 
     def elaborate(self, platform):
         m = Module()
@@ -79,13 +99,14 @@ class MatmulUnit(wiring.Component):
                      s1.addr.eq(z_addr), s1_signed.eq(insn.act_signed), s1_lane.eq(insn.lane)]
         self._activations(m, s1, s1_signed, s1_lane)
         meta = [s1]
-        for k in range(self._latency):
-            r = Signal(meta_layout, name=f"meta{k + 1}")
+        for k in range(1, self._write_delay):
+            r = Signal(meta_layout, name=f"meta{k}")
             m.d.sync += r.eq(meta[-1])
             meta.append(r)
-        rd, wb = meta[self._latency - 1], meta[self._latency]
+        rd, wb = meta[self._write_delay - 2 - self._stages.acc_read], meta[-1]
         m.d.comb += [self.acc_rd.addr.eq(rd.addr), self.acc_rd.en.eq(1)]
-        self._write_back(m, wb)
+        acc_read = self._stages.acc_read
+        self._write_back(m, wb, meta[len(meta) - 1 - acc_read:-1][::-1])
 
         acc_inflight, bank_inflight = self._inflight(m, insn, issue, z_addr, wb)
         self._report(m, insn, loops, issue, acc_inflight, bank_inflight, err, pc)
@@ -128,30 +149,46 @@ class MatmulUnit(wiring.Component):
 
     def _activations(self, m: Module, s1, s1_signed, s1_lane) -> None:
         """Cycle 1: the ``rows`` bytes of the lane, extended to int8 or uint8, enter
-        the array with the weight bank."""
+        the array with the weight bank ``stages.matmul_act`` cycles later."""
         cfg = self._cfg
         row = self.spad_rd.data.as_value()
         vector = Signal(8 * cfg.rows)
         m.d.comb += vector.eq(row.word_select(s1_lane, 8 * cfg.rows) if cfg.lanes > cfg.rows else row)
-        m.d.comb += [self.act.valid.eq(s1.valid), self.act.bank.eq(s1.bank)]
+        act = Signal.like(self.act, name="act_read")
+        m.d.comb += [act.valid.eq(s1.valid), act.bank.eq(s1.bank)]
         for i in range(cfg.rows):
             byte = vector[8 * i:8 * i + 8]
-            m.d.comb += self.act.data[i].eq(Mux(s1_signed, byte.as_signed(), byte.as_unsigned()))
+            m.d.comb += act.data[i].eq(Mux(s1_signed, byte.as_signed(), byte.as_unsigned()))
+        m.d.comb += self.act.eq(delay(m, act, self._stages.matmul_act, "act"))
 
-    def _write_back(self, m: Module, wb) -> None:
-        """Cycle 1 + LATENCY: ``acc <= sat(acc + psum)`` (or ``psum``) at ``wb.addr``."""
+    def _write_back(self, m: Module, wb, ahead) -> None:
+        """Cycle write_delay: ``acc <= sat(acc + psum)`` (or ``psum``) at ``wb.addr``,
+        ``acc`` being the row read ``stages.acc_read`` cycles ago or, when the same row
+        was written back since, the newest of those writes; ``ahead[k - 1]`` is the
+        write-back ``k`` cycles behind ``wb``."""
         W = self._cfg.acc_width
         lo, hi = -(1 << (W - 1)), (1 << (W - 1)) - 1
-        m.d.comb += [self.acc_wr.addr.eq(wb.addr), self.acc_wr.en.eq(wb.valid)]
+        wr = self.acc_wr
+        m.d.comb += [wr.addr.eq(wb.addr), wr.en.eq(wb.valid)]
+        current = Signal.like(self.acc_rd.data, name="acc_current")
+        stages = self._stages.acc_read
+        m.d.comb += current.eq(delay(m, self.acc_rd.data, stages, "acc_read"))
+        # The write-back k cycles ago hits this one's row: compared when it was
+        # written, against the row then k stages behind, so no comparator sits here.
+        for k in reversed(range(1, stages + 1)):     # the newest last: it wins
+            hit = delay(m, wr.en & (wr.addr == ahead[k - 1].addr), k, f"written{k}_hit")
+            written = delay(m, wr.data, k, f"written{k}_data")
+            with m.If(hit):
+                m.d.comb += current.eq(written)
         for j in range(self._cfg.cols):
             total = Signal(signed(W + 1), name=f"total{j}")
-            m.d.comb += total.eq(Mux(wb.accumulate, self.acc_rd.data[j], 0) + self.psum.data[j])
-            m.d.comb += self.acc_wr.data[j].eq(Mux(total > hi, hi, Mux(total < lo, lo, total)))
+            m.d.comb += total.eq(Mux(wb.accumulate, current[j], 0) + self.psum.data[j])
+            m.d.comb += wr.data[j].eq(Mux(total > hi, hi, Mux(total < lo, lo, total)))
 
     def _inflight(self, m: Module, insn: _Insn, issue, z_addr, wb) -> tuple[list, list]:
         """Counters of vectors between issue and write-back, per accumulator region
         and per weight bank. Returns ``(per_region, per_bank)``."""
-        depth = self._latency + 2
+        depth = self._write_delay + 1
         region_shift = addr_width(self._cfg.acc_depth) - 2
         inflight = []
         for r in range(REGIONS):

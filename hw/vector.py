@@ -2,16 +2,22 @@
 
 - Cycle 0: check addresses; read the source rows (accumulator or scratchpad, the
   residual/second operand from the scratchpad) and the shift-table entry.
-- Cycle 1: build the lane operands: REQUANT uses the per-column shift and alignment
-  from the table and the residual bytes of its lane; ADD and MAX use the
-  instruction's scalar shifts on every scratchpad byte; MUL multiplies the two
-  bytes of each lane (one 9 x 9-bit signed multiplier a lane, the only one in the
-  unit) and requantizes the product with its scalar shift; LUT sends every byte as
-  the address of its lane's lookup-table memory.
-- Cycles 2..1+Requantizer.LATENCY: requantize (LUT: the looked-up bytes join in
-  cycle 2 and pass through).
-- Then: write the bytes to the scratchpad (REQUANT only the ``cols`` bytes of its
-  lane; the write port's lane enables keep the rest of the row).
+- Cycle 1: the memories' read data enters ``stages.vector_read`` registers
+  (:mod:`fxpgen.hw.stages`): a block RAM's clock-to-out without its output
+  register is most of a cycle at 100 MHz.
+- Cycle 1 + vector_read: build the lane operands: REQUANT uses the per-column
+  shift and alignment from the table and the residual bytes of its lane; ADD and
+  MAX use the instruction's scalar shifts on every scratchpad byte; MUL multiplies
+  the two bytes of each lane (one 9 x 9-bit signed multiplier a lane, the only one
+  in the unit) and requantizes the product with its scalar shift; LUT sends every
+  byte as the address of its lane's lookup-table memory. The operands pass
+  ``stages.vector_operands`` registers to the requantizer, so the multiplier (a
+  DSP block) and the alignment shifters are in different cycles; the looked-up
+  bytes are registered as long.
+- The next ``Requantizer.LATENCY`` cycles: requantize (LUT: the looked-up bytes
+  join in the requantizer's second cycle and pass through).
+- Cycle ``write_delay``: write the bytes to the scratchpad (REQUANT only the
+  ``cols`` bytes of its lane; the write port's lane enables keep the rest of the row).
 """
 
 from typing import NamedTuple
@@ -24,12 +30,22 @@ from fxpgen.config import CoreConfig
 from fxpgen.isa import AluParams, ErrorCode, LutParams, Mem, MulParams, Opcode, RequantParams
 
 from .addrgen import check_address
+from .delay import delay
+from .stages import FAST, Stages
 from .buffers import LUT_ENTRY, acc_row, addr_width, read_sig, spad_row, table_row, write_sig
 from .unit_port import UnitControl, report, unit_loops
 from .hazards import LUT_BIT, TABLE_BIT, mem_bits
 from .requant import Requantizer
 
 __all__ = ["VectorUnit"]
+
+
+class _Rows(NamedTuple):
+    """The read data of the unit's memories, ``stages.vector_read`` cycles late."""
+    x: Value
+    y: Value
+    acc: data.View
+    table: data.View
 
 
 class _Insn(NamedTuple):
@@ -49,10 +65,11 @@ class _Insn(NamedTuple):
 class VectorUnit(wiring.Component):
     """Executes REQUANT, ADD, MAX, MUL and LUT: reads through ``acc_rd``,
     ``spad_rd_x``, ``spad_rd_y``, ``table_rd`` and one ``lut_rd`` port a lane, writes
-    byte lanes through ``spad_wr``."""
+    byte lanes through ``spad_wr``; ``stages`` sets its pipeline registers."""
 
-    def __init__(self, cfg: CoreConfig):
+    def __init__(self, cfg: CoreConfig, stages: Stages = FAST):
         self._cfg = cfg
+        self._stages = stages
         super().__init__({
             "ctrl": In(UnitControl()),
             "spad_rd_x": In(read_sig(cfg.spad_depth, spad_row(cfg))),
@@ -64,8 +81,14 @@ class VectorUnit(wiring.Component):
                if cfg.lut_tables else {}),
         })
 
+    @property
+    def write_delay(self) -> int:
+        """Cycles from an iteration's issue (its reads) to its scratchpad write."""
+        return self._stages.vector_write_delay(Requantizer.LATENCY)
+
     def elaborate(self, platform):
         m = Module()
+        st = self._stages
         loops, pc = unit_loops(m, self.ctrl, ("x", "y", "z"), self._cfg)
         m.submodules.requant = rq = Requantizer(self._cfg.lanes, self._cfg.acc_width)
         insn = self._latch(m)
@@ -73,19 +96,21 @@ class VectorUnit(wiring.Component):
         err = self._address_error(m, insn, x_addr, y_addr, z_addr)
         issue = self._issue(m, insn, loops, err)
 
-        # Cycle 1 onwards: the write address and a valid bit travel beside the
-        # operands through the requantizer; meta[k] is cycle 1 + k.
+        # The write address and a valid bit travel beside the operands through the
+        # pipeline; meta[k] is cycle 1 + k.
         meta_layout = data.StructLayout({"valid": 1, "addr": addr_width(self._cfg.spad_depth)})
-        s1 = Signal(meta_layout)
-        m.d.sync += [s1.valid.eq(issue), s1.addr.eq(z_addr)]
-        self._operands(m, insn, rq.operands, s1.valid)
+        issued = Signal(meta_layout)
+        m.d.comb += [issued.valid.eq(issue), issued.addr.eq(z_addr)]
+        meta, stage = [], issued
+        for k in range(self.write_delay):
+            stage = delay(m, stage, 1, f"meta{k + 1}")
+            meta.append(stage)
+        rows = self._read_rows(m)
+        ops = Signal.like(rq.operands)
+        self._operands(m, insn, rows, ops, meta[st.vector_read].valid)
+        m.d.comb += rq.operands.eq(delay(m, ops, st.vector_operands, "ops"))
         if self._cfg.lut_tables:
-            self._lookup(m, insn, rq.lookup, s1.valid)
-        meta = [s1]
-        for k in range(Requantizer.LATENCY):
-            r = Signal(meta_layout, name=f"meta{k + 1}")
-            m.d.sync += r.eq(meta[-1])
-            meta.append(r)
+            self._lookup(m, insn, rows, rq.lookup, meta[st.vector_read].valid)
         self._write_back(m, insn, rq.result.data, meta[-1])
 
         pipeline = Cat(*(r.valid for r in meta))
@@ -161,8 +186,16 @@ class VectorUnit(wiring.Component):
         ]
         return issue
 
-    def _operands(self, m: Module, insn: _Insn, ops, valid) -> None:
-        """Cycle 1: the requantizer's mode and the operands of every lane."""
+    def _read_rows(self, m: Module) -> _Rows:
+        """The read data of the scratchpad, accumulator and table ports, registered."""
+        ports = (("x", self.spad_rd_x), ("y", self.spad_rd_y), ("acc", self.acc_rd),
+                 ("table", self.table_rd))
+        return _Rows(*(delay(m, port.data, self._stages.vector_read, f"{name}_row")
+                       for name, port in ports))
+
+    def _operands(self, m: Module, insn: _Insn, rows: _Rows, ops, valid) -> None:
+        """Cycle 1 + vector_read: the requantizer's mode and the operands of every
+        lane, from the registered ``rows``."""
         L, C = self._cfg.lanes, self._cfg.cols
         rparams, aparams, op_max = insn.rparams, insn.aparams, insn.op_max
         mparams = insn.mparams
@@ -175,15 +208,16 @@ class VectorUnit(wiring.Component):
             ops.out_signed.eq(Mux(insn.is_requant, rparams.out_signed,
                                   Mux(insn.op_mul, mparams.out_signed, aparams.out_signed))),
         ]
-        x_row = self.spad_rd_x.data.as_value()
-        y_row = self.spad_rd_y.data.as_value()
+        x_row = rows.x.as_value()
+        y_row = rows.y.as_value()
         residual = Signal(8 * C)
         m.d.comb += residual.eq(y_row.word_select(rparams.lane, 8 * C) if L > C else y_row)
         b_signed = Mux(op_max, aparams.a_signed, aparams.b_signed)
         for i in range(L):
             with m.If(insn.is_requant):
                 if i < C:
-                    m.d.comb += self._requant_lane(insn, ops.lane[i], i, residual[8 * i:8 * i + 8])
+                    m.d.comb += self._requant_lane(insn, rows, ops.lane[i], i,
+                                                   residual[8 * i:8 * i + 8])
             if self._cfg.lane_multipliers:
                 with m.Elif(insn.op_mul):
                     m.d.comb += self._mul_lane(insn, ops.lane[i], x_row[8 * i:8 * i + 8],
@@ -192,13 +226,14 @@ class VectorUnit(wiring.Component):
                 m.d.comb += self._alu_lane(insn, ops.lane[i], x_row[8 * i:8 * i + 8],
                                            y_row[8 * i:8 * i + 8], b_signed)
 
-    def _requant_lane(self, insn: _Insn, ln, i: int, rb) -> list:
+    @staticmethod
+    def _requant_lane(insn: _Insn, rows: _Rows, ln, i: int, rb) -> list:
         """REQUANT's column ``i``: the accumulator, the residual byte ``rb`` (or 0),
         and the shift and alignment of the column's table entry."""
         rparams = insn.rparams
-        entry = self.table_rd.data[i]
+        entry = rows.table[i]
         return [
-            ln.a.eq(self.acc_rd.data[i]),
+            ln.a.eq(rows.acc[i]),
             ln.b.eq(Mux(rparams.residual,
                         Mux(rparams.res_signed, rb.as_signed(), rb.as_unsigned()), 0)),
             ln.a_shift.eq(Mux(entry.align < 0, -entry.align, 0)),
@@ -227,14 +262,16 @@ class VectorUnit(wiring.Component):
         return [ln.a.eq(a * b), ln.b.eq(0), ln.a_shift.eq(0), ln.b_shift.eq(0),
                 ln.shift.eq(mparams.shift)]
 
-    def _lookup(self, m: Module, insn: _Insn, lookup, valid) -> None:
-        """Cycle 1: every scratchpad byte addresses its lane's copy of table
-        ``table``; the bytes reach the requantizer's ``lookup`` in cycle 2."""
-        x_row = self.spad_rd_x.data.as_value()
+    def _lookup(self, m: Module, insn: _Insn, rows: _Rows, lookup, valid) -> None:
+        """Cycle 1 + vector_read: every scratchpad byte addresses its lane's copy of
+        table ``table``; the bytes reach the requantizer's ``lookup`` the cycle after
+        its operands, as it expects."""
+        x_row = rows.x.as_value()
         for i, port in enumerate(self.lut_rd):
             m.d.comb += [port.addr.eq(Cat(x_row[8 * i:8 * i + 8], insn.lparams.table)),
                          port.en.eq(valid & insn.op_lut),
-                         lookup[i].eq(port.data)]
+                         lookup[i].eq(delay(m, port.data, self._stages.vector_operands,
+                                            f"looked_up{i}"))]
 
     def _write_back(self, m: Module, insn: _Insn, result, wb) -> None:
         """After the requantizer: write ``result`` at ``wb.addr``, REQUANT only into
@@ -267,3 +304,4 @@ class VectorUnit(wiring.Component):
                reads=Mux(active, x_bits | y_bits, 0) | lut_bits,
                writes=Mux(busy, mem_bits(Mem.SPAD, regions[2]), 0), error=err, pc=pc,
                active=active)
+

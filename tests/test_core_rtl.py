@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from fxpgen.config import CoreConfig
+from fxpgen.hw.stages import FAST
 from fxpgen.isa import Addr, CoreState, ErrorCode, Instruction, Mem, Opcode, pack_rows
 from fxpgen.sim.core_rtl import RtlProgram, run_on_rtl
 from fxpgen.sim.isa_sim import Machine
@@ -103,8 +104,9 @@ def matmul_program(cfg, m, tiles, bank_alternate=True):
 
 
 #: Cycles a lone MATMUL program takes beyond M + rows + cols (scratchpad read, the
-#: PE product stage, accumulator write-back); docs/core.md states the same number.
-MATMUL_OVERHEAD = 3
+#: activation registers, the PE product stage, accumulator write-back); docs/core.md
+#: states the same number.
+MATMUL_OVERHEAD = 3 + FAST.matmul_act
 
 
 @pytest.mark.parametrize("rows,cols", [(4, 4), (8, 8), (4, 8)])

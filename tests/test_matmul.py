@@ -13,6 +13,7 @@ from fxpgen.config import REGIONS
 from fxpgen.hw.array import SystolicArray
 from fxpgen.hw.hazards import resource_index
 from fxpgen.hw.matmul import MatmulUnit
+from fxpgen.hw.stages import COMPACT, FAST
 from fxpgen.isa import Addr, ErrorCode, Instruction, Mem, Opcode
 
 from unit_harness import (CONFIGS, Harness, MemoryModel, Top, addresses, check_end,
@@ -22,11 +23,11 @@ from unit_harness import (CONFIGS, Harness, MemoryModel, Top, addresses, check_e
 INSNS = 25
 
 
-def build(cfg, rng):
-    """The MATMUL unit wired to a systolic array, and the scratchpad and accumulators
-    (random rows) behind its ports."""
+def build(cfg, rng, stages=FAST):
+    """The MATMUL unit (pipeline registers ``stages``) wired to a systolic array, and
+    the scratchpad and accumulators (random rows) behind its ports."""
     arr = SystolicArray(cfg.rows, cfg.cols, cfg.psum_width)
-    mm = MatmulUnit(cfg, arr.LATENCY)
+    mm = MatmulUnit(cfg, arr.LATENCY, stages)
     top = Top(wires=[arr.act.eq(mm.act), mm.psum.eq(arr.psum)], mm=mm, arr=arr)
     spad = MemoryModel(random_rows(rng, Mem.SPAD, cfg), read=[mm.spad_rd], name="spad")
     acc = MemoryModel(random_rows(rng, Mem.ACC, cfg), read=[mm.acc_rd], write=[mm.acc_wr],
@@ -57,25 +58,26 @@ def acc_bit(cfg, addr):
     return 1 << resource_index((Mem.ACC, addr * REGIONS // cfg.acc_depth))
 
 
+@pytest.mark.parametrize("stages", [FAST, COMPACT], ids=["fast", "compact"])
 @pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
-def test_matmul_matches_isa_sim(cfg, seed):
+def test_matmul_matches_isa_sim(cfg, stages, seed):
     """Each MATMUL leaves the accumulators exactly as the instruction-level simulator
     does (lane select, int8/uint8 activations, either bank, overwrite or saturating
     accumulate, repeated rows accumulated in order through the transparent read).
     It issues one vector a cycle from the cycle after start, reads SPAD row x and
-    writes ACC row z of each iteration, the write ``1 + SystolicArray.LATENCY``
-    cycles after the issue. A faulting MATMUL reports the code and its pc, issues
+    writes ACC row z of each iteration, the write ``1 + matmul_act +
+    SystolicArray.LATENCY`` cycles after the issue. A faulting MATMUL reports the code and its pc, issues
     nothing from the faulting iteration on, and still writes back the vectors
     before it once aborted. It is ready exactly from the cycle of its last issue,
     busy until its last write-back, and declares the SPAD regions and bank it reads
     and the ACC regions it writes while issuing, then the bank and regions of the
     vectors still in flight."""
     rng = random.Random(seed)
-    top, mm, arr, spad, acc = build(cfg, rng)
+    top, mm, arr, spad, acc = build(cfg, rng, stages)
     ctrl = mm.ctrl
     h = Harness(spad, acc)
-    latency = 1 + arr.LATENCY
-    assert latency == 1 + cfg.rows + cfg.cols
+    latency = mm.write_delay
+    assert latency == 1 + stages.matmul_act + cfg.rows + cfg.cols
     faults = []
 
     async def bench(ctx):

@@ -9,31 +9,30 @@ import pytest
 
 from fxpgen.hw.hazards import LUT_BIT
 from fxpgen.hw.requant import Requantizer
+from fxpgen.hw.stages import COMPACT, FAST
 from fxpgen.hw.vector import VectorUnit
 from fxpgen.isa import ErrorCode, Mem, Opcode
 
 from unit_harness import (CONFIGS, Harness, MemoryModel, addresses, config_id, hazard_mask,
                           machine_rows, random_machine, random_vector_insn, simulate)
 
-#: Cycles from an iteration's issue to its scratchpad write: operands, then the
-#: requantizer (hw/vector.py, "Cycle 0", "Cycle 1", then Requantizer.LATENCY).
-WRITE_DELAY = 1 + Requantizer.LATENCY
 
 
-def run_vector(cfg, machine, insns, pcs, abort_at=None, as_run=None):
-    """Run ``insns`` one after another through a VectorUnit whose memories start as
-    ``machine``'s, then on ``machine`` itself, one instruction a run, stopping at the
-    first error. At each instruction's end the played scratchpad must equal the
+def run_vector(cfg, machine, insns, pcs, abort_at=None, as_run=None, stages=FAST):
+    """Run ``insns`` one after another through a VectorUnit (pipeline registers
+    ``stages``) whose memories start as ``machine``'s, then on ``machine`` itself, one
+    instruction a run, stopping at the first error. At each instruction's end the played scratchpad must equal the
     machine's, and on the way the unit must:
 
     - issue one iteration a cycle, reading exactly the rows of those iterations
       (accumulators for REQUANT, ``x`` and ``y`` of the scratchpad otherwise, ``y``
-      only with a residual) and writing each result ``WRITE_DELAY`` cycles later;
+      only with a residual) and writing each result ``write_delay`` cycles later
+      (``1 + vector_read + vector_operands + Requantizer.LATENCY``);
     - report the ISA footprint: its reads while it issues (LUT's lookup tables,
       read a cycle after the issue, until the last write), its writes until the
       last write, ``busy`` exactly that long and ``ready`` otherwise;
-    - LUT: look up every byte of each ``x`` row in its lane's table the cycle after
-      the row is read;
+    - LUT: look up every byte of each ``x`` row in its lane's table
+      ``1 + vector_read`` cycles after the row is read;
     - report a fault in the cycle of the faulting iteration with that
       instruction's ``pc``, and stop reporting it once aborted;
     - once aborted (``abort_at``: that many cycles into the last instruction, as
@@ -42,7 +41,9 @@ def run_vector(cfg, machine, insns, pcs, abort_at=None, as_run=None):
 
     Returns the (error, error_pc) pairs seen, one per instruction run.
     """
-    dut = VectorUnit(cfg)
+    dut = VectorUnit(cfg, stages)
+    write_delay = 1 + stages.vector_read + stages.vector_operands + Requantizer.LATENCY
+    assert dut.write_delay == write_delay
     spad = MemoryModel(machine_rows(machine, Mem.SPAD), read=[dut.spad_rd_x, dut.spad_rd_y],
                        write=[dut.spad_wr], name="spad")
     acc = MemoryModel(machine_rows(machine, Mem.ACC), read=[dut.acc_rd], name="acc")
@@ -100,23 +101,24 @@ def run_vector(cfg, machine, insns, pcs, abort_at=None, as_run=None):
                 else:
                     assert all(reads[p] is None for p in (dut.acc_rd, dut.spad_rd_x, dut.spad_rd_y)), cycle
                 looked_up = [lut.read_in(p, h.cycle - 1) for p in dut.lut_rd]
-                if insn.opcode is Opcode.LUT and cycle - 1 in issued:
-                    row = spad.rows[x[cycle - 1]]
+                read_at = cycle - 1 - stages.vector_read
+                if insn.opcode is Opcode.LUT and read_at in issued:
+                    row = spad.rows[x[read_at]]
                     base = 256 * insn.params["table"]
                     assert looked_up == [base + (row >> (8 * i) & 0xFF) for i in range(cfg.lanes)]
                 else:
                     assert looked_up == [None] * cfg.lanes, cycle
                 for addr in writes:
                     written.append(addr)
-                    assert cycle - WRITE_DELAY == len(written) - 1
+                    assert cycle - write_delay == len(written) - 1
                 if stopped is not None:
                     # The controller latches an error at this edge and aborts the unit.
                     ctx.set(ctrl.abort, 1)
-                    if cycle >= stopped + WRITE_DELAY:
+                    if cycle >= stopped + write_delay:
                         break
                 cycle += 1
             else:
-                assert cycle == (n + WRITE_DELAY if n else 0), "busy from start to the last write"
+                assert cycle == (n + write_delay if n else 0), "busy from start to the last write"
                 assert ctx.get(ctrl.reads) == 0 and ctx.get(ctrl.writes) == 0
             assert written == z[:len(issued)]
             seen.append(error)
@@ -139,8 +141,9 @@ def run_vector(cfg, machine, insns, pcs, abort_at=None, as_run=None):
     return seen
 
 
+@pytest.mark.parametrize("stages", [FAST, COMPACT], ids=["fast", "compact"])
 @pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
-def test_random_instructions_match_isa_simulator(cfg, seed):
+def test_random_instructions_match_isa_simulator(cfg, stages, seed):
     """Random REQUANT/ADD/MAX/MUL/LUT instructions (every lane, residual, signedness,
     relu, shift and alignment, lookup table; strides, broadcast rows, repeated rows,
     faults by address and by region)
@@ -151,7 +154,8 @@ def test_random_instructions_match_isa_simulator(cfg, seed):
     for _ in range(12):
         machine = random_machine(rng, cfg)
         insns = [random_vector_insn(cfg, rng, fault_prob=0.15) for _ in range(6)]
-        seen = run_vector(cfg, machine, insns, [rng.randrange(1 << 32) for _ in insns])
+        seen = run_vector(cfg, machine, insns, [rng.randrange(1 << 32) for _ in insns],
+                          stages=stages)
         opcodes |= {i.opcode for i in insns[:len(seen)]}
         errors |= {e for e, _ in seen}
     assert opcodes == {Opcode.REQUANT, Opcode.ADD, Opcode.MAX, Opcode.MUL, Opcode.LUT}
