@@ -40,6 +40,7 @@ from fxpgen.hw.array import SystolicArray
 from fxpgen.hw.controller import UNIT_OF
 from fxpgen.hw.hazards import HAZARD_BITS, resource_index
 from fxpgen.hw.requant import Requantizer
+from fxpgen.hw.stages import FAST, Stages
 from fxpgen.hw.store import FIFO_DEPTH
 from fxpgen.isa import Addr, Instruction, Mem, Opcode, footprint, region_of
 
@@ -58,10 +59,12 @@ class Latencies:
 
     matmul_write
         From a MATMUL iteration's issue to its accumulator write-back: the
-        scratchpad read, then :attr:`SystolicArray.LATENCY` (``hw/matmul.py``).
+        scratchpad read, the activation register, then
+        :attr:`SystolicArray.LATENCY` (:meth:`Stages.matmul_write_delay`).
     vector_write
         From a vector iteration's issue to its scratchpad write: the source reads,
-        then :attr:`Requantizer.LATENCY` (``hw/vector.py``).
+        the read and operand registers, then :attr:`Requantizer.LATENCY`
+        (:meth:`Stages.vector_write_delay`).
     loadw_drain
         From the last weight-buffer read of a LOADW to the last row entering the
         array: the synchronous read (``hw/loadw.py``).
@@ -81,10 +84,12 @@ class Latencies:
 
     @classmethod
     @functools.cache
-    def of(cls, cfg: CoreConfig) -> "Latencies":
+    def of(cls, cfg: CoreConfig, stages: Stages = FAST) -> "Latencies":
+        """The delays of ``cfg``'s core built with pipeline registers ``stages``."""
         array = SystolicArray(cfg.rows, cfg.cols, cfg.psum_width)
         array._MustUse__silence = True     # built for its LATENCY only, never elaborated
-        return cls(matmul_write=1 + array.LATENCY, vector_write=1 + Requantizer.LATENCY,
+        return cls(matmul_write=stages.matmul_write_delay(array.LATENCY),
+                   vector_write=stages.vector_write_delay(Requantizer.LATENCY),
                    loadw_drain=1, store_drain=3, store_fifo=FIFO_DEPTH)
 
 
