@@ -21,11 +21,14 @@ controller starts it (:func:`~.contract.controller_guarantee`), the harnesses
 The invariants that close the induction: the latched fields equal the declared
 ones, the in-flight counters of the MATMUL unit count the valid pipeline stages
 of each accumulator region and weight bank, and every valid stage carries a
-declared address. The pipeline stages are found by name (``s1``, ``meta1``, ...,
-as many as the unit builds), so the proofs follow a change of latency.
+declared address. The pipeline stages are found by name (MATMUL's ``s1``,
+``meta1``, ...; the vector unit's ``meta1``, ...), as many as the unit's
+``write_delay`` gives, so the proofs follow the pipeline registers
+(:mod:`fxpgen.hw.stages`) the unit is built with and a change of latency.
 
 The MATMUL unit's accumulator read port is enabled on every cycle; only the read
-one cycle before a write-back is used, and only that one is checked.
+``1 + acc_read`` cycles before a write-back is used (the write-backs in between
+are forwarded, not read), and only that one is checked.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from fxpgen.hw.hazards import LUT_BIT, MEM_BASE, TABLE_BIT, bank_bit
 from fxpgen.hw.load import LoadUnit
 from fxpgen.hw.loadw import WeightLoader
 from fxpgen.hw.matmul import MatmulUnit
+from fxpgen.hw.stages import FAST, Stages
 from fxpgen.hw.store import StoreUnit
 from fxpgen.hw.vector import VectorUnit
 from fxpgen.isa import Mem
@@ -70,12 +74,10 @@ def off_by_one(unit_class: type) -> type:
     return OffByOne
 
 
-def _stages(signals: dict) -> list:
-    """The unit's pipeline stages after issue: ``s1``, ``meta1``, ``meta2``, ..."""
-    stages = [signals["s1"]]
-    while f"meta{len(stages)}" in signals:
-        stages.append(signals[f"meta{len(stages)}"])
-    return [struct_fields(s) for s in stages]
+def _stages(signals: dict, names: list[str]) -> list:
+    """The fields of the unit's pipeline stages after issue, named ``names`` in
+    order (a stage the unit no longer builds under its name is a ``KeyError``)."""
+    return [struct_fields(signals[name]) for name in names]
 
 
 def _region(addr, depth: int) -> Value:
@@ -125,16 +127,24 @@ class _Safety(ContractHarness):
                 & mask.bit_select(MEM_BASE[mem] + region, 1))
 
 
-class MatmulSafety(_Safety):
+class _Pipelined(_Safety):
+    """A unit built with the pipeline registers ``stages`` (:mod:`fxpgen.hw.stages`)."""
+
+    def __init__(self, mutant: bool = False, stages: Stages = FAST):
+        self._pipe = stages
+        super().__init__(mutant)
+
+
+class MatmulSafety(_Pipelined):
     """Memory safety and footprint of the MATMUL unit, built for the latency of its
-    configuration's array; see the module doc."""
+    configuration's array and with ``stages``; see the module doc."""
 
     UNIT, NAME = MatmulUnit, "matmul"
 
     def _builder(self, unit_class):
         cfg = FOOTPRINT_CONFIG
         self._array = SystolicArray(cfg.rows, cfg.cols, cfg.psum_width)
-        return lambda cfg: unit_class(cfg, self._array.LATENCY)
+        return lambda cfg: unit_class(cfg, self._array.LATENCY, self._pipe)
 
     def properties(self, m, dut, signals):
         cfg, ctrl = self._cfg, dut.ctrl
@@ -160,9 +170,11 @@ class MatmulSafety(_Safety):
     def _pipeline(self, m, dut, signals, decl, issue):
         """Every stage from issue to write-back carries an address of the regions and
         the bank its instruction declared, both reported; the in-flight counters
-        count the stages."""
+        count the stages. Stage ``s1`` is cycle 1, ``meta<k>`` cycle ``1 + k``, the
+        write-back cycle ``write_delay``; the accumulator row it adds to is read
+        ``1 + acc_read`` cycles before."""
         cfg, ctrl = self._cfg, dut.ctrl
-        stages = _stages(signals)
+        stages = _stages(signals, ["s1"] + [f"meta{k}" for k in range(1, dut.write_delay)])
         regions, banks = [decl["z"]], [decl["bank"]]
         for k in range(len(stages)):
             r = Signal(REGIONS, name=f"stage{k}_regions")
@@ -182,17 +194,21 @@ class MatmulSafety(_Safety):
         for b in range(2):
             count = sum((s.valid & (s.bank == b)).as_unsigned() for s in stages)
             m.d.comb += Assert(signals[f"inflight_bank{b}"] == count, f"bank {b}: in-flight count")
-        wb, rd = stages[-1], stages[-2]
+        wb, rd = stages[-1], stages[-2 - self._pipe.acc_read]
         m.d.comb += [
             Assert(~dut.acc_wr.en | (wb.valid & (dut.acc_wr.addr == wb.addr)), "write-back at its stage's row"),
             Assert(~rd.valid | (dut.acc_rd.addr == rd.addr), "accumulator read at its stage's row"),
         ]
 
 
-class VectorSafety(_Safety):
-    """Memory safety and footprint of the vector unit; see the module doc."""
+class VectorSafety(_Pipelined):
+    """Memory safety and footprint of the vector unit, built with ``stages``; see
+    the module doc."""
 
     UNIT, NAME = VectorUnit, "vector"
+
+    def _builder(self, unit_class):
+        return lambda cfg: unit_class(cfg, self._pipe)
 
     def properties(self, m, dut, signals):
         cfg, ctrl = self._cfg, dut.ctrl
@@ -226,12 +242,14 @@ class VectorSafety(_Safety):
             Assert(~signals["is_requant"] | (decl["table"] < cfg.table_depth), "a REQUANT's table is legal"),
             Assert(~signals["op_lut"] | (decl["lut"] < cfg.lut_tables), "a LUT's table is legal"),
         ]
-        for k, stage in enumerate(_stages(signals)):
+        # ``meta<k>`` is cycle k; the last, cycle ``write_delay``, writes back.
+        stages = _stages(signals, [f"meta{k}" for k in range(1, dut.write_delay + 1)])
+        for k, stage in enumerate(stages):
             region = _region(stage.addr, cfg.spad_depth)
             m.d.comb += Assert(~stage.valid | (decl["z"].bit_select(region, 1)
                                                & ctrl.writes.bit_select(MEM_BASE[Mem.SPAD] + region, 1)),
                                f"stage {k + 1}: declared scratchpad row, reported")
-        wb = _stages(signals)[-1]
+        wb = stages[-1]
         m.d.comb += Assert((dut.spad_wr.en == 0) | (wb.valid & (dut.spad_wr.addr == wb.addr)),
                            "write-back at its stage's row")
 

@@ -22,12 +22,13 @@ from click.testing import CliRunner
 from fxpgen import numerics
 from fxpgen.app.cli import main
 import fxpgen.hw.store as store_module
-from fxpgen.formal.memory import StoreSafety
+from fxpgen.formal.memory import MatmulSafety, StoreSafety, VectorSafety
 from fxpgen.formal.proofs import PROOFS, prove
 from fxpgen.formal.requant import RequantReference, TieUpRequantizer
 from fxpgen.formal.sby import run_sby
 from fxpgen.hw.hazards import LUT_BIT
 from fxpgen.hw.requant import Requantizer
+from fxpgen.hw.stages import COMPACT
 from fxpgen.hw.store import StoreUnit
 from fxpgen.hw.unit_port import report
 
@@ -177,6 +178,18 @@ def test_proof_holds_and_its_mutant_fails(name, tmp_path):
     assert result.verdict.status == "PASS", result.verdict
     assert result.mutant.status == "FAIL", result.mutant
     assert result.mutant.trace is not None and result.mutant.trace.is_file()
+
+
+@needs_tools
+@pytest.mark.formal
+@pytest.mark.parametrize("safety", [MatmulSafety, VectorSafety], ids=lambda c: c.NAME)
+def test_memory_proof_holds_without_pipeline_registers(safety, tmp_path):
+    """The shipped proofs build the units with ``FAST``; the harness derives the
+    stages from the unit, so the proof and its mutant hold on ``COMPACT`` too."""
+    proof = PROOFS[f"memory-{safety.NAME}"]
+    assert run_sby("compact", safety(stages=COMPACT), tmp_path, proof.depth).status == "PASS"
+    mutant = run_sby("compact-mutant", safety(mutant=True, stages=COMPACT), tmp_path, proof.mutant_depth)
+    assert mutant.status == "FAIL", mutant
 
 
 class _LutClaimingStore(StoreUnit):
