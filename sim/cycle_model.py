@@ -192,6 +192,16 @@ class _Op:
     port: Mem | None = None
     take: tuple[int, int] | None = None
 
+    @functools.cached_property
+    def bits(self) -> tuple[int, ...]:
+        """The hazard bits it reads or writes."""
+        return self.reads + self.writes
+
+    @functools.cached_property
+    def macs(self) -> int:
+        """The array's MAC cycles: one per MATMUL iteration."""
+        return self.n if self.opcode is Opcode.MATMUL else 0
+
 
 #: :func:`~fxpgen.hw.hazards.resource_index`, asked again for every distinct word.
 _bit = functools.cache(resource_index)
@@ -367,15 +377,18 @@ class _Core:
 
     def earliest(self, op: _Op) -> int:
         """The first cycle the hazard check and the unit's ready let ``op`` go."""
-        if self.load is not None and (op.unit == "load" or self.load_bits.intersection(op.reads + op.writes)):
+        unit, reads, writes = op.unit, op.reads, op.writes
+        if self.load is not None and (unit == "load" or not self.load_bits.isdisjoint(op.bits)):
             self.settle_load()
-        t = self.ready[op.unit]
-        for r_end, w_end in self.others[op.unit]:
-            for b in op.reads:
+        t = self.ready[unit]
+        for r_end, w_end in self.others[unit]:
+            for b in reads:
                 if w_end[b] >= t:
                     t = w_end[b] + 1
-            for b in op.writes:
-                e = max(w_end[b], r_end[b])
+            for b in writes:
+                e, r = w_end[b], r_end[b]
+                if r > e:
+                    e = r
                 if e >= t:
                     t = e + 1
         return t
@@ -432,12 +445,11 @@ def _segment(by_id: Sequence[_Op], ids: list[int], first: int, start: int, layer
 def _step(core: _Core, op: _Op, d: int, macs: int) -> tuple[int, int]:
     """Dispatch ``op`` after an instruction that left in ``d``: its dispatch cycle and
     the MAC cycles so far."""
-    d = _when(core, op, d)
-    if op.unit is not None:
-        core.dispatch(op, d, None)
-        if op.opcode is Opcode.MATMUL:
-            macs += op.n
-    return d, macs
+    if op.unit is None:
+        return max(d + 1, core.idle()), macs
+    d = max(d + 1, core.earliest(op))
+    core.dispatch(op, d, None)
+    return d, macs + op.macs
 
 
 def _timeline(core: _Core, by_id: Sequence[_Op], ids: list[int], first: int, start: int,
