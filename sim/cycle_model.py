@@ -42,8 +42,7 @@ from fxpgen.hw.stages import FAST, Stages
 from fxpgen.hw.store import FIFO_DEPTH
 from amaranth.lib import data
 
-from fxpgen.isa import (INSN_BITS, Addr, AddrGen, Insn, Instruction, Mem, Opcode, footprint, opcode_of,
-                        region_of)
+from fxpgen.isa import Addr, AddrGen, Insn, Instruction, Mem, Opcode, footprint, opcode_of, region_of
 
 from .engine import Engine, EngineResult, Progress, Runnable
 
@@ -220,8 +219,10 @@ def _address_bits(stream: str) -> int:
 #: Per raw opcode, the bits of a word its timing can depend on: all but the address
 #: bases and strides (hazards follow the region masks), except a MATMUL's z stream,
 #: whose addresses set when each accumulator region is last written (:func:`_last_touches`).
-_TIMED_BITS = {op.value: ((1 << INSN_BITS) - 1)
-               & ~(_address_bits("x") | _address_bits("y") | (0 if op is Opcode.MATMUL else _address_bits("z")))
+#: Bits above the word's width are kept, so that a too wide word is still decoded
+#: (and rejected).
+_TIMED_BITS = {op.value: ~(_address_bits("x") | _address_bits("y")
+                           | (0 if op is Opcode.MATMUL else _address_bits("z")))
                for op in Opcode}
 
 
