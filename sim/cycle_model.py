@@ -33,8 +33,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
-import numpy as np
-
 from fxpgen.config import REGIONS, CoreConfig
 from fxpgen.hw.array import SystolicArray
 from fxpgen.hw.controller import UNIT_OF
@@ -42,7 +40,9 @@ from fxpgen.hw.hazards import HAZARD_BITS, resource_index
 from fxpgen.hw.requant import Requantizer
 from fxpgen.hw.stages import FAST, Stages
 from fxpgen.hw.store import FIFO_DEPTH
-from fxpgen.isa import Addr, Instruction, Mem, Opcode, footprint, region_of
+from amaranth.lib import data
+
+from fxpgen.isa import Addr, AddrGen, Insn, Instruction, Mem, Opcode, footprint, opcode_of, region_of
 
 from .engine import Engine, EngineResult, Progress, Runnable
 
@@ -191,6 +191,40 @@ class _Op:
     port: Mem | None = None
     take: tuple[int, int] | None = None
 
+    @functools.cached_property
+    def bits(self) -> tuple[int, ...]:
+        """The hazard bits it reads or writes."""
+        return self.reads + self.writes
+
+    @functools.cached_property
+    def macs(self) -> int:
+        """The array's MAC cycles: one per MATMUL iteration."""
+        return self.n if self.opcode is Opcode.MATMUL else 0
+
+
+#: :func:`~fxpgen.hw.hazards.resource_index`, asked again for every distinct word.
+_bit = functools.cache(resource_index)
+
+
+def _address_bits(stream: str) -> int:
+    """The bits of an instruction word holding ``stream``'s base and strides."""
+    at = dict(data.Layout.cast(Insn))[stream].offset
+    mask = 0
+    for name, f in data.Layout.cast(AddrGen):
+        if name != "regions":
+            mask |= ((1 << f.width) - 1) << (at + f.offset)
+    return mask
+
+
+#: Per raw opcode, the bits of a word its timing can depend on: all but the address
+#: bases and strides (hazards follow the region masks), except a MATMUL's z stream,
+#: whose addresses set when each accumulator region is last written (:func:`_last_touches`).
+#: Bits above the word's width are kept, so that a too wide word is still decoded
+#: (and rejected).
+_TIMED_BITS = {op.value: ~(_address_bits("x") | _address_bits("y")
+                           | (0 if op is Opcode.MATMUL else _address_bits("z")))
+               for op in Opcode}
+
 
 def _store_last_issue(n: int, lat: Latencies) -> int:
     """The cycle, counted from its dispatch, in which a STORE of ``n`` rows reads its
@@ -234,8 +268,8 @@ def _op(word: int, cfg: CoreConfig, lat: Latencies) -> _Op:
     if unit is None:
         return _Op(insn.opcode, None, 0, (), ())
     fp = footprint(insn)
-    reads = tuple(resource_index(r) for r in fp.reads)
-    writes = tuple(resource_index(r) for r in fp.writes)
+    reads = tuple(_bit(r) for r in fp.reads)
+    writes = tuple(_bit(r) for r in fp.writes)
     n = insn.iterations
     if n == 0:
         return _Op(insn.opcode, unit, 0, reads, writes)
@@ -254,10 +288,10 @@ def _timed_op(insn: Instruction, unit: str, n: int, reads: tuple[int, ...], writ
         # Ready as its last vector issues; the bank, and each accumulator region,
         # stay marked until their last vector is written back.
         wb = n + lat.matmul_write
-        bank = resource_index(("BANK", insn.params.get("bank", 0)))
+        bank = _bit(("BANK", insn.params.get("bank", 0)))
         ends = dict.fromkeys(writes, n)
         for r, k in _last_touches(insn.z, insn.count0, insn.count1, cfg.acc_depth).items():
-            b = resource_index((Mem.ACC, r))
+            b = _bit((Mem.ACC, r))
             ends[b] = max(ends.get(b, n), 1 + k + lat.matmul_write)
         return _Op(op, unit, n, reads, writes, ready=n, busy=wb, last=n,
                    r_holds=tuple((b, wb if b == bank else n) for b in reads),
@@ -272,7 +306,7 @@ def _timed_op(insn: Instruction, unit: str, n: int, reads: tuple[int, ...], writ
         return _Op(op, unit, n, reads, writes, ready=sent + 1, busy=sent, last=sent,
                    r_holds=tuple((b, issued + 1) for b in reads))
     wb = n + lat.vector_write
-    lut = resource_index((Mem.LUT, 0))
+    lut = _bit((Mem.LUT, 0))
     return _Op(op, unit, n, reads, writes, ready=wb + 1, busy=wb, last=wb,
                r_holds=tuple((b, wb if b == lut else n) for b in reads),
                w_holds=tuple((b, wb) for b in writes), port=Mem.SPAD, take=(1 + lat.vector_write, wb))
@@ -344,15 +378,18 @@ class _Core:
 
     def earliest(self, op: _Op) -> int:
         """The first cycle the hazard check and the unit's ready let ``op`` go."""
-        if self.load is not None and (op.unit == "load" or self.load_bits.intersection(op.reads + op.writes)):
+        unit, reads, writes = op.unit, op.reads, op.writes
+        if self.load is not None and (unit == "load" or not self.load_bits.isdisjoint(op.bits)):
             self.settle_load()
-        t = self.ready[op.unit]
-        for r_end, w_end in self.others[op.unit]:
-            for b in op.reads:
+        t = self.ready[unit]
+        for r_end, w_end in self.others[unit]:
+            for b in reads:
                 if w_end[b] >= t:
                     t = w_end[b] + 1
-            for b in op.writes:
-                e = max(w_end[b], r_end[b])
+            for b in writes:
+                e, r = w_end[b], r_end[b]
+                if r > e:
+                    e = r
                 if e >= t:
                     t = e + 1
         return t
@@ -391,33 +428,48 @@ def _when(core: _Core, op: _Op, d: int) -> int:
 
 def _segment(by_id: Sequence[_Op], ids: list[int], first: int, start: int, layer: str,
              slices: list[Slice] | None) -> SegmentTiming:
-    """Time one segment (instructions up to its HALT) whose counted cycles follow
-    ``start``; its instructions are ``first, first + 1, ...`` of the program, of
-    timings ``by_id[i] for i in ids``. Without
-    a timeline, the repeats of periodic stretches are skipped (:class:`_Repeats`)."""
-    core, d, macs, k = _Core(), 0, 0, 0
-    repeats = _Repeats(ids) if slices is None else None
-    while True:
-        if repeats is not None and k >= repeats.next_check:
-            k, d, macs = repeats.skip(core, by_id, k, d, macs)
-        op = by_id[ids[k]]
+    """Time one segment (instructions up to its HALT, the only HALT in it) whose
+    counted cycles follow ``start``; its instructions are ``first, first + 1, ...`` of
+    the program, of timings ``by_id[i] for i in ids``. Without a timeline, the
+    repeats of periodic stretches are skipped (:class:`_Repeats`)."""
+    core = _Core()
+    if slices is None:
+        d, macs = _Repeats(by_id, ids).walk(core, 0, len(ids) - 1, 0, 0)
+        d, macs = _step(core, by_id[ids[-1]], d, macs)
+    else:
+        d, macs = _timeline(core, by_id, ids, first, start, layer, slices)
+    counters = {"cycles": d, "mac_cycles": macs, "stall_dispatch": d - len(ids), "stall_data": 0,
+                "stall_result": 0, "insns": len(ids)}
+    return SegmentTiming(layer, start, counters)
+
+
+def _step(core: _Core, op: _Op, d: int, macs: int) -> tuple[int, int]:
+    """Dispatch ``op`` after an instruction that left in ``d``: its dispatch cycle and
+    the MAC cycles so far."""
+    if op.unit is None:
+        return max(d + 1, core.idle()), macs
+    d = max(d + 1, core.earliest(op))
+    core.dispatch(op, d, None)
+    return d, macs + op.macs
+
+
+def _timeline(core: _Core, by_id: Sequence[_Op], ids: list[int], first: int, start: int,
+              layer: str, slices: list[Slice]) -> tuple[int, int]:
+    """Walk a segment instruction by instruction, appending each one's :class:`Slice`;
+    the HALT's dispatch cycle and the MAC cycles (arguments as :func:`_segment`'s)."""
+    d = macs = 0
+    for k, i in enumerate(ids):
+        op = by_id[i]
         waiting, d = d + 1, _when(core, op, d)
-        s = None
-        if slices is not None:
-            last = d if op.unit is None else d + op.last
-            s = Slice(first + k, op.opcode, op.unit or CONTROL, layer, start + waiting, start + d,
-                      start + d + (op.unit is not None), start + last)
-            slices.append(s)
+        last = d if op.unit is None else d + op.last
+        s = Slice(first + k, op.opcode, op.unit or CONTROL, layer, start + waiting, start + d,
+                  start + d + (op.unit is not None), start + last)
+        slices.append(s)
         if op.unit is not None:
             core.dispatch(op, d, s)
             if op.opcode is Opcode.MATMUL:
                 macs += op.n
-        if op.opcode is Opcode.HALT or k + 1 == len(ids):
-            break
-        k += 1
-    counters = {"cycles": d, "mac_cycles": macs, "stall_dispatch": d - (k + 1), "stall_data": 0,
-                "stall_result": 0, "insns": k + 1}
-    return SegmentTiming(layer, start, counters)
+    return d, macs
 
 
 class _Repeats:
@@ -428,9 +480,13 @@ class _Repeats:
     by them. The pattern at instruction ``k`` is the shortest ``ids[k:k + p]`` that the
     next ``p`` instructions repeat and whose first :attr:`BLOCK` instructions recur
     at ``k + p`` (``p`` up to :attr:`WINDOW`); ``ids`` number the segment's
-    instructions, equal for equal timing (:class:`_Op`)."""
+    instructions, equal for equal timing (:class:`_Op`). Patterns nest (a layer's
+    outer loop repeats runs of its inner loop's pattern), so the repeats a pattern
+    is run for until the state settles skip the repeats inside them in turn."""
 
-    WINDOW = 1 << 16
+    #: The longest pattern: a layer's outer loop (a block of inner repeats) is up to 72,000
+    #: instructions long in ResNet-50 at 224.
+    WINDOW = 1 << 17
     #: Instructions that must recur for a pattern to be tried.
     BLOCK = 128
     #: Patterns run to reach a repeating state before giving up at a position.
@@ -439,19 +495,16 @@ class _Repeats:
     #: doubles it, a skip resets it (the search costs up to a few windows).
     BACKOFF = 64
 
-    def __init__(self, ids: list[int]):
+    def __init__(self, by_id: Sequence[_Op], ids: list[int]):
+        self.by_id = by_id
         self.ids = ids
-        self.text = array.array("I", ids)
-        self.raw: bytes | None = None
-        self.next_check = 0
-        self.backoff = self.BACKOFF
+        self.raw = array.array("I", ids).tobytes()
 
-    def period(self, k: int) -> int | None:
+    def period(self, k: int, end: int) -> int | None:
         """The pattern's length at ``k``: the first later start of the next
-        :attr:`BLOCK` instructions from which the instructions since ``k`` repeat."""
-        ids, text, width = self.ids, self.text, self.text.itemsize
-        raw = text.tobytes() if self.raw is None else self.raw
-        self.raw = raw
+        :attr:`BLOCK` instructions from which the instructions since ``k`` repeat,
+        both copies before ``end``."""
+        ids, raw, width = self.ids, self.raw, 4
         block = raw[k * width:(k + self.BLOCK) * width]
         pos = (k + 1) * width
         for _ in range(8):
@@ -462,41 +515,55 @@ class _Repeats:
                 pos = j + 1
                 continue
             j //= width
+            if 2 * j - k > end:
+                return None
             if ids[k:j] == ids[j:2 * j - k]:
                 return j - k
             pos = (j + 1) * width
         return None
 
-    def skip(self, core: _Core, by_id: Sequence[_Op], k: int, d: int, macs: int
-             ) -> tuple[int, int, int]:
+    def walk(self, core: _Core, k: int, end: int, d: int, macs: int) -> tuple[int, int]:
+        """Run instructions ``k`` to ``end - 1`` (the one before ``k`` left in ``d``),
+        skipping repeats; the last one's dispatch cycle and the MAC cycles so far."""
+        by_id, ids = self.by_id, self.ids
+        next_check, backoff = k, self.BACKOFF
+        while k < end:
+            if k >= next_check:
+                k2, d, macs, skipped = self.skip(core, k, end, d, macs)
+                if skipped:
+                    next_check, backoff = k2, self.BACKOFF
+                else:
+                    next_check, backoff = k2 + backoff, 2 * backoff
+                k = k2
+                continue
+            d, macs = _step(core, by_id[ids[k]], d, macs)
+            k += 1
+        return d, macs
+
+    def skip(self, core: _Core, k: int, end: int, d: int, macs: int
+             ) -> tuple[int, int, int, bool]:
         """Run from instruction ``k`` (the one before it left in ``d``) until the state
-        repeats, then skip every further whole repeat; the new ``(k, d, macs)``."""
-        p = self.period(k)
+        repeats, then skip every further whole repeat before ``end``; the new
+        ``(k, d, macs)`` and whether repeats were skipped."""
+        p = self.period(k, end)
         if p is None:
-            self.next_check, self.backoff = k + self.backoff, 2 * self.backoff
-            return k, d, macs
+            return k, d, macs, False
         ids, pattern = self.ids, self.ids[k:k + p]
         before, d0, m0 = core.relative(d), d, macs
         for _ in range(self.TRIES):
-            if ids[k:k + p] != pattern:
+            if k + p > end or ids[k:k + p] != pattern:
                 break
-            for op in map(by_id.__getitem__, ids[k:k + p]):
-                d = _when(core, op, d)
-                core.dispatch(op, d, None)
-                if op.opcode is Opcode.MATMUL:
-                    macs += op.n
+            d, macs = self.walk(core, k, k + p, d, macs)
             k += p
             now = core.relative(d)
             if now == before:
                 r = 0
-                while ids[k + r * p:k + (r + 1) * p] == pattern:
+                while k + (r + 1) * p <= end and ids[k + r * p:k + (r + 1) * p] == pattern:
                     r += 1
                 core.shift(d, r * (d - d0))
-                self.next_check, self.backoff = k + r * p, self.BACKOFF
-                return k + r * p, d + r * (d - d0), macs + r * (macs - m0)
+                return k + r * p, d + r * (d - d0), macs + r * (macs - m0), True
             before, d0, m0 = now, d, macs
-        self.next_check, self.backoff = k + self.backoff, 2 * self.backoff
-        return k, d, macs
+        return k, d, macs, False
 
 
 def _cuts(halts: Sequence[int], n: int, layers: Sequence[str]) -> list[tuple[int, int, str]]:
@@ -514,23 +581,50 @@ def _cuts(halts: Sequence[int], n: int, layers: Sequence[str]) -> list[tuple[int
     return cuts
 
 
+class _TimingIds(dict):
+    """The id of each instruction word looked up in it: words of equal timing
+    (:class:`_Op`) share an id, numbered as they first appear (:attr:`interned`).
+    Only the bits timing can depend on are decoded, once (:data:`_TIMED_BITS`)."""
+
+    def __init__(self, cfg: CoreConfig, lat: Latencies):
+        super().__init__()
+        self.cfg, self.lat = cfg, lat
+        self.interned: dict[_Op, int] = {}
+        self.by_bits: dict[int, int] = {}
+
+    def __missing__(self, word: int) -> int:
+        bits = word & _TIMED_BITS.get(opcode_of(word), -1)
+        if bits not in self.by_bits:
+            op = _op(word, self.cfg, self.lat)
+            self.by_bits[bits] = self.interned.setdefault(op, len(self.interned))
+        self[word] = n = self.by_bits[bits]
+        return n
+
+
+def _positions(ids: list[int], wanted: Sequence[int]) -> list[int]:
+    """The positions in ``ids`` of the values ``wanted``, in increasing order."""
+    found = []
+    for v in wanted:
+        k = -1
+        try:
+            while True:
+                k = ids.index(v, k + 1)
+                found.append(k)
+        except ValueError:
+            pass    # no more
+    return sorted(found)
+
+
 def estimate_words(cfg: CoreConfig, words: Sequence[int], layers: Sequence[str], *,
                    timeline: bool = False) -> ProgramTiming:
     """The counters of every HALT segment of a program (instruction words and the
     layer of each), and with ``timeline`` every instruction's :class:`Slice`."""
     lat = Latencies.of(cfg)
-    # Each distinct word is timed once; words of equal timing share an id.
-    known: dict[int, int] = {}
-    interned: dict[_Op, int] = {}
-    by_id: list[_Op] = []
-    for w in dict.fromkeys(words):
-        op = _op(w, cfg, lat)
-        known[w] = interned.setdefault(op, len(interned))
-        if known[w] == len(by_id):
-            by_id.append(op)
-    ids = list(map(known.__getitem__, words))
-    halt_ids = [i for i, op in enumerate(by_id) if op.opcode is Opcode.HALT]
-    halts = np.flatnonzero(np.isin(np.asarray(ids), halt_ids)).tolist()
+    # Hashing every word is most of the cost outside the walk, hence a single pass.
+    id_of = _TimingIds(cfg, lat)
+    ids = list(map(id_of.__getitem__, words))
+    by_id = list(id_of.interned)
+    halts = _positions(ids, [i for i, op in enumerate(by_id) if op.opcode is Opcode.HALT])
     slices: list[Slice] | None = [] if timeline else None
     segments, start = [], 0
     for first, end, layer in _cuts(halts, len(ids), layers):
