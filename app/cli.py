@@ -621,8 +621,6 @@ def _sweep_inputs(model: Path | None, calib: Path | None, input_path: Path | Non
     from fxpgen.app.inputs import as_images, load_array
     from fxpgen.models import digits_assets
     if model is None:
-        if calib is not None or input_path is not None:
-            raise click.BadParameter("--calib and --input go with --model", param_hint="--model")
         a = digits_assets()
         model, calib, input_path = a["model"], a["calib"], a["test_x"]
     elif calib is None:
@@ -682,6 +680,8 @@ def sweep_cmd(model, calib, input_path, images, shapes, spad_depths, wbuf_depths
                                  f"(choose one of {', '.join(offered)})", param_hint="--engine")
     if build != bool(boards):
         raise click.BadParameter("--build and --boards go together", param_hint="--boards")
+    if model is None and (calib is not None or input_path is not None):
+        raise click.BadParameter("--calib and --input go with --model", param_hint="--model")
     with user_errors():
         board_names = [board(b.strip()).name for b in boards.split(",")] if boards else [None]
         points = sweep_points(parse_shapes(shapes), parse_depths(spad_depths, "--spad-depths"),
