@@ -92,6 +92,18 @@ class _Safety(ContractHarness):
     :func:`off_by_one` twin; the declared fields latched at start, the loops'
     addresses, the checks."""
 
+    def _x_reads(self, m, dut, signals, reads) -> None:
+        """A unit whose one loop reads at its x address: its latched regions are the
+        declared ones, and each read ``(enable, depth, memory, name)`` lands inside the
+        memory, the declared regions and the reads the unit reports."""
+        cfg, ctrl = self._cfg, dut.ctrl
+        decl = self._declared(m, ctrl, {"x": ctrl.insn.x.regions})
+        x = self._loop_addr(signals, 0, cfg)
+        m.d.comb += Assert(signals["regions"] == decl["x"], "x regions latched")
+        for en, depth, mem, name in reads:
+            m.d.comb += Assert(~en | self._inside(x, depth, decl["x"], ctrl.reads, mem),
+                               f"{name} read inside memory, declared regions and reads")
+
     UNIT: type
     NAME: str
 
@@ -260,16 +272,9 @@ class StoreSafety(_Safety):
     UNIT, NAME = StoreUnit, "store"
 
     def properties(self, m, dut, signals):
-        cfg, ctrl = self._cfg, dut.ctrl
-        decl = self._declared(m, ctrl, {"x": ctrl.insn.x.regions})
-        x = self._loop_addr(signals, 0, cfg)
-        m.d.comb += [
-            Assert(signals["regions"] == decl["x"], "x regions latched"),
-            Assert(~dut.spad_rd.en | self._inside(x, cfg.spad_depth, decl["x"], ctrl.reads, Mem.SPAD),
-                   "scratchpad read inside memory, declared regions and reads"),
-            Assert(~dut.acc_rd.en | self._inside(x, cfg.acc_depth, decl["x"], ctrl.reads, Mem.ACC),
-                   "accumulator read inside memory, declared regions and reads"),
-        ]
+        cfg = self._cfg
+        self._x_reads(m, dut, signals, [(dut.spad_rd.en, cfg.spad_depth, Mem.SPAD, "scratchpad"),
+                                        (dut.acc_rd.en, cfg.acc_depth, Mem.ACC, "accumulator")])
 
 
 class LoadwSafety(_Safety):
@@ -278,14 +283,7 @@ class LoadwSafety(_Safety):
     UNIT, NAME = WeightLoader, "loadw"
 
     def properties(self, m, dut, signals):
-        cfg, ctrl = self._cfg, dut.ctrl
-        decl = self._declared(m, ctrl, {"x": ctrl.insn.x.regions})
-        x = self._loop_addr(signals, 0, cfg)
-        m.d.comb += [
-            Assert(signals["regions"] == decl["x"], "x regions latched"),
-            Assert(~dut.wbuf_rd.en | self._inside(x, cfg.wbuf_depth, decl["x"], ctrl.reads, Mem.WBUF),
-                   "weight-buffer read inside memory, declared regions and reads"),
-        ]
+        self._x_reads(m, dut, signals, [(dut.wbuf_rd.en, self._cfg.wbuf_depth, Mem.WBUF, "weight-buffer")])
 
 
 class LoadSafety(_Safety):
