@@ -14,6 +14,11 @@ residual's rows, run every group of n-tiles (reloading their weights when there
 is more than one group) into a chunk buffer, and STORE the chunk's rows. A plan
 with slabs (a grouped or depthwise conv whose band of all channels would not fit)
 LOADs the band a slab of channel groups at a time and runs the slab's n-tiles on it.
+
+Batches. A program compiled for N images (:class:`ImageMaps` of images 1 .. N - 1)
+gives every image its own accumulator block of the chunk, side by side in the
+half: the bias LOAD and the REQUANT are per image, and every weight tile, once
+LOADWed into its bank, serves the N images' MATMULs back to back.
 """
 
 from __future__ import annotations
@@ -28,7 +33,16 @@ from .conv_plan import ConvPlan, ConvTile, TileGroup
 from .emit import Emitter, load_band, store_rows
 from .layout import MapLayout
 
-__all__ = ["ConvBands", "emit_conv"]
+__all__ = ["ConvBands", "ImageMaps", "emit_conv"]
+
+
+@dataclass(frozen=True)
+class ImageMaps:
+    """One image's input, output and residual maps of a conv in a batched program."""
+
+    in_lay: MapLayout
+    out_lay: MapLayout
+    res_lay: MapLayout | None
 
 
 @dataclass(frozen=True)
@@ -53,23 +67,30 @@ class ConvBands:
 
 
 def emit_conv(em: Emitter, plan: ConvPlan, in_lay: MapLayout, out_lay: MapLayout,
-              res_lay: MapLayout | None, bands: ConvBands | None = None) -> None:
+              res_lay: MapLayout | None, bands: ConvBands | None = None,
+              more: tuple[ImageMaps, ...] = ()) -> None:
     """Emit ``plan`` reading ``in_lay`` (a band buffer when ``plan.banded``), writing
     ``out_lay``, adding ``res_lay`` when the conv has a fused residual; ``bands`` says
-    which of them are bands of off-chip maps."""
+    which of them are bands of off-chip maps; ``more`` the maps of a batch's other
+    images (resident maps only, and a chunk's blocks of all the images must fit half
+    the accumulators)."""
     if plan.note:
         em.notes.append(plan.note)
-    _ConvEmission(em, plan, in_lay, out_lay, res_lay, bands or ConvBands()).run()
+    if more and (bands or plan.banded or plan.slabs):
+        raise ValueError(f"{plan.name}: a batch of images needs resident maps")
+    images = (ImageMaps(in_lay, out_lay, res_lay), *more)
+    _ConvEmission(em, plan, in_lay, out_lay, res_lay, bands or ConvBands(), images).run()
 
 
 class _ConvEmission:
     """The emission of one plan, step by step; ``block`` counts accumulator blocks."""
 
     def __init__(self, em: Emitter, plan: ConvPlan, in_lay: MapLayout, out_lay: MapLayout,
-                 res_lay: MapLayout | None, bands: ConvBands):
+                 res_lay: MapLayout | None, bands: ConvBands, images: tuple[ImageMaps, ...]):
         self.em, self.cfg, self.plan = em, em.cfg, plan
         self.in_lay, self.out_lay, self.res_lay = in_lay, out_lay, res_lay
         self.bands = bands
+        self.images = images
         self.block = 0
         self.group0 = 0        # the input channel group at the band's group 0 (a slab's first)
         # Chunks repeat their instructions and weight loads: each is built once, by key.
@@ -183,17 +204,20 @@ class _ConvEmission:
                 self.load_input_band(oy0, nrow)
             iy0 = 0
         half = self.cfg.acc_depth // 2
+        block = nrow * plan.out_size[1]
         for nt in group.n_tiles:
             acc_base = (self.block % 2) * half
             self.block += 1
-            self.load_bias(nt, acc_base, nrow)
+            for i in range(len(self.images)):
+                self.load_bias(nt, acc_base + i * block, nrow)
             bank = 0
             for k, batch in enumerate(plan.batches(group, nt)):
                 if group.streamed:
                     where = self.load_tiles([(nt, t) for t in batch])
                 self.em.emit_all(self.matmuls(nt, k, batch, where, bank, acc_base, iy0, nrow))
                 bank ^= len(batch) % 2
-            self.requant(nt, nt - group.first, acc_base, oy0, nrow)
+            for i, maps in enumerate(self.images):
+                self.requant(nt, nt - group.first, acc_base + i * block, oy0, nrow, maps)
 
     def load_bias(self, nt: int, acc_base: int, nrow: int) -> None:
         """LOAD n-tile ``nt``'s bias into every accumulator row of the block."""
@@ -206,7 +230,8 @@ class _ConvEmission:
     def matmuls(self, nt: int, k: int, batch: tuple[ConvTile, ...], where: dict, bank: int,
                 acc_base: int, iy0: int, nrow: int) -> list[Instruction]:
         """Batch ``k`` of n-tile ``nt``: per tile, LOADW it into the bank (alternating from
-        ``bank``) and accumulate its products over the chunk."""
+        ``bank``) and accumulate its products over the chunk, image after image (each
+        into its block, ``nrow`` x width accumulators from ``acc_base`` on)."""
         key = (nt, k, bank, acc_base, iy0, nrow, self.group0)
         if key in self.runs:
             return self.runs[key]
@@ -215,25 +240,27 @@ class _ConvEmission:
         ow = plan.out_size[1]
         g, row = lay.groups, lay.padded_w * lay.groups
         lanes, signed = cfg.matmul_lanes, int(plan.in_signed)
-        # Tap (ky, kx) reads from this row on, moved ky rows and kx pixels.
-        x00 = lay.pixel(iy0, -plan.pads[1]) - self.group0
-        z = Addr(acc_base, 1, ow)
+        # Tap (ky, kx) reads from this row on, moved ky rows and kx pixels; the images'
+        # maps share their layout but for the base.
+        x00s = [maps.in_lay.pixel(iy0, -plan.pads[1]) - self.group0 for maps in self.images]
+        zs = [Addr(acc_base + i * nrow * ow, 1, ow) for i in range(len(self.images))]
         out = []
         for tile in batch:
             group, lane = divmod(tile.kt, lanes)
             out.append(Instruction(Opcode.LOADW, {"bank": bank}, cfg.rows, 1,
                                    x=Addr(where[(nt, tile.ky, tile.kx, tile.kt)], 1)))
-            out.append(Instruction(
-                Opcode.MATMUL, {"bank": bank, "accumulate": 1, "act_signed": signed, "lane": lane},
-                ow, nrow, x=Addr(x00 + tile.ky * row + tile.kx * g + group, sx * g, sy * row), z=z))
+            params = {"bank": bank, "accumulate": 1, "act_signed": signed, "lane": lane}
+            tap = tile.ky * row + tile.kx * g + group
+            out += [Instruction(Opcode.MATMUL, params, ow, nrow, x=Addr(x00 + tap, sx * g, sy * row), z=z)
+                    for x00, z in zip(x00s, zs)]
             bank ^= 1
         self.runs[key] = out
         return out
 
-    def requant(self, nt: int, table: int, acc_base: int, oy0: int, nrow: int) -> None:
-        """REQUANT the block into n-tile ``nt``'s channels of the output rows, with
-        shift-table entry ``table`` (and the residual when fused)."""
-        plan, out, res = self.plan, self.out_lay, self.res_lay
+    def requant(self, nt: int, table: int, acc_base: int, oy0: int, nrow: int, maps: ImageMaps) -> None:
+        """REQUANT the block into n-tile ``nt``'s channels of the output rows of the
+        image of ``maps``, with shift-table entry ``table`` (and the residual when fused)."""
+        plan, out, res = self.plan, maps.out_lay, maps.res_lay
         ow = plan.out_size[1]
         # A chunk buffer or residual band holds the chunk's rows from its row 0.
         out_y = 0 if self.bands.out_buffer else oy0

@@ -125,12 +125,14 @@ class Emitter:
         assert len(words) == count0 * count1
         self.emit(Instruction(Opcode.LOAD, {"mem": mem.value}, count0, count1, z=z), words)
 
-    def load_image_rows(self, lay: MapLayout, y: int, image_y0: int, n: int):
-        """LOAD image rows ``[image_y0, image_y0 + n)`` into rows ``y ..`` of ``lay``."""
+    def load_image_rows(self, lay: MapLayout, y: int, image_y0: int, n: int, offset: int = 0):
+        """LOAD image rows ``[image_y0, image_y0 + n)`` into rows ``y ..`` of ``lay``; the
+        image's words start at word ``offset`` of the run's images (a batch's image k
+        at k times an image's words)."""
         row = lay.width * lay.groups
         for k0 in range(0, n, COUNT_MAX):
             k = min(COUNT_MAX, n - k0)
-            self.pieces.append(InputPiece(len(self.data), (image_y0 + k0) * row, k * row))
+            self.pieces.append(InputPiece(len(self.data), offset + (image_y0 + k0) * row, k * row))
             self.emit(Instruction(Opcode.LOAD, {"mem": Mem.SPAD.value}, row, k,
                                   z=Addr(lay.pixel(y + k0, 0), 1, lay.padded_w * lay.groups)))
 

@@ -34,6 +34,14 @@ stream, their consumers LOAD bands of their rows back from the data stream, as
 references to those results (:meth:`Lowered.result_refs`). A network that fits
 with every map resident lowers as if this did not exist. What does not fit even
 so raises :class:`~fxpgen.compiler.tiling.DoesNotFit` saying what and by how much.
+
+Batches. ``lower(..., batch=N)`` compiles the network for N images at once: every
+map has N copies in the scratchpad (one :class:`MapLayout` per image, allocated
+together), the data stream carries the N images one after another and the result
+stream their N output maps. A convolution's chunk holds an accumulator block per
+image, so that each weight tile, once LOADWed, serves the N images back to back
+(:mod:`~fxpgen.compiler.conv_emit`); the vector ops run image after image. Every
+map stays resident: a batch does not stream its input nor keep maps off chip.
 """
 
 from __future__ import annotations
@@ -48,7 +56,7 @@ import numpy as np
 from fxpgen.config import CoreConfig
 from fxpgen.isa import COUNT_MAX, Addr, Instruction, Mem, Opcode, pack_rows, unpack_rows
 
-from .conv_emit import ConvBands, emit_conv
+from .conv_emit import ConvBands, ImageMaps, emit_conv
 from .conv_plan import ConvPlan, conv_constants, plan_conv, rows_per_chunk
 from .emit import Emitter, HostBuffer, HostPiece, InputPiece
 from .layout import MapLayout, SpadAllocator, last_uses, pad_byte, plan_borders
@@ -58,8 +66,8 @@ from .offchip import lower_banded, spill_plans, spillable, touches_offchip
 from .shuffle_fold import fold_shuffles
 from .tiling import DoesNotFit, ceil_div
 from .unfold import InputUnfold, sole_consumer, unfold_input
-from .vector_ops import (emit_add, emit_concat, emit_lut, emit_maxpool, emit_mul, emit_resize,
-                         emit_slice, lut_slot)
+from .vector_ops import (emit_add, emit_concat, emit_lut_groups, emit_maxpool, emit_mul, emit_resize,
+                         emit_slice, load_lut_table, lut_slot)
 
 __all__ = ["lower", "Lowered"]
 
@@ -88,6 +96,7 @@ class Lowered:
     input_unfold: InputUnfold | None = None  # how the host lays out the image, if it does
     host_pieces: list[HostPiece] = field(default_factory=list)  # off-chip words, in stream order
     host_buffers: list[HostBuffer] = field(default_factory=list)  # off-chip maps in the results
+    batch: int = 1                           # images per run: the input and output maps each
 
     @functools.cached_property
     def instructions(self) -> list[Instruction]:
@@ -98,14 +107,14 @@ class Lowered:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        """The (C, H, W) image the program takes."""
+        """The (C, H, W) image the program takes (:attr:`batch` of them per run)."""
         if self.input_unfold is not None:
             return self.input_unfold.shape
         lay = self.input_layout
         return (lay.channels, lay.height, lay.width)
 
     def data(self, image_words: list[int]) -> list[int]:
-        """The whole data stream for one image (:meth:`image_words`); the words of
+        """The whole data stream for one run's images (:meth:`image_words`); the words of
         off-chip maps are zeros there, to be filled from the results
         (:meth:`result_refs`)."""
         out, pos = [], 0
@@ -169,7 +178,16 @@ class Lowered:
 
     def image_words(self, x_q: np.ndarray) -> list[int]:
         """Data words of an input map (C, H, W) int: the interior pixels, row-major
-        (after unfolding, :mod:`fxpgen.compiler.unfold`, when the program asks for it)."""
+        (after unfolding, :mod:`fxpgen.compiler.unfold`, when the program asks for it);
+        for a batched program, of its :attr:`batch` maps (N, C, H, W), one after another."""
+        if self.batch > 1:
+            if x_q.shape != (self.batch, *self.input_shape):
+                raise ValueError(f"input is {x_q.shape}, the program expects a batch of "
+                                 f"{(self.batch, *self.input_shape)}")
+            return [w for x in x_q for w in self._one_image_words(x)]
+        return self._one_image_words(x_q)
+
+    def _one_image_words(self, x_q: np.ndarray) -> list[int]:
         lay = self.input_layout
         if x_q.shape != self.input_shape:
             raise ValueError(f"input is {x_q.shape}, the program expects {self.input_shape}")
@@ -183,18 +201,20 @@ class Lowered:
 
     def decode_output(self, words: list[int]) -> np.ndarray:
         """The output map (C, H, W) from the result words (interior pixels; those of
-        off-chip maps left out)."""
+        off-chip maps left out); for a batched program its :attr:`batch` maps
+        (N, C, H, W)."""
         lay = self.output_layout
         L = self.cfg.lanes
         if self.host_buffers:
             words = self.output_words(words)
         rows = unpack_rows(Mem.SPAD, words, self.cfg, signed=self.output_signed)
-        px = rows.reshape(lay.height, lay.width, lay.groups * L)[:, :, :lay.channels]
-        return np.transpose(px, (2, 0, 1))
+        px = rows.reshape(self.batch, lay.height, lay.width, lay.groups * L)[..., :lay.channels]
+        maps = np.transpose(px, (0, 3, 1, 2))
+        return maps if self.batch > 1 else maps[0]
 
 
 def lower(qg: QGraph, cfg: CoreConfig, *, stream_input: bool | None = None,
-          unfold: bool = True, progress: Progress | None = None) -> Lowered:
+          unfold: bool = True, progress: Progress | None = None, batch: int = 1) -> Lowered:
     """Lower ``qg`` to a program for ``cfg``; raise :class:`DoesNotFit` when a layer or
     map does not fit the memories.
 
@@ -203,19 +223,28 @@ def lower(qg: QGraph, cfg: CoreConfig, *, stream_input: bool | None = None,
     ``unfold``: let the host unfold the input for its first convolution when that
     takes fewer matmuls (:mod:`fxpgen.compiler.unfold`).
     ``progress(done, total)``: called as the program's layers are emitted.
+    ``batch``: images per run (>= 1); above 1 every map stays in the scratchpad (a
+    :class:`DoesNotFit` otherwise), so ``stream_input`` must not be True.
     """
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, not {batch}")
+    if batch > 1 and stream_input:
+        raise DoesNotFit(f"a batch of {batch} images keeps its inputs in the scratchpad; it cannot "
+                         "stream them")
     _check_units(qg, cfg)
     qg = expand_unaligned(fold_shuffles(qg), cfg.lanes)
     unfolded = unfold_input(qg, cfg.rows) if unfold else None
     if unfolded is None:
-        return _lower_streamed(qg, cfg, stream_input, progress)
-    low = _lower_streamed(unfolded[0], cfg, stream_input, progress)
+        return _lower_streamed(qg, cfg, stream_input, progress, batch)
+    low = _lower_streamed(unfolded[0], cfg, stream_input, progress, batch)
     low.input_unfold = unfolded[1]
     return low
 
 
 def _lower_streamed(qg: QGraph, cfg: CoreConfig, stream_input: bool | None,
-                    progress: Progress | None = None) -> Lowered:
+                    progress: Progress | None = None, batch: int = 1) -> Lowered:
+    if batch > 1:
+        return _lower(qg, cfg, None, plans={}, progress=progress, batch=batch)
     consumer = _streamable_consumer(qg)
     if stream_input and consumer is None:
         raise DoesNotFit(f"the input {qg.input} can be streamed only when its one consumer is a "
@@ -271,16 +300,16 @@ def _streamable_consumer(qg: QGraph):
 
 
 def _lower(qg: QGraph, cfg: CoreConfig, streamed_into, offchip: frozenset[str] = frozenset(),
-           plans: dict | None = None, progress: Progress | None = None) -> Lowered:
+           plans: dict | None = None, progress: Progress | None = None, batch: int = 1) -> Lowered:
     """The lowering; ``streamed_into`` is the input's consumer when the input is
     streamed, ``offchip`` the maps kept in the host's memory, ``plans`` the convs'
     constants (:class:`~fxpgen.compiler.conv_plan.ConvConstants`) by op, shared by
-    the attempts. A dry run (the placements and plans, no instruction) goes first:
-    an attempt that does not fit fails in it, emitting nothing; ``progress`` follows
-    the second run."""
+    the attempts, ``batch`` the images per run. A dry run (the placements and plans,
+    no instruction) goes first: an attempt that does not fit fails in it, emitting
+    nothing; ``progress`` follows the second run."""
     plans = {} if plans is None else plans
-    _run(_Lowering(qg, cfg, offchip, plans, dry=True), streamed_into)
-    return _run(_Lowering(qg, cfg, offchip, plans), streamed_into, progress)
+    _run(_Lowering(qg, cfg, offchip, plans, dry=True, batch=batch), streamed_into)
+    return _run(_Lowering(qg, cfg, offchip, plans, batch=batch), streamed_into, progress)
 
 
 def _run(lo: "_Lowering", streamed_into, progress: Progress | None = None) -> Lowered | None:
@@ -302,12 +331,15 @@ def _run(lo: "_Lowering", streamed_into, progress: Progress | None = None) -> Lo
         out_lay = lo.place(op.output)
         if op is streamed_into:
             in_lay = _lower_band_consumer(lo, op, out_lay)
+        elif isinstance(op, (QConv, QAvgPool)):
+            _lower_conv(lo, op, out_lay)
         else:
             lowering = _LOWERINGS.get(type(op))
             if lowering is None:
                 raise TypeError(f"{op.name}: cannot lower {type(op).__name__}")
-            if not lo.dry or lowering is _lower_conv:
-                lowering(lo, op, out_lay)
+            if not lo.dry:
+                for image in range(lo.batch):
+                    lowering(lo, op, image)
         # A HALT per layer: the core's counters then measure each layer on its own.
         lo.em.emit(Instruction(Opcode.HALT))
         lo.release_read_last(op, i, last_use)
@@ -318,24 +350,28 @@ def _run(lo: "_Lowering", streamed_into, progress: Progress | None = None) -> Lo
 
 class _Lowering:
     """What the lowering of one graph keeps: the emitter, the scratchpad allocator,
-    the borders and the layout of every map placed so far; ``dry``: placements and
+    the borders and the layout of every map placed so far (of the first image in
+    ``layouts``, of each of the ``batch`` images in ``maps``); ``dry``: placements and
     plans only, no instruction emitted."""
 
     def __init__(self, qg: QGraph, cfg: CoreConfig, offchip: frozenset[str] = frozenset(),
-                 plans: dict | None = None, dry: bool = False):
+                 plans: dict | None = None, dry: bool = False, batch: int = 1):
         self.qg, self.cfg = qg, cfg
         self.offchip = offchip
         self.dry = dry
+        self.batch = batch
         self.plans = {} if plans is None else plans
         self.host: dict[str, int] = {}       # off-chip map -> its host buffer
         self.em = Emitter(cfg)
         self.border, self.pad_signed = plan_borders(qg)
         self.alloc = SpadAllocator(cfg.spad_depth)
         self.layouts: dict[str, MapLayout] = {}
+        self.maps: dict[str, list[MapLayout]] = {}
 
     def place(self, name: str, height: int | None = None) -> MapLayout:
-        """Allocate map ``name`` and fill its border; with ``height``, a band buffer of
-        that many rows (no top or bottom border) at the top of the scratchpad."""
+        """Allocate map ``name`` (a copy per image of the batch) and fill its border;
+        with ``height``, a band buffer of that many rows (no top or bottom border) at
+        the top of the scratchpad. The first image's layout."""
         t = self.qg.tensor(name)
         c, h, w = t.shape
         groups = ceil_div(c, self.cfg.lanes)
@@ -346,11 +382,20 @@ class _Lowering:
         else:
             lay = MapLayout(0, c, height, w, (0, b[1], 0, b[3]), groups)
             what, top = f"the band of {height} rows of input {name} {t.shape}", True
-        lay = dataclasses.replace(lay, base=self.alloc.alloc(lay.rows, what, top))
-        self.layouts[name] = lay
-        if any(lay.border):
-            self.em.fill(lay, pad_byte(self.pad_signed.get(name, False)))
-        return lay
+        maps = []
+        for i in range(self.batch):
+            image = f" (image {i + 1} of a batch of {self.batch})" if self.batch > 1 else ""
+            maps.append(dataclasses.replace(lay, base=self.alloc.alloc(lay.rows, what + image, top)))
+        self.layouts[name], self.maps[name] = maps[0], maps
+        for m in maps:
+            if any(m.border):
+                self.em.fill(m, pad_byte(self.pad_signed.get(name, False)))
+        return maps[0]
+
+    def image_maps(self, op: QConv | QAvgPool, plan: ConvPlan) -> tuple[ImageMaps, ...]:
+        """The maps of images 1 .. batch - 1 of a conv's input, output and residual."""
+        res = self.maps[plan.residual] if plan.residual else [None] * self.batch
+        return tuple(ImageMaps(*m) for m in zip(self.maps[op.input], self.maps[op.output], res))[1:]
 
     def place_input(self, streamed_into) -> MapLayout | None:
         """The resident input map, LOADed first (the first data the program consumes);
@@ -364,7 +409,9 @@ class _Lowering:
         if streamed_into is not None:
             return None
         in_lay = self.place(qg.input)
-        self.em.load_image_rows(in_lay, 0, 0, in_lay.height)
+        image = in_lay.height * in_lay.width * in_lay.groups
+        for i, lay in enumerate(self.maps[qg.input]):
+            self.em.load_image_rows(lay, 0, 0, lay.height, i * image)
         return in_lay
 
     def plan_conv(self, op: QConv | QAvgPool, band_rows_per_chunk: int | None = None,
@@ -376,18 +423,18 @@ class _Lowering:
         return plan_conv(self.qg, op, self.cfg, band_rows_per_chunk, chunk_rows, self.plans[id(op)])
 
     def emit_conv(self, plan: ConvPlan, in_lay: MapLayout, out_lay: MapLayout, res_lay: MapLayout | None,
-                  bands: ConvBands | None = None) -> None:
+                  bands: ConvBands | None = None, more: tuple[ImageMaps, ...] = ()) -> None:
         """:func:`~fxpgen.compiler.conv_emit.emit_conv`, unless this is a dry run."""
         if not self.dry:
-            emit_conv(self.em, plan, in_lay, out_lay, res_lay, bands)
+            emit_conv(self.em, plan, in_lay, out_lay, res_lay, bands, more)
 
     def release_read_last(self, op, i: int, last_use: dict[str, int]) -> None:
         """Free the maps op ``i`` was the last to read (never the graph output; an
         off-chip map, or an input streamed to a banded layer, holds no rows here)."""
         for t in set(op.inputs):
             if last_use.get(t) == i and t != self.qg.output and t in self.layouts:
-                lay = self.layouts[t]
-                self.alloc.release(lay.base, lay.rows)
+                for lay in self.maps[t]:
+                    self.alloc.release(lay.base, lay.rows)
 
     def finish(self, in_lay: MapLayout) -> Lowered | None:
         """STORE the output map row by row, HALT, and the program (None for a dry run)."""
@@ -396,14 +443,15 @@ class _Lowering:
             return None
         out_lay = self.layouts[qg.output]
         em.layer = "output"
-        for y in range(out_lay.height):
-            em.emit(Instruction(Opcode.STORE, {"mem": Mem.SPAD.value}, out_lay.width * out_lay.groups, 1,
-                                x=Addr(out_lay.pixel(y, 0), 1)))
+        for lay in self.maps[qg.output]:
+            for y in range(lay.height):
+                em.emit(Instruction(Opcode.STORE, {"mem": Mem.SPAD.value}, lay.width * lay.groups, 1,
+                                    x=Addr(lay.pixel(y, 0), 1)))
         em.emit(Instruction(Opcode.HALT))
         return Lowered(self.cfg, em.words, em.layers, em.data, em.pieces, in_lay, out_lay,
                        qg.tensor(qg.input).fmt.signed, qg.tensor(qg.output).fmt.signed,
                        spad_rows_used=self.alloc.high, notes=em.notes, host_pieces=em.host_pieces,
-                       host_buffers=em.buffers)
+                       host_buffers=em.buffers, batch=self.batch)
 
 
 def _lower_band_consumer(lo: _Lowering, op, out_lay: MapLayout) -> MapLayout:
@@ -429,37 +477,50 @@ def _lower_band_consumer(lo: _Lowering, op, out_lay: MapLayout) -> MapLayout:
 
 def _lower_conv(lo: _Lowering, op: QConv | QAvgPool, out_lay: MapLayout,
                 band_rows_per_chunk: int | None = None) -> None:
-    plan = lo.plan_conv(op, band_rows_per_chunk)
+    """A conv over every image of the batch: a chunk then holds an accumulator block
+    per image, side by side in half the accumulators."""
+    chunk_rows = None
+    if lo.batch > 1:
+        half, ow = lo.cfg.acc_depth // 2, out_lay.width
+        if lo.batch * ow > half:
+            raise DoesNotFit(f"{op.name}: a batch of {lo.batch} output rows of {ow} pixels needs "
+                             f"{lo.batch * ow} accumulators, half of acc_depth is {half}: at most "
+                             f"{half // ow} images fit")
+        chunk_rows = min(out_lay.height, half // (lo.batch * ow))
+    plan = lo.plan_conv(op, band_rows_per_chunk, chunk_rows)
     res_lay = lo.layouts[plan.residual] if plan.residual else None
-    lo.emit_conv(plan, lo.layouts[op.input], out_lay, res_lay)
+    lo.emit_conv(plan, lo.layouts[op.input], out_lay, res_lay, more=lo.image_maps(op, plan))
 
 
-def _lower_maxpool(lo: _Lowering, op: QMaxPool, out_lay: MapLayout) -> None:
-    emit_maxpool(lo.em, lo.qg, op, lo.layouts[op.input], out_lay)
+def _lower_maxpool(lo: _Lowering, op: QMaxPool, i: int) -> None:
+    emit_maxpool(lo.em, lo.qg, op, lo.maps[op.input][i], lo.maps[op.output][i])
 
 
-def _lower_add(lo: _Lowering, op: QAdd, out_lay: MapLayout) -> None:
-    emit_add(lo.em, lo.qg, op, lo.layouts[op.a], lo.layouts[op.b], out_lay)
+def _lower_add(lo: _Lowering, op: QAdd, i: int) -> None:
+    emit_add(lo.em, lo.qg, op, lo.maps[op.a][i], lo.maps[op.b][i], lo.maps[op.output][i])
 
 
-def _lower_concat(lo: _Lowering, op: QConcat, out_lay: MapLayout) -> None:
-    emit_concat(lo.em, [lo.layouts[t] for t in op.sources], out_lay)
+def _lower_concat(lo: _Lowering, op: QConcat, i: int) -> None:
+    emit_concat(lo.em, [lo.maps[t][i] for t in op.sources], lo.maps[op.output][i])
 
 
-def _lower_slice(lo: _Lowering, op: QSlice, out_lay: MapLayout) -> None:
-    emit_slice(lo.em, op, lo.layouts[op.input], out_lay, lo.cfg.lanes)
+def _lower_slice(lo: _Lowering, op: QSlice, i: int) -> None:
+    emit_slice(lo.em, op, lo.maps[op.input][i], lo.maps[op.output][i], lo.cfg.lanes)
 
 
-def _lower_resize(lo: _Lowering, op: QResize, out_lay: MapLayout) -> None:
-    emit_resize(lo.em, op, lo.layouts[op.input], out_lay)
+def _lower_resize(lo: _Lowering, op: QResize, i: int) -> None:
+    emit_resize(lo.em, op, lo.maps[op.input][i], lo.maps[op.output][i])
 
 
-def _lower_mul(lo: _Lowering, op: QMul, out_lay: MapLayout) -> None:
-    emit_mul(lo.em, lo.qg, op, lo.layouts[op.a], lo.layouts[op.b], out_lay)
+def _lower_mul(lo: _Lowering, op: QMul, i: int) -> None:
+    emit_mul(lo.em, lo.qg, op, lo.maps[op.a][i], lo.maps[op.b][i], lo.maps[op.output][i])
 
 
-def _lower_lut(lo: _Lowering, op: QLut, out_lay: MapLayout) -> None:
-    emit_lut(lo.em, op, lut_slot(lo.qg, op, lo.cfg.lut_tables), lo.layouts[op.input], out_lay)
+def _lower_lut(lo: _Lowering, op: QLut, i: int) -> None:
+    slot = lut_slot(lo.qg, op, lo.cfg.lut_tables)
+    if i == 0:
+        load_lut_table(lo.em, op, slot)
+    emit_lut_groups(lo.em, slot, lo.maps[op.input][i], lo.maps[op.output][i])
 
 
 def _check_units(qg: QGraph, cfg: CoreConfig) -> None:
@@ -473,7 +534,7 @@ def _check_units(qg: QGraph, cfg: CoreConfig) -> None:
                              f"vector unit's {part}, which this core lacks")
 
 
-#: How each op type is lowered: (lowering state, op, its placed output map).
-_LOWERINGS = {QConv: _lower_conv, QAvgPool: _lower_conv, QMaxPool: _lower_maxpool, QAdd: _lower_add,
-              QConcat: _lower_concat, QSlice: _lower_slice, QResize: _lower_resize,
-              QMul: _lower_mul, QLut: _lower_lut}
+#: How each op type but the convs and average pools (:func:`_lower_conv`) is lowered,
+#: an image at a time: (lowering state, op, image of the batch).
+_LOWERINGS = {QMaxPool: _lower_maxpool, QAdd: _lower_add, QConcat: _lower_concat, QSlice: _lower_slice,
+              QResize: _lower_resize, QMul: _lower_mul, QLut: _lower_lut}

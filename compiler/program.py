@@ -48,6 +48,9 @@ Version 5 writes each distinct instruction and data word once: a network repeats
 few thousand instructions over its tiles, reloads its weight tiles for every band of
 rows and fills accumulators with the same bias word, so the indices (mostly runs of
 0 and 1 as differences) compress to a small part of the words they stand for.
+Version 6 adds ``batch``, the images per run (``fxpgen compile --batch``): the data
+stream takes that many images one after another, the result stream gives that many
+output maps. A version 5 file loads as a batch of 1.
 
 Loading checks the magic, version and checksum, and (when asked) that the program
 was built for the given core configuration.
@@ -83,7 +86,9 @@ __all__ = ["FORMAT_VERSION", "ProgramFormatError", "save_program", "load_program
            "MANIFEST", "write_manifest", "check_manifest"]
 
 MAGIC = b"FXPGPROG"
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
+#: The versions :func:`load_program` reads: version 5 is version 6 with a batch of 1.
+READ_VERSIONS = (5, 6)
 
 #: The compressed sections after the header, in file order.
 SECTIONS = ("insn_table", "insn_index", "data_table", "data_index")
@@ -134,7 +139,13 @@ class Program:
                        self.output_layout, self.header["input_signed"], self.header["output_signed"],
                        input_unfold=InputUnfold(**unfold) if unfold else None,
                        host_pieces=[HostPiece(*p) for p in self.header["host_pieces"]],
-                       host_buffers=[HostBuffer(*b) for b in self.header["host_buffers"]])
+                       host_buffers=[HostBuffer(*b) for b in self.header["host_buffers"]],
+                       batch=self.batch)
+
+    @property
+    def batch(self) -> int:
+        """Images per run (1 for a version 5 file)."""
+        return self.header.get("batch", 1)
 
 
 def _layer_ranges(layers: list[str]) -> list[dict]:
@@ -215,6 +226,7 @@ def save_program(path: Path, low: Lowered, extra: dict | None = None) -> dict:
         "output_layout": dataclasses.asdict(low.output_layout),
         "input_signed": low.input_signed,
         "output_signed": low.output_signed,
+        "batch": low.batch,
         "layers": _layer_ranges(low.layers),
         "notes": low.notes,
         **(extra or {}),
@@ -239,9 +251,9 @@ def load_program(path: Path, cfg: CoreConfig | None = None) -> Program:
     if hashlib.sha256(body).digest() != digest:
         raise ProgramFormatError(f"{path}: checksum mismatch: the file is damaged")
     version, hlen = struct.unpack_from("<HI", raw, len(MAGIC))
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise ProgramFormatError(f"{path}: program format version {version}, this fxpgen reads "
-                                 f"version {FORMAT_VERSION}: recompile the model")
+                                 f"versions {', '.join(map(str, READ_VERSIONS))}: recompile the model")
     off = len(MAGIC) + 6
     header = json.loads(raw[off:off + hlen])
     off += hlen

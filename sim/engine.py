@@ -69,7 +69,9 @@ class Runnable:
 @dataclass
 class NetworkProgram(Runnable):
     """A compiled network; an input is its quantized map (C, H, W) of integers in the
-    input format, an output the output map (C, H, W) in the output format.
+    input format, an output the output map (C, H, W) in the output format; for a
+    program compiled for a batch of N images (:attr:`batch`), an input is N maps
+    (N, C, H, W) and an output N maps.
 
     ``view`` packs inputs and decodes outputs (a :class:`Lowered`, or the
     :meth:`~fxpgen.compiler.program.Program.lowered_view` of a program file)."""
@@ -95,15 +97,22 @@ class NetworkProgram(Runnable):
         insns, layers = with_input_halt(low.instructions, low.layers)
         return cls(low.cfg, [i.encode(low.cfg) for i in insns], layers, low, qgraph)
 
+    @property
+    def batch(self) -> int:
+        """Images per run of the program."""
+        return self.view.batch
+
     def check_input(self, x) -> np.ndarray:
-        """Input ``x`` as int64 (C, H, W), checked as every engine needs it: the input
-        tensor's shape, integers (an integral float array passes) in the input
-        format's range; ValueError saying what is wrong otherwise."""
+        """Input ``x`` as int64 (C, H, W), or (N, C, H, W) for a batch of N, checked as
+        every engine needs it: the input tensor's shape, integers (an integral float
+        array passes) in the input format's range; ValueError saying what is wrong
+        otherwise."""
         t = self.qgraph.tensor(self.qgraph.input)
         x = np.asarray(x)
-        if x.shape != tuple(t.shape):
+        shape = tuple(t.shape) if self.batch == 1 else (self.batch, *t.shape)
+        if x.shape != shape:
             raise ValueError(f"quantized input of shape {x.shape}, the program's input {t.name} "
-                             f"is {tuple(t.shape)}")
+                             f"is {shape}" + (f" (a batch of {self.batch})" if self.batch > 1 else ""))
         if x.dtype.kind == "f":
             integral = bool(np.all(np.isfinite(x) & (x == np.round(x))))
         else:
@@ -129,8 +138,11 @@ class NetworkProgram(Runnable):
     def golden(self, inputs: Sequence) -> list[np.ndarray]:
         if not len(inputs):
             return []
-        out = run_golden_batch(self.qgraph, np.stack([self.check_input(x) for x in inputs]))
-        return list(out[self.qgraph.output])
+        xs = np.stack([self.check_input(x) for x in inputs])
+        out = run_golden_batch(self.qgraph, xs.reshape(-1, *xs.shape[-3:]))[self.qgraph.output]
+        if self.batch > 1:
+            out = out.reshape(len(inputs), self.batch, *out.shape[1:])
+        return list(out)
 
 
 @dataclass

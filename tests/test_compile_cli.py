@@ -54,7 +54,7 @@ def test_old_program_version_is_refused_clearly(tmp_path):
     raw = bytearray((tmp_path / "program.fxp").read_bytes()[:-32])
     struct.pack_into("<H", raw, len(MAGIC), 2)
     (tmp_path / "program.fxp").write_bytes(bytes(raw) + hashlib.sha256(raw).digest())
-    with pytest.raises(ProgramFormatError, match="version 2, this fxpgen reads version 5"):
+    with pytest.raises(ProgramFormatError, match="version 2, this fxpgen reads versions 5, 6"):
         load_program(tmp_path / "program.fxp")
 
 
