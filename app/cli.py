@@ -280,6 +280,9 @@ def _stage_bar(enabled: bool):
                    "on the calibration set.")
 @click.option("--listing", "with_listing", is_flag=True,
               help="Also write listing.txt, the disassembly with each instruction's layer.")
+@click.option("--batch", type=int, default=1, show_default=True,
+              help="Images per run: every weight tile loaded once serves this many images "
+                   "(their maps must all fit the scratchpad).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True,
               help="No progress and no quantizer or lowering notes on stderr.")
@@ -289,8 +292,8 @@ def _stage_bar(enabled: bool):
               help=f"Write the program even if its output SQNR on the calibration set is under "
                    f"{MIN_SQNR_DB:g} dB (by default an error).")
 def compile_cmd(model: Path, calib: Path | None, cfg: CoreConfig, outdir: Path, mode: str, per_channel: bool,
-                weight_mode: str, bias_correction: bool, with_listing: bool, as_json: bool, quiet: bool,
-                force: bool, allow_low_snr: bool):
+                weight_mode: str, bias_correction: bool, with_listing: bool, batch: int, as_json: bool,
+                quiet: bool, force: bool, allow_low_snr: bool):
     """Quantize a float ONNX model and compile it for a core. A QCDQ model (exported
     with fixed-point quantizers: power-of-two scales, zero points 0) keeps the formats
     its QuantizeLinear/DequantizeLinear give (docs/qat.md).
@@ -301,6 +304,8 @@ def compile_cmd(model: Path, calib: Path | None, cfg: CoreConfig, outdir: Path, 
     from fxpgen.app.flow import compile_model
     from fxpgen.app.inputs import load_array
     from fxpgen.app.paths import program_dir
+    if batch < 1:
+        raise click.BadParameter(f"must be at least 1, not {batch}", param_hint="--batch")
     with user_errors():
         samples = None if calib is None else load_array(calib, "--calib")
         program_dir(outdir, "-o/--output", force=force)
@@ -309,7 +314,7 @@ def compile_cmd(model: Path, calib: Path | None, cfg: CoreConfig, outdir: Path, 
         with user_errors():
             summary = compile_model(model, samples, cfg, outdir, mode=mode, per_channel=per_channel,
                                     weight_mode=weight_mode, bias_correction=bias_correction,
-                                    listing=with_listing, stage=stage, layers=layers,
+                                    listing=with_listing, stage=stage, layers=layers, batch=batch,
                                     calib_name=f"--calib {calib}" if calib else "--calib",
                                     min_sqnr_db=None if allow_low_snr else MIN_SQNR_DB)
     finally:
@@ -324,7 +329,8 @@ def compile_cmd(model: Path, calib: Path | None, cfg: CoreConfig, outdir: Path, 
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
-    click.echo(f"compiled {model} for a {cfg.rows}x{cfg.cols} core into {outdir}")
+    click.echo(f"compiled {model} for a {cfg.rows}x{cfg.cols} core into {outdir}"
+               + (f", {batch} images per run" if batch > 1 else ""))
     click.echo(f"  {summary['instructions']} instructions, {summary['data_words']} data words, "
                f"{summary['spad_rows']} scratchpad rows")
     click.echo(f"  quantize {summary['quantize_s']:.2f} s, lower {summary['lower_s']:.2f} s, "
@@ -406,7 +412,8 @@ def run_cmd(outdir: Path, input_path: Path, engine: str, output_path: Path | Non
         for why in res.get("frames_rejected", []):
             click.echo(f"    {why}")
     if res.get("layers"):
-        click.echo(f"  cycles per image: {res['cycles_per_image']:.0f}")
+        per_run = f" (the layers: per run of {res['batch']} images)" if res["batch"] > 1 else ""
+        click.echo(f"  cycles per image: {res['cycles_per_image']:.0f}{per_run}")
         click.echo(f"  {'layer':<12} {'cycles':>8} {'array busy':>10} {'occupancy':>9} "
                    f"{'stall disp':>10} {'stall data':>10} {'stall res':>9}")
         for l in res["layers"]:
@@ -421,7 +428,10 @@ TRACE_ENGINES = ("native", "model")
 
 
 def _write_trace(outdir: Path, image, engine: str, path: Path) -> None:
-    """The timeline of ``image`` (float, C x H x W) on ``engine`` as a Chrome trace."""
+    """The timeline of ``image`` (float, C x H x W; a batched program runs copies of it)
+    on ``engine`` as a Chrome trace."""
+    import numpy as np
+
     from fxpgen.app.flow import load_compiled
     from fxpgen.compiler.golden import quantize_input
     from fxpgen.sim.cycle_model import estimate
@@ -434,7 +444,8 @@ def _write_trace(outdir: Path, image, engine: str, path: Path) -> None:
     if engine == "model":
         timing = estimate(program, timeline=True)
     else:
-        timing = native_timeline(program, quantize_input(qg, image))
+        x = quantize_input(qg, image)
+        timing = native_timeline(program, x if program.batch == 1 else np.stack([x] * program.batch))
     write_trace(path, timing.slices, timing.segments, source=engine)
 
 

@@ -50,13 +50,14 @@ def compile_model(model, calib: np.ndarray | None, cfg: CoreConfig, outdir: Path
                   listing: bool = False,
                   stage: Callable[[str], None] | None = None, min_sqnr_db: float | None = None,
                   calib_name: str = "calibration data",
-                  layers: Callable[[int, int], None] | None = None) -> dict:
+                  layers: Callable[[int, int], None] | None = None, batch: int = 1) -> dict:
     """Quantize a float ONNX model with calibration samples, lower it for ``cfg`` and
     write the program directory (``listing.txt`` too with ``listing``). ``mode``,
     ``per_channel``, ``weight_mode`` and ``bias_correction`` go to the quantizer
     (:func:`~fxpgen.compiler.quantize.quantize`). ``stage`` is called with each name
     of :data:`STAGES` as it starts, ``layers`` with (layers lowered, all layers) as
-    the lowering goes.
+    the lowering goes. ``batch``: images per run of the program (``--batch``,
+    :func:`~fxpgen.compiler.lower.lower`).
 
     The calibration samples (N x C x H x W, or one image) must be finite real numbers
     of the model's input shape (:class:`~fxpgen.app.inputs.InputError`, naming them
@@ -108,13 +109,13 @@ def compile_model(model, calib: np.ndarray | None, cfg: CoreConfig, outdir: Path
                 + "".join(f"; {d}" for d in doubts) + "; nothing was written")
         t1 = time.monotonic()
         say("lower")
-        low = lower_for_user(qg, cfg, layers)
+        low = lower_for_user(qg, cfg, layers, batch)
         t2 = time.monotonic()
         say("write")
         _write_program(Path(outdir), qg, low, report, listing, encoding[0].result())
     notes = report["notes"] + low.notes
     weak = low_signal(report)
-    return {"instructions": len(low.words), "data_words": len(low.consts),
+    return {"batch": low.batch, "instructions": len(low.words), "data_words": len(low.consts),
             "spad_rows": low.spad_rows_used, **offchip_summary(low), "quantize_s": t1 - t0, "lower_s": t2 - t1,
             "write_s": time.monotonic() - t2, "notes": low.notes, "warnings": group_notes([user_terms(n, qg) for n in notes]),
             "output_sqnr_db": report["output_sqnr_db"], "low_signal": weak is not None, "low_signal_reason": weak,
@@ -185,19 +186,47 @@ def group_notes(notes: list[str], *, at_most: int = 2) -> list[str]:
     return out
 
 
-def lower_for_user(qg, cfg: CoreConfig, progress: Callable[[int, int], None] | None = None):
-    """:func:`~fxpgen.compiler.lower.lower` (``progress`` as there), with a
-    :class:`DoesNotFit` in the terms of ``fxpgen compile``: command-line options, the
-    model's N x C x H x W shapes, and the smallest memory depths that would fit."""
+def lower_for_user(qg, cfg: CoreConfig, progress: Callable[[int, int], None] | None = None,
+                   batch: int = 1):
+    """:func:`~fxpgen.compiler.lower.lower` (``progress`` and ``batch`` as there), with
+    a :class:`DoesNotFit` in the terms of ``fxpgen compile``: command-line options, the
+    model's N x C x H x W shapes, and the smallest memory depths that would fit (for
+    a batch that does not fit, the largest batch that does)."""
     from fxpgen.compiler.lower import lower
     from fxpgen.compiler.tiling import DoesNotFit
+    if batch < 1:
+        raise InputError(f"--batch must be at least 1, not {batch}")
     try:
-        return lower(qg, cfg, progress=progress)
+        return lower(qg, cfg, progress=progress, batch=batch)
     except DoesNotFit as e:
+        if batch > 1:
+            fits = _largest_batch(qg, cfg, batch)
+            if fits:
+                raise DoesNotFit(f"--batch {batch} does not fit: {user_terms(str(e), qg)}; the largest "
+                                 f"batch that fits is {fits}") from None
         fixes = [f"{MEMORY_OPTIONS[f]} {d}" for f, d in _smallest_fits(qg, cfg)]
         advice = (f"; it fits with {' or '.join(fixes)}" if fixes else
                   "; no single memory up to its largest depth makes it fit")
         raise DoesNotFit(user_terms(str(e), qg) + advice) from None
+
+
+def _largest_batch(qg, cfg: CoreConfig, batch: int) -> int:
+    """The largest batch under ``batch`` that ``qg`` fits on ``cfg`` (0: not even 1)."""
+    from fxpgen.compiler.lower import lower
+    from fxpgen.compiler.tiling import DoesNotFit
+
+    def fits(n: int) -> bool:
+        try:
+            lower(qg, cfg, batch=n)
+        except DoesNotFit:
+            return False
+        return True
+
+    lo, hi = 0, batch - 1                     # fits(lo) or lo == 0; bisect for the last
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
 
 
 def _smallest_fits(qg, cfg: CoreConfig) -> list[tuple[str, int]]:
@@ -284,6 +313,11 @@ def run_compiled(outdir: Path, x: np.ndarray, engine: str, *, progress: Callable
     format, and, for the RTL and a board, per-layer counters; for every engine but
     the golden model, whether every output equals the golden model's.
 
+    A program compiled for a batch of N images runs the inputs N at a time, the last
+    run filled up with zero images whose outputs are dropped; its per-layer
+    counters are those of a run (N images), ``cycles_per_image`` a run's cycles
+    over N, ``batch`` N.
+
     The inputs (one image C x H x W or a batch) are checked here for every engine
     (:func:`~fxpgen.app.inputs.as_images`, errors naming them ``input_name``).
     ``batch``: inputs per RTL simulation; ``board``: ``port``, ``baud``,
@@ -300,14 +334,16 @@ def run_compiled(outdir: Path, x: np.ndarray, engine: str, *, progress: Callable
     scaled = np.asarray(images, np.float64) * 2.0 ** fmt.fl
     saturated = int(np.sum((scaled < fmt.lo - 0.5) | (scaled > fmt.hi + 0.5)))
     program = NetworkProgram.from_program(prog, qg)
+    runs = batched(xq, program.batch)
     eng = cls.from_options(batch=batch, **(board or {}))
     out = {"engine": engine, "config": prog.cfg.as_dict(), "saturated": saturated,
-           "input_format": str(fmt), **offchip_summary(program.view)}
+           "input_format": str(fmt), "batch": program.batch, **offchip_summary(program.view)}
     t0 = time.monotonic()
-    res = eng.run(program, xq, progress=progress)
+    res = eng.run(program, runs, progress=_per_image(progress, program.batch))
     if res.layers is not None and res.layers and res.layers[0]:
         out["layers"] = _layer_table(res.layers, prog.cfg)
-        out["cycles_per_image"] = float(np.mean([sum(l["cycles"] for l in img) for img in res.layers]))
+        out["cycles_per_image"] = float(np.mean([sum(l["cycles"] for l in run) for run in res.layers])
+                                        / program.batch)
     if "frames_rejected" in res.info:
         out["frames_rejected"] = res.info["frames_rejected"]
         out["frames_sent"] = res.info["frames_sent"]
@@ -315,10 +351,28 @@ def run_compiled(outdir: Path, x: np.ndarray, engine: str, *, progress: Callable
         out["verilator_build_s"] = res.info["verilator_build_s"]
     out["seconds"] = time.monotonic() - t0
     if cls.checked_against_golden:
-        golden = program.golden(xq)
+        golden = program.golden(runs)
         out["golden_identical"] = bool(all(np.array_equal(y, g) for y, g in zip(res.outputs, golden)))
-    out["outputs"] = np.stack(res.outputs)
+    outputs = np.stack(res.outputs)
+    out["outputs"] = outputs.reshape(-1, *outputs.shape[-3:])[:len(xq)]
     return out
+
+
+def batched(xq: list[np.ndarray], batch: int) -> list[np.ndarray]:
+    """Quantized images (C, H, W) as the inputs of a program compiled for ``batch``
+    images: themselves for 1, else stacks of ``batch`` (N, C, H, W), the last filled
+    up with zero images."""
+    if batch == 1:
+        return list(xq)
+    xs = list(xq) + [np.zeros_like(xq[0])] * (-len(xq) % batch)
+    return [np.stack(xs[k:k + batch]) for k in range(0, len(xs), batch)]
+
+
+def _per_image(progress: Callable | None, batch: int) -> Callable | None:
+    """``progress(n)`` counting images, for an engine that counts runs of ``batch``."""
+    if progress is None or batch == 1:
+        return progress
+    return lambda n: progress(n * batch)
 
 
 def _layer_table(per_image: list[list[dict]], cfg: CoreConfig) -> list[dict]:
