@@ -15,10 +15,12 @@ is more than one group) into a chunk buffer, and STORE the chunk's rows. A plan
 with slabs (a grouped or depthwise conv whose band of all channels would not fit)
 LOADs the band a slab of channel groups at a time and runs the slab's n-tiles on it.
 
-Batches. A program compiled for N images (:class:`ImageMaps` of images 1 .. N - 1)
-gives every image its own accumulator block of the chunk, side by side in the
-half: the bias LOAD and the REQUANT are per image, and every weight tile, once
-LOADWed into its bank, serves the N images' MATMULs back to back.
+Batches. A program compiled for N images (:class:`ImageMaps`: the maps of images
+1 .. N - 1) LOADWs every weight tile once for the N images' MATMULs, back to back.
+Each image's accumulator block of the chunk lies in the next of the four
+accumulator regions, round robin (:func:`image_blocks`): the bias LOAD of the next
+image and the REQUANT of the one before then touch other regions than an image's
+MATMULs, so the in-order dispatcher runs them while that image keeps the array busy.
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ from .conv_plan import ConvPlan, ConvTile, TileGroup
 from .emit import Emitter, load_band, store_rows
 from .layout import MapLayout
 
-__all__ = ["ConvBands", "ImageMaps", "emit_conv"]
+__all__ = ["ConvBands", "ImageMaps", "emit_conv", "image_blocks"]
+
+#: The accumulator regions (:mod:`fxpgen.isa`) the images' blocks take in turn.
+ACC_REGIONS = 4
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,16 @@ class ImageMaps:
     in_lay: MapLayout
     out_lay: MapLayout
     res_lay: MapLayout | None
+
+
+def image_blocks(acc_depth: int, images: int, block: int) -> list[int] | None:
+    """The first accumulator row of each image's block of ``block`` rows: image i in
+    region ``i % 4``, after the blocks of the images before it there; None when they
+    do not fit."""
+    region = acc_depth // ACC_REGIONS
+    if -(-images // ACC_REGIONS) * block > region:
+        return None
+    return [(i % ACC_REGIONS) * region + (i // ACC_REGIONS) * block for i in range(images)]
 
 
 @dataclass(frozen=True)
@@ -72,8 +87,8 @@ def emit_conv(em: Emitter, plan: ConvPlan, in_lay: MapLayout, out_lay: MapLayout
     """Emit ``plan`` reading ``in_lay`` (a band buffer when ``plan.banded``), writing
     ``out_lay``, adding ``res_lay`` when the conv has a fused residual; ``bands`` says
     which of them are bands of off-chip maps; ``more`` the maps of a batch's other
-    images (resident maps only, and a chunk's blocks of all the images must fit half
-    the accumulators)."""
+    images (resident maps only; a chunk's blocks of all the images must fit
+    :func:`image_blocks`)."""
     if plan.note:
         em.notes.append(plan.note)
     if more and (bands or plan.banded or plan.slabs):
@@ -203,21 +218,55 @@ class _ConvEmission:
             if load:
                 self.load_input_band(oy0, nrow)
             iy0 = 0
+        if len(self.images) > 1:
+            self.chunk_images(group, oy0, nrow, where, iy0)
+            return
         half = self.cfg.acc_depth // 2
-        block = nrow * plan.out_size[1]
         for nt in group.n_tiles:
             acc_base = (self.block % 2) * half
             self.block += 1
-            for i in range(len(self.images)):
-                self.load_bias(nt, acc_base + i * block, nrow)
+            self.load_bias(nt, acc_base, nrow)
             bank = 0
             for k, batch in enumerate(plan.batches(group, nt)):
                 if group.streamed:
                     where = self.load_tiles([(nt, t) for t in batch])
                 self.em.emit_all(self.matmuls(nt, k, batch, where, bank, acc_base, iy0, nrow))
                 bank ^= len(batch) % 2
-            for i, maps in enumerate(self.images):
-                self.requant(nt, nt - group.first, acc_base + i * block, oy0, nrow, maps)
+            self.requant(nt, nt - group.first, acc_base, oy0, nrow)
+
+    def chunk_images(self, group: TileGroup, oy0: int, nrow: int, where: dict, iy0: int) -> None:
+        """:meth:`chunk` for a batch: per tile, one LOADW and every image's MATMUL. The
+        bias LOADs go between the first tile's MATMULs and the REQUANTs between the
+        last's when a MATMUL outlasts the array's drain (the write-backs a LOAD or
+        REQUANT in the same region waits for); shorter ones, all before and all after."""
+        plan, images = self.plan, self.images
+        block = nrow * plan.out_size[1]
+        blocks = image_blocks(self.cfg.acc_depth, len(images), block)
+        between = block >= self.cfg.rows + self.cfg.cols
+        for nt in group.n_tiles:
+            batches = plan.batches(group, nt)
+            first, last = (0, 0), (len(batches) - 1, len(batches[-1]) - 1)
+            bank = 0
+            for k, batch in enumerate(batches):
+                if group.streamed:
+                    where = self.load_tiles([(nt, t) for t in batch])
+                for j, tile in enumerate(batch):
+                    if (k, j) == first and not between:
+                        for b in blocks:
+                            self.load_bias(nt, b, nrow)
+                    for i, maps in enumerate(images):
+                        loadw, matmul = self.tile_insns(nt, tile, where, bank, maps.in_lay, blocks[i], iy0,
+                                                        nrow)
+                        if i == 0:
+                            self.em.emit(loadw)
+                        if (k, j) == first and between:
+                            self.load_bias(nt, blocks[i], nrow)
+                        self.em.emit(matmul)
+                        if (k, j) == last and between and i:
+                            self.requant(nt, nt - group.first, blocks[i - 1], oy0, nrow, images[i - 1])
+                    bank ^= 1
+            for i in range(len(images) - 1 if between else 0, len(images)):
+                self.requant(nt, nt - group.first, blocks[i], oy0, nrow, images[i])
 
     def load_bias(self, nt: int, acc_base: int, nrow: int) -> None:
         """LOAD n-tile ``nt``'s bias into every accumulator row of the block."""
@@ -230,37 +279,42 @@ class _ConvEmission:
     def matmuls(self, nt: int, k: int, batch: tuple[ConvTile, ...], where: dict, bank: int,
                 acc_base: int, iy0: int, nrow: int) -> list[Instruction]:
         """Batch ``k`` of n-tile ``nt``: per tile, LOADW it into the bank (alternating from
-        ``bank``) and accumulate its products over the chunk, image after image (each
-        into its block, ``nrow`` x width accumulators from ``acc_base`` on)."""
+        ``bank``) and accumulate its products over the chunk."""
         key = (nt, k, bank, acc_base, iy0, nrow, self.group0)
         if key in self.runs:
             return self.runs[key]
-        plan, lay, cfg = self.plan, self.in_lay, self.cfg
-        sy, sx = plan.stride
-        ow = plan.out_size[1]
-        g, row = lay.groups, lay.padded_w * lay.groups
-        lanes, signed = cfg.matmul_lanes, int(plan.in_signed)
-        # Tap (ky, kx) reads from this row on, moved ky rows and kx pixels; the images'
-        # maps share their layout but for the base.
-        x00s = [maps.in_lay.pixel(iy0, -plan.pads[1]) - self.group0 for maps in self.images]
-        zs = [Addr(acc_base + i * nrow * ow, 1, ow) for i in range(len(self.images))]
         out = []
         for tile in batch:
-            group, lane = divmod(tile.kt, lanes)
-            out.append(Instruction(Opcode.LOADW, {"bank": bank}, cfg.rows, 1,
-                                   x=Addr(where[(nt, tile.ky, tile.kx, tile.kt)], 1)))
-            params = {"bank": bank, "accumulate": 1, "act_signed": signed, "lane": lane}
-            tap = tile.ky * row + tile.kx * g + group
-            out += [Instruction(Opcode.MATMUL, params, ow, nrow, x=Addr(x00 + tap, sx * g, sy * row), z=z)
-                    for x00, z in zip(x00s, zs)]
+            out += self.tile_insns(nt, tile, where, bank, self.in_lay, acc_base, iy0, nrow)
             bank ^= 1
         self.runs[key] = out
         return out
 
-    def requant(self, nt: int, table: int, acc_base: int, oy0: int, nrow: int, maps: ImageMaps) -> None:
-        """REQUANT the block into n-tile ``nt``'s channels of the output rows of the
-        image of ``maps``, with shift-table entry ``table`` (and the residual when fused)."""
-        plan, out, res = self.plan, maps.out_lay, maps.res_lay
+    def tile_insns(self, nt: int, tile: ConvTile, where: dict, bank: int, lay: MapLayout, acc_base: int,
+                   iy0: int, nrow: int) -> tuple[Instruction, Instruction]:
+        """The LOADW of ``tile`` into ``bank`` and its MATMUL over the chunk of map ``lay``
+        into the block at ``acc_base``."""
+        plan, cfg = self.plan, self.cfg
+        sy, sx = plan.stride
+        ow = plan.out_size[1]
+        g, row = lay.groups, lay.padded_w * lay.groups
+        group, lane = divmod(tile.kt, cfg.matmul_lanes)
+        # Tap (ky, kx) reads from this row on, moved ky rows and kx pixels.
+        x00 = lay.pixel(iy0, -plan.pads[1]) - self.group0
+        return (Instruction(Opcode.LOADW, {"bank": bank}, cfg.rows, 1,
+                            x=Addr(where[(nt, tile.ky, tile.kx, tile.kt)], 1)),
+                Instruction(Opcode.MATMUL, {"bank": bank, "accumulate": 1, "act_signed": int(plan.in_signed),
+                                            "lane": lane},
+                            ow, nrow, x=Addr(x00 + tile.ky * row + tile.kx * g + group, sx * g, sy * row),
+                            z=Addr(acc_base, 1, ow)))
+
+    def requant(self, nt: int, table: int, acc_base: int, oy0: int, nrow: int,
+                maps: ImageMaps | None = None) -> None:
+        """REQUANT the block into n-tile ``nt``'s channels of the output rows (of the
+        image of ``maps`` in a batch), with shift-table entry ``table`` (and the
+        residual when fused)."""
+        plan = self.plan
+        out, res = (maps.out_lay, maps.res_lay) if maps else (self.out_lay, self.res_lay)
         ow = plan.out_size[1]
         # A chunk buffer or residual band holds the chunk's rows from its row 0.
         out_y = 0 if self.bands.out_buffer else oy0

@@ -56,7 +56,7 @@ import numpy as np
 from fxpgen.config import CoreConfig
 from fxpgen.isa import COUNT_MAX, Addr, Instruction, Mem, Opcode, pack_rows, unpack_rows
 
-from .conv_emit import ConvBands, ImageMaps, emit_conv
+from .conv_emit import ConvBands, ImageMaps, emit_conv, image_blocks
 from .conv_plan import ConvPlan, conv_constants, plan_conv, rows_per_chunk
 from .emit import Emitter, HostBuffer, HostPiece, InputPiece
 from .layout import MapLayout, SpadAllocator, last_uses, pad_byte, plan_borders
@@ -478,15 +478,15 @@ def _lower_band_consumer(lo: _Lowering, op, out_lay: MapLayout) -> MapLayout:
 def _lower_conv(lo: _Lowering, op: QConv | QAvgPool, out_lay: MapLayout,
                 band_rows_per_chunk: int | None = None) -> None:
     """A conv over every image of the batch: a chunk then holds an accumulator block
-    per image, side by side in half the accumulators."""
+    per image (:func:`~fxpgen.compiler.conv_emit.image_blocks`)."""
     chunk_rows = None
     if lo.batch > 1:
-        half, ow = lo.cfg.acc_depth // 2, out_lay.width
-        if lo.batch * ow > half:
-            raise DoesNotFit(f"{op.name}: a batch of {lo.batch} output rows of {ow} pixels needs "
-                             f"{lo.batch * ow} accumulators, half of acc_depth is {half}: at most "
-                             f"{half // ow} images fit")
-        chunk_rows = min(out_lay.height, half // (lo.batch * ow))
+        ow, oh, depth = out_lay.width, out_lay.height, lo.cfg.acc_depth
+        if image_blocks(depth, lo.batch, ow) is None:
+            most = max(n for n in range(1, lo.batch) if image_blocks(depth, n, ow) is not None)
+            raise DoesNotFit(f"{op.name}: a batch of {lo.batch} output rows of {ow} pixels does not fit "
+                             f"the accumulators (acc_depth {depth}): at most {most} images fit")
+        chunk_rows = max(n for n in range(1, oh + 1) if image_blocks(depth, lo.batch, n * ow) is not None)
     plan = lo.plan_conv(op, band_rows_per_chunk, chunk_rows)
     res_lay = lo.layouts[plan.residual] if plan.residual else None
     lo.emit_conv(plan, lo.layouts[op.input], out_lay, res_lay, more=lo.image_maps(op, plan))
