@@ -36,8 +36,8 @@ with every map resident lowers as if this did not exist. What does not fit even
 so raises :class:`~fxpgen.compiler.tiling.DoesNotFit` saying what and by how much.
 
 Batches. ``lower(..., batch=N)`` compiles the network for N images at once: every
-map has N copies in the scratchpad (one :class:`MapLayout` per image, allocated
-together), the data stream carries the N images one after another and the result
+map has N copies in the scratchpad (one :class:`MapLayout` per image, allocated one
+after another), the data stream carries the N images one after another and the result
 stream their N output maps. A convolution's chunk holds an accumulator block per
 image, so that each weight tile, once LOADWed, serves the N images back to back
 (:mod:`~fxpgen.compiler.conv_emit`); the vector ops run image after image. Every
