@@ -202,8 +202,8 @@ def lower_for_user(qg, cfg: CoreConfig, progress: Callable[[int, int], None] | N
         if batch > 1:
             fits = _largest_batch(qg, cfg, batch)
             if fits:
-                raise DoesNotFit(f"--batch {batch} does not fit: {user_terms(str(e), qg)}; the largest "
-                                 f"batch that fits is {fits}") from None
+                raise DoesNotFit(f"--batch {batch} does not fit (a batch keeps every map on chip): "
+                                 f"{user_terms(str(e), qg)}; the largest batch that fits is {fits}") from None
         fixes = [f"{MEMORY_OPTIONS[f]} {d}" for f, d in _smallest_fits(qg, cfg)]
         advice = (f"; it fits with {' or '.join(fixes)}" if fixes else
                   "; no single memory up to its largest depth makes it fit")
@@ -316,7 +316,8 @@ def run_compiled(outdir: Path, x: np.ndarray, engine: str, *, progress: Callable
     A program compiled for a batch of N images runs the inputs N at a time, the last
     run filled up with zero images whose outputs are dropped; its per-layer
     counters are those of a run (N images), ``cycles_per_image`` a run's cycles
-    over N, ``batch`` N.
+    over N, and the result's ``batch`` is N (the ``batch`` argument is another
+    count: inputs per RTL simulation).
 
     The inputs (one image C x H x W or a batch) are checked here for every engine
     (:func:`~fxpgen.app.inputs.as_images`, errors naming them ``input_name``).
@@ -339,7 +340,7 @@ def run_compiled(outdir: Path, x: np.ndarray, engine: str, *, progress: Callable
     out = {"engine": engine, "config": prog.cfg.as_dict(), "saturated": saturated,
            "input_format": str(fmt), "batch": program.batch, **offchip_summary(program.view)}
     t0 = time.monotonic()
-    res = eng.run(program, runs, progress=_per_image(progress, program.batch))
+    res = eng.run(program, runs, progress=_per_image(progress, program.batch, len(xq)))
     if res.layers is not None and res.layers and res.layers[0]:
         out["layers"] = _layer_table(res.layers, prog.cfg)
         out["cycles_per_image"] = float(np.mean([sum(l["cycles"] for l in run) for run in res.layers])
@@ -368,11 +369,18 @@ def batched(xq: list[np.ndarray], batch: int) -> list[np.ndarray]:
     return [np.stack(xs[k:k + batch]) for k in range(0, len(xs), batch)]
 
 
-def _per_image(progress: Callable | None, batch: int) -> Callable | None:
-    """``progress(n)`` counting images, for an engine that counts runs of ``batch``."""
+def _per_image(progress: Callable | None, batch: int, images: int) -> Callable | None:
+    """``progress(n)`` counting the ``images`` given, for an engine that counts runs of
+    ``batch`` (the zero images filling up the last run not counted)."""
     if progress is None or batch == 1:
         return progress
-    return lambda n: progress(n * batch)
+    left = [images]
+
+    def runs_done(n: int) -> None:
+        done = min(n * batch, left[0])
+        left[0] -= done
+        progress(done)
+    return runs_done
 
 
 def _layer_table(per_image: list[list[dict]], cfg: CoreConfig) -> list[dict]:
