@@ -154,8 +154,12 @@ def small_network(seed: int):
     return m.model((1, 3, 8, 8), conv(m, y, 12, 4, 1))
 
 
+#: A core whose native model the cycle model's tests build too.
+SMALL = CoreConfig(rows=4, cols=8, spad_depth=4096, wbuf_depth=1024, acc_depth=2048)
+
+
 def test_every_op_gives_each_image_its_own_result(seed):
-    cfg = CoreConfig(rows=4, cols=8, spad_depth=4096, wbuf_depth=1024, acc_depth=1024)
+    cfg = SMALL
     qg, _ = quantize(load_onnx(small_network(seed)), data(seed, (3, 8, 8), 4))
     assert any(isinstance(op, QConv) and op.residual for op in qg.ops)
     assert {QMaxPool, QConcat} <= {type(op) for op in qg.ops}
@@ -181,3 +185,17 @@ def test_a_batch_does_not_stream_its_input_nor_keep_maps_off_chip(seed):
         lower(qg, tight, batch=8)
     with pytest.raises(ValueError, match="at least 1"):
         lower(qg, tight, batch=0)
+
+
+@pytest.mark.rtl
+def test_every_op_in_a_batch_on_the_native_rtl(seed):
+    """The batch-3 program of the small network on the native harness: every image's
+    output the golden model's, every layer's counters the cycle model's."""
+    from fxpgen.sim.rtl_engines import NativeEngine
+
+    qg, _ = quantize(load_onnx(small_network(seed)), data(seed, (3, 8, 8), 4))
+    xs = [np.asarray(quantize_input(qg, x), np.int64) for x in data(seed + 3, (3, 8, 8), 3)]
+    program = NetworkProgram.from_lowered(lower(qg, SMALL, batch=3), qg)
+    res = NativeEngine(batch=1).run(program, batched(xs, 3))
+    assert np.array_equal(res.outputs[0], program.golden(batched(xs, 3))[0])
+    assert res.layers[0] == [s.as_layer() for s in estimate(program).segments]
