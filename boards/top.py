@@ -30,8 +30,11 @@ __all__ = ["BoardTop", "BoardDesign", "baked_parts"]
 def baked_parts(program) -> dict:
     """What a :class:`BakedProgram` needs from a loaded program
     (:class:`fxpgen.compiler.program.Program`); a program that streams its input in
-    bands cannot be baked (ValueError)."""
+    bands, or that runs a batch of images (``--batch``), cannot be baked (ValueError)."""
     import numpy as np
+    if program.batch > 1:
+        raise ValueError(f"cannot bake this program: it runs {program.batch} images at a time "
+                         "(compile --batch); a baked program takes one image, so compile it without --batch")
     low = program.lowered_view()
     n_input = len(low.image_words(np.zeros(low.input_shape, np.int64)))
     try:

@@ -110,6 +110,13 @@ def test_the_program_folder_records_the_batch(digits, tmp_path):
     assert old.batch == 1 and old.words == load_program(digits[1] / "program.fxp").words
 
 
+def test_a_batched_program_cannot_be_baked_into_a_bitstream(digits):
+    from fxpgen.boards.top import baked_parts
+    with pytest.raises(ValueError, match="cannot bake this program: it runs 4 images at a time"):
+        baked_parts(load_program(digits[4] / "program.fxp"))
+    assert baked_parts(load_program(digits[1] / "program.fxp"))["n_input"] > 0
+
+
 @pytest.mark.parametrize("value", ["0", "-2"])
 def test_a_batch_below_1_is_refused_in_one_line(tmp_path, value):
     res = _compile(tmp_path / "out", "--batch", value)
