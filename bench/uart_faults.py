@@ -5,10 +5,14 @@ bit flips, bursts, lost bytes and replies, garbage). Every run must end with the
 right result (the faults corrected by resends, or by running the program again
 after a lost result) or with a named error; a wrong result or a hang is a failure.
 
-    python -m bench.uart_faults [--runs 20] [--faults 6] [--seed 1] [--network]
+    python -m bench.uart_faults [--runs 20] [--faults 6] [--seed 1] [--network] [--host-timeout 3]
 
 ``--network`` runs the digits CNN (compiled for a 2x2 core) on two images with
 ``fxpgen run --engine board``; the default is ``fxpgen check --gemm 12x4x6``.
+``--host-timeout`` is the seconds the host waits for each reply before resending
+(``--timeout`` of the host command): a simulated board answers far slower than a
+real one, more so on a loaded machine, so a long network run may need more than
+the default to tell a lost reply from a slow one.
 Prints one line per run and a summary table (runs, faults, frames, resends, reruns,
 wrong results, hangs, named errors); exits non-zero on a wrong result or a hang.
 """
@@ -31,8 +35,8 @@ DIVISOR = 8
 CFG = CoreConfig(2, 2, spad_depth=256, wbuf_depth=64, acc_depth=256)
 #: The network campaign's core: the digits CNN's maps fit its scratchpad.
 NET_CFG = CFG.replace(spad_depth=1024)
-#: Seconds the host waits for a reply before resending; a lost reply costs this.
-HOST_TIMEOUT = 3
+#: Seconds the host waits for a reply before resending (default); a lost reply costs this.
+HOST_TIMEOUT = 3.0
 
 
 @dataclass
@@ -56,7 +60,7 @@ class Tally:
                 + " | ".join(str(v) for v in row) + " |")
 
 
-def _network_job(folder: Path) -> tuple[list[str], str]:
+def _network_job(folder: Path, host_timeout: float) -> tuple[list[str], str]:
     """Compile the digits CNN for :data:`NET_CFG` into ``folder``; the host command."""
     import numpy as np
     from fxpgen.models import digits_assets
@@ -69,20 +73,22 @@ def _network_job(folder: Path) -> tuple[list[str], str]:
     np.save(folder / "x.npy", np.load(a["test_x"])[:2])
     return ([sys.executable, "-m", "fxpgen.app.cli", "run", str(folder / "prog"), "--input",
              str(folder / "x.npy"), "--engine", "board", "--port", "{port}", "--timeout",
-             str(HOST_TIMEOUT), "--json"], "golden_identical")
+             str(host_timeout), "--json"], "golden_identical")
 
 
-def _gemm_job() -> tuple[list[str], str]:
+def _gemm_job(host_timeout: float) -> tuple[list[str], str]:
     return ([sys.executable, "-m", "fxpgen.app.cli", "check", "--port", "{port}", "--gemm", "12x4x6",
-             "--seed", "4", "--timeout", str(HOST_TIMEOUT), "--json"], "bit_identical")
+             "--seed", "4", "--timeout", str(host_timeout), "--json"], "bit_identical")
 
 
-def campaign(runs: int, n_faults: int, seed: int, network: bool, log=print) -> Tally:
-    """Run the campaign; ``log`` gets one line per run."""
+def campaign(runs: int, n_faults: int, seed: int, network: bool, log=print,
+             host_timeout: float = HOST_TIMEOUT) -> Tally:
+    """Run the campaign; ``log`` gets one line per run; the host waits ``host_timeout``
+    seconds for each reply."""
     from fxpgen.boards.board_rtl import board_model, run_host_on_board
     model = board_model(NET_CFG if network else CFG, DIVISOR, insn_buffer=512, data_buffer=512)
     with tempfile.TemporaryDirectory() as tmp:
-        argv, ok_key = _network_job(Path(tmp)) if network else _gemm_job()
+        argv, ok_key = _network_job(Path(tmp), host_timeout) if network else _gemm_job(host_timeout)
         clean = run_host_on_board(model, DIVISOR, argv, timeout_s=3600)
         if clean["returncode"] != 0:
             raise RuntimeError(f"the run without faults failed: {clean['stderr'][-2000:]}")
@@ -125,8 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--faults", type=int, default=6, help="faults per run")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--network", action="store_true", help="the digits CNN instead of a GEMM")
+    ap.add_argument("--host-timeout", type=float, default=HOST_TIMEOUT,
+                    help="seconds the host waits for each reply before resending")
     args = ap.parse_args(argv)
-    tally = campaign(args.runs, args.faults, args.seed, args.network)
+    if args.host_timeout <= 0:
+        ap.error(f"--host-timeout must be positive, not {args.host_timeout}")
+    tally = campaign(args.runs, args.faults, args.seed, args.network, host_timeout=args.host_timeout)
     print(tally.table())
     for why in tally.named_errors:
         print(f"named error: {why}")
