@@ -67,7 +67,6 @@ from typing import Callable
 import numpy as np
 
 from fxpgen import numerics
-from fxpgen.compiler.clip_scale import scale_clips
 from fxpgen.compiler.fold import prepare
 from fxpgen.compiler.golden import quantize_input, run_golden_batch
 from fxpgen.compiler.graph import (UNARY_FUNCTIONS, Add, AvgPool, Clip, Concat, Conv, Graph,
@@ -768,9 +767,7 @@ def quantize(graph: Graph, calib: np.ndarray | None, *, mode: str = "std", per_c
                          f"{weight_mode!r}")
     if clip not in CLIP_MODES:
         raise ValueError(f"clip must be one of {', '.join(CLIP_MODES)}, not {clip!r}")
-    g = prepare(graph)
-    if clip == "exact" and fixed is None:
-        g = scale_clips(g)
+    g = prepare(graph, scale_clip_bounds=clip == "exact" and fixed is None)
     calibrated = calib is not None
     if not calibrated:
         if fixed is None:
