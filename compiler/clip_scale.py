@@ -70,7 +70,7 @@ def scale_clips(graph: Graph) -> Graph:
             continue
         prod.weight = prod.weight * s
         prod.bias = prod.bias * s
-        clip.max = bound
+        clip.max, clip.scale = bound, s
         for conv in {id(c): c for c in readers}.values():
             conv.weight = conv.weight / s
     return g

@@ -14,15 +14,17 @@ Passes, each small and testable alone:
    (each conv's bias less the mean error of its rounded weights, :func:`weight_error_bias`);
 5. the report, including the SQNR the golden model actually reaches per layer.
 
-Clip(0, c) (ReLU6) is exact by default (``clip="exact"``): the layer it joins applies
-a ReLU that saturates at the unsigned output format's limit ``255 * 2**-fl``, then
-:func:`exact_clips` adds a lookup table ``y = min(x, clip_code(c))``
-(:func:`clip_code`: the code of c, or the largest code under c) unless that limit is
-already at most c. With ``clip="saturate"`` no table is added: the format's limit
-is the clipping level and values between c and it pass unclipped. In both, that fl
-is chosen as the one whose clipped output is closest (RMS) to the float Clip output
-on the calibration set (F8Net's PACT reading: the clipping level is the format's
-range); the report gives c and the bound of every such layer.
+Clip(0, c) (ReLU6) is exact by default (``clip="exact"``). Between convs,
+:func:`~fxpgen.compiler.fold.prepare` has rescaled it to ``c' = 255 * 2**-fl``
+(:mod:`~fxpgen.compiler.clip_scale`), and the requantizer's saturation is the clip.
+Elsewhere the layer it joins applies a ReLU saturating at the unsigned output
+format's limit ``255 * 2**-fl``, then :func:`exact_clips` adds a lookup table
+``y = min(x, clip_code(c))`` (:func:`clip_code`: the code of c, or the largest code
+under c) unless that limit is already at most c. With ``clip="saturate"`` neither is
+done: the format's limit is the clipping level and values between c and it pass
+unclipped. In all, the fl is the one whose clipped output is closest (RMS) to the
+float Clip output on the calibration set (F8Net's PACT reading: the clipping level
+is the format's range); the report gives c and the bound of every such layer.
 
 Formats follow docs/numerics.md otherwise. Where it is silent: an AvgPool output keeps
 its input's signedness and, in "std" mode, takes the std rule capped at the finest fl
@@ -121,6 +123,7 @@ class Layer:
     residual: str | None = None
     relu: bool = False
     clip_max: float | None = None
+    clip_scale: float = 1.0
     pool: MaxPool | AvgPool | None = None
     identity: bool = False
     node: Concat | Slice | Shuffle | Resize | Unary | Mul | None = None
@@ -180,6 +183,7 @@ def fuse(graph: Graph) -> list[Layer]:
                 if layer.relu and layer.clip_max is not None:
                     bound = layer.clip_max if bound is None else min(bound, layer.clip_max)
                 layer.relu, layer.clip_max = True, bound
+                layer.clip_scale = r.scale if isinstance(r, Clip) else layer.clip_scale
                 absorb(layer, r)
         layers.append(layer)
     layers.sort(key=lambda layer: layer.position)
@@ -824,8 +828,11 @@ def quantize(graph: Graph, calib: np.ndarray | None, *, mode: str = "std", per_c
 
 def _clip_note(layer: Layer, fmt: Format, clip: str) -> str:
     """The report's line on the Clip(0, c) a conv or add absorbed: its bound."""
-    head = f"{layer.name}: Clip(0, {layer.clip_max:g})"
+    head = f"{layer.name}: Clip(0, {layer.clip_max / layer.clip_scale:g})"
     limit = fmt.hi * 2.0 ** -fmt.fl
+    if layer.clip_scale != 1.0:
+        return (f"{head} exact: rescaled by {layer.clip_scale:.4g} to {layer.clip_max:g}, "
+                f"the saturation of {fmt}")
     if clip == "saturate":
         return f"{head} quantized as ReLU saturating at {limit:g} ({fmt})"
     bound = clip_code(layer.clip_max, fmt) * 2.0 ** -fmt.fl
@@ -877,6 +884,7 @@ def _report(qg: QGraph, g: Graph, layers, infos, acts, stats, calib, options: di
             entry["relu"] = layer.relu
             if layer.clip_max is not None:
                 entry["clip_max"] = layer.clip_max
+                entry["clip_scale"] = layer.clip_scale
                 entry["relu_upper_bound"] = fmt.hi * 2.0 ** -fmt.fl
                 notes.append(_clip_note(layer, fmt, qg.meta["clip"]))
         if info.get("acc_overflow_possible"):
