@@ -815,7 +815,7 @@ def quantize(graph: Graph, calib: np.ndarray | None, *, mode: str = "std", per_c
     tensors = {t: QTensor(t, tuple(acts[t].shape[1:]), formats[t]) for t in names}
     qg = QGraph(tensors, ops, g.input, g.output,
                 meta={"acc_bits": acc_bits, "mode": mode, "weight_mode": weight_mode,
-                      "per_channel": per_channel, "clip": clip,
+                      "per_channel": per_channel,
                       "fused": {layer.name: list(layer.fused) for layer in layers}})
     if g.output not in tensors:
         raise ValueError(f"graph output {g.output!r} is not a layer output")
@@ -886,7 +886,7 @@ def _report(qg: QGraph, g: Graph, layers, infos, acts, stats, calib, options: di
                 entry["clip_max"] = layer.clip_max
                 entry["clip_scale"] = layer.clip_scale
                 entry["relu_upper_bound"] = fmt.hi * 2.0 ** -fmt.fl
-                notes.append(_clip_note(layer, fmt, qg.meta["clip"]))
+                notes.append(_clip_note(layer, fmt, options["clip"]))
         if info.get("acc_overflow_possible"):
             notes.append(f"{layer.name}: worst-case accumulator {info['acc_bound']} exceeds "
                          f"{qg.meta['acc_bits']} bits; results saturate if reached")
