@@ -23,6 +23,7 @@ import math
 
 import numpy as np
 
+from fxpgen.compiler.clip_scale import scale_clips
 from fxpgen.compiler.graph import (Add, AvgPool, BatchNorm, Clip, Concat, Conv, Flatten, Gemm,
                                    GlobalAvgPool, Graph, MaxPool, Mul, Pad, Relu, Resize, Shuffle,
                                    Slice, Unary, UnsupportedOp)
@@ -228,9 +229,14 @@ def fold_pad(graph: Graph) -> Graph:
     return graph.rebuild(nodes)
 
 
-def prepare(graph: Graph) -> Graph:
-    """All folding passes in order; the result holds only :data:`PREPARED_OPS`."""
+def prepare(graph: Graph, scale_clip_bounds: bool = True) -> Graph:
+    """All folding passes in order; the result holds only :data:`PREPARED_OPS`. With
+    ``scale_clip_bounds``, last, every Clip(0, c) between convs is rescaled to the
+    saturation of an unsigned format (:func:`~fxpgen.compiler.clip_scale.scale_clips`:
+    exact at no cost; the quantizer's ``clip="saturate"`` and fixed formats go without)."""
     g = fold_avgpool_correction(lower_global_pool(gemm_to_conv(fold_batchnorm(fold_pad(graph)))))
+    if scale_clip_bounds:
+        g = scale_clips(g)
     for n in g.nodes:
         if not isinstance(n, PREPARED_OPS):   # pragma: no cover - the passes remove them
             raise UnsupportedOp(f"{_who(n)}: left over after folding")

@@ -218,12 +218,15 @@ class Relu:
 @dataclass
 class Clip:
     """``clip(x, 0, max)`` (the front end accepts only a lower bound of 0); ``max``
-    None means no upper bound."""
+    None means no upper bound. ``scale`` > 0 is the factor
+    :func:`~fxpgen.compiler.clip_scale.scale_clips` multiplied the clip's input and
+    bound by (its readers divide it out): the model's own bound is ``max / scale``."""
 
     name: str
     input: str
     output: str
     max: float | None = None
+    scale: float = 1.0
     OP: ClassVar[str] = "Clip"
 
     @property

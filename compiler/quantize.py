@@ -9,18 +9,22 @@ Passes, each small and testable alone:
    of weight 1; MaxPool, AvgPool, Concat, Slice, Shuffle and Resize stay themselves;
 3. :func:`calibrate`: run the float graph on the calibration set and choose every
    tensor's format (docs/numerics.md); :func:`unify_concat_inputs` gives each
-   concat's inputs its format;
+   concat's inputs its format; :func:`exact_clips` adds the table of each exact Clip;
 4. weights, biases and shifts for each layer, checked against the hardware's ranges
    (each conv's bias less the mean error of its rounded weights, :func:`weight_error_bias`);
 5. the report, including the SQNR the golden model actually reaches per layer.
 
-Clip(0, c) is quantized as a ReLU whose upper bound is the saturation of the unsigned
-output format, ``255 * 2**-fl``, not c itself: the requantizer clamps only at the
-format's limits. That fl is chosen for the Clip, in both modes, as the one whose
-ReLU-and-saturate output is closest (RMS) to the float Clip output on the calibration
-set (F8Net's PACT reading: the clipping level is the format's range). Values between c
-and the bound pass unclipped, or between the bound and c are clipped; the report lists
-c and the bound for every such layer.
+Clip(0, c) (ReLU6) is exact by default (``clip="exact"``). Between convs,
+:func:`~fxpgen.compiler.fold.prepare` has rescaled it to ``c' = 255 * 2**-fl``
+(:mod:`~fxpgen.compiler.clip_scale`), and the requantizer's saturation is the clip.
+Elsewhere the layer it joins applies a ReLU saturating at the unsigned output
+format's limit ``255 * 2**-fl``, then :func:`exact_clips` adds a lookup table
+``y = min(x, clip_code(c))`` (:func:`clip_code`: the code of c, or the largest code
+under c) unless that limit is already at most c. With ``clip="saturate"`` neither is
+done: the format's limit is the clipping level and values between c and it pass
+unclipped. In all, the fl is the one whose clipped output is closest (RMS) to the
+float Clip output on the calibration set (F8Net's PACT reading: the clipping level
+is the format's range); the report gives c and the bound of every such layer.
 
 Formats follow docs/numerics.md otherwise. Where it is silent: an AvgPool output keeps
 its input's signedness and, in "std" mode, takes the std rule capped at the finest fl
@@ -75,7 +79,8 @@ from fxpgen.compiler.qgraph import (QAdd, QAvgPool, QConcat, QConv, QGraph, QLut
                                     QResize, QShuffle, QSlice, QTensor)
 from fxpgen.numerics import Format
 
-__all__ = ["quantize", "fuse", "calibrate", "concat_format", "unify_concat_inputs",
+__all__ = ["quantize", "fuse", "calibrate", "concat_format", "unify_concat_inputs", "exact_clips",
+           "clip_code", "CLIP_MODES",
            "check_hardware_ranges", "HardwareRangeError", "fit_shift_fields", "weight_error_bias",
            "Layer", "sqnr_db", "lut_table", "SHIFT_RANGE", "ALIGN_RANGE", "ADD_SHIFT_RANGE"]
 
@@ -84,6 +89,10 @@ __all__ = ["quantize", "fuse", "calibrate", "concat_format", "unify_concat_input
 SHIFT_RANGE = (-32, 31)
 ALIGN_RANGE = (-32, 31)
 ADD_SHIFT_RANGE = (0, 15)
+
+#: How a Clip(0, c) is quantized (module docstring): exactly, or as the saturation of
+#: its output format.
+CLIP_MODES = ("exact", "saturate")
 
 
 class HardwareRangeError(ValueError):
@@ -95,8 +104,8 @@ class Layer:
     """One quantized layer: the float nodes it absorbs and what it reads and writes.
 
     ``kind`` is "conv", "add", "maxpool", "avgpool", "concat", "slice", "shuffle",
-    "resize", "lut", "mul" or "copy" (a
-    concat input requantized into the concat's format). ``pre`` is the tensor before the
+    "resize", "lut", "mul", "copy" (a concat input requantized into the concat's
+    format) or "clip" (the table of an exact Clip, :func:`exact_clips`). ``pre`` is the tensor before the
     fused ReLU/Clip (the std of an unsigned output is taken there, docs/numerics.md).
     ``position`` is the index of the last absorbed float node: sorting by it gives a
     valid execution order even when an Add joins a conv that ran earlier than its
@@ -114,6 +123,7 @@ class Layer:
     residual: str | None = None
     relu: bool = False
     clip_max: float | None = None
+    clip_scale: float = 1.0
     pool: MaxPool | AvgPool | None = None
     identity: bool = False
     node: Concat | Slice | Shuffle | Resize | Unary | Mul | None = None
@@ -173,6 +183,7 @@ def fuse(graph: Graph) -> list[Layer]:
                 if layer.relu and layer.clip_max is not None:
                     bound = layer.clip_max if bound is None else min(bound, layer.clip_max)
                 layer.relu, layer.clip_max = True, bound
+                layer.clip_scale = r.scale if isinstance(r, Clip) else layer.clip_scale
                 absorb(layer, r)
         layers.append(layer)
     layers.sort(key=lambda layer: layer.position)
@@ -205,7 +216,7 @@ def _act_fl(pre: np.ndarray, out: np.ndarray, signed: bool, mode: str, fine: boo
 
 def calibrate(graph: Graph, layers: list[Layer], acts: dict[str, np.ndarray],
               mode: str = "std", fine: bool = True, given: dict[str, Format] | None = None,
-              ) -> tuple[dict[str, Format], dict[str, dict]]:
+              clip: str = "exact") -> tuple[dict[str, Format], dict[str, dict]]:
     """Choose the format of the input and of every layer's output.
 
     ``acts``: float tensors of the calibration batch (from :func:`run_float`). Input:
@@ -217,7 +228,8 @@ def calibrate(graph: Graph, layers: list[Layer], acts: dict[str, np.ndarray],
     than one that holds its maximum (:func:`_fl_limit`). A tensor in
     ``given`` (formats a quantized graph fixes) takes that format; a kept format must
     then agree with it (:class:`~fxpgen.compiler.graph.UnsupportedOp` otherwise).
-    Returns the formats and per-tensor statistics for the report.
+    A Clip(0, c) output takes :func:`_clip_fl`, clipped at c with ``clip`` "exact"
+    (:data:`CLIP_MODES`). Returns the formats and per-tensor statistics for the report.
     """
     formats: dict[str, Format] = {}
     stats: dict[str, dict] = {}
@@ -253,8 +265,9 @@ def calibrate(graph: Graph, layers: list[Layer], acts: dict[str, np.ndarray],
             fmt, rule = Format(signed, _act_fl(out, out, signed, mode, fine)), mode
         elif layer.clip_max is not None:
             clipped = acts[layer.output]
-            fmt = Format(False, _clip_fl(acts[pre], clipped, _fl_limit(clipped, False, fine)))
-            rule = f"Clip(0, {layer.clip_max:g}) as ReLU: fl of least RMS error"
+            c = layer.clip_max if clip == "exact" else None
+            fmt = Format(False, _clip_fl(acts[pre], clipped, _fl_limit(clipped, False, fine), c))
+            rule = f"Clip(0, {layer.clip_max:g}), {clip}: fl of least RMS error"
         else:
             signed = formats[src].signed if layer.kind == "avgpool" else not layer.relu
             fmt = Format(signed, _act_fl(acts[pre], acts[layer.output], signed, mode, fine))
@@ -394,6 +407,32 @@ def unify_concat_inputs(graph: Graph, layers: list[Layer], formats: dict[str, Fo
     return out
 
 
+def exact_clips(layers: list[Layer], formats: dict[str, Format], stats: dict[str, dict],
+                acts: dict[str, np.ndarray]) -> list[Layer]:
+    """Make every Clip(0, c) a conv or add absorbed exact: when its output format's
+    limit lies above c, the layer now writes ``<output>/relu`` (its ReLU saturating at
+    the limit) and a "clip" layer after it, a lookup table ``min(x, clip_code(c))`` in
+    the same format, writes the output. Run once the formats are final (the table's
+    bound depends on them). Updates ``formats``, ``stats`` and ``acts`` (the float
+    ReLU for the new tensor); returns the layers in execution order."""
+    out = []
+    for layer in layers:
+        out.append(layer)
+        if layer.clip_max is None or layer.kind not in ("conv", "add"):
+            continue
+        fmt = formats[layer.output]
+        if clip_code(layer.clip_max, fmt) >= fmt.hi:
+            continue
+        mid = f"{layer.output}/relu"
+        formats[mid] = fmt
+        stats[mid] = {**stats[layer.output], "rule": f"the format of {layer.output}, which it feeds"}
+        acts[mid] = np.maximum(acts[layer.pre], 0.0)
+        out.append(Layer("clip", f"{layer.name}/clip", [mid], layer.output, mid, layer.position,
+                         [], clip_max=layer.clip_max))
+        layer.output = mid
+    return out
+
+
 def _fit_fl(x: np.ndarray, signed: bool, hi: int) -> int:
     """Finest fl in 0..``hi`` whose range holds every value of ``x`` (0 if none does)."""
     fmt = Format(signed, 0)
@@ -401,16 +440,27 @@ def _fit_fl(x: np.ndarray, signed: bool, hi: int) -> int:
     return max([f for f in range(hi + 1) if m <= fmt.hi * 2.0 ** -f] or [0])
 
 
-def _clip_fl(pre: np.ndarray, clipped: np.ndarray, hi: int) -> int:
+def clip_code(c: float, fmt: Format) -> int:
+    """The upper bound of an exact Clip(0, ``c``) in ``fmt``: the code of c when the
+    format holds it exactly, else the largest code under c (never above c, so the
+    clipped output never exceeds the float bound), at most ``fmt.hi``."""
+    return int(min(np.floor(c * 2.0 ** fmt.fl), fmt.hi))
+
+
+def _clip_fl(pre: np.ndarray, clipped: np.ndarray, hi: int, c: float | None = None) -> int:
     """Format of a Clip(0, c) output computed as a ReLU that saturates at the format's
-    limit ``255 * 2**-fl``: the fl in 0..``hi`` whose ``quantize(pre)`` is closest (RMS)
-    to the float Clip output on the calibration set (ties to the finer format). This weighs the
-    rounding step against values in (c, limit] left unclipped or (limit, c] clipped."""
+    limit ``255 * 2**-fl`` and, given ``c`` (the exact clip), at :func:`clip_code`: the
+    fl in 0..``hi`` whose clipped ``quantize(pre)`` is closest (RMS) to the float Clip
+    output on the calibration set (ties to the finer format). This weighs the rounding
+    step against values clipped below c where c is not representable, and without
+    ``c`` against values in (c, limit] left unclipped or (limit, c] clipped."""
     best_fl, best_err = 0, np.inf
     for fl in range(hi + 1):
         fmt = Format(False, fl)
-        err = float(np.sqrt(np.mean((numerics.dequantize(numerics.quantize(pre, fmt), fmt)
-                                     - clipped) ** 2)))
+        q = numerics.quantize(pre, fmt)
+        if c is not None:
+            q = np.minimum(q, clip_code(c, fmt))
+        err = float(np.sqrt(np.mean((numerics.dequantize(q, fmt) - clipped) ** 2)))
         if err <= best_err:
             best_fl, best_err = fl, err
     return best_fl
@@ -642,6 +692,10 @@ def _build(layer: Layer, formats, per_channel, weight_mode, acc_bits, fine, x_me
     if layer.kind == "resize":
         n = layer.node
         return QResize(layer.name, n.input, n.output, n.factor), {}
+    if layer.kind == "clip":
+        code = clip_code(layer.clip_max, fout)
+        return QLut(layer.name, layer.inputs[0], layer.output,
+                    np.minimum(np.arange(256, dtype=np.int64), code)), {"clip_code": code}
     if layer.kind == "lut":
         n = layer.node
         return QLut(layer.name, n.input, n.output, lut_table(n, formats[n.input], fout)), \
@@ -674,7 +728,7 @@ def _build(layer: Layer, formats, per_channel, weight_mode, acc_bits, fine, x_me
 
 def quantize(graph: Graph, calib: np.ndarray | None, *, mode: str = "std", per_channel: bool = False,
              weight_mode: str = "std", acc_bits: int = 32, fine_formats: bool = True,
-             bias_correction: bool = True,
+             bias_correction: bool = True, clip: str = "exact",
              on_graph: Callable[[QGraph], None] | None = None,
              fixed: FixedFormats | None = None) -> tuple[QGraph, dict]:
     """Quantize a float graph with calibration data.
@@ -688,6 +742,8 @@ def quantize(graph: Graph, calib: np.ndarray | None, *, mode: str = "std", per_c
     s8.7/u8.8 (:func:`_fl_limit`); ``bias_correction`` subtracts from each conv's bias
     the mean output error of its rounded weights on the calibration set
     (:func:`weight_error_bias`). docs/numerics.md gives the measured effect of each.
+    ``clip`` (:data:`CLIP_MODES`) quantizes Clip(0, c) exactly or as the saturation of
+    its output format (module docstring).
 
     Returns the :class:`QGraph` and a report (plain dict): ``tensors`` (format and
     statistics of every tensor), ``layers`` (in op order: op, inputs, output, format,
@@ -713,7 +769,9 @@ def quantize(graph: Graph, calib: np.ndarray | None, *, mode: str = "std", per_c
     if mode not in ("std", "grid") or weight_mode not in ("std", "grid"):
         raise ValueError(f"mode and weight_mode must be 'std' or 'grid', not {mode!r}, "
                          f"{weight_mode!r}")
-    g = prepare(graph)
+    if clip not in CLIP_MODES:
+        raise ValueError(f"clip must be one of {', '.join(CLIP_MODES)}, not {clip!r}")
+    g = prepare(graph, scale_clip_bounds=clip == "exact" and fixed is None)
     calibrated = calib is not None
     if not calibrated:
         if fixed is None:
@@ -731,7 +789,7 @@ def quantize(graph: Graph, calib: np.ndarray | None, *, mode: str = "std", per_c
     layers = fuse(g)
     acts = run_float(g, calib)
     formats, stats = calibrate(g, layers, acts, mode, fine_formats,
-                               fixed.activations if fixed else None)
+                               fixed.activations if fixed else None, clip)
     if fixed is not None:
         _check_fixed(g, layers, fixed, stats, calibrated)
     layers = unify_concat_inputs(g, layers, formats, stats)
@@ -740,6 +798,8 @@ def quantize(graph: Graph, calib: np.ndarray | None, *, mode: str = "std", per_c
     for layer in layers:
         if layer.kind == "copy":
             acts[layer.output] = acts[layer.pre]
+    if clip == "exact":
+        layers = exact_clips(layers, formats, stats, acts)
 
     ops, infos = [], []
     for layer in layers:
@@ -762,8 +822,22 @@ def quantize(graph: Graph, calib: np.ndarray | None, *, mode: str = "std", per_c
     check_hardware_ranges(qg)
     if on_graph is not None:
         on_graph(qg)
-    options = {"fine_formats": fine_formats, "bias_correction": bias_correction}
+    options = {"fine_formats": fine_formats, "bias_correction": bias_correction, "clip": clip}
     return qg, _report(qg, g, layers, infos, acts, stats, calib, options)
+
+
+def _clip_note(layer: Layer, fmt: Format, clip: str) -> str:
+    """The report's line on the Clip(0, c) a conv or add absorbed: its bound."""
+    head = f"{layer.name}: Clip(0, {layer.clip_max / layer.clip_scale:g})"
+    limit = fmt.hi * 2.0 ** -fmt.fl
+    if layer.clip_scale != 1.0:
+        return (f"{head} exact: rescaled by {layer.clip_scale:.4g} to {layer.clip_max:g}, "
+                f"the saturation of {fmt}")
+    if clip == "saturate":
+        return f"{head} quantized as ReLU saturating at {limit:g} ({fmt})"
+    bound = clip_code(layer.clip_max, fmt) * 2.0 ** -fmt.fl
+    how = "by a lookup table" if bound < limit else "by the format's limit"
+    return f"{head} exact: clipped at {bound:g} ({fmt}) {how}"
 
 
 def _report(qg: QGraph, g: Graph, layers, infos, acts, stats, calib, options: dict) -> dict:
@@ -809,11 +883,10 @@ def _report(qg: QGraph, g: Graph, layers, infos, acts, stats, calib, options: di
         if layer.kind in ("conv", "add"):
             entry["relu"] = layer.relu
             if layer.clip_max is not None:
-                bound = fmt.hi * 2.0 ** -fmt.fl
                 entry["clip_max"] = layer.clip_max
-                entry["relu_upper_bound"] = bound
-                notes.append(f"{layer.name}: Clip(0, {layer.clip_max:g}) quantized as ReLU "
-                             f"saturating at {bound:g} ({fmt})")
+                entry["clip_scale"] = layer.clip_scale
+                entry["relu_upper_bound"] = fmt.hi * 2.0 ** -fmt.fl
+                notes.append(_clip_note(layer, fmt, options["clip"]))
         if info.get("acc_overflow_possible"):
             notes.append(f"{layer.name}: worst-case accumulator {info['acc_bound']} exceeds "
                          f"{qg.meta['acc_bits']} bits; results saturate if reached")

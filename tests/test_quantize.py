@@ -406,14 +406,15 @@ def test_relu_with_other_readers_becomes_identity_conv():
     assert sqnr_db(reference(model, calib), predict(qg, calib)) > sqnr_floor(report, 25)
 
 
-def test_clip_bound_is_format_saturation():
+def test_saturating_clip_bound_is_format_saturation():
+    """``clip="saturate"``: the Clip's bound is the output format's saturation."""
     m = M()
     c = m.node("Conv", ["x", m.w("W", (4, 3, 3, 3), 1.0)], ["c"], name="conv")
     m.node("Clip", [c, m.const("lo", np.float32(0)), m.const("hi", np.float32(0.7))], ["y"])
     model = m.model((1, 3, 6, 6), "y")
     g = load_onnx(model)
     calib = data((3, 6, 6), 16, 0, 1, SEED)
-    qg, report = quantize(g, calib)
+    qg, report = quantize(g, calib, clip="saturate")
     layer = report["layers"]["conv"]
     fmt = qg.tensor("y").fmt
     assert not fmt.signed
