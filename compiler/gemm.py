@@ -69,10 +69,12 @@ def edge_rows(cfg: CoreConfig) -> int:
 def chunk_sizes(m: int, chunk: int, edge: int) -> tuple[int, ...]:
     """Rows of each chunk: a first and a last chunk of ``edge`` rows when M leaves
     room for them, and between them as few chunks of at most ``chunk`` rows as
-    possible, of equal size within one row."""
+    possible, of equal size within one row. A smaller M of at least ``edge`` rows is
+    cut in two halves (or more if ``chunk`` is short), so that one half's loads and
+    the other's requantization overlap matmuls."""
     edge = min(edge, chunk)
     if m < 3 * edge:
-        return tuple(_even_split(m, ceil_div(m, chunk)))
+        return tuple(_even_split(m, max(ceil_div(m, chunk), 2 if m >= max(edge, 2) else 1)))
     return (edge, *_even_split(m - 2 * edge, ceil_div(m - 2 * edge, chunk)), edge)
 
 
@@ -365,7 +367,9 @@ class _GemmEmitter:
             bank ^= n_pairs & 1
             for w in slots.pop(n_pairs, []):
                 self.emit(w)
-            t += n_pairs * p.sizes[c]
+            # The next chunk starts when this one's matmuls end and its A is loaded
+            # (the last load placed).
+            t = max(t + n_pairs * p.sizes[c], free["load"])
         last = p.chunks - 1
         for nt in range(p.n_tiles):
             self.emit(self.requant(last, nt))
