@@ -72,9 +72,9 @@ def chunk_sizes(m: int, chunk: int, edge: int) -> tuple[int, ...]:
     possible, of equal size within one row. A smaller M of at least ``edge`` rows is
     cut in two halves (or more if ``chunk`` is short), so that one half's loads and
     the other's requantization overlap matmuls."""
-    edge = min(edge, chunk)
-    if m < 3 * edge:
+    if m < 3 * min(edge, chunk):
         return tuple(_even_split(m, max(ceil_div(m, chunk), 2 if m >= max(edge, 2) else 1)))
+    edge = min(edge, chunk)
     return (edge, *_even_split(m - 2 * edge, ceil_div(m - 2 * edge, chunk)), edge)
 
 
@@ -330,7 +330,8 @@ class _GemmEmitter:
     def place(self, work: list[_Work], c: int, t: int, free: dict[str, int]) -> dict[int, list[_Work]]:
         """Chunk ``c``'s ``work`` by the pair it follows: the first pair that starts
         once its unit is free and its inputs are ready, and no later than it must.
-        ``free`` (estimated cycle each unit is free) is updated."""
+        ``free`` (estimated cycle each unit is free, and ``"dispatch"``: when the work
+        after the chunk's last pair is dispatched) is updated."""
         p = self.p
         tau, n_pairs = p.sizes[c], p.n_tiles * p.k_tiles
         slots: dict[int, list[_Work]] = {}
@@ -342,7 +343,10 @@ class _GemmEmitter:
             if w.before is not None:
                 idx = min(idx, w.before - 1)
             slots.setdefault(idx, []).append(w)
-            free[w.unit] = max(start, t + idx * tau) + w.cycles
+            start = max(start, t + idx * tau)
+            free[w.unit] = start + w.cycles
+            if idx == n_pairs:
+                free["dispatch"] = max(free["dispatch"], start)
         return slots
 
     def run(self, b: np.ndarray, shift: np.ndarray) -> None:
@@ -353,7 +357,7 @@ class _GemmEmitter:
         loads.append(self.load_table(shift))
         self.emit(first)
         self.emit(self.load_a(0))
-        free = dict.fromkeys(("load", "vector", "store"), 0)
+        free = dict.fromkeys(("load", "vector", "store", "dispatch"), 0)
         bank, t = 0, 0
         n_pairs = p.n_tiles * p.k_tiles
         for c in range(p.chunks):
@@ -367,9 +371,9 @@ class _GemmEmitter:
             bank ^= n_pairs & 1
             for w in slots.pop(n_pairs, []):
                 self.emit(w)
-            # The next chunk starts when this one's matmuls end and its A is loaded
-            # (the last load placed).
-            t = max(t + n_pairs * p.sizes[c], free["load"])
+            # The next chunk starts when this one's matmuls end, the work after them
+            # is dispatched and its A is loaded (the last load placed).
+            t = max(t + n_pairs * p.sizes[c], free["dispatch"], free["load"])
         last = p.chunks - 1
         for nt in range(p.n_tiles):
             self.emit(self.requant(last, nt))
