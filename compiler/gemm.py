@@ -6,18 +6,23 @@ compiler reuses.
 
 Memory plan (every memory split into four regions, see :mod:`fxpgen.isa`):
 
-- weight buffer: every weight tile, ``rows`` rows each, tile (nt, kt) at
-  ``(nt * k_tiles + kt) * rows``;
+- weight buffer: every weight tile, ``rows`` rows each, in order of use (tile
+  (nt, kt) is number ``nt * k_tiles + kt``), in up to four pieces, one region each
+  (:func:`weight_pieces`);
 - scratchpad: A chunks double-buffered in regions 0 and 1, output chunks in
   regions 2 and 3; a pixel's K (or N) values are ``ceil(K / lanes)`` consecutive rows;
 - accumulators: chunk c in region ``c % 2``, n-tile nt at ``nt * chunk``;
 - shift table: one entry per n-tile.
 
-Schedule: M is cut into chunks. Chunk c streams one matmul per (n-tile, k-tile)
-pair, double-buffering weight tiles between the two banks. The loads of chunk c+1,
-the requantization of chunk c-1 and its store are placed between chunk c's
-matmuls, spaced so that none of them waits for its unit: the in-order dispatcher
-then keeps the array busy while the other units work.
+Schedule: M is cut into chunks, the first and the last small (:func:`chunk_sizes`):
+what must precede the first matmul (the first weight piece and the first chunk of
+A) and follow the last (the last chunk's requantization and store) is then short.
+Chunk c streams one matmul per (n-tile, k-tile) pair, double-buffering weight
+tiles between the two banks. The later weight pieces and the table (during chunk
+0), the load of chunk c+1, the requantization of chunk c-1 and its store are
+placed between chunk c's matmuls where an estimate of the time says their unit is
+free and their inputs ready: the in-order dispatcher then keeps the array busy
+while the other units work.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from fxpgen.isa import COUNT_MAX, Addr, Instruction, Mem, Opcode, pack_row, pack
 
 from .tiling import DoesNotFit, ceil_div
 
-__all__ = ["GemmPlan", "GemmProgram", "plan_gemm", "build_gemm", "gemm_reference", "random_gemm"]
+__all__ = ["GemmPlan", "GemmProgram", "plan_gemm", "edge_rows", "chunk_sizes", "weight_pieces", "build_gemm",
+           "gemm_reference", "random_gemm"]
 
 
 @dataclass(frozen=True)
@@ -190,7 +196,8 @@ def weight_pieces(cfg: CoreConfig, p: GemmPlan) -> list[tuple[int, int, int]]:
     n-tile (or as few more as let the rest fit), the later regions are filled from
     the last one back, so that the loads grow along the first chunk. Tiles that
     would straddle a region boundary make B one LOAD."""
-    tiles, cap = p.k_tiles * p.n_tiles, cfg.wbuf_depth // REGIONS // cfg.rows
+    region = cfg.wbuf_depth // REGIONS
+    tiles, cap = p.k_tiles * p.n_tiles, region // cfg.rows
     if tiles > REGIONS * cap:
         return [(0, tiles, 0)]
     first = min(cap, tiles, max(p.k_tiles, tiles - (REGIONS - 1) * cap))
@@ -199,7 +206,7 @@ def weight_pieces(cfg: CoreConfig, p: GemmPlan) -> list[tuple[int, int, int]]:
     pieces, t = [(0, first, 0)], first
     for r, size in enumerate(sizes, start=1):
         if size:
-            pieces.append((t, size, r * cap * cfg.rows))
+            pieces.append((t, size, r * region))
             t += size
     return pieces
 
@@ -274,7 +281,8 @@ class _GemmEmitter:
                      "load", len(words), words=words)
 
     def requant(self, c: int, nt: int, after: int = 0) -> _Work:
-        """REQUANT of n-tile ``nt`` of chunk ``c`` into scratchpad region ``2 + c % 2``."""
+        """REQUANT of n-tile ``nt`` of chunk ``c`` into scratchpad region ``2 + c % 2``,
+        from estimated cycle ``after`` on."""
         p, cfg = self.p, self.cfg
         mc = p.sizes[c]
         insn = Instruction(Opcode.REQUANT, {"table": nt, "lane": nt % cfg.requant_lanes, "out_signed": 1},
@@ -283,12 +291,12 @@ class _GemmEmitter:
                            z=Addr((2 + c % 2) * self.spad_q + nt // cfg.requant_lanes, p.y_groups))
         return _Work(insn, "vector", mc + self.write_delay(), after)
 
-    def store(self, c: int, after: int = 0) -> _Work:
-        """STORE of chunk ``c``'s Y rows."""
+    def store(self, c: int) -> _Work:
+        """STORE of chunk ``c``'s Y rows (it waits for their requantization: :meth:`place`)."""
         p = self.p
         insn = Instruction(Opcode.STORE, {"mem": Mem.SPAD.value}, p.y_groups, p.sizes[c],
                            x=Addr((2 + c % 2) * self.spad_q, 1, p.y_groups))
-        return _Work(insn, "store", p.sizes[c] * p.y_groups + self.write_delay(), after)
+        return _Work(insn, "store", p.sizes[c] * p.y_groups + self.write_delay())
 
     def write_delay(self) -> int:
         """Estimated cycles from an iteration's issue to its write: the array's depth
@@ -362,8 +370,6 @@ class _GemmEmitter:
         n_pairs = p.n_tiles * p.k_tiles
         for c in range(p.chunks):
             slots = self.place(self.side_work(c, t, loads if c == 0 else []), c, t, free)
-            for w in slots.pop(-1, []):
-                self.emit(w)
             for idx, pair in enumerate(self.pairs(c, bank)):
                 self.prog.extend(pair)
                 for w in slots.pop(idx, []):
