@@ -72,16 +72,26 @@ def edge_rows(cfg: CoreConfig) -> int:
     return 4 * max(cfg.rows, cfg.cols)
 
 
-def chunk_sizes(m: int, chunk: int, edge: int) -> tuple[int, ...]:
+def chunk_sizes(m: int, chunk: int, edge: int, growth: float = float("inf")) -> tuple[int, ...]:
     """Rows of each chunk: a first and a last chunk of ``edge`` rows when M leaves
     room for them, and between them as few chunks of at most ``chunk`` rows as
-    possible, of equal size within one row. A smaller M of at least ``edge`` rows is
-    cut in two halves (or more if ``chunk`` is short), so that one half's loads and
-    the other's requantization overlap matmuls."""
+    possible, of equal size within one row, after a ramp from the first chunk
+    where each chunk is at most ``growth`` times the one before (the A rows of a
+    chunk must load while the chunk before runs its matmuls). A smaller M of at
+    least ``edge`` rows is cut in two halves (or more if ``chunk`` is short), so
+    that one half's loads and the other's requantization overlap matmuls."""
     if m < 3 * min(edge, chunk):
         return tuple(_even_split(m, max(ceil_div(m, chunk), 2 if m >= max(edge, 2) else 1)))
     edge = min(edge, chunk)
-    return (edge, *_even_split(m - 2 * edge, ceil_div(m - 2 * edge, chunk)), edge)
+    rest, ramp, size = m - 2 * edge, [], edge
+    while rest > 0:
+        size = max(edge, int(min(size * growth, chunk)))
+        if size == chunk:
+            break
+        ramp.append(min(size, rest))
+        rest -= ramp[-1]
+    middle = _even_split(rest, ceil_div(rest, chunk)) if rest else []
+    return (edge, *ramp, *middle, edge)
 
 
 def _even_split(total: int, parts: int) -> list[int]:
@@ -121,7 +131,7 @@ def plan_gemm(cfg: CoreConfig, m: int, k: int, n: int) -> GemmPlan:
         worst = min(limits, key=limits.get)
         raise DoesNotFit(f"one row of the GEMM does not fit a {worst}: raise the memory depth")
     return GemmPlan(m, k, n, k_tiles, n_tiles, a_groups, y_groups, chunk,
-                    chunk_sizes(m, chunk, edge_rows(cfg)))
+                    chunk_sizes(m, chunk, edge_rows(cfg), k_tiles * n_tiles / a_groups))
 
 
 @dataclass
@@ -287,7 +297,7 @@ class _GemmEmitter:
         mc = p.sizes[c]
         insn = Instruction(Opcode.REQUANT, {"table": nt, "lane": nt % cfg.requant_lanes, "out_signed": 1},
                            mc, 1,
-                           x=Addr((c % 2) * self.acc_q + nt * p.chunk, 1),
+                           x=Addr(self.acc_row(c, nt), 1),
                            z=Addr((2 + c % 2) * self.spad_q + nt // cfg.requant_lanes, p.y_groups))
         return _Work(insn, "vector", mc + self.write_delay(), after)
 
@@ -297,6 +307,14 @@ class _GemmEmitter:
         insn = Instruction(Opcode.STORE, {"mem": Mem.SPAD.value}, p.y_groups, p.sizes[c],
                            x=Addr((2 + c % 2) * self.spad_q, 1, p.y_groups))
         return _Work(insn, "store", p.sizes[c] * p.y_groups + self.write_delay())
+
+    def acc_row(self, c: int, nt: int) -> int:
+        """First accumulator row of n-tile ``nt`` of chunk ``c``: region ``c % 2``, or
+        for the last chunk regions 2 and 3 by turns, so that each of its n-tiles is
+        requantized while the next one's matmuls write the other region."""
+        if c == self.p.chunks - 1:
+            return (2 + nt % 2) * self.acc_q + nt // 2 * self.p.chunk
+        return (c % 2) * self.acc_q + nt * self.p.chunk
 
     def write_delay(self) -> int:
         """Estimated cycles from an iteration's issue to its write: the array's depth
@@ -317,7 +335,7 @@ class _GemmEmitter:
                                                 "act_signed": 1, "lane": kt % cfg.matmul_lanes},
                                 mc, 1,
                                 x=Addr((c % 2) * self.spad_q + kt // cfg.matmul_lanes, p.a_groups),
-                                z=Addr((c % 2) * self.acc_q + nt * p.chunk, 1)),
+                                z=Addr(self.acc_row(c, nt), 1)),
                 ]
                 bank ^= 1
 
@@ -325,7 +343,8 @@ class _GemmEmitter:
         """The work of chunk ``c``'s neighbours, in order, chunk ``c`` starting at
         estimated cycle ``t``: ``loads`` (the weights still to load), the load of
         chunk ``c + 1``, then the requantization of chunk ``c - 1`` (once its last
-        matmul is written back) and its store."""
+        matmul is written back) and its store; in the last chunk, its own n-tiles'
+        requantization as each is written back, and its store."""
         p = self.p
         work = list(loads)
         if c + 1 < p.chunks:
@@ -333,6 +352,12 @@ class _GemmEmitter:
         if c > 0:
             work += [self.requant(c - 1, nt, t + self.write_delay()) for nt in range(p.n_tiles)]
             work.append(self.store(c - 1))
+        if c == p.chunks - 1:
+            # Written back after its last pair starts, so placed after that pair.
+            pair_cycles = p.k_tiles * p.sizes[c]
+            work += [self.requant(c, nt, t + (nt + 1) * pair_cycles + self.write_delay())
+                     for nt in range(p.n_tiles)]
+            work.append(self.store(c))
         return work
 
     def place(self, work: list[_Work], c: int, t: int, free: dict[str, int]) -> dict[int, list[_Work]]:
@@ -359,10 +384,14 @@ class _GemmEmitter:
 
     def run(self, b: np.ndarray, shift: np.ndarray) -> None:
         """Weights, table and chunks with their neighbours' work between their
-        matmuls, then the last chunk's requantization, its store and the HALT."""
+        matmuls, then the HALT."""
         p = self.p
         first, *loads = self.weight_loads(b)
-        loads.append(self.load_table(shift))
+        table = self.load_table(shift)
+        if p.chunks == 1:
+            # The requantization in the only chunk follows the pairs of its first n-tile.
+            table.before = p.k_tiles
+        loads.append(table)
         self.emit(first)
         self.emit(self.load_a(0))
         free = dict.fromkeys(("load", "vector", "store", "dispatch"), 0)
@@ -380,8 +409,4 @@ class _GemmEmitter:
             # The next chunk starts when this one's matmuls end, the work after them
             # is dispatched and its A is loaded (the last load placed).
             t = max(t + n_pairs * p.sizes[c], free["dispatch"], free["load"])
-        last = p.chunks - 1
-        for nt in range(p.n_tiles):
-            self.emit(self.requant(last, nt))
-        self.emit(self.store(last))
         self.prog.append(Instruction(Opcode.HALT))

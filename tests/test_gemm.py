@@ -27,18 +27,28 @@ def test_chunk_sizes(m, chunk, edge, expected):
     assert chunk_sizes(m, chunk, edge) == expected
 
 
+@pytest.mark.parametrize("m,chunk,growth,expected", [
+    (400, 128, 1.0, (32,) * 11 + (16, 32)),              # A loads as long as the matmuls
+    (1000, 256, 2.0, (32, 64, 128, 248, 248, 248, 32)),
+    (1000, 256, 8.0, (32, 234, 234, 234, 234, 32)),     # the ramp reaches the chunk at once
+])
+def test_chunk_sizes_ramp_up_at_the_load_rate(m, chunk, growth, expected):
+    assert chunk_sizes(m, chunk, 32, growth) == expected
+
+
 def test_chunk_sizes_cover_m_within_the_chunk(seed):
     rng = np.random.default_rng(seed)
     for _ in range(200):
         m, chunk, edge = (int(v) for v in rng.integers(1, 600, 3))
-        chunk = min(chunk, m)
-        sizes = chunk_sizes(m, chunk, edge)
+        chunk, growth = min(chunk, m), float(rng.choice([1.0, 1.5, 4.0, np.inf]))
+        sizes = chunk_sizes(m, chunk, edge, growth)
         assert sum(sizes) == m and all(1 <= s <= chunk for s in sizes)
         edge_chunk = min(edge, chunk)
         if m >= 3 * edge_chunk:
             assert sizes[0] == sizes[-1] == edge_chunk
-            sizes = sizes[1:-1]
-        assert max(sizes) - min(sizes) <= 1
+            assert all(b <= max(edge_chunk, a * growth) + edge_chunk for a, b in zip(sizes[:-2], sizes[1:-1]))
+        elif growth == np.inf:
+            assert max(sizes) - min(sizes) <= 1
 
 
 @pytest.mark.parametrize("k,n,expected", [
@@ -100,10 +110,10 @@ def model_cycles(cfg: CoreConfig, m: int, k: int, n: int) -> int:
 
 
 def test_512x64x64_utilization_on_8x8():
-    """The issue's figure: at least 0.97 of the ideal 32,768 cycles (33,690 measured on
+    """The issue's figure: at least 0.97 of the ideal 32,768 cycles (33,462 measured on
     the RTL, which the cycle model matches exactly)."""
-    assert model_cycles(CoreConfig(), 512, 64, 64) == 33690
-    assert 512 * 64 * 64 / 64 / 33690 >= 0.97
+    assert model_cycles(CoreConfig(), 512, 64, 64) == 33462
+    assert 512 * 64 * 64 / 64 / 33462 >= 0.97
 
 
 @pytest.mark.parametrize("mkn,before", [
