@@ -225,7 +225,7 @@ def weight_pieces(cfg: CoreConfig, p: GemmPlan) -> list[tuple[int, int, int]]:
 class _Work:
     """An instruction to place between a chunk's matmuls: its data words, the unit it
     occupies, its estimated cycles on it, the earliest estimated cycle it can start
-    and the last pair it must precede (``None``: the chunk's end)."""
+    and the index of the pair of chunk 0 it must precede (``None``: none)."""
 
     insn: Instruction
     unit: str
@@ -389,7 +389,8 @@ class _GemmEmitter:
         first, *loads = self.weight_loads(b)
         table = self.load_table(shift)
         if p.chunks == 1:
-            # The requantization in the only chunk follows the pairs of its first n-tile.
+            # Its own requantization, which starts after its first n-tile, is the
+            # first; in a longer GEMM that of chunk 0 comes in chunk 1, after the table.
             table.before = p.k_tiles
         loads.append(table)
         self.emit(first)
