@@ -412,15 +412,25 @@ def run_cmd(outdir: Path, input_path: Path, engine: str, output_path: Path | Non
         for why in res.get("frames_rejected", []):
             click.echo(f"    {why}")
     if res.get("layers"):
-        per_run = f" (the layers: per run of {res['batch']} images)" if res["batch"] > 1 else ""
-        click.echo(f"  cycles per image: {res['cycles_per_image']:.0f}{per_run}")
-        click.echo(f"  {'layer':<12} {'cycles':>8} {'array busy':>10} {'occupancy':>9} "
-                   f"{'stall disp':>10} {'stall data':>10} {'stall res':>9}")
-        for l in res["layers"]:
-            click.echo(f"  {l['layer']:<12} {l['cycles']:>8.0f} {l['mac_cycles']:>10.0f} "
-                       f"{l['array_occupancy']:>9.3f} {l['stall_dispatch']:>10.0f} "
-                       f"{l['stall_data']:>10.0f} {l['stall_result']:>9.0f}")
+        _print_layers(res)
     _exit_unless_identical(res, engine)
+
+
+def _print_layers(res: dict) -> None:
+    """The per-layer counters of a ``fxpgen run`` report, and the whole network's MAC
+    utilization: MACs / (cycles x rows x cols), the model's work against the array's
+    capacity, next to the occupancy (the cycles the array was fed)."""
+    pes = res["config"]["rows"] * res["config"]["cols"]
+    per_run = f" (the layers: per run of {res['batch']} images)" if res["batch"] > 1 else ""
+    click.echo(f"  cycles per image: {res['cycles_per_image']:.0f}{per_run}")
+    click.echo(f"  MAC utilization:  {res['mac_utilization']:.3f} "
+               f"({res['model_macs']} MACs / (cycles x {pes}))")
+    click.echo(f"  {'layer':<12} {'cycles':>8} {'MACs':>9} {'MAC util':>8} {'array busy':>10} "
+               f"{'occupancy':>9} {'stall disp':>10} {'stall data':>10} {'stall res':>9}")
+    for l in res["layers"]:
+        click.echo(f"  {l['layer']:<12} {l['cycles']:>8.0f} {l['macs']:>9} {l['mac_utilization']:>8.3f} "
+                   f"{l['mac_cycles']:>10.0f} {l['array_occupancy']:>9.3f} {l['stall_dispatch']:>10.0f} "
+                   f"{l['stall_data']:>10.0f} {l['stall_result']:>9.0f}")
 
 
 #: The engines ``fxpgen run --trace`` takes a timeline from.

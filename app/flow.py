@@ -15,7 +15,8 @@ import numpy as np
 from fxpgen.app.inputs import InputError, as_images, calibration_warnings
 from fxpgen.config import CoreConfig
 
-__all__ = ["compile_model", "load_compiled", "run_compiled", "demo", "group_notes", "low_signal",
+__all__ = ["compile_model", "load_compiled", "run_compiled", "demo", "counter_report", "mac_utilization",
+           "layer_macs", "model_macs", "group_notes", "low_signal",
            "lower_for_user", "user_terms", "LOW_SQNR_DB", "MIN_SQNR_DB", "LowSignalError", "STAGES"]
 
 
@@ -310,8 +311,10 @@ def run_compiled(outdir: Path, x: np.ndarray, engine: str, *, progress: Callable
     """Run float inputs through a compiled program on one engine (a name of
     :data:`fxpgen.app.engines.ENGINES`). Returns the integer outputs (N x C x H x W,
     in the output format), ``saturated``, the count of input values beyond the input
-    format, and, for the RTL and a board, per-layer counters; for every engine but
-    the golden model, whether every output equals the golden model's.
+    format, and, for the engines with counters (the RTL engines, the cycle model, a
+    board), per-layer counters with each layer's MACs and MAC utilization and the
+    whole network's (:func:`counter_report`); for every engine but the golden
+    model, whether every output equals the golden model's.
 
     A program compiled for a batch of N images runs the inputs N at a time, the last
     run filled up with zero images whose outputs are dropped; its per-layer
@@ -342,9 +345,7 @@ def run_compiled(outdir: Path, x: np.ndarray, engine: str, *, progress: Callable
     t0 = time.monotonic()
     res = eng.run(program, runs, progress=_per_image(progress, program.batch, len(xq)))
     if res.layers is not None and res.layers and res.layers[0]:
-        out["layers"] = _layer_table(res.layers, prog.cfg)
-        out["cycles_per_image"] = float(np.mean([sum(l["cycles"] for l in run) for run in res.layers])
-                                        / program.batch)
+        out.update(counter_report(res.layers, prog.cfg, qg, program.batch))
     if "frames_rejected" in res.info:
         out["frames_rejected"] = res.info["frames_rejected"]
         out["frames_sent"] = res.info["frames_sent"]
@@ -383,26 +384,51 @@ def _per_image(progress: Callable | None, batch: int, images: int) -> Callable |
     return runs_done
 
 
-def _layer_table(per_image: list[list[dict]], cfg: CoreConfig) -> list[dict]:
-    """Mean counters per layer over the images, with the array occupancy."""
+def counter_report(per_image: list[list[dict]], cfg: CoreConfig, qg, batch: int = 1) -> dict:
+    """What an engine's per-layer counters (per run, one dict per HALT segment named
+    after its layer, :meth:`~fxpgen.sim.engine.Engine.run`) say of a network ``qg``
+    compiled for ``batch`` images a run:
+
+    - ``layers``: per segment the counters' means over the images, ``macs`` (the
+      layer's multiply-accumulates, :meth:`~fxpgen.compiler.qgraph.QGraph.macs`; 0
+      for a segment that is no layer of ``qg``, such as the output store),
+      ``mac_utilization`` (``macs / (cycles * rows * cols)``: the work done against
+      the array's capacity in the layer's cycles) and ``array_occupancy``
+      (``mac_cycles / cycles``: the cycles the array was fed, whatever the tiles'
+      padding wasted), all per run: a layer's MACs are its ``batch`` images';
+    - ``cycles_per_image`` (a run's cycles over ``batch``), ``model_macs`` (one
+      image's) and ``mac_utilization`` of the whole network, the same ratio over
+      every segment's cycles."""
+    macs = {name: m * batch for name, m in layer_macs(qg).items()}
     rows = []
     for k, first in enumerate(per_image[0]):
         vals = {key: float(np.mean([img[k][key] for img in per_image]))
                 for key in first if key != "layer"}
-        vals["array_occupancy"] = vals["mac_cycles"] / vals["cycles"] if vals["cycles"] else 0.0
-        rows.append({"layer": first["layer"], **vals})
-    return rows
+        layer_m = macs.get(first["layer"], 0)
+        rows.append({"layer": first["layer"], **vals, "macs": layer_m,
+                     "mac_utilization": mac_utilization(layer_m, vals["cycles"], cfg),
+                     "array_occupancy": vals["mac_cycles"] / vals["cycles"] if vals["cycles"] else 0.0})
+    cycles = float(np.mean([sum(seg["cycles"] for seg in img) for img in per_image])) / batch
+    total = sum(macs.values()) // batch
+    return {"layers": rows, "cycles_per_image": cycles, "model_macs": total,
+            "mac_utilization": mac_utilization(total, cycles, cfg)}
+
+
+def mac_utilization(macs: int, cycles: float, cfg: CoreConfig) -> float:
+    """``macs / (cycles * rows * cols)``: the fraction of the array's multiply-accumulates
+    in ``cycles`` that did the model's work (0 for no cycles)."""
+    return macs / (cycles * cfg.rows * cfg.cols) if cycles else 0.0
+
+
+def layer_macs(qg) -> dict[str, int]:
+    """Multiply-accumulates of every layer of ``qg`` by name (:meth:`QGraph.macs
+    <fxpgen.compiler.qgraph.QGraph.macs>`)."""
+    return {op.name: qg.macs(op) for op in qg.ops}
 
 
 def model_macs(qg) -> int:
-    """Multiply-accumulates of the network's convolutions (true, unpadded count)."""
-    from fxpgen.compiler.qgraph import QConv
-    total = 0
-    for op in qg.ops:
-        if isinstance(op, QConv):
-            _, oh, ow = qg.tensor(op.output).shape
-            total += int(np.prod(op.weight.shape)) * oh * ow
-    return total
+    """Multiply-accumulates of the whole network (:func:`layer_macs`, summed)."""
+    return sum(layer_macs(qg).values())
 
 
 def demo(cfg: CoreConfig, workdir: Path, *, images: int | None = None, rtl: bool = True,
@@ -449,16 +475,10 @@ def demo(cfg: CoreConfig, workdir: Path, *, images: int | None = None, rtl: bool
     }
     if rtl:
         r = run_compiled(workdir, x_test[:n], "rtl", progress=bar("RTL (Verilator)", n))
-        _, qg = load_compiled(workdir)
-        macs = model_macs(qg)
-        cycles = r["cycles_per_image"]
         report.update({
             "rtl_images": n,
             "rtl_identical_to_golden": bool(np.array_equal(r["outputs"].reshape(n, -1), g_out[:n])),
-            "cycles_per_image": cycles,
-            "model_macs": macs,
-            "mac_utilization": macs / (cycles * cfg.rows * cfg.cols),
-            "layers": r["layers"],
+            **{key: r[key] for key in ("cycles_per_image", "model_macs", "mac_utilization", "layers")},
             "rtl_seconds": r["seconds"],
         })
     return report

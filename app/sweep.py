@@ -132,19 +132,17 @@ def measure_point(point: SweepPoint, engine: str, build: bool, model: bytes, cal
     inference (mean over the inputs), MAC utilization (the model's MACs over cycles x
     PEs), per-layer cycles and array occupancy, bit-identity with the golden model,
     and the build's resources and Fmax (MHz)."""
-    from fxpgen.app.flow import MIN_SQNR_DB, compile_model, load_compiled, model_macs, run_compiled
+    from fxpgen.app.flow import MIN_SQNR_DB, compile_model, run_compiled
     cfg = point.config()
     with tempfile.TemporaryDirectory(prefix="fxpgen-sweep-") as tmp:
         (Path(tmp) / "model.onnx").write_bytes(model)
         summary = compile_model(Path(tmp) / "model.onnx", calib, cfg, Path(tmp) / "program",
                                 min_sqnr_db=MIN_SQNR_DB)
         res = run_compiled(Path(tmp) / "program", inputs, engine)
-        _, qg = load_compiled(Path(tmp) / "program")
-        cycles = res["cycles_per_image"]
         row = {**dataclasses.asdict(point), "status": "ok", "engine": engine, "pes": cfg.rows * cfg.cols,
                "images": len(inputs), "instructions": summary["instructions"],
-               "cycles_per_inference": cycles,
-               "mac_utilization": model_macs(qg) / (cycles * cfg.rows * cfg.cols),
+               "cycles_per_inference": res["cycles_per_image"],
+               "mac_utilization": res["mac_utilization"],
                "golden_identical": res.get("golden_identical"), "run_s": res["seconds"],
                "layers": [{"layer": l["layer"], "cycles": l["cycles"],
                            "array_occupancy": l["array_occupancy"]} for l in res["layers"]]}

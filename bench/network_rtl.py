@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.utilization import BIG_MEMORIES, CALIB_IMAGES
-from fxpgen.app.flow import compile_model, jsonable, load_compiled, model_macs, run_compiled
+from fxpgen.app.flow import compile_model, jsonable, load_compiled, run_compiled
 from fxpgen.config import CoreConfig
 from fxpgen.models import zoo
 
@@ -55,7 +55,7 @@ def bench(network: str, size: int, rows: int, cols: int, seed: int = 0, workdir:
     t0 = time.monotonic()
     summary = compile_model(model, calib, cfg, workdir)
     compile_s = time.monotonic() - t0
-    prog, qg = load_compiled(workdir)
+    prog, _ = load_compiled(workdir)
     low = prog.lowered_view()
     log(f"  compiled in {compile_s:.1f} s (quantize {summary['quantize_s']:.1f} s, lower "
         f"{summary['lower_s']:.1f} s): {summary['instructions']:,} instructions, "
@@ -68,7 +68,7 @@ def bench(network: str, size: int, rows: int, cols: int, seed: int = 0, workdir:
     sim_s = run["seconds"] - run["verilator_build_s"]
     layers = run["layers"]
     cycles = int(sum(layer["cycles"] for layer in layers))
-    macs = model_macs(qg)
+    macs = run["model_macs"]
     result = {
         "network": network, "size": size, "config": cfg.as_dict(), "seed": seed,
         "calib_images": CALIB_IMAGES,
@@ -82,13 +82,14 @@ def bench(network: str, size: int, rows: int, cols: int, seed: int = 0, workdir:
         "mac_cycles": int(sum(layer["mac_cycles"] for layer in layers)),
         "model_macs": macs,
         "ideal_cycles": -(-macs // (rows * cols)),
-        "mac_utilization": macs / (cycles * rows * cols),
+        "mac_utilization": run["mac_utilization"],
         "verilator_build_s": round(run["verilator_build_s"], 1),
         "sim_s": round(sim_s, 1),
         "cycles_per_s": cycles / sim_s if sim_s > 0 else None,
         "wall_s": round(wall_s, 1),
         "load_average": os.getloadavg()[0],
-        "layers": [{k: (int(v) if isinstance(v, float) and k != "array_occupancy" else v)
+        "layers": [{k: (int(v) if isinstance(v, float) and not k.endswith(("occupancy", "utilization"))
+                        else v)
                     for k, v in layer.items()} for layer in layers],
     }
     log(f"  {cycles:,} cycles ({result['mac_utilization']:.3f} of the ideal {result['ideal_cycles']:,}), "

@@ -61,7 +61,7 @@ from fxpgen.isa import Instruction, Opcode
 from fxpgen.sim.cycle_model import estimate
 from fxpgen.sim.engine import NetworkProgram
 
-__all__ = ["layer_kind", "layer_macs", "layer_statistics", "bench_digits", "bench_network", "main"]
+__all__ = ["layer_kind", "layer_statistics", "bench_digits", "bench_network", "main"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NETWORKS = ("digits", "resnet18", "mobilenetv2")
@@ -89,14 +89,6 @@ def layer_kind(qg: QGraph, op) -> str:
             return "fc"
         return "conv"
     return {QAvgPool: "avgpool", QMaxPool: "maxpool", QAdd: "add"}[type(op)]
-
-
-def layer_macs(qg: QGraph, op) -> int:
-    """True (unpadded) multiply-accumulates of a conv; 0 for other ops."""
-    if not isinstance(op, QConv):
-        return 0
-    _, oh, ow = qg.tensor(op.output).shape
-    return int(np.prod(op.weight.shape)) * oh * ow
 
 
 def _describe(qg: QGraph, op) -> dict:
@@ -165,7 +157,7 @@ def bench_digits(rows: int, cols: int, engine_name: str, *, images: int = 4,
         if name in ops:
             op = ops[name]
             d = _describe(qg, op)
-            d.update(macs=layer_macs(qg, op), rtl_cycles=c["cycles"], rtl_mac_cycles=c["mac_cycles"],
+            d.update(macs=qg.macs(op), rtl_cycles=c["cycles"], rtl_mac_cycles=c["mac_cycles"],
                      rtl_stall_dispatch=c["stall_dispatch"], model_cycles=model[name], verified=ok)
             if isinstance(op, QConv):
                 d["scalesim_layer"] = dataclasses.asdict(scalesim_layer(qg, op))
@@ -267,7 +259,7 @@ def bench_network(name: str, rows: int, cols: int, engine_name: str, scalesim: S
     for i, op in enumerate(todo):
         t0 = time.monotonic()
         d = _describe(qg, op)
-        d["macs"] = layer_macs(qg, op)
+        d["macs"] = qg.macs(op)
         figures, info = bench_layer(qg, op, env, engine, cfg)
         d.update(figures)
         sim_s += info["sim_s"]

@@ -6,23 +6,28 @@ compiler reuses.
 
 Memory plan (every memory split into four regions, see :mod:`fxpgen.isa`):
 
-- weight buffer: every weight tile, ``rows`` rows each, tile (nt, kt) at
-  ``(nt * k_tiles + kt) * rows``;
+- weight buffer: every weight tile, ``rows`` rows each, in order of use (tile
+  (nt, kt) is number ``nt * k_tiles + kt``), in up to four pieces, one region each
+  (:func:`weight_pieces`);
 - scratchpad: A chunks double-buffered in regions 0 and 1, output chunks in
   regions 2 and 3; a pixel's K (or N) values are ``ceil(K / lanes)`` consecutive rows;
 - accumulators: chunk c in region ``c % 2``, n-tile nt at ``nt * chunk``;
 - shift table: one entry per n-tile.
 
-Schedule: M is cut into chunks. Chunk c streams one matmul per (n-tile, k-tile)
-pair, double-buffering weight tiles between the two banks. The loads of chunk c+1,
-the requantization of chunk c-1 and its store are placed between chunk c's
-matmuls, spaced so that none of them waits for its unit: the in-order dispatcher
-then keeps the array busy while the other units work.
+Schedule: M is cut into chunks, the first and the last small (:func:`chunk_sizes`):
+what must precede the first matmul (the first weight piece and the first chunk of
+A) and follow the last (the last chunk's requantization and store) is then short.
+Chunk c streams one matmul per (n-tile, k-tile) pair, double-buffering weight
+tiles between the two banks. The later weight pieces and the table (during chunk
+0), the load of chunk c+1, the requantization of chunk c-1 and its store are
+placed between chunk c's matmuls where an estimate of the time says their unit is
+free and their inputs ready: the in-order dispatcher then keeps the array busy
+while the other units work.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -32,7 +37,8 @@ from fxpgen.isa import COUNT_MAX, Addr, Instruction, Mem, Opcode, pack_row, pack
 
 from .tiling import DoesNotFit, ceil_div
 
-__all__ = ["GemmPlan", "GemmProgram", "plan_gemm", "build_gemm", "gemm_reference", "random_gemm"]
+__all__ = ["GemmPlan", "GemmProgram", "plan_gemm", "edge_rows", "chunk_sizes", "weight_pieces", "build_gemm",
+           "gemm_reference", "random_gemm"]
 
 
 @dataclass(frozen=True)
@@ -46,12 +52,52 @@ class GemmPlan:
     n_tiles: int          # ceil(N / cols)
     a_groups: int         # scratchpad rows per A row
     y_groups: int         # scratchpad rows per Y row
-    chunk: int            # A rows per chunk
-    chunks: int
+    chunk: int            # most A rows in one chunk: the memory regions' layout stride
+    sizes: tuple[int, ...]  # A rows of each chunk, in order; they add up to m
+
+    @property
+    def chunks(self) -> int:
+        return len(self.sizes)
 
     @property
     def macs(self) -> int:
         return self.m * self.k * self.n
+
+
+def edge_rows(cfg: CoreConfig) -> int:
+    """A rows of the first and the last chunk: few, so that little work precedes the
+    first matmul and follows the last, yet enough that a matmul outlasts the weight
+    tile load and the write-back latency that separate it from the next matmul on
+    the same bank (about ``2 * rows + cols`` cycles)."""
+    return 4 * max(cfg.rows, cfg.cols)
+
+
+def chunk_sizes(m: int, chunk: int, edge: int, growth: float = float("inf")) -> tuple[int, ...]:
+    """Rows of each chunk: a first and a last chunk of ``edge`` rows when M leaves
+    room for them, and between them as few chunks of at most ``chunk`` rows as
+    possible, of equal size within one row, after a ramp from the first chunk
+    where each chunk is at most ``growth`` times the one before (the A rows of a
+    chunk must load while the chunk before runs its matmuls). A smaller M of at
+    least ``edge`` rows is cut in two halves (or more if ``chunk`` is short), so
+    that one half's loads and the other's requantization overlap matmuls."""
+    if m < 3 * min(edge, chunk):
+        return tuple(_even_split(m, max(ceil_div(m, chunk), 2 if m >= max(edge, 2) else 1)))
+    edge = min(edge, chunk)
+    rest, ramp, size = m - 2 * edge, [], edge
+    while rest > 0:
+        size = max(edge, int(min(size * growth, chunk)))
+        if size == chunk:
+            break
+        ramp.append(min(size, rest))
+        rest -= ramp[-1]
+    middle = _even_split(rest, ceil_div(rest, chunk)) if rest else []
+    return (edge, *ramp, *middle, edge)
+
+
+def _even_split(total: int, parts: int) -> list[int]:
+    """``total`` cut into ``parts`` sizes that differ by at most one, largest first."""
+    q, r = divmod(total, parts)
+    return [q + 1] * r + [q] * (parts - r)
 
 
 def plan_gemm(cfg: CoreConfig, m: int, k: int, n: int) -> GemmPlan:
@@ -84,7 +130,8 @@ def plan_gemm(cfg: CoreConfig, m: int, k: int, n: int) -> GemmPlan:
     if chunk < 1:
         worst = min(limits, key=limits.get)
         raise DoesNotFit(f"one row of the GEMM does not fit a {worst}: raise the memory depth")
-    return GemmPlan(m, k, n, k_tiles, n_tiles, a_groups, y_groups, chunk, ceil_div(m, chunk))
+    return GemmPlan(m, k, n, k_tiles, n_tiles, a_groups, y_groups, chunk,
+                    chunk_sizes(m, chunk, edge_rows(cfg), k_tiles * n_tiles / a_groups))
 
 
 @dataclass
@@ -136,9 +183,7 @@ def build_gemm(cfg: CoreConfig, a: np.ndarray, b: np.ndarray, shift: np.ndarray)
     a, b, shift = np.asarray(a), np.asarray(b), np.asarray(shift)
     p = plan_gemm(cfg, *_gemm_shape(a, b, shift))
     em = _GemmEmitter(cfg, p, a)
-    em.load_weights(b)
-    em.load_table(shift)
-    em.run_chunks()
+    em.run(b, shift)
     return GemmProgram(cfg, p, em.prog, em.data)
 
 
@@ -153,113 +198,216 @@ def _gemm_shape(a: np.ndarray, b: np.ndarray, shift: np.ndarray) -> tuple[int, i
     return m, k, n
 
 
+def weight_pieces(cfg: CoreConfig, p: GemmPlan) -> list[tuple[int, int, int]]:
+    """Where B's weight tiles go and in which LOADs: ``(first tile, tiles, first row)``
+    per LOAD, tiles numbered in order of use (``nt * k_tiles + kt``). Each LOAD fills
+    a weight-buffer region of its own, so that the weight-tile loads reading the
+    tiles already there never wait for it: the first holds the tiles of the first
+    n-tile (or as few more as let the rest fit), the later regions are filled from
+    the last one back, so that the loads grow along the first chunk. Tiles that
+    would straddle a region boundary make B one LOAD."""
+    region = cfg.wbuf_depth // REGIONS
+    tiles, cap = p.k_tiles * p.n_tiles, region // cfg.rows
+    if tiles > REGIONS * cap:
+        return [(0, tiles, 0)]
+    first = min(cap, tiles, max(p.k_tiles, tiles - (REGIONS - 1) * cap))
+    rest = tiles - first
+    sizes = [min(cap, max(0, rest - (REGIONS - 1 - r) * cap)) for r in range(1, REGIONS)]
+    pieces, t = [(0, first, 0)], first
+    for r, size in enumerate(sizes, start=1):
+        if size:
+            pieces.append((t, size, r * region))
+            t += size
+    return pieces
+
+
+@dataclass
+class _Work:
+    """An instruction to place between a chunk's matmuls: its data words, the unit it
+    occupies, its estimated cycles on it, the earliest estimated cycle it can start
+    and the index of the pair of chunk 0 it must precede (``None``: none)."""
+
+    insn: Instruction
+    unit: str
+    cycles: int
+    after: int = 0
+    before: int | None = None
+    words: list[int] = field(default_factory=list)
+
+
 class _GemmEmitter:
-    """The instructions and data words of one planned GEMM, appended step by step."""
+    """The instructions and data words of one planned GEMM, appended step by step.
+
+    Times are estimates in cycles from the first matmul, counting each matmul as its
+    A rows (the array's rate); they only choose where side work goes."""
 
     def __init__(self, cfg: CoreConfig, p: GemmPlan, a: np.ndarray):
         self.cfg, self.p = cfg, p
         self.spad_q, self.acc_q = cfg.spad_depth // REGIONS, cfg.acc_depth // REGIONS
         self.ap = np.zeros((p.m, p.a_groups * cfg.lanes), np.int64)
         self.ap[:, :p.k] = a
+        self.starts = np.concatenate([[0], np.cumsum(p.sizes)]).tolist()
+        self.pieces = weight_pieces(cfg, p)
+        self.tile_row = [row + (t - first) * cfg.rows for first, n, row in self.pieces
+                         for t in range(first, first + n)]
         self.prog: list[Instruction] = []
         self.data: list[int] = []
 
-    def load_weights(self, b: np.ndarray) -> None:
-        """LOAD every weight tile: tile (nt, kt) row i = B[kt*R + i, nt*C : nt*C + C], zero padded."""
+    def emit(self, w: _Work) -> None:
+        self.prog.append(w.insn)
+        self.data.extend(w.words)
+
+    def weight_loads(self, b: np.ndarray) -> list[_Work]:
+        """A LOAD per weight piece: tile (nt, kt) row i = B[kt*R + i, nt*C : nt*C + C],
+        zero padded; each must precede the first pair of chunk 0 that uses it."""
         p, cfg = self.p, self.cfg
         R, C = cfg.rows, cfg.cols
         bp = np.zeros((p.k_tiles * R, p.n_tiles * C), np.int64)
         bp[:p.k, :p.n] = b
         tiles = [bp[kt * R:(kt + 1) * R, nt * C:(nt + 1) * C]
                  for nt in range(p.n_tiles) for kt in range(p.k_tiles)]
-        self.data += pack_rows(Mem.WBUF, np.concatenate(tiles), cfg)
-        self.prog.append(Instruction(Opcode.LOAD, {"mem": Mem.WBUF.value}, R, p.k_tiles * p.n_tiles,
-                                     z=Addr(0, 1, R)))
+        return [_Work(Instruction(Opcode.LOAD, {"mem": Mem.WBUF.value}, R, n, z=Addr(row, 1, R)),
+                      "load", n * R, before=first,
+                      words=pack_rows(Mem.WBUF, np.concatenate(tiles[first:first + n]), cfg))
+                for first, n, row in self.pieces]
 
-    def load_table(self, shift: np.ndarray) -> None:
-        """LOAD one shift-table entry per n-tile (alignment 0)."""
+    def load_table(self, shift: np.ndarray) -> _Work:
+        """LOAD of one shift-table entry per n-tile (alignment 0)."""
         p, C = self.p, self.cfg.cols
         sp = np.zeros(p.n_tiles * C, np.int64)
         sp[:p.n] = shift
-        for nt in range(p.n_tiles):
-            self.data.append(pack_row(Mem.TABLE, [(int(s), 0) for s in sp[nt * C:(nt + 1) * C]], self.cfg))
-        self.prog.append(Instruction(Opcode.LOAD, {"mem": Mem.TABLE.value}, p.n_tiles, 1, z=Addr(0, 1)))
+        words = [pack_row(Mem.TABLE, [(int(s), 0) for s in sp[nt * C:(nt + 1) * C]], self.cfg)
+                 for nt in range(p.n_tiles)]
+        return _Work(Instruction(Opcode.LOAD, {"mem": Mem.TABLE.value}, p.n_tiles, 1, z=Addr(0, 1)),
+                     "load", p.n_tiles, words=words)
 
-    def rows_of(self, c: int) -> int:
-        """A rows in chunk ``c``."""
-        return min(self.p.chunk, self.p.m - c * self.p.chunk)
-
-    def load_a(self, c: int) -> Instruction:
-        """The LOAD of chunk ``c`` of A into scratchpad region ``c % 2``; its words go
-        into the data stream now."""
+    def load_a(self, c: int) -> _Work:
+        """The LOAD of chunk ``c`` of A into scratchpad region ``c % 2``."""
         p, L = self.p, self.cfg.lanes
-        mc = self.rows_of(c)
-        self.data.extend(pack_rows(Mem.SPAD, self.ap[c * p.chunk:c * p.chunk + mc].reshape(-1, L), self.cfg))
-        return Instruction(Opcode.LOAD, {"mem": Mem.SPAD.value}, p.a_groups, mc,
-                           z=Addr((c % 2) * self.spad_q, 1, p.a_groups))
+        mc, m0 = p.sizes[c], self.starts[c]
+        words = pack_rows(Mem.SPAD, self.ap[m0:m0 + mc].reshape(-1, L), self.cfg)
+        return _Work(Instruction(Opcode.LOAD, {"mem": Mem.SPAD.value}, p.a_groups, mc,
+                                 z=Addr((c % 2) * self.spad_q, 1, p.a_groups)),
+                     "load", len(words), words=words)
 
-    def requant(self, c: int, nt: int) -> Instruction:
-        """REQUANT of n-tile ``nt`` of chunk ``c`` into scratchpad region ``2 + c % 2``."""
+    def requant(self, c: int, nt: int, after: int = 0) -> _Work:
+        """REQUANT of n-tile ``nt`` of chunk ``c`` into scratchpad region ``2 + c % 2``,
+        from estimated cycle ``after`` on."""
         p, cfg = self.p, self.cfg
-        return Instruction(Opcode.REQUANT, {"table": nt, "lane": nt % cfg.requant_lanes, "out_signed": 1},
-                           self.rows_of(c), 1,
-                           x=Addr((c % 2) * self.acc_q + nt * p.chunk, 1),
+        mc = p.sizes[c]
+        insn = Instruction(Opcode.REQUANT, {"table": nt, "lane": nt % cfg.requant_lanes, "out_signed": 1},
+                           mc, 1,
+                           x=Addr(self.acc_row(c, nt), 1),
                            z=Addr((2 + c % 2) * self.spad_q + nt // cfg.requant_lanes, p.y_groups))
+        return _Work(insn, "vector", mc + self.write_delay(), after)
 
-    def store(self, c: int) -> Instruction:
-        """STORE of chunk ``c``'s Y rows."""
+    def store(self, c: int) -> _Work:
+        """STORE of chunk ``c``'s Y rows (it waits for their requantization: :meth:`place`)."""
         p = self.p
-        return Instruction(Opcode.STORE, {"mem": Mem.SPAD.value}, p.y_groups, self.rows_of(c),
+        insn = Instruction(Opcode.STORE, {"mem": Mem.SPAD.value}, p.y_groups, p.sizes[c],
                            x=Addr((2 + c % 2) * self.spad_q, 1, p.y_groups))
+        return _Work(insn, "store", p.sizes[c] * p.y_groups + self.write_delay())
+
+    def acc_row(self, c: int, nt: int) -> int:
+        """First accumulator row of n-tile ``nt`` of chunk ``c``: region ``c % 2``, or
+        for the last chunk regions 2 and 3 by turns, so that each of its n-tiles is
+        requantized while the next one's matmuls write the other region."""
+        if c == self.p.chunks - 1:
+            return (2 + nt % 2) * self.acc_q + nt // 2 * self.p.chunk
+        return (c % 2) * self.acc_q + nt * self.p.chunk
+
+    def write_delay(self) -> int:
+        """Estimated cycles from an iteration's issue to its write: the array's depth
+        and width plus the pipeline registers around it."""
+        return self.cfg.rows + self.cfg.cols + 2
 
     def pairs(self, c: int, bank0: int):
         """(LOADW, MATMUL) per (n-tile, k-tile) of chunk ``c``, banks alternating from ``bank0``."""
         p, cfg, R = self.p, self.cfg, self.cfg.rows
-        mc = self.rows_of(c)
+        mc = p.sizes[c]
         bank = bank0
         for nt in range(p.n_tiles):
             for kt in range(p.k_tiles):
                 yield [
                     Instruction(Opcode.LOADW, {"bank": bank}, R, 1,
-                                x=Addr((nt * p.k_tiles + kt) * R, 1)),
+                                x=Addr(self.tile_row[nt * p.k_tiles + kt], 1)),
                     Instruction(Opcode.MATMUL, {"bank": bank, "accumulate": int(kt > 0),
                                                 "act_signed": 1, "lane": kt % cfg.matmul_lanes},
                                 mc, 1,
                                 x=Addr((c % 2) * self.spad_q + kt // cfg.matmul_lanes, p.a_groups),
-                                z=Addr((c % 2) * self.acc_q + nt * p.chunk, 1)),
+                                z=Addr(self.acc_row(c, nt), 1)),
                 ]
                 bank ^= 1
 
-    def neighbour_work(self, c: int) -> dict[int, list[Instruction]]:
-        """Work of chunks ``c + 1`` and ``c - 1`` by the pair index of chunk ``c`` it
-        follows, so that its unit is free by then: a REQUANT takes about one matmul's
-        time, so REQUANTs go every second pair and the STORE two pairs after the last."""
+    def side_work(self, c: int, t: int, loads: list[_Work]) -> list[_Work]:
+        """The work of chunk ``c``'s neighbours, in order, chunk ``c`` starting at
+        estimated cycle ``t``: ``loads`` (the weights still to load), the load of
+        chunk ``c + 1``, then the requantization of chunk ``c - 1`` (once its last
+        matmul is written back) and its store; in the last chunk, its own n-tiles'
+        requantization as each is written back, and its store."""
         p = self.p
-        slots: dict[int, list[Instruction]] = {}
+        work = list(loads)
         if c + 1 < p.chunks:
-            slots.setdefault(0, []).append(self.load_a(c + 1))
+            work.append(self.load_a(c + 1))
         if c > 0:
-            for nt in range(p.n_tiles):
-                slots.setdefault(1 + 2 * nt, []).append(self.requant(c - 1, nt))
-            slots.setdefault(2 * p.n_tiles + 2, []).append(self.store(c - 1))
+            work += [self.requant(c - 1, nt, t + self.write_delay()) for nt in range(p.n_tiles)]
+            work.append(self.store(c - 1))
+        if c == p.chunks - 1:
+            # Written back after its last pair starts, so placed after that pair.
+            pair_cycles = p.k_tiles * p.sizes[c]
+            work += [self.requant(c, nt, t + (nt + 1) * pair_cycles + self.write_delay())
+                     for nt in range(p.n_tiles)]
+            work.append(self.store(c))
+        return work
+
+    def place(self, work: list[_Work], c: int, t: int, free: dict[str, int]) -> dict[int, list[_Work]]:
+        """Chunk ``c``'s ``work`` by the pair it follows: the first pair that starts
+        once its unit is free and its inputs are ready, and no later than it must.
+        ``free`` (estimated cycle each unit is free, and ``"dispatch"``: when the work
+        after the chunk's last pair is dispatched) is updated."""
+        p = self.p
+        tau, n_pairs = p.sizes[c], p.n_tiles * p.k_tiles
+        slots: dict[int, list[_Work]] = {}
+        for w in work:
+            if w.unit == "store":
+                w.after = max(w.after, free["vector"])
+            start = max(free[w.unit], w.after)
+            idx = min(n_pairs, ceil_div(max(start - t, 0), tau))
+            if w.before is not None:
+                idx = min(idx, w.before - 1)
+            slots.setdefault(idx, []).append(w)
+            start = max(start, t + idx * tau)
+            free[w.unit] = start + w.cycles
+            if idx == n_pairs:
+                free["dispatch"] = max(free["dispatch"], start)
         return slots
 
-    def run_chunks(self) -> None:
-        """Every chunk's matmuls with its neighbours' work between them, then the last
-        chunk's requantization, its store and the HALT."""
+    def run(self, b: np.ndarray, shift: np.ndarray) -> None:
+        """Weights, table and chunks with their neighbours' work between their
+        matmuls, then the HALT."""
         p = self.p
-        self.prog.append(self.load_a(0))
-        bank = 0
+        first, *loads = self.weight_loads(b)
+        table = self.load_table(shift)
+        if p.chunks == 1:
+            # Its own requantization, which starts after its first n-tile, is the
+            # first; in a longer GEMM that of chunk 0 comes in chunk 1, after the table.
+            table.before = p.k_tiles
+        loads.append(table)
+        self.emit(first)
+        self.emit(self.load_a(0))
+        free = dict.fromkeys(("load", "vector", "store", "dispatch"), 0)
+        bank, t = 0, 0
         n_pairs = p.n_tiles * p.k_tiles
         for c in range(p.chunks):
-            slots = self.neighbour_work(c)
+            slots = self.place(self.side_work(c, t, loads if c == 0 else []), c, t, free)
             for idx, pair in enumerate(self.pairs(c, bank)):
                 self.prog.extend(pair)
-                self.prog.extend(slots.pop(idx, []))
+                for w in slots.pop(idx, []):
+                    self.emit(w)
             bank ^= n_pairs & 1
-            for idx in sorted(slots):
-                self.prog.extend(slots[idx])
-        last = p.chunks - 1
-        self.prog.extend(self.requant(last, nt) for nt in range(p.n_tiles))
-        self.prog.append(self.store(last))
+            for w in slots.pop(n_pairs, []):
+                self.emit(w)
+            # The next chunk starts when this one's matmuls end, the work after them
+            # is dispatched and its A is loaded (the last load placed).
+            t = max(t + n_pairs * p.sizes[c], free["dispatch"], free["load"])
         self.prog.append(Instruction(Opcode.HALT))

@@ -235,3 +235,12 @@ class QGraph:
 
     def tensor(self, name: str) -> QTensor:
         return self.tensors[name]
+
+    def macs(self, op) -> int:
+        """Multiply-accumulates ``op`` asks of the array: a convolution's (fully
+        connected layers included) ``Cout * Cin / groups * kh * kw * oh * ow``, the
+        true count without padding or tiling; 0 for every other op."""
+        if not isinstance(op, QConv):
+            return 0
+        _, oh, ow = self.tensor(op.output).shape
+        return int(np.prod(op.weight.shape)) * oh * ow

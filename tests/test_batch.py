@@ -92,6 +92,11 @@ def test_batch_16_takes_fewer_cycles_per_image(digits):
     macs = model_macs(load_compiled(digits[16])[1])
     cfg = CoreConfig()
     assert macs / (per_image[16] * cfg.rows * cfg.cols) >= 2 * 0.277
+    # The report counts a run's layers for its 16 images and the network for one.
+    r = runs[16]
+    assert r["model_macs"] == macs
+    assert r["mac_utilization"] == pytest.approx(macs / (per_image[16] * cfg.rows * cfg.cols), rel=1e-12)
+    assert sum(layer["macs"] for layer in r["layers"]) == 16 * macs
 
 
 def test_the_program_folder_records_the_batch(digits, tmp_path):

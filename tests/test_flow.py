@@ -61,6 +61,78 @@ def test_native_engine_matches_golden(compiled, tmp_path):
     assert out["cycles_per_image"] > 0 and all(l["cycles"] > 0 for l in out["layers"])
 
 
+def onnx_layer_macs(path) -> dict[str, int]:
+    """Multiply-accumulates of each Conv and Gemm node of an ONNX model, from its
+    weights' shapes and the inferred output shapes alone: conv Cout*Cin/groups*kh*kw*oh*ow,
+    fully connected in*out."""
+    import onnx
+    model = onnx.shape_inference.infer_shapes(onnx.load(path))
+    dims = {i.name: list(i.dims) for i in model.graph.initializer}
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in (*model.graph.value_info, *model.graph.output)}
+    out = {}
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            cout, cin_per_group, kh, kw = dims[node.input[1]]
+            _, _, oh, ow = shapes[node.output[0]]
+            out[node.name] = cout * cin_per_group * kh * kw * oh * ow
+        elif node.op_type == "Gemm":
+            n_out, n_in = dims[node.input[1]]
+            out[node.name] = n_in * n_out
+    return out
+
+
+def run_report(compiled, tmp_path, engine: str, images: int = 3) -> dict:
+    np.save(tmp_path / "x.npy", np.load(digits_assets()["test_x"])[:images])
+    res = CliRunner().invoke(main, ["run", str(compiled), "--input", str(tmp_path / "x.npy"),
+                                    "--engine", engine, "--json"])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.output[res.output.index("{"):])
+
+
+def check_utilization(out: dict, rows: int, cols: int) -> None:
+    """Every layer's MACs those of the ONNX model's node of that name (0 for the layers
+    that are no Conv or Gemm), and the MAC utilization of each layer and of the whole
+    network their MACs / (cycles x rows x cols)."""
+    expected = onnx_layer_macs(digits_assets()["model"])
+    assert set(expected) == {"conv1", "conv2", "conv3", "fc"}
+    layers = {l["layer"]: l for l in out["layers"]}
+    assert set(expected) <= set(layers)
+    for name, l in layers.items():
+        assert l["macs"] == expected.get(name, 0), name
+        assert l["mac_utilization"] == pytest.approx(l["macs"] / (l["cycles"] * rows * cols), rel=1e-12)
+        assert l["array_occupancy"] == pytest.approx(l["mac_cycles"] / l["cycles"], rel=1e-12)
+        assert 0 <= l["mac_utilization"] <= l["array_occupancy"] <= 1
+    assert out["model_macs"] == sum(expected.values()) == 62464
+    assert out["cycles_per_image"] == sum(l["cycles"] for l in out["layers"])
+    assert out["mac_utilization"] == pytest.approx(
+        out["model_macs"] / (out["cycles_per_image"] * rows * cols), rel=1e-12)
+
+
+def test_run_reports_mac_utilization_per_layer(compiled, tmp_path):
+    """The cycle model's report: each layer's MACs counted independently from the
+    ONNX weights, and MAC utilization next to array occupancy."""
+    out = run_report(compiled, tmp_path, "model")
+    check_utilization(out, 4, 8)
+    text = CliRunner().invoke(main, ["run", str(compiled), "--input", str(tmp_path / "x.npy"),
+                                     "--engine", "model"]).output
+    assert f"MAC utilization:  {out['mac_utilization']:.3f} (62464 MACs / (cycles x 32))" in text
+    fc = next(l for l in out["layers"] if l["layer"] == "fc")
+    assert any(line.split()[:4] == ["fc", f"{fc['cycles']:.0f}", "2560", f"{fc['mac_utilization']:.3f}"]
+               for line in text.splitlines())
+
+
+@pytest.mark.rtl
+def test_native_engine_reports_mac_utilization(compiled, tmp_path):
+    """The native RTL engine: the same fields as the cycle model, the same MACs, and
+    utilization from the counters the core measured."""
+    out = run_report(compiled, tmp_path, "native")
+    check_utilization(out, 4, 8)
+    model = run_report(compiled, tmp_path, "model")
+    assert [set(l) for l in out["layers"]] == [set(l) for l in model["layers"]]
+    assert [l["cycles"] for l in out["layers"]] == [l["cycles"] for l in model["layers"]]
+
+
 def test_run_rejects_wrong_input_shape(compiled, tmp_path):
     np.save(tmp_path / "bad.npy", np.zeros((3, 5, 5), np.float32))
     res = CliRunner().invoke(main, ["run", str(compiled), "--input", str(tmp_path / "bad.npy")])
