@@ -351,8 +351,8 @@ def compile_cmd(model: Path, calib: Path | None, cfg: CoreConfig, outdir: Path, 
               help="native and model engines: write the first input's timeline here as a "
               "Chrome/Perfetto trace (JSON: a track per unit, a slice per instruction).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Engines with counters: write a per-layer utilization chart (PNG; needs "
-              "the bench extra's matplotlib).")
+              help="Engines with counters: write a chart of each layer's array occupancy and "
+              "MAC utilization (PNG; needs the bench extra's matplotlib).")
 @board_options
 @click.option("--baked", is_flag=True, help="Board engine: run the program baked into the bitstream "
               "(fxpgen build --program); only the inputs are sent.")
