@@ -348,8 +348,9 @@ def compile_cmd(model: Path, calib: Path | None, cfg: CoreConfig, outdir: Path, 
               help="Write the integer outputs (.npy, N x C x H x W) here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="native and model engines: write the first input's timeline here as a "
-              "Chrome/Perfetto trace (JSON: a track per unit, a slice per instruction).")
+              help="native and model engines: write the first run's timeline here (the first "
+              "input, or a batched program's first N) as a Chrome/Perfetto trace (JSON: a track "
+              "per unit, a slice per instruction).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Engines with counters: write a chart of each layer's array occupancy and "
               "MAC utilization (PNG; needs the bench extra's matplotlib).")
@@ -393,7 +394,7 @@ def run_cmd(outdir: Path, input_path: Path, engine: str, output_path: Path | Non
         if output_path:
             np.save(output_path, outputs.astype(np.int64))
         if trace_path:
-            _write_trace(outdir, images[0], engine, trace_path)
+            _write_trace(outdir, images, engine, trace_path, what)
         if plot_path and res.get("layers"):
             from fxpgen.app.plot import utilization_chart
             utilization_chart(res["layers"], plot_path,
@@ -437,26 +438,39 @@ def _print_layers(res: dict) -> None:
 TRACE_ENGINES = ("native", "model")
 
 
-def _write_trace(outdir: Path, image, engine: str, path: Path) -> None:
-    """The timeline of ``image`` (float, C x H x W; a batched program runs copies of it)
-    on ``engine`` as a Chrome trace."""
+def _write_trace(outdir: Path, images, engine: str, path: Path, what: str) -> None:
+    """The timeline of the first run of ``images`` (float, N x C x H x W, named ``what``
+    on the command line) on ``engine`` as a Chrome trace: the first image, or for a
+    program compiled for a batch of B the first B, filled up with zero images as
+    :func:`~fxpgen.app.flow.batched` does. The trace's ``otherData`` names them
+    (``inputs``)."""
     import numpy as np
 
-    from fxpgen.app.flow import load_compiled
+    from fxpgen.app.flow import batched, load_compiled
     from fxpgen.compiler.golden import quantize_input
     from fxpgen.sim.cycle_model import estimate
     from fxpgen.sim.engine import NetworkProgram
     from fxpgen.sim.native import native_timeline
-    from fxpgen.sim.trace import write_trace
+    from fxpgen.sim.trace import chrome_trace
 
     prog, qg = load_compiled(outdir)
     program = NetworkProgram.from_program(prog, qg)
+    first = images[:program.batch]
     if engine == "model":
         timing = estimate(program, timeline=True)
     else:
-        x = quantize_input(qg, image)
-        timing = native_timeline(program, x if program.batch == 1 else np.stack([x] * program.batch))
-    write_trace(path, timing.slices, timing.segments, source=engine)
+        xq = [np.asarray(quantize_input(qg, img), np.int64) for img in first]
+        timing = native_timeline(program, batched(xq, program.batch)[0])
+    trace = chrome_trace(timing.slices, timing.segments, source=engine)
+    trace["otherData"]["inputs"] = _trace_inputs(what, len(first), program.batch)
+    path.write_text(json.dumps(trace))
+
+
+def _trace_inputs(what: str, given: int, batch: int) -> list[str]:
+    """The names of a traced run's ``batch`` images, the first ``given`` of them the
+    inputs ``what`` holds and the rest zero images filling up the batch."""
+    return ([f"{what} image {k}" for k in range(given)]
+            + ["zero image (fills the batch)"] * (batch - given))
 
 
 def _exit_unless_identical(res: dict, engine: str) -> None:

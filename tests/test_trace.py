@@ -2,7 +2,7 @@
 cycle model and (marker ``rtl``) from the native harness's timeline build, checked
 against the counters: a slice per instruction on its unit's track, the MATMUL
 slices adding up to the MAC cycles, the last slice ending at the total cycles; and
-``fxpgen run --trace --plot``."""
+``fxpgen run --trace --plot``, of a batched program too (its first run's images)."""
 
 import json
 from collections import Counter
@@ -93,3 +93,68 @@ def test_the_native_trace_of_the_digits_model(digits):
     timing = native_timeline(program, np.asarray(xq, np.int64))
     trace = json.loads(json.dumps(chrome_trace(timing.slices, timing.segments, source="native")))
     check_trace(trace, program, [s.counters for s in timing.segments])
+
+
+@pytest.fixture(scope="module")
+def digits_batch2(tmp_path_factory):
+    """The digits model compiled for batches of 2 on the default core: (folder, program,
+    the first three test images as floats)."""
+    from fxpgen.app.flow import compile_model, load_compiled
+    from fxpgen.models import digits_assets
+
+    a = digits_assets()
+    out = tmp_path_factory.mktemp("digits_b2")
+    compile_model(a["model"], np.load(a["calib"]), CoreConfig(), out, batch=2)
+    prog, qg = load_compiled(out)
+    return out, NetworkProgram.from_program(prog, qg), np.load(a["test_x"])[:3]
+
+
+def run_traced(folder, images, engine: str, tmp_path) -> tuple[dict, dict]:
+    """``fxpgen run --trace`` of ``images`` on ``engine``: (its JSON report, the trace)."""
+    np.save(tmp_path / "x.npy", images)
+    trace = tmp_path / "trace.json"
+    r = CliRunner().invoke(main, ["run", str(folder), "--input", str(tmp_path / "x.npy"), "--engine",
+                                  engine, "--json", "--trace", str(trace)])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.output), json.loads(trace.read_text())
+
+
+def counters_of(report: dict) -> list[dict]:
+    return [{k: int(v) for k, v in l.items() if k in ("cycles", "mac_cycles", "stall_dispatch")}
+            for l in report["layers"]]
+
+
+def test_the_trace_of_a_batched_program_names_its_first_run(digits_batch2, tmp_path):
+    folder, program, images = digits_batch2
+    report, trace = run_traced(folder, images, "model", tmp_path)
+    assert report["batch"] == 2
+    check_trace(trace, program, counters_of(report))
+    x = f"--input {tmp_path / 'x.npy'}"
+    assert trace["otherData"]["inputs"] == [f"{x} image 0", f"{x} image 1"]
+    _, short = run_traced(folder, images[:1], "model", tmp_path)
+    assert short["otherData"]["inputs"] == [f"{x} image 0", "zero image (fills the batch)"]
+
+
+@pytest.mark.rtl
+def test_the_native_trace_of_a_batched_program_runs_its_first_images(digits_batch2, tmp_path,
+                                                                     monkeypatch):
+    from fxpgen.compiler.golden import quantize_input
+    from fxpgen.sim import native
+
+    folder, program, images = digits_batch2
+    assert not np.array_equal(images[0], images[1])
+    traced = []
+
+    def timeline(prog, x):
+        traced.append(np.array(x))
+        return real(prog, x)
+    real = native.native_timeline
+    monkeypatch.setattr(native, "native_timeline", timeline)
+    report, trace = run_traced(folder, images[:2], "native", tmp_path)
+    assert report["golden_identical"]
+    check_trace(trace, program, counters_of(report))
+    qg = program.qgraph
+    assert len(traced) == 1
+    assert np.array_equal(traced[0], np.stack([quantize_input(qg, img) for img in images[:2]]))
+    x = f"--input {tmp_path / 'x.npy'}"
+    assert trace["otherData"]["inputs"] == [f"{x} image 0", f"{x} image 1"]
