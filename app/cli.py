@@ -540,11 +540,17 @@ def build_cmd(board_name, rows, cols, acc_width, spad_depth, wbuf_depth, acc_dep
 @main.command("demo")
 @core_options
 @click.option("--images", type=int, default=None, help="Test images to run on the RTL (default: all).")
+@click.option("--batch", type=int, default=1, show_default=True,
+              help="Compile for this many images a run (fxpgen compile --batch); every engine "
+              "runs the test images that many at a time.")
+@click.option("--engine", type=click.Choice(["rtl", "native"]), default="rtl", show_default=True,
+              help="The RTL engine: Verilator under cocotb, or the Verilator-native harness (faster).")
 @click.option("--no-rtl", is_flag=True, help="Skip the RTL run.")
 @click.option("-o", "--output", "outdir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep the compiled program here (default: a temporary directory).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def demo_cmd(cfg: CoreConfig, images: int | None, no_rtl: bool, outdir: Path | None, as_json: bool):
+def demo_cmd(cfg: CoreConfig, images: int | None, batch: int, engine: str, no_rtl: bool,
+             outdir: Path | None, as_json: bool):
     """The shipped digits CNN end to end: quantize, compile, generate the core, run the
     test images on the RTL; float and fixed-point accuracy, bit-identity, cycles."""
     import tempfile
@@ -553,31 +559,41 @@ def demo_cmd(cfg: CoreConfig, images: int | None, no_rtl: bool, outdir: Path | N
     from fxpgen.app.paths import program_dir
     if images is not None and images < 1:
         raise click.BadParameter("must be at least 1", param_hint="--images")
+    if batch < 1:
+        raise click.BadParameter(f"must be at least 1, not {batch}", param_hint="--batch")
     if outdir is not None:
         with user_errors():
             program_dir(outdir, "-o/--output")
     with tempfile.TemporaryDirectory() as tmp, user_errors():
-        report = demo(cfg, outdir or Path(tmp), images=images, rtl=not no_rtl,
-                      progress=_bar(not as_json))
+        report = demo(cfg, outdir or Path(tmp), images=images, rtl=not no_rtl, batch=batch,
+                      engine=engine, progress=_bar(not as_json))
     if as_json:
         click.echo(json.dumps(report, indent=2))
-        return
-    r = report
-    click.echo(f"digits CNN on a {cfg.rows}x{cfg.cols} core ({r['images']} test images)")
+    else:
+        _print_demo(report, cfg)
+    if not (report["isa_identical_to_golden"] and report.get("rtl_identical_to_golden", True)):
+        sys.exit(1)
+
+
+def _print_demo(r: dict, cfg: CoreConfig) -> None:
+    """The lines of ``fxpgen demo``'s report ``r`` (:func:`fxpgen.app.flow.demo`)."""
+    batch = r["batch"]
+    click.echo(f"digits CNN on a {cfg.rows}x{cfg.cols} core ({r['images']} test images"
+               + (f", {batch} a run)" if batch > 1 else ")"))
     click.echo(f"  float accuracy:        {r['float_accuracy']:.4f}")
     click.echo(f"  fixed-point accuracy:  {r['fixed_point_accuracy']:.4f}")
     click.echo(f"  instruction-level simulator bit-identical to golden: "
                f"{'yes' if r['isa_identical_to_golden'] else 'NO'} (all images)")
     if "rtl_images" in r:
+        on = "" if r["rtl_engine"] == "rtl" else f", {r['rtl_engine']} engine"
         click.echo(f"  RTL bit-identical to golden: {'yes' if r['rtl_identical_to_golden'] else 'NO'} "
-                   f"({r['rtl_images']} images)")
-        click.echo(f"  cycles per image:      {r['cycles_per_image']:.0f}")
+                   f"({r['rtl_images']} images{on})")
+        run = (f" (a run of {batch} images: {r['cycles_per_image'] * batch:.0f} cycles)"
+               if batch > 1 else "")
+        click.echo(f"  cycles per image:      {r['cycles_per_image']:.0f}{run}")
         click.echo(f"  MAC utilization:       {r['mac_utilization']:.3f} "
                    f"({r['model_macs']} MACs / (cycles x {cfg.rows * cfg.cols}))")
     click.echo(f"  compile: {r['compile_s']:.2f} s, {r['instructions']} instructions")
-    ok = r["isa_identical_to_golden"] and r.get("rtl_identical_to_golden", True)
-    if not ok:
-        sys.exit(1)
 
 
 def _verdict_line(label: str, verdict, expect: str, note: str) -> str:

@@ -153,6 +153,67 @@ def test_compile_rejects_unsupported_model(tmp_path):
     assert "Softmax" in res.output and "sm" in res.output
 
 
+def test_demo_compiles_for_a_batch(capsys):
+    """``fxpgen demo --batch 16``: the program takes 16 images a run, every test image
+    (360, the last run filled up) bit-identical between the instruction-level simulator
+    and the golden model, the accuracy that of the batch-1 program (0.9944); the
+    report's first line says the batch."""
+    from fxpgen.app.cli import _print_demo
+
+    res = CliRunner().invoke(main, ["demo", "--no-rtl", "--batch", "16", "--images", "4", "--json"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.output)
+    assert r["batch"] == 16 and r["images"] == 360 and "rtl_images" not in r
+    assert r["isa_identical_to_golden"]
+    assert r["fixed_point_accuracy"] == pytest.approx(358 / 360)
+    _print_demo(r, CoreConfig())
+    text = capsys.readouterr().out
+    assert text.startswith("digits CNN on a 8x8 core (360 test images, 16 a run)\n")
+    assert "instruction-level simulator bit-identical to golden: yes (all images)" in text
+
+
+def test_demo_refuses_a_batch_that_does_not_fit():
+    res = CliRunner().invoke(main, ["demo", "--no-rtl", "--batch", "4096"])
+    assert res.exit_code == 1
+    assert "--batch 4096 does not fit" in res.output and "the largest batch that fits is" in res.output
+    res = CliRunner().invoke(main, ["demo", "--batch", "0"])
+    assert res.exit_code == 2 and "must be at least 1" in res.output
+
+
+@pytest.mark.rtl
+def test_demo_with_a_batch_on_the_native_engine(tmp_path, capsys):
+    """``fxpgen demo --batch 16 --engine native`` on 20 images (a full run and one of 4
+    images and 12 zero images): every image bit-identical to the golden model, the
+    cycles per image a run's over 16, the layers' counters those the cycle model
+    predicts for the program the demo kept; the report's lines name the engine and
+    a run's cycles."""
+    from fxpgen.app.cli import _print_demo
+
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(main, ["demo", "--batch", "16", "--images", "20", "--engine", "native",
+                                    "-o", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.output)
+    print({k: v for k, v in r.items() if k != "layers"})
+    assert r["batch"] == 16 and r["rtl_engine"] == "native" and r["rtl_images"] == 20
+    assert r["rtl_identical_to_golden"] and r["isa_identical_to_golden"]
+    run = sum(l["cycles"] for l in r["layers"])
+    assert r["cycles_per_image"] == run / 16
+    assert r["mac_utilization"] == pytest.approx(r["model_macs"] / (run / 16 * 64))
+    np.save(tmp_path / "x.npy", np.load(digits_assets()["test_x"])[:20])
+    model = CliRunner().invoke(main, ["run", str(out), "--input", str(tmp_path / "x.npy"),
+                                      "--engine", "model", "--json"])
+    assert model.exit_code == 0, model.output
+    predicted = json.loads(model.output)["layers"]
+    assert [{k: l[k] for k in ("layer", "cycles", "mac_cycles", "stall_dispatch", "macs")}
+            for l in r["layers"]] == [{k: l[k] for k in ("layer", "cycles", "mac_cycles", "stall_dispatch",
+                                                         "macs")} for l in predicted]
+    _print_demo(r, CoreConfig())
+    text = capsys.readouterr().out
+    assert "RTL bit-identical to golden: yes (20 images, native engine)" in text
+    assert f"(a run of 16 images: {run:.0f} cycles)" in text
+
+
 @pytest.mark.rtl
 def test_demo_on_rtl_for_a_handful_of_images():
     res = CliRunner().invoke(main, ["demo", "--images", "4", "--json"])
