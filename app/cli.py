@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from fxpgen.app.engines import ENGINES
-from fxpgen.app.flow import MIN_SQNR_DB
+from fxpgen.app.flow import DEMO_RTL_ENGINES, MIN_SQNR_DB
 from fxpgen.config import CoreConfig
 
 __all__ = ["main"]
@@ -543,7 +543,7 @@ def build_cmd(board_name, rows, cols, acc_width, spad_depth, wbuf_depth, acc_dep
 @click.option("--batch", type=int, default=1, show_default=True,
               help="Compile for this many images a run (fxpgen compile --batch); every engine "
               "runs the test images that many at a time.")
-@click.option("--engine", type=click.Choice(["rtl", "native"]), default="rtl", show_default=True,
+@click.option("--engine", type=click.Choice(list(DEMO_RTL_ENGINES)), default="rtl", show_default=True,
               help="The RTL engine: Verilator under cocotb, or the Verilator-native harness (faster).")
 @click.option("--no-rtl", is_flag=True, help="Skip the RTL run.")
 @click.option("-o", "--output", "outdir", type=click.Path(file_okay=False, path_type=Path), default=None,
