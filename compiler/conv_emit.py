@@ -72,6 +72,9 @@ class _ConvEmission:
         self.bands = bands
         self.block = 0
         self.group0 = 0        # the input channel group at the band's group 0 (a slab's first)
+        self.half = 0          # the weight-buffer half the next streamed batch is LOADed into
+        # A streamed batch LOADed ahead of its turn: (n-tile, batch, its tiles' rows).
+        self.ahead: tuple[int, int, dict] | None = None
         # Chunks repeat their instructions and weight loads: each is built once, by key.
         self.runs: dict[tuple, list[Instruction]] = {}
         self.packed: dict[tuple, list[int]] = {}
@@ -85,12 +88,12 @@ class _ConvEmission:
             return
         plan = self.plan
         oh = plan.out_size[0]
-        for group in plan.groups:
-            where = {} if group.streamed else self.load_tiles(
-                [(nt, t) for nt in group.n_tiles for t in plan.tiles[nt]])
-            self.load_table(group)
+        for g, group in enumerate(plan.groups):
+            where = self.load_group(group)
             for oy0 in range(0, oh, plan.rows_per_chunk):
-                self.chunk(group, oy0, min(plan.rows_per_chunk, oh - oy0), where)
+                last = oy0 + plan.rows_per_chunk >= oh
+                after = group if not last else plan.groups[g + 1] if g + 1 < len(plan.groups) else None
+                self.chunk(group, oy0, min(plan.rows_per_chunk, oh - oy0), where, after=after)
 
     def run_chunk_outer(self) -> None:
         """Chunk by chunk: its bands, every group of n-tiles, its rows stored."""
@@ -106,10 +109,12 @@ class _ConvEmission:
                 self.load_input_band(oy0, nrow)
             if bands.res_buffer is not None:
                 load_band(self.em, self.res_lay, oy0, nrow, oh, bands.res_buffer)
-            for group in plan.groups:
+            for g, group in enumerate(plan.groups):
                 if not once:
                     where = self.load_group(group)
-                self.chunk(group, oy0, nrow, where, load=False)
+                more = g + 1 < len(plan.groups) or oy0 + nrow < oh
+                self.chunk(group, oy0, nrow, where, load=False,
+                           after=plan.groups[(g + 1) % len(plan.groups)] if more else None)
             if bands.out_buffer:
                 store_rows(self.em, self.out_lay, 0, nrow)
 
@@ -146,11 +151,11 @@ class _ConvEmission:
                   (nrow - 1) * plan.stride[0] + plan.kernel[0], plan.in_height,
                   self.bands.in_buffer, self.bands.in_pad_byte)
 
-    def load_tiles(self, tiles: list[tuple[int, ConvTile]]) -> dict[tuple[int, int, int, int], int]:
-        """LOAD the (n-tile, tile) pairs' weights from weight-buffer row 0; the row offset of
-        each by (n-tile, ky, kx, kt)."""
+    def load_tiles(self, tiles: list[tuple[int, ConvTile]], base: int = 0) -> dict[tuple[int, int, int, int], int]:
+        """LOAD the (n-tile, tile) pairs' weights from weight-buffer row ``base``; the row
+        offset of each by (n-tile, ky, kx, kt)."""
         R = self.cfg.rows
-        where = {(nt, tile.ky, tile.kx, tile.kt): k * R for k, (nt, tile) in enumerate(tiles)}
+        where = {(nt, tile.ky, tile.kx, tile.kt): base + k * R for k, (nt, tile) in enumerate(tiles)}
         if not tiles:
             return where
         key = ("tiles", tiles[0][0], id(tiles[0][1]), len(tiles))
@@ -159,7 +164,7 @@ class _ConvEmission:
             self.packed[key] = pack_rows(Mem.WBUF, np.concatenate([tile.weight for _, tile in tiles]),
                                          self.cfg)
         words = self.packed[key]
-        self.em.load(Mem.WBUF, Addr(0, 1, R), R, len(words) // R, words)
+        self.em.load(Mem.WBUF, Addr(base, 1, R), R, len(words) // R, words)
         return where
 
     def load_table(self, group: TileGroup) -> None:
@@ -171,9 +176,11 @@ class _ConvEmission:
         table = self.packed[key]
         self.em.load(Mem.TABLE, Addr(0, 1), len(table), 1, table)
 
-    def chunk(self, group: TileGroup, oy0: int, nrow: int, where: dict, load: bool = True) -> None:
+    def chunk(self, group: TileGroup, oy0: int, nrow: int, where: dict, load: bool = True,
+              after: TileGroup | None = None) -> None:
         """Output rows ``oy0 .. oy0 + nrow - 1`` of every n-tile of ``group`` (``load``:
-        LOADing a banded input's rows first)."""
+        LOADing a banded input's rows first); ``after`` the group whose chunk is emitted
+        next, if any (a streamed one has its first batch LOADed ahead)."""
         plan = self.plan
         # The input row that kernel row 0 reads for output row oy0, in the input
         # layout's coordinates: a streamed input's band starts there.
@@ -187,13 +194,46 @@ class _ConvEmission:
             acc_base = (self.block % 2) * half
             self.block += 1
             self.load_bias(nt, acc_base, nrow)
-            bank = 0
-            for k, batch in enumerate(plan.batches(group, nt)):
-                if group.streamed:
-                    where = self.load_tiles([(nt, t) for t in batch])
-                self.em.emit_all(self.matmuls(nt, k, batch, where, bank, acc_base, iy0, nrow))
-                bank ^= len(batch) % 2
+            if group.streamed:
+                self.stream(nt, group, after, acc_base, iy0, nrow)
+            else:
+                self.em.emit_all(self.matmuls(nt, 0, plan.tiles[nt], where, 0, acc_base, iy0, nrow))
             self.requant(nt, nt - group.first, acc_base, oy0, nrow)
+
+    def stream(self, nt: int, group: TileGroup, after: TileGroup | None, acc_base: int,
+               iy0: int, nrow: int) -> None:
+        """Streamed n-tile ``nt``'s batches, alternating between the weight buffer's halves:
+        each batch's LOAD is placed before the matmuls of the batch ahead of it (the first
+        batch of ``after``, when streamed, before this n-tile's last), so that the LOAD
+        unit fills one half while LOADW and MATMUL drain the other."""
+        batches = self.plan.batches(group, nt)
+        if after is not None and after.streamed:
+            ahead = [(after.first, 0, self.plan.batches(after, after.first)[0])]
+        else:
+            ahead = []
+        bank = 0
+        for k, batch in enumerate(batches):
+            where = self.take_batch(nt, k, batch)
+            if self.plan.stream_halves == 2:
+                following = [(nt, k + 1, batches[k + 1])] if k + 1 < len(batches) else ahead
+                for item in following:
+                    self.load_batch(*item)
+            self.em.emit_all(self.matmuls(nt, k, batch, where, bank, acc_base, iy0, nrow))
+            bank ^= len(batch) % 2
+
+    def load_batch(self, nt: int, k: int, batch: tuple[ConvTile, ...]) -> None:
+        """LOAD batch ``k`` of streamed n-tile ``nt`` into the next half of the weight buffer."""
+        base = self.half * (self.plan.wbuf_tiles // self.plan.stream_halves) * self.cfg.rows
+        self.half = (self.half + 1) % self.plan.stream_halves
+        self.ahead = (nt, k, self.load_tiles([(nt, t) for t in batch], base))
+
+    def take_batch(self, nt: int, k: int, batch: tuple[ConvTile, ...]) -> dict:
+        """The rows of batch ``k`` of streamed n-tile ``nt``, LOADed now unless it was ahead."""
+        if self.ahead is None or self.ahead[:2] != (nt, k):
+            self.load_batch(nt, k, batch)
+        where = self.ahead[2]
+        self.ahead = None
+        return where
 
     def load_bias(self, nt: int, acc_base: int, nrow: int) -> None:
         """LOAD n-tile ``nt``'s bias into every accumulator row of the block."""
@@ -207,7 +247,8 @@ class _ConvEmission:
                 acc_base: int, iy0: int, nrow: int) -> list[Instruction]:
         """Batch ``k`` of n-tile ``nt``: per tile, LOADW it into the bank (alternating from
         ``bank``) and accumulate its products over the chunk."""
-        key = (nt, k, bank, acc_base, iy0, nrow, self.group0)
+        at = where[(nt, batch[0].ky, batch[0].kx, batch[0].kt)] if batch else 0
+        key = (nt, k, bank, acc_base, iy0, nrow, self.group0, at)
         if key in self.runs:
             return self.runs[key]
         plan, lay, cfg = self.plan, self.in_lay, self.cfg

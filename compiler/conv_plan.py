@@ -6,7 +6,8 @@ weights 1), share the dense path: their per-tap weight matrix (Cin x Cout) is
 block-diagonal and its all-zero (rows x cols) tiles are skipped. The weight tiles of
 as many n-tiles as fit the weight buffer, and as many as the shift table holds, are
 loaded together; an n-tile whose tiles alone exceed the buffer is streamed in
-buffer-sized batches for every chunk of output rows. A chunk is as many output rows
+batches of half the buffer for every chunk of output rows (one half is LOADed
+while the array reads the other). A chunk is as many output rows
 as half the accumulators hold (the other half serves the chunk before it).
 """
 
@@ -91,12 +92,22 @@ class ConvPlan:
     note: str | None                         # the accumulator can saturate
     slabs: tuple[Slab, ...] | None = None    # banded input loaded a few channel groups at a time
 
+    @property
+    def stream_halves(self) -> int:
+        """How many streamed batches the weight buffer holds at once: two (one half is
+        LOADed while the array reads the other) unless it holds a single tile."""
+        return 2 if self.wbuf_tiles >= 2 else 1
+
     def batches(self, group: TileGroup, nt: int) -> list[tuple[ConvTile, ...]]:
-        """The weight-buffer loads of n-tile ``nt``: one (all its tiles) unless streamed."""
+        """The weight-buffer loads of n-tile ``nt``: one (all its tiles) unless streamed,
+        then as few batches as fit a weight-buffer half (:attr:`stream_halves`), of
+        sizes differing by at most one tile."""
         tiles = self.tiles[nt]
         if not group.streamed:
             return [tiles]
-        return [tiles[i:i + self.wbuf_tiles] for i in range(0, len(tiles), self.wbuf_tiles)]
+        n = ceil_div(len(tiles), self.wbuf_tiles // self.stream_halves)
+        cuts = [len(tiles) * i // n for i in range(n + 1)]
+        return [tiles[a:b] for a, b in zip(cuts, cuts[1:])]
 
 
 def rows_per_chunk(cfg: CoreConfig, oh: int, ow: int) -> int:

@@ -130,14 +130,20 @@ def test_n_tiles_are_grouped_by_what_the_shift_table_holds(seed):
 
 def test_an_n_tile_larger_than_the_weight_buffer_is_streamed_in_batches(seed):
     rng = np.random.default_rng(seed)
-    # A 3x3 conv over 8 channels: 9 taps x 2 k-tiles = 18 tiles per n-tile, 4 fit.
+    # A 3x3 conv over 8 channels: 9 taps x 2 k-tiles = 18 tiles per n-tile, 4 fit, and
+    # a batch takes half the buffer (the other half is loaded meanwhile): 2 tiles.
     qg, op = conv_graph(nonzero_weight(rng, (6, 8, 3, 3)))
     plan = plan_conv(qg, op, CFG.replace(wbuf_depth=16))
     assert spans(plan) == [(0, 1, True), (1, 2, True)]
     for g in plan.groups:
         batches = plan.batches(g, g.first)
-        assert [len(b) for b in batches] == [4, 4, 4, 4, 2]
+        assert [len(b) for b in batches] == [2] * 9
         assert [t for b in batches for t in b] == list(plan.tiles[g.first])
+    # 8 tiles fit, 4 a half: 18 tiles in 5 batches, of 3 or 4 tiles (not 4, 4, 4, 4, 2).
+    plan = plan_conv(qg, op, CFG.replace(wbuf_depth=32))
+    batches = plan.batches(plan.groups[0], 0)
+    assert [len(b) for b in batches] == [3, 4, 3, 4, 4]
+    assert [t for b in batches for t in b] == list(plan.tiles[0])
 
 
 def test_only_the_n_tile_that_exceeds_the_buffer_is_streamed(seed):
