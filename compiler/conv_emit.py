@@ -72,9 +72,10 @@ class _ConvEmission:
         self.bands = bands
         self.block = 0
         self.group0 = 0        # the input channel group at the band's group 0 (a slab's first)
-        self.half = 0          # the weight-buffer half the next streamed batch is LOADed into
-        # A streamed batch LOADed ahead of its turn: (n-tile, batch, its tiles' rows).
-        self.ahead: tuple[int, int, dict] | None = None
+        self.half = 0          # the weight-buffer half the next weight load goes to
+        self.fits = False      # the weights in use fit one half (the other may be LOADed)
+        # A weight load made ahead of its turn: (its key, its tiles' rows).
+        self.ahead: tuple[tuple, dict] | None = None
         # Chunks repeat their instructions and weight loads: each is built once, by key.
         self.runs: dict[tuple, list[Instruction]] = {}
         self.packed: dict[tuple, list[int]] = {}
@@ -83,11 +84,12 @@ class _ConvEmission:
         if self.plan.slabs:
             self.run_slabs()
             return
-        if self.bands.chunk_outer:
-            self.run_chunk_outer()
-            return
         plan = self.plan
         oh = plan.out_size[0]
+        # A band of one chunk is LOADed once for every group, not once per group.
+        if self.bands.chunk_outer or (plan.banded and plan.rows_per_chunk >= oh):
+            self.run_chunk_outer()
+            return
         for g, group in enumerate(plan.groups):
             where = self.load_group(group)
             for oy0 in range(0, oh, plan.rows_per_chunk):
@@ -137,12 +139,47 @@ class _ConvEmission:
                 store_rows(self.em, self.out_lay, 0, nrow)
 
     def load_group(self, group: TileGroup) -> dict:
-        """LOAD a group's weight tiles (none when streamed) and shift-table rows."""
-        plan = self.plan
-        where = {} if group.streamed else self.load_tiles(
-            [(nt, t) for nt in group.n_tiles for t in plan.tiles[nt]])
+        """LOAD a group's weight tiles (none when streamed; unless LOADed ahead) and
+        shift-table rows."""
+        where = {} if group.streamed else self.take(*self.first_load(group))
         self.load_table(group)
         return where
+
+    def first_load(self, group: TileGroup) -> tuple[tuple, list[tuple[int, ConvTile]]]:
+        """The key and (n-tile, tile) pairs of the first weight load a visit of ``group``
+        makes: all its tiles, or a streamed n-tile's first batch."""
+        plan = self.plan
+        if group.streamed:
+            return ("batch", group.first, 0), [(group.first, t) for t in plan.batches(group, group.first)[0]]
+        return ("group", group.first), [(nt, t) for nt in group.n_tiles for t in plan.tiles[nt]]
+
+    def put(self, key: tuple, pairs: list[tuple[int, ConvTile]]) -> None:
+        """LOAD weight load ``key`` into the next half of the weight buffer (from row 0
+        when it needs more than half) and keep it as the one ahead."""
+        plan = self.plan
+        half = plan.wbuf_tiles // plan.stream_halves
+        if len(pairs) > half:
+            base, self.half = 0, 0
+        else:
+            base, self.half = self.half * half * self.cfg.rows, (self.half + 1) % plan.stream_halves
+        self.ahead = (key, self.load_tiles(pairs, base))
+
+    def take(self, key: tuple, pairs: list[tuple[int, ConvTile]]) -> dict:
+        """The rows of weight load ``key``, LOADed now unless it was LOADed ahead."""
+        if self.ahead is None or self.ahead[0] != key:
+            self.put(key, pairs)
+        where = self.ahead[1]
+        self.ahead = None
+        self.fits = len(pairs) <= self.plan.wbuf_tiles // self.plan.stream_halves
+        return where
+
+    def prefetch(self, key: tuple, pairs: list[tuple[int, ConvTile]]) -> None:
+        """LOAD weight load ``key`` ahead, into the half the weights in use leave free,
+        when both fit a half: placed before the matmuls of the last weights in use, the
+        LOAD unit fills one half while LOADW and MATMUL drain the other."""
+        half = self.plan.wbuf_tiles // self.plan.stream_halves
+        if self.plan.stream_halves == 2 and self.fits and len(pairs) <= half:
+            self.put(key, pairs)
 
     def load_input_band(self, oy0: int, nrow: int) -> None:
         """LOAD the input rows output rows ``oy0 .. oy0 + nrow - 1`` read into the band."""
@@ -197,6 +234,8 @@ class _ConvEmission:
             if group.streamed:
                 self.stream(nt, group, after, acc_base, iy0, nrow)
             else:
+                if nt == group.stop - 1 and after is not None and after != group:
+                    self.prefetch(*self.first_load(after))
                 self.em.emit_all(self.matmuls(nt, 0, plan.tiles[nt], where, 0, acc_base, iy0, nrow))
             self.requant(nt, nt - group.first, acc_base, oy0, nrow)
 
@@ -207,33 +246,15 @@ class _ConvEmission:
         batch of ``after``, when streamed, before this n-tile's last), so that the LOAD
         unit fills one half while LOADW and MATMUL drain the other."""
         batches = self.plan.batches(group, nt)
-        if after is not None and after.streamed:
-            ahead = [(after.first, 0, self.plan.batches(after, after.first)[0])]
-        else:
-            ahead = []
         bank = 0
         for k, batch in enumerate(batches):
-            where = self.take_batch(nt, k, batch)
-            if self.plan.stream_halves == 2:
-                following = [(nt, k + 1, batches[k + 1])] if k + 1 < len(batches) else ahead
-                for item in following:
-                    self.load_batch(*item)
+            where = self.take(("batch", nt, k), [(nt, t) for t in batch])
+            if k + 1 < len(batches):
+                self.prefetch(("batch", nt, k + 1), [(nt, t) for t in batches[k + 1]])
+            elif after is not None:
+                self.prefetch(*self.first_load(after))
             self.em.emit_all(self.matmuls(nt, k, batch, where, bank, acc_base, iy0, nrow))
             bank ^= len(batch) % 2
-
-    def load_batch(self, nt: int, k: int, batch: tuple[ConvTile, ...]) -> None:
-        """LOAD batch ``k`` of streamed n-tile ``nt`` into the next half of the weight buffer."""
-        base = self.half * (self.plan.wbuf_tiles // self.plan.stream_halves) * self.cfg.rows
-        self.half = (self.half + 1) % self.plan.stream_halves
-        self.ahead = (nt, k, self.load_tiles([(nt, t) for t in batch], base))
-
-    def take_batch(self, nt: int, k: int, batch: tuple[ConvTile, ...]) -> dict:
-        """The rows of batch ``k`` of streamed n-tile ``nt``, LOADed now unless it was ahead."""
-        if self.ahead is None or self.ahead[:2] != (nt, k):
-            self.load_batch(nt, k, batch)
-        where = self.ahead[2]
-        self.ahead = None
-        return where
 
     def load_bias(self, nt: int, acc_base: int, nrow: int) -> None:
         """LOAD n-tile ``nt``'s bias into every accumulator row of the block."""

@@ -114,11 +114,18 @@ def spans(plan):
 
 
 def test_n_tiles_are_grouped_by_what_the_weight_buffer_holds(seed):
-    # 2 k-tiles per n-tile, 5 n-tiles; a 16-row buffer holds 4 tiles: 2 n-tiles.
-    plan = one_by_one(8, 20, CFG.replace(wbuf_depth=16), np.random.default_rng(seed))
-    assert plan.wbuf_tiles == 16 // 4
+    # 2 k-tiles per n-tile, 5 n-tiles; a 32-row buffer holds 8 tiles, not all 10, so a
+    # group takes half of it (the next group is loaded into the other): 2 n-tiles.
+    plan = one_by_one(8, 20, CFG.replace(wbuf_depth=32), np.random.default_rng(seed))
+    assert plan.wbuf_tiles == 32 // 4
     assert spans(plan) == [(0, 2, False), (2, 4, False), (4, 5, False)]
     assert plan.batches(plan.groups[0], 0) == [plan.tiles[0]]
+    # A 16-row buffer: 4 tiles, a half 2: one n-tile per group.
+    plan = one_by_one(8, 20, CFG.replace(wbuf_depth=16), np.random.default_rng(seed))
+    assert spans(plan) == [(nt, nt + 1, False) for nt in range(5)]
+    # A 64-row buffer holds all 10 tiles: one group, loaded once.
+    plan = one_by_one(8, 20, CFG.replace(wbuf_depth=64), np.random.default_rng(seed))
+    assert spans(plan) == [(0, 5, False)]
 
 
 def test_n_tiles_are_grouped_by_what_the_shift_table_holds(seed):
