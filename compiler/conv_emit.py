@@ -114,9 +114,8 @@ class _ConvEmission:
             for g, group in enumerate(plan.groups):
                 if not once:
                     where = self.load_group(group)
-                more = g + 1 < len(plan.groups) or oy0 + nrow < oh
                 self.chunk(group, oy0, nrow, where, load=False,
-                           after=plan.groups[(g + 1) % len(plan.groups)] if more else None)
+                           after=_after(plan.groups, g, oy0 + nrow < oh))
             if bands.out_buffer:
                 store_rows(self.em, self.out_lay, 0, nrow)
 
@@ -125,16 +124,20 @@ class _ConvEmission:
         its groups of n-tiles; then the chunk's rows stored."""
         plan, bands = self.plan, self.bands
         oh, sy = plan.out_size[0], plan.stride[0]
+        order = [group for slab in plan.slabs for group in slab.groups]
         for oy0 in range(0, oh, plan.rows_per_chunk):
             nrow = min(plan.rows_per_chunk, oh - oy0)
             if bands.res_buffer is not None:
                 load_band(self.em, self.res_lay, oy0, nrow, oh, bands.res_buffer)
+            visited = 0
             for slab in plan.slabs:
                 load_band(self.em, self.in_lay, oy0 * sy - plan.pads[0], (nrow - 1) * sy + plan.kernel[0],
                           plan.in_height, bands.in_buffer, bands.in_pad_byte, slab.first, bands.in_groups)
                 self.group0 = slab.first
                 for group in slab.groups:
-                    self.chunk(group, oy0, nrow, self.load_group(group), load=False)
+                    after = _after(order, visited, oy0 + nrow < oh)
+                    visited += 1
+                    self.chunk(group, oy0, nrow, self.load_group(group), load=False, after=after)
             if bands.out_buffer:
                 store_rows(self.em, self.out_lay, 0, nrow)
 
@@ -309,3 +312,11 @@ class _ConvEmission:
         self.em.emit(Instruction(
             Opcode.REQUANT, params, ow, nrow, x=Addr(acc_base, 1, ow), y=y,
             z=Addr(out.pixel(out_y, 0) + group, out.groups, out.padded_w * out.groups)))
+
+
+def _after(order: list[TileGroup], g: int, more: bool) -> TileGroup | None:
+    """The group visited after ``order[g]`` when a chunk visits the groups ``order`` in
+    turn (``more``: another chunk follows)."""
+    if g + 1 < len(order):
+        return order[g + 1]
+    return order[0] if more else None
