@@ -93,8 +93,8 @@ class _ConvEmission:
         for g, group in enumerate(plan.groups):
             where = self.load_group(group)
             for oy0 in range(0, oh, plan.rows_per_chunk):
-                last = oy0 + plan.rows_per_chunk >= oh
-                after = group if not last else plan.groups[g + 1] if g + 1 < len(plan.groups) else None
+                more = oy0 + plan.rows_per_chunk < oh
+                after = group if more else _after(plan.groups, g, False)
                 self.chunk(group, oy0, min(plan.rows_per_chunk, oh - oy0), where, after=after)
 
     def run_chunk_outer(self) -> None:
@@ -160,11 +160,10 @@ class _ConvEmission:
         """LOAD weight load ``key`` into the next half of the weight buffer (from row 0
         when it needs more than half) and keep it as the one ahead."""
         plan = self.plan
-        half = plan.wbuf_tiles // plan.stream_halves
-        if len(pairs) > half:
+        if len(pairs) > plan.half_tiles:
             base, self.half = 0, 0
         else:
-            base, self.half = self.half * half * self.cfg.rows, (self.half + 1) % plan.stream_halves
+            base, self.half = self.half * plan.half_tiles * self.cfg.rows, (self.half + 1) % plan.stream_halves
         self.ahead = (key, self.load_tiles(pairs, base))
 
     def take(self, key: tuple, pairs: list[tuple[int, ConvTile]]) -> dict:
@@ -173,15 +172,14 @@ class _ConvEmission:
             self.put(key, pairs)
         where = self.ahead[1]
         self.ahead = None
-        self.fits = len(pairs) <= self.plan.wbuf_tiles // self.plan.stream_halves
+        self.fits = len(pairs) <= self.plan.half_tiles
         return where
 
     def prefetch(self, key: tuple, pairs: list[tuple[int, ConvTile]]) -> None:
         """LOAD weight load ``key`` ahead, into the half the weights in use leave free,
         when both fit a half: placed before the matmuls of the last weights in use, the
         LOAD unit fills one half while LOADW and MATMUL drain the other."""
-        half = self.plan.wbuf_tiles // self.plan.stream_halves
-        if self.plan.stream_halves == 2 and self.fits and len(pairs) <= half:
+        if self.plan.stream_halves == 2 and self.fits and len(pairs) <= self.plan.half_tiles:
             self.put(key, pairs)
 
     def load_input_band(self, oy0: int, nrow: int) -> None:
@@ -220,7 +218,7 @@ class _ConvEmission:
               after: TileGroup | None = None) -> None:
         """Output rows ``oy0 .. oy0 + nrow - 1`` of every n-tile of ``group`` (``load``:
         LOADing a banded input's rows first); ``after`` the group whose chunk is emitted
-        next, if any (a streamed one has its first batch LOADed ahead)."""
+        next, if any, whose first weight load goes ahead of this chunk's last matmuls."""
         plan = self.plan
         # The input row that kernel row 0 reads for output row oy0, in the input
         # layout's coordinates: a streamed input's band starts there.
@@ -245,9 +243,9 @@ class _ConvEmission:
     def stream(self, nt: int, group: TileGroup, after: TileGroup | None, acc_base: int,
                iy0: int, nrow: int) -> None:
         """Streamed n-tile ``nt``'s batches, alternating between the weight buffer's halves:
-        each batch's LOAD is placed before the matmuls of the batch ahead of it (the first
-        batch of ``after``, when streamed, before this n-tile's last), so that the LOAD
-        unit fills one half while LOADW and MATMUL drain the other."""
+        each batch's LOAD is placed before the matmuls of the batch before it (the first
+        load of ``after`` before this n-tile's last batch), so that the LOAD unit fills
+        one half while LOADW and MATMUL drain the other."""
         batches = self.plan.batches(group, nt)
         bank = 0
         for k, batch in enumerate(batches):

@@ -95,18 +95,23 @@ class ConvPlan:
 
     @property
     def stream_halves(self) -> int:
-        """How many streamed batches the weight buffer holds at once: two (one half is
+        """How many weight loads the weight buffer holds at once: two (one half is
         LOADed while the array reads the other) unless it holds a single tile."""
         return 2 if self.wbuf_tiles >= 2 else 1
 
+    @property
+    def half_tiles(self) -> int:
+        """The tiles of one weight-buffer half (:attr:`stream_halves`)."""
+        return self.wbuf_tiles // self.stream_halves
+
     def batches(self, group: TileGroup, nt: int) -> list[tuple[ConvTile, ...]]:
         """The weight-buffer loads of n-tile ``nt``: one (all its tiles) unless streamed,
-        then as few batches as fit a weight-buffer half (:attr:`stream_halves`), of
-        sizes differing by at most one tile."""
+        then as few batches as fit a weight-buffer half, of sizes differing by at most
+        one tile."""
         tiles = self.tiles[nt]
         if not group.streamed:
             return [tiles]
-        n = ceil_div(len(tiles), self.wbuf_tiles // self.stream_halves)
+        n = ceil_div(len(tiles), self.half_tiles)
         cuts = [len(tiles) * i // n for i in range(n + 1)]
         return [tiles[a:b] for a, b in zip(cuts, cuts[1:])]
 
