@@ -6,8 +6,8 @@ weights 1), share the dense path: their per-tap weight matrix (Cin x Cout) is
 block-diagonal and its all-zero (rows x cols) tiles are skipped. The weight tiles of
 as many n-tiles as fit the weight buffer (half of it when they need more than one
 load), and as many as the shift table holds, are loaded together; an n-tile whose
-tiles alone exceed the buffer is streamed in batches of half the buffer for every
-chunk of output rows (one half is LOADed while the array reads the other). A chunk
+tiles alone exceed that is streamed in batches of half the buffer for every chunk
+of output rows (one half is LOADed while the array reads the other). A chunk
 is as many output rows as half the accumulators hold (the other half serves the
 chunk before it).
 """
@@ -44,7 +44,8 @@ class ConvTile:
 class TileGroup:
     """N-tiles ``first .. stop - 1``, whose weight tiles share one weight-buffer load and
     whose shift-table rows one table load; ``streamed``: one n-tile whose tiles exceed
-    the buffer, loaded in batches for every chunk."""
+    the buffer (half of it when the conv needs several loads), loaded in batches for
+    every chunk."""
 
     first: int
     stop: int
@@ -291,7 +292,8 @@ def _group_n_tiles(tiles, cfg: CoreConfig) -> tuple[TileGroup, ...]:
     """Consecutive n-tiles whose tiles fit the weight buffer together, at most
     ``table_depth`` of them; an n-tile alone larger than the buffer on its own, streamed.
     When they need more than one group, a group takes at most half the buffer (the
-    next is LOADed into the other half meanwhile) unless one n-tile alone needs more."""
+    next is LOADed into the other half meanwhile), and an n-tile larger than half
+    is streamed in batches of half."""
     cap = cfg.wbuf_depth // cfg.rows
     if sum(map(len, tiles)) > cap or len(tiles) > cfg.table_depth:
         cap = max(1, cap // 2)
@@ -299,7 +301,7 @@ def _group_n_tiles(tiles, cfg: CoreConfig) -> tuple[TileGroup, ...]:
     nt0 = 0
     while nt0 < len(tiles):
         if len(tiles[nt0]) > cap:
-            groups.append(TileGroup(nt0, nt0 + 1, len(tiles[nt0]) > cfg.wbuf_depth // cfg.rows))
+            groups.append(TileGroup(nt0, nt0 + 1, True))
             nt0 += 1
             continue
         nt1, n = nt0, 0

@@ -162,8 +162,13 @@ def test_only_the_n_tile_that_exceeds_the_buffer_is_streamed(seed):
     plan = plan_conv(qg, op, CFG.replace(wbuf_depth=4))   # one tile per load
     assert [len(t) for t in plan.tiles] == [2, 2]
     assert spans(plan) == [(0, 1, True), (1, 2, True)]
-    plan = plan_conv(qg, op, CFG.replace(wbuf_depth=8))   # two tiles per load
-    assert spans(plan) == [(0, 1, False), (1, 2, False)]
+    # Two tiles fit, not all four: a load takes half the buffer, one tile, so each
+    # n-tile streams, a tile per batch, each batch loaded while the other is read.
+    plan = plan_conv(qg, op, CFG.replace(wbuf_depth=8))
+    assert spans(plan) == [(0, 1, True), (1, 2, True)]
+    assert [len(b) for b in plan.batches(plan.groups[0], 0)] == [1, 1]
+    plan = plan_conv(qg, op, CFG.replace(wbuf_depth=16))  # all four tiles fit: one load
+    assert spans(plan) == [(0, 2, False)]
 
 
 @pytest.mark.parametrize("acc_depth, oh, ow, rows", [(64, 7, 10, 3), (64, 5, 4, 5), (512, 3, 33, 3),
