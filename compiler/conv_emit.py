@@ -8,10 +8,16 @@ MATMUL per nonzero (tap, k-tile) tile whose two address loops walk the output pi
 (no im2col copy), and a REQUANT of the block into the output map (with the residual
 when fused). Accumulator blocks alternate between the two halves of the accumulators.
 
+Weight loads (a group's tiles, or a batch of a streamed n-tile's) alternate between
+the two halves of the weight buffer when a conv needs more than one, and each is
+emitted before the matmuls of the load it follows: the in-order dispatcher finds the
+LOAD unit free, which fills one half while LOADW and MATMUL read the other.
+
 Off-chip maps (:class:`ConvBands`). When the residual or the output is kept in the
 host's memory, the loops turn: for every chunk, LOAD the input band and the
 residual's rows, run every group of n-tiles (reloading their weights when there
-is more than one group) into a chunk buffer, and STORE the chunk's rows. A plan
+is more than one group) into a chunk buffer, and STORE the chunk's rows; so does
+an off-chip input of one chunk, its band LOADed once for all groups. A plan
 with slabs (a grouped or depthwise conv whose band of all channels would not fit)
 LOADs the band a slab of channel groups at a time and runs the slab's n-tiles on it.
 """
