@@ -8,10 +8,16 @@ MATMUL per nonzero (tap, k-tile) tile whose two address loops walk the output pi
 (no im2col copy), and a REQUANT of the block into the output map (with the residual
 when fused). Accumulator blocks alternate between the two halves of the accumulators.
 
+Weight loads (a group's tiles, or a batch of a streamed n-tile's) alternate between
+the two halves of the weight buffer when a conv needs more than one, and each is
+emitted before the matmuls of the load it follows: the in-order dispatcher finds the
+LOAD unit free, which fills one half while LOADW and MATMUL read the other.
+
 Off-chip maps (:class:`ConvBands`). When the residual or the output is kept in the
 host's memory, the loops turn: for every chunk, LOAD the input band and the
 residual's rows, run every group of n-tiles (reloading their weights when there
-is more than one group) into a chunk buffer, and STORE the chunk's rows. A plan
+is more than one group) into a chunk buffer, and STORE the chunk's rows; so does
+an off-chip input of one chunk, its band LOADed once for all groups. A plan
 with slabs (a grouped or depthwise conv whose band of all channels would not fit)
 LOADs the band a slab of channel groups at a time and runs the slab's n-tiles on it.
 
@@ -108,6 +114,10 @@ class _ConvEmission:
         self.images = images
         self.block = 0
         self.group0 = 0        # the input channel group at the band's group 0 (a slab's first)
+        self.half = 0          # the weight-buffer half the next weight load goes to
+        self.fits = False      # the weights in use fit one half (the other may be LOADed)
+        # A weight load made ahead of its turn: (its key, its tiles' rows).
+        self.ahead: tuple[tuple, dict] | None = None
         # Chunks repeat their instructions and weight loads: each is built once, by key.
         self.runs: dict[tuple, list[Instruction]] = {}
         self.packed: dict[tuple, list[int]] = {}
@@ -116,17 +126,18 @@ class _ConvEmission:
         if self.plan.slabs:
             self.run_slabs()
             return
-        if self.bands.chunk_outer:
-            self.run_chunk_outer()
-            return
         plan = self.plan
         oh = plan.out_size[0]
-        for group in plan.groups:
-            where = {} if group.streamed else self.load_tiles(
-                [(nt, t) for nt in group.n_tiles for t in plan.tiles[nt]])
-            self.load_table(group)
+        # A band of one chunk is LOADed once for every group, not once per group.
+        if self.bands.chunk_outer or (plan.banded and plan.rows_per_chunk >= oh):
+            self.run_chunk_outer()
+            return
+        for g, group in enumerate(plan.groups):
+            where = self.load_group(group)
             for oy0 in range(0, oh, plan.rows_per_chunk):
-                self.chunk(group, oy0, min(plan.rows_per_chunk, oh - oy0), where)
+                more = oy0 + plan.rows_per_chunk < oh
+                after = group if more else _after(plan.groups, g, False)
+                self.chunk(group, oy0, min(plan.rows_per_chunk, oh - oy0), where, after=after)
 
     def run_chunk_outer(self) -> None:
         """Chunk by chunk: its bands, every group of n-tiles, its rows stored."""
@@ -142,10 +153,11 @@ class _ConvEmission:
                 self.load_input_band(oy0, nrow)
             if bands.res_buffer is not None:
                 load_band(self.em, self.res_lay, oy0, nrow, oh, bands.res_buffer)
-            for group in plan.groups:
+            for g, group in enumerate(plan.groups):
                 if not once:
                     where = self.load_group(group)
-                self.chunk(group, oy0, nrow, where, load=False)
+                self.chunk(group, oy0, nrow, where, load=False,
+                           after=_after(plan.groups, g, oy0 + nrow < oh))
             if bands.out_buffer:
                 store_rows(self.em, self.out_lay, 0, nrow)
 
@@ -154,26 +166,63 @@ class _ConvEmission:
         its groups of n-tiles; then the chunk's rows stored."""
         plan, bands = self.plan, self.bands
         oh, sy = plan.out_size[0], plan.stride[0]
+        order = [group for slab in plan.slabs for group in slab.groups]
         for oy0 in range(0, oh, plan.rows_per_chunk):
             nrow = min(plan.rows_per_chunk, oh - oy0)
             if bands.res_buffer is not None:
                 load_band(self.em, self.res_lay, oy0, nrow, oh, bands.res_buffer)
+            visited = 0
             for slab in plan.slabs:
                 load_band(self.em, self.in_lay, oy0 * sy - plan.pads[0], (nrow - 1) * sy + plan.kernel[0],
                           plan.in_height, bands.in_buffer, bands.in_pad_byte, slab.first, bands.in_groups)
                 self.group0 = slab.first
                 for group in slab.groups:
-                    self.chunk(group, oy0, nrow, self.load_group(group), load=False)
+                    after = _after(order, visited, oy0 + nrow < oh)
+                    visited += 1
+                    self.chunk(group, oy0, nrow, self.load_group(group), load=False, after=after)
             if bands.out_buffer:
                 store_rows(self.em, self.out_lay, 0, nrow)
 
     def load_group(self, group: TileGroup) -> dict:
-        """LOAD a group's weight tiles (none when streamed) and shift-table rows."""
-        plan = self.plan
-        where = {} if group.streamed else self.load_tiles(
-            [(nt, t) for nt in group.n_tiles for t in plan.tiles[nt]])
+        """LOAD a group's weight tiles (none when streamed; unless LOADed ahead) and
+        shift-table rows."""
+        where = {} if group.streamed else self.take(*self.first_load(group))
         self.load_table(group)
         return where
+
+    def first_load(self, group: TileGroup) -> tuple[tuple, list[tuple[int, ConvTile]]]:
+        """The key and (n-tile, tile) pairs of the first weight load a visit of ``group``
+        makes: all its tiles, or a streamed n-tile's first batch."""
+        plan = self.plan
+        if group.streamed:
+            return ("batch", group.first, 0), [(group.first, t) for t in plan.batches(group, group.first)[0]]
+        return ("group", group.first), [(nt, t) for nt in group.n_tiles for t in plan.tiles[nt]]
+
+    def put(self, key: tuple, pairs: list[tuple[int, ConvTile]]) -> None:
+        """LOAD weight load ``key`` into the next half of the weight buffer (from row 0
+        when it needs more than half) and keep it as the one ahead."""
+        plan = self.plan
+        if len(pairs) > plan.half_tiles:
+            base, self.half = 0, 0
+        else:
+            base, self.half = self.half * plan.half_tiles * self.cfg.rows, (self.half + 1) % plan.stream_halves
+        self.ahead = (key, self.load_tiles(pairs, base))
+
+    def take(self, key: tuple, pairs: list[tuple[int, ConvTile]]) -> dict:
+        """The rows of weight load ``key``, LOADed now unless it was LOADed ahead."""
+        if self.ahead is None or self.ahead[0] != key:
+            self.put(key, pairs)
+        where = self.ahead[1]
+        self.ahead = None
+        self.fits = len(pairs) <= self.plan.half_tiles
+        return where
+
+    def prefetch(self, key: tuple, pairs: list[tuple[int, ConvTile]]) -> None:
+        """LOAD weight load ``key`` ahead, into the half the weights in use leave free,
+        when both fit a half: placed before the matmuls of the last weights in use, the
+        LOAD unit fills one half while LOADW and MATMUL drain the other."""
+        if self.plan.stream_halves == 2 and self.fits and len(pairs) <= self.plan.half_tiles:
+            self.put(key, pairs)
 
     def load_input_band(self, oy0: int, nrow: int) -> None:
         """LOAD the input rows output rows ``oy0 .. oy0 + nrow - 1`` read into the band."""
@@ -182,11 +231,11 @@ class _ConvEmission:
                   (nrow - 1) * plan.stride[0] + plan.kernel[0], plan.in_height,
                   self.bands.in_buffer, self.bands.in_pad_byte)
 
-    def load_tiles(self, tiles: list[tuple[int, ConvTile]]) -> dict[tuple[int, int, int, int], int]:
-        """LOAD the (n-tile, tile) pairs' weights from weight-buffer row 0; the row offset of
-        each by (n-tile, ky, kx, kt)."""
+    def load_tiles(self, tiles: list[tuple[int, ConvTile]], base: int = 0) -> dict[tuple[int, int, int, int], int]:
+        """LOAD the (n-tile, tile) pairs' weights from weight-buffer row ``base``; the row
+        offset of each by (n-tile, ky, kx, kt)."""
         R = self.cfg.rows
-        where = {(nt, tile.ky, tile.kx, tile.kt): k * R for k, (nt, tile) in enumerate(tiles)}
+        where = {(nt, tile.ky, tile.kx, tile.kt): base + k * R for k, (nt, tile) in enumerate(tiles)}
         if not tiles:
             return where
         key = ("tiles", tiles[0][0], id(tiles[0][1]), len(tiles))
@@ -195,7 +244,7 @@ class _ConvEmission:
             self.packed[key] = pack_rows(Mem.WBUF, np.concatenate([tile.weight for _, tile in tiles]),
                                          self.cfg)
         words = self.packed[key]
-        self.em.load(Mem.WBUF, Addr(0, 1, R), R, len(words) // R, words)
+        self.em.load(Mem.WBUF, Addr(base, 1, R), R, len(words) // R, words)
         return where
 
     def load_table(self, group: TileGroup) -> None:
@@ -207,9 +256,11 @@ class _ConvEmission:
         table = self.packed[key]
         self.em.load(Mem.TABLE, Addr(0, 1), len(table), 1, table)
 
-    def chunk(self, group: TileGroup, oy0: int, nrow: int, where: dict, load: bool = True) -> None:
+    def chunk(self, group: TileGroup, oy0: int, nrow: int, where: dict, load: bool = True,
+              after: TileGroup | None = None) -> None:
         """Output rows ``oy0 .. oy0 + nrow - 1`` of every n-tile of ``group`` (``load``:
-        LOADing a banded input's rows first)."""
+        LOADing a banded input's rows first); ``after`` the group whose chunk is emitted
+        next, if any, whose first weight load goes ahead of this chunk's last matmuls."""
         plan = self.plan
         # The input row that kernel row 0 reads for output row oy0, in the input
         # layout's coordinates: a streamed input's band starts there.
@@ -226,12 +277,12 @@ class _ConvEmission:
             acc_base = (self.block % 2) * half
             self.block += 1
             self.load_bias(nt, acc_base, nrow)
-            bank = 0
-            for k, batch in enumerate(plan.batches(group, nt)):
-                if group.streamed:
-                    where = self.load_tiles([(nt, t) for t in batch])
-                self.em.emit_all(self.matmuls(nt, k, batch, where, bank, acc_base, iy0, nrow))
-                bank ^= len(batch) % 2
+            if group.streamed:
+                self.stream(nt, group, after, acc_base, iy0, nrow)
+            else:
+                if nt == group.stop - 1 and after is not None and after != group:
+                    self.prefetch(*self.first_load(after))
+                self.em.emit_all(self.matmuls(nt, 0, plan.tiles[nt], where, 0, acc_base, iy0, nrow))
             self.requant(nt, nt - group.first, acc_base, oy0, nrow)
 
     def chunk_images(self, group: TileGroup, oy0: int, nrow: int, where: dict, iy0: int) -> None:
@@ -249,7 +300,7 @@ class _ConvEmission:
             bank = 0
             for k, batch in enumerate(batches):
                 if group.streamed:
-                    where = self.load_tiles([(nt, t) for t in batch])
+                    where = self.take(("batch", nt, k), [(nt, t) for t in batch])
                 for j, tile in enumerate(batch):
                     if (k, j) == first and not between:
                         for b in blocks:
@@ -268,6 +319,23 @@ class _ConvEmission:
             for i in range(len(images) - 1 if between else 0, len(images)):
                 self.requant(nt, nt - group.first, blocks[i], oy0, nrow, images[i])
 
+    def stream(self, nt: int, group: TileGroup, after: TileGroup | None, acc_base: int,
+               iy0: int, nrow: int) -> None:
+        """Streamed n-tile ``nt``'s batches, alternating between the weight buffer's halves:
+        each batch's LOAD is placed before the matmuls of the batch before it (the first
+        load of ``after`` before this n-tile's last batch), so that the LOAD unit fills
+        one half while LOADW and MATMUL drain the other."""
+        batches = self.plan.batches(group, nt)
+        bank = 0
+        for k, batch in enumerate(batches):
+            where = self.take(("batch", nt, k), [(nt, t) for t in batch])
+            if k + 1 < len(batches):
+                self.prefetch(("batch", nt, k + 1), [(nt, t) for t in batches[k + 1]])
+            elif after is not None:
+                self.prefetch(*self.first_load(after))
+            self.em.emit_all(self.matmuls(nt, k, batch, where, bank, acc_base, iy0, nrow))
+            bank ^= len(batch) % 2
+
     def load_bias(self, nt: int, acc_base: int, nrow: int) -> None:
         """LOAD n-tile ``nt``'s bias into every accumulator row of the block."""
         ow = self.plan.out_size[1]
@@ -280,7 +348,8 @@ class _ConvEmission:
                 acc_base: int, iy0: int, nrow: int) -> list[Instruction]:
         """Batch ``k`` of n-tile ``nt``: per tile, LOADW it into the bank (alternating from
         ``bank``) and accumulate its products over the chunk."""
-        key = (nt, k, bank, acc_base, iy0, nrow, self.group0)
+        at = where[(nt, batch[0].ky, batch[0].kx, batch[0].kt)] if batch else 0
+        key = (nt, k, bank, acc_base, iy0, nrow, self.group0, at)
         if key in self.runs:
             return self.runs[key]
         out = []
@@ -328,3 +397,11 @@ class _ConvEmission:
         self.em.emit(Instruction(
             Opcode.REQUANT, params, ow, nrow, x=Addr(acc_base, 1, ow), y=y,
             z=Addr(out.pixel(out_y, 0) + group, out.groups, out.padded_w * out.groups)))
+
+
+def _after(order: list[TileGroup], g: int, more: bool) -> TileGroup | None:
+    """The group visited after ``order[g]`` when a chunk visits the groups ``order`` in
+    turn (``more``: another chunk follows)."""
+    if g + 1 < len(order):
+        return order[g + 1]
+    return order[0] if more else None

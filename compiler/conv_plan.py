@@ -4,10 +4,12 @@ its graph and the core configuration, before any instruction is emitted.
 Grouped and depthwise convolutions, and average pooling (a depthwise conv with
 weights 1), share the dense path: their per-tap weight matrix (Cin x Cout) is
 block-diagonal and its all-zero (rows x cols) tiles are skipped. The weight tiles of
-as many n-tiles as fit the weight buffer, and as many as the shift table holds, are
-loaded together; an n-tile whose tiles alone exceed the buffer is streamed in
-buffer-sized batches for every chunk of output rows. A chunk is as many output rows
-as half the accumulators hold (the other half serves the chunk before it).
+as many n-tiles as fit the weight buffer (half of it when they need more than one
+load), and as many as the shift table holds, are loaded together; an n-tile whose
+tiles alone exceed that is streamed in batches of half the buffer for every chunk
+of output rows (one half is LOADed while the array reads the other). A chunk
+is as many output rows as half the accumulators hold (the other half serves the
+chunk before it).
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ class ConvTile:
 class TileGroup:
     """N-tiles ``first .. stop - 1``, whose weight tiles share one weight-buffer load and
     whose shift-table rows one table load; ``streamed``: one n-tile whose tiles exceed
-    the buffer, loaded in batches for every chunk."""
+    the buffer (half of it when the conv needs several loads), loaded in batches for
+    every chunk."""
 
     first: int
     stop: int
@@ -91,12 +94,27 @@ class ConvPlan:
     note: str | None                         # the accumulator can saturate
     slabs: tuple[Slab, ...] | None = None    # banded input loaded a few channel groups at a time
 
+    @property
+    def stream_halves(self) -> int:
+        """How many weight loads the weight buffer holds at once: two (one half is
+        LOADed while the array reads the other) unless it holds a single tile."""
+        return 2 if self.wbuf_tiles >= 2 else 1
+
+    @property
+    def half_tiles(self) -> int:
+        """The tiles of one weight-buffer half (:attr:`stream_halves`)."""
+        return self.wbuf_tiles // self.stream_halves
+
     def batches(self, group: TileGroup, nt: int) -> list[tuple[ConvTile, ...]]:
-        """The weight-buffer loads of n-tile ``nt``: one (all its tiles) unless streamed."""
+        """The weight-buffer loads of n-tile ``nt``: one (all its tiles) unless streamed,
+        then as few batches as fit a weight-buffer half, of sizes differing by at most
+        one tile."""
         tiles = self.tiles[nt]
         if not group.streamed:
             return [tiles]
-        return [tiles[i:i + self.wbuf_tiles] for i in range(0, len(tiles), self.wbuf_tiles)]
+        n = ceil_div(len(tiles), self.half_tiles)
+        cuts = [len(tiles) * i // n for i in range(n + 1)]
+        return [tiles[a:b] for a, b in zip(cuts, cuts[1:])]
 
 
 def rows_per_chunk(cfg: CoreConfig, oh: int, ow: int) -> int:
@@ -272,8 +290,13 @@ def _bias_rows(bias, cout: int, n_tiles: int, cfg: CoreConfig) -> tuple[tuple[in
 
 def _group_n_tiles(tiles, cfg: CoreConfig) -> tuple[TileGroup, ...]:
     """Consecutive n-tiles whose tiles fit the weight buffer together, at most
-    ``table_depth`` of them; an n-tile alone larger than the buffer on its own, streamed."""
+    ``table_depth`` of them; an n-tile alone larger than the buffer on its own, streamed.
+    When they need more than one group, a group takes at most half the buffer (the
+    next is LOADed into the other half meanwhile), and an n-tile larger than half
+    is streamed in batches of half."""
     cap = cfg.wbuf_depth // cfg.rows
+    if sum(map(len, tiles)) > cap or len(tiles) > cfg.table_depth:
+        cap = max(1, cap // 2)
     groups = []
     nt0 = 0
     while nt0 < len(tiles):

@@ -114,11 +114,18 @@ def spans(plan):
 
 
 def test_n_tiles_are_grouped_by_what_the_weight_buffer_holds(seed):
-    # 2 k-tiles per n-tile, 5 n-tiles; a 16-row buffer holds 4 tiles: 2 n-tiles.
-    plan = one_by_one(8, 20, CFG.replace(wbuf_depth=16), np.random.default_rng(seed))
-    assert plan.wbuf_tiles == 16 // 4
+    # 2 k-tiles per n-tile, 5 n-tiles; a 32-row buffer holds 8 tiles, not all 10, so a
+    # group takes half of it (the next group is loaded into the other): 2 n-tiles.
+    plan = one_by_one(8, 20, CFG.replace(wbuf_depth=32), np.random.default_rng(seed))
+    assert plan.wbuf_tiles == 32 // 4
     assert spans(plan) == [(0, 2, False), (2, 4, False), (4, 5, False)]
     assert plan.batches(plan.groups[0], 0) == [plan.tiles[0]]
+    # A 16-row buffer: 4 tiles, a half 2: one n-tile per group.
+    plan = one_by_one(8, 20, CFG.replace(wbuf_depth=16), np.random.default_rng(seed))
+    assert spans(plan) == [(nt, nt + 1, False) for nt in range(5)]
+    # A 64-row buffer holds all 10 tiles: one group, loaded once.
+    plan = one_by_one(8, 20, CFG.replace(wbuf_depth=64), np.random.default_rng(seed))
+    assert spans(plan) == [(0, 5, False)]
 
 
 def test_n_tiles_are_grouped_by_what_the_shift_table_holds(seed):
@@ -130,14 +137,20 @@ def test_n_tiles_are_grouped_by_what_the_shift_table_holds(seed):
 
 def test_an_n_tile_larger_than_the_weight_buffer_is_streamed_in_batches(seed):
     rng = np.random.default_rng(seed)
-    # A 3x3 conv over 8 channels: 9 taps x 2 k-tiles = 18 tiles per n-tile, 4 fit.
+    # A 3x3 conv over 8 channels: 9 taps x 2 k-tiles = 18 tiles per n-tile, 4 fit, and
+    # a batch takes half the buffer (the other half is loaded meanwhile): 2 tiles.
     qg, op = conv_graph(nonzero_weight(rng, (6, 8, 3, 3)))
     plan = plan_conv(qg, op, CFG.replace(wbuf_depth=16))
     assert spans(plan) == [(0, 1, True), (1, 2, True)]
     for g in plan.groups:
         batches = plan.batches(g, g.first)
-        assert [len(b) for b in batches] == [4, 4, 4, 4, 2]
+        assert [len(b) for b in batches] == [2] * 9
         assert [t for b in batches for t in b] == list(plan.tiles[g.first])
+    # 8 tiles fit, 4 a half: 18 tiles in 5 batches, of 3 or 4 tiles (not 4, 4, 4, 4, 2).
+    plan = plan_conv(qg, op, CFG.replace(wbuf_depth=32))
+    batches = plan.batches(plan.groups[0], 0)
+    assert [len(b) for b in batches] == [3, 4, 3, 4, 4]
+    assert [t for b in batches for t in b] == list(plan.tiles[0])
 
 
 def test_only_the_n_tile_that_exceeds_the_buffer_is_streamed(seed):
@@ -149,8 +162,13 @@ def test_only_the_n_tile_that_exceeds_the_buffer_is_streamed(seed):
     plan = plan_conv(qg, op, CFG.replace(wbuf_depth=4))   # one tile per load
     assert [len(t) for t in plan.tiles] == [2, 2]
     assert spans(plan) == [(0, 1, True), (1, 2, True)]
-    plan = plan_conv(qg, op, CFG.replace(wbuf_depth=8))   # two tiles per load
-    assert spans(plan) == [(0, 1, False), (1, 2, False)]
+    # Two tiles fit, not all four: a load takes half the buffer, one tile, so each
+    # n-tile streams, a tile per batch, each batch loaded while the other is read.
+    plan = plan_conv(qg, op, CFG.replace(wbuf_depth=8))
+    assert spans(plan) == [(0, 1, True), (1, 2, True)]
+    assert [len(b) for b in plan.batches(plan.groups[0], 0)] == [1, 1]
+    plan = plan_conv(qg, op, CFG.replace(wbuf_depth=16))  # all four tiles fit: one load
+    assert spans(plan) == [(0, 2, False)]
 
 
 @pytest.mark.parametrize("acc_depth, oh, ow, rows", [(64, 7, 10, 3), (64, 5, 4, 5), (512, 3, 33, 3),
