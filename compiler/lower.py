@@ -10,7 +10,8 @@ copies of channel groups there or, where a channel would change lane, as the 1x1
 convolutions of :mod:`~fxpgen.compiler.channel_ops`, channel shuffles folded into the
 convs reading them by :mod:`~fxpgen.compiler.shuffle_fold` or else 1x1 convolutions too,
 nearest-neighbour upsampling on the vector unit), end the layer with a HALT and
-free the maps it read last; finally STORE the output map.
+free the maps it read last; finally STORE the output map (unless it is off chip:
+its producer stored it).
 
 Every layer ends with a HALT, so the core's performance counters (cleared when a
 program starts, frozen by HALT) measure each layer on its own.
@@ -151,7 +152,8 @@ class Lowered:
         return refs
 
     def output_words(self, results: list[int]) -> list[int]:
-        """The output map's words among all result words (those of no off-chip map)."""
+        """The output map's words among all result words (those of no host buffer: an
+        off-chip output's rows, stored by its producer, belong to none)."""
         out, pos = [], 0
         for b in self.host_buffers:
             out += results[pos:b.result_at]
@@ -253,7 +255,7 @@ def _lower_streamed(qg: QGraph, cfg: CoreConfig, stream_input: bool | None,
     try:
         return _lower_resident(qg, cfg, stream_input, consumer, plans, progress)
     except DoesNotFit as resident:
-        if not spillable(qg):
+        if not spillable(qg, output=True):
             raise
         return _lower_offchip(qg, cfg, consumer if stream_input is not False else None, resident, plans,
                               progress)
@@ -437,17 +439,23 @@ class _Lowering:
                     self.alloc.release(lay.base, lay.rows)
 
     def finish(self, in_lay: MapLayout) -> Lowered | None:
-        """STORE the output map row by row, HALT, and the program (None for a dry run)."""
+        """STORE the output map row by row, HALT, and the program (None for a dry run).
+        An off-chip output was stored by its producer (no "output" layer then): its
+        layout says only its shape, for decoding."""
         qg, em = self.qg, self.em
         if self.dry:
             return None
-        out_lay = self.layouts[qg.output]
-        em.layer = "output"
-        for lay in self.maps[qg.output]:
-            for y in range(lay.height):
-                em.emit(Instruction(Opcode.STORE, {"mem": Mem.SPAD.value}, lay.width * lay.groups, 1,
-                                    x=Addr(lay.pixel(y, 0), 1)))
-        em.emit(Instruction(Opcode.HALT))
+        if qg.output in self.offchip:
+            c, h, w = qg.tensor(qg.output).shape
+            out_lay = MapLayout(0, c, h, w, (0, 0, 0, 0), ceil_div(c, self.cfg.lanes))
+        else:
+            out_lay = self.layouts[qg.output]
+            em.layer = "output"
+            for lay in self.maps[qg.output]:
+                for y in range(lay.height):
+                    em.emit(Instruction(Opcode.STORE, {"mem": Mem.SPAD.value}, lay.width * lay.groups, 1,
+                                        x=Addr(lay.pixel(y, 0), 1)))
+            em.emit(Instruction(Opcode.HALT))
         return Lowered(self.cfg, em.words, em.layers, em.data, em.pieces, in_lay, out_lay,
                        qg.tensor(qg.input).fmt.signed, qg.tensor(qg.output).fmt.signed,
                        spad_rows_used=self.alloc.high, notes=em.notes, host_pieces=em.host_pieces,

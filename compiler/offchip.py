@@ -8,11 +8,13 @@ it may spill were off chip), the largest of them that may go off chip does. A ma
 off chip when its producer and every consumer can run in bands (:data:`BANDED_OPS`):
 convolutions (any kernel, stride and groups, with a residual), average and max
 pools, adds, concats, slices, nearest upsampling, lookup tables and products; neither
-the network's input (streamed in bands by its own rule) nor its output, nor a
-product's per-channel operand (read whole at every pixel). The plans are tried in
-two tiers (:data:`SPILL_TIERS`, :func:`spill_plans`): first only maps the conv family
-alone reads and writes (so what compiled before the other ops could band lowers as
-it did), then every map that may go off chip. Within a tier the
+the network's input (streamed in bands by its own rule) nor a product's per-channel
+operand (read whole at every pixel). The plans are tried in three tiers
+(:data:`SPILL_TIERS`, :func:`spill_plans`): first only maps the conv family alone
+reads and writes (so what compiled before the other ops could band lowers as it
+did), then every map that may go off chip but the network's output, then the output
+too. Its producer then STOREs its rows chunk by chunk as it computes them, and
+they are the program's output words. Within a tier the
 lowering tries the budgets ``spad_depth`` x 1, 3/4, 1/2, 1/4 and 0 in turn (the
 bands and chunk buffers need room, and first-fit allocation leaves holes).
 
@@ -63,30 +65,33 @@ __all__ = ["CONV_BANDED_OPS", "ROW_BANDED_OPS", "BANDED_OPS", "SPILL_TIERS", "BU
 CONV_BANDED_OPS = (QConv, QAvgPool, QMaxPool, QAdd)
 ROW_BANDED_OPS = (QConcat, QSlice, QResize, QLut, QMul)
 BANDED_OPS = CONV_BANDED_OPS + ROW_BANDED_OPS
-#: The spill tiers tried in turn: the ops that may read or write off-chip maps.
-SPILL_TIERS = (CONV_BANDED_OPS, BANDED_OPS)
+#: The spill tiers tried in turn: the ops that may read or write off-chip maps, and
+#: whether the network's output may go off chip too (last, so that a network that
+#: compiled with its output resident keeps its program).
+SPILL_TIERS = ((CONV_BANDED_OPS, False), (BANDED_OPS, False), (BANDED_OPS, True))
 #: The spill budgets tried, as fractions of ``spad_depth``.
 BUDGET_FRACTIONS = (1.0, 0.75, 0.5, 0.25, 0.0)
 
 
-def spillable(qg: QGraph, ops: tuple[type, ...] = BANDED_OPS) -> set[str]:
+def spillable(qg: QGraph, ops: tuple[type, ...] = BANDED_OPS, output: bool = False) -> set[str]:
     """The maps that may go off chip: produced and read only by ``ops``; neither a
-    MUL's per-channel operand nor the network's input or output."""
+    MUL's per-channel operand nor the network's input, nor its output unless
+    ``output``."""
     ok = {op.output for op in qg.ops if isinstance(op, ops)}
     for op in qg.ops:
         if not isinstance(op, ops):
             ok -= set(op.inputs)
         elif isinstance(op, QMul) and qg.tensor(op.b).shape != qg.tensor(op.a).shape:
             ok.discard(op.b)
-    return ok - {qg.input, qg.output}
+    return ok - {qg.input} - (set() if output else {qg.output})
 
 
 def spill_plans(qg: QGraph, lanes: int, spad_depth: int, input_streamed: bool) -> Iterator[frozenset[str]]:
     """The spill plans to try in turn, each new and not empty: per tier of
     :data:`SPILL_TIERS`, :func:`spill_plan` for every budget of :data:`BUDGET_FRACTIONS`."""
     seen = set()
-    for ops in SPILL_TIERS:
-        ok = spillable(qg, ops)
+    for ops, output in SPILL_TIERS:
+        ok = spillable(qg, ops, output)
         for frac in BUDGET_FRACTIONS:
             spilled = spill_plan(qg, lanes, int(spad_depth * frac), input_streamed, ok)
             if spilled and spilled not in seen:
@@ -212,10 +217,13 @@ def _check_row(lo: "_Lowering", name: str) -> None:
 
 
 def _out(lo: "_Lowering", op) -> MapLayout | None:
-    """The resident output map, placed; None (and a host buffer) when it is off chip."""
+    """The resident output map, placed; None (and a host buffer) when it is off chip.
+    The network's output off chip takes no host buffer: its rows, stored as they are
+    computed, are the result words of no buffer, which are the output's."""
     if op.output in lo.offchip:
         _check_row(lo, op.output)
-        _host_buffer(lo, op.output)
+        if op.output != lo.qg.output:
+            _host_buffer(lo, op.output)
         return None
     return lo.place(op.output)
 
