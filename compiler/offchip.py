@@ -49,6 +49,7 @@ from .conv_emit import ConvBands
 from .conv_plan import plan_slabs, rows_per_chunk, slab_span
 from .emit import HostBuffer, load_band, store_rows
 from .layout import MapLayout, last_uses, pad_byte, plan_borders
+from .pool_bands import PoolBands, emit_pool_bands, whole_slab
 from .qgraph import QAdd, QAvgPool, QConcat, QConv, QGraph, QLut, QMaxPool, QMul, QResize, QSlice
 from .tiling import DoesNotFit, ceil_div
 from .vector_ops import (emit_add_rows, emit_concat, emit_lut_groups, emit_maxpool_rows, emit_mul,
@@ -259,6 +260,9 @@ def _conv(lo: "_Lowering", op: QConv | QAvgPool, streamed: bool) -> MapLayout | 
                 break
         slabs = plan_slabs(whole, cfg, in_groups, slab) if in_groups > 1 else None
         slab = slab if slabs else in_groups
+    if isinstance(op, QAvgPool) and oh == 1 and op.input in lo.offchip and need(1) > lo.alloc.largest():
+        _pool_in_bands(lo, op, out_lay)
+        return None
     rows = _chunk_rows(lo, op, rows_per_chunk(cfg, oh, ow), need)
     taken: list[MapLayout] = []
     in_lay = (_buffer(lo, op.input, (rows - 1) * sy + kh, in_border,
@@ -281,6 +285,37 @@ def _conv(lo: "_Lowering", op: QConv | QAvgPool, streamed: bool) -> MapLayout | 
     if streamed:
         return dataclasses.replace(in_lay, height=h, border=tuple(lo.border[op.input]))
     return None
+
+
+def _pool_in_bands(lo: "_Lowering", op: QAvgPool, out_lay: MapLayout | None) -> None:
+    """A pool of one output row whose input rows do not fit at once, even a slab of
+    them: its sum accumulated over bands of its kernel rows
+    (:mod:`~fxpgen.compiler.pool_bands`), the narrowest slab its n-tiles allow."""
+    cfg = lo.cfg
+    in_groups = ceil_div(lo.qg.tensor(op.input).shape[0], cfg.lanes)
+    plan = lo.plan_conv(op, 1)
+    span = max(1, slab_span(plan, cfg))
+    slabs = plan_slabs(plan, cfg, in_groups, span) if span < in_groups else None
+    size = span if slabs else in_groups
+    taken: list[MapLayout] = []
+    store = out_lay is None
+    if store:
+        out_lay = _buffer(lo, op.output, 1, (0, 0, 0, 0), f"the chunk of output {op.output}", taken)
+    in_border = _side_border(lo, op.input)
+    row = _row_rows(lo, op.input, in_border, size)
+    free = lo.alloc.largest()
+    if row > free:
+        raise DoesNotFit(f"{op.name}: one row of input {op.input} ({size} of its {in_groups} channel "
+                         f"groups) takes {row} scratchpad rows, {free} are free")
+    band = _buffer(lo, op.input, min(op.kernel[0], free // row), in_border,
+                   f"the band of input {op.input} of {op.name}", taken, size)
+    if not lo.dry:
+        maps = PoolBands(band, lo.host[op.input], pad_byte(lo.pad_signed.get(op.input, False)), in_groups,
+                         out_lay)
+        emit_pool_bands(lo.em, plan, maps, slabs or whole_slab(plan, in_groups))
+        if store:
+            store_rows(lo.em, out_lay, 0, 1)
+    _free(lo, taken)
 
 
 def _maxpool(lo: "_Lowering", op: QMaxPool) -> None:
