@@ -32,7 +32,8 @@ Off-chip maps. When the network does not fit that way either, maps go to the
 host's memory (:mod:`~fxpgen.compiler.offchip`: which ones, and the band lowering
 of the layers that read or write them): their producer STOREs them to the result
 stream, their consumers LOAD bands of their rows back from the data stream, as
-references to those results (:meth:`Lowered.result_refs`). A network that fits
+references to those results (:meth:`Lowered.result_refs`); an off-chip output's
+producer STOREs its rows as the program's output words. A network that fits
 with every map resident lowers as if this did not exist. What does not fit even
 so raises :class:`~fxpgen.compiler.tiling.DoesNotFit` saying what and by how much.
 
