@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 from fxpgen.isa import COUNT_MAX
 
+from .column_bands import ColumnSource, emit_conv_columns, window_input
 from .conv_emit import ConvBands
 from .conv_plan import plan_slabs, rows_per_chunk, slab_span
 from .emit import HostBuffer, load_band, store_rows
@@ -263,6 +264,8 @@ def _conv(lo: "_Lowering", op: QConv | QAvgPool, streamed: bool) -> MapLayout | 
     if isinstance(op, QAvgPool) and oh == 1 and op.input in lo.offchip and need(1) > lo.alloc.largest():
         _pool_in_bands(lo, op, out_lay)
         return None
+    if out_lay is None and not res_band and need(1) > lo.alloc.largest():
+        return _conv_in_columns(lo, op, streamed)
     rows = _chunk_rows(lo, op, rows_per_chunk(cfg, oh, ow), need)
     taken: list[MapLayout] = []
     in_lay = (_buffer(lo, op.input, (rows - 1) * sy + kh, in_border,
@@ -285,6 +288,49 @@ def _conv(lo: "_Lowering", op: QConv | QAvgPool, streamed: bool) -> MapLayout | 
     if streamed:
         return dataclasses.replace(in_lay, height=h, border=tuple(lo.border[op.input]))
     return None
+
+
+def _conv_in_columns(lo: "_Lowering", op: QConv | QAvgPool, streamed: bool) -> MapLayout | None:
+    """A conv with an off-chip output whose buffers for one whole output row do not
+    fit: row by row in windows of as many output columns as fit
+    (:mod:`~fxpgen.compiler.column_bands`); the streamed input's layout as the host
+    sees it, else None."""
+    qg, cfg = lo.qg, lo.cfg
+    c, h, w = qg.tensor(op.input).shape
+    cout, _, ow = qg.tensor(op.output).shape
+    g_in, g_out = ceil_div(c, cfg.lanes), ceil_div(cout, cfg.lanes)
+    plan = lo.plan_conv(op)
+    resident = None if streamed or op.input in lo.offchip else lo.layouts[op.input]
+
+    def need(wc: int) -> int:
+        return (0 if resident else plan.kernel[0] * window_input(plan, wc) * g_in) + wc * g_out
+
+    free = lo.alloc.largest()
+    wc = ow
+    while wc >= 1 and (need(wc) > free or window_input(plan, wc) * g_in > COUNT_MAX):
+        wc -= 1
+    if wc < 1:
+        raise DoesNotFit(f"{op.name}: one output pixel takes {need(1)} scratchpad rows ({plan.kernel[0]} input "
+                         f"rows of {window_input(plan, 1)} pixels of {op.input} and its output), {free} are free")
+    taken: list[MapLayout] = []
+
+    def buffer(lay: MapLayout, what: str) -> MapLayout:
+        lay = dataclasses.replace(lay, base=lo.alloc.alloc(lay.rows, what, top=True))
+        taken.append(lay)
+        return lay
+
+    band = None
+    if resident is None:
+        band = buffer(MapLayout(0, c, plan.kernel[0], window_input(plan, wc), (0, 0, 0, 0), g_in),
+                      f"the band of input {op.input} of {op.name}")
+    chunk = buffer(MapLayout(0, cout, 1, wc, (0, 0, 0, 0), g_out), f"the chunk of output {op.output}")
+    residual = op.residual if isinstance(op, QConv) else None
+    if not lo.dry:
+        src = ColumnSource(h, w, g_in, pad_byte(lo.pad_signed.get(op.input, False)), lo.host.get(op.input),
+                           resident)
+        emit_conv_columns(lo.em, plan, src, band, chunk, lo.layouts[residual] if residual else None)
+    _free(lo, taken)
+    return MapLayout(0, c, h, w, tuple(lo.border[op.input]), g_in) if streamed else None
 
 
 def _pool_in_bands(lo: "_Lowering", op: QAvgPool, out_lay: MapLayout | None) -> None:
