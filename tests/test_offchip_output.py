@@ -27,9 +27,13 @@ TINY = CoreConfig(rows=4, cols=4, spad_depth=1024, wbuf_depth=256, acc_depth=256
 #: Each network and its input (C, H, W): a conv head of 16 channels (its 2304-row
 #: output alone outgrows the scratchpad), an upsampling head (a row op storing its
 #: output), one conv straight from the streamed image, and a global average pool whose
-#: one channel group of 40x40 pixels takes 1600 rows.
+#: one channel group of 40x40 pixels takes 1600 rows. Then convs whose one output row
+#: and its input band do not fit either, so they run in windows of columns: 256
+#: channels from the streamed image (a 1024-row output row and a 54-row band), 112
+#: from an off-chip map (896 and 204), 480 from a resident image (960 rows; 924 free).
 SHAPES = {"conv_head": (3, 24, 24), "upsample_head": (3, 24, 24), "one_conv": (3, 24, 24),
-          "global_pool": (3, 40, 40)}
+          "global_pool": (3, 40, 40), "wide_conv": (3, 16, 16), "wide_head": (3, 32, 32),
+          "wide_resident": (3, 8, 8)}
 
 
 def _net(kind: str, seed: int):
@@ -41,6 +45,12 @@ def _net(kind: str, seed: int):
                    ["up"], mode="nearest")
     elif kind == "one_conv":
         y = conv(m, "x", 3, 32, 3, relu=False)
+    elif kind == "wide_conv":
+        y = conv(m, "x", 3, 256, 3, relu=False)
+    elif kind == "wide_head":
+        y = conv(m, conv(m, "x", 3, 8, 3), 8, 112, 3, relu=False)
+    elif kind == "wide_resident":
+        y = conv(m, "x", 3, 480, 3, relu=False)
     else:
         y = m.node("GlobalAveragePool", [conv(m, "x", 3, 16, 3)], ["gap"])
     return m.model((1,) + SHAPES[kind], y)
@@ -87,6 +97,23 @@ def test_the_output_words_are_the_stored_rows(seed):
     assert buf.result_at == 0 and low.output_words(results) == results[buf.count:]
 
 
+@pytest.mark.parametrize("kind, stream_input", [("wide_conv", None), ("wide_head", None),
+                                                 ("wide_resident", False)])
+def test_a_row_too_wide_for_the_scratchpad_runs_in_windows_of_columns(kind, stream_input, seed):
+    """The output's producer stores each output row in several windows of columns, in
+    order, so the output words stay row-major: the golden model's output."""
+    qg, xs = _compiled(kind, seed)
+    low = lower(qg, TINY, stream_input=stream_input)
+    c, h, w = qg.tensor(qg.output).shape
+    row = w * -(-c // TINY.lanes)
+    stores = [i.count0 * i.count1 for i, layer in zip(low.instructions, low.layers)
+              if layer == qg.ops[-1].name and i.opcode is Opcode.STORE]
+    assert len(stores) > h and max(stores) < row and sum(stores) == h * row
+    assert low.input_streamed == (stream_input is None)
+    out = IsaEngine().run(NetworkProgram.from_lowered(low, qg), xs).outputs
+    assert all(np.array_equal(o, g) for o, g in zip(out, _golden(qg, xs)))
+
+
 def _pool_loads(low, pool: str) -> int:
     """Scratchpad LOADs of the pool's layer."""
     return sum(1 for insn, layer in zip(low.instructions, low.layers)
@@ -130,18 +157,19 @@ def test_a_banded_global_pool_on_other_core_shapes(cfg, seed):
 
 
 def test_what_still_does_not_fit_is_reported(seed):
-    """A conv whose buffers for one output row outgrow the scratchpad: the error names
-    the layer, the memory and the figures, and the scratchpad depth that fits."""
+    """With 32 scratchpad rows, one 40-pixel row of one channel group of the pool's
+    input does not fit: the error names the pool, the map, the memory and the
+    figures, and the scratchpad depth that fits."""
     from fxpgen.app.flow import lower_for_user
     qg, _ = _compiled("global_pool", seed)
-    conv_name = qg.ops[0].name
-    with pytest.raises(DoesNotFit, match=rf"{conv_name}: the buffers of one output row in bands take \d+ "
-                                         r"scratchpad rows, \d+ are free.*--spad-depth \d+"):
-        lower_for_user(qg, TINY.replace(spad_depth=128))
+    pool = qg.ops[-1]
+    with pytest.raises(DoesNotFit, match=rf"{pool.name}: one row of input {pool.input} \(1 of its 4 channel "
+                                         r"groups\) takes 40 scratchpad rows, \d+ are free.*--spad-depth \d+"):
+        lower_for_user(qg, TINY.replace(spad_depth=32))
 
 
 @pytest.mark.rtl
-@pytest.mark.parametrize("kind", ["conv_head", "upsample_head", "global_pool"])
+@pytest.mark.parametrize("kind", ["conv_head", "upsample_head", "global_pool", "wide_conv", "wide_head"])
 def test_on_the_native_engine(kind, seed):
     """golden = ISA simulator = native RTL; the cycle model's counters are the native
     engine's, segment for segment (the global pool's)."""
