@@ -282,14 +282,17 @@ def _lower_resident(qg: QGraph, cfg: CoreConfig, stream_input: bool | None, cons
 def _lower_offchip(qg: QGraph, cfg: CoreConfig, consumer, resident: DoesNotFit, plans: dict,
                    progress: Progress | None = None) -> Lowered:
     """The lowering with maps off chip, for smaller and smaller spill budgets
-    (:mod:`~fxpgen.compiler.offchip`); ``resident`` is why the maps do not all fit."""
+    (:mod:`~fxpgen.compiler.offchip`); ``resident`` is why the maps do not all fit.
+    Convs in windows of columns and pools in bands of kernel rows only when no plan
+    lowers without them: a network that lowered before they existed keeps its program."""
     tried, last = set(), resident
-    for spilled in spill_plans(qg, cfg.lanes, cfg.spad_depth, consumer is not None):
-        tried.add(spilled)
-        try:
-            return _lower(qg, cfg, consumer, spilled, plans, progress)
-        except DoesNotFit as e:
-            last = e
+    for narrow in (False, True):
+        for spilled in spill_plans(qg, cfg.lanes, cfg.spad_depth, consumer is not None):
+            tried.add(spilled)
+            try:
+                return _lower(qg, cfg, consumer, spilled, plans, progress, narrow=narrow)
+            except DoesNotFit as e:
+                last = e
     if not tried:
         raise resident
     raise DoesNotFit(f"{last} (with {len(max(tried, key=len))} maps off chip; kept in the "
@@ -303,16 +306,19 @@ def _streamable_consumer(qg: QGraph):
 
 
 def _lower(qg: QGraph, cfg: CoreConfig, streamed_into, offchip: frozenset[str] = frozenset(),
-           plans: dict | None = None, progress: Progress | None = None, batch: int = 1) -> Lowered:
+           plans: dict | None = None, progress: Progress | None = None, batch: int = 1,
+           narrow: bool = False) -> Lowered:
     """The lowering; ``streamed_into`` is the input's consumer when the input is
     streamed, ``offchip`` the maps kept in the host's memory, ``plans`` the convs'
     constants (:class:`~fxpgen.compiler.conv_plan.ConvConstants`) by op, shared by
-    the attempts, ``batch`` the images per run. A dry run (the placements and plans,
+    the attempts, ``batch`` the images per run, ``narrow`` whether a banded layer
+    whose one output row does not fit may run in windows of columns or, a global
+    pool, in bands of kernel rows. A dry run (the placements and plans,
     no instruction) goes first: an attempt that does not fit fails in it, emitting
     nothing; ``progress`` follows the second run."""
     plans = {} if plans is None else plans
-    _run(_Lowering(qg, cfg, offchip, plans, dry=True, batch=batch), streamed_into)
-    return _run(_Lowering(qg, cfg, offchip, plans, batch=batch), streamed_into, progress)
+    _run(_Lowering(qg, cfg, offchip, plans, dry=True, batch=batch, narrow=narrow), streamed_into)
+    return _run(_Lowering(qg, cfg, offchip, plans, batch=batch, narrow=narrow), streamed_into, progress)
 
 
 def _run(lo: "_Lowering", streamed_into, progress: Progress | None = None) -> Lowered | None:
@@ -355,12 +361,13 @@ class _Lowering:
     """What the lowering of one graph keeps: the emitter, the scratchpad allocator,
     the borders and the layout of every map placed so far (of the first image in
     ``layouts``, of each of the ``batch`` images in ``maps``); ``dry``: placements and
-    plans only, no instruction emitted."""
+    plans only, no instruction emitted; ``narrow``: see :func:`_lower`."""
 
     def __init__(self, qg: QGraph, cfg: CoreConfig, offchip: frozenset[str] = frozenset(),
-                 plans: dict | None = None, dry: bool = False, batch: int = 1):
+                 plans: dict | None = None, dry: bool = False, batch: int = 1, narrow: bool = False):
         self.qg, self.cfg = qg, cfg
         self.offchip = offchip
+        self.narrow = narrow
         self.dry = dry
         self.batch = batch
         self.plans = {} if plans is None else plans

@@ -28,6 +28,12 @@ chunk's rows to the result stream, where they become host buffer k
 the accumulators hold (:func:`~fxpgen.compiler.conv_plan.rows_per_chunk`, for a
 conv), fewer when its buffers would not fit the largest free block.
 
+When even one output row's buffers do not fit, and only when no spill plan lowers
+otherwise (the lowering's ``narrow`` attempts), a conv with an off-chip output runs
+in windows of columns (:mod:`~fxpgen.compiler.column_bands`) and a global pool
+over an off-chip input in bands of its kernel rows
+(:mod:`~fxpgen.compiler.pool_bands`).
+
 The row ops (concat, slice, upsampling, lookup, product) have no halo and no
 accumulators: a chunk is as many input rows as the buffers fit, and the op's
 whole-map emitter runs on windows of the chunk's rows
@@ -261,11 +267,12 @@ def _conv(lo: "_Lowering", op: QConv | QAvgPool, streamed: bool) -> MapLayout | 
                 break
         slabs = plan_slabs(whole, cfg, in_groups, slab) if in_groups > 1 else None
         slab = slab if slabs else in_groups
-    if isinstance(op, QAvgPool) and oh == 1 and op.input in lo.offchip and need(1) > lo.alloc.largest():
-        _pool_in_bands(lo, op, out_lay)
-        return None
-    if out_lay is None and not res_band and need(1) > lo.alloc.largest():
-        return _conv_in_columns(lo, op, streamed)
+    if lo.narrow and need(1) > lo.alloc.largest():
+        if isinstance(op, QAvgPool) and oh == 1 and op.input in lo.offchip:
+            _pool_in_bands(lo, op, out_lay)
+            return None
+        if out_lay is None and not res_band:
+            return _conv_in_columns(lo, op, streamed)
     rows = _chunk_rows(lo, op, rows_per_chunk(cfg, oh, ow), need)
     taken: list[MapLayout] = []
     in_lay = (_buffer(lo, op.input, (rows - 1) * sy + kh, in_border,

@@ -118,8 +118,11 @@ def test_does_not_fit_says_by_how_much():
                  "y": QTensor("y", (8, 32, 32), Format(True, 4))},
                 [QConv("conv", "x", "y", np.ones((8, 64, 3, 3), np.int64), np.zeros(8, np.int64),
                        (1, 1), (1, 1, 1, 1))], "x", "y")
-    with pytest.raises(DoesNotFit, match=r"rows short"):
-        lower(qg, CoreConfig(rows=4, cols=4, spad_depth=1024))
+    # 1024 rows hold its output rows in windows of columns; 128 not one output pixel's
+    # buffers (146 rows).
+    assert "output" not in lower(qg, CoreConfig(rows=4, cols=4, spad_depth=1024)).layers
+    with pytest.raises(DoesNotFit, match=r"one output pixel takes 146 scratchpad rows.*rows short"):
+        lower(qg, CoreConfig(rows=4, cols=4, spad_depth=128))
 
 
 # --- streamed input -----------------------------------------------------------------
@@ -187,13 +190,14 @@ def test_streaming_is_refused_where_it_cannot_help():
         lower(qg, CONFIGS[0].replace(spad_depth=1024))
     # A band of kh rows that does not fit next to the output sends the 8000-row output
     # off chip (it left 192 rows; a 3-row band takes 1506); where the band and one
-    # output row of its chunk do not fit even so, the error says so.
+    # output row of its chunk do not fit even so (1756 rows), in windows of columns;
+    # where one output pixel's do not, the error says so.
     qg, _ = conv_net(3, 64, 500, 4, 3, 2, 1)
-    low = lower(qg, CoreConfig(rows=4, cols=4, spad_depth=8192, acc_depth=2048), stream_input=True)
-    assert low.input_streamed and "output" not in low.layers
-    with pytest.raises(DoesNotFit, match="conv: the buffers of one output row in bands take 1756 scratchpad "
-                                         "rows, 1024 are free"):
-        lower(qg, CoreConfig(rows=4, cols=4, spad_depth=1024, acc_depth=2048), stream_input=True)
+    for depth in (8192, 1024):
+        low = lower(qg, CoreConfig(rows=4, cols=4, spad_depth=depth, acc_depth=2048), stream_input=True)
+        assert low.input_streamed and "output" not in low.layers
+    with pytest.raises(DoesNotFit, match="conv: one output pixel takes 10 scratchpad rows"):
+        lower(qg, CoreConfig(rows=4, cols=4, spad_depth=8, acc_depth=2048), stream_input=True)
 
 
 def test_a_streamed_program_survives_its_file_and_cannot_be_baked(tmp_path):
