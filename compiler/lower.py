@@ -10,7 +10,8 @@ copies of channel groups there or, where a channel would change lane, as the 1x1
 convolutions of :mod:`~fxpgen.compiler.channel_ops`, channel shuffles folded into the
 convs reading them by :mod:`~fxpgen.compiler.shuffle_fold` or else 1x1 convolutions too,
 nearest-neighbour upsampling on the vector unit), end the layer with a HALT and
-free the maps it read last; finally STORE the output map.
+free the maps it read last; finally STORE the output map (unless it is off chip:
+its producer stored it).
 
 Every layer ends with a HALT, so the core's performance counters (cleared when a
 program starts, frozen by HALT) measure each layer on its own.
@@ -31,7 +32,8 @@ Off-chip maps. When the network does not fit that way either, maps go to the
 host's memory (:mod:`~fxpgen.compiler.offchip`: which ones, and the band lowering
 of the layers that read or write them): their producer STOREs them to the result
 stream, their consumers LOAD bands of their rows back from the data stream, as
-references to those results (:meth:`Lowered.result_refs`). A network that fits
+references to those results (:meth:`Lowered.result_refs`); an off-chip output's
+producer STOREs its rows as the program's output words. A network that fits
 with every map resident lowers as if this did not exist. What does not fit even
 so raises :class:`~fxpgen.compiler.tiling.DoesNotFit` saying what and by how much.
 
@@ -151,7 +153,8 @@ class Lowered:
         return refs
 
     def output_words(self, results: list[int]) -> list[int]:
-        """The output map's words among all result words (those of no off-chip map)."""
+        """The output map's words among all result words (those of no host buffer: an
+        off-chip output's rows, stored by its producer, belong to none)."""
         out, pos = [], 0
         for b in self.host_buffers:
             out += results[pos:b.result_at]
@@ -253,7 +256,7 @@ def _lower_streamed(qg: QGraph, cfg: CoreConfig, stream_input: bool | None,
     try:
         return _lower_resident(qg, cfg, stream_input, consumer, plans, progress)
     except DoesNotFit as resident:
-        if not spillable(qg):
+        if not spillable(qg, output=True):
             raise
         return _lower_offchip(qg, cfg, consumer if stream_input is not False else None, resident, plans,
                               progress)
@@ -279,14 +282,17 @@ def _lower_resident(qg: QGraph, cfg: CoreConfig, stream_input: bool | None, cons
 def _lower_offchip(qg: QGraph, cfg: CoreConfig, consumer, resident: DoesNotFit, plans: dict,
                    progress: Progress | None = None) -> Lowered:
     """The lowering with maps off chip, for smaller and smaller spill budgets
-    (:mod:`~fxpgen.compiler.offchip`); ``resident`` is why the maps do not all fit."""
+    (:mod:`~fxpgen.compiler.offchip`); ``resident`` is why the maps do not all fit.
+    Convs in windows of columns and pools in bands of kernel rows only when no plan
+    lowers without them: a network that lowered before they existed keeps its program."""
     tried, last = set(), resident
-    for spilled in spill_plans(qg, cfg.lanes, cfg.spad_depth, consumer is not None):
-        tried.add(spilled)
-        try:
-            return _lower(qg, cfg, consumer, spilled, plans, progress)
-        except DoesNotFit as e:
-            last = e
+    for narrow in (False, True):
+        for spilled in spill_plans(qg, cfg.lanes, cfg.spad_depth, consumer is not None):
+            tried.add(spilled)
+            try:
+                return _lower(qg, cfg, consumer, spilled, plans, progress, narrow=narrow)
+            except DoesNotFit as e:
+                last = e
     if not tried:
         raise resident
     raise DoesNotFit(f"{last} (with {len(max(tried, key=len))} maps off chip; kept in the "
@@ -300,16 +306,19 @@ def _streamable_consumer(qg: QGraph):
 
 
 def _lower(qg: QGraph, cfg: CoreConfig, streamed_into, offchip: frozenset[str] = frozenset(),
-           plans: dict | None = None, progress: Progress | None = None, batch: int = 1) -> Lowered:
+           plans: dict | None = None, progress: Progress | None = None, batch: int = 1,
+           narrow: bool = False) -> Lowered:
     """The lowering; ``streamed_into`` is the input's consumer when the input is
     streamed, ``offchip`` the maps kept in the host's memory, ``plans`` the convs'
     constants (:class:`~fxpgen.compiler.conv_plan.ConvConstants`) by op, shared by
-    the attempts, ``batch`` the images per run. A dry run (the placements and plans,
+    the attempts, ``batch`` the images per run, ``narrow`` whether a banded layer
+    whose one output row does not fit may run in windows of columns or, a global
+    pool, in bands of kernel rows. A dry run (the placements and plans,
     no instruction) goes first: an attempt that does not fit fails in it, emitting
     nothing; ``progress`` follows the second run."""
     plans = {} if plans is None else plans
-    _run(_Lowering(qg, cfg, offchip, plans, dry=True, batch=batch), streamed_into)
-    return _run(_Lowering(qg, cfg, offchip, plans, batch=batch), streamed_into, progress)
+    _run(_Lowering(qg, cfg, offchip, plans, dry=True, batch=batch, narrow=narrow), streamed_into)
+    return _run(_Lowering(qg, cfg, offchip, plans, batch=batch, narrow=narrow), streamed_into, progress)
 
 
 def _run(lo: "_Lowering", streamed_into, progress: Progress | None = None) -> Lowered | None:
@@ -352,12 +361,13 @@ class _Lowering:
     """What the lowering of one graph keeps: the emitter, the scratchpad allocator,
     the borders and the layout of every map placed so far (of the first image in
     ``layouts``, of each of the ``batch`` images in ``maps``); ``dry``: placements and
-    plans only, no instruction emitted."""
+    plans only, no instruction emitted; ``narrow``: see :func:`_lower`."""
 
     def __init__(self, qg: QGraph, cfg: CoreConfig, offchip: frozenset[str] = frozenset(),
-                 plans: dict | None = None, dry: bool = False, batch: int = 1):
+                 plans: dict | None = None, dry: bool = False, batch: int = 1, narrow: bool = False):
         self.qg, self.cfg = qg, cfg
         self.offchip = offchip
+        self.narrow = narrow
         self.dry = dry
         self.batch = batch
         self.plans = {} if plans is None else plans
@@ -437,17 +447,23 @@ class _Lowering:
                     self.alloc.release(lay.base, lay.rows)
 
     def finish(self, in_lay: MapLayout) -> Lowered | None:
-        """STORE the output map row by row, HALT, and the program (None for a dry run)."""
+        """STORE the output map row by row, HALT, and the program (None for a dry run).
+        An off-chip output was stored by its producer (no "output" layer then): its
+        layout says only its shape, for decoding."""
         qg, em = self.qg, self.em
         if self.dry:
             return None
-        out_lay = self.layouts[qg.output]
-        em.layer = "output"
-        for lay in self.maps[qg.output]:
-            for y in range(lay.height):
-                em.emit(Instruction(Opcode.STORE, {"mem": Mem.SPAD.value}, lay.width * lay.groups, 1,
-                                    x=Addr(lay.pixel(y, 0), 1)))
-        em.emit(Instruction(Opcode.HALT))
+        if qg.output in self.offchip:
+            c, h, w = qg.tensor(qg.output).shape
+            out_lay = MapLayout(0, c, h, w, (0, 0, 0, 0), ceil_div(c, self.cfg.lanes))
+        else:
+            out_lay = self.layouts[qg.output]
+            em.layer = "output"
+            for lay in self.maps[qg.output]:
+                for y in range(lay.height):
+                    em.emit(Instruction(Opcode.STORE, {"mem": Mem.SPAD.value}, lay.width * lay.groups, 1,
+                                        x=Addr(lay.pixel(y, 0), 1)))
+            em.emit(Instruction(Opcode.HALT))
         return Lowered(self.cfg, em.words, em.layers, em.data, em.pieces, in_lay, out_lay,
                        qg.tensor(qg.input).fmt.signed, qg.tensor(qg.output).fmt.signed,
                        spad_rows_used=self.alloc.high, notes=em.notes, host_pieces=em.host_pieces,

@@ -8,11 +8,13 @@ it may spill were off chip), the largest of them that may go off chip does. A ma
 off chip when its producer and every consumer can run in bands (:data:`BANDED_OPS`):
 convolutions (any kernel, stride and groups, with a residual), average and max
 pools, adds, concats, slices, nearest upsampling, lookup tables and products; neither
-the network's input (streamed in bands by its own rule) nor its output, nor a
-product's per-channel operand (read whole at every pixel). The plans are tried in
-two tiers (:data:`SPILL_TIERS`, :func:`spill_plans`): first only maps the conv family
-alone reads and writes (so what compiled before the other ops could band lowers as
-it did), then every map that may go off chip. Within a tier the
+the network's input (streamed in bands by its own rule) nor a product's per-channel
+operand (read whole at every pixel). The plans are tried in three tiers
+(:data:`SPILL_TIERS`, :func:`spill_plans`): first only maps the conv family alone
+reads and writes (so what compiled before the other ops could band lowers as it
+did), then every map that may go off chip but the network's output, then the output
+too. Its producer then STOREs its rows chunk by chunk as it computes them, and
+they are the program's output words. Within a tier the
 lowering tries the budgets ``spad_depth`` x 1, 3/4, 1/2, 1/4 and 0 in turn (the
 bands and chunk buffers need room, and first-fit allocation leaves holes).
 
@@ -25,6 +27,12 @@ chunk's rows to the result stream, where they become host buffer k
 (:class:`~fxpgen.compiler.emit.HostBuffer`). A chunk is as many output rows as
 the accumulators hold (:func:`~fxpgen.compiler.conv_plan.rows_per_chunk`, for a
 conv), fewer when its buffers would not fit the largest free block.
+
+When even one output row's buffers do not fit, and only when no spill plan lowers
+otherwise (the lowering's ``narrow`` attempts), a conv with an off-chip output runs
+in windows of columns (:mod:`~fxpgen.compiler.column_bands`) and a global pool
+over an off-chip input in bands of its kernel rows
+(:mod:`~fxpgen.compiler.pool_bands`).
 
 The row ops (concat, slice, upsampling, lookup, product) have no halo and no
 accumulators: a chunk is as many input rows as the buffers fit, and the op's
@@ -43,10 +51,12 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 from fxpgen.isa import COUNT_MAX
 
+from .column_bands import ColumnSource, emit_conv_columns, window_input
 from .conv_emit import ConvBands
 from .conv_plan import plan_slabs, rows_per_chunk, slab_span
 from .emit import HostBuffer, load_band, store_rows
 from .layout import MapLayout, last_uses, pad_byte, plan_borders
+from .pool_bands import PoolBands, emit_pool_bands, whole_slab
 from .qgraph import QAdd, QAvgPool, QConcat, QConv, QGraph, QLut, QMaxPool, QMul, QResize, QSlice
 from .tiling import DoesNotFit, ceil_div
 from .vector_ops import (emit_add_rows, emit_concat, emit_lut_groups, emit_maxpool_rows, emit_mul,
@@ -63,30 +73,33 @@ __all__ = ["CONV_BANDED_OPS", "ROW_BANDED_OPS", "BANDED_OPS", "SPILL_TIERS", "BU
 CONV_BANDED_OPS = (QConv, QAvgPool, QMaxPool, QAdd)
 ROW_BANDED_OPS = (QConcat, QSlice, QResize, QLut, QMul)
 BANDED_OPS = CONV_BANDED_OPS + ROW_BANDED_OPS
-#: The spill tiers tried in turn: the ops that may read or write off-chip maps.
-SPILL_TIERS = (CONV_BANDED_OPS, BANDED_OPS)
+#: The spill tiers tried in turn: the ops that may read or write off-chip maps, and
+#: whether the network's output may go off chip too (last, so that a network that
+#: compiled with its output resident keeps its program).
+SPILL_TIERS = ((CONV_BANDED_OPS, False), (BANDED_OPS, False), (BANDED_OPS, True))
 #: The spill budgets tried, as fractions of ``spad_depth``.
 BUDGET_FRACTIONS = (1.0, 0.75, 0.5, 0.25, 0.0)
 
 
-def spillable(qg: QGraph, ops: tuple[type, ...] = BANDED_OPS) -> set[str]:
+def spillable(qg: QGraph, ops: tuple[type, ...] = BANDED_OPS, output: bool = False) -> set[str]:
     """The maps that may go off chip: produced and read only by ``ops``; neither a
-    MUL's per-channel operand nor the network's input or output."""
+    MUL's per-channel operand nor the network's input, nor its output unless
+    ``output``."""
     ok = {op.output for op in qg.ops if isinstance(op, ops)}
     for op in qg.ops:
         if not isinstance(op, ops):
             ok -= set(op.inputs)
         elif isinstance(op, QMul) and qg.tensor(op.b).shape != qg.tensor(op.a).shape:
             ok.discard(op.b)
-    return ok - {qg.input, qg.output}
+    return ok - {qg.input} - (set() if output else {qg.output})
 
 
 def spill_plans(qg: QGraph, lanes: int, spad_depth: int, input_streamed: bool) -> Iterator[frozenset[str]]:
     """The spill plans to try in turn, each new and not empty: per tier of
     :data:`SPILL_TIERS`, :func:`spill_plan` for every budget of :data:`BUDGET_FRACTIONS`."""
     seen = set()
-    for ops in SPILL_TIERS:
-        ok = spillable(qg, ops)
+    for ops, output in SPILL_TIERS:
+        ok = spillable(qg, ops, output)
         for frac in BUDGET_FRACTIONS:
             spilled = spill_plan(qg, lanes, int(spad_depth * frac), input_streamed, ok)
             if spilled and spilled not in seen:
@@ -212,10 +225,13 @@ def _check_row(lo: "_Lowering", name: str) -> None:
 
 
 def _out(lo: "_Lowering", op) -> MapLayout | None:
-    """The resident output map, placed; None (and a host buffer) when it is off chip."""
+    """The resident output map, placed; None (and a host buffer) when it is off chip.
+    The network's output off chip takes no host buffer: its rows, stored as they are
+    computed, are the result words of no buffer, which are the output's."""
     if op.output in lo.offchip:
         _check_row(lo, op.output)
-        _host_buffer(lo, op.output)
+        if op.output != lo.qg.output:
+            _host_buffer(lo, op.output)
         return None
     return lo.place(op.output)
 
@@ -251,6 +267,12 @@ def _conv(lo: "_Lowering", op: QConv | QAvgPool, streamed: bool) -> MapLayout | 
                 break
         slabs = plan_slabs(whole, cfg, in_groups, slab) if in_groups > 1 else None
         slab = slab if slabs else in_groups
+    if lo.narrow and need(1) > lo.alloc.largest():
+        if isinstance(op, QAvgPool) and oh == 1 and op.input in lo.offchip:
+            _pool_in_bands(lo, op, out_lay)
+            return None
+        if out_lay is None and not res_band:
+            return _conv_in_columns(lo, op, streamed)
     rows = _chunk_rows(lo, op, rows_per_chunk(cfg, oh, ow), need)
     taken: list[MapLayout] = []
     in_lay = (_buffer(lo, op.input, (rows - 1) * sy + kh, in_border,
@@ -273,6 +295,80 @@ def _conv(lo: "_Lowering", op: QConv | QAvgPool, streamed: bool) -> MapLayout | 
     if streamed:
         return dataclasses.replace(in_lay, height=h, border=tuple(lo.border[op.input]))
     return None
+
+
+def _conv_in_columns(lo: "_Lowering", op: QConv | QAvgPool, streamed: bool) -> MapLayout | None:
+    """A conv with an off-chip output whose buffers for one whole output row do not
+    fit: row by row in windows of as many output columns as fit
+    (:mod:`~fxpgen.compiler.column_bands`); the streamed input's layout as the host
+    sees it, else None."""
+    qg, cfg = lo.qg, lo.cfg
+    c, h, w = qg.tensor(op.input).shape
+    cout, _, ow = qg.tensor(op.output).shape
+    g_in, g_out = ceil_div(c, cfg.lanes), ceil_div(cout, cfg.lanes)
+    plan = lo.plan_conv(op)
+    resident = None if streamed or op.input in lo.offchip else lo.layouts[op.input]
+
+    def need(wc: int) -> int:
+        return (0 if resident else plan.kernel[0] * window_input(plan, wc) * g_in) + wc * g_out
+
+    free = lo.alloc.largest()
+    wc = ow
+    while wc >= 1 and (need(wc) > free or window_input(plan, wc) * g_in > COUNT_MAX):
+        wc -= 1
+    if wc < 1:
+        raise DoesNotFit(f"{op.name}: one output pixel takes {need(1)} scratchpad rows ({plan.kernel[0]} input "
+                         f"rows of {window_input(plan, 1)} pixels of {op.input} and its output), {free} are free")
+    taken: list[MapLayout] = []
+
+    def buffer(lay: MapLayout, what: str) -> MapLayout:
+        lay = dataclasses.replace(lay, base=lo.alloc.alloc(lay.rows, what, top=True))
+        taken.append(lay)
+        return lay
+
+    band = None
+    if resident is None:
+        band = buffer(MapLayout(0, c, plan.kernel[0], window_input(plan, wc), (0, 0, 0, 0), g_in),
+                      f"the band of input {op.input} of {op.name}")
+    chunk = buffer(MapLayout(0, cout, 1, wc, (0, 0, 0, 0), g_out), f"the chunk of output {op.output}")
+    residual = op.residual if isinstance(op, QConv) else None
+    if not lo.dry:
+        src = ColumnSource(h, w, g_in, pad_byte(lo.pad_signed.get(op.input, False)), lo.host.get(op.input),
+                           resident)
+        emit_conv_columns(lo.em, plan, src, band, chunk, lo.layouts[residual] if residual else None)
+    _free(lo, taken)
+    return MapLayout(0, c, h, w, tuple(lo.border[op.input]), g_in) if streamed else None
+
+
+def _pool_in_bands(lo: "_Lowering", op: QAvgPool, out_lay: MapLayout | None) -> None:
+    """A pool of one output row whose input rows do not fit at once, even a slab of
+    them: its sum accumulated over bands of its kernel rows
+    (:mod:`~fxpgen.compiler.pool_bands`), the narrowest slab its n-tiles allow."""
+    cfg = lo.cfg
+    in_groups = ceil_div(lo.qg.tensor(op.input).shape[0], cfg.lanes)
+    plan = lo.plan_conv(op, 1)
+    span = max(1, slab_span(plan, cfg))
+    slabs = plan_slabs(plan, cfg, in_groups, span) if span < in_groups else None
+    size = span if slabs else in_groups
+    taken: list[MapLayout] = []
+    store = out_lay is None
+    if store:
+        out_lay = _buffer(lo, op.output, 1, (0, 0, 0, 0), f"the chunk of output {op.output}", taken)
+    in_border = _side_border(lo, op.input)
+    row = _row_rows(lo, op.input, in_border, size)
+    free = lo.alloc.largest()
+    if row > free:
+        raise DoesNotFit(f"{op.name}: one row of input {op.input} ({size} of its {in_groups} channel "
+                         f"groups) takes {row} scratchpad rows, {free} are free")
+    band = _buffer(lo, op.input, min(op.kernel[0], free // row), in_border,
+                   f"the band of input {op.input} of {op.name}", taken, size)
+    if not lo.dry:
+        maps = PoolBands(band, lo.host[op.input], pad_byte(lo.pad_signed.get(op.input, False)), in_groups,
+                         out_lay)
+        emit_pool_bands(lo.em, plan, maps, slabs or whole_slab(plan, in_groups))
+        if store:
+            store_rows(lo.em, out_lay, 0, 1)
+    _free(lo, taken)
 
 
 def _maxpool(lo: "_Lowering", op: QMaxPool) -> None:

@@ -118,8 +118,11 @@ def test_does_not_fit_says_by_how_much():
                  "y": QTensor("y", (8, 32, 32), Format(True, 4))},
                 [QConv("conv", "x", "y", np.ones((8, 64, 3, 3), np.int64), np.zeros(8, np.int64),
                        (1, 1), (1, 1, 1, 1))], "x", "y")
-    with pytest.raises(DoesNotFit, match=r"rows short"):
-        lower(qg, CoreConfig(rows=4, cols=4, spad_depth=1024))
+    # 1024 rows hold its output rows in windows of columns; 128 not one output pixel's
+    # buffers (146 rows).
+    assert "output" not in lower(qg, CoreConfig(rows=4, cols=4, spad_depth=1024)).layers
+    with pytest.raises(DoesNotFit, match=r"one output pixel takes 146 scratchpad rows.*rows short"):
+        lower(qg, CoreConfig(rows=4, cols=4, spad_depth=128))
 
 
 # --- streamed input -----------------------------------------------------------------
@@ -157,8 +160,9 @@ def test_an_image_that_does_not_fit_is_streamed_in_bands():
     4 input rows), and the result is the golden model's."""
     qg, x = conv_net(3, 40, 24, 8, 3, 1, 1)
     cfg = CoreConfig(rows=4, cols=4, spad_depth=2048, wbuf_depth=512, acc_depth=512)
-    with pytest.raises(DoesNotFit, match="rows short"):
-        lower(qg, cfg, stream_input=False)
+    # Kept whole, the image leaves no room for the output map, which goes off chip.
+    whole = lower(qg, cfg, stream_input=False)
+    assert not whole.input_streamed and "output" not in whole.layers
     low = lower(qg, cfg)
     assert low.input_streamed and len(low.input_pieces) == 20
     assert low.spad_rows_used <= cfg.spad_depth
@@ -184,12 +188,16 @@ def test_streaming_is_refused_where_it_cannot_help():
         lower(qg, CONFIGS[0], stream_input=True)
     with pytest.raises(DoesNotFit, match="feature map x"):
         lower(qg, CONFIGS[0].replace(spad_depth=1024))
-    # A band of even kh rows that does not fit next to the output is reported: the
-    # 8000-row output leaves 192 rows, a 3-row band takes 1506.
+    # A band of kh rows that does not fit next to the output sends the 8000-row output
+    # off chip (it left 192 rows; a 3-row band takes 1506); where the band and one
+    # output row of its chunk do not fit even so (1756 rows), in windows of columns;
+    # where one output pixel's do not, the error says so.
     qg, _ = conv_net(3, 64, 500, 4, 3, 2, 1)
-    with pytest.raises(DoesNotFit, match="band of 3 input rows its kernel needs takes 1506 scratchpad "
-                                         "rows, 192 are free"):
-        lower(qg, CoreConfig(rows=4, cols=4, spad_depth=8192, acc_depth=2048), stream_input=True)
+    for depth in (8192, 1024):
+        low = lower(qg, CoreConfig(rows=4, cols=4, spad_depth=depth, acc_depth=2048), stream_input=True)
+        assert low.input_streamed and "output" not in low.layers
+    with pytest.raises(DoesNotFit, match="conv: one output pixel takes 10 scratchpad rows"):
+        lower(qg, CoreConfig(rows=4, cols=4, spad_depth=8, acc_depth=2048), stream_input=True)
 
 
 def test_a_streamed_program_survives_its_file_and_cannot_be_baked(tmp_path):

@@ -14,7 +14,6 @@ from fxpgen.compiler.onnx_frontend import load_onnx
 from fxpgen.compiler.program import load_program, load_qgraph, save_program, save_qgraph
 from fxpgen.compiler.qgraph import QConcat, QLut, QMul, QResize, QSlice
 from fxpgen.compiler.quantize import quantize
-from fxpgen.compiler.tiling import DoesNotFit
 from fxpgen.config import CoreConfig
 from fxpgen.models.zoo import TestModel
 from fxpgen.sim.engine import IsaEngine, NetworkProgram
@@ -142,17 +141,6 @@ def test_every_kind_of_op_reads_or_writes_offchip_maps(kind, ops, seed):
     offchip = {b.name for b in lower(qg, TINY).host_buffers}
     kinds = {type(op) for op in qg.ops if offchip & {*op.inputs, op.output}}
     assert ops <= kinds, (ops, kinds)
-
-
-def test_maps_an_op_cannot_band_are_reported(seed):
-    """A global average pool reads all rows of its input at once, one channel group at
-    a time: where one group of the off-chip map outgrows the scratchpad, the error names
-    the pool and the map that did not fit (and, in the flow's terms, the scratchpad
-    depth that fits)."""
-    from fxpgen.app.flow import lower_for_user
-    qg, _ = _compiled("global_pool", seed)
-    with pytest.raises(DoesNotFit, match=rf"{qg.ops[-1].name}: .*feature map .* rows short.*--spad-depth \d+"):
-        lower_for_user(qg, TINY.replace(spad_depth=512))
 
 
 @pytest.mark.rtl
