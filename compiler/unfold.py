@@ -84,6 +84,12 @@ class InputUnfold:
         oh = self.height if self.out_height is None else self.out_height
         return (self.kh * self.kw * self.channels, oh, self.out_width)
 
+    def header(self) -> dict:
+        """The fields for a program's header, those at their defaults left out (a row
+        unfold's header is the one programs had before the full unfold)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) != f.default}
+
     def apply(self, x: np.ndarray) -> np.ndarray:
         """The unfolded map of an image (C, H, W)."""
         x = np.asarray(x)
