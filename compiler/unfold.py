@@ -117,18 +117,21 @@ def sole_consumer(qg: QGraph):
 def unfold_choices(qg: QGraph, cfg: CoreConfig) -> list[tuple[QGraph, InputUnfold | None]]:
     """The graph as the host may send its input: plain (None) and, when the input's
     only consumer is an ungrouped conv with more than one tap, with its taps unfolded
-    by row (when ``kw > 1``) and in full; cheapest first by the first layer's counted
-    cycles (see the module docstring), the plain graph first among equals."""
+    by row (when ``kw > 1``) and in full (when ``kh > 1``); cheapest first by the
+    first layer's counted cycles (see the module docstring), the plain graph first
+    among equals."""
     op = sole_consumer(qg)
     if not isinstance(op, QConv) or op.groups != 1 or op.weight.shape[2] * op.weight.shape[3] == 1:
         return [(qg, None)]
-    cout, cin, kh, kw = op.weight.shape
+    _, cin, kh, kw = op.weight.shape
     _, h, w = qg.tensor(qg.input).shape
     _, oh, ow = qg.tensor(op.output).shape
-    unfolds = [InputUnfold(cin, h, w, kw, op.stride[1], op.pads[1], ow,
-                           kh, op.stride[0], op.pads[0], oh)]
+    unfolds = []
     if kw > 1:
-        unfolds.insert(0, InputUnfold(cin, h, w, kw, op.stride[1], op.pads[1], ow))
+        unfolds.append(InputUnfold(cin, h, w, kw, op.stride[1], op.pads[1], ow))
+    if kh > 1:
+        unfolds.append(InputUnfold(cin, h, w, kw, op.stride[1], op.pads[1], ow,
+                                   kh, op.stride[0], op.pads[0], oh))
     choices = [(qg, None)] + [(_unfolded(qg, op, u), u) for u in unfolds]
     return sorted(choices, key=lambda choice: _first_layer_cycles(choice[0], cfg))
 

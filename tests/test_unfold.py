@@ -8,8 +8,10 @@ import pytest
 
 from fxpgen.compiler.golden import run_golden
 from fxpgen.compiler.lower import lower
+from fxpgen.compiler.qgraph import QConv, QGraph, QTensor
 from fxpgen.compiler.unfold import InputUnfold
 from fxpgen.config import CoreConfig
+from fxpgen.numerics import Format
 from fxpgen.sim.isa_sim import run_program
 
 from test_lower import CONFIGS, conv_net
@@ -70,6 +72,28 @@ def test_a_fully_unfolded_first_conv_equals_golden(tmp_path, stream, seed):
     view = load_program(tmp_path / "program.fxp", cfg).lowered_view()
     assert view.input_unfold == low.input_unfold and view.input_shape == (3, 16, 16)
     assert view.data(view.image_words(x)) == low.data(low.image_words(x))
+
+
+@pytest.mark.parametrize("kh,kw,kind", [(5, 1, "full"), (1, 5, "row")])
+def test_a_one_row_or_one_column_kernel_is_unfolded_the_one_way_it_can(kh, kw, kind, seed):
+    """A 5x1 kernel has one tap per row (only the full unfold gathers its taps), a
+    1x5 one kernel row (the full unfold would be the row unfold): strides 2, padding
+    on every side, 2 channels in and 8 out on a 4x4 core, equal to the golden model."""
+    rng = np.random.default_rng(seed)
+    pads = (kh // 2, kw // 2, kh // 2, kw // 2)
+    oh, ow = (13 + 2 * pads[0] - kh) // 2 + 1, (11 + 2 * pads[1] - kw) // 2 + 1
+    qg = QGraph({"x": QTensor("x", (2, 13, 11), Format(False, 8)),
+                 "y": QTensor("y", (8, oh, ow), Format(True, 4))},
+                [QConv("conv", "x", "y", rng.integers(-127, 128, (8, 2, kh, kw)),
+                       rng.integers(-3000, 3000, 8), (2, 2), pads, 1, rng.integers(6, 12, 8))], "x", "y")
+    x = rng.integers(0, 256, (2, 13, 11))
+    cfg = CONFIGS[0]
+    low = lower(qg, cfg)
+    assert low.input_unfold is not None
+    assert ("full" if low.input_unfold.kh > 1 else "row") == kind
+    res = run_program(cfg, [i.encode(cfg) for i in low.instructions], low.data(low.image_words(x)))
+    assert res.error.name == "NONE", (res.error, res.error_pc)
+    assert np.array_equal(low.decode_output(res.results), run_golden(qg, x)["y"])
 
 
 @pytest.mark.rtl
