@@ -67,7 +67,7 @@ from .qgraph import QAdd, QAvgPool, QConcat, QConv, QGraph, QLut, QMaxPool, QMul
 from .offchip import lower_banded, spill_plans, spillable, touches_offchip
 from .shuffle_fold import fold_shuffles
 from .tiling import DoesNotFit, ceil_div
-from .unfold import InputUnfold, sole_consumer, unfold_input
+from .unfold import InputUnfold, sole_consumer, unfold_choices
 from .vector_ops import (emit_add, emit_concat, emit_lut_groups, emit_maxpool, emit_mul, emit_resize,
                          emit_slice, load_lut_table, lut_slot)
 
@@ -223,8 +223,8 @@ def lower(qg: QGraph, cfg: CoreConfig, *, stream_input: bool | None = None,
 
     ``stream_input``: keep the input image in the scratchpad (False), stream it in
     bands of rows to its consumer (True), or stream only when it does not fit (None).
-    ``unfold``: let the host unfold the input for its first convolution when that
-    takes fewer matmuls (:mod:`fxpgen.compiler.unfold`).
+    ``unfold``: let the host unfold the input for its first convolution, by kernel row
+    or in full, when that costs fewer cycles and fits (:mod:`fxpgen.compiler.unfold`).
     ``progress(done, total)``: called as the program's layers are emitted.
     ``batch``: images per run (>= 1); above 1 every map stays in the scratchpad (a
     :class:`DoesNotFit` otherwise), so ``stream_input`` must not be True.
@@ -236,12 +236,16 @@ def lower(qg: QGraph, cfg: CoreConfig, *, stream_input: bool | None = None,
                          "stream them")
     _check_units(qg, cfg)
     qg = expand_unaligned(fold_shuffles(qg), cfg.lanes)
-    unfolded = unfold_input(qg, cfg.rows) if unfold else None
-    if unfolded is None:
-        return _lower_streamed(qg, cfg, stream_input, progress, batch)
-    low = _lower_streamed(unfolded[0], cfg, stream_input, progress, batch)
-    low.input_unfold = unfolded[1]
-    return low
+    misfits: list[DoesNotFit] = []
+    for graph, how in unfold_choices(qg, cfg) if unfold else [(qg, None)]:
+        try:
+            low = _lower_streamed(graph, cfg, stream_input, progress, batch)
+        except DoesNotFit as e:
+            misfits.append(e)
+            continue
+        low.input_unfold = how
+        return low
+    raise misfits[0]
 
 
 def _lower_streamed(qg: QGraph, cfg: CoreConfig, stream_input: bool | None,

@@ -218,7 +218,7 @@ def save_program(path: Path, low: Lowered, extra: dict | None = None) -> dict:
         "n_data_table": len(data_table),
         "section_bytes": dict(zip(SECTIONS, map(len, sections))),
         "input_pieces": [[p.at, p.first, p.count] for p in low.input_pieces],
-        "input_unfold": dataclasses.asdict(low.input_unfold) if low.input_unfold else None,
+        "input_unfold": low.input_unfold.header() if low.input_unfold else None,
         "host_pieces": [[p.at, p.after_inputs, p.buffer, p.offset, p.count, p.run, p.stride]
                         for p in low.host_pieces],
         "host_buffers": [[b.name, b.result_at, b.count] for b in low.host_buffers],
