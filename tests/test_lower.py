@@ -190,14 +190,15 @@ def test_streaming_is_refused_where_it_cannot_help():
         lower(qg, CONFIGS[0].replace(spad_depth=1024))
     # A band of kh rows that does not fit next to the output sends the 8000-row output
     # off chip (it left 192 rows; a 3-row band takes 1506); where the band and one
-    # output row of its chunk do not fit even so (1756 rows), in windows of columns;
-    # where one output pixel's do not, the error says so.
+    # output row of its chunk do not fit even so (1756 rows), in windows of columns
+    # (down to 8 rows, with the image unfolded over the whole kernel); where one
+    # output pixel's do not fit in any layout, the error says so.
     qg, _ = conv_net(3, 64, 500, 4, 3, 2, 1)
     for depth in (8192, 1024):
         low = lower(qg, CoreConfig(rows=4, cols=4, spad_depth=depth, acc_depth=2048), stream_input=True)
         assert low.input_streamed and "output" not in low.layers
     with pytest.raises(DoesNotFit, match="conv: one output pixel takes 10 scratchpad rows"):
-        lower(qg, CoreConfig(rows=4, cols=4, spad_depth=8, acc_depth=2048), stream_input=True)
+        lower(qg, CoreConfig(rows=4, cols=4, spad_depth=4, acc_depth=2048), stream_input=True)
 
 
 def test_a_streamed_program_survives_its_file_and_cannot_be_baked(tmp_path):
