@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     from .lower import _Lowering
 
 __all__ = ["CONV_BANDED_OPS", "ROW_BANDED_OPS", "BANDED_OPS", "SPILL_TIERS", "BUDGET_FRACTIONS",
-           "spillable", "spill_plans", "spill_plan", "touches_offchip", "lower_banded"]
+           "spillable", "spill_plans", "spill_plan", "recall_order", "touches_offchip", "lower_banded"]
 
 #: Ops that can run in bands of rows over off-chip maps: the convolution family,
 #: whose maps the lowering spills first, then the ops that copy or transform rows.
@@ -107,11 +107,17 @@ def spill_plans(qg: QGraph, lanes: int, spad_depth: int, input_streamed: bool) -
                 yield spilled
 
 
-def spill_plan(qg: QGraph, lanes: int, budget: int, input_streamed: bool,
-               ok: set[str] | None = None) -> frozenset[str]:
-    """The maps of ``ok`` (default :func:`spillable`) to keep off chip so that the
-    resident maps live at every op take at most ``budget`` scratchpad rows less the
-    op's band buffers (largest first; module docstring)."""
+def recall_order(qg: QGraph, lanes: int, spilled: frozenset[str]) -> list[str]:
+    """The maps of ``spilled`` in the order the lowering tries to bring them back on
+    chip: the latest produced first, the smallest first among maps of one op (a late
+    map is small and lives where the scratchpad is emptier)."""
+    rows, _ = _map_rows(qg, lanes)
+    born = {op.output: i for i, op in enumerate(qg.ops)}
+    return sorted(spilled, key=lambda t: (-born.get(t, -1), rows[t], t))
+
+
+def _map_rows(qg: QGraph, lanes: int) -> tuple[dict[str, int], dict[str, int]]:
+    """Scratchpad rows of every map, with its borders, and of one of its rows."""
     border, _ = plan_borders(qg)
     rows, row = {}, {}
     for name, t in qg.tensors.items():
@@ -119,6 +125,15 @@ def spill_plan(qg: QGraph, lanes: int, budget: int, input_streamed: bool,
         b = border[name]
         row[name] = (w + b[1] + b[3]) * ceil_div(c, lanes)
         rows[name] = (h + b[0] + b[2]) * row[name]
+    return rows, row
+
+
+def spill_plan(qg: QGraph, lanes: int, budget: int, input_streamed: bool,
+               ok: set[str] | None = None) -> frozenset[str]:
+    """The maps of ``ok`` (default :func:`spillable`) to keep off chip so that the
+    resident maps live at every op take at most ``budget`` scratchpad rows less the
+    op's band buffers (largest first; module docstring)."""
+    rows, row = _map_rows(qg, lanes)
     born = {op.output: i for i, op in enumerate(qg.ops)}
     if not input_streamed:
         born[qg.input] = -1
@@ -215,6 +230,7 @@ def _chunk_rows(lo: "_Lowering", op, most: int, need: Callable[[int], int]) -> i
     if rows < 1:
         raise DoesNotFit(f"{op.name}: the buffers of one output row in bands take {need(1)} "
                          f"scratchpad rows, {free} are free")
+    lo.chunks[op.name] = rows
     return rows
 
 
@@ -316,6 +332,7 @@ def _conv_in_columns(lo: "_Lowering", op: QConv | QAvgPool, streamed: bool) -> M
     wc = ow
     while wc >= 1 and (need(wc) > free or window_input(plan, wc) * g_in > COUNT_MAX):
         wc -= 1
+    lo.chunks[op.name] = 0
     if wc < 1:
         raise DoesNotFit(f"{op.name}: one output pixel takes {need(1)} scratchpad rows ({plan.kernel[0]} input "
                          f"rows of {window_input(plan, 1)} pixels of {op.input} and its output), {free} are free")
@@ -346,6 +363,7 @@ def _pool_in_bands(lo: "_Lowering", op: QAvgPool, out_lay: MapLayout | None) -> 
     (:mod:`~fxpgen.compiler.pool_bands`), the narrowest slab its n-tiles allow."""
     cfg = lo.cfg
     in_groups = ceil_div(lo.qg.tensor(op.input).shape[0], cfg.lanes)
+    lo.chunks[op.name] = 0
     plan = lo.plan_conv(op, 1)
     span = max(1, slab_span(plan, cfg))
     slabs = plan_slabs(plan, cfg, in_groups, span) if span < in_groups else None
