@@ -290,6 +290,9 @@ def _conv(lo: "_Lowering", op: QConv | QAvgPool, streamed: bool) -> MapLayout | 
         if out_lay is None and not res_band:
             return _conv_in_columns(lo, op, streamed)
     rows = _chunk_rows(lo, op, rows_per_chunk(cfg, oh, ow), need)
+    double = False
+    if in_band and not slabs:
+        rows, double = _double_bands(lo, op, rows, need, _row_rows(lo, op.input, in_border, slab))
     taken: list[MapLayout] = []
     in_lay = (_buffer(lo, op.input, (rows - 1) * sy + kh, in_border,
                       f"the band of input {op.input} of {op.name}", taken, slab)
@@ -300,17 +303,56 @@ def _conv(lo: "_Lowering", op: QConv | QAvgPool, streamed: bool) -> MapLayout | 
                    if res_band else lo.layouts[residual])
     if out_lay is None:
         out_lay = _buffer(lo, op.output, rows, (0, 0, 0, 0), f"the chunk of output {op.output}", taken)
-    bands = ConvBands(in_buffer=lo.host.get(op.input), in_pad_byte=pad_byte(lo.pad_signed.get(op.input, False)),
-                      res_buffer=lo.host.get(residual) if res_band else None,
-                      out_buffer=op.output in lo.offchip, in_groups=in_groups)
     plan = lo.plan_conv(op, rows if in_band else None, chunk_rows=rows)
     if slabs:
         plan = dataclasses.replace(plan, slabs=plan_slabs(plan, cfg, in_groups, slab))
+    spare = None
+    if double:
+        spare = _buffer(lo, op.input, in_lay.height, in_border, f"the second band of input {op.input} of {op.name}",
+                        taken)
+    bands = ConvBands(in_buffer=lo.host.get(op.input), in_pad_byte=pad_byte(lo.pad_signed.get(op.input, False)),
+                      res_buffer=lo.host.get(residual) if res_band else None,
+                      out_buffer=op.output in lo.offchip, in_groups=in_groups, in_spare=spare)
     lo.emit_conv(plan, in_lay, out_lay, res_lay, bands)
     _free(lo, taken)
     if streamed:
         return dataclasses.replace(in_lay, height=h, border=tuple(lo.border[op.input]))
     return None
+
+
+def _double_bands(lo: "_Lowering", op: QConv | QAvgPool, rows: int, need: Callable[[int], int],
+                  band_row: int) -> tuple[int, bool]:
+    """The output rows a chunk of a conv over an input band, and whether the band is
+    double-buffered (:class:`~fxpgen.compiler.conv_emit.ConvBands` ``in_spare``): when
+    its weights are LOADed once, with the most rows whose buffers and a second band
+    fit, if the estimate of its cycles (a band word a cycle, a tile ``rows + cols``
+    cycles and a vector a cycle) says the overlap wins over ``rows`` without it."""
+    cfg = lo.cfg
+    plan = lo.plan_conv(op, rows)
+    _, oh, ow = lo.qg.tensor(op.output).shape
+    if rows >= oh or len(plan.groups) != 1 or plan.groups[0].streamed:
+        return rows, False
+    sy, kh = op.stride[0], plan.kernel[0]
+    tiles = sum(len(t) for t in plan.tiles)
+    free = lo.alloc.largest()
+
+    def load(r: int) -> int:
+        return ((r - 1) * sy + kh) * band_row
+
+    def compute(r: int) -> int:
+        return tiles * (r * ow + cfg.rows + cfg.cols)
+
+    two = rows
+    while two >= 1 and need(two) + load(two) > free:
+        two -= 1
+    if two < 1:
+        return rows, False
+    single = ceil_div(oh, rows) * (load(rows) + compute(rows))
+    double = load(two) + ceil_div(oh, two) * max(load(two), compute(two))
+    if double >= single:
+        return rows, False
+    lo.chunks[op.name] = two
+    return two, True
 
 
 def _conv_in_columns(lo: "_Lowering", op: QConv | QAvgPool, streamed: bool) -> MapLayout | None:
