@@ -17,7 +17,10 @@ Off-chip maps (:class:`ConvBands`). When the residual or the output is kept in t
 host's memory, the loops turn: for every chunk, LOAD the input band and the
 residual's rows, run every group of n-tiles (reloading their weights when there
 is more than one group) into a chunk buffer, and STORE the chunk's rows; so does
-an off-chip input of one chunk, its band LOADed once for all groups. A plan
+an off-chip input of one chunk, its band LOADed once for all groups. With a
+second band buffer (:class:`ConvBands` ``in_spare``, one group of n-tiles), the
+next chunk's band rows are LOADed into it after this chunk's bias LOADs, while the
+array computes this chunk on the other. A plan
 with slabs (a grouped or depthwise conv whose band of all channels would not fit)
 LOADs the band a slab of channel groups at a time and runs the slab's n-tiles on it.
 

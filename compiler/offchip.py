@@ -16,7 +16,9 @@ did), then every map that may go off chip but the network's output, then the out
 too. Its producer then STOREs its rows chunk by chunk as it computes them, and
 they are the program's output words. Within a tier the
 lowering tries the budgets ``spad_depth`` x 1, 3/4, 1/2, 1/4 and 0 in turn (the
-bands and chunk buffers need room, and first-fit allocation leaves holes).
+bands and chunk buffers need room, and first-fit allocation leaves holes); the first
+plan that lowers then gets back on chip, one at a time in :func:`recall_order`, every
+map whose return still lowers and shrinks no banded layer's chunks.
 
 Band lowering (:func:`lower_banded`). A layer that reads or writes an off-chip map
 runs in chunks of output rows: it LOADs the input rows of each chunk (with the
@@ -26,7 +28,8 @@ computes the chunk into a chunk buffer when its output is off chip, and STOREs t
 chunk's rows to the result stream, where they become host buffer k
 (:class:`~fxpgen.compiler.emit.HostBuffer`). A chunk is as many output rows as
 the accumulators hold (:func:`~fxpgen.compiler.conv_plan.rows_per_chunk`, for a
-conv), fewer when its buffers would not fit the largest free block.
+conv), fewer when its buffers would not fit the largest free block. A conv whose
+weights are LOADed once may double-buffer its input band (:func:`_double_bands`).
 
 When even one output row's buffers do not fit, and only when no spill plan lowers
 otherwise (the lowering's ``narrow`` attempts), a conv with an off-chip output runs
