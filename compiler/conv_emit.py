@@ -17,7 +17,10 @@ Off-chip maps (:class:`ConvBands`). When the residual or the output is kept in t
 host's memory, the loops turn: for every chunk, LOAD the input band and the
 residual's rows, run every group of n-tiles (reloading their weights when there
 is more than one group) into a chunk buffer, and STORE the chunk's rows; so does
-an off-chip input of one chunk, its band LOADed once for all groups. A plan
+an off-chip input of one chunk, its band LOADed once for all groups. With a
+second band buffer (:class:`ConvBands` ``in_spare``, one group of n-tiles), the
+next chunk's band rows are LOADed into it after this chunk's bias LOADs, while the
+array computes this chunk on the other. A plan
 with slabs (a grouped or depthwise conv whose band of all channels would not fit)
 LOADs the band a slab of channel groups at a time and runs the slab's n-tiles on it.
 
@@ -80,6 +83,9 @@ class ConvBands:
     res_buffer: int | None = None
     out_buffer: bool = False
     in_groups: int | None = None      # the input map's channel groups, when the band holds a slab
+    #: A second band buffer: the next chunk's band is LOADed into it, row by row after
+    #: the bias LOADs of this chunk's n-tiles, while this chunk's MATMULs read the other.
+    in_spare: MapLayout | None = None
 
     @property
     def chunk_outer(self) -> bool:
@@ -121,6 +127,10 @@ class _ConvEmission:
         # Chunks repeat their instructions and weight loads: each is built once, by key.
         self.runs: dict[tuple, list[Instruction]] = {}
         self.packed: dict[tuple, list[int]] = {}
+        # The band buffer the next chunk's band goes to, and its rows still to LOAD
+        # there: (band row, input row).
+        self.spare: MapLayout | None = None
+        self.band_ahead: list[tuple[int, int]] = []
 
     def run(self) -> None:
         if self.plan.slabs:
@@ -147,10 +157,17 @@ class _ConvEmission:
         where = {}
         if once:
             where = self.load_group(plan.groups[0])
+        # Two band buffers when the chunk's LOADs are the bias LOADs alone: a weight
+        # LOAD queued behind a band LOAD would hold the in-order dispatcher.
+        self.spare = bands.in_spare if plan.banded and once and not plan.groups[0].streamed else None
         for oy0 in range(0, oh, plan.rows_per_chunk):
             nrow = min(plan.rows_per_chunk, oh - oy0)
-            if plan.banded:
+            if plan.banded and (self.spare is None or oy0 == 0):
                 self.load_input_band(oy0, nrow)
+            oy1 = oy0 + plan.rows_per_chunk
+            if self.spare is not None and oy1 < oh:
+                n_in = (min(plan.rows_per_chunk, oh - oy1) - 1) * plan.stride[0] + plan.kernel[0]
+                self.band_ahead = [(k, oy1 * plan.stride[0] - plan.pads[0] + k) for k in range(n_in)]
             if bands.res_buffer is not None:
                 load_band(self.em, self.res_lay, oy0, nrow, oh, bands.res_buffer)
             for g, group in enumerate(plan.groups):
@@ -158,6 +175,9 @@ class _ConvEmission:
                     where = self.load_group(group)
                 self.chunk(group, oy0, nrow, where, load=False,
                            after=_after(plan.groups, g, oy0 + nrow < oh))
+            if self.spare is not None:
+                self.load_band_ahead(len(self.band_ahead))
+                self.in_lay, self.spare = self.spare, self.in_lay
             if bands.out_buffer:
                 store_rows(self.em, self.out_lay, 0, nrow)
 
@@ -231,6 +251,15 @@ class _ConvEmission:
                   (nrow - 1) * plan.stride[0] + plan.kernel[0], plan.in_height,
                   self.bands.in_buffer, self.bands.in_pad_byte)
 
+    def load_band_ahead(self, n: int) -> None:
+        """LOAD the next ``n`` rows of :attr:`band_ahead` into the spare band buffer, one
+        LOAD a row."""
+        plan = self.plan
+        for k, iy in self.band_ahead[:n]:
+            load_band(self.em, self.spare.window(k, 1), iy, 1, plan.in_height, self.bands.in_buffer,
+                      self.bands.in_pad_byte)
+        del self.band_ahead[:n]
+
     def load_tiles(self, tiles: list[tuple[int, ConvTile]], base: int = 0) -> dict[tuple[int, int, int, int], int]:
         """LOAD the (n-tile, tile) pairs' weights from weight-buffer row ``base``; the row
         offset of each by (n-tile, ky, kx, kt)."""
@@ -277,6 +306,8 @@ class _ConvEmission:
             acc_base = (self.block % 2) * half
             self.block += 1
             self.load_bias(nt, acc_base, nrow)
+            if self.band_ahead:
+                self.load_band_ahead(-(-len(self.band_ahead) // (group.stop - nt)))
             if group.streamed:
                 self.stream(nt, group, after, acc_base, iy0, nrow)
             else:
@@ -349,7 +380,7 @@ class _ConvEmission:
         """Batch ``k`` of n-tile ``nt``: per tile, LOADW it into the bank (alternating from
         ``bank``) and accumulate its products over the chunk."""
         at = where[(nt, batch[0].ky, batch[0].kx, batch[0].kt)] if batch else 0
-        key = (nt, k, bank, acc_base, iy0, nrow, self.group0, at)
+        key = (nt, k, bank, acc_base, iy0, nrow, self.group0, at, self.in_lay.base)
         if key in self.runs:
             return self.runs[key]
         out = []

@@ -64,7 +64,7 @@ from .emit import Emitter, HostBuffer, HostPiece, InputPiece
 from .layout import MapLayout, SpadAllocator, last_uses, pad_byte, plan_borders
 from .channel_ops import expand_unaligned
 from .qgraph import QAdd, QAvgPool, QConcat, QConv, QGraph, QLut, QMaxPool, QMul, QResize, QSlice
-from .offchip import lower_banded, spill_plans, spillable, touches_offchip
+from .offchip import lower_banded, recall_order, spill_plans, spillable, touches_offchip
 from .shuffle_fold import fold_shuffles
 from .tiling import DoesNotFit, ceil_div
 from .unfold import InputUnfold, sole_consumer, unfold_choices
@@ -294,13 +294,48 @@ def _lower_offchip(qg: QGraph, cfg: CoreConfig, consumer, resident: DoesNotFit, 
         for spilled in spill_plans(qg, cfg.lanes, cfg.spad_depth, consumer is not None):
             tried.add(spilled)
             try:
-                return _lower(qg, cfg, consumer, spilled, plans, progress, narrow=narrow)
+                _dry_chunks(qg, cfg, consumer, spilled, plans, narrow)
             except DoesNotFit as e:
                 last = e
+                continue
+            spilled = _recall(qg, cfg, consumer, spilled, plans, narrow)
+            return _run(_Lowering(qg, cfg, spilled, plans, narrow=narrow), consumer, progress)
     if not tried:
         raise resident
     raise DoesNotFit(f"{last} (with {len(max(tried, key=len))} maps off chip; kept in the "
                      f"scratchpad: {resident})") from None
+
+
+def _recall(qg: QGraph, cfg: CoreConfig, consumer, spilled: frozenset[str], plans: dict,
+            narrow: bool) -> frozenset[str]:
+    """``spilled``, a plan that lowers, less every map that lowers back on chip
+    without shrinking any banded layer's chunks: the spill budget of
+    :func:`~fxpgen.compiler.offchip.spill_plan` is one for the whole network, so it
+    spills maps that fit where they live, but a map brought back takes rows that
+    another layer's bands may need (fewer rows a chunk: more weight loads, a slower
+    layer). Tried one at a time in :func:`~fxpgen.compiler.offchip.recall_order`,
+    each by a dry run."""
+    chunks = _dry_chunks(qg, cfg, consumer, spilled, plans, narrow)
+    for name in recall_order(qg, cfg.lanes, spilled):
+        fewer = spilled - {name}
+        if not fewer:
+            break
+        try:
+            now = _dry_chunks(qg, cfg, consumer, fewer, plans, narrow)
+        except DoesNotFit:
+            continue
+        if all(now.get(op, COUNT_MAX) >= rows for op, rows in chunks.items()):
+            spilled, chunks = fewer, now
+    return spilled
+
+
+def _dry_chunks(qg: QGraph, cfg: CoreConfig, consumer, spilled: frozenset[str], plans: dict,
+                narrow: bool) -> dict[str, int]:
+    """The output rows a chunk of each banded layer (:attr:`_Lowering.chunks`) of a dry
+    run with ``spilled`` off chip; raise :class:`DoesNotFit` when it does not lower."""
+    lo = _Lowering(qg, cfg, spilled, plans, dry=True, narrow=narrow)
+    _run(lo, consumer)
+    return lo.chunks
 
 
 def _streamable_consumer(qg: QGraph):
@@ -376,6 +411,9 @@ class _Lowering:
         self.batch = batch
         self.plans = {} if plans is None else plans
         self.host: dict[str, int] = {}       # off-chip map -> its host buffer
+        # Output rows a chunk of each banded layer (0: in windows of columns or bands
+        # of kernel rows), which the spill-plan search compares between plans.
+        self.chunks: dict[str, int] = {}
         self.em = Emitter(cfg)
         self.border, self.pad_signed = plan_borders(qg)
         self.alloc = SpadAllocator(cfg.spad_depth)
@@ -490,6 +528,7 @@ def _lower_band_consumer(lo: _Lowering, op, out_lay: MapLayout) -> MapLayout:
     if rows < 1:
         raise DoesNotFit(f"{op.name}: the band of {kh} input rows its kernel needs takes "
                          f"{kh * band_row} scratchpad rows, {lo.alloc.largest()} are free")
+    lo.chunks[op.name] = rows
     band = lo.place(qg.input, (rows - 1) * sy + kh)
     _lower_conv(lo, op, out_lay, band_rows_per_chunk=rows)
     return dataclasses.replace(band, height=h, border=tuple(b))

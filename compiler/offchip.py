@@ -16,7 +16,9 @@ did), then every map that may go off chip but the network's output, then the out
 too. Its producer then STOREs its rows chunk by chunk as it computes them, and
 they are the program's output words. Within a tier the
 lowering tries the budgets ``spad_depth`` x 1, 3/4, 1/2, 1/4 and 0 in turn (the
-bands and chunk buffers need room, and first-fit allocation leaves holes).
+bands and chunk buffers need room, and first-fit allocation leaves holes); the first
+plan that lowers then gets back on chip, one at a time in :func:`recall_order`, every
+map whose return still lowers and shrinks no banded layer's chunks.
 
 Band lowering (:func:`lower_banded`). A layer that reads or writes an off-chip map
 runs in chunks of output rows: it LOADs the input rows of each chunk (with the
@@ -26,7 +28,8 @@ computes the chunk into a chunk buffer when its output is off chip, and STOREs t
 chunk's rows to the result stream, where they become host buffer k
 (:class:`~fxpgen.compiler.emit.HostBuffer`). A chunk is as many output rows as
 the accumulators hold (:func:`~fxpgen.compiler.conv_plan.rows_per_chunk`, for a
-conv), fewer when its buffers would not fit the largest free block.
+conv), fewer when its buffers would not fit the largest free block. A conv whose
+weights are LOADed once may double-buffer its input band (:func:`_double_bands`).
 
 When even one output row's buffers do not fit, and only when no spill plan lowers
 otherwise (the lowering's ``narrow`` attempts), a conv with an off-chip output runs
@@ -66,7 +69,7 @@ if TYPE_CHECKING:
     from .lower import _Lowering
 
 __all__ = ["CONV_BANDED_OPS", "ROW_BANDED_OPS", "BANDED_OPS", "SPILL_TIERS", "BUDGET_FRACTIONS",
-           "spillable", "spill_plans", "spill_plan", "touches_offchip", "lower_banded"]
+           "spillable", "spill_plans", "spill_plan", "recall_order", "touches_offchip", "lower_banded"]
 
 #: Ops that can run in bands of rows over off-chip maps: the convolution family,
 #: whose maps the lowering spills first, then the ops that copy or transform rows.
@@ -107,11 +110,17 @@ def spill_plans(qg: QGraph, lanes: int, spad_depth: int, input_streamed: bool) -
                 yield spilled
 
 
-def spill_plan(qg: QGraph, lanes: int, budget: int, input_streamed: bool,
-               ok: set[str] | None = None) -> frozenset[str]:
-    """The maps of ``ok`` (default :func:`spillable`) to keep off chip so that the
-    resident maps live at every op take at most ``budget`` scratchpad rows less the
-    op's band buffers (largest first; module docstring)."""
+def recall_order(qg: QGraph, lanes: int, spilled: frozenset[str]) -> list[str]:
+    """The maps of ``spilled`` in the order the lowering tries to bring them back on
+    chip: the latest produced first, the smallest first among maps of one op (a late
+    map is small and lives where the scratchpad is emptier)."""
+    rows, _ = _map_rows(qg, lanes)
+    born = {op.output: i for i, op in enumerate(qg.ops)}
+    return sorted(spilled, key=lambda t: (-born.get(t, -1), rows[t], t))
+
+
+def _map_rows(qg: QGraph, lanes: int) -> tuple[dict[str, int], dict[str, int]]:
+    """Scratchpad rows of every map, with its borders, and of one of its rows."""
     border, _ = plan_borders(qg)
     rows, row = {}, {}
     for name, t in qg.tensors.items():
@@ -119,6 +128,15 @@ def spill_plan(qg: QGraph, lanes: int, budget: int, input_streamed: bool,
         b = border[name]
         row[name] = (w + b[1] + b[3]) * ceil_div(c, lanes)
         rows[name] = (h + b[0] + b[2]) * row[name]
+    return rows, row
+
+
+def spill_plan(qg: QGraph, lanes: int, budget: int, input_streamed: bool,
+               ok: set[str] | None = None) -> frozenset[str]:
+    """The maps of ``ok`` (default :func:`spillable`) to keep off chip so that the
+    resident maps live at every op take at most ``budget`` scratchpad rows less the
+    op's band buffers (largest first; module docstring)."""
+    rows, row = _map_rows(qg, lanes)
     born = {op.output: i for i, op in enumerate(qg.ops)}
     if not input_streamed:
         born[qg.input] = -1
@@ -215,6 +233,7 @@ def _chunk_rows(lo: "_Lowering", op, most: int, need: Callable[[int], int]) -> i
     if rows < 1:
         raise DoesNotFit(f"{op.name}: the buffers of one output row in bands take {need(1)} "
                          f"scratchpad rows, {free} are free")
+    lo.chunks[op.name] = rows
     return rows
 
 
@@ -274,6 +293,9 @@ def _conv(lo: "_Lowering", op: QConv | QAvgPool, streamed: bool) -> MapLayout | 
         if out_lay is None and not res_band:
             return _conv_in_columns(lo, op, streamed)
     rows = _chunk_rows(lo, op, rows_per_chunk(cfg, oh, ow), need)
+    double = False
+    if in_band and not slabs:
+        rows, double = _double_bands(lo, op, rows, need, _row_rows(lo, op.input, in_border, slab))
     taken: list[MapLayout] = []
     in_lay = (_buffer(lo, op.input, (rows - 1) * sy + kh, in_border,
                       f"the band of input {op.input} of {op.name}", taken, slab)
@@ -284,17 +306,56 @@ def _conv(lo: "_Lowering", op: QConv | QAvgPool, streamed: bool) -> MapLayout | 
                    if res_band else lo.layouts[residual])
     if out_lay is None:
         out_lay = _buffer(lo, op.output, rows, (0, 0, 0, 0), f"the chunk of output {op.output}", taken)
-    bands = ConvBands(in_buffer=lo.host.get(op.input), in_pad_byte=pad_byte(lo.pad_signed.get(op.input, False)),
-                      res_buffer=lo.host.get(residual) if res_band else None,
-                      out_buffer=op.output in lo.offchip, in_groups=in_groups)
     plan = lo.plan_conv(op, rows if in_band else None, chunk_rows=rows)
     if slabs:
         plan = dataclasses.replace(plan, slabs=plan_slabs(plan, cfg, in_groups, slab))
+    spare = None
+    if double:
+        spare = _buffer(lo, op.input, in_lay.height, in_border, f"the second band of input {op.input} of {op.name}",
+                        taken)
+    bands = ConvBands(in_buffer=lo.host.get(op.input), in_pad_byte=pad_byte(lo.pad_signed.get(op.input, False)),
+                      res_buffer=lo.host.get(residual) if res_band else None,
+                      out_buffer=op.output in lo.offchip, in_groups=in_groups, in_spare=spare)
     lo.emit_conv(plan, in_lay, out_lay, res_lay, bands)
     _free(lo, taken)
     if streamed:
         return dataclasses.replace(in_lay, height=h, border=tuple(lo.border[op.input]))
     return None
+
+
+def _double_bands(lo: "_Lowering", op: QConv | QAvgPool, rows: int, need: Callable[[int], int],
+                  band_row: int) -> tuple[int, bool]:
+    """The output rows a chunk of a conv over an input band, and whether the band is
+    double-buffered (:class:`~fxpgen.compiler.conv_emit.ConvBands` ``in_spare``): when
+    its weights are LOADed once, with the most rows whose buffers and a second band
+    fit, if the estimate of its cycles (a band word a cycle, a tile ``rows + cols``
+    cycles and a vector a cycle) says the overlap wins over ``rows`` without it."""
+    cfg = lo.cfg
+    plan = lo.plan_conv(op, rows)
+    _, oh, ow = lo.qg.tensor(op.output).shape
+    if rows >= oh or len(plan.groups) != 1 or plan.groups[0].streamed:
+        return rows, False
+    sy, kh = op.stride[0], plan.kernel[0]
+    tiles = sum(len(t) for t in plan.tiles)
+    free = lo.alloc.largest()
+
+    def load(r: int) -> int:
+        return ((r - 1) * sy + kh) * band_row
+
+    def compute(r: int) -> int:
+        return tiles * (r * ow + cfg.rows + cfg.cols)
+
+    two = rows
+    while two >= 1 and need(two) + load(two) > free:
+        two -= 1
+    if two < 1:
+        return rows, False
+    single = ceil_div(oh, rows) * (load(rows) + compute(rows))
+    double = load(two) + ceil_div(oh, two) * max(load(two), compute(two))
+    if double >= single:
+        return rows, False
+    lo.chunks[op.name] = two
+    return two, True
 
 
 def _conv_in_columns(lo: "_Lowering", op: QConv | QAvgPool, streamed: bool) -> MapLayout | None:
@@ -316,6 +377,7 @@ def _conv_in_columns(lo: "_Lowering", op: QConv | QAvgPool, streamed: bool) -> M
     wc = ow
     while wc >= 1 and (need(wc) > free or window_input(plan, wc) * g_in > COUNT_MAX):
         wc -= 1
+    lo.chunks[op.name] = 0
     if wc < 1:
         raise DoesNotFit(f"{op.name}: one output pixel takes {need(1)} scratchpad rows ({plan.kernel[0]} input "
                          f"rows of {window_input(plan, 1)} pixels of {op.input} and its output), {free} are free")
@@ -346,6 +408,7 @@ def _pool_in_bands(lo: "_Lowering", op: QAvgPool, out_lay: MapLayout | None) -> 
     (:mod:`~fxpgen.compiler.pool_bands`), the narrowest slab its n-tiles allow."""
     cfg = lo.cfg
     in_groups = ceil_div(lo.qg.tensor(op.input).shape[0], cfg.lanes)
+    lo.chunks[op.name] = 0
     plan = lo.plan_conv(op, 1)
     span = max(1, slab_span(plan, cfg))
     slabs = plan_slabs(plan, cfg, in_groups, span) if span < in_groups else None
