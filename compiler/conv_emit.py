@@ -133,6 +133,9 @@ class _ConvEmission:
         self.band_ahead: list[tuple[int, int]] = []
 
     def run(self) -> None:
+        if self.plan.sweep:
+            self.run_sweeps()
+            return
         if self.plan.slabs:
             self.run_slabs()
             return
@@ -200,6 +203,49 @@ class _ConvEmission:
                     after = _after(order, visited, oy0 + nrow < oh)
                     visited += 1
                     self.chunk(group, oy0, nrow, self.load_group(group), load=False, after=after)
+            if bands.out_buffer:
+                store_rows(self.em, self.out_lay, 0, nrow)
+
+    def run_sweeps(self) -> None:
+        """The map sweep: chunk by chunk (its residual rows LOADed first, its rows stored
+        last), sweep by sweep of ``plan.sweep`` n-tiles whose blocks share one
+        accumulator half: for every slab of input channel groups, its band LOADed and
+        each n-tile's tiles that read it accumulated (the bias LOADed before the first
+        slab); the sweep's REQUANTs after the last."""
+        plan, bands = self.plan, self.bands
+        oh, ow = plan.out_size
+        sy, half = plan.stride[0], self.cfg.acc_depth // 2
+        sweeps = [range(n0, min(n0 + plan.sweep, plan.n_tiles)) for n0 in range(0, plan.n_tiles, plan.sweep)]
+        steps = [(s, j, nt, k, batch) for s, sweep in enumerate(sweeps) for j, slab in enumerate(plan.band_slabs)
+                 for nt in sweep for k, batch in enumerate(plan.slab_batches(nt, *slab[1:]))]
+        bank = 0
+        for oy0 in range(0, oh, plan.rows_per_chunk):
+            nrow = min(plan.rows_per_chunk, oh - oy0)
+            if bands.res_buffer is not None:
+                load_band(self.em, self.res_lay, oy0, nrow, oh, bands.res_buffer)
+            for i, (s, j, nt, k, batch) in enumerate(steps):
+                sweep = sweeps[s]
+                if (j, nt, k) == (0, sweep.start, 0):
+                    self.load_table(TileGroup(sweep.start, sweep.stop, False))
+                    acc0 = (self.block % 2) * half
+                    self.block += 1
+                if (nt, k) == (sweep.start, 0):
+                    load_band(self.em, self.in_lay, oy0 * sy - plan.pads[0], (nrow - 1) * sy + plan.kernel[0],
+                              plan.in_height, bands.in_buffer, bands.in_pad_byte, plan.band_slabs[j][0],
+                              bands.in_groups)
+                    self.group0 = plan.band_slabs[j][0]
+                acc = acc0 + (nt - sweep.start) * nrow * ow
+                if (j, k) == (0, 0):
+                    self.load_bias(nt, acc, nrow)
+                where = self.take(("sweep", nt, j, k), [(nt, t) for t in batch])
+                if i + 1 < len(steps) or oy0 + nrow < oh:
+                    _, j1, nt1, k1, batch1 = steps[(i + 1) % len(steps)]
+                    self.prefetch(("sweep", nt1, j1, k1), [(nt1, t) for t in batch1])
+                self.em.emit_all(self.matmuls(nt, k, batch, where, bank, acc, 0, nrow))
+                bank ^= len(batch) % 2
+                if i + 1 == len(steps) or steps[i + 1][0] != s:
+                    for n in sweep:
+                        self.requant(n, n - sweep.start, acc0 + (n - sweep.start) * nrow * ow, oy0, nrow)
             if bands.out_buffer:
                 store_rows(self.em, self.out_lay, 0, nrow)
 

@@ -26,7 +26,7 @@ from .qgraph import QAvgPool, QConv, QGraph
 from .tiling import DoesNotFit, ceil_div
 
 __all__ = ["ConvTile", "TileGroup", "Slab", "ConvPlan", "ConvConstants", "conv_constants", "plan_conv",
-           "plan_slabs", "slab_span", "rows_per_chunk"]
+           "plan_slabs", "slab_span", "band_slabs", "rows_per_chunk"]
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,12 @@ class ConvPlan:
     out_signed: bool
     res_signed: bool
     note: str | None                         # the accumulator can saturate
+    matmul_lanes: int                        # k-tiles one scratchpad row holds
     slabs: tuple[Slab, ...] | None = None    # banded input loaded a few channel groups at a time
+    #: The map sweep: n-tiles whose accumulator blocks stay in one half across every
+    #: slab of the input band (0: the usual order), and those slabs (:func:`band_slabs`).
+    sweep: int = 0
+    band_slabs: tuple[tuple[int, int, int], ...] = ()
 
     @property
     def stream_halves(self) -> int:
@@ -104,6 +109,15 @@ class ConvPlan:
     def half_tiles(self) -> int:
         """The tiles of one weight-buffer half (:attr:`stream_halves`)."""
         return self.wbuf_tiles // self.stream_halves
+
+    def slab_batches(self, nt: int, first: int, stop: int) -> list[tuple[ConvTile, ...]]:
+        """The weight-buffer loads of n-tile ``nt``'s tiles that read input channel groups
+        ``first .. stop - 1`` in a map sweep: as few as fit a weight-buffer half, of
+        sizes differing by at most one tile; one empty load when there are none."""
+        tiles = tuple(t for t in self.tiles[nt] if first <= t.kt // self.matmul_lanes < stop)
+        n = max(1, ceil_div(len(tiles), self.half_tiles))
+        cuts = [len(tiles) * i // n for i in range(n + 1)]
+        return [tiles[a:b] for a, b in zip(cuts, cuts[1:])]
 
     def batches(self, group: TileGroup, nt: int) -> list[tuple[ConvTile, ...]]:
         """The weight-buffer loads of n-tile ``nt``: one (all its tiles) unless streamed,
@@ -170,7 +184,8 @@ def plan_conv(qg: QGraph, op: QConv | QAvgPool, cfg: CoreConfig,
         banded=band_rows_per_chunk is not None, bias=c.bias, table=c.table,
         relu=bool(op.relu) if isinstance(op, QConv) else False, residual=residual,
         in_signed=qg.tensor(op.input).fmt.signed, out_signed=qg.tensor(op.output).fmt.signed,
-        res_signed=bool(residual) and qg.tensor(residual).fmt.signed, note=c.note)
+        res_signed=bool(residual) and qg.tensor(residual).fmt.signed, note=c.note,
+        matmul_lanes=cfg.matmul_lanes)
 
 
 def plan_slabs(plan: ConvPlan, cfg: CoreConfig, in_groups: int, size: int) -> tuple[Slab, ...] | None:
@@ -193,6 +208,17 @@ def plan_slabs(plan: ConvPlan, cfg: CoreConfig, in_groups: int, size: int) -> tu
                       tuple(TileGroup(g.first + nt0, g.stop + nt0, g.streamed)
                             for g in _group_n_tiles(plan.tiles[nt0:nt1], cfg)))
                  for g0, _, nt0, nt1 in runs)
+
+
+def band_slabs(in_groups: int, size: int) -> tuple[tuple[int, int, int], ...]:
+    """The input's ``in_groups`` channel groups cut into as few slabs of at most ``size``
+    as there must be, of sizes differing by at most one: per slab (the first group of
+    its band of ``ceil(in_groups / slabs)`` groups, its first group, its stop group); the
+    last band starts early rather than pass the map's last group."""
+    n = ceil_div(in_groups, size)
+    width = ceil_div(in_groups, n)
+    cuts = [in_groups * i // n for i in range(n + 1)]
+    return tuple((min(a, in_groups - width), a, b) for a, b in zip(cuts, cuts[1:]))
 
 
 def slab_span(plan: ConvPlan, cfg: CoreConfig) -> int:

@@ -56,7 +56,7 @@ from fxpgen.isa import COUNT_MAX
 
 from .column_bands import ColumnSource, emit_conv_columns, window_input
 from .conv_emit import ConvBands
-from .conv_plan import plan_slabs, rows_per_chunk, slab_span
+from .conv_plan import band_slabs, plan_slabs, rows_per_chunk, slab_span
 from .emit import HostBuffer, load_band, store_rows
 from .layout import MapLayout, last_uses, pad_byte, plan_borders
 from .pool_bands import PoolBands, emit_pool_bands, whole_slab
@@ -80,6 +80,9 @@ BANDED_OPS = CONV_BANDED_OPS + ROW_BANDED_OPS
 #: whether the network's output may go off chip too (last, so that a network that
 #: compiled with its output resident keeps its program).
 SPILL_TIERS = ((CONV_BANDED_OPS, False), (BANDED_OPS, False), (BANDED_OPS, True))
+#: The cycles a weight tile holds its bank beyond the vectors it serves (the map
+#: sweep's estimate, :func:`_map_sweep`; measured on the 8x8 core).
+DRAIN = 29
 #: The spill budgets tried, as fractions of ``spad_depth``.
 BUDGET_FRACTIONS = (1.0, 0.75, 0.5, 0.25, 0.0)
 
@@ -270,10 +273,13 @@ def _conv(lo: "_Lowering", op: QConv | QAvgPool, streamed: bool) -> MapLayout | 
     in_groups = ceil_div(qg.tensor(op.input).shape[0], cfg.lanes)
     slab = in_groups
 
-    def need(r: int) -> int:
-        n = ((r - 1) * sy + kh) * _row_rows(lo, op.input, in_border, slab) if in_band else 0
+    def need_of(r: int, groups: int) -> int:
+        n = ((r - 1) * sy + kh) * _row_rows(lo, op.input, in_border, groups) if in_band else 0
         n += r * _row_rows(lo, residual, (0, 0, 0, 0)) if res_band else 0
         return n + (r * _row_rows(lo, op.output, (0, 0, 0, 0)) if out_lay is None else 0)
+
+    def need(r: int) -> int:
+        return need_of(r, slab)
 
     slabs = None
     if op.input in lo.offchip and need(1) > lo.alloc.largest():
@@ -293,8 +299,13 @@ def _conv(lo: "_Lowering", op: QConv | QAvgPool, streamed: bool) -> MapLayout | 
         if out_lay is None and not res_band:
             return _conv_in_columns(lo, op, streamed)
     rows = _chunk_rows(lo, op, rows_per_chunk(cfg, oh, ow), need)
-    double = False
-    if in_band and not slabs:
+    double, sweep = False, None
+    if op.input in lo.offchip and not slabs and isinstance(op, QConv):
+        sweep = _map_sweep(lo, op, rows, need_of, in_groups, _row_rows(lo, op.input, in_border, 1))
+    if sweep:
+        rows, slab, _ = sweep
+        lo.chunks[op.name] = rows
+    elif in_band and not slabs:
         rows, double = _double_bands(lo, op, rows, need, _row_rows(lo, op.input, in_border, slab))
     taken: list[MapLayout] = []
     in_lay = (_buffer(lo, op.input, (rows - 1) * sy + kh, in_border,
@@ -309,6 +320,8 @@ def _conv(lo: "_Lowering", op: QConv | QAvgPool, streamed: bool) -> MapLayout | 
     plan = lo.plan_conv(op, rows if in_band else None, chunk_rows=rows)
     if slabs:
         plan = dataclasses.replace(plan, slabs=plan_slabs(plan, cfg, in_groups, slab))
+    if sweep:
+        plan = dataclasses.replace(plan, sweep=sweep[2], band_slabs=band_slabs(in_groups, slab))
     spare = None
     if double:
         spare = _buffer(lo, op.input, in_lay.height, in_border, f"the second band of input {op.input} of {op.name}",
@@ -356,6 +369,50 @@ def _double_bands(lo: "_Lowering", op: QConv | QAvgPool, rows: int, need: Callab
         return rows, False
     lo.chunks[op.name] = two
     return two, True
+
+
+def _map_sweep(lo: "_Lowering", op: QConv, rows: int, need_of: Callable[[int, int], int],
+               in_groups: int, band_row: int) -> tuple[int, int, int] | None:
+    """The map sweep of a dense conv over an off-chip input whose weights take more
+    than one load (:meth:`~fxpgen.compiler.conv_emit._ConvEmission.run_sweeps`): the
+    output rows of a chunk, the channel groups of a slab (``band_row`` scratchpad rows
+    a band row of each) and the n-tiles of a sweep
+    whose cycles are estimated the fewest, when fewer than the usual order's with
+    ``rows`` rows a chunk; else None. The estimate: a band word a cycle, not overlapped
+    (a slab's band is LOADed once per sweep), and a tile serving ``m`` vectors
+    ``max(m, (m + DRAIN) / 2)`` cycles (it holds one of the two weight banks
+    ``m + DRAIN``); a band LOAD waits for the MATMULs before it to drain, and the
+    MATMULs after it for the LOAD."""
+    cfg = lo.cfg
+    plan = lo.plan_conv(op, rows)
+    _, oh, ow = lo.qg.tensor(op.output).shape
+    if len(plan.groups) == 1 and not plan.groups[0].streamed:
+        return None
+    tiles = sum(len(t) for t in plan.tiles)
+    free = lo.alloc.largest()
+
+    def band(r: int, groups: int) -> int:
+        return ((r - 1) * op.stride[0] + plan.kernel[0]) * band_row * groups
+
+    def cost(r: int, groups: int, sweeps: int) -> float:
+        slabs = ceil_div(in_groups, groups)
+        total = 0.0
+        for oy0 in range(0, oh, r):
+            m = min(r, oh - oy0) * ow
+            total += sweeps * slabs * (band(min(r, oh - oy0), groups) + 2 * DRAIN) + tiles * max(m, (m + DRAIN) / 2)
+        return total
+
+    best, best_cost = None, cost(rows, in_groups, 1)
+    for r in range(rows + 1, min(oh, COUNT_MAX) + 1):
+        n = min(cfg.table_depth, (cfg.acc_depth // 2) // (r * ow), plan.n_tiles)
+        groups = next((g for g in range(in_groups, 0, -1) if need_of(r, g) <= free), 0)
+        if n < 1 or groups < 1:
+            continue
+        groups = ceil_div(in_groups, ceil_div(in_groups, groups))
+        c = cost(r, groups, ceil_div(plan.n_tiles, n))
+        if c < best_cost:
+            best, best_cost = (r, groups, n), c
+    return best
 
 
 def _conv_in_columns(lo: "_Lowering", op: QConv | QAvgPool, streamed: bool) -> MapLayout | None:
