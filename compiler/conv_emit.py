@@ -23,6 +23,10 @@ next chunk's band rows are LOADed into it after this chunk's bias LOADs, while t
 array computes this chunk on the other. A plan
 with slabs (a grouped or depthwise conv whose band of all channels would not fit)
 LOADs the band a slab of channel groups at a time and runs the slab's n-tiles on it.
+A plan with a map sweep (``ConvPlan.sweep``, a dense conv over a small off-chip
+map) keeps a sweep of n-tiles' blocks in one accumulator half across the slabs
+of its band: per slab, the band LOADed and the sweep's tiles that read it
+accumulated, so that each weight tile serves every output row of the chunk.
 
 Batches. A program compiled for N images (:class:`ImageMaps`: the maps of images
 1 .. N - 1) LOADWs every weight tile once for the N images' MATMULs, back to back.

@@ -379,14 +379,14 @@ def _map_sweep(lo: "_Lowering", op: QConv, rows: int, need_of: Callable[[int, in
                in_groups: int, band_row: int) -> tuple[int, int, int] | None:
     """The map sweep of a dense conv over an off-chip input whose weights take more
     than one load (:meth:`~fxpgen.compiler.conv_emit._ConvEmission.run_sweeps`): the
-    output rows of a chunk, the channel groups of a slab (``band_row`` scratchpad rows
-    a band row of each) and the n-tiles of a sweep
-    whose cycles are estimated the fewest, when fewer than :data:`MARGIN` times the
-    usual order's with ``rows`` rows a chunk; else None. The estimate: a band word a cycle, not overlapped
-    (a slab's band is LOADed once per sweep), and a tile serving ``m`` vectors
-    ``max(m, (m + DRAIN) / 2)`` cycles (it holds one of the two weight banks
-    ``m + DRAIN``); a band LOAD waits for the MATMULs before it to drain, and the
-    MATMULs after it for the LOAD."""
+    output rows of a chunk, the channel groups of a slab (a band row of one group is
+    ``band_row`` scratchpad rows) and the n-tiles of a sweep whose estimated cycles
+    are the fewest, when below :data:`MARGIN` times the usual order's with ``rows``
+    rows a chunk; else None. The estimate: a band word a cycle, not overlapped (a
+    slab's band is LOADed once per sweep), plus ``2 * DRAIN`` a band LOAD (it waits
+    for the MATMULs before it to drain, the MATMULs after it for the LOAD); a tile
+    serving ``m`` vectors ``max(m, (m + DRAIN) / 2)`` cycles (it holds one of the
+    two weight banks ``m + DRAIN`` cycles)."""
     cfg = lo.cfg
     plan = lo.plan_conv(op, rows)
     _, oh, ow = lo.qg.tensor(op.output).shape
@@ -403,7 +403,8 @@ def _map_sweep(lo: "_Lowering", op: QConv, rows: int, need_of: Callable[[int, in
         total = 0.0
         for oy0 in range(0, oh, r):
             m = min(r, oh - oy0) * ow
-            total += sweeps * slabs * (band(min(r, oh - oy0), groups) + 2 * DRAIN) + tiles * max(m, (m + DRAIN) / 2)
+            loads = sweeps * slabs * (band(min(r, oh - oy0), groups) + 2 * DRAIN)
+            total += loads + tiles * max(m, (m + DRAIN) / 2)
         return total
 
     best, best_cost = None, MARGIN * cost(rows, in_groups, 1)

@@ -49,11 +49,16 @@ def _swept_cycles(low) -> int:
 
 def test_the_map_sweep_cuts_cycles(monkeypatch, seed):
     qg, xs = _compiled(seed)
-    chosen = []
+    chosen = {}
     sweep = offchip._map_sweep
-    monkeypatch.setattr(offchip, "_map_sweep", lambda *a: chosen.append((a[1].name, sweep(*a))) or chosen[-1][1])
+
+    def spy(lo, op, *args):
+        chosen[op.name] = sweep(lo, op, *args)
+        return chosen[op.name]
+
+    monkeypatch.setattr(offchip, "_map_sweep", spy)
     low = lower(qg, TINY)
-    assert dict(chosen).get("swept")
+    assert chosen.get("swept")
     monkeypatch.setattr(offchip, "_map_sweep", lambda *a: None)
     usual = lower(qg, TINY)
     assert 0 < _swept_cycles(low) <= GAIN * _swept_cycles(usual)
