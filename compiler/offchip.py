@@ -52,6 +52,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Callable, Iterator
 
+from fxpgen.config import REGIONS
 from fxpgen.isa import COUNT_MAX
 
 from .column_bands import ColumnSource, emit_conv_columns, window_input
@@ -202,15 +203,16 @@ def _host_buffer(lo: "_Lowering", name: str) -> None:
 
 
 def _buffer(lo: "_Lowering", name: str, height: int, border: tuple[int, int, int, int], what: str,
-            taken: list[MapLayout], groups: int | None = None) -> MapLayout:
+            taken: list[MapLayout], groups: int | None = None, top: bool = True) -> MapLayout:
     """A band or chunk buffer of ``height`` rows of map ``name`` (of ``groups`` of its
-    channel groups: a slab) at the top of the scratchpad, its side borders filled;
-    appended to ``taken`` (freed after the layer)."""
+    channel groups: a slab) at the top of the scratchpad (at the bottom of the first
+    free block that holds it, with ``top`` false), its side borders filled; appended
+    to ``taken`` (freed after the layer)."""
     c, _, w = lo.qg.tensor(name).shape
     if groups is not None and groups != ceil_div(c, lo.cfg.lanes):
         c = groups * lo.cfg.lanes
     lay = MapLayout(0, c, height, w, border, ceil_div(c, lo.cfg.lanes))
-    lay = dataclasses.replace(lay, base=lo.alloc.alloc(lay.rows, what, top=True))
+    lay = dataclasses.replace(lay, base=lo.alloc.alloc(lay.rows, what, top=top))
     taken.append(lay)
     if any(border):
         lo.em.fill(lay, pad_byte(lo.pad_signed.get(name, False)))
@@ -529,12 +531,14 @@ def _maxpool_ring(lo: "_Lowering", op: QMaxPool) -> None:
     in_border = _side_border(lo, op.input)
     ring_rows = kh * _row_rows(lo, op.input, in_border)
     store = out_lay is None
-    rows = _chunk_rows(lo, op, min(oh, COUNT_MAX),
-                       lambda r: ring_rows + (r * _row_rows(lo, op.output, (0, 0, 0, 0)) if store else 0))
+    row_out = _row_rows(lo, op.output, (0, 0, 0, 0))
+    most = min(oh, COUNT_MAX, max(1, lo.cfg.spad_depth // REGIONS // row_out))
+    rows = _chunk_rows(lo, op, most, lambda r: ring_rows + (r * row_out if store else 0))
     taken: list[MapLayout] = []
-    ring = _buffer(lo, op.input, kh, in_border, f"the ring of input rows of {op.input} of {op.name}", taken)
     if store:
         out_lay = _buffer(lo, op.output, rows, (0, 0, 0, 0), f"the chunk of output {op.output}", taken)
+    ring = _buffer(lo, op.input, kh, in_border, f"the ring of input rows of {op.input} of {op.name}", taken,
+                   top=False)
     pad = pad_byte(lo.pad_signed.get(op.input, False))
     loaded = -pt - 1
     for oy in range(0 if lo.dry else oh):
