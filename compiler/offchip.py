@@ -52,6 +52,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Callable, Iterator
 
+from fxpgen.config import REGIONS
 from fxpgen.isa import COUNT_MAX
 
 from .column_bands import ColumnSource, emit_conv_columns, window_input
@@ -62,8 +63,8 @@ from .layout import MapLayout, last_uses, pad_byte, plan_borders
 from .pool_bands import PoolBands, emit_pool_bands, whole_slab
 from .qgraph import QAdd, QAvgPool, QConcat, QConv, QGraph, QLut, QMaxPool, QMul, QResize, QSlice
 from .tiling import DoesNotFit, ceil_div
-from .vector_ops import (emit_add_rows, emit_concat, emit_lut_groups, emit_maxpool_rows, emit_mul,
-                         emit_resize, emit_slice, load_lut_table, lut_slot)
+from .vector_ops import (emit_add_rows, emit_concat, emit_lut_groups, emit_maxpool_ring_row, emit_maxpool_rows,
+                         emit_mul, emit_resize, emit_slice, load_lut_table, lut_slot)
 
 if TYPE_CHECKING:
     from .lower import _Lowering
@@ -202,15 +203,16 @@ def _host_buffer(lo: "_Lowering", name: str) -> None:
 
 
 def _buffer(lo: "_Lowering", name: str, height: int, border: tuple[int, int, int, int], what: str,
-            taken: list[MapLayout], groups: int | None = None) -> MapLayout:
+            taken: list[MapLayout], groups: int | None = None, top: bool = True) -> MapLayout:
     """A band or chunk buffer of ``height`` rows of map ``name`` (of ``groups`` of its
-    channel groups: a slab) at the top of the scratchpad, its side borders filled;
-    appended to ``taken`` (freed after the layer)."""
+    channel groups: a slab) at the top of the scratchpad (at the bottom of the first
+    free block that holds it, with ``top`` false), its side borders filled; appended
+    to ``taken`` (freed after the layer)."""
     c, _, w = lo.qg.tensor(name).shape
     if groups is not None and groups != ceil_div(c, lo.cfg.lanes):
         c = groups * lo.cfg.lanes
     lay = MapLayout(0, c, height, w, border, ceil_div(c, lo.cfg.lanes))
-    lay = dataclasses.replace(lay, base=lo.alloc.alloc(lay.rows, what, top=True))
+    lay = dataclasses.replace(lay, base=lo.alloc.alloc(lay.rows, what, top=top))
     taken.append(lay)
     if any(border):
         lo.em.fill(lay, pad_byte(lo.pad_signed.get(name, False)))
@@ -497,35 +499,57 @@ def _pool_in_bands(lo: "_Lowering", op: QAvgPool, out_lay: MapLayout | None) -> 
 
 
 def _maxpool(lo: "_Lowering", op: QMaxPool) -> None:
+    """A max pool with an off-chip input or output: over an off-chip input, a ring of
+    input rows (:func:`_maxpool_ring`); over a resident one, chunks of output rows."""
+    if op.input in lo.offchip:
+        _maxpool_ring(lo, op)
+        return
+    qg = lo.qg
+    out_lay = _out(lo, op)
+    _, oh, _ = qg.tensor(op.output).shape
+    rows = _chunk_rows(lo, op, min(oh, COUNT_MAX), lambda r: r * _row_rows(lo, op.output, (0, 0, 0, 0)))
+    taken: list[MapLayout] = []
+    out_lay = _buffer(lo, op.output, rows, (0, 0, 0, 0), f"the chunk of output {op.output}", taken)
+    for oy0 in range(0, 0 if lo.dry else oh, rows):
+        nrow = min(rows, oh - oy0)
+        emit_maxpool_rows(lo.em, qg, op, lo.layouts[op.input], oy0 * op.stride[0] - op.pads[0], out_lay, 0, nrow)
+        store_rows(lo.em, out_lay, 0, nrow)
+    _free(lo, taken)
+
+
+def _maxpool_ring(lo: "_Lowering", op: QMaxPool) -> None:
+    """A max pool over an off-chip input, one output row at a time from a ring of its
+    kernel's rows: each input row is LOADed once, into slot ``iy mod kh``, and each
+    output row costs ``kh + kw - 2`` MAX instructions
+    (:func:`~fxpgen.compiler.vector_ops.emit_maxpool_ring_row`). An off-chip output's
+    rows go to a chunk buffer of as many rows as fit, STOREd when full."""
     qg = lo.qg
     out_lay = _out(lo, op)
     _, h, _ = qg.tensor(op.input).shape
     _, oh, _ = qg.tensor(op.output).shape
     kh, sy, pt = op.kernel[0], op.stride[0], op.pads[0]
-    in_band = op.input in lo.offchip
     in_border = _side_border(lo, op.input)
-
-    def need(r: int) -> int:
-        n = ((r - 1) * sy + kh) * _row_rows(lo, op.input, in_border) if in_band else 0
-        return n + (r * _row_rows(lo, op.output, (0, 0, 0, 0)) if out_lay is None else 0)
-
-    rows = _chunk_rows(lo, op, min(oh, COUNT_MAX), need)
-    taken: list[MapLayout] = []
-    in_lay = (_buffer(lo, op.input, (rows - 1) * sy + kh, in_border,
-                      f"the band of input {op.input} of {op.name}", taken)
-              if in_band else lo.layouts[op.input])
+    ring_rows = kh * _row_rows(lo, op.input, in_border)
     store = out_lay is None
+    row_out = _row_rows(lo, op.output, (0, 0, 0, 0))
+    most = min(oh, COUNT_MAX, max(1, lo.cfg.spad_depth // REGIONS // row_out))
+    rows = _chunk_rows(lo, op, most, lambda r: ring_rows + (r * row_out if store else 0))
+    taken: list[MapLayout] = []
     if store:
         out_lay = _buffer(lo, op.output, rows, (0, 0, 0, 0), f"the chunk of output {op.output}", taken)
+    ring = _buffer(lo, op.input, kh, in_border, f"the ring of input rows of {op.input} of {op.name}", taken,
+                   top=False)
     pad = pad_byte(lo.pad_signed.get(op.input, False))
-    for oy0 in range(0, 0 if lo.dry else oh, rows):
-        nrow = min(rows, oh - oy0)
-        iy0 = oy0 * sy - pt
-        if in_band:
-            load_band(lo.em, in_lay, iy0, (nrow - 1) * sy + kh, h, lo.host[op.input], pad)
-        emit_maxpool_rows(lo.em, qg, op, in_lay, 0 if in_band else iy0, out_lay, 0 if store else oy0, nrow)
-        if store:
-            store_rows(lo.em, out_lay, 0, nrow)
+    loaded = -pt - 1
+    for oy in range(0 if lo.dry else oh):
+        iy0 = oy * sy - pt
+        for iy in range(max(iy0, loaded + 1), iy0 + kh):
+            load_band(lo.em, ring.window(iy % kh, 1), iy, 1, h, lo.host[op.input], pad)
+        loaded = iy0 + kh - 1
+        out_y = oy % rows if store else oy
+        emit_maxpool_ring_row(lo.em, qg, op, ring, [(iy0 + k) % kh for k in range(kh)], out_lay, out_y)
+        if store and (out_y == rows - 1 or oy == oh - 1):
+            store_rows(lo.em, out_lay, 0, out_y + 1)
     _free(lo, taken)
 
 

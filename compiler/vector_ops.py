@@ -6,7 +6,7 @@ outer (the input pixels for upsampling)."""
 
 from __future__ import annotations
 
-from fxpgen.isa import Addr, Instruction, Mem, Opcode, pack_row
+from fxpgen.isa import COUNT_MAX, Addr, Instruction, Mem, Opcode, pack_row
 
 from .emit import Emitter
 from .layout import MapLayout
@@ -14,7 +14,7 @@ from .qgraph import QAdd, QGraph, QLut, QMaxPool, QMul, QResize, QSlice
 
 __all__ = ["emit_maxpool", "emit_add", "emit_mul", "emit_lut", "lut_slot", "load_lut_table",
            "emit_lut_groups", "emit_concat", "emit_slice", "emit_resize", "emit_maxpool_rows",
-           "emit_add_rows"]
+           "emit_maxpool_ring_row", "emit_add_rows"]
 
 
 def _walk(lay: MapLayout, g: int, y: int = 0, x: int = 0, sy: int = 1, sx: int = 1) -> Addr:
@@ -154,6 +154,37 @@ def emit_maxpool_rows(em: Emitter, qg: QGraph, op: QMaxPool, in_lay: MapLayout, 
                 em.emit(Instruction(Opcode.MAX, {"a_signed": signed}, ow, nrow,
                                     x=x if first else z, y=x, z=z))
                 first = False
+
+
+def emit_maxpool_ring_row(em: Emitter, qg: QGraph, op: QMaxPool, ring: MapLayout, slots: list[int],
+                          out_lay: MapLayout, out_y: int) -> None:
+    """One output row of ``op``, written to row ``out_y`` of ``out_lay``, from a ring
+    buffer of input rows whose kernel row ``ky`` is row ``slots[ky]`` of ``ring``; the
+    slot of kernel row 0 is overwritten (its row is not read again, the stride being at
+    least 1). The kernel is separated: the MAXes of the kernel rows accumulate in that
+    slot over whole padded rows (one contiguous run each), then one MAX per kernel
+    column walks it into the output row. Each MAX is one instruction over every channel
+    group of every pixel (groups inner, pixels outer), so the vector unit's fixed cost
+    per instruction (its write delay) is paid ``kh + kw - 2`` times per output row, not
+    per channel group and tap."""
+    sx = op.stride[1]
+    kh, kw = op.kernel
+    pl = op.pads[1]
+    signed = {"a_signed": int(qg.tensor(op.input).fmt.signed)}
+    run = ring.padded_w * ring.groups
+    acc = ring.window(slots[0], 1).base
+    for ky in range(1, kh):
+        src = ring.window(slots[ky], 1).base
+        for k0 in range(0, run, COUNT_MAX):
+            k = min(COUNT_MAX, run - k0)
+            em.emit(Instruction(Opcode.MAX, signed, k, 1, x=Addr(acc + k0, 1), y=Addr(src + k0, 1),
+                                z=Addr(acc + k0, 1)))
+    g, ow = out_lay.groups, out_lay.width
+    z = Addr(out_lay.pixel(out_y, 0), 1, g)
+    taps = [Addr(ring.pixel(slots[0], kx - pl), 1, sx * g) for kx in range(kw)]
+    em.emit(Instruction(Opcode.MAX, signed, g, ow, x=taps[0], y=taps[min(1, kw - 1)], z=z))
+    for tap in taps[2:]:
+        em.emit(Instruction(Opcode.MAX, signed, g, ow, x=z, y=tap, z=z))
 
 
 def emit_add_rows(em: Emitter, qg: QGraph, op: QAdd, a: tuple[MapLayout, int], b: tuple[MapLayout, int],
