@@ -325,9 +325,13 @@ def _conv(lo: "_Lowering", op: QConv | QAvgPool, streamed: bool) -> MapLayout | 
     if out_lay is None:
         # Apart from the input band: a REQUANT or STORE of the chunk in a hazard region
         # of the band would wait for the MATMULs reading it, and the next band's LOAD
-        # for the STORE. (A double-buffered band's LOADs wait for the MATMULs anyway.)
-        out_lay = _buffer(lo, op.output, rows, (0, 0, 0, 0), f"the chunk of output {op.output}", taken,
-                          apart=(in_lay,) if in_band and not double else ())
+        # for the STORE. At the top when that leaves no room for the second band.
+        what = f"the chunk of output {op.output}"
+        out_lay = _buffer(lo, op.output, rows, (0, 0, 0, 0), what, taken, apart=(in_lay,) if in_band else ())
+        if double and lo.alloc.largest() < in_lay.rows:
+            lo.alloc.release(out_lay.base, out_lay.rows)
+            taken.pop()
+            out_lay = _buffer(lo, op.output, rows, (0, 0, 0, 0), what, taken)
     spare = None
     if double:
         spare = _buffer(lo, op.input, in_lay.height, in_border, f"the second band of input {op.input} of {op.name}",
