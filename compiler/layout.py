@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fxpgen.config import REGIONS
+
 from .qgraph import QAvgPool, QConv, QGraph, QMaxPool
 from .tiling import DoesNotFit
 
@@ -122,6 +124,33 @@ class SpadAllocator:
         largest = self.largest()
         raise DoesNotFit(f"{what} needs {rows} scratchpad rows but the largest free block is "
                          f"{largest} of spad_depth {self.depth}: {rows - largest} rows short")
+
+    def alloc_apart(self, rows: int, what: str, avoid: list[tuple[int, int]]) -> int:
+        """:meth:`alloc` from the top, but in no hazard region (``REGIONS`` equal parts
+        of the scratchpad) of the row ranges ``avoid`` (start, rows) when a free block allows:
+        the highest such placement, ending or starting at a region boundary if not at
+        the block's top. An instruction writing the buffer then never waits for one
+        reading those rows, nor the other way round."""
+        def regions(start: int, n: int) -> range:
+            return range(start * REGIONS // self.depth, (start + n - 1) * REGIONS // self.depth + 1)
+
+        taken = {r for a in avoid for r in regions(*a)}
+        best = None
+        for i, (start, size) in enumerate(self.free):
+            if size < rows:
+                continue
+            bounds = [k * self.depth // REGIONS for k in range(1, REGIONS)]
+            for s in [start + size - rows, start] + [b - rows for b in bounds] + bounds:
+                if start <= s <= start + size - rows and taken.isdisjoint(regions(s, rows)):
+                    if best is None or s > best[1]:
+                        best = (i, s)
+        if best is None:
+            return self.alloc(rows, what, top=True)
+        i, s = best
+        start, size = self.free.pop(i)
+        self.free[i:i] = [(a, n) for a, n in ((start, s - start), (s + rows, start + size - s - rows)) if n > 0]
+        self.high = max(self.high, s + rows)
+        return s
 
     def release(self, start: int, rows: int) -> None:
         """Free rows ``[start, start + rows)``, merging neighbouring free blocks."""

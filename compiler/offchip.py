@@ -203,16 +203,20 @@ def _host_buffer(lo: "_Lowering", name: str) -> None:
 
 
 def _buffer(lo: "_Lowering", name: str, height: int, border: tuple[int, int, int, int], what: str,
-            taken: list[MapLayout], groups: int | None = None, top: bool = True) -> MapLayout:
+            taken: list[MapLayout], groups: int | None = None, top: bool = True,
+            apart: tuple[MapLayout, ...] = ()) -> MapLayout:
     """A band or chunk buffer of ``height`` rows of map ``name`` (of ``groups`` of its
-    channel groups: a slab) at the top of the scratchpad (at the bottom of the first
-    free block that holds it, with ``top`` false), its side borders filled; appended
-    to ``taken`` (freed after the layer)."""
+    channel groups: a slab) at the top of the scratchpad (in no hazard region of
+    ``apart`` if it can; at the bottom of the first free block that holds it, with
+    ``top`` false), its side borders filled; appended to ``taken`` (freed after the
+    layer)."""
     c, _, w = lo.qg.tensor(name).shape
     if groups is not None and groups != ceil_div(c, lo.cfg.lanes):
         c = groups * lo.cfg.lanes
     lay = MapLayout(0, c, height, w, border, ceil_div(c, lo.cfg.lanes))
-    lay = dataclasses.replace(lay, base=lo.alloc.alloc(lay.rows, what, top=top))
+    base = (lo.alloc.alloc_apart(lay.rows, what, [(a.base, a.rows) for a in apart]) if apart
+            else lo.alloc.alloc(lay.rows, what, top=top))
+    lay = dataclasses.replace(lay, base=base)
     taken.append(lay)
     if any(border):
         lo.em.fill(lay, pad_byte(lo.pad_signed.get(name, False)))
@@ -322,16 +326,24 @@ def _conv(lo: "_Lowering", op: QConv | QAvgPool, streamed: bool) -> MapLayout | 
         res_lay = (_buffer(lo, residual, rows, (0, 0, 0, 0), f"the band of residual {residual}", taken)
                    if res_band else lo.layouts[residual])
     if out_lay is None:
-        out_lay = _buffer(lo, op.output, rows, (0, 0, 0, 0), f"the chunk of output {op.output}", taken)
+        # Apart from the input band: a REQUANT or STORE of the chunk in a hazard region
+        # of the band would wait for the MATMULs reading it, and the next band's LOAD
+        # for the STORE. At the top when that leaves no room for the second band.
+        what = f"the chunk of output {op.output}"
+        out_lay = _buffer(lo, op.output, rows, (0, 0, 0, 0), what, taken, apart=(in_lay,) if in_band else ())
+        if double and lo.alloc.largest() < in_lay.rows:
+            lo.alloc.release(out_lay.base, out_lay.rows)
+            taken.pop()
+            out_lay = _buffer(lo, op.output, rows, (0, 0, 0, 0), what, taken)
+    spare = None
+    if double:
+        spare = _buffer(lo, op.input, in_lay.height, in_border, f"the second band of input {op.input} of {op.name}",
+                        taken)
     plan = lo.plan_conv(op, rows if in_band else None, chunk_rows=rows)
     if slabs:
         plan = dataclasses.replace(plan, slabs=plan_slabs(plan, cfg, in_groups, slab))
     if sweep:
         plan = dataclasses.replace(plan, sweep=sweep[2], band_slabs=band_slabs(in_groups, slab))
-    spare = None
-    if double:
-        spare = _buffer(lo, op.input, in_lay.height, in_border, f"the second band of input {op.input} of {op.name}",
-                        taken)
     bands = ConvBands(in_buffer=lo.host.get(op.input), in_pad_byte=pad_byte(lo.pad_signed.get(op.input, False)),
                       res_buffer=lo.host.get(residual) if res_band else None,
                       out_buffer=op.output in lo.offchip, in_groups=in_groups, in_spare=spare)
