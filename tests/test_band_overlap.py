@@ -16,6 +16,7 @@ from fxpgen.compiler.shuffle_fold import fold_shuffles
 from fxpgen.sim.cycle_model import estimate_words
 from fxpgen.sim.engine import IsaEngine, NetworkProgram
 
+from schedule_checks import assert_isa_is_golden, assert_native_is_golden_in_model_cycles
 from test_offchip import TINY, _compiled
 
 
@@ -37,22 +38,14 @@ def test_double_buffered_bands_cut_cycles(monkeypatch, seed):
     assert double.host_buffers and single.host_buffers
     assert len(double.words) != len(single.words)
     assert _cycles(double) < _cycles(single)
-    out = IsaEngine().run(NetworkProgram.from_lowered(double, qg), xs).outputs
-    golden = run_golden_batch(qg, np.stack(xs))[qg.output]
-    assert all(np.array_equal(o, g) for o, g in zip(out, golden))
+    assert_isa_is_golden(double, qg, xs)
 
 
 @pytest.mark.rtl
 def test_double_buffered_bands_on_the_native_engine(seed):
     """The RTL runs the overlapped LOADs as the golden model, in the cycle model's cycles."""
-    from fxpgen.sim.rtl_engines import NativeEngine
     qg, xs = _compiled("chain", seed)
-    low = lower(qg, TINY)
-    program = NetworkProgram.from_lowered(low, qg)
-    res = NativeEngine(batch=2).run(program, xs)
-    golden = run_golden_batch(qg, np.stack(xs))[qg.output]
-    assert all(np.array_equal(o, g) for o, g in zip(res.outputs, golden))
-    assert sum(layer["cycles"] for layer in res.layers[0]) == _cycles(low)
+    assert_native_is_golden_in_model_cycles(lower(qg, TINY), qg, xs)
 
 
 def test_maps_that_lower_on_chip_come_back(monkeypatch, seed):

@@ -8,16 +8,15 @@ cycles then), and every engine still computes the golden model's outputs."""
 import numpy as np
 import pytest
 
-from fxpgen.compiler.golden import quantize_input, run_golden_batch
+from fxpgen.compiler.golden import quantize_input
 from fxpgen.compiler.layout import SpadAllocator
 from fxpgen.compiler.lower import lower
 from fxpgen.compiler.onnx_frontend import load_onnx
 from fxpgen.compiler.quantize import quantize
 from fxpgen.models.zoo import TestModel
-from fxpgen.sim.cycle_model import estimate_words
-from fxpgen.sim.engine import IsaEngine, NetworkProgram
 
 from op_checks import conv, data
+from schedule_checks import assert_isa_is_golden, assert_native_is_golden_in_model_cycles, model_layer_cycles
 from test_offchip import TINY
 
 SHAPE = (3, 40, 40)
@@ -32,10 +31,6 @@ def _compiled(seed: int):
     return qg, [np.asarray(quantize_input(qg, x), np.int64) for x in data(seed + 3, SHAPE, 2)]
 
 
-def _layer_cycles(low) -> list[int]:
-    return [s.counters["cycles"] for s in estimate_words(low.cfg, list(low.words), list(low.layers)).segments]
-
-
 def test_chunk_apart_from_band_cuts_cycles(monkeypatch, seed):
     qg, xs = _compiled(seed)
     low = lower(qg, TINY)
@@ -43,20 +38,13 @@ def test_chunk_apart_from_band_cuts_cycles(monkeypatch, seed):
     with monkeypatch.context() as m:
         m.setattr(SpadAllocator, "alloc_apart", lambda self, rows, what, avoid: self.alloc(rows, what, top=True))
         beside = lower(qg, TINY)
-    apart_cycles, beside_cycles = _layer_cycles(low)[-1], _layer_cycles(beside)[-1]
+    apart_cycles, beside_cycles = model_layer_cycles(low)[-1], model_layer_cycles(beside)[-1]
     assert apart_cycles <= APART_CYCLES < beside_cycles
-    out = IsaEngine().run(NetworkProgram.from_lowered(low, qg), xs).outputs
-    golden = run_golden_batch(qg, np.stack(xs))[qg.output]
-    assert all(np.array_equal(o, g) for o, g in zip(out, golden))
+    assert_isa_is_golden(low, qg, xs)
 
 
 @pytest.mark.rtl
 def test_chunk_apart_on_the_native_engine(seed):
     """The RTL computes the golden model's outputs in the cycle model's cycles."""
-    from fxpgen.sim.rtl_engines import NativeEngine
     qg, xs = _compiled(seed)
-    low = lower(qg, TINY)
-    res = NativeEngine(batch=2).run(NetworkProgram.from_lowered(low, qg), xs)
-    golden = run_golden_batch(qg, np.stack(xs))[qg.output]
-    assert all(np.array_equal(o, g) for o, g in zip(res.outputs, golden))
-    assert [layer["cycles"] for layer in res.layers[0]] == _layer_cycles(low)
+    assert_native_is_golden_in_model_cycles(lower(qg, TINY), qg, xs)

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 
 from fxpgen.compiler import offchip
-from fxpgen.compiler.golden import quantize_input, run_golden_batch
+from fxpgen.compiler.golden import quantize_input
 from fxpgen.compiler.lower import lower
 from fxpgen.compiler.onnx_frontend import load_onnx
 from fxpgen.compiler.quantize import quantize
 from fxpgen.models.zoo import TestModel
 from fxpgen.sim.cycle_model import estimate_words
-from fxpgen.sim.engine import IsaEngine, NetworkProgram
 
 from op_checks import conv, data
+from schedule_checks import assert_isa_is_golden, assert_native_is_golden_in_model_cycles
 from test_offchip import SHAPE, TINY
 
 #: The sweep conv's cycles are at most this fraction of the usual order's
@@ -62,20 +62,12 @@ def test_the_map_sweep_cuts_cycles(monkeypatch, seed):
     monkeypatch.setattr(offchip, "_map_sweep", lambda *a: None)
     usual = lower(qg, TINY)
     assert 0 < _swept_cycles(low) <= GAIN * _swept_cycles(usual)
-    golden = run_golden_batch(qg, np.stack(xs))[qg.output]
     for program in (low, usual):
-        out = IsaEngine().run(NetworkProgram.from_lowered(program, qg), xs).outputs
-        assert all(np.array_equal(o, g) for o, g in zip(out, golden))
+        assert_isa_is_golden(program, qg, xs)
 
 
 @pytest.mark.rtl
 def test_the_map_sweep_on_the_native_engine(seed):
     """The RTL runs the sweep as the golden model, in the cycle model's cycles."""
-    from fxpgen.sim.rtl_engines import NativeEngine
     qg, xs = _compiled(seed)
-    low = lower(qg, TINY)
-    res = NativeEngine(batch=2).run(NetworkProgram.from_lowered(low, qg), xs)
-    golden = run_golden_batch(qg, np.stack(xs))[qg.output]
-    assert all(np.array_equal(o, g) for o, g in zip(res.outputs, golden))
-    timing = estimate_words(low.cfg, list(low.words), list(low.layers))
-    assert sum(layer["cycles"] for layer in res.layers[0]) == timing.cycles
+    assert_native_is_golden_in_model_cycles(lower(qg, TINY), qg, xs)

@@ -6,14 +6,12 @@ network reads its 24x24x8 input off chip; it runs as the golden model on the
 instruction-level simulator (and, marker ``rtl``, on the native engine in the cycle
 model's cycles) in fewer cycles than the chunked schedule's."""
 
-import numpy as np
 import pytest
 
-from fxpgen.compiler.golden import run_golden_batch
 from fxpgen.compiler.lower import lower
 from fxpgen.sim.cycle_model import estimate_words
-from fxpgen.sim.engine import IsaEngine, NetworkProgram
 
+from schedule_checks import assert_isa_is_golden, assert_native_is_golden_in_model_cycles
 from test_offchip import TINY, _compiled
 
 #: The pool's cycles are at most this (measured: 3,548; 4,478 with one chunk of
@@ -32,19 +30,11 @@ def test_a_max_pool_over_an_offchip_map_runs_from_a_ring(seed):
     (pool,) = [op for op in qg.ops if op.name == "MaxPool_2"]
     assert pool.input in {b.name for b in low.host_buffers}
     assert 0 < _pool_cycles(low) <= POOL_CYCLES
-    out = IsaEngine().run(NetworkProgram.from_lowered(low, qg), xs).outputs
-    golden = run_golden_batch(qg, np.stack(xs))[qg.output]
-    assert all(np.array_equal(o, g) for o, g in zip(out, golden))
+    assert_isa_is_golden(low, qg, xs)
 
 
 @pytest.mark.rtl
 def test_the_ring_on_the_native_engine(seed):
     """The RTL runs the ring as the golden model, in the cycle model's cycles."""
-    from fxpgen.sim.rtl_engines import NativeEngine
     qg, xs = _compiled("maxpool", seed)
-    low = lower(qg, TINY)
-    res = NativeEngine(batch=2).run(NetworkProgram.from_lowered(low, qg), xs)
-    golden = run_golden_batch(qg, np.stack(xs))[qg.output]
-    assert all(np.array_equal(o, g) for o, g in zip(res.outputs, golden))
-    timing = estimate_words(low.cfg, list(low.words), list(low.layers))
-    assert [layer["cycles"] for layer in res.layers[0]] == [s.counters["cycles"] for s in timing.segments]
+    assert_native_is_golden_in_model_cycles(lower(qg, TINY), qg, xs)
