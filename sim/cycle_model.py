@@ -409,12 +409,14 @@ class _Core:
         if unit == "load":
             self.load, self.load_bits = (d, op, s), frozenset(op.writes)
             return
-        self.ready[unit], self.busy_end[unit] = d + op.ready, d + op.busy
+        self.ready[unit], self.busy_end[unit] = d + op.ready, max(self.busy_end[unit], d + op.busy)
+        # A MATMUL starts while the one before still drains: a resource stays held
+        # until the later of the two lets it go.
         r_end, w_end = self.r_end[unit], self.w_end[unit]
         for b, e in op.r_holds:
-            r_end[b] = d + e
+            r_end[b] = max(r_end[b], d + e)
         for b, e in op.w_holds:
-            w_end[b] = d + e
+            w_end[b] = max(w_end[b], d + e)
         if op.take is not None:
             self.ports[op.port].take(d + op.take[0], d + op.take[1])
 

@@ -152,6 +152,32 @@ def test_random_programs_on_the_native_harness(shape, seed):
 
 
 @pytest.mark.rtl
+def test_a_matmul_keeps_the_region_the_one_before_still_writes():
+    """A MATMUL starts as the one before issues its last vector; a region the first
+    still writes back stays held past the second's own (shorter) hold of it, so the
+    REQUANT reading it waits (found by a random program: 6 cycles short before)."""
+    from fxpgen.isa import Addr, Instruction
+    from fxpgen.sim.core_rtl import RtlProgram
+    from fxpgen.sim.native import run_on_native
+
+    cfg = CoreConfig(rows=4, cols=8, spad_depth=64, wbuf_depth=32, acc_depth=64, table_depth=4)
+    mm = {"bank": 1, "accumulate": 0, "act_signed": 0}
+    program = [
+        Instruction(Opcode.MATMUL, {**mm, "lane": 1}, 1, 1, x=Addr(35, 1, 0, 14), z=Addr(40, 7, 0, 4)),
+        Instruction(Opcode.MATMUL, {**mm, "lane": 0}, 8, 1, x=Addr(34, 0, 0, 4), z=Addr(19, 1, 0, 14)),
+        Instruction(Opcode.REQUANT, {"table": 3, "lane": 0, "relu": 0, "out_signed": 1}, 1, 1,
+                    x=Addr(36, 0, 0, 4), z=Addr(59, 0, 0, 8)),
+        Instruction(Opcode.HALT),
+    ]
+    words = [i.encode(cfg) for i in program]
+    (r,), _ = run_on_native(cfg, [RtlProgram(words, [], -1, max_cycles=10_000)], model=native(cfg))
+    timing = estimate_words(cfg, words, ["halt"] * len(words))
+    assert [h["counters"]["cycles"] for h in r.raw["halts"]] == [s.counters["cycles"] for s in timing.segments]
+    # The REQUANT waits for the first MATMUL's write-back, not the second's last issue.
+    assert timing.segments[0].counters["cycles"] >= 1 + cfg.rows + cfg.cols
+
+
+@pytest.mark.rtl
 @pytest.mark.parametrize("name", list(SMALL))
 def test_random_networks_on_the_native_engine(name, seed):
     from fxpgen.sim.rtl_engines import NativeEngine
