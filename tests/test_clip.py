@@ -119,10 +119,14 @@ def test_relu6_is_exact_on_golden_and_isa_simulator(seed, tmp_path):
     assert got.max() == code and np.mean(got == code) > 0.02
     ref = reference(model, test)
     assert ref.max() == pytest.approx(6.0)
-    err = np.abs(dequantize(got, fmt) - ref)
-    # The output's own rounding plus the first layers' noise, far under the 1.97 a
-    # saturating ReLU6 at 7.97 (u8.5) would let through.
-    assert np.mean(err) <= 2.0 ** -fmt.fl and err.max() <= 0.5
+    # Where the float pre-activation is clearly above 6, the output is code(6) exactly:
+    # a saturating ReLU6 at 7.97 (u8.5) would let up to 1.97 through there.
+    pre = run_float(load_onnx(model), test)["c2"].reshape(ref.shape)
+    clipped = pre > 6.5
+    assert np.mean(clipped) > 0.02 and np.all(got[clipped] == code)
+    # Elsewhere the output's own rounding plus the first layers' noise, on average
+    # under one step of the output format.
+    assert np.mean(np.abs(dequantize(got, fmt) - ref)) <= 2.0 ** -fmt.fl
 
 
 def test_saturating_clip_lets_values_above_6_through(seed):
