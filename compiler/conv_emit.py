@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fxpgen.isa import Addr, Instruction, Mem, Opcode, pack_row, pack_rows
+from fxpgen.isa import PORT_REGIONS, Addr, Instruction, Mem, Opcode, pack_row, pack_rows
 
 from .conv_plan import ConvPlan, ConvTile, TileGroup
 from .emit import Emitter, load_band, store_rows
@@ -63,14 +63,20 @@ class ImageMaps:
     res_lay: MapLayout | None
 
 
+#: The accumulator regions in the order images take them: each in another read-port
+#: bank than the one before (0, 2, 1, 3), so one image's REQUANT never waits for the
+#: next image's MATMULs over the bank's read port.
+IMAGE_REGIONS = sorted(range(ACC_REGIONS), key=lambda r: (r % PORT_REGIONS[Mem.ACC], r))
+
+
 def image_blocks(acc_depth: int, images: int, block: int) -> list[int] | None:
     """The first accumulator row of each image's block of ``block`` rows: image i in
-    region ``i % 4``, after the blocks of the images before it there; None when they
-    do not fit."""
+    region ``IMAGE_REGIONS[i % 4]``, after the blocks of the images before it there;
+    None when they do not fit."""
     region = acc_depth // ACC_REGIONS
     if -(-images // ACC_REGIONS) * block > region:
         return None
-    return [(i % ACC_REGIONS) * region + (i // ACC_REGIONS) * block for i in range(images)]
+    return [IMAGE_REGIONS[i % ACC_REGIONS] * region + (i // ACC_REGIONS) * block for i in range(images)]
 
 
 @dataclass(frozen=True)

@@ -309,12 +309,16 @@ class _GemmEmitter:
         return _Work(insn, "store", p.sizes[c] * p.y_groups + self.write_delay())
 
     def acc_row(self, c: int, nt: int) -> int:
-        """First accumulator row of n-tile ``nt`` of chunk ``c``: region ``c % 2``, or
-        for the last chunk regions 2 and 3 by turns, so that each of its n-tiles is
-        requantized while the next one's matmuls write the other region."""
+        """First accumulator row of n-tile ``nt`` of chunk ``c``: regions 0 and 2 by
+        turns, or for the last chunk regions 1 and 3 by turns (starting in the bank the
+        chunk before is not in), so that each of its n-tiles is requantized while the
+        next one's matmuls write the other region. The regions of each pair lie in
+        different accumulator banks (:data:`fxpgen.isa.PORT_REGIONS`): a REQUANT and
+        the MATMULs beside it never wait for one bank's read port."""
         if c == self.p.chunks - 1:
-            return (2 + nt % 2) * self.acc_q + nt // 2 * self.p.chunk
-        return (c % 2) * self.acc_q + nt * self.p.chunk
+            last = (3, 1) if c % 2 else (1, 3)
+            return last[nt % 2] * self.acc_q + nt // 2 * self.p.chunk
+        return 2 * (c % 2) * self.acc_q + nt * self.p.chunk
 
     def write_delay(self) -> int:
         """Estimated cycles from an iteration's issue to its write: the array's depth

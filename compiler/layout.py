@@ -125,12 +125,15 @@ class SpadAllocator:
         raise DoesNotFit(f"{what} needs {rows} scratchpad rows but the largest free block is "
                          f"{largest} of spad_depth {self.depth}: {rows - largest} rows short")
 
-    def alloc_apart(self, rows: int, what: str, avoid: list[tuple[int, int]]) -> int:
-        """:meth:`alloc` from the top, but in no hazard region (``REGIONS`` equal parts
-        of the scratchpad) of the row ranges ``avoid`` (start, rows) when a free block allows:
-        the highest such placement, ending or starting at a region boundary if not at
-        the block's top. An instruction writing the buffer then never waits for one
-        reading those rows, nor the other way round."""
+    def alloc_apart(self, rows: int, what: str, avoid: list[tuple[int, int]], top: bool = True,
+                    fallback: list[tuple[int, int]] | None = None) -> int:
+        """:meth:`alloc` from the top (or the bottom), but in no hazard region
+        (``REGIONS`` equal parts of the scratchpad) of the row ranges ``avoid`` (start,
+        rows) when a free block allows: the highest (lowest) such placement, ending or
+        starting at a region boundary if not at the block's end. An instruction
+        writing the buffer then never waits for one reading those rows, nor the other
+        way round, nor two reading them for a bank's read port. When no block allows,
+        apart from the ranges ``fallback`` instead if given."""
         def regions(start: int, n: int) -> range:
             return range(start * REGIONS // self.depth, (start + n - 1) * REGIONS // self.depth + 1)
 
@@ -142,10 +145,12 @@ class SpadAllocator:
             bounds = [k * self.depth // REGIONS for k in range(1, REGIONS)]
             for s in [start + size - rows, start] + [b - rows for b in bounds] + bounds:
                 if start <= s <= start + size - rows and taken.isdisjoint(regions(s, rows)):
-                    if best is None or s > best[1]:
+                    if best is None or (s > best[1] if top else s < best[1]):
                         best = (i, s)
+        if best is None and fallback is not None:
+            return self.alloc_apart(rows, what, fallback, top)
         if best is None:
-            return self.alloc(rows, what, top=True)
+            return self.alloc(rows, what, top=top)
         i, s = best
         start, size = self.free.pop(i)
         self.free[i:i] = [(a, n) for a, n in ((start, s - start), (s + rows, start + size - s - rows)) if n > 0]

@@ -376,7 +376,7 @@ def _run(lo: "_Lowering", streamed_into, progress: Progress | None = None) -> Lo
             lo.em.emit(Instruction(Opcode.HALT))
             lo.release_read_last(op, i, last_use)
             continue
-        out_lay = lo.place(op.output)
+        out_lay = lo.place(op.output, apart=tuple(op.inputs))
         if op is streamed_into:
             in_lay = _lower_band_consumer(lo, op, out_lay)
         elif isinstance(op, (QConv, QAvgPool)):
@@ -420,10 +420,14 @@ class _Lowering:
         self.layouts: dict[str, MapLayout] = {}
         self.maps: dict[str, list[MapLayout]] = {}
 
-    def place(self, name: str, height: int | None = None) -> MapLayout:
+    def place(self, name: str, height: int | None = None, apart: tuple[str, ...] = ()) -> MapLayout:
         """Allocate map ``name`` (a copy per image of the batch) and fill its border;
         with ``height``, a band buffer of that many rows (no top or bottom border) at
-        the top of the scratchpad. The first image's layout."""
+        the top of the scratchpad. Each image's copy goes apart from (in no region of)
+        the copy before it and the same and the next image's maps ``apart`` when it
+        can (else apart from the copy before it): the units then never wait for one
+        another over a region or a bank's read port, and an op reading two of them
+        reads both in one cycle. The first image's layout."""
         t = self.qg.tensor(name)
         c, h, w = t.shape
         groups = ceil_div(c, self.cfg.lanes)
@@ -437,7 +441,13 @@ class _Lowering:
         maps = []
         for i in range(self.batch):
             image = f" (image {i + 1} of a batch of {self.batch})" if self.batch > 1 else ""
-            maps.append(dataclasses.replace(lay, base=self.alloc.alloc(lay.rows, what + image, top)))
+            before = [(m.base, m.rows) for m in maps[-1:]]
+            # The next image's inputs too: its MATMULs run beside this image's REQUANTs.
+            avoid = before + [(self.maps[t][j].base, self.maps[t][j].rows) for t in apart if t in self.maps
+                              for j in range(i, min(i + 2, self.batch))]
+            base = (self.alloc.alloc_apart(lay.rows, what + image, avoid, top, fallback=before) if avoid
+                    else self.alloc.alloc(lay.rows, what + image, top))
+            maps.append(dataclasses.replace(lay, base=base))
         self.layouts[name], self.maps[name] = maps[0], maps
         for m in maps:
             if any(m.border):

@@ -214,7 +214,7 @@ def _buffer(lo: "_Lowering", name: str, height: int, border: tuple[int, int, int
     if groups is not None and groups != ceil_div(c, lo.cfg.lanes):
         c = groups * lo.cfg.lanes
     lay = MapLayout(0, c, height, w, border, ceil_div(c, lo.cfg.lanes))
-    base = (lo.alloc.alloc_apart(lay.rows, what, [(a.base, a.rows) for a in apart]) if apart
+    base = (lo.alloc.alloc_apart(lay.rows, what, [(a.base, a.rows) for a in apart], top) if apart
             else lo.alloc.alloc(lay.rows, what, top=top))
     lay = dataclasses.replace(lay, base=base)
     taken.append(lay)
@@ -265,7 +265,7 @@ def _out(lo: "_Lowering", op) -> MapLayout | None:
         if op.output != lo.qg.output:
             _host_buffer(lo, op.output)
         return None
-    return lo.place(op.output)
+    return lo.place(op.output, apart=tuple(op.inputs))
 
 
 def _conv(lo: "_Lowering", op: QConv | QAvgPool, streamed: bool) -> MapLayout | None:
@@ -334,11 +334,13 @@ def _conv(lo: "_Lowering", op: QConv | QAvgPool, streamed: bool) -> MapLayout | 
         if double and lo.alloc.largest() < in_lay.rows:
             lo.alloc.release(out_lay.base, out_lay.rows)
             taken.pop()
-            out_lay = _buffer(lo, op.output, rows, (0, 0, 0, 0), what, taken)
+            out_lay = _buffer(lo, op.output, rows, (0, 0, 0, 0), what, taken, top=False)
     spare = None
     if double:
+        # Apart from the chunk too: the chunk's STORE would hold the read port of a
+        # bank the MATMULs over the second band read.
         spare = _buffer(lo, op.input, in_lay.height, in_border, f"the second band of input {op.input} of {op.name}",
-                        taken)
+                        taken, apart=(out_lay,))
     plan = lo.plan_conv(op, rows if in_band else None, chunk_rows=rows)
     if slabs:
         plan = dataclasses.replace(plan, slabs=plan_slabs(plan, cfg, in_groups, slab))
@@ -533,8 +535,10 @@ def _maxpool_ring(lo: "_Lowering", op: QMaxPool) -> None:
     """A max pool over an off-chip input, one output row at a time from a ring of its
     kernel's rows: each input row is LOADed once, into slot ``iy mod kh``, and each
     output row costs ``kh + kw - 2`` MAX instructions
-    (:func:`~fxpgen.compiler.vector_ops.emit_maxpool_ring_row`). An off-chip output's
-    rows go to a chunk buffer of as many rows as fit, STOREd when full."""
+    (:func:`~fxpgen.compiler.vector_ops.emit_maxpool_ring_row`). The slots and the
+    output lie in different scratchpad banks when they fit, so that a MAX reads its
+    two rows in one cycle (:data:`fxpgen.isa.PORT_REGIONS`). An off-chip output's rows
+    go to a chunk buffer of as many rows as fit, STOREd when full."""
     qg = lo.qg
     out_lay = _out(lo, op)
     _, h, _ = qg.tensor(op.input).shape
@@ -549,17 +553,19 @@ def _maxpool_ring(lo: "_Lowering", op: QMaxPool) -> None:
     taken: list[MapLayout] = []
     if store:
         out_lay = _buffer(lo, op.output, rows, (0, 0, 0, 0), f"the chunk of output {op.output}", taken)
-    ring = _buffer(lo, op.input, kh, in_border, f"the ring of input rows of {op.input} of {op.name}", taken,
-                   top=False)
+    ring: list[MapLayout] = []
+    for k in range(kh):
+        ring.append(_buffer(lo, op.input, 1, in_border, f"row {k} of the ring of input rows of {op.input} of "
+                            f"{op.name}", taken, top=False, apart=(*ring, out_lay)))
     pad = pad_byte(lo.pad_signed.get(op.input, False))
     loaded = -pt - 1
     for oy in range(0 if lo.dry else oh):
         iy0 = oy * sy - pt
         for iy in range(max(iy0, loaded + 1), iy0 + kh):
-            load_band(lo.em, ring.window(iy % kh, 1), iy, 1, h, lo.host[op.input], pad)
+            load_band(lo.em, ring[iy % kh], iy, 1, h, lo.host[op.input], pad)
         loaded = iy0 + kh - 1
         out_y = oy % rows if store else oy
-        emit_maxpool_ring_row(lo.em, qg, op, ring, [(iy0 + k) % kh for k in range(kh)], out_lay, out_y)
+        emit_maxpool_ring_row(lo.em, qg, op, [ring[(iy0 + k) % kh] for k in range(kh)], out_lay, out_y)
         if store and (out_y == rows - 1 or oy == oh - 1):
             store_rows(lo.em, out_lay, 0, out_y + 1)
     _free(lo, taken)

@@ -156,12 +156,12 @@ def emit_maxpool_rows(em: Emitter, qg: QGraph, op: QMaxPool, in_lay: MapLayout, 
                 first = False
 
 
-def emit_maxpool_ring_row(em: Emitter, qg: QGraph, op: QMaxPool, ring: MapLayout, slots: list[int],
+def emit_maxpool_ring_row(em: Emitter, qg: QGraph, op: QMaxPool, slots: list[MapLayout],
                           out_lay: MapLayout, out_y: int) -> None:
     """One output row of ``op``, written to row ``out_y`` of ``out_lay``, from a ring
-    buffer of input rows whose kernel row ``ky`` is row ``slots[ky]`` of ``ring``; the
-    slot of kernel row 0 is overwritten (its row is not read again, the stride being at
-    least 1). The kernel is separated: the MAXes of the kernel rows accumulate in that
+    of one-row buffers of input rows, kernel row ``ky`` in ``slots[ky]``; the slot of
+    kernel row 0 is overwritten (its row is not read again, the stride being at least
+    1). The kernel is separated: the MAXes of the kernel rows accumulate in that
     slot over whole padded rows (one contiguous run each), then one MAX per kernel
     column walks it into the output row. Each MAX is one instruction over every channel
     group of every pixel (groups inner, pixels outer), so the vector unit's fixed cost
@@ -171,17 +171,17 @@ def emit_maxpool_ring_row(em: Emitter, qg: QGraph, op: QMaxPool, ring: MapLayout
     kh, kw = op.kernel
     pl = op.pads[1]
     signed = {"a_signed": int(qg.tensor(op.input).fmt.signed)}
-    run = ring.padded_w * ring.groups
-    acc = ring.window(slots[0], 1).base
+    run = slots[0].padded_w * slots[0].groups
+    acc = slots[0].base
     for ky in range(1, kh):
-        src = ring.window(slots[ky], 1).base
+        src = slots[ky].base
         for k0 in range(0, run, COUNT_MAX):
             k = min(COUNT_MAX, run - k0)
             em.emit(Instruction(Opcode.MAX, signed, k, 1, x=Addr(acc + k0, 1), y=Addr(src + k0, 1),
                                 z=Addr(acc + k0, 1)))
     g, ow = out_lay.groups, out_lay.width
     z = Addr(out_lay.pixel(out_y, 0), 1, g)
-    taps = [Addr(ring.pixel(slots[0], kx - pl), 1, sx * g) for kx in range(kw)]
+    taps = [Addr(slots[0].pixel(0, kx - pl), 1, sx * g) for kx in range(kw)]
     em.emit(Instruction(Opcode.MAX, signed, g, ow, x=taps[0], y=taps[min(1, kw - 1)], z=z))
     for tap in taps[2:]:
         em.emit(Instruction(Opcode.MAX, signed, g, ow, x=z, y=tap, z=z))

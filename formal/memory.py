@@ -26,9 +26,12 @@ declared address. The pipeline stages are found by name (MATMUL's ``s1``,
 ``write_delay`` gives, so the proofs follow the pipeline registers
 (:mod:`fxpgen.hw.stages`) the unit is built with and a change of latency.
 
-The MATMUL unit's accumulator read port is enabled on every cycle; only the read
-``1 + acc_read`` cycles before a write-back is used (the write-backs in between
-are forwarded, not read), and only that one is checked.
+The MATMUL unit's accumulator read port is enabled only for the read ``1 +
+acc_read`` cycles before a write-back (the write-backs in between are forwarded,
+not read). Every read of the scratchpad or the accumulators also lies in a bank
+whose read port the unit reports (:data:`fxpgen.isa.PORT_REGIONS`), and the vector
+unit never reads ``x`` and ``y`` from one bank in one cycle: with the dispatch proof,
+no bank serves two reads at once.
 """
 
 from __future__ import annotations
@@ -43,14 +46,14 @@ from fxpgen.config import REGIONS, CoreConfig
 from fxpgen.hw.addrgen import loop_addr_bits
 from fxpgen.hw.array import SystolicArray
 from fxpgen.hw.buffers import addr_width
-from fxpgen.hw.hazards import LUT_BIT, MEM_BASE, TABLE_BIT, bank_bit
+from fxpgen.hw.hazards import LUT_BIT, MEM_BASE, PORT_BASE, TABLE_BIT, bank_bit
 from fxpgen.hw.load import LoadUnit
 from fxpgen.hw.loadw import WeightLoader
 from fxpgen.hw.matmul import MatmulUnit
 from fxpgen.hw.stages import FAST, Stages
 from fxpgen.hw.store import StoreUnit
 from fxpgen.hw.vector import VectorUnit
-from fxpgen.isa import Mem
+from fxpgen.isa import PORT_REGIONS, Mem
 
 from .addrgen import check_address_off_by_one
 from .contract import ContractHarness
@@ -80,6 +83,12 @@ def _stages(signals: dict, names: list[str]) -> list:
     return [struct_fields(signals[name]) for name in names]
 
 
+def _port_held(region, mem: Mem, ports) -> Value:
+    """Whether ``ports`` (a unit's reported writes) hold the read port of the bank of
+    ``region`` of ``mem``."""
+    return ports.bit_select(PORT_BASE[mem] + region // PORT_REGIONS[mem], 1)
+
+
 def _region(addr, depth: int) -> Value:
     """The region of ``addr`` in a memory of ``depth`` rows (the top two address bits)."""
     width = addr_width(depth)
@@ -101,8 +110,8 @@ class _Safety(ContractHarness):
         x = self._loop_addr(signals, 0, cfg)
         m.d.comb += Assert(signals["regions"] == decl["x"], "x regions latched")
         for en, depth, mem, name in reads:
-            m.d.comb += Assert(~en | self._inside(x, depth, decl["x"], ctrl.reads, mem),
-                               f"{name} read inside memory, declared regions and reads")
+            m.d.comb += Assert(~en | self._inside(x, depth, decl["x"], ctrl.reads, mem, ctrl.writes),
+                               f"{name} read inside memory, declared regions, reads and read ports")
 
     UNIT: type
     NAME: str
@@ -131,12 +140,16 @@ class _Safety(ContractHarness):
         return signals["loops.addr"][k * width:(k + 1) * width]
 
     @staticmethod
-    def _inside(addr, depth: int, regions, mask, mem: Mem) -> Value:
+    def _inside(addr, depth: int, regions, mask, mem: Mem, ports=None) -> Value:
         """``addr`` inside a ``depth``-row memory, in a region of ``regions``, and
-        that region's bit of ``mem`` set in ``mask``."""
+        that region's bit of ``mem`` set in ``mask``; for a read of a banked memory,
+        the bank's read port set in ``ports``."""
         region = _region(addr, depth)
-        return (((Value.cast(addr) >> addr_width(depth)) == 0) & regions.bit_select(region, 1)
-                & mask.bit_select(MEM_BASE[mem] + region, 1))
+        inside = (((Value.cast(addr) >> addr_width(depth)) == 0) & regions.bit_select(region, 1)
+                  & mask.bit_select(MEM_BASE[mem] + region, 1))
+        if ports is not None and mem in PORT_REGIONS:
+            inside &= _port_held(region, mem, ports)
+        return inside
 
 
 class _Pipelined(_Safety):
@@ -168,9 +181,10 @@ class MatmulSafety(_Pipelined):
         x_addr, z_addr = self._loop_addr(signals, 0, cfg), self._loop_addr(signals, 1, cfg)
         issue = signals["issue"]
         m.d.comb += [
-            Assert(~dut.spad_rd.en | (self._inside(x_addr, cfg.spad_depth, decl["x"], ctrl.reads, Mem.SPAD)
+            Assert(~dut.spad_rd.en | (self._inside(x_addr, cfg.spad_depth, decl["x"], ctrl.reads, Mem.SPAD,
+                                                   ctrl.writes)
                                       & (dut.spad_rd.addr == x_addr[:len(dut.spad_rd.addr)])),
-                   "scratchpad read inside memory, declared regions and reads"),
+                   "scratchpad read inside memory, declared regions, reads and read ports"),
             Assert(~issue | self._inside(z_addr, cfg.acc_depth, decl["z"], ctrl.writes, Mem.ACC),
                    "accumulator row issued inside memory, declared regions and writes"),
         ]
@@ -210,6 +224,9 @@ class MatmulSafety(_Pipelined):
         m.d.comb += [
             Assert(~dut.acc_wr.en | (wb.valid & (dut.acc_wr.addr == wb.addr)), "write-back at its stage's row"),
             Assert(~rd.valid | (dut.acc_rd.addr == rd.addr), "accumulator read at its stage's row"),
+            Assert(dut.acc_rd.en == rd.valid, "accumulator read only for a stage"),
+            Assert(~rd.valid | _port_held(_region(rd.addr, cfg.acc_depth), Mem.ACC, ctrl.writes),
+                   "accumulator read port held"),
         ]
 
 
@@ -230,12 +247,16 @@ class VectorSafety(_Pipelined):
         x, y, z = (self._loop_addr(signals, k, cfg) for k in range(3))
         reads = ctrl.reads
         m.d.comb += [
-            Assert(~dut.acc_rd.en | self._inside(x, cfg.acc_depth, decl["x"], reads, Mem.ACC),
-                   "accumulator read inside memory, declared regions and reads"),
-            Assert(~dut.spad_rd_x.en | self._inside(x, cfg.spad_depth, decl["x"], reads, Mem.SPAD),
-                   "scratchpad x read inside memory, declared regions and reads"),
-            Assert(~dut.spad_rd_y.en | self._inside(y, cfg.spad_depth, decl["y"], reads, Mem.SPAD),
-                   "scratchpad y read inside memory, declared regions and reads"),
+            Assert(~dut.acc_rd.en | self._inside(x, cfg.acc_depth, decl["x"], reads, Mem.ACC, ctrl.writes),
+                   "accumulator read inside memory, declared regions, reads and read ports"),
+            Assert(~dut.spad_rd_x.en | self._inside(x, cfg.spad_depth, decl["x"], reads, Mem.SPAD, ctrl.writes),
+                   "scratchpad x read inside memory, declared regions, reads and read ports"),
+            Assert(~dut.spad_rd_y.en | self._inside(y, cfg.spad_depth, decl["y"], reads, Mem.SPAD, ctrl.writes),
+                   "scratchpad y read inside memory, declared regions, reads and read ports"),
+            Assert(~(dut.spad_rd_x.en & dut.spad_rd_y.en)
+                   | (_region(x, cfg.spad_depth) // PORT_REGIONS[Mem.SPAD]
+                      != _region(y, cfg.spad_depth) // PORT_REGIONS[Mem.SPAD]),
+                   "x and y read in one cycle only from different banks"),
             Assert(~signals["issue"] | self._inside(z, cfg.spad_depth, decl["z"], ctrl.writes, Mem.SPAD),
                    "scratchpad row issued inside memory, declared regions and writes"),
             Assert(~dut.table_rd.en | ((decl["table"] < cfg.table_depth) & (dut.table_rd.addr == decl["table"])

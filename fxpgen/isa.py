@@ -22,6 +22,13 @@ one after another, in order. The hardware overlaps independent instructions (a
 matmul with loads, weight-tile loads, requantization and stores) and stalls one
 whose declared regions conflict with an instruction still running, so the
 region masks only affect speed, never results.
+
+The scratchpad and the accumulators are built as banks with one read port each
+(a bank is one scratchpad region, or two accumulator regions: 0-1 and 2-3), so two
+units never read one bank at once: an instruction that reads a bank (MATMUL also
+the accumulator banks it adds into) waits for another unit still reading it, as it
+would for a writer. ADD, MAX and MUL whose ``x`` and ``y`` masks share a scratchpad
+bank read the two rows on alternate cycles: one iteration every two cycles.
 """
 
 
@@ -38,7 +45,7 @@ from .config import REGIONS, CoreConfig
 
 __all__ = [
     "Opcode", "Mem", "UNREGIONED", "PARAM_ENUMS", "ErrorCode", "AddrGen", "Params", "Insn", "INSN_BITS", "INSN_BYTES",
-    "COUNT_MAX", "ADDR_BITS", "Addr", "Instruction", "Footprint", "footprint", "OPCODE_INFO",
+    "COUNT_MAX", "ADDR_BITS", "Addr", "Instruction", "Footprint", "footprint", "PORT_REGIONS", "read_port", "OPCODE_INFO",
     "FieldRule", "FIELD_RULES", "field_rules", "bad_fields",
     "region_of", "regions_spanned", "layout_fields", "opcode_of", "PARAMS_VIEW",
     "pack_row", "unpack_row", "pack_rows", "unpack_rows", "CoreState",
@@ -465,18 +472,33 @@ class Instruction:
 # --- footprints (what the hazard logic tracks) --------------------------------------
 
 
+#: Regions a scratchpad or accumulator read port serves: each memory is built as
+#: banks of this many regions, each bank with one read port and one write port (the
+#: two ports a block RAM has), so two units cannot read one bank at once.
+PORT_REGIONS = {Mem.SPAD: 1, Mem.ACC: 2}
+
+
+def read_port(mem: Mem, region: int) -> tuple[str, int]:
+    """The read port (``("SPAD_PORT", k)`` or ``("ACC_PORT", k)``) serving ``region``."""
+    return f"{mem.name}_PORT", region // PORT_REGIONS[mem]
+
+
 @dataclass(frozen=True)
 class Footprint:
     """Resources an instruction reads and writes: ``(Mem, region)`` pairs for
-    memories, ``("BANK", b)`` for the array's weight banks."""
+    memories, ``("BANK", b)`` for the array's weight banks; and the memory read
+    ports it holds while it reads (:func:`read_port`), which conflict with another
+    unit's as writes do. MATMUL holds the accumulator ports of the regions it
+    writes: it reads each row before adding to it."""
 
     reads: frozenset
     writes: frozenset
+    ports: frozenset = frozenset()
 
 
 def footprint(insn: Instruction) -> Footprint:
     """The declared read and write sets of an instruction (from its region masks)."""
-    reads, writes = set(), set()
+    reads, writes, ports = set(), set(), set()
     info = OPCODE_INFO[insn.opcode]
     for s, (_, access) in info.streams.items():
         mem = insn.stream_mem(s)
@@ -485,6 +507,8 @@ def footprint(insn: Instruction) -> Footprint:
         mask = getattr(insn, s).regions or 0
         regs = [0] if mem in UNREGIONED else [r for r in range(REGIONS) if mask >> r & 1]
         (reads if access == "r" else writes).update((mem, r) for r in regs)
+        if mem in PORT_REGIONS and (access == "r" or insn.opcode is Opcode.MATMUL):
+            ports.update(read_port(mem, r) for r in regs)
     if insn.opcode is Opcode.REQUANT:
         reads.add((Mem.TABLE, 0))
     if insn.opcode is Opcode.LUT:
@@ -493,7 +517,7 @@ def footprint(insn: Instruction) -> Footprint:
         writes.add(("BANK", insn.params.get("bank", 0)))
     if insn.opcode is Opcode.MATMUL:
         reads.add(("BANK", insn.params.get("bank", 0)))
-    return Footprint(frozenset(reads), frozenset(writes))
+    return Footprint(frozenset(reads), frozenset(writes), frozenset(ports))
 
 
 # --- field legality (what BAD_FIELD checks) ------------------------------------------

@@ -1,11 +1,18 @@
 """The on-chip memories: activation scratchpad, weight buffer, accumulator memory,
 shift table and lookup tables, with their read ports and the write-port arbitration.
 
-Reads are synchronous (data one cycle after the address). The scratchpad's single
-write port is shared by the vector unit (priority) and the loader; the accumulator's
-by the matmul writeback (priority; the array never stalls) and the loader. The
-matmul's accumulator read port is transparent for the write port, so a row
-accumulated on consecutive cycles reads its newest value.
+Reads are synchronous: the data is valid in the cycle after the address (the
+scratchpad's and the accumulators' only then; the others' until the port reads again). The scratchpad's single write port is shared by the vector unit (priority)
+and the loader; the accumulator's by the matmul writeback (priority; the array never
+stalls) and the loader. The matmul's accumulator read port is transparent for the
+write port, so a row accumulated on consecutive cycles reads its newest value.
+
+The scratchpad and the accumulators are built as banks (:data:`fxpgen.isa.PORT_REGIONS`
+regions each), each bank a memory with one read and one write port, the ports a
+block RAM has. Every unit's read port reaches every bank: a read goes to the bank
+of its address. The controller never lets two units hold one bank's read port
+(:mod:`fxpgen.hw.hazards`), and the vector unit reads its two scratchpad operands
+from one bank on alternate cycles, so a bank serves at most one read a cycle.
 
 The lookup tables are one ``lut_depth`` x 8-bit memory per scratchpad lane, all
 written together by LOAD: every lane looks up its own byte in the same cycle, and a
@@ -18,7 +25,8 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import Out
 
-from fxpgen.config import CoreConfig
+from fxpgen.config import REGIONS, CoreConfig
+from fxpgen.isa import PORT_REGIONS, Mem
 
 __all__ = ["Buffers", "spad_row", "acc_row", "wbuf_row", "table_row", "addr_width"]
 
@@ -86,30 +94,28 @@ class Buffers(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self._cfg
-        m.submodules.spad = spad = Memory(shape=spad_row(cfg), depth=cfg.spad_depth, init=[])
         m.submodules.wbuf = wbuf = Memory(shape=wbuf_row(cfg), depth=cfg.wbuf_depth, init=[])
-        m.submodules.acc = acc = Memory(shape=acc_row(cfg), depth=cfg.acc_depth, init=[])
         # A one-entry memory has zero-bit ports, while the units address every memory with
         # at least one bit (addr_width); a second, unreachable entry keeps the widths equal
         # (LOAD refuses table addresses from table_depth on).
         m.submodules.table = table = Memory(shape=table_row(cfg), depth=max(2, cfg.table_depth),
                                             init=[])
 
-        spad_wr = spad.write_port(granularity=1)
+        spad_wr = write_sig(cfg.spad_depth, spad_row(cfg), 1).create(path=("spad_wr",))
         self._arbitrate(m, spad_wr, self.spad_wr_alu, self.spad_wr_load)
         m.d.comb += self.spad_load_free.eq(self.spad_wr_alu.en == 0)
-        for name in ("matmul", "alu_x", "alu_y", "store"):
-            wiring.connect(m, wiring.flipped(getattr(self, f"spad_rd_{name}")), spad.read_port())
+        self._banked(m, "spad", spad_row(cfg), cfg.spad_depth, PORT_REGIONS[Mem.SPAD], spad_wr,
+                     [getattr(self, f"spad_rd_{name}") for name in ("matmul", "alu_x", "alu_y", "store")],
+                     granularity=1)
 
         wiring.connect(m, wiring.flipped(self.wbuf_wr), wbuf.write_port())
         wiring.connect(m, wiring.flipped(self.wbuf_rd), wbuf.read_port())
 
-        acc_wr = acc.write_port()
+        acc_wr = write_sig(cfg.acc_depth, acc_row(cfg)).create(path=("acc_wr",))
         self._arbitrate(m, acc_wr, self.acc_wr_matmul, self.acc_wr_load)
         m.d.comb += self.acc_load_free.eq(~self.acc_wr_matmul.en)
-        wiring.connect(m, wiring.flipped(self.acc_rd_matmul), acc.read_port(transparent_for=(acc_wr,)))
-        wiring.connect(m, wiring.flipped(self.acc_rd_alu), acc.read_port())
-        wiring.connect(m, wiring.flipped(self.acc_rd_store), acc.read_port())
+        self._banked(m, "acc", acc_row(cfg), cfg.acc_depth, PORT_REGIONS[Mem.ACC], acc_wr,
+                     [self.acc_rd_matmul, self.acc_rd_alu, self.acc_rd_store], transparent=True)
 
         wiring.connect(m, wiring.flipped(self.table_wr), table.write_port())
         wiring.connect(m, wiring.flipped(self.table_rd), table.read_port())
@@ -126,6 +132,40 @@ class Buffers(wiring.Component):
             m.d.comb += [wr.addr.eq(self.lut_wr.addr), wr.data.eq(self.lut_wr.data),
                          wr.en.eq(self.lut_wr.en)]
             wiring.connect(m, wiring.flipped(self.lut_rd[i]), lut.read_port())
+
+    @staticmethod
+    def _banked(m: Module, name: str, shape, depth: int, per_bank: int, wr, readers: list,
+                granularity=None, transparent: bool = False) -> None:
+        """A ``depth``-row memory as banks of ``per_bank`` regions, each with one
+        read port (transparent for its write port with ``transparent``) and one write
+        port; the write ``wr`` and every reader go to the bank of their address."""
+        banks = REGIONS // per_bank
+        bank_depth = depth // banks
+        low = (bank_depth - 1).bit_length()           # row within the bank
+
+        def bank_of(addr):
+            return addr[low:low + (banks - 1).bit_length()] if banks > 1 else C(0)
+
+        def row_of(addr):
+            return addr[:low] if low else C(0, 1)
+        outs = []
+        for b in range(banks):
+            mem = Memory(shape=shape, depth=max(2, bank_depth), init=[])
+            m.submodules[f"{name}{b}"] = mem
+            wp = mem.write_port(granularity=granularity)
+            m.d.comb += [wp.addr.eq(row_of(wr.addr)), wp.data.eq(wr.data),
+                         wp.en.eq(Mux(bank_of(wr.addr) == b, wr.en, 0))]
+            rp = mem.read_port(transparent_for=(wp,) if transparent else ())
+            m.d.comb += rp.en.eq(0)
+            # Hazards keep the requests one-hot: the first is taken.
+            for i, r in reversed(list(enumerate(readers))):
+                with m.If(r.en & (bank_of(r.addr) == b)):
+                    m.d.comb += [rp.addr.eq(row_of(r.addr)), rp.en.eq(1)]
+            outs.append(rp.data.as_value())
+        for i, r in enumerate(readers):
+            bank = Signal(range(banks), name=f"{name}_rd{i}_bank")
+            m.d.sync += bank.eq(bank_of(r.addr))
+            m.d.comb += r.data.eq(Array(outs)[bank])
 
     @staticmethod
     def _arbitrate(m, port, first, second):

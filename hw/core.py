@@ -97,7 +97,8 @@ class Core(wiring.Component):
         connect(m, load.table_wr, buf.table_wr)
         if cfg.lut_tables:
             connect(m, load.lut_wr, buf.lut_wr)
-        m.d.comb += [load.spad_free.eq(buf.spad_load_free), load.acc_free.eq(buf.acc_load_free)]
+        m.d.comb += [load.spad_free.eq(buf.spad_load_free & ~vec.spad_hold),
+                     load.acc_free.eq(buf.acc_load_free)]
 
         connect(m, wiring.flipped(self.result), store.result)
         connect(m, store.spad_rd, buf.spad_rd_store)

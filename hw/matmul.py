@@ -36,7 +36,7 @@ from .delay import delay
 from .stages import FAST, Stages
 from .buffers import acc_row, addr_width, read_sig, spad_row, write_sig
 from .unit_port import UnitControl, report, unit_loops
-from .hazards import bank_bit, mem_bits
+from .hazards import bank_bit, mem_bits, port_bits
 from .pe import ACT_WIDTH
 
 __all__ = ["MatmulUnit"]
@@ -104,7 +104,7 @@ class MatmulUnit(wiring.Component):
             m.d.sync += r.eq(meta[-1])
             meta.append(r)
         rd, wb = meta[self._write_delay - 2 - self._stages.acc_read], meta[-1]
-        m.d.comb += [self.acc_rd.addr.eq(rd.addr), self.acc_rd.en.eq(1)]
+        m.d.comb += [self.acc_rd.addr.eq(rd.addr), self.acc_rd.en.eq(rd.valid)]
         acc_read = self._stages.acc_read
         self._write_back(m, wb, meta[len(meta) - 1 - acc_read:-1][::-1])
 
@@ -208,11 +208,14 @@ class MatmulUnit(wiring.Component):
         """Status to the controller: ready in the cycle the last vector issues; the
         regions and banks with vectors in flight stay marked."""
         acc_busy = Cat(*(c != 0 for c in acc_inflight))
+        # Each accumulator row is read just before its write-back: the read ports of
+        # the regions written stay held as long as the regions.
+        acc_regions = Mux(loops.valid, insn.z_regions, 0) | acc_busy
         report(m, self.ctrl, ready=~loops.valid | (issue & loops.last),
                busy=loops.valid | (acc_busy != 0),
                reads=(Mux(loops.valid, mem_bits(Mem.SPAD, insn.x_regions) | bank_bit(insn.bank), 0)
                       | Mux(bank_inflight[0] != 0, bank_bit(0), 0)
                       | Mux(bank_inflight[1] != 0, bank_bit(1), 0)),
-               writes=(Mux(loops.valid, mem_bits(Mem.ACC, insn.z_regions), 0)
-                       | mem_bits(Mem.ACC, acc_busy)),
+               writes=(mem_bits(Mem.ACC, acc_regions) | port_bits(Mem.ACC, acc_regions)
+                       | Mux(loops.valid, port_bits(Mem.SPAD, insn.x_regions), 0)),
                error=err, pc=pc, active=loops.valid)

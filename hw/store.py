@@ -16,7 +16,7 @@ from fxpgen.isa import ErrorCode, Mem
 from .addrgen import check_address
 from .buffers import acc_row, addr_width, read_sig, spad_row
 from .unit_port import UnitControl, report, unit_loops
-from .hazards import mem_bits
+from .hazards import mem_bits, port_bits
 
 __all__ = ["StoreUnit", "ResultWord"]
 
@@ -84,7 +84,8 @@ class StoreUnit(wiring.Component):
         # level counts it) a cycle before the FIFO's output shows it.
         holding = fifo.w_level != 0
         report(m, ctrl, ready=~reading & ~holding, busy=reading | holding,
-               reads=Mux(reading, mem_bits(mem, regions), 0), writes=0,
+               reads=Mux(reading, mem_bits(mem, regions), 0),
+               writes=Mux(reading, port_bits(mem, regions), 0),
                error=err, pc=pc, active=loops.valid)
         m.d.comb += self.stall.eq(fifo.r_rdy & ~self.result.ready)
         return m

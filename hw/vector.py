@@ -1,7 +1,12 @@
 """REQUANT, ADD, MAX, MUL and LUT: the vector unit around the requantizer.
 
 - Cycle 0: check addresses; read the source rows (accumulator or scratchpad, the
-  residual/second operand from the scratchpad) and the shift-table entry.
+  residual/second operand from the scratchpad) and the shift-table entry. Two
+  scratchpad operands in one bank (:data:`fxpgen.isa.PORT_REGIONS`; by the region
+  masks) share its read port: x is read (and then held) a cycle before the
+  iteration issues with y, so such an instruction issues every other cycle, and holds the scratchpad's write
+  port from a cycle before its first write to its last (``spad_hold``), so the
+  loader does not write between its writes.
 - Cycle 1: the memories' read data enters ``stages.vector_read`` registers
   (:mod:`fxpgen.hw.stages`): a block RAM's clock-to-out without its output
   register is most of a cycle at 100 MHz.
@@ -24,7 +29,7 @@ from typing import NamedTuple
 
 from amaranth import *
 from amaranth.lib import data, wiring
-from amaranth.lib.wiring import In
+from amaranth.lib.wiring import In, Out
 
 from fxpgen.config import CoreConfig
 from fxpgen.isa import AluParams, ErrorCode, LutParams, Mem, MulParams, Opcode, RequantParams
@@ -34,7 +39,7 @@ from .delay import delay
 from .stages import FAST, Stages
 from .buffers import LUT_ENTRY, acc_row, addr_width, read_sig, spad_row, table_row, write_sig
 from .unit_port import UnitControl, report, unit_loops
-from .hazards import LUT_BIT, TABLE_BIT, mem_bits
+from .hazards import LUT_BIT, TABLE_BIT, mem_bits, port_bits
 from .requant import Requantizer
 
 __all__ = ["VectorUnit"]
@@ -60,6 +65,7 @@ class _Insn(NamedTuple):
     lparams: Signal
     regions: list[Signal]
     uses_y: Signal
+    paired: Signal
 
 
 class VectorUnit(wiring.Component):
@@ -77,6 +83,7 @@ class VectorUnit(wiring.Component):
             "acc_rd": In(read_sig(cfg.acc_depth, acc_row(cfg))),
             "table_rd": In(read_sig(cfg.table_depth, table_row(cfg))),
             "spad_wr": In(write_sig(cfg.spad_depth, spad_row(cfg), 1)),
+            "spad_hold": Out(1),
             **({"lut_rd": In(read_sig(cfg.lut_depth, LUT_ENTRY)).array(cfg.lanes)}
                if cfg.lut_tables else {}),
         })
@@ -94,7 +101,7 @@ class VectorUnit(wiring.Component):
         insn = self._latch(m)
         x_addr, y_addr, z_addr = loops.addr[0], loops.addr[1], loops.addr[2]
         err = self._address_error(m, insn, x_addr, y_addr, z_addr)
-        issue = self._issue(m, insn, loops, err)
+        issue, y_phase = self._issue(m, insn, loops, err)
 
         # The write address and a valid bit travel beside the operands through the
         # pipeline; meta[k] is cycle 1 + k.
@@ -105,13 +112,14 @@ class VectorUnit(wiring.Component):
         for k in range(self.write_delay):
             stage = delay(m, stage, 1, f"meta{k + 1}")
             meta.append(stage)
-        rows = self._read_rows(m)
+        rows = self._read_rows(m, insn, y_phase)
         ops = Signal.like(rq.operands)
         self._operands(m, insn, rows, ops, meta[st.vector_read].valid)
         m.d.comb += rq.operands.eq(delay(m, ops, st.vector_operands, "ops"))
         if self._cfg.lut_tables:
             self._lookup(m, insn, rows, rq.lookup, meta[st.vector_read].valid)
         self._write_back(m, insn, rq.result.data, meta[-1])
+        m.d.comb += self.spad_hold.eq(meta[-1].valid | (insn.paired & meta[-2].valid))
 
         pipeline = Cat(*(r.valid for r in meta))
         busy = Signal()
@@ -148,9 +156,14 @@ class VectorUnit(wiring.Component):
                 regions[2].eq(ctrl.insn.z.regions),
             ]
         uses_y = Signal()
-        m.d.comb += uses_y.eq(Mux(is_requant, rparams.residual, ~op_lut))
+        paired = Signal()
+        m.d.comb += [
+            uses_y.eq(Mux(is_requant, rparams.residual, ~op_lut)),
+            paired.eq(uses_y & ~is_requant
+                      & ((port_bits(Mem.SPAD, regions[0]) & port_bits(Mem.SPAD, regions[1])) != 0)),
+        ]
         return _Insn(is_requant, op_max, op_mul, op_lut, rparams, aparams, mparams, lparams,
-                     regions, uses_y)
+                     regions, uses_y, paired)
 
     def _address_error(self, m: Module, insn: _Insn, x_addr, y_addr, z_addr) -> Signal:
         """Cycle 0: the first fault of x (accumulator for REQUANT, else scratchpad),
@@ -175,23 +188,37 @@ class VectorUnit(wiring.Component):
         """Cycle 0: issue the current iteration when its addresses are good; read
         the source rows and the shift-table entry."""
         x_addr, y_addr = loops.addr[0], loops.addr[1]
+        go = Signal()
         issue = Signal()
+        y_phase = Signal()           # paired operands: x was read last cycle
         m.d.comb += [
-            issue.eq(loops.valid & (err == ErrorCode.NONE) & ~self.ctrl.abort),
+            go.eq(loops.valid & (err == ErrorCode.NONE) & ~self.ctrl.abort),
+            issue.eq(go & (~insn.paired | y_phase)),
             loops.advance.eq(issue),
             self.acc_rd.addr.eq(x_addr), self.acc_rd.en.eq(issue & insn.is_requant),
-            self.spad_rd_x.addr.eq(x_addr), self.spad_rd_x.en.eq(issue & ~insn.is_requant),
+            self.spad_rd_x.addr.eq(x_addr),
+            self.spad_rd_x.en.eq(go & ~insn.is_requant & ~y_phase),
             self.spad_rd_y.addr.eq(y_addr), self.spad_rd_y.en.eq(issue & insn.uses_y),
             self.table_rd.addr.eq(insn.rparams.table), self.table_rd.en.eq(issue & insn.is_requant),
         ]
-        return issue
+        with m.If(self.ctrl.start):
+            m.d.sync += y_phase.eq(0)
+        with m.Elif(go & insn.paired):
+            m.d.sync += y_phase.eq(~y_phase)
+        return issue, y_phase
 
-    def _read_rows(self, m: Module) -> _Rows:
-        """The read data of the scratchpad, accumulator and table ports, registered."""
-        ports = (("x", self.spad_rd_x), ("y", self.spad_rd_y), ("acc", self.acc_rd),
-                 ("table", self.table_rd))
-        return _Rows(*(delay(m, port.data, self._stages.vector_read, f"{name}_row")
-                       for name, port in ports))
+    def _read_rows(self, m: Module, insn: _Insn, y_phase) -> _Rows:
+        """The read data of the scratchpad, accumulator and table ports, registered;
+        paired, ``x`` as it came a cycle before ``y``."""
+        x_held = Signal.like(self.spad_rd_x.data.as_value(), name="x_held")
+        with m.If(y_phase):
+            m.d.sync += x_held.eq(self.spad_rd_x.data)
+        x = Signal(spad_row(self._cfg), name="x_data")
+        m.d.comb += x.eq(Mux(insn.paired, x_held, self.spad_rd_x.data.as_value()))
+        ports = (("x", x), ("y", self.spad_rd_y.data), ("acc", self.acc_rd.data),
+                 ("table", self.table_rd.data))
+        return _Rows(*(delay(m, data, self._stages.vector_read, f"{name}_row")
+                       for name, data in ports))
 
     def _operands(self, m: Module, insn: _Insn, rows: _Rows, ops, valid) -> None:
         """Cycle 1 + vector_read: the requantizer's mode and the operands of every
@@ -298,10 +325,12 @@ class VectorUnit(wiring.Component):
         y_bits = Mux(insn.uses_y, mem_bits(Mem.SPAD, regions[1]), 0)
         x_bits = Mux(insn.is_requant, mem_bits(Mem.ACC, regions[0]) | (1 << TABLE_BIT),
                      mem_bits(Mem.SPAD, regions[0]))
+        ports = (Mux(insn.uses_y, port_bits(Mem.SPAD, regions[1]), 0)
+                 | Mux(insn.is_requant, port_bits(Mem.ACC, regions[0]), port_bits(Mem.SPAD, regions[0])))
         # The tables are read a cycle after the loops issue: held until the drain.
         lut_bits = Mux(busy & insn.op_lut, 1 << LUT_BIT, 0)
         report(m, self.ctrl, ready=~busy, busy=busy,
                reads=Mux(active, x_bits | y_bits, 0) | lut_bits,
-               writes=Mux(busy, mem_bits(Mem.SPAD, regions[2]), 0), error=err, pc=pc,
-               active=active)
+               writes=Mux(busy, mem_bits(Mem.SPAD, regions[2]), 0) | Mux(active, ports, 0),
+               error=err, pc=pc, active=active)
 

@@ -42,7 +42,8 @@ from fxpgen.hw.stages import FAST, Stages
 from fxpgen.hw.store import FIFO_DEPTH
 from amaranth.lib import data
 
-from fxpgen.isa import Addr, AddrGen, Insn, Instruction, Mem, Opcode, footprint, opcode_of, region_of
+from fxpgen.isa import (Addr, AddrGen, Insn, Instruction, Mem, Opcode, footprint, opcode_of, read_port,
+                        region_of)
 
 from .engine import Engine, EngineResult, Progress, Runnable
 
@@ -272,28 +273,48 @@ def _op(word: int, cfg: CoreConfig, lat: Latencies) -> _Op:
     writes = tuple(_bit(r) for r in fp.writes)
     n = insn.iterations
     if n == 0:
-        return _Op(insn.opcode, unit, 0, reads, writes)
+        return _Op(insn.opcode, unit, 0, reads, writes + tuple(_bit(p) for p in fp.ports))
     if unit == "load":
         mem = Mem(insn.params.get("mem", 0))
         return _Op(insn.opcode, unit, n, reads, writes,
                    port=mem if mem in (Mem.SPAD, Mem.ACC) else None)
-    return _timed_op(insn, unit, n, reads, writes, cfg, lat)
+    return _timed_op(insn, unit, n, reads, writes, fp.ports, cfg, lat)
+
+
+def _paired(insn: Instruction) -> bool:
+    """Whether a vector instruction's two scratchpad operands share a bank's read
+    port (by their region masks), so it issues every other cycle."""
+    if insn.opcode not in (Opcode.ADD, Opcode.MAX, Opcode.MUL):
+        return False
+    x, y = ({read_port(Mem.SPAD, r) for r in range(REGIONS) if (a.regions or 0) >> r & 1}
+            for a in (insn.x, insn.y))
+    return not x.isdisjoint(y)
 
 
 def _timed_op(insn: Instruction, unit: str, n: int, reads: tuple[int, ...], writes: tuple[int, ...],
-              cfg: CoreConfig, lat: Latencies) -> _Op:
-    """:func:`_op` of an instruction with iterations on a unit other than LOAD."""
+              ports: frozenset, cfg: CoreConfig, lat: Latencies) -> _Op:
+    """:func:`_op` of an instruction with iterations on a unit other than LOAD; its
+    read ``ports`` are held as long as the reads they serve."""
     op = insn.opcode
+    claims = tuple(_bit(p) for p in ports)
     if op is Opcode.MATMUL:
         # Ready as its last vector issues; the bank, and each accumulator region,
-        # stay marked until their last vector is written back.
+        # stay marked until their last vector is written back; the accumulator
+        # read port of a bank until its last region is.
         wb = n + lat.matmul_write
         bank = _bit(("BANK", insn.params.get("bank", 0)))
         ends = dict.fromkeys(writes, n)
         for r, k in _last_touches(insn.z, insn.count0, insn.count1, cfg.acc_depth).items():
             b = _bit((Mem.ACC, r))
             ends[b] = max(ends.get(b, n), 1 + k + lat.matmul_write)
-        return _Op(op, unit, n, reads, writes, ready=n, busy=wb, last=n,
+        for p in ports:
+            if p[0] == "ACC_PORT":
+                served = [ends[_bit((Mem.ACC, r))] for r in range(REGIONS)
+                          if read_port(Mem.ACC, r) == p and _bit((Mem.ACC, r)) in ends]
+                ends[_bit(p)] = max(served)
+            else:
+                ends[_bit(p)] = n
+        return _Op(op, unit, n, reads, writes + claims, ready=n, busy=wb, last=n,
                    r_holds=tuple((b, wb if b == bank else n) for b in reads),
                    w_holds=tuple(ends.items()), port=Mem.ACC, take=(1 + lat.matmul_write, wb))
     if op is Opcode.LOADW:
@@ -303,13 +324,16 @@ def _timed_op(insn: Instruction, unit: str, n: int, reads: tuple[int, ...], writ
     if op is Opcode.STORE:
         issued = _store_last_issue(n, lat)
         sent = issued + lat.store_drain
-        return _Op(op, unit, n, reads, writes, ready=sent + 1, busy=sent, last=sent,
-                   r_holds=tuple((b, issued + 1) for b in reads))
-    wb = n + lat.vector_write
+        return _Op(op, unit, n, reads, claims, ready=sent + 1, busy=sent, last=sent,
+                   r_holds=tuple((b, issued + 1) for b in reads),
+                   w_holds=tuple((b, issued + 1) for b in claims))
+    span = 2 * n if _paired(insn) else n
+    wb = span + lat.vector_write
     lut = _bit((Mem.LUT, 0))
-    return _Op(op, unit, n, reads, writes, ready=wb + 1, busy=wb, last=wb,
-               r_holds=tuple((b, wb if b == lut else n) for b in reads),
-               w_holds=tuple((b, wb) for b in writes), port=Mem.SPAD, take=(1 + lat.vector_write, wb))
+    return _Op(op, unit, n, reads, writes + claims, ready=wb + 1, busy=wb, last=wb,
+               r_holds=tuple((b, wb if b == lut else span) for b in reads),
+               w_holds=tuple((b, wb) for b in writes) + tuple((b, span) for b in claims),
+               port=Mem.SPAD, take=(1 + lat.vector_write, wb))
 
 
 class _Core:

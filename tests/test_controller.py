@@ -83,7 +83,10 @@ class PlayedUnit:
         return self.left > 0
 
     def masks(self) -> tuple[int, int]:
-        return hazard_mask(self.insn) if self.busy else (0, 0)
+        if not self.busy:
+            return 0, 0
+        r, w, ports = hazard_mask(self.insn)
+        return r, w | ports
 
 
 def run_controller(cfg, words, rng, fault_prob, stats):
@@ -135,7 +138,8 @@ def run_controller(cfg, words, rng, fault_prob, stats):
             for name, u in units.items():
                 go = insn is not None and not errored and UNIT_OF.get(insn.opcode) == name and u.ready
                 if go:
-                    r, w = hazard_mask(insn)
+                    r, w, ports = hazard_mask(insn)
+                    w |= ports
                     busy_r = busy_w = 0
                     for other, o in units.items():
                         if other != name:

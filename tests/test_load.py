@@ -64,7 +64,7 @@ def test_load_matches_isa_sim(cfg, seed):
             acc_free = RandomBit(unit.acc_free, rng, p_free)
             h = Harness(src, spad_free, acc_free, *mems.values())
             writes_before = {mm: len(model.writes) for mm, model in mems.items()}
-            _, expect_writes = hazard_mask(insn)
+            _, expect_writes, _ = hazard_mask(insn)
 
             busy_cycles = 0
 

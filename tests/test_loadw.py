@@ -49,7 +49,7 @@ def test_loadw_matches_isa_sim(cfg, seed):
             executed = first_fault(insn, cfg)
             pc = rng.getrandbits(32)
             before = len(wbuf.reads[0])
-            expect_reads, expect_writes = hazard_mask(insn)
+            expect_reads, expect_writes, _ = hazard_mask(insn)
             assert expect_writes == 1 << resource_index(("BANK", bank))
 
             sent = []

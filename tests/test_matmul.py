@@ -14,7 +14,7 @@ from fxpgen.hw.array import SystolicArray
 from fxpgen.hw.hazards import resource_index
 from fxpgen.hw.matmul import MatmulUnit
 from fxpgen.hw.stages import COMPACT, FAST
-from fxpgen.isa import Addr, ErrorCode, Instruction, Mem, Opcode
+from fxpgen.isa import Addr, ErrorCode, Instruction, Mem, Opcode, read_port
 
 from unit_harness import (CONFIGS, Harness, MemoryModel, Top, addresses, check_end,
                           config_id, first_fault, hazard_mask, machine_rows, machine_with, random_fault,
@@ -29,9 +29,9 @@ def build(cfg, rng, stages=FAST):
     arr = SystolicArray(cfg.rows, cfg.cols, cfg.psum_width)
     mm = MatmulUnit(cfg, arr.LATENCY, stages)
     top = Top(wires=[arr.act.eq(mm.act), mm.psum.eq(arr.psum)], mm=mm, arr=arr)
-    spad = MemoryModel(random_rows(rng, Mem.SPAD, cfg), read=[mm.spad_rd], name="spad")
+    spad = MemoryModel(random_rows(rng, Mem.SPAD, cfg), read=[mm.spad_rd], name="spad", hold=False)
     acc = MemoryModel(random_rows(rng, Mem.ACC, cfg), read=[mm.acc_rd], write=[mm.acc_wr],
-                      transparent=[mm.acc_rd], name="acc")
+                      transparent=[mm.acc_rd], name="acc", hold=False)
     return top, mm, arr, spad, acc
 
 
@@ -56,6 +56,10 @@ async def load_banks(ctx, h, arr, banks):
 
 def acc_bit(cfg, addr):
     return 1 << resource_index((Mem.ACC, addr * REGIONS // cfg.acc_depth))
+
+
+def acc_port_bit(cfg, addr):
+    return 1 << resource_index(read_port(Mem.ACC, addr * REGIONS // cfg.acc_depth))
 
 
 @pytest.mark.parametrize("stages", [FAST, COMPACT], ids=["fast", "compact"])
@@ -92,7 +96,7 @@ def test_matmul_matches_isa_sim(cfg, stages, seed):
             assert res.macs == executed
             pc = rng.getrandbits(32)
             x_reads, writes = len(spad.reads[0]), len(acc.writes)
-            expect_reads, expect_writes = hazard_mask(insn)
+            expect_reads, expect_writes, expect_ports = hazard_mask(insn)
             bank = 1 << resource_index(("BANK", insn.params["bank"]))
             z = addresses(insn.z, insn.count0, insn.count1)
 
@@ -109,8 +113,9 @@ def test_matmul_matches_isa_sim(cfg, stages, seed):
                 assert ctx.get(ctrl.busy) == (pending or bool(in_flight))
                 assert ctx.get(ctrl.reads) == ((expect_reads if pending else 0)
                                                | (bank if in_flight else 0))
-                assert ctx.get(ctrl.writes) == ((expect_writes if pending else 0)
-                                                | sum({acc_bit(cfg, a) for a in in_flight}))
+                assert ctx.get(ctrl.writes) == ((expect_writes | expect_ports if pending else 0)
+                                                | sum({acc_bit(cfg, a) for a in in_flight})
+                                                | sum({acc_port_bit(cfg, a) for a in in_flight}))
                 return error != ErrorCode.NONE or not ctx.get(ctrl.busy)
 
             await h.start(ctx, ctrl, insn.encode(cfg), pc)

@@ -14,9 +14,11 @@ from fxpgen.sim.cycle_model import estimate_words
 from schedule_checks import assert_isa_is_golden, assert_native_is_golden_in_model_cycles
 from test_offchip import TINY, _compiled
 
-#: The pool's cycles are at most this (measured: 3,548; 4,478 with one chunk of
+#: The pool's cycles are at most this (measured: 3,766, 3,548 before the memory
+#: banks, where the first column MAX of each output row, over two columns of one row,
+#: reads both from one bank and issues every other cycle; 4,478 with one chunk of
 #: output rows per band LOAD and one MAX per channel group and tap).
-POOL_CYCLES = 3700
+POOL_CYCLES = 3800
 
 
 def _pool_cycles(low) -> int:

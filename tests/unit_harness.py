@@ -193,9 +193,13 @@ class MemoryModel:
     in ``transparent`` returns the row written in the same cycle. Every enabled read
     and write is recorded as ``(cycle, addr)`` (in ``reads``, a list per read port) /
     ``(cycle, addr, row)``, and checked to lie inside the memory: the units must
-    never touch a faulting address."""
+    never touch a faulting address. Without ``hold`` (the scratchpad's and the
+    accumulators' banks), a port's data is all ones in every cycle not after a read
+    of it, so a unit that used it then would be caught."""
 
-    def __init__(self, rows, *, read=(), write=(), transparent=(), name: str = "memory"):
+    def __init__(self, rows, *, read=(), write=(), transparent=(), name: str = "memory",
+                 hold: bool = True):
+        self.hold = hold
         self.rows = list(rows)
         self.name = name
         self.read_ports = list(read)
@@ -233,6 +237,8 @@ class MemoryModel:
         for port, transparent, (en, addr) in zip(self.read_ports, self.transparent, reads):
             if en:
                 ctx.set(Value.cast(port.data), (self.rows if transparent else before)[addr])
+            elif not self.hold:
+                ctx.set(Value.cast(port.data), (1 << len(Value.cast(port.data))) - 1)
 
     def read_in(self, port, cycle: int) -> int | None:
         """The row ``port`` read in ``cycle``, None if it read none."""
@@ -463,9 +469,8 @@ def first_fault(insn: Instruction, cfg: CoreConfig) -> int:
     return insn.iterations
 
 
-def hazard_mask(insn: Instruction) -> tuple[int, int]:
-    """The ``(reads, writes)`` hazard masks the controller expects from ``insn``'s
-    declared footprint (:func:`fxpgen.isa.footprint`)."""
+def hazard_mask(insn: Instruction) -> tuple[int, int, int]:
+    """The ``(reads, writes, ports)`` hazard masks of ``insn``'s declared footprint
+    (:func:`fxpgen.isa.footprint`); a unit reports the read ports among its writes."""
     fp = footprint(insn)
-    return (sum(1 << resource_index(r) for r in fp.reads),
-            sum(1 << resource_index(r) for r in fp.writes))
+    return tuple(sum(1 << resource_index(r) for r in rs) for rs in (fp.reads, fp.writes, fp.ports))
