@@ -35,6 +35,58 @@ def _fits(value, width: int):
     return top.all() | ~top.any()
 
 
+def _at_least(value, bound: int):
+    """``value >= bound`` for a constant ``bound``, as and/or logic of ``value``'s
+    bits (a comparison would become a carry chain per bound on FPGAs)."""
+    bits = [value[i] for i in range(len(value))]
+    if value.shape().signed:    # offset binary: flipping the sign bit keeps the order
+        bits[-1] = ~bits[-1]
+        bound += 1 << (len(bits) - 1)
+    if bound <= 0:
+        return Const(1)
+    if bound >= 1 << len(bits):
+        return Const(0)
+    out = Const(1)
+    for i, bit in enumerate(bits):         # from the least significant bit up
+        out = bit & out if (bound >> i) & 1 else bit | out
+    return out
+
+
+def _copies_sign(value, checked):
+    """Whether every bit ``i`` of signed ``value`` with ``checked[i]`` true is a copy
+    of the sign bit (a reduction, no shifter)."""
+    sign = value[-1]
+    return ~Cat(*((value[i] ^ sign) & checked[i] for i in range(len(value) - 1))).any()
+
+
+def _shift_left_low(value, amount, width: int):
+    """The low ``width`` bits of ``value << amount`` (``value`` sign-extended,
+    ``amount`` unsigned): a barrel shifter only as wide as its output."""
+    bits = [value[min(j, len(value) - 1)] for j in range(width)]
+    for k in range(len(amount)):
+        step = 1 << k
+        bits = [Mux(amount[k], bits[j - step] if j >= step else 0, bits[j])
+                for j in range(width)]
+    return Cat(*bits)
+
+
+def _shift_right_low(value, amount, width: int):
+    """The low ``width`` bits of ``value >> amount`` (arithmetic, ``amount``
+    unsigned): the large steps first, so each step keeps only the bits the
+    remaining steps can still bring into the output."""
+    sign = value[-1]
+    bits = [value[i] for i in range(len(value))]
+
+    def bit(j):
+        return bits[j] if j < len(bits) else sign
+
+    for k in reversed(range(len(amount))):
+        step = 1 << k
+        keep = min(width + step - 1, len(bits))
+        bits = [Mux(amount[k], bit(j + step), bit(j)) for j in range(keep)]
+    return Cat(*(bit(j) for j in range(width)))
+
+
 def saturate(m: Module, value, width: int, name: str):
     """``clamp(value)`` to a signed ``width``-bit range."""
     out = Signal(signed(width), name=name)
@@ -49,44 +101,60 @@ def saturate(m: Module, value, width: int, name: str):
 
 
 def shift_left_saturate(m: Module, value, amount, width: int, name: str):
-    """``clamp(value << amount)`` to a signed ``width``-bit range. Amounts of
-    ``width - 1`` or more saturate every nonzero value (and leave 0 at 0) exactly as
-    ``width - 1`` does, so the shifter is capped there."""
-    cap = width - 1
-    capped = Signal(range(cap + 1), name=f"{name}_amount")
-    m.d.comb += capped.eq(Mux(amount > cap, cap, amount))
-    wide = Signal(signed(len(value) + cap), name=f"{name}_wide")
-    m.d.comb += wide.eq(value << capped)
-    return saturate(m, wide, width, name)
+    """``clamp(value << amount)`` to a signed ``width``-bit range (``amount``
+    unsigned, any width). The shifted value fits exactly when ``value`` fits in
+    ``width - amount`` bits (its bits from ``width - 1 - amount`` up copy the sign)
+    and, for amounts of ``width`` or more, is 0; then it is the shift's low
+    ``width`` bits, else the bound of ``value``'s sign."""
+    out = Signal(signed(width), name=name)
+    fits = Signal(name=f"{name}_fits")
+    m.d.comb += fits.eq(
+        _copies_sign(value, [_at_least(amount, width - 1 - i) for i in range(len(value))])
+        & ~(value[-1] & _at_least(amount, width)))
+    low = _shift_left_low(value, amount, width)
+    m.d.comb += out.eq(Mux(fits, low, Mux(value[-1], -(1 << (width - 1)), (1 << (width - 1)) - 1)))
+    return out
+
+
+#: numerics.requantize caps left shifts here (larger ones saturate any nonzero value).
+_LEFT_CAP = 15
+#: Bits the rescaled value keeps: every value outside int9 saturates any 8-bit output.
+RESCALED_WIDTH = ACT_WIDTH
 
 
 def shift_round_half_even(m: Module, value, shift, name: str):
     """``value * 2**-shift`` rounded half to even (shift > 0), or ``value << -shift``
-    with the amount capped at 15 (shift <= 0; larger shifts saturate any nonzero
-    value at 8 bits anyway). Returns ``(shifted, round_up)``: the result is
-    ``shifted + round_up``, left to the caller so a register can sit between."""
-    width = len(value)
-    shifted = Signal(signed(width + 16), name=name)
-    right = Signal(5, name=f"{name}_right")
-    left = Signal(4, name=f"{name}_left")
-    m.d.comb += [
-        right.eq(Mux(shift > 0, shift[:5], 0)),
-        left.eq(Mux(shift < -15, 15, Mux(shift < 0, (-shift)[:4], 0))),
-    ]
-    q = Signal(signed(width), name=f"{name}_q")
-    guard = Signal(name=f"{name}_guard")
+    (shift <= 0), as far as an 8-bit output can tell: returns ``(shifted,
+    round_up)``, ``shifted`` the unrounded result clamped to signed
+    :data:`RESCALED_WIDTH` bits; ``shifted + round_up`` then saturates to any
+    8-bit range exactly as the exact result does. The sum is left to the caller so
+    a register can sit between.
+
+    With ``n = max(shift, -15)`` (larger left shifts saturate any nonzero value at
+    8 bits anyway), one window of ``RESCALED_WIDTH + 1`` bits of ``value * 2**-(n -
+    1)`` holds the guard bit (right shifts) and the kept bits. The result fits when
+    ``value``'s bits from ``RESCALED_WIDTH - 1 + n`` up copy its sign; the sticky bit
+    is the OR of the bits under ``n - 1``. Both masks are decoded from
+    ``offset = n + 15``, the window's position in ``value`` over 16 zero bits."""
+    width, kept = len(value), RESCALED_WIDTH
+    offset = Signal(6, name=f"{name}_offset")
+    window = Signal(kept + 1, name=f"{name}_window")
+    fits = Signal(name=f"{name}_fits")
     sticky = Signal(name=f"{name}_sticky")
-    below = Signal(width, name=f"{name}_below")  # mask of the bits under the guard bit
-    guard_pos = Signal(5, name=f"{name}_guard_pos")
+    shifted = Signal(signed(kept), name=name)
     round_up = Signal(name=f"{name}_round_up")
+    bound = 1 << (kept - 1)
     m.d.comb += [
-        guard_pos.eq(right - 1),
-        q.eq(value >> right),
-        guard.eq((value >> guard_pos)[0]),
-        below.eq(~(Const(-1, width) << guard_pos)[:width]),
-        sticky.eq((value.as_unsigned() & below) != 0),
-        round_up.eq((shift > 0) & guard & (sticky | q[0])),
-        shifted.eq(Mux(shift > 0, q, value << left)),
+        offset.eq(Mux(_at_least(shift, -_LEFT_CAP), shift + _LEFT_CAP, 0)),
+        window.eq(_shift_right_low(Cat(Const(0, _LEFT_CAP + 1), value).as_signed(), offset,
+                                   kept + 1)),
+        fits.eq(_copies_sign(value, [~_at_least(offset, i + _LEFT_CAP + 2 - kept)
+                                     for i in range(width)])
+                & ~(value[-1] & ~_at_least(offset, _LEFT_CAP + 1 - kept))),
+        sticky.eq(Cat(*(value[i] & _at_least(offset, i + _LEFT_CAP + 2)
+                        for i in range(width))).any()),
+        shifted.eq(Mux(fits, window[1:], Mux(value[-1], -bound, bound - 1))),
+        round_up.eq(_at_least(offset, _LEFT_CAP + 1) & window[0] & (sticky | window[1])),
     ]
     return shifted, round_up
 
@@ -177,6 +245,8 @@ class Requantizer(wiring.Component):
                          s0.shift[i].eq(ln.shift)]
 
         # Cycle 2: add with saturation, take the max, or take the looked-up byte.
+        # The max and lookup results are bytes (only their low byte leaves the
+        # unit), so only the sum's low byte is multiplexed.
         s1 = Signal(data.StructLayout({
             **flags,
             "sum": data.ArrayLayout(signed(W), self._lanes),
@@ -186,18 +256,15 @@ class Requantizer(wiring.Component):
             x, y = s0.x[i], s0.y[i]
             total = Signal(signed(W + 2), name=f"total{i}")
             m.d.comb += total.eq(x + y)
-            with m.If(s0.op_lookup):
-                m.d.sync += s1.sum[i].eq(self.lookup[i])
-            with m.Elif(s0.op_max):
-                m.d.sync += s1.sum[i].eq(Mux(x > y, x, y))
-            with m.Else():
-                m.d.sync += s1.sum[i].eq(saturate(m, total, W, f"sum{i}"))
-            m.d.sync += s1.shift[i].eq(s0.shift[i])
+            added = saturate(m, total, W, f"sum{i}")
+            low = Mux(s0.op_lookup, self.lookup[i],
+                      Mux(s0.op_max, Mux(x > y, x[:8], y[:8]), added[:8]))
+            m.d.sync += [s1.sum[i].eq(Cat(low, added[8:])), s1.shift[i].eq(s0.shift[i])]
 
         # Cycle 3: shift, and decide the rounding (half to even).
         s2 = Signal(data.StructLayout({
             **flags,
-            "shifted": data.ArrayLayout(signed(W + 16), self._lanes),
+            "shifted": data.ArrayLayout(signed(RESCALED_WIDTH), self._lanes),
             "round_up": data.ArrayLayout(1, self._lanes),
             "max": data.ArrayLayout(8, self._lanes)}))
         m.d.sync += [getattr(s2, f).eq(getattr(s1, f)) for f in flags]
@@ -209,7 +276,7 @@ class Requantizer(wiring.Component):
         # Cycle 4: round, saturate to the 8-bit output range.
         m.d.sync += self.result.valid.eq(s2.valid)
         for i in range(self._lanes):
-            r = Signal(signed(W + 17), name=f"rounded{i}")
+            r = Signal(signed(RESCALED_WIDTH + 1), name=f"rounded{i}")
             m.d.comb += r.eq(s2.shifted[i] + s2.round_up[i])
             byte = output_byte(m, r, s2.out_signed, s2.relu, f"out{i}")
             m.d.sync += self.result.data[i].eq(Mux(s2.op_max, s2.max[i], byte))
