@@ -37,7 +37,7 @@ def _fits(value, width: int):
 
 def _at_least(value, bound: int):
     """``value >= bound`` for a constant ``bound``, as and/or logic of ``value``'s
-    bits (a comparison would become a carry chain per bound on FPGAs)."""
+    bits (a comparison would become a carry chain on FPGAs)."""
     bits = [value[i] for i in range(len(value))]
     if value.shape().signed:    # offset binary: flipping the sign bit keeps the order
         bits[-1] = ~bits[-1]
@@ -52,11 +52,15 @@ def _at_least(value, bound: int):
     return out
 
 
-def _copies_sign(value, checked):
-    """Whether every bit ``i`` of signed ``value`` with ``checked[i]`` true is a copy
-    of the sign bit (a reduction, no shifter)."""
+def _differs_from(value):
+    """``d[j]``: whether a bit of signed ``value`` at position ``j`` or above
+    differs from the sign bit, for ``j`` in ``0..len(value) - 1`` (so ``d[-1]`` is
+    0): an OR chain from the top. ``value`` fits in ``j + 1`` bits iff not ``d[j]``."""
     sign = value[-1]
-    return ~Cat(*((value[i] ^ sign) & checked[i] for i in range(len(value) - 1))).any()
+    d = [Const(0)]
+    for i in reversed(range(len(value) - 1)):
+        d.insert(0, d[0] | (value[i] ^ sign))
+    return d
 
 
 def _shift_left_low(value, amount, width: int):
@@ -71,20 +75,32 @@ def _shift_left_low(value, amount, width: int):
 
 
 def _shift_right_low(value, amount, width: int):
-    """The low ``width`` bits of ``value >> amount`` (arithmetic, ``amount``
-    unsigned): the large steps first, so each step keeps only the bits the
+    """``(low, sticky)``: the low ``width`` bits of ``value >> amount``
+    (arithmetic, ``amount`` unsigned) and the OR of the bits shifted out below
+    them. The large steps go first, so each step keeps only the bits the
     remaining steps can still bring into the output."""
     sign = value[-1]
     bits = [value[i] for i in range(len(value))]
+    sticky = Const(0)
 
     def bit(j):
         return bits[j] if j < len(bits) else sign
 
     for k in reversed(range(len(amount))):
         step = 1 << k
+        sticky = sticky | (amount[k] & Cat(*(bit(j) for j in range(step))).any())
         keep = min(width + step - 1, len(bits))
         bits = [Mux(amount[k], bit(j + step), bit(j)) for j in range(keep)]
-    return Cat(*(bit(j) for j in range(width)))
+    return Cat(*(bit(j) for j in range(width))), sticky
+
+
+def _select(bits: list, index):
+    """``bits[index]`` for a run-time unsigned ``index`` (the last bit for indices
+    past the end): a mux tree, pairs of neighbours first."""
+    bits = [bits[min(j, len(bits) - 1)] for j in range(1 << len(index))]
+    for k in range(len(index)):
+        bits = [Mux(index[k], bits[j + 1], bits[j]) for j in range(0, len(bits), 2)]
+    return bits[0]
 
 
 def saturate(m: Module, value, width: int, name: str):
@@ -105,19 +121,24 @@ def shift_left_saturate(m: Module, value, amount, width: int, name: str):
     unsigned, any width). The shifted value fits exactly when ``value`` fits in
     ``width - amount`` bits (its bits from ``width - 1 - amount`` up copy the sign)
     and, for amounts of ``width`` or more, is 0; then it is the shift's low
-    ``width`` bits, else the bound of ``value``'s sign."""
+    ``width`` bits, else the bound of ``value``'s sign. The range check picks one
+    bit of an OR chain over ``value`` (no comparison, no wide shift). Amounts of
+    ``width - 1`` or more leave only 0 or the lower bound when the value fits, so
+    the shifter has no steps that large."""
     out = Signal(signed(width), name=name)
     fits = Signal(name=f"{name}_fits")
-    m.d.comb += fits.eq(
-        _copies_sign(value, [_at_least(amount, width - 1 - i) for i in range(len(value))])
-        & ~(value[-1] & _at_least(amount, width)))
-    low = _shift_left_low(value, amount, width)
-    m.d.comb += out.eq(Mux(fits, low, Mux(value[-1], -(1 << (width - 1)), (1 << (width - 1)) - 1)))
+    d = _differs_from(value)
+    m.d.comb += fits.eq(~_select([d[min(width - 1 - k, len(d) - 1)] for k in range(width)],
+                                 amount)
+                        & ~(value[-1] & _at_least(amount, width)))
+    steps = (width - 2).bit_length()           # the steps 2**k below width - 1
+    large = amount[steps:].any() if len(amount) > steps else Const(0)
+    low = _shift_left_low(value, amount[:steps], width)
+    lo, hi = -(1 << (width - 1)), (1 << (width - 1)) - 1
+    m.d.comb += out.eq(Mux(fits & ~large, low, Mux(value[-1], lo, Mux(fits, 0, hi))))
     return out
 
 
-#: numerics.requantize caps left shifts here (larger ones saturate any nonzero value).
-_LEFT_CAP = 15
 #: Bits the rescaled value keeps: every value outside int9 saturates any 8-bit output.
 RESCALED_WIDTH = ACT_WIDTH
 
@@ -130,31 +151,35 @@ def shift_round_half_even(m: Module, value, shift, name: str):
     8-bit range exactly as the exact result does. The sum is left to the caller so
     a register can sit between.
 
-    With ``n = max(shift, -15)`` (larger left shifts saturate any nonzero value at
-    8 bits anyway), one window of ``RESCALED_WIDTH + 1`` bits of ``value * 2**-(n -
-    1)`` holds the guard bit (right shifts) and the kept bits. The result fits when
-    ``value``'s bits from ``RESCALED_WIDTH - 1 + n`` up copy its sign; the sticky bit
-    is the OR of the bits under ``n - 1``. Both masks are decoded from
-    ``offset = n + 15``, the window's position in ``value`` over 16 zero bits."""
+    One window of ``RESCALED_WIDTH + 1`` bits of ``value * 2**-(shift - 1)`` holds
+    the guard bit (right shifts) and the kept bits; the sticky bit is the OR of the
+    bits the window's shifter drops below it. The result fits when ``value``'s bits
+    from ``RESCALED_WIDTH - 1 + shift`` up copy its sign (for left shifts of
+    ``RESCALED_WIDTH`` or more only 0 fits, so numerics' cap of left shifts at 15
+    changes nothing). Both are indexed by ``offset = shift + 32``, the window's
+    position in ``value`` over 33 zero bits: the signed shift read as offset
+    binary, no adder."""
     width, kept = len(value), RESCALED_WIDTH
-    offset = Signal(6, name=f"{name}_offset")
+    half = 1 << (len(shift) - 1)
+    offset = Signal(len(shift), name=f"{name}_offset")
     window = Signal(kept + 1, name=f"{name}_window")
     fits = Signal(name=f"{name}_fits")
     sticky = Signal(name=f"{name}_sticky")
     shifted = Signal(signed(kept), name=name)
     round_up = Signal(name=f"{name}_round_up")
     bound = 1 << (kept - 1)
+    first = half + 1 - kept         # bits from offset - first up must copy the sign
+    d = _differs_from(value)
+    low, below = _shift_right_low(Cat(Const(0, half + 1), value).as_signed(), offset, kept + 1)
     m.d.comb += [
-        offset.eq(Mux(_at_least(shift, -_LEFT_CAP), shift + _LEFT_CAP, 0)),
-        window.eq(_shift_right_low(Cat(Const(0, _LEFT_CAP + 1), value).as_signed(), offset,
-                                   kept + 1)),
-        fits.eq(_copies_sign(value, [~_at_least(offset, i + _LEFT_CAP + 2 - kept)
-                                     for i in range(width)])
-                & ~(value[-1] & ~_at_least(offset, _LEFT_CAP + 1 - kept))),
-        sticky.eq(Cat(*(value[i] & _at_least(offset, i + _LEFT_CAP + 2)
-                        for i in range(width))).any()),
+        offset.eq(shift.as_unsigned() ^ half),
+        window.eq(low),
+        sticky.eq(below),
+        fits.eq(~_select([d[min(max(o - first, 0), width - 1)] for o in range(width + first)],
+                         offset)
+                & ~(value[-1] & ~_at_least(offset, first))),
         shifted.eq(Mux(fits, window[1:], Mux(value[-1], -bound, bound - 1))),
-        round_up.eq(_at_least(offset, _LEFT_CAP + 1) & window[0] & (sticky | window[1])),
+        round_up.eq(_at_least(offset, half + 1) & window[0] & (sticky | window[1])),
     ]
     return shifted, round_up
 
@@ -245,6 +270,7 @@ class Requantizer(wiring.Component):
                          s0.shift[i].eq(ln.shift)]
 
         # Cycle 2: add with saturation, take the max, or take the looked-up byte.
+        # One adder does both: x + y, or y - x for the max (negative iff x > y).
         # The max and lookup results are bytes (only their low byte leaves the
         # unit), so only the sum's low byte is multiplexed.
         s1 = Signal(data.StructLayout({
@@ -255,10 +281,10 @@ class Requantizer(wiring.Component):
         for i in range(self._lanes):
             x, y = s0.x[i], s0.y[i]
             total = Signal(signed(W + 2), name=f"total{i}")
-            m.d.comb += total.eq(x + y)
+            m.d.comb += total.eq(y + Mux(s0.op_max, ~x, x) + s0.op_max)
             added = saturate(m, total, W, f"sum{i}")
             low = Mux(s0.op_lookup, self.lookup[i],
-                      Mux(s0.op_max, Mux(x > y, x[:8], y[:8]), added[:8]))
+                      Mux(s0.op_max, Mux(total[-1], x[:8], y[:8]), added[:8]))
             m.d.sync += [s1.sum[i].eq(Cat(low, added[8:])), s1.shift[i].eq(s0.shift[i])]
 
         # Cycle 3: shift, and decide the rounding (half to even).
