@@ -5,13 +5,18 @@ Per lane (the formulas of :mod:`fxpgen.numerics`, no multiplier anywhere):
 - Cycle 1: align both operands by left shift, saturated to acc_width + 1 bits.
 - Cycle 2: either ``s = sat(x + y)`` to acc_width (requantize / residual add /
   element-wise add: :func:`fxpgen.numerics.aligned_add`) or ``s = max(x, y)`` (max
-  pooling).
+  pooling), one adder for both (``y - x`` is negative iff ``x > y``).
 - Cycles 3-4: ``requantize(s, shift)``: round-half-even arithmetic right shift for
-  ``shift > 0``, left shift for ``shift <= 0`` (cycle 3: the shift and the rounding
-  decision; cycle 4: the rounding increment); saturate to int8 [-127, 127] or
-  uint8 [0, 255], and to >= 0 with ReLU. Max bypasses these stages (format kept).
+  ``shift > 0``, left shift for ``shift <= 0`` (cycle 3: the shift, clamped to 9
+  bits, and the rounding decision; cycle 4: the rounding increment); saturate to
+  int8 [-127, 127] or uint8 [0, 255], and to >= 0 with ReLU. Max bypasses these
+  stages (format kept).
 - Table lookups (LUT) arrive one cycle after their operands, from the lookup-table
   memories, and replace the max in cycle 2: the byte then rides the max path out.
+
+Range checks pick one bit of an OR chain (no comparator, no wide shift), and each
+shifter computes only the bits it delivers: acc_width + 1 for the alignment, 10 for
+the requantization.
 
 The result bytes appear ``LATENCY`` cycles after the operands.
 """
@@ -144,7 +149,7 @@ def shift_left_saturate(m: Module, value, amount, width: int, name: str):
 
 
 #: Bits the rescaled value keeps: every value outside int9 saturates any 8-bit output.
-RESCALED_WIDTH = ACT_WIDTH
+RESCALED_WIDTH = 9
 
 
 def shift_round_half_even(m: Module, value, shift, name: str):
