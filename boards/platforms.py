@@ -29,6 +29,7 @@ class Board:
     notes: str = ""
     leds: int = 4
     stages: Stages = FAST              # the core's pipeline registers
+    banked: bool = True                # banked scratchpad and accumulators (fxpgen.hw.buffers)
 
     def platform(self):
         import importlib
@@ -73,8 +74,9 @@ BOARDS = {b.name: b for b in [
                      table_depth=16, counter_width=20, lut_tables=0, lane_multipliers=False),
           buffers=(256, 256), leds=2,
           # No pipeline registers either: at 18 MHz the core does not need them, and
-          # their flip-flops would not fit.
-          stages=COMPACT,
+          # their flip-flops would not fit. Nor the banks' crossbar: block RAMs are not
+          # what the UP5K lacks (18 of 30 with a copy per read port).
+          stages=COMPACT, banked=False,
           notes="iCE40UP5K: 5280 logic cells, 8 DSPs, 30 block RAMs"),
     # 50 MHz: with the pipeline registers (fxpgen.hw.stages.FAST) the 8x8 build
     # reached 61.8 MHz at a 60 MHz target (30.5 MHz before, hence the old 30 MHz).

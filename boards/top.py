@@ -59,11 +59,15 @@ class BoardTop(wiring.Component):
         Bytes of the bridge's stream buffers (powers of two).
     stages : Stages
         The core's pipeline registers (:mod:`fxpgen.hw.stages`).
+    banked : bool
+        Whether the core's scratchpad and accumulators are banked (:mod:`fxpgen.hw.buffers`).
     """
 
     def __init__(self, cfg: CoreConfig, divisor: int, *, baked: dict | None = None,
-                 insn_buffer: int = 1024, data_buffer: int = 2048, stages: Stages = FAST):
+                 insn_buffer: int = 1024, data_buffer: int = 2048, stages: Stages = FAST,
+                 banked: bool = True):
         self._cfg, self._divisor, self._baked, self._stages = cfg, divisor, baked, stages
+        self._banked = banked
         self._buffers = (insn_buffer, data_buffer)
         super().__init__({"uart_rx": In(1, init=1), "uart_tx": Out(1, init=1), "leds": Out(4)})
 
@@ -80,7 +84,7 @@ class BoardTop(wiring.Component):
         m.submodules.uart_tx = utx = UartTx(self._divisor)
         m.submodules.bridge = br = UartBridge(cfg, timeout_cycles=timeout, insn_buffer=self._buffers[0],
                                               data_buffer=self._buffers[1], rom_insns=rom_insns)
-        core = Core(cfg, self._stages)
+        core = Core(cfg, self._stages, self._banked)
         m.submodules.core = ResetInserter(br.core_reset)(core)
         m.d.comb += [urx.rx.eq(self.uart_rx), self.uart_tx.eq(utx.tx)]
         wiring.connect(m, urx.data, br.rx)
@@ -121,7 +125,7 @@ class BoardDesign(Elaboratable):
         self.board, self.cfg, self.clock_hz, self.baud = board, cfg, clock_hz, baud
         self.divisor = uart_divisor(clock_hz, baud)
         self.top = BoardTop(cfg, self.divisor, baked=baked, insn_buffer=insn_buffer,
-                            data_buffer=data_buffer, stages=board.stages)
+                            data_buffer=data_buffer, stages=board.stages, banked=board.banked)
 
     def elaborate(self, platform):
         m = Module()

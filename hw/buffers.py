@@ -2,7 +2,8 @@
 shift table and lookup tables, with their read ports and the write-port arbitration.
 
 Reads are synchronous: the data is valid in the cycle after the address (the
-scratchpad's and the accumulators' only then; the others' until the port reads again). The scratchpad's single write port is shared by the vector unit (priority)
+scratchpad's and the accumulators' only then; the others' until the port reads
+again). The scratchpad's single write port is shared by the vector unit (priority)
 and the loader; the accumulator's by the matmul writeback (priority; the array never
 stalls) and the loader. The matmul's accumulator read port is transparent for the
 write port, so a row accumulated on consecutive cycles reads its newest value.
@@ -12,7 +13,11 @@ regions each), each bank a memory with one read and one write port, the ports a
 block RAM has. Every unit's read port reaches every bank: a read goes to the bank
 of its address. The controller never lets two units hold one bank's read port
 (:mod:`fxpgen.hw.hazards`), and the vector unit reads its two scratchpad operands
-from one bank on alternate cycles, so a bank serves at most one read a cycle.
+from one bank on alternate cycles, so a bank serves at most one read a cycle. Built
+with ``banked=False`` (for a device short of logic cells rather than block RAM), each of
+the two is one memory with a read port per unit instead, which the synthesis tools
+copy per read port: no crossbar; the same results and the same cycles, the
+controller's read-port rule being kept.
 
 The lookup tables are one ``lut_depth`` x 8-bit memory per scratchpad lane, all
 written together by LOAD: every lane looks up its own byte in the same cycle, and a
@@ -66,8 +71,9 @@ def write_sig(depth, shape, granularity=None):
 class Buffers(wiring.Component):
     """All memories of the core; every port named for the unit that uses it."""
 
-    def __init__(self, cfg: CoreConfig):
+    def __init__(self, cfg: CoreConfig, banked: bool = True):
         self._cfg = cfg
+        self._banked = banked
         sp, wb, ac, tb = spad_row(cfg), wbuf_row(cfg), acc_row(cfg), table_row(cfg)
         super().__init__({
             "spad_rd_matmul": Out(read_sig(cfg.spad_depth, sp)),
@@ -104,7 +110,8 @@ class Buffers(wiring.Component):
         spad_wr = write_sig(cfg.spad_depth, spad_row(cfg), 1).create(path=("spad_wr",))
         self._arbitrate(m, spad_wr, self.spad_wr_alu, self.spad_wr_load)
         m.d.comb += self.spad_load_free.eq(self.spad_wr_alu.en == 0)
-        self._banked(m, "spad", spad_row(cfg), cfg.spad_depth, PORT_REGIONS[Mem.SPAD], spad_wr,
+        per_bank = PORT_REGIONS[Mem.SPAD] if self._banked else REGIONS
+        self._memory(m, "spad", spad_row(cfg), cfg.spad_depth, per_bank, spad_wr,
                      [getattr(self, f"spad_rd_{name}") for name in ("matmul", "alu_x", "alu_y", "store")],
                      granularity=1)
 
@@ -114,7 +121,8 @@ class Buffers(wiring.Component):
         acc_wr = write_sig(cfg.acc_depth, acc_row(cfg)).create(path=("acc_wr",))
         self._arbitrate(m, acc_wr, self.acc_wr_matmul, self.acc_wr_load)
         m.d.comb += self.acc_load_free.eq(~self.acc_wr_matmul.en)
-        self._banked(m, "acc", acc_row(cfg), cfg.acc_depth, PORT_REGIONS[Mem.ACC], acc_wr,
+        per_bank = PORT_REGIONS[Mem.ACC] if self._banked else REGIONS
+        self._memory(m, "acc", acc_row(cfg), cfg.acc_depth, per_bank, acc_wr,
                      [self.acc_rd_matmul, self.acc_rd_alu, self.acc_rd_store], transparent=True)
 
         wiring.connect(m, wiring.flipped(self.table_wr), table.write_port())
@@ -134,12 +142,21 @@ class Buffers(wiring.Component):
             wiring.connect(m, wiring.flipped(self.lut_rd[i]), lut.read_port())
 
     @staticmethod
-    def _banked(m: Module, name: str, shape, depth: int, per_bank: int, wr, readers: list,
+    def _memory(m: Module, name: str, shape, depth: int, per_bank: int, wr, readers: list,
                 granularity=None, transparent: bool = False) -> None:
         """A ``depth``-row memory as banks of ``per_bank`` regions, each with one
         read port (transparent for its write port with ``transparent``) and one write
-        port; the write ``wr`` and every reader go to the bank of their address."""
+        port; the write ``wr`` and every reader go to the bank of their address. One
+        bank (``per_bank`` all regions): one memory, a read port per reader."""
         banks = REGIONS // per_bank
+        if banks == 1:
+            mem = Memory(shape=shape, depth=depth, init=[])
+            m.submodules[name] = mem
+            wp = mem.write_port(granularity=granularity)
+            m.d.comb += [wp.addr.eq(wr.addr), wp.data.eq(wr.data), wp.en.eq(wr.en)]
+            for r in readers:
+                wiring.connect(m, wiring.flipped(r), mem.read_port(transparent_for=(wp,) if transparent else ()))
+            return
         bank_depth = depth // banks
         low = (bank_depth - 1).bit_length()           # row within the bank
 

@@ -40,13 +40,15 @@ __all__ = ["Core"]
 class Core(wiring.Component):
     """One fxpgen accelerator core for a :class:`~fxpgen.config.CoreConfig`, with the
     pipeline registers ``stages`` (:mod:`fxpgen.hw.stages`; the same results with
-    any, only the latencies differ)."""
+    any, only the latencies differ), its scratchpad and accumulators ``banked`` or
+    not (:mod:`fxpgen.hw.buffers`; the same results and cycles)."""
 
-    def __init__(self, cfg: CoreConfig, stages: Stages = FAST):
+    def __init__(self, cfg: CoreConfig, stages: Stages = FAST, banked: bool = True):
         if not isinstance(cfg, CoreConfig):
             raise TypeError(f"Core needs a CoreConfig, not {type(cfg).__name__}")
         self._cfg = cfg
         self._stages = stages
+        self._banked = banked
         members = {
             "insn": In(stream.Signature(unsigned(INSN_BITS))),
             "data": In(stream.Signature(unsigned(cfg.bus_width))),
@@ -71,7 +73,7 @@ class Core(wiring.Component):
         m = Module()
         cfg = self._cfg
         m.submodules.controller = ctl = Controller(cfg)
-        m.submodules.buffers = buf = Buffers(cfg)
+        m.submodules.buffers = buf = Buffers(cfg, self._banked)
         m.submodules.array = arr = SystolicArray(cfg.rows, cfg.cols, cfg.psum_width)
         m.submodules.load = load = LoadUnit(cfg)
         m.submodules.store = store = StoreUnit(cfg)

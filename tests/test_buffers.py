@@ -32,8 +32,9 @@ WRITES = {"spad": ["spad_wr_alu", "spad_wr_load"], "wbuf": ["wbuf_wr"],
           "acc": ["acc_wr_matmul", "acc_wr_load"], "table": ["table_wr"]}
 
 
+@pytest.mark.parametrize("banked", [True, False], ids=["banked", "copies"])
 @pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
-def test_buffers_match_model(cfg, seed):
+def test_buffers_match_model(cfg, banked, seed):
     """Every read returns, one cycle after its address, the row as it was before the
     cycle's write, except the accumulator ports, which see that write; a port of the
     weight buffer or the table without ``en`` holds its data. The scratchpad writes the vector unit's
@@ -41,7 +42,7 @@ def test_buffers_match_model(cfg, seed):
     ``spad_load_free`` says so; the accumulators likewise give the matmul write-back
     priority over the loader (``acc_load_free``). Memories start all zero."""
     rng = random.Random(seed)
-    dut = Buffers(cfg)
+    dut = Buffers(cfg, banked)
     depth = {"spad": cfg.spad_depth, "wbuf": cfg.wbuf_depth, "acc": cfg.acc_depth,
              "table": cfg.table_depth}
     rows = {mem: [0] * d for mem, d in depth.items()}
