@@ -57,18 +57,27 @@ def _at_least(value, bound: int):
     return out
 
 
-def _differs_from(value):
+def _wire(m: Module, bits: list, name: str):
+    """``bits`` (1-bit values) driven onto one new signal: later stages then refer to
+    its bits, not to copies of the expressions (which would grow with every stage
+    in the generated Verilog)."""
+    wire = Signal(len(bits), name=name)
+    m.d.comb += wire.eq(Cat(*bits))
+    return [wire[j] for j in range(len(bits))]
+
+
+def _differs_from(m: Module, value, name: str):
     """``d[j]``: whether a bit of signed ``value`` at position ``j`` or above
     differs from the sign bit, for ``j`` in ``0..len(value) - 1`` (so ``d[-1]`` is
     0): an OR chain from the top. ``value`` fits in ``j + 1`` bits iff not ``d[j]``."""
     sign = value[-1]
-    d = [Const(0)]
-    for i in reversed(range(len(value) - 1)):
-        d.insert(0, d[0] | (value[i] ^ sign))
-    return d
+    d = Signal(len(value), name=name)
+    for i in range(len(value) - 1):
+        m.d.comb += d[i].eq(d[i + 1] | (value[i] ^ sign))
+    return [d[j] for j in range(len(value))]
 
 
-def _shift_left_low(value, amount, width: int):
+def _shift_left_low(m: Module, value, amount, width: int, name: str):
     """The low ``width`` bits of ``value << amount`` (``value`` sign-extended,
     ``amount`` unsigned): a barrel shifter only as wide as its output. A value
     narrower than half the output takes the small steps first (its copies of the
@@ -78,12 +87,12 @@ def _shift_left_low(value, amount, width: int):
     order = range(len(amount))
     for k in (order if 2 * len(value) <= width else reversed(order)):
         step = 1 << k
-        bits = [Mux(amount[k], bits[j - step] if j >= step else 0, bits[j])
-                for j in range(width)]
+        bits = _wire(m, [Mux(amount[k], bits[j - step] if j >= step else 0, bits[j])
+                         for j in range(width)], f"{name}_step{k}")
     return Cat(*bits)
 
 
-def _shift_right_low(value, amount, width: int):
+def _shift_right_low(m: Module, value, amount, width: int, name: str):
     """``(low, sticky)``: the low ``width`` bits of ``value >> amount``
     (arithmetic, ``amount`` unsigned) and the OR of the bits shifted out below
     them. The large steps go first, so each step keeps only the bits the
@@ -99,16 +108,18 @@ def _shift_right_low(value, amount, width: int):
         step = 1 << k
         sticky = sticky | (amount[k] & Cat(*(bit(j) for j in range(step))).any())
         keep = min(width + step - 1, len(bits))
-        bits = [Mux(amount[k], bit(j + step), bit(j)) for j in range(keep)]
+        bits = _wire(m, [Mux(amount[k], bit(j + step), bit(j)) for j in range(keep)],
+                     f"{name}_step{k}")
     return Cat(*(bit(j) for j in range(width))), sticky
 
 
-def _select(bits: list, index):
+def _select(m: Module, bits: list, index, name: str):
     """``bits[index]`` for a run-time unsigned ``index`` (the last bit for indices
     past the end): a mux tree, pairs of neighbours first."""
     bits = [bits[min(j, len(bits) - 1)] for j in range(1 << len(index))]
     for k in range(len(index)):
-        bits = [Mux(index[k], bits[j + 1], bits[j]) for j in range(0, len(bits), 2)]
+        bits = _wire(m, [Mux(index[k], bits[j + 1], bits[j]) for j in range(0, len(bits), 2)],
+                     f"{name}_level{k}")
     return bits[0]
 
 
@@ -136,13 +147,13 @@ def shift_left_saturate(m: Module, value, amount, width: int, name: str):
     the shifter has no steps that large."""
     out = Signal(signed(width), name=name)
     fits = Signal(name=f"{name}_fits")
-    d = _differs_from(value)
-    m.d.comb += fits.eq(~_select([d[min(width - 1 - k, len(d) - 1)] for k in range(width)],
-                                 amount)
+    d = _differs_from(m, value, f"{name}_differs")
+    m.d.comb += fits.eq(~_select(m, [d[min(width - 1 - k, len(d) - 1)] for k in range(width)],
+                                 amount, f"{name}_fits")
                         & ~(value[-1] & _at_least(amount, width)))
     steps = (width - 2).bit_length()           # the steps 2**k below width - 1
     large = amount[steps:].any() if len(amount) > steps else Const(0)
-    low = _shift_left_low(value, amount[:steps], width)
+    low = _shift_left_low(m, value, amount[:steps], width, f"{name}_shift")
     lo, hi = -(1 << (width - 1)), (1 << (width - 1)) - 1
     m.d.comb += out.eq(Mux(fits & ~large, low, Mux(value[-1], lo, Mux(fits, 0, hi))))
     return out
@@ -178,14 +189,15 @@ def shift_round_half_even(m: Module, value, shift, name: str):
     round_up = Signal(name=f"{name}_round_up")
     bound = 1 << (kept - 1)
     first = half + 1 - kept         # bits from offset - first up must copy the sign
-    d = _differs_from(value)
-    low, below = _shift_right_low(Cat(Const(0, half + 1), value).as_signed(), offset, kept + 1)
+    d = _differs_from(m, value, f"{name}_differs")
+    low, below = _shift_right_low(m, Cat(Const(0, half + 1), value).as_signed(), offset,
+                                  kept + 1, f"{name}_shift")
     m.d.comb += [
         offset.eq(shift.as_unsigned() ^ half),
         window.eq(low),
         sticky.eq(below),
-        fits.eq(~_select([d[min(max(o - first, 0), width - 1)] for o in range(width + first)],
-                         offset)
+        fits.eq(~_select(m, [d[min(max(o - first, 0), width - 1)]
+                             for o in range(width + first)], offset, f"{name}_fits")
                 & ~(value[-1] & ~_at_least(offset, first))),
         shifted.eq(Mux(fits, window[1:], Mux(value[-1], -bound, bound - 1))),
         round_up.eq(_at_least(offset, half + 1) & window[0] & (sticky | window[1])),
