@@ -36,7 +36,8 @@ def test_chunk_apart_from_band_cuts_cycles(monkeypatch, seed):
     low = lower(qg, TINY)
     assert [b.name for b in low.host_buffers] == [qg.ops[0].output]
     with monkeypatch.context() as m:
-        m.setattr(SpadAllocator, "alloc_apart", lambda self, rows, what, avoid: self.alloc(rows, what, top=True))
+        m.setattr(SpadAllocator, "alloc_apart",
+                  lambda self, rows, what, avoid, top=True, fallback=None: self.alloc(rows, what, top=top))
         beside = lower(qg, TINY)
     apart_cycles, beside_cycles = model_layer_cycles(low)[-1], model_layer_cycles(beside)[-1]
     assert apart_cycles <= APART_CYCLES < beside_cycles
