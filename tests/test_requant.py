@@ -46,19 +46,7 @@ def test_requantizer_matches_numerics(acc_width, seed):
                                                    bool(c["relu"]))) & 0xFF)
         return out
 
-    got = []
-
-    async def bench(ctx):
-        for t in range(len(cases) + dut.LATENCY):
-            if t < len(cases):
-                ctx.set(dut.operands, cases[t])
-            else:
-                ctx.set(dut.operands.valid, 0)
-            await ctx.tick()
-            if ctx.get(dut.result.valid):
-                got.append([ctx.get(dut.result.data[i]) for i in range(lanes)])
-
-    simulate(dut, bench)
+    got = _run(dut, cases)
     assert len(got) == len(cases)
     for k, (g, c) in enumerate(zip(got, cases)):
         assert g == expect(c), (k, c)
