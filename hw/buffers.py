@@ -161,7 +161,7 @@ class Buffers(wiring.Component):
         low = (bank_depth - 1).bit_length()           # row within the bank
 
         def bank_of(addr):
-            return addr[low:low + (banks - 1).bit_length()] if banks > 1 else C(0)
+            return addr[low:low + (banks - 1).bit_length()]
 
         def row_of(addr):
             return addr[:low] if low else C(0, 1)
@@ -175,7 +175,7 @@ class Buffers(wiring.Component):
             rp = mem.read_port(transparent_for=(wp,) if transparent else ())
             m.d.comb += rp.en.eq(0)
             # Hazards keep the requests one-hot: the first is taken.
-            for i, r in reversed(list(enumerate(readers))):
+            for r in reversed(readers):
                 with m.If(r.en & (bank_of(r.addr) == b)):
                     m.d.comb += [rp.addr.eq(row_of(r.addr)), rp.en.eq(1)]
             outs.append(rp.data.as_value())
