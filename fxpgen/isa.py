@@ -45,7 +45,8 @@ from .config import REGIONS, CoreConfig
 
 __all__ = [
     "Opcode", "Mem", "UNREGIONED", "PARAM_ENUMS", "ErrorCode", "AddrGen", "Params", "Insn", "INSN_BITS", "INSN_BYTES",
-    "COUNT_MAX", "ADDR_BITS", "Addr", "Instruction", "Footprint", "footprint", "PORT_REGIONS", "read_port", "OPCODE_INFO",
+    "COUNT_MAX", "ADDR_BITS", "Addr", "Instruction", "Footprint", "footprint", "PORT_REGIONS", "read_port",
+    "OPCODE_INFO",
     "FieldRule", "FIELD_RULES", "field_rules", "bad_fields",
     "region_of", "regions_spanned", "layout_fields", "opcode_of", "PARAMS_VIEW",
     "pack_row", "unpack_row", "pack_rows", "unpack_rows", "CoreState",

@@ -4,9 +4,9 @@
   residual/second operand from the scratchpad) and the shift-table entry. Two
   scratchpad operands in one bank (:data:`fxpgen.isa.PORT_REGIONS`; by the region
   masks) share its read port: x is read (and then held) a cycle before the
-  iteration issues with y, so such an instruction issues every other cycle, and holds the scratchpad's write
-  port from a cycle before its first write to its last (``spad_hold``), so the
-  loader does not write between its writes.
+  iteration issues with y, so such an instruction issues every other cycle, and
+  holds the scratchpad's write port from a cycle before its first write to its last
+  (``spad_hold``), so the loader does not write between its writes.
 - Cycle 1: the memories' read data enters ``stages.vector_read`` registers
   (:mod:`fxpgen.hw.stages`): a block RAM's clock-to-out without its output
   register is most of a cycle at 100 MHz.

@@ -50,7 +50,9 @@ def test_check_command_json():
 @pytest.mark.rtl
 def test_check_8x8_utilization_goal():
     """The issue's acceptance figure: 512x64x64 on an 8x8 array, utilization >= 0.97
-    by the RTL's own cycle counter (33,666 cycles for the ideal 32,768; 33,462 before the memory banks, whose read ports a REQUANT and the MATMULs beside it share at the last chunk's start)."""
+    by the RTL's own cycle counter (33,666 cycles for the ideal 32,768; 33,462 before
+    the memory banks, whose read ports a REQUANT and the MATMULs beside it share at the
+    last chunk's start)."""
     res = CliRunner().invoke(main, ["check", "--rows", "8", "--cols", "8", "--gemm", "512x64x64", "--json"])
     assert res.exit_code == 0, res.output
     report = json.loads(res.output)
