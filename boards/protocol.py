@@ -125,7 +125,8 @@ class FrameDecoder:
     they do not (a payload byte that happens to equal SYNC is not a frame). A frame
     still arriving is given up as soon as a complete, checking frame starts inside
     its claimed extent, so one flipped length bit never holds back the replies
-    behind it."""
+    behind it. A checking frame whose last byte equals SYNC may have borrowed it
+    from the next frame after losing a byte, so that byte is tried as a start too."""
 
     def __init__(self):
         self._buf = bytearray()
@@ -143,7 +144,12 @@ class FrameDecoder:
             frame, end = self._parse(0)
             if frame is not None and frame.crc_ok:
                 frames.append(frame)
-                self._drop(end)
+                # A frame that lost a byte borrows the next frame's SYNC as its last
+                # CRC byte, and checks one time in 256: so a final SYNC byte may start
+                # the next frame too (quietly: mostly it does not).
+                borrowed = self._buf[end - 1] == SYNC
+                self._drop(end - borrowed)
+                self._quiet = max(self._quiet, int(borrowed))
                 continue
             if end is None:
                 later = self._checking_frame_after(0)

@@ -83,6 +83,7 @@ def test_decoder_delivers_every_intact_frame_around_faults(seed):
     fault did not touch comes out, in order and checking, and no damaged frame is
     taken for a good one (every frame that checks is one that was sent)."""
     rng = random.Random(seed)
+    forged = 0
     for trial in range(200):
         frames = [(rng.choice(list(FrameType)), rng.randrange(256),
                    bytes(rng.randrange(256) for _ in range(rng.choice([0, 1, 5, 26, 300]))))
@@ -95,10 +96,25 @@ def test_decoder_delivers_every_intact_frame_around_faults(seed):
             got += dec.feed(wire[k:k + n])
             k += n
         good = [(g.type, g.seq, g.payload) for g in got if g.crc_ok]
+        if any(g not in frames for g in good):
+            # A byte lost or added leaves a frame that checks by chance one time in
+            # 65,536 (the CRC's strength), and that frame may claim the next ones.
+            forged += 1
+            continue
         # A fault may, rarely, leave a frame that still checks (a byte inserted
         # before the last one and equal to it): then it is the frame as sent.
-        delivered = [i for i, f in enumerate(frames) if i in intact or f in good]
-        assert good == [frames[i] for i in delivered], f"trial {trial}"
+        assert _in_order_with_every_intact(good, frames, intact), f"trial {trial}"
+    assert forged <= 1, f"{forged} damaged frames checked in 200 trials (about 300 faults)"
+
+
+def _in_order_with_every_intact(good: list, frames: list, intact: list[int]) -> bool:
+    """Whether ``good`` is ``frames`` in order with some damaged ones left out
+    (frames may repeat, so this tries every way of matching them)."""
+    reach = {0}                                 # frames of `good` explained so far
+    for i, f in enumerate(frames):
+        reach = ({j + 1 for j in reach if j < len(good) and good[j] == f}
+                 | (set() if i in intact else reach))
+    return len(good) in reach
 
 
 def test_decoder_does_not_wait_out_a_damaged_length():
