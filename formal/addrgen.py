@@ -100,6 +100,9 @@ class AddrGenHarness(wiring.Component):
         m.d.comb += [
             Assert(~dut.valid | ((i0 <= sig["end0"]) & (i1 <= sig["end1"])),
                    "loop counters within their counts"),
+            Assert(~dut.valid | ((sig["last0"] == (i0 == sig["end0"]))
+                                 & (sig["last1"] == (i1 == sig["end1"]))),
+                   "the end flags are the counters' comparisons"),
             Assert(~dut.valid | (row <= (i1 + 1) * top), "row start bounded"),
             Assert(~dut.valid | (exact <= row + i0 * top), "address bounded"),
         ]

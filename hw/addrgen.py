@@ -87,11 +87,12 @@ class AddressLoops(wiring.Component):
         stride0 = [Signal(L + 1, name=f"stride0_{k}") for k in range(n)]
         stride1 = [Signal(L + 1, name=f"stride1_{k}") for k in range(n)]
         row = [Signal(L + 1, name=f"row_{k}") for k in range(n)]
+        # Whether i0 and i1 are at their ends, kept in registers (set a cycle ahead,
+        # from the counts and the next indices), so ``last`` is one AND of flip-flops
+        # and the units' ready signals that follow it carry no comparator.
         last0 = Signal()
-        m.d.comb += [
-            last0.eq(i0 == end0),
-            self.last.eq(self.valid & last0 & (i1 == end1)),
-        ]
+        last1 = Signal()
+        m.d.comb += self.last.eq(self.valid & last0 & last1)
 
         def narrow(value):
             return Cat(value[:L], value[L:].any())
@@ -105,6 +106,7 @@ class AddressLoops(wiring.Component):
                 self.valid.eq((self.count0 != 0) & (self.count1 != 0)),
                 i0.eq(0), i1.eq(0),
                 end0.eq(self.count0 - 1), end1.eq(self.count1 - 1),
+                last0.eq(self.count0 == 1), last1.eq(self.count1 == 1),
             ]
             for k in range(n):
                 g = self.gens[k]
@@ -114,12 +116,12 @@ class AddressLoops(wiring.Component):
             with m.If(self.last):
                 m.d.sync += self.valid.eq(0)
             with m.Elif(last0):
-                m.d.sync += [i0.eq(0), i1.eq(i1 + 1)]
+                m.d.sync += [i0.eq(0), i1.eq(i1 + 1), last0.eq(end0 == 0), last1.eq(i1 + 1 == end1)]
                 for k in range(n):
                     nxt = add(row[k], stride1[k])
                     m.d.sync += [row[k].eq(nxt), self.addr[k].eq(nxt)]
             with m.Else():
-                m.d.sync += i0.eq(i0 + 1)
+                m.d.sync += [i0.eq(i0 + 1), last0.eq(i0 + 1 == end0)]
                 for k in range(n):
                     m.d.sync += self.addr[k].eq(add(self.addr[k], stride0[k]))
         return m

@@ -138,13 +138,11 @@ class Controller(wiring.Component):
             m.d.sync += self.state.eq(CoreState.RUNNING)
             m.d.sync += [c.eq(0) for c in counters.values()]
 
-        with m.If(running):
-            m.d.sync += [
-                counters["cycles"].eq(counters["cycles"] + 1),
-                counters["mac_cycles"].eq(counters["mac_cycles"] + self.mac_issue),
-                counters["stall_dispatch"].eq(counters["stall_dispatch"] + (cur_valid & ~dispatch)),
-                counters["stall_data"].eq(counters["stall_data"] + self.stall_data),
-                counters["stall_result"].eq(counters["stall_result"] + self.stall_result),
-                counters["insns"].eq(counters["insns"] + dispatch),
-            ]
+        # Each counter adds one under an enable, so the late conditions (dispatch
+        # above all) drive only the flip-flops' enables, not an adder's carry in.
+        counts = {"cycles": 1, "mac_cycles": self.mac_issue, "stall_dispatch": cur_valid & ~dispatch,
+                  "stall_data": self.stall_data, "stall_result": self.stall_result, "insns": dispatch}
+        for name, when in counts.items():
+            with m.If(running & when):
+                m.d.sync += counters[name].eq(counters[name] + 1)
         return m

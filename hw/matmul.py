@@ -205,13 +205,15 @@ class MatmulUnit(wiring.Component):
         return inflight, bank_inflight
 
     def _report(self, m: Module, insn: _Insn, loops, issue, acc_inflight, bank_inflight, err, pc):
-        """Status to the controller: ready in the cycle the last vector issues; the
-        regions and banks with vectors in flight stay marked."""
+        """Status to the controller: ready in the cycle of the last vector; the
+        regions and banks with vectors in flight stay marked. Ready does not wait
+        for the last vector's address check (a long path): if it fails, the error
+        aborts whatever the controller started in the same cycle."""
         acc_busy = Cat(*(c != 0 for c in acc_inflight))
         # Each accumulator row is read just before its write-back: the read ports of
         # the regions written stay held as long as the regions.
         acc_regions = Mux(loops.valid, insn.z_regions, 0) | acc_busy
-        report(m, self.ctrl, ready=~loops.valid | (issue & loops.last),
+        report(m, self.ctrl, ready=~loops.valid | loops.last,
                busy=loops.valid | (acc_busy != 0),
                reads=(Mux(loops.valid, mem_bits(Mem.SPAD, insn.x_regions) | bank_bit(insn.bank), 0)
                       | Mux(bank_inflight[0] != 0, bank_bit(0), 0)

@@ -5,13 +5,18 @@ Per lane (the formulas of :mod:`fxpgen.numerics`, no multiplier anywhere):
 - Cycle 1: align both operands by left shift, saturated to acc_width + 1 bits.
 - Cycle 2: either ``s = sat(x + y)`` to acc_width (requantize / residual add /
   element-wise add: :func:`fxpgen.numerics.aligned_add`) or ``s = max(x, y)`` (max
-  pooling).
+  pooling), one adder for both (``y - x`` is negative iff ``x > y``).
 - Cycles 3-4: ``requantize(s, shift)``: round-half-even arithmetic right shift for
-  ``shift > 0``, left shift for ``shift <= 0`` (cycle 3: the shift and the rounding
-  decision; cycle 4: the rounding increment); saturate to int8 [-127, 127] or
-  uint8 [0, 255], and to >= 0 with ReLU. Max bypasses these stages (format kept).
+  ``shift > 0``, left shift for ``shift <= 0`` (cycle 3: the shift, clamped to 9
+  bits, and the rounding decision; cycle 4: the rounding increment); saturate to
+  int8 [-127, 127] or uint8 [0, 255], and to >= 0 with ReLU. Max bypasses these
+  stages (format kept).
 - Table lookups (LUT) arrive one cycle after their operands, from the lookup-table
   memories, and replace the max in cycle 2: the byte then rides the max path out.
+
+Range checks pick one bit of an OR chain (no comparator, no wide shift), and each
+shifter computes only the bits it delivers: acc_width + 1 for the alignment, 10 for
+the requantization.
 
 The result bytes appear ``LATENCY`` cycles after the operands.
 """
@@ -35,6 +40,86 @@ def _fits(value, width: int):
     return top.all() | ~top.any()
 
 
+def _at_least(value, bound: int):
+    """``value >= bound`` for a constant ``bound``, as and/or logic of ``value``'s
+    bits (a comparison would become a carry chain on FPGAs)."""
+    bits = [value[i] for i in range(len(value))]
+    if value.shape().signed:    # offset binary: flipping the sign bit keeps the order
+        bits[-1] = ~bits[-1]
+        bound += 1 << (len(bits) - 1)
+    if bound <= 0:
+        return Const(1)
+    if bound >= 1 << len(bits):
+        return Const(0)
+    out = Const(1)
+    for i, bit in enumerate(bits):         # from the least significant bit up
+        out = bit & out if (bound >> i) & 1 else bit | out
+    return out
+
+
+def _differs_from(m: Module, value, name: str):
+    """``d``: bit ``j`` tells whether a bit of signed ``value`` at position ``j`` or
+    above differs from the sign bit (so the top bit is 0): an OR chain from the
+    top. ``value`` fits in ``j + 1`` bits iff not ``d[j]``."""
+    sign = value[-1]
+    d = Signal(len(value), name=name)
+    for i in range(len(value) - 1):
+        m.d.comb += d[i].eq(d[i + 1] | (value[i] ^ sign))
+    return d
+
+
+def _step(m: Module, value, name: str):
+    """``value`` driven onto a new signal, so later stages refer to it by name (the
+    generated Verilog then stays linear in the number of stages)."""
+    wire = Signal(len(value), name=name)
+    m.d.comb += wire.eq(value)
+    return wire
+
+
+def _shift_left_low(m: Module, value, amount, width: int, name: str):
+    """The low ``width`` bits of ``value << amount`` (``value`` sign-extended,
+    ``amount`` unsigned): a barrel shifter only as wide as its output. A value
+    narrower than half the output takes the small steps first (its copies of the
+    sign fold away while it grows), a wider one the large steps first (they clear
+    its low bits first); each order maps to fewer gates in Yosys for its case."""
+    bits = value.as_signed()[:width] if len(value) >= width else \
+        Cat(value, value[-1].replicate(width - len(value)))
+    order = range(len(amount))
+    for k in (order if 2 * len(value) <= width else reversed(order)):
+        bits = _step(m, Mux(amount[k], (bits << (1 << k))[:width], bits), f"{name}_step{k}")
+    return bits
+
+
+def _shift_right_low(m: Module, value, amount, width: int, name: str):
+    """``(low, sticky)``: the low ``width`` bits of ``value >> amount``
+    (arithmetic, ``amount`` unsigned) and the OR of the bits shifted out below
+    them. The large steps go first, so each step keeps only the bits the
+    remaining steps can still bring into the output (the bits above those are
+    never seen, so the sign stands in for them)."""
+    sign = value[-1]
+    bits = value
+    sticky = Const(0)
+    for k in reversed(range(len(amount))):
+        step = 1 << k
+        keep = min(width + step - 1, len(bits))
+        padded = Cat(bits, sign.replicate(max(step + keep - len(bits), 0)))
+        sticky = sticky | (amount[k] & padded[:step].any())
+        bits = _step(m, Mux(amount[k], padded[step:step + keep], padded[:keep]),
+                     f"{name}_step{k}")
+    low = Cat(bits, sign.replicate(max(width - len(bits), 0)))[:width]
+    return low, sticky
+
+
+def _select(m: Module, bits, index, name: str):
+    """``bits[index]`` for a run-time unsigned ``index`` (the last bit for indices
+    past the end): a mux tree, pairs of neighbours first."""
+    n = 1 << len(index)
+    bits = Cat(bits, bits[-1].replicate(max(n - len(bits), 0)))[:n]
+    for k in range(len(index)):
+        bits = _step(m, Mux(index[k], bits[1::2], bits[0::2]), f"{name}_level{k}")
+    return bits[0]
+
+
 def saturate(m: Module, value, width: int, name: str):
     """``clamp(value)`` to a signed ``width``-bit range."""
     out = Signal(signed(width), name=name)
@@ -49,44 +134,70 @@ def saturate(m: Module, value, width: int, name: str):
 
 
 def shift_left_saturate(m: Module, value, amount, width: int, name: str):
-    """``clamp(value << amount)`` to a signed ``width``-bit range. Amounts of
-    ``width - 1`` or more saturate every nonzero value (and leave 0 at 0) exactly as
-    ``width - 1`` does, so the shifter is capped there."""
-    cap = width - 1
-    capped = Signal(range(cap + 1), name=f"{name}_amount")
-    m.d.comb += capped.eq(Mux(amount > cap, cap, amount))
-    wide = Signal(signed(len(value) + cap), name=f"{name}_wide")
-    m.d.comb += wide.eq(value << capped)
-    return saturate(m, wide, width, name)
+    """``clamp(value << amount)`` to a signed ``width``-bit range (``amount``
+    unsigned, any width). The shifted value fits exactly when ``value`` fits in
+    ``width - amount`` bits (its bits from ``width - 1 - amount`` up copy the sign)
+    and, for amounts of ``width`` or more, is 0; then it is the shift's low
+    ``width`` bits, else the bound of ``value``'s sign. The range check picks one
+    bit of an OR chain over ``value`` (no comparison, no wide shift). Amounts of
+    ``width - 1`` or more leave only 0 or the lower bound when the value fits, so
+    the shifter has no steps that large."""
+    out = Signal(signed(width), name=name)
+    fits = Signal(name=f"{name}_fits")
+    d = _differs_from(m, value, f"{name}_differs")
+    m.d.comb += fits.eq(~_select(m, [d[min(width - 1 - k, len(d) - 1)] for k in range(width)],
+                                 amount, f"{name}_fits")
+                        & ~(value[-1] & _at_least(amount, width)))
+    steps = (width - 2).bit_length()           # the steps 2**k below width - 1
+    large = amount[steps:].any() if len(amount) > steps else Const(0)
+    low = _shift_left_low(m, value, amount[:steps], width, f"{name}_shift")
+    lo, hi = -(1 << (width - 1)), (1 << (width - 1)) - 1
+    m.d.comb += out.eq(Mux(fits & ~large, low, Mux(value[-1], lo, Mux(fits, 0, hi))))
+    return out
+
+
+#: Bits the rescaled value keeps: every value outside int9 saturates any 8-bit output.
+RESCALED_WIDTH = 9
 
 
 def shift_round_half_even(m: Module, value, shift, name: str):
     """``value * 2**-shift`` rounded half to even (shift > 0), or ``value << -shift``
-    with the amount capped at 15 (shift <= 0; larger shifts saturate any nonzero
-    value at 8 bits anyway). Returns ``(shifted, round_up)``: the result is
-    ``shifted + round_up``, left to the caller so a register can sit between."""
-    width = len(value)
-    shifted = Signal(signed(width + 16), name=name)
-    right = Signal(5, name=f"{name}_right")
-    left = Signal(4, name=f"{name}_left")
-    m.d.comb += [
-        right.eq(Mux(shift > 0, shift[:5], 0)),
-        left.eq(Mux(shift < -15, 15, Mux(shift < 0, (-shift)[:4], 0))),
-    ]
-    q = Signal(signed(width), name=f"{name}_q")
-    guard = Signal(name=f"{name}_guard")
+    (shift <= 0), as far as an 8-bit output can tell: returns ``(shifted,
+    round_up)``, ``shifted`` the unrounded result clamped to signed
+    :data:`RESCALED_WIDTH` bits; ``shifted + round_up`` then saturates to any
+    8-bit range exactly as the exact result does. The sum is left to the caller so
+    a register can sit between.
+
+    One window of ``RESCALED_WIDTH + 1`` bits of ``value * 2**-(shift - 1)`` holds
+    the guard bit (right shifts) and the kept bits; the sticky bit is the OR of the
+    bits the window's shifter drops below it. The result fits when ``value``'s bits
+    from ``RESCALED_WIDTH - 1 + shift`` up copy its sign (for left shifts of
+    ``RESCALED_WIDTH`` or more only 0 fits, so numerics' cap of left shifts at 15
+    changes nothing). Both are indexed by ``offset = shift + 32``, the window's
+    position in ``value`` over 33 zero bits: the signed shift read as offset
+    binary, no adder."""
+    width, kept = len(value), RESCALED_WIDTH
+    half = 1 << (len(shift) - 1)
+    offset = Signal(len(shift), name=f"{name}_offset")
+    window = Signal(kept + 1, name=f"{name}_window")
+    fits = Signal(name=f"{name}_fits")
     sticky = Signal(name=f"{name}_sticky")
-    below = Signal(width, name=f"{name}_below")  # mask of the bits under the guard bit
-    guard_pos = Signal(5, name=f"{name}_guard_pos")
+    shifted = Signal(signed(kept), name=name)
     round_up = Signal(name=f"{name}_round_up")
+    bound = 1 << (kept - 1)
+    first = half + 1 - kept         # bits from offset - first up must copy the sign
+    d = _differs_from(m, value, f"{name}_differs")
+    low, below = _shift_right_low(m, Cat(Const(0, half + 1), value).as_signed(), offset,
+                                  kept + 1, f"{name}_shift")
     m.d.comb += [
-        guard_pos.eq(right - 1),
-        q.eq(value >> right),
-        guard.eq((value >> guard_pos)[0]),
-        below.eq(~(Const(-1, width) << guard_pos)[:width]),
-        sticky.eq((value.as_unsigned() & below) != 0),
-        round_up.eq((shift > 0) & guard & (sticky | q[0])),
-        shifted.eq(Mux(shift > 0, q, value << left)),
+        offset.eq(shift.as_unsigned() ^ half),
+        window.eq(low),
+        sticky.eq(below),
+        fits.eq(~_select(m, [d[min(max(o - first, 0), width - 1)]
+                             for o in range(width + first)], offset, f"{name}_fits")
+                & ~(value[-1] & ~_at_least(offset, first))),
+        shifted.eq(Mux(fits, window[1:], Mux(value[-1], -bound, bound - 1))),
+        round_up.eq(_at_least(offset, half + 1) & window[0] & (sticky | window[1])),
     ]
     return shifted, round_up
 
@@ -177,6 +288,9 @@ class Requantizer(wiring.Component):
                          s0.shift[i].eq(ln.shift)]
 
         # Cycle 2: add with saturation, take the max, or take the looked-up byte.
+        # One adder does both: x + y, or y - x for the max (negative iff x > y).
+        # The max and lookup results are bytes (only their low byte leaves the
+        # unit), so only the sum's low byte is multiplexed.
         s1 = Signal(data.StructLayout({
             **flags,
             "sum": data.ArrayLayout(signed(W), self._lanes),
@@ -185,19 +299,16 @@ class Requantizer(wiring.Component):
         for i in range(self._lanes):
             x, y = s0.x[i], s0.y[i]
             total = Signal(signed(W + 2), name=f"total{i}")
-            m.d.comb += total.eq(x + y)
-            with m.If(s0.op_lookup):
-                m.d.sync += s1.sum[i].eq(self.lookup[i])
-            with m.Elif(s0.op_max):
-                m.d.sync += s1.sum[i].eq(Mux(x > y, x, y))
-            with m.Else():
-                m.d.sync += s1.sum[i].eq(saturate(m, total, W, f"sum{i}"))
-            m.d.sync += s1.shift[i].eq(s0.shift[i])
+            m.d.comb += total.eq(y + Mux(s0.op_max, ~x, x) + s0.op_max)
+            added = saturate(m, total, W, f"sum{i}")
+            low = Mux(s0.op_lookup, self.lookup[i],
+                      Mux(s0.op_max, Mux(total[-1], x[:8], y[:8]), added[:8]))
+            m.d.sync += [s1.sum[i].eq(Cat(low, added[8:])), s1.shift[i].eq(s0.shift[i])]
 
         # Cycle 3: shift, and decide the rounding (half to even).
         s2 = Signal(data.StructLayout({
             **flags,
-            "shifted": data.ArrayLayout(signed(W + 16), self._lanes),
+            "shifted": data.ArrayLayout(signed(RESCALED_WIDTH), self._lanes),
             "round_up": data.ArrayLayout(1, self._lanes),
             "max": data.ArrayLayout(8, self._lanes)}))
         m.d.sync += [getattr(s2, f).eq(getattr(s1, f)) for f in flags]
@@ -209,7 +320,7 @@ class Requantizer(wiring.Component):
         # Cycle 4: round, saturate to the 8-bit output range.
         m.d.sync += self.result.valid.eq(s2.valid)
         for i in range(self._lanes):
-            r = Signal(signed(W + 17), name=f"rounded{i}")
+            r = Signal(signed(RESCALED_WIDTH + 1), name=f"rounded{i}")
             m.d.comb += r.eq(s2.shifted[i] + s2.round_up[i])
             byte = output_byte(m, r, s2.out_signed, s2.relu, f"out{i}")
             m.d.sync += self.result.data[i].eq(Mux(s2.op_max, s2.max[i], byte))
