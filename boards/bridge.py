@@ -324,6 +324,8 @@ class _Outgoing(NamedTuple):
     crc: Signal
     results: Signal             # RESULT frames sent since the last clear
     snap: Signal                # the bridge's own fields at the frame's start
+    fill: Signal                # cycles since pos moved, up to 2: then ``byte`` is pos's
+    byte: Signal                # the byte at pos, registered
 
 
 class FrameSender(wiring.Component):
@@ -331,7 +333,10 @@ class FrameSender(wiring.Component):
     ``result``; replies go first.
 
     Bytes are picked by position, not shifted out of a frame-wide register, to keep
-    the sender small: a RESULT frame reads the result word the core holds on its
+    the sender small, in two registered steps (each frame kind's byte at the
+    position, then the frame's kind), so the wide byte select is not one path with
+    the CRC: a byte leaves two cycles after the position moves, well inside the
+    UART's byte time. A RESULT frame reads the result word the core holds on its
     stream (taken only after the frame's last payload byte); a STATUS or ACK frame
     reads the bridge's own fields from a snapshot taken at the frame's start (so a
     HALT count is never torn) and the core's counters live (they are frozen from a
@@ -355,11 +360,11 @@ class FrameSender(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         f = self._registers()
-        byte = self._frame_byte(m, f)
+        self._frame_byte(m, f)
         with m.If(~f.busy):
             self._start_next(m, f)
         with m.Else():
-            self._send(m, f, byte)
+            self._send(m, f)
         with m.If(self.clear_results):
             m.d.sync += f.results.eq(0)
         return m
@@ -383,7 +388,9 @@ class FrameSender(wiring.Component):
         results = Signal(32)
         snap = Signal(data.StructLayout({"state": 8, "error": 8, "error_pc": 32, "halts": 16,
                                          "results": 32, "free0": 16, "free1": 16}))
-        return _Outgoing(kind, seq, reason, pos, length, busy, crc, results, snap)
+        fill = Signal(2)
+        byte = Signal(8)
+        return _Outgoing(kind, seq, reason, pos, length, busy, crc, results, snap, fill, byte)
 
     def _payloads(self, f: _Outgoing) -> dict:
         """The payload bytes of each frame type."""
@@ -403,39 +410,30 @@ class FrameSender(wiring.Component):
                               + [Cat(self.result.payload[cfg.bus_width], C(0, 7))],
         }
 
-    def _frame_byte(self, m: Module, f: _Outgoing) -> Signal:
-        """The byte at ``f.pos``: SYNC, type, seq, length (2), payload, CRC (2)."""
+    def _frame_byte(self, m: Module, f: _Outgoing) -> None:
+        """Load ``f.byte`` with the byte at ``f.pos`` (SYNC, type, seq, length (2),
+        payload, CRC (2)) in two steps after ``pos`` moves: each kind's byte at
+        ``pos`` (an array indexed by ``pos`` itself: no subtractor, no comparator),
+        then the frame's kind."""
         payloads = self._payloads(f)
-        pos, length = f.pos, f.length
-        byte = Signal(8)
-        with m.If(pos < 5):
-            with m.Switch(pos):
-                with m.Case(0):
-                    m.d.comb += byte.eq(SYNC)
-                with m.Case(1):
-                    m.d.comb += byte.eq(Array(C(int(k), 8) for k in _KINDS)[f.kind])
-                with m.Case(2):
-                    m.d.comb += byte.eq(f.seq)
-                with m.Case(3):
-                    m.d.comb += byte.eq(length[:8])
-                with m.Case(4):
-                    m.d.comb += byte.eq(length[8:])
-        with m.Elif(pos < 5 + length):
-            with m.Switch(f.kind):
-                for k, t in enumerate(_KINDS):
-                    with m.Case(k):
-                        m.d.comb += byte.eq(Array(payloads[t])[pos - 5])
-        with m.Elif(pos == 5 + length):
-            m.d.comb += byte.eq(f.crc[:8])
-        with m.Else():
-            m.d.comb += byte.eq(f.crc[8:])
-        return byte
+        per_kind = []
+        for k, t in enumerate(_KINDS):
+            length = self._lengths()[t]
+            frame = ([C(SYNC, 8), C(int(t), 8), f.seq, C(length & 0xFF, 8), C(length >> 8, 8)]
+                     + list(payloads[t]) + [f.crc[:8], f.crc[8:]])
+            byte = Signal(8, name=f"byte_{t.name.lower()}")
+            m.d.sync += byte.eq(Array(frame)[f.pos])
+            per_kind.append(byte)
+        with m.If(f.fill == 1):
+            m.d.sync += f.byte.eq(Array(per_kind)[f.kind])
+        with m.If(f.fill != 2):
+            m.d.sync += f.fill.eq(f.fill + 1)
 
     def _start(self, f: _Outgoing, k: int) -> list:
         """Begin a frame of kind ``_KINDS[k]`` and snapshot the bridge's fields."""
         snap = f.snap
         return [f.kind.eq(k), f.length.eq(self._lengths()[_KINDS[k]]), f.pos.eq(0), f.busy.eq(1),
-                f.crc.eq(0xFFFF),
+                f.crc.eq(0xFFFF), f.fill.eq(0),
                 snap.state.eq(self.state), snap.error.eq(self.error), snap.error_pc.eq(self.error_pc),
                 snap.halts.eq(self.halts), snap.results.eq(f.results),
                 snap.free0.eq(self.free[0]), snap.free1.eq(self.free[1])]
@@ -453,13 +451,13 @@ class FrameSender(wiring.Component):
         with m.Elif(self.result.valid):
             m.d.sync += [*self._start(f, 4), f.seq.eq(f.results[:8])]
 
-    def _send(self, m: Module, f: _Outgoing, byte) -> None:
-        """While busy: send ``byte``, fold it into the CRC, take the result word
-        after its last payload byte, and stop after the CRC."""
-        pos, length = f.pos, f.length
-        m.d.comb += [self.tx.payload.eq(byte), self.tx.valid.eq(1)]
-        with m.If(self.tx.ready):
-            m.d.sync += pos.eq(pos + 1)
+    def _send(self, m: Module, f: _Outgoing) -> None:
+        """While busy: send ``f.byte`` once loaded, fold it into the CRC, take the
+        result word after its last payload byte, and stop after the CRC."""
+        pos, length, byte = f.pos, f.length, f.byte
+        m.d.comb += [self.tx.payload.eq(byte), self.tx.valid.eq(f.fill == 2)]
+        with m.If(self.tx.valid & self.tx.ready):
+            m.d.sync += [pos.eq(pos + 1), f.fill.eq(0)]
             with m.If((pos != 0) & (pos < 5 + length)):
                 m.d.sync += f.crc.eq(crc16_next(f.crc, byte))
             with m.If((f.kind == 4) & (pos == 4 + length)):
