@@ -417,7 +417,7 @@ class FrameSender(wiring.Component):
         then the frame's kind."""
         payloads = self._payloads(f)
         per_kind = []
-        for k, t in enumerate(_KINDS):
+        for t in _KINDS:
             length = self._lengths()[t]
             frame = ([C(SYNC, 8), C(int(t), 8), f.seq, C(length & 0xFF, 8), C(length >> 8, 8)]
                      + list(payloads[t]) + [f.crc[:8], f.crc[8:]])
