@@ -109,7 +109,7 @@ class MatmulUnit(wiring.Component):
         self._write_back(m, wb, meta[len(meta) - 1 - acc_read:-1][::-1])
 
         acc_inflight, bank_inflight = self._inflight(m, insn, issue, z_addr, wb)
-        self._report(m, insn, loops, issue, acc_inflight, bank_inflight, err, pc)
+        self._report(m, insn, loops, acc_inflight, bank_inflight, err, pc)
         return m
 
     def _latch(self, m: Module) -> _Insn:
@@ -204,7 +204,7 @@ class MatmulUnit(wiring.Component):
             bank_inflight.append(cnt)
         return inflight, bank_inflight
 
-    def _report(self, m: Module, insn: _Insn, loops, issue, acc_inflight, bank_inflight, err, pc):
+    def _report(self, m: Module, insn: _Insn, loops, acc_inflight, bank_inflight, err, pc):
         """Status to the controller: ready in the cycle of the last vector; the
         regions and banks with vectors in flight stay marked. Ready does not wait
         for the last vector's address check (a long path): if it fails, the error
