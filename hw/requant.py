@@ -68,11 +68,6 @@ def _differs_from(m: Module, value, name: str):
     return d
 
 
-def _extend(value, width: int, fill):
-    """``value`` cut or extended with copies of ``fill`` to ``width`` bits."""
-    return Cat(value, fill.replicate(max(width - len(value), 0)))[:width]
-
-
 def _step(m: Module, value, name: str):
     """``value`` driven onto a new signal, so later stages refer to it by name (the
     generated Verilog then stays linear in the number of stages)."""
@@ -87,7 +82,8 @@ def _shift_left_low(m: Module, value, amount, width: int, name: str):
     narrower than half the output takes the small steps first (its copies of the
     sign fold away while it grows), a wider one the large steps first (they clear
     its low bits first); each order maps to fewer gates in Yosys for its case."""
-    bits = _extend(value, width, value[-1])
+    bits = value.as_signed()[:width] if len(value) >= width else \
+        Cat(value, value[-1].replicate(width - len(value)))
     order = range(len(amount))
     for k in (order if 2 * len(value) <= width else reversed(order)):
         bits = _step(m, Mux(amount[k], (bits << (1 << k))[:width], bits), f"{name}_step{k}")
@@ -106,18 +102,21 @@ def _shift_right_low(m: Module, value, amount, width: int, name: str):
     for k in reversed(range(len(amount))):
         step = 1 << k
         keep = min(width + step - 1, len(bits))
-        padded = _extend(bits, step + keep, sign)
+        padded = Cat(bits, sign.replicate(max(step + keep - len(bits), 0)))
         sticky = sticky | (amount[k] & padded[:step].any())
         bits = _step(m, Mux(amount[k], padded[step:step + keep], padded[:keep]),
                      f"{name}_step{k}")
-    return _extend(bits, width, sign), sticky
+    low = Cat(bits, sign.replicate(max(width - len(bits), 0)))[:width]
+    return low, sticky
 
 
 def _select(m: Module, bits, index, name: str):
     """``bits[index]`` for a run-time unsigned ``index`` (the last bit for indices
     past the end): a mux tree, pairs of neighbours first."""
-    bits = Cat(bits)
-    bits = _extend(bits, 1 << len(index), bits[-1])
+    n = 1 << len(index)
+    # Named first, so each level's bit picks slice a signal, not the whole join
+    # (Amaranth's simulator would evaluate the join once per bit).
+    bits = _step(m, Cat(bits, bits[-1].replicate(max(n - len(bits), 0)))[:n], f"{name}_in")
     for k in range(len(index)):
         bits = _step(m, Mux(index[k], bits[1::2], bits[0::2]), f"{name}_level{k}")
     return bits[0]
