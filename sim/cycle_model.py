@@ -202,9 +202,32 @@ class _Op:
         """The array's MAC cycles: one per MATMUL iteration."""
         return self.n if self.opcode is Opcode.MATMUL else 0
 
+    @functools.cached_property
+    def checks(self) -> tuple[int, ...]:
+        """The places in :attr:`_Core.ends` its hazard check reads: the other units'
+        holds of what it reads for writing, of what it writes for reading or writing."""
+        others = [u for u in _UNITS if u != self.unit]
+        return (tuple(_held(o, "w", b) for o in others for b in self.reads)
+                + tuple(_held(o, rw, b) for o in others for b in self.writes for rw in "rw"))
+
+    @functools.cached_property
+    def holds(self) -> tuple[tuple[int, int], ...]:
+        """Its holds (:attr:`r_holds`, :attr:`w_holds`) as places in :attr:`_Core.ends`."""
+        return (tuple((_held(self.unit, "r", b), e) for b, e in self.r_holds)
+                + tuple((_held(self.unit, "w", b), e) for b, e in self.w_holds))
+
 
 #: :func:`~fxpgen.hw.hazards.resource_index`, asked again for every distinct word.
 _bit = functools.cache(resource_index)
+
+#: The units with instructions, in the order of :attr:`_Core.ends`.
+_UNITS = sorted(set(UNIT_OF.values()))
+
+
+def _held(unit: str, rw: str, bit: int) -> int:
+    """The place in :attr:`_Core.ends` of the last cycle ``unit`` holds hazard ``bit``
+    for reading (``rw`` "r") or for writing ("w")."""
+    return (2 * _UNITS.index(unit) + (rw == "w")) * HAZARD_BITS + bit
 
 
 def _address_bits(stream: str) -> int:
@@ -338,16 +361,15 @@ def _timed_op(insn: Instruction, unit: str, n: int, reads: tuple[int, ...], writ
 
 class _Core:
     """The state the model keeps between the instructions of one segment: per unit
-    its ready cycle, its last busy cycle and the last cycle it holds each hazard
-    bit; the shared write ports; the LOAD whose end is not known yet."""
+    its ready cycle, its last busy cycle and (:attr:`ends`) the last cycle it holds
+    each hazard bit; the shared write ports; the LOAD whose end is not known yet."""
 
     def __init__(self):
-        units = sorted(set(UNIT_OF.values()))
-        self.ready = dict.fromkeys(units, 0)
-        self.busy_end = dict.fromkeys(units, 0)
-        self.r_end = {u: [-1] * HAZARD_BITS for u in units}
-        self.w_end = {u: [-1] * HAZARD_BITS for u in units}
-        self.others = {u: [(self.r_end[o], self.w_end[o]) for o in units if o != u] for u in units}
+        self.ready = dict.fromkeys(_UNITS, 0)
+        self.busy_end = dict.fromkeys(_UNITS, 0)
+        #: Per unit, per reading and writing, per hazard bit (:func:`_held`): one flat
+        #: list, so that a hazard check is one ``max`` over the places it reads.
+        self.ends = [-1] * (2 * len(_UNITS) * HAZARD_BITS)
         self.ports = {Mem.SPAD: _Port(), Mem.ACC: _Port()}
         self.load: tuple | None = None
         self.load_bits: frozenset = frozenset()
@@ -360,9 +382,8 @@ class _Core:
         d, op, s = self.load
         end = self.ports[op.port].finish(d + 1, op.n) if op.port is not None else d + op.n
         self.ready["load"], self.busy_end["load"] = end + 1, end
-        w_end = self.w_end["load"]
         for b in op.writes:
-            w_end[b] = end
+            self.ends[_held("load", "w", b)] = end
         if s is not None:
             s.last = s.dispatch - d + end
         self.load, self.load_bits = None, frozenset()
@@ -376,11 +397,13 @@ class _Core:
         ports = []
         for port in self.ports.values():
             k = bisect.bisect_right(port.ends, lo)
-            ports.append((tuple(v - d for v in port.starts[k:]), tuple(v - d for v in port.ends[k:])))
+            # An interval under way at ``lo`` counts from ``lo``: writes merge into one
+            # interval while they run back to back, and its start, which nothing later
+            # reads, would otherwise keep the state from ever repeating.
+            ports.append((tuple(max(v, lo) - d for v in port.starts[k:]),
+                          tuple(v - d for v in port.ends[k:])))
         load = None if self.load is None else (self.load[0] - d, self.load[1])
-        return (rel(self.ready.values()), rel(self.busy_end.values()),
-                tuple(rel(a) for a in self.r_end.values()), tuple(rel(a) for a in self.w_end.values()),
-                tuple(ports), load)
+        return rel(self.ready.values()), rel(self.busy_end.values()), rel(self.ends), tuple(ports), load
 
     def shift(self, d: int, delta: int) -> None:
         """Move every cycle of the state ``delta`` cycles later, dropping the write
@@ -394,28 +417,21 @@ class _Core:
         for u in self.ready:
             self.ready[u] += delta
             self.busy_end[u] += delta
-            for a in (self.r_end[u], self.w_end[u]):
-                a[:] = [v + delta for v in a]
+        self.ends[:] = [v + delta for v in self.ends]
         if self.load is not None:
             d, op, s = self.load
             self.load = (d + delta, op, s)
 
     def earliest(self, op: _Op) -> int:
         """The first cycle the hazard check and the unit's ready let ``op`` go."""
-        unit, reads, writes = op.unit, op.reads, op.writes
+        unit = op.unit
         if self.load is not None and (unit == "load" or not self.load_bits.isdisjoint(op.bits)):
             self.settle_load()
         t = self.ready[unit]
-        for r_end, w_end in self.others[unit]:
-            for b in reads:
-                if w_end[b] >= t:
-                    t = w_end[b] + 1
-            for b in writes:
-                e, r = w_end[b], r_end[b]
-                if r > e:
-                    e = r
-                if e >= t:
-                    t = e + 1
+        if op.checks:
+            e = max(map(self.ends.__getitem__, op.checks))
+            if e >= t:
+                t = e + 1
         return t
 
     def idle(self) -> int:
@@ -433,14 +449,16 @@ class _Core:
         if unit == "load":
             self.load, self.load_bits = (d, op, s), frozenset(op.writes)
             return
-        self.ready[unit], self.busy_end[unit] = d + op.ready, max(self.busy_end[unit], d + op.busy)
+        self.ready[unit] = d + op.ready
+        if d + op.busy > self.busy_end[unit]:
+            self.busy_end[unit] = d + op.busy
         # A MATMUL starts while the one before still drains: a resource stays held
         # until the later of the two lets it go.
-        r_end, w_end = self.r_end[unit], self.w_end[unit]
-        for b, e in op.r_holds:
-            r_end[b] = max(r_end[b], d + e)
-        for b, e in op.w_holds:
-            w_end[b] = max(w_end[b], d + e)
+        ends = self.ends
+        for i, e in op.holds:
+            e += d
+            if e > ends[i]:
+                ends[i] = e
         if op.take is not None:
             self.ports[op.port].take(d + op.take[0], d + op.take[1])
 
