@@ -1,6 +1,7 @@
 """A planned convolution (:class:`~fxpgen.compiler.conv_plan.ConvPlan`) as instructions.
 
-For every group of n-tiles: LOAD their weight tiles and shift-table rows; then for
+For every group of n-tiles: LOAD their weight tiles and shift-table rows (the plan's
+distinct rows once, before the first group, when they fit the table); then for
 every chunk of output rows (after LOADing its band when the input is streamed) and
 every n-tile of the group: LOAD the bias into an accumulator block, one accumulating
 MATMUL per nonzero (tap, k-tile) tile whose two address loops walk the output pixels
@@ -141,6 +142,15 @@ class _ConvEmission:
         # there: (band row, input row).
         self.spare: MapLayout | None = None
         self.band_ahead: list[tuple[int, int]] = []
+        # The shift table is one hazard resource: a LOAD into it waits for the REQUANT
+        # reading it, with the array idle. When the plan's distinct rows fit the table
+        # (every layer with per-layer formats, any of at most table_depth n-tiles),
+        # they are LOADed once, where the first group's would be, and each n-tile's
+        # REQUANT reads its row's entry; else each group LOADs its rows from entry 0.
+        rows = [pack_row(Mem.TABLE, list(r), self.cfg) for r in plan.table]
+        distinct = list(dict.fromkeys(rows))
+        self.entries = [distinct.index(r) for r in rows] if len(distinct) <= self.cfg.table_depth else None
+        self.table_once = distinct if self.entries is not None else None
 
     def run(self) -> None:
         if self.plan.sweep:
@@ -333,7 +343,13 @@ class _ConvEmission:
         return where
 
     def load_table(self, group: TileGroup) -> None:
-        """LOAD the group's shift-table rows, n-tile ``first`` at entry 0."""
+        """LOAD the group's shift-table rows, n-tile ``first`` at entry 0 (or the
+        plan's distinct rows, the first time, when they fit the table)."""
+        if self.entries is not None:
+            if self.table_once:
+                self.em.load(Mem.TABLE, Addr(0, 1), len(self.table_once), 1, self.table_once)
+                self.table_once = None
+            return
         key = ("table", group.first, group.stop)
         if key not in self.packed:
             self.packed[key] = [pack_row(Mem.TABLE, list(self.plan.table[nt]), self.cfg)
@@ -476,6 +492,8 @@ class _ConvEmission:
         out_y = 0 if self.bands.out_buffer else oy0
         res_y = 0 if self.bands.res_buffer is not None else oy0
         group, lane = divmod(nt, self.cfg.requant_lanes)
+        if self.entries is not None:
+            table = self.entries[nt]
         params = {"table": table, "lane": lane, "relu": int(plan.relu), "out_signed": int(plan.out_signed)}
         y = Addr()
         if plan.residual:
