@@ -147,9 +147,10 @@ class _ConvEmission:
         # (every layer with per-layer formats, any of at most table_depth n-tiles),
         # they are LOADed once, where the first group's would be, and each n-tile's
         # REQUANT reads its row's entry; else each group LOADs its rows from entry 0.
-        rows = [pack_row(Mem.TABLE, list(r), self.cfg) for r in plan.table]
-        distinct = list(dict.fromkeys(rows))
-        self.entries = [distinct.index(r) for r in rows] if len(distinct) <= self.cfg.table_depth else None
+        self.table_rows = [pack_row(Mem.TABLE, list(r), self.cfg) for r in plan.table]
+        distinct = list(dict.fromkeys(self.table_rows))
+        self.entries = ([distinct.index(r) for r in self.table_rows] if len(distinct) <= self.cfg.table_depth
+                        else None)
         self.table_once = distinct if self.entries is not None else None
 
     def run(self) -> None:
@@ -350,11 +351,7 @@ class _ConvEmission:
                 self.em.load(Mem.TABLE, Addr(0, 1), len(self.table_once), 1, self.table_once)
                 self.table_once = None
             return
-        key = ("table", group.first, group.stop)
-        if key not in self.packed:
-            self.packed[key] = [pack_row(Mem.TABLE, list(self.plan.table[nt]), self.cfg)
-                                for nt in group.n_tiles]
-        table = self.packed[key]
+        table = self.table_rows[group.first:group.stop]
         self.em.load(Mem.TABLE, Addr(0, 1), len(table), 1, table)
 
     def chunk(self, group: TileGroup, oy0: int, nrow: int, where: dict, load: bool = True,
