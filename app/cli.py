@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from fxpgen.app.engines import ENGINES
-from fxpgen.app.flow import DEMO_RTL_ENGINES, MIN_SQNR_DB
+from fxpgen.app.flow import DEFAULT_BITS_BUDGET_DB, DEMO_RTL_ENGINES, MIN_SQNR_DB
 from fxpgen.config import CoreConfig
 
 __all__ = ["main"]
@@ -241,13 +241,14 @@ def _bar(enabled: bool, unit: str = "img"):
 
 def _stage_bar(enabled: bool):
     """A tqdm bar on stderr over the stages of :func:`fxpgen.app.flow.compile_model`,
-    showing the running one and the layers lowered; (stage callback, layers callback,
-    close), no-ops when disabled."""
+    showing the running one, the weight-width search's measurements and the layers
+    lowered; (stage callback, layers callback, search callback, close), no-ops when
+    disabled."""
     from tqdm import tqdm
 
     from fxpgen.app.flow import STAGES
     if not enabled:
-        return None, None, lambda: None
+        return None, None, None, lambda: None
     bar = tqdm(total=len(STAGES), unit="stage", file=sys.stderr, leave=False,
                bar_format="{desc:<18}{bar:20}| {n_fmt}/{total_fmt} stages [{elapsed}]")
     _BARS.add(bar)
@@ -259,7 +260,20 @@ def _stage_bar(enabled: bool):
 
     def layers(done: int, total: int):
         bar.set_description_str(f"compile: lower {done}/{total}")
-    return stage, layers, bar.close
+
+    def search(done: int, most: int):
+        bar.set_description_str(f"compile: weight widths {done}/{most}")
+    return stage, layers, search, bar.close
+
+
+def _weight_bits_option(ctx, param, value: str):
+    """``--weight-bits`` parsed (:func:`fxpgen.app.flow.parse_weight_bits`)."""
+    from fxpgen.app.flow import parse_weight_bits
+    from fxpgen.compiler.quantize import WeightBitsError
+    try:
+        return parse_weight_bits(value)
+    except WeightBitsError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 @main.command("compile")
@@ -278,6 +292,13 @@ def _stage_bar(enabled: bool):
 @click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
               help="Subtract from each conv's bias the mean output error of its rounded weights "
                    "on the calibration set.")
+@click.option("--weight-bits", default="8", show_default=True, callback=_weight_bits_option,
+              help="Width the conv layers' weights are stored in: 8, 6, 4 or 2 for every layer, "
+                   "name=width for one (e.g. 4,conv1=8: conv1 8-bit, the others 4), or auto: the "
+                   "narrowest a sensitivity search finds within --bits-budget.")
+@click.option("--bits-budget", type=float, default=None,
+              help="With --weight-bits auto: the output SQNR drop (dB) allowed under the all-8-bit "
+                   f"network's on the calibration set.  [default: {DEFAULT_BITS_BUDGET_DB:g}]")
 @click.option("--listing", "with_listing", is_flag=True,
               help="Also write listing.txt, the disassembly with each instruction's layer.")
 @click.option("--batch", type=int, default=1, show_default=True,
@@ -292,8 +313,8 @@ def _stage_bar(enabled: bool):
               help=f"Write the program even if its output SQNR on the calibration set is under "
                    f"{MIN_SQNR_DB:g} dB (by default an error).")
 def compile_cmd(model: Path, calib: Path | None, cfg: CoreConfig, outdir: Path, mode: str, per_channel: bool,
-                weight_mode: str, bias_correction: bool, with_listing: bool, batch: int, as_json: bool,
-                quiet: bool, force: bool, allow_low_snr: bool):
+                weight_mode: str, bias_correction: bool, weight_bits, bits_budget: float | None,
+                with_listing: bool, batch: int, as_json: bool, quiet: bool, force: bool, allow_low_snr: bool):
     """Quantize a float ONNX model and compile it for a core. A QCDQ model (exported
     with fixed-point quantizers: power-of-two scales, zero points 0) keeps the formats
     its QuantizeLinear/DequantizeLinear give (docs/qat.md).
@@ -304,19 +325,28 @@ def compile_cmd(model: Path, calib: Path | None, cfg: CoreConfig, outdir: Path, 
     from fxpgen.app.flow import compile_model
     from fxpgen.app.inputs import load_array
     from fxpgen.app.paths import program_dir
+    from fxpgen.compiler.quantize import WeightBitsError
     if batch < 1:
         raise click.BadParameter(f"must be at least 1, not {batch}", param_hint="--batch")
+    if bits_budget is not None and (weight_bits != "auto" or not bits_budget >= 0):
+        raise click.BadParameter("only with --weight-bits auto" if weight_bits != "auto" else
+                                 f"must be a number of dB >= 0, not {bits_budget}",
+                                 param_hint="--bits-budget")
     with user_errors():
         samples = None if calib is None else load_array(calib, "--calib")
         program_dir(outdir, "-o/--output", force=force)
-    stage, layers, close = _stage_bar(not (as_json or quiet))
+    stage, layers, search, close = _stage_bar(not (as_json or quiet))
     try:
         with user_errors():
-            summary = compile_model(model, samples, cfg, outdir, mode=mode, per_channel=per_channel,
-                                    weight_mode=weight_mode, bias_correction=bias_correction,
-                                    listing=with_listing, stage=stage, layers=layers, batch=batch,
-                                    calib_name=f"--calib {calib}" if calib else "--calib",
-                                    min_sqnr_db=None if allow_low_snr else MIN_SQNR_DB)
+            try:
+                summary = compile_model(model, samples, cfg, outdir, mode=mode, per_channel=per_channel,
+                                        weight_mode=weight_mode, bias_correction=bias_correction,
+                                        listing=with_listing, stage=stage, layers=layers, batch=batch,
+                                        calib_name=f"--calib {calib}" if calib else "--calib",
+                                        min_sqnr_db=None if allow_low_snr else MIN_SQNR_DB,
+                                        weight_bits=weight_bits, bits_budget=bits_budget, searching=search)
+            except WeightBitsError as e:
+                raise click.BadParameter(str(e), param_hint="--weight-bits") from None
     finally:
         close()
     for line in [] if quiet else summary["warnings"]:
@@ -333,6 +363,9 @@ def compile_cmd(model: Path, calib: Path | None, cfg: CoreConfig, outdir: Path, 
                + (f", {batch} images per run" if batch > 1 else ""))
     click.echo(f"  {summary['instructions']} instructions, {summary['data_words']} data words, "
                f"{summary['spad_rows']} scratchpad rows")
+    memory = summary["weight_memory"]
+    click.echo(f"  weight memory {-(-memory['bits'] // 8)} bytes, {memory['vs_float']:.2f}x smaller than "
+               f"float, {memory['vs_int8']:.2f}x than 8-bit")
     click.echo(f"  quantize {summary['quantize_s']:.2f} s, lower {summary['lower_s']:.2f} s, "
                f"write {summary['write_s']:.2f} s; report: {outdir / 'report.json'}"
                + (f", listing: {outdir / 'listing.txt'}" if with_listing else ""))

@@ -17,7 +17,8 @@ from fxpgen.config import CoreConfig
 
 __all__ = ["compile_model", "load_compiled", "run_compiled", "demo", "DEMO_RTL_ENGINES", "counter_report",
            "mac_utilization", "layer_macs", "model_macs", "group_notes", "low_signal",
-           "lower_for_user", "user_terms", "LOW_SQNR_DB", "MIN_SQNR_DB", "LowSignalError", "STAGES"]
+           "lower_for_user", "user_terms", "LOW_SQNR_DB", "MIN_SQNR_DB", "LowSignalError", "STAGES",
+           "parse_weight_bits", "DEFAULT_BITS_BUDGET_DB"]
 
 
 #: Output SQNR (dB, golden model against the float model on the calibration set)
@@ -45,13 +46,20 @@ MAX_DEPTH = {"spad_depth": 65536, "acc_depth": 65536, "wbuf_depth": 65536, "tabl
 
 STAGES = ("import", "quantize", "lower", "write")
 
+#: The output SQNR drop (dB, against the all-8-bit network on the calibration set)
+#: ``--weight-bits auto`` allows by default. On the digits model 1 dB keeps the float
+#: test accuracy and 2 or 3 dB save next to nothing more (docs/mixed_precision.md).
+DEFAULT_BITS_BUDGET_DB = 1.0
+
 
 def compile_model(model, calib: np.ndarray | None, cfg: CoreConfig, outdir: Path, *, mode: str = "std",
                   per_channel: bool = False, weight_mode: str = "std", bias_correction: bool = True,
                   listing: bool = False,
                   stage: Callable[[str], None] | None = None, min_sqnr_db: float | None = None,
                   calib_name: str = "calibration data",
-                  layers: Callable[[int, int], None] | None = None, batch: int = 1) -> dict:
+                  layers: Callable[[int, int], None] | None = None, batch: int = 1,
+                  weight_bits: int | str | dict[str, int] = 8, bits_budget: float | None = None,
+                  searching: Callable[[int, int], None] | None = None) -> dict:
     """Quantize a float ONNX model with calibration samples, lower it for ``cfg`` and
     write the program directory (``listing.txt`` too with ``listing``). ``mode``,
     ``per_channel``, ``weight_mode`` and ``bias_correction`` go to the quantizer
@@ -59,6 +67,14 @@ def compile_model(model, calib: np.ndarray | None, cfg: CoreConfig, outdir: Path
     of :data:`STAGES` as it starts, ``layers`` with (layers lowered, all layers) as
     the lowering goes. ``batch``: images per run of the program (``--batch``,
     :func:`~fxpgen.compiler.lower.lower`).
+
+    ``weight_bits``: the width of the conv layers' weights, one width for all, a dict
+    of layer name -> width (others 8), a ``--weight-bits`` text
+    (:func:`parse_weight_bits`), or "auto": the widths
+    :func:`~fxpgen.compiler.mixed_precision.search_weight_bits` finds within
+    ``bits_budget`` dB of output SQNR (default :data:`DEFAULT_BITS_BUDGET_DB`),
+    ``searching`` called with its progress. A bad width or layer name is a
+    :class:`~fxpgen.compiler.quantize.WeightBitsError`.
 
     The calibration samples (N x C x H x W, or one image) must be finite real numbers
     of the model's input shape (:class:`~fxpgen.app.inputs.InputError`, naming them
@@ -70,7 +86,9 @@ def compile_model(model, calib: np.ndarray | None, cfg: CoreConfig, outdir: Path
     same grouped by kind (``warnings``), ``low_signal`` and its reason (see
     :func:`low_signal`), ``calibration_warnings`` (doubts about the calibration data,
     :func:`~fxpgen.app.inputs.calibration_warnings`), ``fixed_formats`` (whether the
-    model's QuantizeLinear/DequantizeLinear fixed its formats, :mod:`fxpgen.compiler.qdq`).
+    model's QuantizeLinear/DequantizeLinear fixed its formats, :mod:`fxpgen.compiler.qdq`),
+    ``weight_bits`` (each conv layer's width) and ``weight_memory``
+    (:func:`~fxpgen.compiler.quantize.weight_memory`).
     ``calib`` may be None for such a model when its quantizers fix every format.
     A :class:`~fxpgen.compiler.tiling.DoesNotFit` names the command-line option of
     the memory to raise and the smallest depth that fits."""
@@ -96,9 +114,14 @@ def compile_model(model, calib: np.ndarray | None, cfg: CoreConfig, outdir: Path
     with ThreadPoolExecutor(1) as pool:
         encoding = []
         say("quantize")
-        qg, report = quantize(graph, calib, mode=mode, per_channel=per_channel, fixed=fixed,
-                              weight_mode=weight_mode, bias_correction=bias_correction,
+        options = {"mode": mode, "per_channel": per_channel, "fixed": fixed, "weight_mode": weight_mode,
+                   "bias_correction": bias_correction}
+        widths, search = _weight_widths(weight_bits, bits_budget, graph, calib, options, searching)
+        qg, report = quantize(graph, calib, **options, weight_bits=widths,
                               on_graph=lambda q: encoding.append(pool.submit(encode_qgraph, q)))
+        report["weight_bits"] = qg.meta["weight_bits"]
+        if search is not None:
+            report["weight_search"] = search
         # The float model and the samples (hundreds of MB for an ImageNet network) are
         # not needed past here: the lowering and the write then peak lower.
         del graph, calib
@@ -121,7 +144,62 @@ def compile_model(model, calib: np.ndarray | None, cfg: CoreConfig, outdir: Path
             "write_s": time.monotonic() - t2, "notes": low.notes, "warnings": group_notes([user_terms(n, qg) for n in notes]),
             "output_sqnr_db": report["output_sqnr_db"], "low_signal": weak is not None, "low_signal_reason": weak,
             "calibration_warnings": doubts, "fixed_formats": fixed is not None,
+            "weight_bits": report["weight_bits"], "weight_memory": report["weight_memory"],
             "listing": listing, "outdir": str(outdir)}
+
+
+def parse_weight_bits(text: str) -> str | tuple[int, dict[str, int]]:
+    """A ``--weight-bits`` value: "auto", or comma-separated items, each a width for
+    every conv layer not named otherwise (at most one) or ``name=width``. Returns
+    "auto" or (the width of layers not named, name -> width); raises
+    :class:`~fxpgen.compiler.quantize.WeightBitsError` naming the bad item."""
+    from fxpgen.compiler.quantize import WeightBitsError
+    from fxpgen.numerics import WEIGHT_BITS
+    items = [item.strip() for item in str(text).split(",")]
+    if [item.lower() for item in items] == ["auto"]:
+        return "auto"
+    default, named = None, {}
+    for item in items:
+        name, _, width = item.rpartition("=")
+        name = name.strip()
+        if width.strip() not in [str(b) for b in WEIGHT_BITS] or (not name and "=" in item):
+            why = ("'auto' stands alone" if item.lower() == "auto" else
+                   f"a width is one of {', '.join(map(str, WEIGHT_BITS))}, or name=width")
+            raise WeightBitsError(f"{item!r} in {text!r}: {why}")
+        if not name and default is not None:
+            raise WeightBitsError(f"{item!r} in {text!r}: one width for the other layers at most")
+        if name in named:
+            raise WeightBitsError(f"{item!r} in {text!r}: {name} is given twice")
+        if name:
+            named[name] = int(width)
+        else:
+            default = int(width)
+    return (8 if default is None else default), named
+
+
+def _weight_widths(spec, budget: float | None, graph, calib, options: dict,
+                   progress) -> tuple[dict[str, int], dict | None]:
+    """The layer widths ``spec`` (:func:`compile_model`'s ``weight_bits``) asks for,
+    and the search's report when it is "auto"."""
+    from fxpgen.compiler.mixed_precision import search_weight_bits
+    from fxpgen.compiler.quantize import WeightBitsError, graph_weight_layers
+    from fxpgen.numerics import WEIGHT_BITS
+    if isinstance(spec, str):
+        spec = parse_weight_bits(spec)
+    if spec != "auto" and budget is not None:
+        raise WeightBitsError("bits_budget is for the search (weight_bits 'auto') only")
+    if spec == "auto":
+        budget = DEFAULT_BITS_BUDGET_DB if budget is None else budget
+        if not budget >= 0:
+            raise WeightBitsError(f"the SQNR budget must be a number of dB >= 0, not {budget!r}")
+        return search_weight_bits(graph, calib, budget=budget, metric="sqnr", progress=progress, **options)
+    default, named = (spec, {}) if isinstance(spec, (int, np.integer)) else \
+        (8, dict(spec)) if isinstance(spec, dict) else spec
+    if isinstance(default, bool) or default not in WEIGHT_BITS:
+        raise WeightBitsError(f"weight width {default!r} for every conv layer: must be one of "
+                              f"{', '.join(map(str, WEIGHT_BITS))}")
+    layers = graph_weight_layers(graph, options["fixed"]) if default != 8 else {}
+    return {**dict.fromkeys(layers, int(default)), **named}, None
 
 
 def offchip_summary(low) -> dict:

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fxpgen.isa import PORT_REGIONS, Addr, Instruction, Mem, Opcode, pack_row, pack_rows
+from fxpgen.isa import PORT_REGIONS, Addr, Instruction, Mem, Opcode, narrow_of, pack_row, pack_rows, pack_tiles
 
 from .conv_plan import ConvPlan, ConvTile, TileGroup
 from .emit import Emitter, load_band, store_rows
@@ -292,7 +292,7 @@ class _ConvEmission:
         if len(pairs) > plan.half_tiles:
             base, self.half = 0, 0
         else:
-            base, self.half = self.half * plan.half_tiles * self.cfg.rows, (self.half + 1) % plan.stream_halves
+            base, self.half = self.half * plan.half_tiles * plan.tile_rows, (self.half + 1) % plan.stream_halves
         self.ahead = (key, self.load_tiles(pairs, base))
 
     def take(self, key: tuple, pairs: list[tuple[int, ConvTile]]) -> dict:
@@ -330,17 +330,17 @@ class _ConvEmission:
     def load_tiles(self, tiles: list[tuple[int, ConvTile]], base: int = 0) -> dict[tuple[int, int, int, int], int]:
         """LOAD the (n-tile, tile) pairs' weights from weight-buffer row ``base``; the row
         offset of each by (n-tile, ky, kx, kt)."""
-        R = self.cfg.rows
-        where = {(nt, tile.ky, tile.kx, tile.kt): base + k * R for k, (nt, tile) in enumerate(tiles)}
+        P = self.plan.tile_rows
+        where = {(nt, tile.ky, tile.kx, tile.kt): base + k * P for k, (nt, tile) in enumerate(tiles)}
         if not tiles:
             return where
         key = ("tiles", tiles[0][0], id(tiles[0][1]), len(tiles))
         if key not in self.packed:
-            # One pack for all the tiles (R rows each): a network has 10**5 tiles.
-            self.packed[key] = pack_rows(Mem.WBUF, np.concatenate([tile.weight for _, tile in tiles]),
-                                         self.cfg)
+            # One pack for all the tiles (P rows each): a network has 10**5 tiles.
+            rows = pack_tiles(np.stack([tile.weight for _, tile in tiles]), self.plan.weight_bits)
+            self.packed[key] = pack_rows(Mem.WBUF, rows.reshape(-1, self.cfg.cols), self.cfg)
         words = self.packed[key]
-        self.em.load(Mem.WBUF, Addr(base, 1, R), R, len(words) // R, words)
+        self.em.load(Mem.WBUF, Addr(base, 1, P), P, len(words) // P, words)
         return where
 
     def load_table(self, group: TileGroup) -> None:
@@ -470,8 +470,8 @@ class _ConvEmission:
         group, lane = divmod(tile.kt, cfg.matmul_lanes)
         # Tap (ky, kx) reads from this row on, moved ky rows and kx pixels.
         x00 = lay.pixel(iy0, -plan.pads[1]) - self.group0
-        return (Instruction(Opcode.LOADW, {"bank": bank}, cfg.rows, 1,
-                            x=Addr(where[(nt, tile.ky, tile.kx, tile.kt)], 1)),
+        return (Instruction(Opcode.LOADW, {"bank": bank, "narrow": narrow_of(plan.weight_bits)},
+                            plan.tile_rows, 1, x=Addr(where[(nt, tile.ky, tile.kx, tile.kt)], 1)),
                 Instruction(Opcode.MATMUL, {"bank": bank, "accumulate": 1, "act_signed": int(plan.in_signed),
                                             "lane": lane},
                             ow, nrow, x=Addr(x00 + tile.ky * row + tile.kx * g + group, sx * g, sy * row),

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fxpgen.config import CoreConfig
-from fxpgen.isa import COUNT_MAX
+from fxpgen.isa import COUNT_MAX, loadw_rows, narrow_of
 from fxpgen.numerics import acc_bound, acc_range
 
 from .qgraph import QAvgPool, QConv, QGraph
@@ -98,6 +98,10 @@ class ConvPlan:
     #: slab of the input band (0: the usual order), and those slabs (:func:`band_slabs`).
     sweep: int = 0
     band_slabs: tuple[tuple[int, int, int], ...] = ()
+    #: The width of the conv's weights (:data:`~fxpgen.numerics.WEIGHT_BITS`) and the
+    #: weight-buffer rows a tile of them takes, packed (:func:`~fxpgen.isa.loadw_rows`).
+    weight_bits: int = 8
+    tile_rows: int = 0
 
     @property
     def stream_halves(self) -> int:
@@ -176,10 +180,13 @@ def plan_conv(qg: QGraph, op: QConv | QAvgPool, cfg: CoreConfig,
     cin, in_h, _ = qg.tensor(op.input).shape
     _, oh, ow = qg.tensor(op.output).shape
     residual = op.residual if isinstance(op, QConv) else None
+    bits = getattr(op, "weight_bits", 8)
+    tile_rows = loadw_rows(cfg, narrow_of(bits))
     return ConvPlan(
         name=op.name, kernel=(kh, kw), stride=tuple(op.stride), pads=tuple(op.pads),
         in_height=in_h, out_size=(oh, ow), k_tiles=ceil_div(cin, cfg.rows), n_tiles=len(c.tiles),
-        tiles=c.tiles, groups=_group_n_tiles(c.tiles, cfg), wbuf_tiles=cfg.wbuf_depth // cfg.rows,
+        tiles=c.tiles, groups=_group_n_tiles(c.tiles, cfg, tile_rows),
+        wbuf_tiles=cfg.wbuf_depth // tile_rows, weight_bits=bits, tile_rows=tile_rows,
         rows_per_chunk=band_rows_per_chunk or chunk_rows or rows_per_chunk(cfg, oh, ow),
         banded=band_rows_per_chunk is not None, bias=c.bias, table=c.table,
         relu=bool(op.relu) if isinstance(op, QConv) else False, residual=residual,
@@ -206,7 +213,7 @@ def plan_slabs(plan: ConvPlan, cfg: CoreConfig, in_groups: int, size: int) -> tu
             runs.append([lo, max(hi, lo + 1), nt, nt + 1])
     return tuple(Slab(min(g0, in_groups - size), size,
                       tuple(TileGroup(g.first + nt0, g.stop + nt0, g.streamed)
-                            for g in _group_n_tiles(plan.tiles[nt0:nt1], cfg)))
+                            for g in _group_n_tiles(plan.tiles[nt0:nt1], cfg, plan.tile_rows)))
                  for g0, _, nt0, nt1 in runs)
 
 
@@ -314,13 +321,13 @@ def _bias_rows(bias, cout: int, n_tiles: int, cfg: CoreConfig) -> tuple[tuple[in
     return tuple(tuple(b[nt * cfg.cols:(nt + 1) * cfg.cols].tolist()) for nt in range(n_tiles))
 
 
-def _group_n_tiles(tiles, cfg: CoreConfig) -> tuple[TileGroup, ...]:
-    """Consecutive n-tiles whose tiles fit the weight buffer together, at most
-    ``table_depth`` of them; an n-tile alone larger than the buffer on its own, streamed.
-    When they need more than one group, a group takes at most half the buffer (the
-    next is LOADed into the other half meanwhile), and an n-tile larger than half
-    is streamed in batches of half."""
-    cap = cfg.wbuf_depth // cfg.rows
+def _group_n_tiles(tiles, cfg: CoreConfig, tile_rows: int) -> tuple[TileGroup, ...]:
+    """Consecutive n-tiles whose tiles (``tile_rows`` weight-buffer rows each) fit the
+    weight buffer together, at most ``table_depth`` of them; an n-tile alone larger
+    than the buffer on its own, streamed. When they need more than one group, a group
+    takes at most half the buffer (the next is LOADed into the other half meanwhile),
+    and an n-tile larger than half is streamed in batches of half."""
+    cap = cfg.wbuf_depth // tile_rows
     if sum(map(len, tiles)) > cap or len(tiles) > cfg.table_depth:
         cap = max(1, cap // 2)
     groups = []

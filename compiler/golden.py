@@ -18,8 +18,8 @@ from .graph import window_taps
 from .qgraph import (QAdd, QAvgPool, QConcat, QConv, QGraph, QLut, QMaxPool, QMul, QResize,
                      QShuffle, QSlice)
 
-__all__ = ["run_golden", "run_golden_batch", "quantize_input", "dequantize_output", "predict",
-           "conv_accumulate"]
+__all__ = ["run_golden", "run_golden_batch", "run_golden_from", "quantize_input", "dequantize_output",
+           "predict", "conv_accumulate"]
 
 
 def conv_accumulate(x: np.ndarray, weight: np.ndarray, stride=(1, 1), pads=(0, 0, 0, 0),
@@ -157,9 +157,18 @@ def run_golden_batch(qgraph: QGraph, xs_q: np.ndarray) -> dict[str, np.ndarray]:
         raise ValueError(f"input batch must have shape (N,) + {tuple(inp.shape)}, not {xs.shape}")
     if xs.size and (xs.min() < inp.fmt.lo or xs.max() > inp.fmt.hi):
         raise ValueError(f"input values must lie in [{inp.fmt.lo}, {inp.fmt.hi}] ({inp.fmt})")
+    return run_golden_from(qgraph, {qgraph.input: xs.astype(np.int64)})
+
+
+def run_golden_from(qgraph: QGraph, env: dict[str, np.ndarray], start: int = 0) -> dict[str, np.ndarray]:
+    """Run ``qgraph.ops[start:]`` on the tensors ``env`` holds: the input and every
+    tensor the ops before ``start`` write, as a run of any graph whose first ``start``
+    ops are these gives them (a graph that differs from an earlier one from op
+    ``start`` on is measured again without its unchanged head). Returns a new dict,
+    ``env`` and the new tensors; ``env`` itself is not changed."""
     bits = int(qgraph.meta.get("acc_bits", 32))
-    env = {qgraph.input: xs.astype(np.int64)}
-    for op in qgraph.ops:
+    env = dict(env)
+    for op in qgraph.ops[start:]:
         y = _RUN[type(op)](op, env, qgraph, bits)
         want = tuple(qgraph.tensor(op.output).shape)
         if y.shape[1:] != want:

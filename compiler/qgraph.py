@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fxpgen.numerics import Format
+from fxpgen.numerics import WEIGHT_BITS, Format, weight_range
 
 __all__ = ["QTensor", "QConv", "QMaxPool", "QAvgPool", "QAdd", "QConcat", "QSlice", "QShuffle",
            "QResize", "QLut", "QMul", "QGraph", "QOp"]
@@ -32,7 +32,8 @@ class QTensor:
 class QConv:
     """Convolution (also fully connected layers, as a kernel covering the whole map).
 
-    ``weight``: int8 (Cout, Cin // groups, kh, kw) in [-127, 127]; ``bias``: int64 (Cout,)
+    ``weight``: int8 (Cout, Cin // groups, kh, kw) in ``weight_range(weight_bits)``
+    ([-127, 127] at 8 bits, [-7, 7] at 4); ``bias``: int64 (Cout,)
     in the accumulator format ``fl_x + fl_w[c]``; ``pads`` = (top, left, bottom, right)
     of zeros (value 0 in the input format). Per output channel c and pixel:
 
@@ -43,6 +44,8 @@ class QConv:
 
     ``align[c]`` brings acc and the residual to one fractional length (> 0 shifts the
     residual left, < 0 the accumulator); ``shift[c] = fl_common[c] - fl_out``.
+    ``weight_bits`` (:data:`~fxpgen.numerics.WEIGHT_BITS`) is the width the weights are
+    stored in; the hardware sign-extends them to int8, so the arithmetic is the same.
     """
 
     name: str
@@ -57,8 +60,18 @@ class QConv:
     relu: bool = False
     residual: str | None = None
     align: np.ndarray = None
+    weight_bits: int = 8
 
     def __post_init__(self):
+        bits = self.weight_bits
+        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits not in WEIGHT_BITS:
+            raise ValueError(f"{self.name}: weight_bits must be one of {WEIGHT_BITS}, not {bits!r}")
+        self.weight_bits = int(bits)
+        lo, hi = weight_range(self.weight_bits)
+        w = np.asarray(self.weight)
+        if w.size and (w.min() < lo or w.max() > hi):
+            raise ValueError(f"{self.name}: {self.weight_bits}-bit weights must lie in [{lo}, {hi}], "
+                             f"not {w.min()}..{w.max()}")
         cout = self.weight.shape[0]
         if self.shift is None:
             self.shift = np.zeros(cout, np.int64)

@@ -10,8 +10,9 @@ Passes, each small and testable alone:
 3. :func:`calibrate`: run the float graph on the calibration set and choose every
    tensor's format (docs/numerics.md); :func:`unify_concat_inputs` gives each
    concat's inputs its format; :func:`exact_clips` adds the table of each exact Clip;
-4. weights, biases and shifts for each layer, checked against the hardware's ranges
-   (each conv's bias less the mean error of its rounded weights, :func:`weight_error_bias`);
+4. weights (each conv's in the width ``weight_bits`` gives it, 8 bits by default),
+   biases and shifts for each layer, checked against the hardware's ranges (each
+   conv's bias less the mean error of its rounded weights, :func:`weight_error_bias`);
 5. the report, including the SQNR the golden model actually reaches per layer.
 
 Clip(0, c) (ReLU6) is exact by default (``clip="exact"``). Between convs,
@@ -25,6 +26,10 @@ done: the format's limit is the clipping level and values between c and it pass
 unclipped. In all, the fl is the one whose clipped output is closest (RMS) to the
 float Clip output on the calibration set (F8Net's PACT reading: the clipping level
 is the format's range); the report gives c and the bound of every such layer.
+
+Steps 1 to 3 do not depend on the weights: :func:`calibrate_graph` runs them once
+and :func:`build_layer` and :func:`assemble` then give the graph at any weight widths,
+as the width search of :mod:`~fxpgen.compiler.mixed_precision` does.
 
 Formats follow docs/numerics.md otherwise. Where it is silent: an AvgPool output keeps
 its input's signedness and, in "std" mode, takes the std rule capped at the finest fl
@@ -82,7 +87,9 @@ from fxpgen.numerics import Format
 __all__ = ["quantize", "fuse", "calibrate", "concat_format", "unify_concat_inputs", "exact_clips",
            "clip_code", "CLIP_MODES",
            "check_hardware_ranges", "HardwareRangeError", "fit_shift_fields", "weight_error_bias",
-           "Layer", "sqnr_db", "lut_table", "SHIFT_RANGE", "ALIGN_RANGE", "ADD_SHIFT_RANGE"]
+           "Layer", "sqnr_db", "lut_table", "SHIFT_RANGE", "ALIGN_RANGE", "ADD_SHIFT_RANGE",
+           "Calibration", "calibrate_graph", "build_layer", "assemble", "weight_layers",
+           "graph_weight_layers", "weight_memory", "WeightBitsError"]
 
 #: Inclusive ranges of the hardware's shift fields (signed 6-bit shift and align,
 #: 4-bit ADD operand shifts).
@@ -466,16 +473,18 @@ def _clip_fl(pre: np.ndarray, clipped: np.ndarray, hi: int, c: float | None = No
     return best_fl
 
 
-def _weight_fl(w: np.ndarray, per_channel: bool, mode: str, fine: bool) -> np.ndarray:
+def _weight_fl(w: np.ndarray, per_channel: bool, mode: str, fine: bool, bits: int = 8) -> np.ndarray:
     """Fractional length of each output channel's weights (one shared value unless
-    ``per_channel``), by the std rule or the grid search, at most :func:`_fl_limit`."""
+    ``per_channel``), by the std rule or the grid search, at most :func:`_fl_limit`.
+    Weights narrower than 8 bits always take the grid search at their width: the std
+    rule's constant is calibrated for 8 bits (docs/mixed_precision.md measures both)."""
     cout = w.shape[0]
     groups = w.reshape(cout, -1) if per_channel else w.reshape(1, -1)
     fls = []
     for v in groups:
         hi = _fl_limit(v, True, fine)
-        if mode == "grid":
-            fls.append(numerics.fl_grid_search(v, True, hi))
+        if mode == "grid" or bits < 8:
+            fls.append(numerics.fl_grid_search(v, True, hi, bits))
             continue
         std = _std(v)
         if std == 0:
@@ -602,7 +611,7 @@ def _fixed_weights(conv: Conv, fl: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _build_conv(layer: Layer, formats, per_channel, weight_mode, acc_bits, fine, x_mean,
-                weight_fls=None):
+                weight_fls=None, bits: int = 8):
     conv = layer.conv
     fx = formats[conv.input]
     fout = formats[layer.output]
@@ -618,9 +627,10 @@ def _build_conv(layer: Layer, formats, per_channel, weight_mode, acc_bits, fine,
         fl_w_max = SHIFT_RANGE[1] + fout.fl - fx.fl
         if fine:
             fl_w_max = min(fl_w_max, _bias_fl_max(layer, acc_bits) - fx.fl)
-        fl_w = np.clip(_weight_fl(conv.weight, per_channel, weight_mode, fine), 0, max(0, fl_w_max))
-        wq = np.stack([numerics.quantize(conv.weight[c], Format(True, int(fl_w[c])))
-                       for c in range(cout)])
+        fl_w = np.clip(_weight_fl(conv.weight, per_channel, weight_mode, fine, bits), 0,
+                       max(0, fl_w_max))
+        wq = numerics.quantize_weight(conv.weight, fl_w.reshape((-1,) + (1,) * (conv.weight.ndim - 1)),
+                                      bits)
     w_float = conv.weight
     w_scale = np.exp2(fl_w.astype(np.float64)).reshape((-1,) + (1,) * (w_float.ndim - 1))
     correction = (np.zeros(cout) if x_mean is None or layer.identity else
@@ -637,7 +647,7 @@ def _build_conv(layer: Layer, formats, per_channel, weight_mode, acc_bits, fine,
     shift = (fl_common - fout.fl).astype(np.int64)
     op = QConv(layer.name, conv.input, layer.output, wq.astype(np.int8), bias, tuple(conv.stride),
                tuple(conv.pads), conv.groups, shift, layer.relu, layer.residual,
-               align.astype(np.int64))
+               align.astype(np.int64), bits)
     # Worst case |sum(w * x) + b| over any input in the input format's range.
     acc_bound = int(np.max(numerics.acc_bound(wq, bias, fx.signed))) if cout else 0
     w_scaled = w_float * w_scale
@@ -645,9 +655,9 @@ def _build_conv(layer: Layer, formats, per_channel, weight_mode, acc_bits, fine,
         "fl_w": _compact(fl_w),
         "weight_range": _int_range(wq),
         "weight_float_range": [float(w_float.min()), float(w_float.max())],
-        # Weights beyond the int8 range of their format (clipped to +-127).
+        # Weights beyond the range of their width and format (clipped to it).
         "weight_saturated": 0 if layer.identity else
-        int(np.sum(np.abs(w_scaled) > numerics.SIGNED_MAX + 0.5)),
+        int(np.sum(np.abs(w_scaled) > numerics.weight_range(bits)[1] + 0.5)),
         "weight_sqnr_db": float("inf") if layer.identity else
         sqnr_db(w_scaled, wq),
         "bias_range": _int_range(bias),
@@ -673,10 +683,12 @@ def lut_table(node: Unary, fin: Format, fout: Format) -> np.ndarray:
                              fout)
 
 
-def _build(layer: Layer, formats, per_channel, weight_mode, acc_bits, fine, x_mean, weight_fls=None):
+def _build(layer: Layer, formats, per_channel, weight_mode, acc_bits, fine, x_mean, weight_fls=None,
+           bits: int = 8):
     fout = formats[layer.output]
     if layer.kind == "conv":
-        return _build_conv(layer, formats, per_channel, weight_mode, acc_bits, fine, x_mean, weight_fls)
+        return _build_conv(layer, formats, per_channel, weight_mode, acc_bits, fine, x_mean, weight_fls,
+                           bits)
     if layer.kind == "copy":
         src = layer.inputs[0]
         op = QAdd(layer.name, src, src, layer.output, 0, 0, formats[src].fl + 1 - fout.fl)
@@ -730,7 +742,8 @@ def quantize(graph: Graph, calib: np.ndarray | None, *, mode: str = "std", per_c
              weight_mode: str = "std", acc_bits: int = 32, fine_formats: bool = True,
              bias_correction: bool = True, clip: str = "exact",
              on_graph: Callable[[QGraph], None] | None = None,
-             fixed: FixedFormats | None = None) -> tuple[QGraph, dict]:
+             fixed: FixedFormats | None = None,
+             weight_bits: dict[str, int] | None = None) -> tuple[QGraph, dict]:
     """Quantize a float graph with calibration data.
 
     ``graph``: as loaded (folding runs here); ``calib``: float inputs (N, C, H, W) or
@@ -745,15 +758,23 @@ def quantize(graph: Graph, calib: np.ndarray | None, *, mode: str = "std", per_c
     ``clip`` (:data:`CLIP_MODES`) quantizes Clip(0, c) exactly or as the saturation of
     its output format (module docstring).
 
+    ``weight_bits``: conv layer name (the QConv's) -> width its weights are stored in,
+    one of :data:`~fxpgen.numerics.WEIGHT_BITS`; layers not named stay 8-bit. Narrower
+    weights saturate to :func:`~fxpgen.numerics.weight_range` and take the RMS-optimal
+    fl at their width (docs/mixed_precision.md). A name that is no conv layer with
+    weights, a width not in the list, or a narrower width for weights ``fixed`` gives
+    is a :class:`WeightBitsError`.
+
     Returns the :class:`QGraph` and a report (plain dict): ``tensors`` (format and
     statistics of every tensor), ``layers`` (in op order: op, inputs, output, format,
-    shifts min/max, weight fl, ranges, clipped count and ``weight_sqnr_db``, accumulator
-    bound, measured ``sqnr_db`` of the golden model against the float graph on the
-    calibration set, ``format_sqnr_db``, the SQNR of quantizing the float tensor
+    shifts min/max, weight fl and width, ranges, clipped count and ``weight_sqnr_db``,
+    accumulator bound, measured ``sqnr_db`` of the golden model against the float graph
+    on the calibration set, ``format_sqnr_db``, the SQNR of quantizing the float tensor
     straight into its format (the best the layer can reach), and
     ``predicted_sqnr_db``, a first-order error model propagating input, weight and
-    rounding errors (see :func:`_predicted_mse`)), ``output_sqnr_db`` (measured)
-    and ``notes`` (Clip bounds, folded pool factors, saturation warnings).
+    rounding errors (see :func:`_predicted_mse`)), ``output_sqnr_db`` (measured),
+    ``weight_memory`` (:func:`weight_memory`) and ``notes`` (Clip bounds, folded pool
+    factors, saturation warnings).
 
     ``on_graph`` is called with the :class:`QGraph` as soon as it is checked, before
     the report's golden run on the calibration set (as long again as the rest), so a
@@ -771,7 +792,64 @@ def quantize(graph: Graph, calib: np.ndarray | None, *, mode: str = "std", per_c
                          f"{weight_mode!r}")
     if clip not in CLIP_MODES:
         raise ValueError(f"clip must be one of {', '.join(CLIP_MODES)}, not {clip!r}")
+    g, layers = _fused(graph, clip, fixed)
+    widths = _weight_widths(layers, fixed, weight_bits)
+    cal = _calibrate_fused(g, layers, calib, mode=mode, acc_bits=acc_bits, fine_formats=fine_formats,
+                           clip=clip, fixed=fixed)
+    built = [build_layer(cal, layer, bits=widths.get(layer.name, 8), per_channel=per_channel,
+                         weight_mode=weight_mode, bias_correction=bias_correction)
+             for layer in cal.layers]
+    qg = assemble(cal, [op for op, _ in built], per_channel=per_channel, weight_mode=weight_mode)
+    check_hardware_ranges(qg)
+    if on_graph is not None:
+        on_graph(qg)
+    options = {"fine_formats": fine_formats, "bias_correction": bias_correction, "clip": clip}
+    return qg, _report(qg, cal, [info for _, info in built], options)
+
+
+class WeightBitsError(ValueError):
+    """A weight width asked of :func:`quantize` that the graph cannot take: an unknown
+    layer, a width not in :data:`~fxpgen.numerics.WEIGHT_BITS`, or weights the graph
+    fixes."""
+
+
+@dataclass
+class Calibration:
+    """What :func:`quantize` settles before it quantizes any weight: the prepared
+    graph, its layers, the float tensors of the calibration batch and every tensor's
+    format. Activation formats do not depend on the weights, so layers of any weight
+    width are built on one calibration (:func:`build_layer`, :func:`assemble`) with the
+    same result as a fresh :func:`quantize`."""
+
+    graph: Graph
+    layers: list[Layer]
+    acts: dict[str, np.ndarray]
+    formats: dict[str, Format]
+    stats: dict[str, dict]
+    calib: np.ndarray
+    fixed: FixedFormats | None
+    mode: str
+    acc_bits: int
+    fine_formats: bool
+
+
+def calibrate_graph(graph: Graph, calib: np.ndarray | None, *, mode: str = "std", acc_bits: int = 32,
+                    fine_formats: bool = True, clip: str = "exact",
+                    fixed: FixedFormats | None = None) -> Calibration:
+    """Steps 1 to 3 of :func:`quantize` (same arguments): fold, fuse, run the float
+    graph on the calibration set and choose every tensor's format."""
+    g, layers = _fused(graph, clip, fixed)
+    return _calibrate_fused(g, layers, calib, mode=mode, acc_bits=acc_bits,
+                            fine_formats=fine_formats, clip=clip, fixed=fixed)
+
+
+def _fused(graph: Graph, clip: str, fixed: FixedFormats | None) -> tuple[Graph, list[Layer]]:
     g = prepare(graph, scale_clip_bounds=clip == "exact" and fixed is None)
+    return g, fuse(g)
+
+
+def _calibrate_fused(g: Graph, layers: list[Layer], calib, *, mode, acc_bits, fine_formats, clip,
+                     fixed) -> Calibration:
     calibrated = calib is not None
     if not calibrated:
         if fixed is None:
@@ -785,8 +863,6 @@ def quantize(graph: Graph, calib: np.ndarray | None, *, mode: str = "std", per_c
                          f"N >= 1, not {calib.shape}")
     if not np.all(np.isfinite(calib)):
         raise ValueError("calibration data must be finite")
-
-    layers = fuse(g)
     acts = run_float(g, calib)
     formats, stats = calibrate(g, layers, acts, mode, fine_formats,
                                fixed.activations if fixed else None, clip)
@@ -800,30 +876,91 @@ def quantize(graph: Graph, calib: np.ndarray | None, *, mode: str = "std", per_c
             acts[layer.output] = acts[layer.pre]
     if clip == "exact":
         layers = exact_clips(layers, formats, stats, acts)
+    return Calibration(g, layers, acts, formats, stats, calib, fixed, mode, acc_bits, fine_formats)
 
-    ops, infos = [], []
-    for layer in layers:
-        # A weight the graph fixes keeps its bias too: no correction for it.
-        fixed_w = fixed is not None and layer.kind == "conv" and layer.conv.name in fixed.weights
-        x_mean = (acts[layer.conv.input].mean(axis=(0, 2, 3))
-                  if bias_correction and layer.kind == "conv" and not fixed_w else None)
-        op, info = _build(layer, formats, per_channel, weight_mode, acc_bits, fine_formats, x_mean,
-                          fixed.weights if fixed else None)
-        ops.append(op)
-        infos.append(info)
-    names = [g.input] + [layer.output for layer in layers]
-    tensors = {t: QTensor(t, tuple(acts[t].shape[1:]), formats[t]) for t in names}
-    qg = QGraph(tensors, ops, g.input, g.output,
-                meta={"acc_bits": acc_bits, "mode": mode, "weight_mode": weight_mode,
-                      "per_channel": per_channel,
-                      "fused": {layer.name: list(layer.fused) for layer in layers}})
-    if g.output not in tensors:
-        raise ValueError(f"graph output {g.output!r} is not a layer output")
-    check_hardware_ranges(qg)
-    if on_graph is not None:
-        on_graph(qg)
-    options = {"fine_formats": fine_formats, "bias_correction": bias_correction, "clip": clip}
-    return qg, _report(qg, g, layers, infos, acts, stats, calib, options)
+
+def build_layer(cal: Calibration, layer: Layer, *, bits: int = 8, per_channel: bool = False,
+                weight_mode: str = "std", bias_correction: bool = True) -> tuple[object, dict]:
+    """Step 4 of :func:`quantize` for one layer of ``cal``: its op (a conv's weights
+    ``bits`` wide) and the report's facts about it."""
+    # A weight the graph fixes keeps its bias too: no correction for it.
+    fixed = cal.fixed.weights if cal.fixed else {}
+    conv = layer.kind == "conv"
+    x_mean = (cal.acts[layer.conv.input].mean(axis=(0, 2, 3))
+              if bias_correction and conv and layer.conv.name not in fixed else None)
+    op, info = _build(layer, cal.formats, per_channel, weight_mode, cal.acc_bits, cal.fine_formats,
+                      x_mean, fixed, bits)
+    if conv:
+        info["weight_bits"] = bits
+    return op, info
+
+
+def assemble(cal: Calibration, ops: list, *, per_channel: bool = False,
+             weight_mode: str = "std") -> QGraph:
+    """The :class:`QGraph` of ``cal``'s layers built as ``ops`` (one per layer, in
+    order); its ``meta`` records the options and, under ``weight_bits``, the width of
+    every conv with weights (identity convs, which apply a ReLU, have none)."""
+    names = [cal.graph.input] + [layer.output for layer in cal.layers]
+    tensors = {t: QTensor(t, tuple(cal.acts[t].shape[1:]), cal.formats[t]) for t in names}
+    widths = {op.name: op.weight_bits for op, layer in zip(ops, cal.layers)
+              if layer.kind == "conv" and not layer.identity}
+    qg = QGraph(tensors, list(ops), cal.graph.input, cal.graph.output,
+                meta={"acc_bits": cal.acc_bits, "mode": cal.mode, "weight_mode": weight_mode,
+                      "per_channel": per_channel, "weight_bits": widths,
+                      "fused": {layer.name: list(layer.fused) for layer in cal.layers}})
+    if cal.graph.output not in tensors:
+        raise ValueError(f"graph output {cal.graph.output!r} is not a layer output")
+    return qg
+
+
+def weight_layers(layers: list[Layer]) -> dict[str, int]:
+    """Name -> number of weights of every conv layer with weights (identity convs,
+    which apply a ReLU, excluded): the layers a width may be asked for."""
+    return {layer.name: int(layer.conv.weight.size) for layer in layers
+            if layer.kind == "conv" and not layer.identity}
+
+
+def graph_weight_layers(graph: Graph, fixed: FixedFormats | None = None) -> dict[str, int]:
+    """:func:`weight_layers` of a float graph as :func:`quantize` fuses it, those whose
+    weights ``fixed`` gives left out (they stay 8-bit)."""
+    _, layers = _fused(graph, "exact", fixed)
+    given = fixed.weights if fixed else {}
+    # A conv layer is named after its conv node.
+    return {name: n for name, n in weight_layers(layers).items() if name not in given}
+
+
+def _weight_widths(layers: list[Layer], fixed: FixedFormats | None,
+                   weight_bits: dict[str, int] | None) -> dict[str, int]:
+    """``weight_bits`` checked against the graph's layers (:class:`WeightBitsError`)."""
+    convs = {layer.name: layer for layer in layers if layer.kind == "conv"}
+    given = fixed.weights if fixed else {}
+    for name, bits in (weight_bits or {}).items():
+        layer = convs.get(name)
+        if layer is None:
+            raise WeightBitsError(f"weight width for {name!r}: no conv layer of the graph has that name "
+                                  f"(conv layers: {', '.join(weight_layers(layers)) or 'none'})")
+        if layer.identity:
+            raise WeightBitsError(f"weight width for {name!r}: it applies a ReLU/Clip as an identity "
+                                  "conv and has no weights of its own")
+        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) \
+                or bits not in numerics.WEIGHT_BITS:
+            raise WeightBitsError(f"weight width of {name!r} must be one of "
+                                  f"{', '.join(map(str, numerics.WEIGHT_BITS))}, not {bits!r}")
+        if bits != 8 and layer.conv.name in given:
+            raise WeightBitsError(f"weight width of {name!r}: its weights are fixed 8-bit by the "
+                                  f"graph's quantizer, they cannot be {bits}-bit")
+    return {name: int(bits) for name, bits in (weight_bits or {}).items()}
+
+
+def weight_memory(counts: dict[str, int], widths: dict[str, int]) -> dict:
+    """The weight storage of conv layers with ``counts`` weights each stored ``widths``
+    bits wide (8 where not given): ``weights`` (their number), ``bits`` (in all), and
+    what float32 and int8 would take, ``float_bits`` and ``int8_bits``, with the ratios
+    ``vs_float`` and ``vs_int8``."""
+    n = sum(counts.values())
+    bits = sum(c * widths.get(name, 8) for name, c in counts.items())
+    return {"weights": n, "bits": bits, "float_bits": 32 * n, "int8_bits": 8 * n,
+            "vs_float": 32 * n / bits if bits else 0.0, "vs_int8": 8 * n / bits if bits else 0.0}
 
 
 def _clip_note(layer: Layer, fmt: Format, clip: str) -> str:
@@ -840,7 +977,8 @@ def _clip_note(layer: Layer, fmt: Format, clip: str) -> str:
     return f"{head} exact: clipped at {bound:g} ({fmt}) {how}"
 
 
-def _report(qg: QGraph, g: Graph, layers, infos, acts, stats, calib, options: dict) -> dict:
+def _report(qg: QGraph, cal: Calibration, infos, options: dict) -> dict:
+    g, layers, acts, stats, calib = cal.graph, cal.layers, cal.acts, cal.stats, cal.calib
     gold = run_golden_batch(qg, quantize_input(qg, calib))
     tensors = {}
     for name, t in qg.tensors.items():
@@ -875,10 +1013,13 @@ def _report(qg: QGraph, g: Graph, layers, infos, acts, stats, calib, options: di
                                       float(10 * np.log10(power / mse[layer.output]))
                                       if power > 0 else float("-inf"))
         if info.get("weight_saturated"):
+            # Weights narrower than 8 bits take the grid search already.
+            grid = qg.meta["weight_mode"] == "grid" or info["weight_bits"] < 8
             fixes = [fix for fix, used in (("per_channel=True", qg.meta["per_channel"]),
-                                           ("weight_mode='grid'", qg.meta["weight_mode"] == "grid"))
+                                           ("weight_mode='grid'", grid))
                      if not used]
-            notes.append(f"{layer.name}: {info['weight_saturated']} weights clip at +-127 "
+            notes.append(f"{layer.name}: {info['weight_saturated']} weights clip at "
+                         f"+-{numerics.weight_range(info['weight_bits'])[1]} "
                          f"(fl_w {info['fl_w']})" + (f"; try {' or '.join(fixes)}" if fixes else ""))
         if layer.kind in ("conv", "add"):
             entry["relu"] = layer.relu
@@ -905,5 +1046,6 @@ def _report(qg: QGraph, g: Graph, layers, infos, acts, stats, calib, options: di
         "output_sqnr_db": sqnr_db(acts[qg.output], numerics.dequantize(
             gold[qg.output], qg.tensor(qg.output).fmt)),
         "output_nonzero_fraction": float(np.mean(gold[qg.output] != 0)),
+        "weight_memory": weight_memory(weight_layers(layers), qg.meta["weight_bits"]),
         "notes": notes,
     }

@@ -36,12 +36,13 @@ bank read the two rows on alternate cycles: one iteration every two cycles.
 import functools
 import operator
 from dataclasses import dataclass, field, replace
-from typing import Iterator
+from typing import Callable, Iterator
 
 from amaranth.hdl import Shape, Value, signed, unsigned
 from amaranth.lib import data, enum
 
 from .config import REGIONS, CoreConfig
+from .numerics import WEIGHT_BITS
 
 __all__ = [
     "Opcode", "Mem", "UNREGIONED", "PARAM_ENUMS", "ErrorCode", "AddrGen", "Params", "Insn", "INSN_BITS", "INSN_BYTES",
@@ -50,6 +51,7 @@ __all__ = [
     "FieldRule", "FIELD_RULES", "field_rules", "bad_fields",
     "region_of", "regions_spanned", "layout_fields", "opcode_of", "PARAMS_VIEW",
     "pack_row", "unpack_row", "pack_rows", "unpack_rows", "CoreState",
+    "weight_bits", "narrow_of", "loadw_rows", "pack_tiles", "unpack_tiles",
 ]
 
 ADDR_BITS = 16
@@ -123,6 +125,7 @@ class StoreParams(data.Struct):
 
 class LoadwParams(data.Struct):
     bank: unsigned(1)
+    narrow: unsigned(2)
 
 
 class MatmulParams(data.Struct):
@@ -248,10 +251,14 @@ OPCODE_INFO: dict[Opcode, OpInfo] = {
         {"x": ("mem", "r")}, ("mem",)),
     Opcode.LOADW: OpInfo(
         "Weight buffer -> array bank",
-        "Loads one rows x cols weight tile into weight bank `bank` of the array: array "
-        "row i receives WBUF row `x` of iteration i. Runs alongside a matmul that uses "
-        "the other bank.",
-        {"x": (Mem.WBUF, "r")}, ("bank",)),
+        "Loads one rows x cols weight tile of b-bit weights, b = 8 - 2 * `narrow` "
+        "(8, 6, 4 or 2), into weight bank `bank` of the array; each iteration reads WBUF "
+        "row `x`. Column j of the tile is packed in byte j of the rows read: joined "
+        "in iteration order (iteration k's byte is bits [8k, 8k+8)), its bits "
+        "[b*i, b*i+b) hold the weight of array row i, two's complement, sign-extended "
+        "to int8 (at b = 8, array row i receives WBUF row `x` of iteration i). Runs "
+        "alongside a matmul that uses the other bank.",
+        {"x": (Mem.WBUF, "r")}, ("bank", "narrow")),
     Opcode.MATMUL: OpInfo(
         "Systolic matmul into the accumulators",
         "Each iteration multiplies the activation vector a = SPAD row `x`, bytes "
@@ -539,23 +546,27 @@ class FieldRule:
 
     ``field`` is ``"count0"``, ``"count1"`` or a field of the opcode's params view;
     ``relation`` is ``"in"``, ``"=="`` or ``"<"``; ``bound`` is an int, a tuple of
-    :class:`Mem` members (for ``"in"``) or the name of the :class:`CoreConfig`
-    attribute that holds the int.
+    :class:`Mem` members (for ``"in"``), the name of the :class:`CoreConfig`
+    attribute that holds the int, or, with ``per`` naming another params field, a
+    function ``bound(cfg, value of per)`` giving the int.
     """
 
     opcode: Opcode
     field: str
     relation: str
-    bound: "int | str | tuple[Mem, ...]"
+    bound: "int | str | tuple[Mem, ...] | Callable[[CoreConfig, int], int]"
+    per: "str | None" = None
 
-    def limit(self, cfg: CoreConfig) -> "int | tuple[Mem, ...]":
-        """The bound on core ``cfg``."""
+    def limit(self, cfg: CoreConfig, of: int = 0) -> "int | tuple[Mem, ...]":
+        """The bound on core ``cfg`` (``of``: the value of the ``per`` field)."""
+        if self.per is not None:
+            return self.bound(cfg, of)
         return getattr(cfg, self.bound) if isinstance(self.bound, str) else self.bound
 
-    def broken_by_value(self, value, cfg: CoreConfig):
+    def broken_by_value(self, value, cfg: CoreConfig, of: int = 0):
         """Whether ``value`` breaks the rule on ``cfg``: a bool for an int, a 1-bit
         Amaranth value for a field of an :class:`Insn` view."""
-        bound = self.limit(cfg)
+        bound = self.limit(cfg, of)
         if self.relation == "in" and isinstance(value, int):
             bound = tuple(b.value for b in bound)
         return _BREAKS[self.relation](value, bound)
@@ -566,17 +577,33 @@ class FieldRule:
             return getattr(insn, self.field)
         return int(insn.params.get(self.field, 0))
 
+    def of(self, insn: "Instruction") -> int:
+        """The value of the ``per`` field in a decoded instruction (0 without one)."""
+        return int(insn.params.get(self.per, 0)) if self.per is not None else 0
+
     def broken_by(self, insn: "Instruction", cfg: CoreConfig) -> bool:
         """Whether ``insn`` (of this rule's opcode) breaks the rule on ``cfg``."""
-        return bool(self.broken_by_value(self.value(insn), cfg))
+        return bool(self.broken_by_value(self.value(insn), cfg, self.of(insn)))
 
     def broken_expr(self, insn: Insn, cfg: CoreConfig) -> Value:
         """The same test on an Amaranth :class:`Insn` view (holding this opcode)."""
-        if self.field in ("count0", "count1"):
-            field = getattr(insn, self.field)
-        else:
-            field = getattr(getattr(insn.params, PARAMS_VIEW[self.opcode]), self.field)
-        return self.broken_by_value(field, cfg)
+        def view(name):
+            if name in ("count0", "count1"):
+                return getattr(insn, name)
+            return getattr(getattr(insn.params, PARAMS_VIEW[self.opcode]), name)
+        if self.per is None:
+            return self.broken_by_value(view(self.field), cfg)
+        per = view(self.per)
+        return functools.reduce(operator.or_, [
+            (per == k) & self.broken_by_value(view(self.field), cfg, k)
+            for k in self.per_values()])
+
+    def per_values(self) -> range:
+        """Every value the ``per`` field can hold (``range(1)`` without one)."""
+        if self.per is None:
+            return range(1)
+        _, width, _ = _PARAM_FIELDS[PARAMS_VIEW[self.opcode]][self.per]
+        return range(1 << width)
 
     def encodable(self) -> range:
         """Every value the field's bits can hold."""
@@ -585,18 +612,18 @@ class FieldRule:
         _, width, is_signed = _PARAM_FIELDS[PARAMS_VIEW[self.opcode]][self.field]
         return range(-(1 << (width - 1)), 1 << (width - 1)) if is_signed else range(1 << width)
 
-    def legal_values(self, cfg: CoreConfig) -> "range | tuple[int, ...]":
+    def legal_values(self, cfg: CoreConfig, of: int = 0) -> "range | tuple[int, ...]":
         """The encodable values that meet the rule on ``cfg``, in increasing order."""
-        bound, values = self.limit(cfg), self.encodable()
+        bound, values = self.limit(cfg, of), self.encodable()
         if self.relation == "<":
             return range(values.start, max(values.start, min(bound, values.stop)))
         if self.relation == "==":
             return (bound,) if bound in values else ()
         return tuple(sorted(b.value for b in bound))
 
-    def illegal_values(self, cfg: CoreConfig) -> list[int]:
+    def illegal_values(self, cfg: CoreConfig, of: int = 0) -> list[int]:
         """The encodable values that break the rule on ``cfg`` (may be empty)."""
-        return [v for v in self.encodable() if self.broken_by_value(v, cfg)]
+        return [v for v in self.encodable() if self.broken_by_value(v, cfg, of)]
 
     def describe(self) -> str:
         """The rule as Markdown text, e.g. ``mem in {SPAD, ACC}``."""
@@ -604,16 +631,36 @@ class FieldRule:
             bound = "{" + ", ".join(b.name for b in self.bound) + "}"
         elif isinstance(self.bound, str):
             bound = f"`CoreConfig.{self.bound}`"
+        elif self.per is not None:
+            bound = f"`{self.bound.__name__}(cfg, {self.per})`"
         else:
             bound = str(self.bound)
         return f"`{self.field}` {self.relation} {bound}"
+
+
+def weight_bits(narrow: int) -> int:
+    """The weight width a LOADW's ``narrow`` field selects: ``8 - 2 * narrow``."""
+    return WEIGHT_BITS[narrow]
+
+
+def narrow_of(bits: int) -> int:
+    """The LOADW ``narrow`` field of ``bits``-bit weights."""
+    if bits not in WEIGHT_BITS:
+        raise ValueError(f"weight width must be one of {WEIGHT_BITS}, not {bits!r}")
+    return WEIGHT_BITS.index(bits)
+
+
+def loadw_rows(cfg: CoreConfig, narrow: int) -> int:
+    """The weight-buffer rows one LOADW of ``narrow`` reads: a column's ``rows``
+    weights of ``weight_bits(narrow)`` bits, whole bytes."""
+    return -(-cfg.rows * weight_bits(narrow) // 8)
 
 
 #: Every field rule, in the order the hardware and the simulator check them.
 FIELD_RULES: tuple[FieldRule, ...] = (
     FieldRule(Opcode.LOAD, "mem", "in", (Mem.SPAD, Mem.WBUF, Mem.ACC, Mem.TABLE, Mem.LUT)),
     FieldRule(Opcode.STORE, "mem", "in", (Mem.SPAD, Mem.ACC)),
-    FieldRule(Opcode.LOADW, "count0", "==", "rows"),
+    FieldRule(Opcode.LOADW, "count0", "==", loadw_rows, per="narrow"),
     FieldRule(Opcode.LOADW, "count1", "==", 1),
     FieldRule(Opcode.MATMUL, "lane", "<", "matmul_lanes"),
     FieldRule(Opcode.REQUANT, "lane", "<", "requant_lanes"),
@@ -729,6 +776,40 @@ def pack_rows(mem: Mem, rows, cfg: CoreConfig) -> list[int]:
 def unpack_rows(mem: Mem, words, cfg: CoreConfig, signed: bool = True) -> _np.ndarray:
     """Rows (int64 array) from stream words (see :func:`unpack_row`)."""
     return _np.array([unpack_row(mem, w, cfg, signed) for w in words], dtype=_np.int64)
+
+
+def pack_tiles(tiles, bits: int) -> _np.ndarray:
+    """Weight tiles (..., rows, cols) of ``bits``-bit integers as the weight-buffer
+    rows LOADW unpacks them from (OPCODE_INFO[LOADW]): (..., ceil(rows * bits / 8),
+    cols) int8, each column's weights packed in its byte lane, first row lowest."""
+    t = _np.asarray(tiles, _np.int64)
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    if t.size and (t.min() < lo or t.max() > hi):
+        raise ValueError(f"{bits}-bit weights must lie in {lo}..{hi}, not {t.min()}..{t.max()}")
+    if bits == 8:
+        return t.astype(_np.int8)
+    *lead, rows, cols = t.shape
+    n = -(-rows * bits // 8)
+    # A column's bit string, least significant first: bit t of row i is bit b*i + t.
+    lanes = (t[..., None] >> _np.arange(bits)) & 1                  # (..., rows, cols, bits)
+    lanes = _np.moveaxis(lanes, -2, -3).reshape(*lead, cols, rows * bits)
+    lanes = _np.concatenate([lanes, _np.zeros((*lead, cols, 8 * n - rows * bits), _np.int64)], -1)
+    octets = (lanes.reshape(*lead, cols, n, 8) << _np.arange(8)).sum(-1)
+    return _np.swapaxes(octets, -1, -2).astype(_np.uint8).view(_np.int8)
+
+
+def unpack_tiles(packed, bits: int, rows: int) -> _np.ndarray:
+    """Inverse of :func:`pack_tiles`: the (..., rows, cols) int64 weights that LOADW
+    of ``bits``-bit weights puts in the array from weight-buffer rows (..., n, cols)."""
+    p = _np.asarray(packed, _np.int64) & 0xFF
+    if bits == 8:
+        return _np.where(p >= 128, p - 256, p)[..., :rows, :]
+    *lead, n, cols = p.shape
+    lanes = (_np.swapaxes(p, -1, -2)[..., None] >> _np.arange(8)) & 1   # (..., cols, n, 8)
+    lanes = lanes.reshape(*lead, cols, 8 * n)[..., :rows * bits].reshape(*lead, cols, rows, bits)
+    v = (lanes << _np.arange(bits)).sum(-1)
+    v = _np.where(v >> (bits - 1) & 1, v - (1 << bits), v)
+    return _np.swapaxes(v, -1, -2)
 
 
 class CoreState(enum.Enum, shape=2):

@@ -25,7 +25,7 @@ __all__ = [
     "shift_round_half_even", "shift_left_saturate", "requantize",
     "quantize", "dequantize", "relu", "align", "residual_add", "add_saturate",
     "aligned_add", "acc_bound", "bias_quantize", "matmul_accumulate", "maximum", "fl_from_std", "fl_grid_search",
-    "avgpool_fl_shift",
+    "avgpool_fl_shift", "WEIGHT_BITS", "weight_range", "quantize_weight",
 ]
 
 SIGNED_MIN = -127
@@ -40,6 +40,10 @@ UNSIGNED_FL_MAX = 8
 #: deep stacks whose activations shrink to 1e-15 keep their 8 bits (random-weight
 #: EfficientNet-B0 needs s8.52, docs/numerics.md) while 2**fl stays exact in float64.
 FL_MAX = 64
+#: Widths a layer's weights may be stored in (FxP-QNet's mixed precision). Narrow
+#: weights are packed in the weight stream and the weight buffer and sign-extended to
+#: int8 on their way into the array, so the multipliers never change.
+WEIGHT_BITS = (8, 6, 4, 2)
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,15 @@ def saturate(x, signed: bool, relu: bool = False) -> np.ndarray:
     """Clamp to the 8-bit output range (see :func:`out_range`)."""
     lo, hi = out_range(signed, relu)
     return np.clip(_i64(x), lo, hi)
+
+
+def weight_range(bits: int = 8) -> tuple[int, int]:
+    """Inclusive range of a ``bits``-wide weight: symmetric, as int8 data's, so that
+    negating a weight never saturates: [-127, 127] at 8 bits, [-1, 1] at 2."""
+    if bits not in WEIGHT_BITS:
+        raise ValueError(f"weight width must be one of {WEIGHT_BITS}, not {bits!r}")
+    hi = (1 << (bits - 1)) - 1
+    return -hi, hi
 
 
 def acc_range(bits: int = 32) -> tuple[int, int]:
@@ -151,6 +164,19 @@ def quantize(x, fmt: Format) -> np.ndarray:
     """Float to 8-bit fixed point: ``clamp(round_half_even(x * 2**fl), lo, hi)``."""
     scaled = np.asarray(x, dtype=np.float64) * float(2 ** fmt.fl)
     return np.clip(np.rint(scaled), fmt.lo, fmt.hi).astype(np.int64)
+
+
+def quantize_weight(w, fl, bits: int = 8) -> np.ndarray:
+    """Float weights to ``bits``-wide integers on the grid ``2**-fl``:
+    ``clamp(round_half_even(w * 2**fl), weight_range(bits))``. ``fl`` (0..FL_MAX) may be
+    an array broadcasting against ``w`` (per output channel). At 8 bits this is
+    :func:`quantize` into ``s8.fl``."""
+    lo, hi = weight_range(bits)
+    fl = _i64(fl)
+    if fl.size and (fl.min() < 0 or fl.max() > FL_MAX):
+        raise ValueError(f"weight fl must be in 0..{FL_MAX}, not {fl.min()}..{fl.max()}")
+    scaled = np.asarray(w, dtype=np.float64) * np.exp2(fl.astype(np.float64))
+    return np.clip(np.rint(scaled), lo, hi).astype(np.int64)
 
 
 def dequantize(q, fmt: Format) -> np.ndarray:
@@ -245,16 +271,19 @@ def fl_from_std(std: float, signed: bool, fl_max: int | None = None) -> int:
     return fl
 
 
-def fl_grid_search(x, signed: bool, fl_max: int | None = None) -> int:
+def fl_grid_search(x, signed: bool, fl_max: int | None = None, bits: int = 8) -> int:
     """The fractional length in 0..``fl_max`` (by default :data:`SIGNED_FL_MAX` or
     :data:`UNSIGNED_FL_MAX`) that minimises the RMS quantization error of ``x``
-    (ties go to the larger fl)."""
+    (ties go to the larger fl). Signed data may be ``bits``-wide weights
+    (:func:`quantize_weight`); unsigned data are 8-bit."""
     x = np.asarray(x, dtype=np.float64)
     hi = _fl_max(signed, fl_max)
+    if bits != 8 and not signed:
+        raise ValueError(f"unsigned data are 8-bit; only signed weights may be {bits}-bit")
     best_fl, best_err = 0, np.inf
     for fl in range(hi + 1):
-        fmt = Format(signed, fl)
-        err = float(np.sqrt(np.mean((dequantize(quantize(x, fmt), fmt) - x) ** 2)))
+        q = quantize_weight(x, fl, bits) if signed else quantize(x, Format(False, fl))
+        err = float(np.sqrt(np.mean((q * 2.0 ** -fl - x) ** 2)))
         if err <= best_err:
             best_fl, best_err = fl, err
     return best_fl

@@ -43,7 +43,7 @@ from fxpgen.hw.store import FIFO_DEPTH
 from amaranth.lib import data
 
 from fxpgen.isa import (Addr, AddrGen, Insn, Instruction, Mem, Opcode, footprint, opcode_of, read_port,
-                        region_of)
+                        region_of, weight_bits)
 
 from .engine import Engine, EngineResult, Progress, Runnable
 
@@ -67,8 +67,9 @@ class Latencies:
         the read and operand registers, then :attr:`Requantizer.LATENCY`
         (:meth:`Stages.vector_write_delay`).
     loadw_drain
-        From the last weight-buffer read of a LOADW to the last row entering the
-        array: the synchronous read (``hw/loadw.py``).
+        From the weight-buffer read that completes a LOADW's tile row to that row
+        entering the array: the synchronous read (``hw/loadw.py``). The rows enter
+        one a cycle, narrow weights too: each row is read only when needed.
     store_drain
         From the last row read by a STORE to the result stream taking it: the
         synchronous read, then two cycles through the ``SyncFIFOBuffered`` (its
@@ -341,9 +342,12 @@ def _timed_op(insn: Instruction, unit: str, n: int, reads: tuple[int, ...], writ
                    r_holds=tuple((b, wb if b == bank else n) for b in reads),
                    w_holds=tuple(ends.items()), port=Mem.ACC, take=(1 + lat.matmul_write, wb))
     if op is Opcode.LOADW:
-        drained = n + lat.loadw_drain
+        # A row is read the cycle before the first tile row needing its bits enters.
+        width = weight_bits(insn.params.get("narrow", 0))
+        read = 8 * (n - 1) // width + 1
+        drained = cfg.rows + lat.loadw_drain
         return _Op(op, unit, n, reads, writes, ready=drained + 1, busy=drained, last=drained,
-                   r_holds=tuple((b, n) for b in reads), w_holds=tuple((b, drained) for b in writes))
+                   r_holds=tuple((b, read) for b in reads), w_holds=tuple((b, drained) for b in writes))
     if op is Opcode.STORE:
         issued = _store_last_issue(n, lat)
         sent = issued + lat.store_drain

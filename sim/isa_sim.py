@@ -44,7 +44,8 @@ from typing import Sequence
 import numpy as np
 
 from fxpgen.config import REGIONS, CoreConfig
-from fxpgen.isa import INSN_BITS, UNREGIONED, ErrorCode, Instruction, Mem, Opcode, bad_fields, opcode_of
+from fxpgen.isa import (INSN_BITS, UNREGIONED, ErrorCode, Instruction, Mem, Opcode, bad_fields, loadw_rows,
+                        opcode_of, unpack_tiles, weight_bits)
 from fxpgen.numerics import add_saturate, aligned_add, matmul_accumulate, maximum, requantize
 
 __all__ = ["RunResult", "Machine", "ProgramError", "run_program", "CHUNK"]
@@ -367,7 +368,14 @@ class Machine:
                 lasts[-1] = True
             res.lasts.extend(lasts)
         elif op is Opcode.LOADW:
-            self.banks[p["bank"], b.t] = self.wbuf[ad["x"]]
+            # A tile row enters the array once its bits are read: before a fault,
+            # the rows the reads so far complete.
+            width = weight_bits(p.get("narrow", 0))
+            if b.t[0] == 0:
+                self._tile = np.zeros((loadw_rows(cfg, p.get("narrow", 0)), cfg.cols), np.int64)
+            self._tile[b.t] = self.wbuf[ad["x"]]
+            done = min(cfg.rows, 8 * (int(b.t[-1]) + 1) // width)
+            self.banks[p["bank"], :done] = unpack_tiles(self._tile, width, cfg.rows)[:done]
         elif op is Opcode.MATMUL:
             lo = p["lane"] * cfg.rows
             raw = self.spad[ad["x"], lo:lo + cfg.rows]

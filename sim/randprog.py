@@ -231,10 +231,11 @@ class _Gen:
             return r.getrandbits(self.bus_width)
         return word | (r.getrandbits(self.bus_width - bits) << bits if self.bus_width > bits else 0)
 
-    def ruled(self, op: Opcode, name: str) -> int:
-        """A random value of field ``name`` of ``op`` that meets its field rule."""
+    def ruled(self, op: Opcode, name: str, of: int = 0) -> int:
+        """A random value of field ``name`` of ``op`` that meets its field rule (``of``:
+        the value of the field the rule's bound depends on)."""
         rule = next(r for r in field_rules(op) if r.field == name)
-        values = rule.legal_values(self.cfg)
+        values = rule.legal_values(self.cfg, of)
         return values[0] if len(values) == 1 else self.rng.choice(values)
 
     def instruction(self, op: Opcode) -> Instruction:
@@ -304,8 +305,9 @@ def _store(g: _Gen, c0: int, c1: int) -> Instruction:
 
 
 def _loadw(g: _Gen, c0: int, c1: int) -> Instruction:
-    c0, c1 = g.ruled(Opcode.LOADW, "count0"), g.ruled(Opcode.LOADW, "count1")
-    return Instruction(Opcode.LOADW, {"bank": g.rng.randrange(2)}, c0, c1,
+    narrow = g.rng.choice([0, 0, 1, 2, 3])
+    c0, c1 = g.ruled(Opcode.LOADW, "count0", narrow), g.ruled(Opcode.LOADW, "count1")
+    return Instruction(Opcode.LOADW, {"bank": g.rng.randrange(2), "narrow": narrow}, c0, c1,
                        x=g.stream(g.cfg.wbuf_depth, c0, c1))
 
 
@@ -408,7 +410,7 @@ def breaking(insn: Instruction, rule: FieldRule, cfg: CoreConfig,
              rng: random.Random) -> Instruction:
     """``insn`` (of ``rule.opcode``) with ``rule``'s field set to a random value that
     breaks it; every other field is kept."""
-    value = rng.choice(rule.illegal_values(cfg))
+    value = rng.choice(rule.illegal_values(cfg, rule.of(insn)))
     if rule.field in ("count0", "count1"):
         return replace(insn, **{rule.field: value})
     return replace(insn, params={**insn.params, rule.field: value})
@@ -447,7 +449,8 @@ def error_targets(cfg: CoreConfig) -> list[tuple]:
 
 def _ways(op: Opcode, cfg: CoreConfig, depth: int) -> list[str]:
     """The :data:`ADDRESS_WAYS` an instruction of ``op`` can fault in on a memory of
-    ``depth`` rows (LOADW runs ``rows`` x 1 iterations; a wrap needs a base above 0)."""
+    ``depth`` rows (LOADW runs ``loadw_rows`` x 1 iterations, ``rows`` x 1 at 8 bits;
+    a wrap needs a base above 0)."""
     inner = op is not Opcode.LOADW or cfg.rows >= 2
     ok = {"end": inner, "base": True, "outer": op is not Opcode.LOADW,
           "wrap16": inner and depth >= 2, "wrap_loop": inner and depth >= 2}
@@ -486,6 +489,8 @@ def _faulting(g: _Gen, target: tuple, way: str | None) -> Instruction:
         del g.data[mark:]
         if op is Opcode.LOAD:
             insn = replace(insn, params={"mem": mem.value}, count0=c0, count1=c1)
+        if op is Opcode.LOADW and insn.count0 < 2 and way not in (None, "base"):
+            continue    # a narrow tile of one row: no inner loop to run off the end
         if op is Opcode.REQUANT and s == "y":
             insn = replace(insn, params={**insn.params, "residual": 1})
         a = g.stream(depth, insn.count0, insn.count1)

@@ -149,3 +149,59 @@ def test_program_file_holds_each_distinct_word_once_and_every_word_back(tmp_path
     assert prog.words == low.words and prog.consts == low.consts
     assert prog.header["n_insn_table"] == len(set(low.words)) < len(low.words)
     assert prog.header["n_data_table"] == len(set(low.consts)) < len(low.consts)
+
+
+def test_weight_bits_reach_the_report_the_graph_and_the_summary(tmp_path):
+    res = _compile(tmp_path / "w", "--weight-bits", "4,conv1=8")
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "w" / "report.json").read_text())
+    widths = {"conv1": 8, "conv2": 4, "conv3": 4, "fc": 4}
+    assert report["weight_bits"] == widths
+    assert {n: report["layers"][n]["weight_bits"] for n in widths} == widths
+    bits = 72 * 8 + (576 + 1152 + 2560) * 4
+    assert report["weight_memory"] == {"weights": 4360, "bits": bits, "float_bits": 139520,
+                                       "int8_bits": 34880, "vs_float": 139520 / bits,
+                                       "vs_int8": 34880 / bits}
+    assert f"weight memory {bits // 8} bytes, 7.87x smaller than float, 1.97x than 8-bit" in res.stdout
+    ops = json.loads((tmp_path / "w" / "qgraph.json").read_text())["ops"]
+    arrays = np.load(tmp_path / "w" / "qgraph.npz")
+    for op in ops:
+        if op["kind"] == "conv":
+            w = arrays[op["weight"]["array"]]
+            hi = 2 ** (widths[op["name"]] - 1) - 1
+            assert op["weight_bits"] == widths[op["name"]] and -hi <= w.min() <= w.max() <= hi
+    plain = _compile(tmp_path / "p")
+    assert "weight memory 4360 bytes, 4.00x smaller than float, 1.00x than 8-bit" in plain.stdout
+
+
+def test_weight_bits_auto_searches_within_the_budget(tmp_path):
+    runs = {}
+    for name, args in {"auto": ("--weight-bits", "auto"),
+                       "loose": ("--weight-bits", "auto", "--bits-budget", "6")}.items():
+        res = _compile(tmp_path / name, "--quiet", "--json", *args)
+        assert res.exit_code == 0, res.output
+        summary = json.loads(res.stdout)
+        report = json.loads((tmp_path / name / "report.json").read_text())
+        search = report["weight_search"]
+        assert summary["weight_bits"] == report["weight_bits"]
+        assert summary["weight_memory"] == report["weight_memory"] == search["memory"]
+        assert search["result"] == report["output_sqnr_db"] >= search["all8"] - search["budget"]
+        runs[name] = (search["budget"], report["weight_memory"]["bits"])
+    assert runs["auto"][0] == 1.0 and runs["loose"][0] == 6.0
+    assert 8 * 4360 > runs["auto"][1] >= runs["loose"][1]
+
+
+@pytest.mark.parametrize("args, item", [(("--weight-bits", "5"), "'5'"),
+                                        (("--weight-bits", "conv1=3"), "'conv1=3'"),
+                                        (("--weight-bits", "4,6"), "'6'"),
+                                        (("--weight-bits", "auto,4"), "'auto'"),
+                                        (("--weight-bits", "conv1=4,conv1=6"), "conv1 is given twice"),
+                                        (("--weight-bits", "4,conv9=2"), "'conv9'"),
+                                        (("--bits-budget", "2"), "only with --weight-bits auto"),
+                                        (("--weight-bits", "auto", "--bits-budget", "-1"), "-1")])
+def test_bad_weight_bits_give_one_clear_error(tmp_path, args, item):
+    res = _compile(tmp_path / "out", *args)
+    assert res.exit_code == 2, res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and args[-2] in errors[0] and item in errors[0], res.output
+    assert not (tmp_path / "out" / "program.fxp").exists()

@@ -16,7 +16,7 @@ from fxpgen.asm import param_fields
 from fxpgen.config import CoreConfig
 from fxpgen.hw.controller import bad_field
 from fxpgen.isa import (COUNT_MAX, FIELD_RULES, INSN_BITS, Addr, ErrorCode, FieldRule, Insn,
-                        Instruction, Mem, Opcode, bad_fields, field_rules)
+                        Instruction, Mem, Opcode, bad_fields, field_rules, loadw_rows)
 from fxpgen.sim.isa_sim import run_program
 from fxpgen.sim.randprog import breakable_rules, breaking, random_error_program, random_program
 
@@ -42,7 +42,7 @@ BROKEN = {
 def _near(cfg: CoreConfig) -> set[int]:
     """Values next to every size of the core: where an off-by-one rule would differ."""
     sizes = (1, cfg.rows, cfg.cols, cfg.lanes, cfg.matmul_lanes, cfg.requant_lanes,
-             cfg.table_depth)
+             cfg.table_depth, *(loadw_rows(cfg, k) for k in range(4)))
     return {v + d for v in sizes for d in (-1, 0, 1)}
 
 
@@ -104,10 +104,11 @@ def generator_disagreements(rules, cfg: CoreConfig, rng: random.Random) -> list[
             if bad_fields(insn, cfg, rules):
                 problems.append(f"legal {insn} breaks {bad_fields(insn, cfg, rules)}")
             for r in field_rules(insn.opcode, rules):
-                drawn[r].add(r.value(insn))
+                drawn[r].add((r.of(insn), r.value(insn)))
             legal.setdefault(insn.opcode, insn)
     for r, values in drawn.items():
-        if len(r.legal_values(cfg)) <= 16 and values != set(r.legal_values(cfg)):
+        allowed = {(k, v) for k in r.per_values() for v in r.legal_values(cfg, k)}
+        if len(allowed) <= 16 and values != allowed:
             problems.append(f"{r}: drew {sorted(values)}")
     for r in breakable_rules(cfg):
         for _ in range(20):
@@ -129,10 +130,11 @@ def generator_disagreements(rules, cfg: CoreConfig, rng: random.Random) -> list[
 @pytest.mark.parametrize("cfg", CONFIGS, ids=[c.name for c in CONFIGS])
 def test_rule_values_partition_each_field(cfg):
     for r in FIELD_RULES:
-        legal, illegal = list(r.legal_values(cfg)), r.illegal_values(cfg)
-        assert sorted(legal + illegal) == list(r.encodable()), r
-        assert legal == sorted(legal) and legal, r
-        assert not any(r.broken_by_value(v, cfg) for v in legal), r
+        for k in r.per_values():
+            legal, illegal = list(r.legal_values(cfg, k)), r.illegal_values(cfg, k)
+            assert sorted(legal + illegal) == list(r.encodable()), r
+            assert legal == sorted(legal) and legal, r
+            assert not any(r.broken_by_value(v, cfg, k) for v in legal), r
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=[c.name for c in CONFIGS])

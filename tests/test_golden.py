@@ -254,7 +254,12 @@ def test_input_validation():
         run_golden(g, np.full((1, 3, 3), -1))
     with pytest.raises(ValueError, match="shape"):
         run_golden(g, np.zeros((1, 4, 3), np.int64))
-    bad = QConv("c", "x", "y", a([[[[128]]]]), a([0]))
+    with pytest.raises(ValueError, match=r"c: 8-bit weights must lie in \[-127, 127\]"):
+        QConv("c", "x", "y", a([[[[128]]]]), a([0]))
+    with pytest.raises(ValueError, match=r"c: 4-bit weights must lie in \[-7, 7\]"):
+        QConv("c", "x", "y", a([[[[8]]]]), a([0]), weight_bits=4)
+    bad = QConv("c", "x", "y", a([[[[1]]]]), a([0]))
+    bad.weight = a([[[[128]]]])          # changed after the op was made
     with pytest.raises(ValueError, match="-127, 127"):
         run_golden(graph([bad], {"x": ((1, 1, 1), U0), "y": ((1, 1, 1), U0)}), a([[[1]]]))
 

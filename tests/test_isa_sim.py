@@ -122,7 +122,9 @@ class RefMachine:
         return clamp(v, *acc_limits(self.cfg))
 
     def shl(self, v, s):
-        return self.sat(v << s)
+        # An aligned operand keeps one bit more than the accumulator, so that a
+        # shifted value beyond it still saturates the sum (docs/numerics.md).
+        return clamp(v << s, -(1 << self.cfg.acc_width), (1 << self.cfg.acc_width) - 1)
 
     def run(self, program, data):
         cfg = self.cfg
@@ -142,7 +144,8 @@ class RefMachine:
             if op is Opcode.SYNC:
                 continue
             bad = ((op is Opcode.STORE and p["mem"] not in (0, 2))
-                   or (op is Opcode.LOADW and (insn.count0 != cfg.rows or insn.count1 != 1))
+                   or (op is Opcode.LOADW and (insn.count0 != -(-cfg.rows * (8 - 2 * p["narrow"]) // 8)
+                                               or insn.count1 != 1))
                    or (op is Opcode.MATMUL and p["lane"] >= cfg.matmul_lanes)
                    or (op is Opcode.REQUANT and (p["lane"] >= cfg.requant_lanes
                                                  or p["table"] >= cfg.table_depth)))
@@ -188,7 +191,17 @@ class RefMachine:
                     res.results.append(pack_row(mem, row, cfg))
                     res.lasts.append(it == n - 1)
                 elif op is Opcode.LOADW:
-                    self.banks[p["bank"]][it] = list(self.wbuf[ad["x"]])
+                    # Column j's weights: b-bit fields of the bytes j read so far; a
+                    # row enters once all its bits are read.
+                    b = 8 - 2 * p["narrow"]
+                    if it == 0:
+                        lanes = [0] * cfg.cols
+                    for j, v in enumerate(self.wbuf[ad["x"]]):
+                        lanes[j] |= (v & 0xFF) << (8 * it)
+                    for i in range(min(cfg.rows, 8 * (it + 1) // b)):
+                        self.banks[p["bank"]][i] = [
+                            ((lane >> (b * i)) & ((1 << b) - 1)) - ((lane >> (b * i + b - 1) & 1) << b)
+                            for lane in lanes]
                 elif op is Opcode.MATMUL:
                     lo = p["lane"] * cfg.rows
                     a = self.spad[ad["x"]][lo:lo + cfg.rows]
@@ -945,8 +958,9 @@ def random_program(rng, cfg, length):
         elif op is Opcode.STORE:
             params = dict(mem=rng.choice([0, 2] * 10 + [1]))
         elif op is Opcode.LOADW:
-            c0, c1 = (cfg.rows, 1) if rng.random() < 0.98 else (cfg.rows + 1, 1)
-            params = dict(bank=rng.randrange(2))
+            params = dict(bank=rng.randrange(2), narrow=rng.randrange(4))
+            rows = -(-cfg.rows * (8 - 2 * params["narrow"]) // 8)
+            c0, c1 = (rows, 1) if rng.random() < 0.98 else (rows + 1, 1)
         elif op is Opcode.MATMUL:
             params = dict(bank=rng.randrange(2), accumulate=rng.randrange(2),
                           act_signed=rng.randrange(2),

@@ -9,7 +9,7 @@ import pytest
 
 from fxpgen.hw.loadw import WeightLoader
 from fxpgen.hw.hazards import resource_index
-from fxpgen.isa import Addr, ErrorCode, Instruction, Mem, Opcode, pack_row
+from fxpgen.isa import Addr, ErrorCode, Instruction, Mem, Opcode, loadw_rows, pack_row, weight_bits
 
 from unit_harness import (CONFIGS, HOLD, Harness, MemoryModel, Top, addresses, check_end,
                           config_id, first_fault, hazard_mask, machine_with, random_fault, random_rows,
@@ -19,19 +19,23 @@ INSNS = 40
 
 
 def random_loadw(rng, cfg):
-    x = random_stream(rng, cfg.wbuf_depth, cfg.rows, 1, random_fault(rng))
-    return Instruction(Opcode.LOADW, {"bank": rng.randrange(2)}, cfg.rows, 1, x=x)
+    narrow = rng.randrange(4)
+    n = loadw_rows(cfg, narrow)
+    x = random_stream(rng, cfg.wbuf_depth, n, 1, random_fault(rng))
+    return Instruction(Opcode.LOADW, {"bank": rng.randrange(2), "narrow": narrow}, n, 1, x=x)
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
 def test_loadw_matches_isa_sim(cfg, seed):
-    """Each LOADW sends the weight rows the instruction-level simulator puts in the
-    bank (WBUF row x of iteration i for array row i), in order, tagged with the
-    bank, one a cycle: row i leaves the cycle after its read, the reads on the
-    cycles after start. A faulting LOADW reports the code and its pc, reads and
-    sends nothing from the faulting iteration on, and sends nothing once aborted.
-    The unit is busy (not ready) until its last row has left, declares the WBUF
-    regions while it reads and the bank until the last row has left."""
+    """Each LOADW, of 8-, 6-, 4- or 2-bit weights, sends the weight rows the
+    instruction-level simulator puts in the bank, in order, tagged with the bank, one
+    a cycle from the cycle after start: row i leaves at start + i + 1, and WBUF row k
+    is read at start + floor(8k / b), the cycle before the first row needing its bits
+    (at 8 bits: every cycle). A faulting LOADW reports the code and its pc, reads
+    nothing from the faulting iteration on, sends only the rows the reads before it
+    complete, and nothing once aborted. The unit is busy (not ready) until its last
+    row has left, declares the WBUF regions while it reads and the bank until the
+    last row has left."""
     rng = random.Random(seed)
     top = Top(loadw=WeightLoader(cfg))
     unit = top.units["loadw"]
@@ -54,11 +58,13 @@ def test_loadw_matches_isa_sim(cfg, seed):
 
             sent = []
 
+            width = weight_bits(insn.params["narrow"])
+
             def check_cycle(ctx, error):
                 reads = [c for c, _ in wbuf.reads[0][before:]]
                 issued_before = len([c for c in reads if c < h.cycle])
                 reading = error != ErrorCode.NONE or issued_before < insn.iterations
-                busy = reading or h.cycle - 1 in reads
+                busy = reading or h.cycle <= start + cfg.rows
                 assert ctx.get(ctrl.busy) == busy
                 assert ctx.get(ctrl.ready) == (not busy)
                 assert ctx.get(ctrl.reads) == (expect_reads if reading else 0)
@@ -70,14 +76,15 @@ def test_loadw_matches_isa_sim(cfg, seed):
 
             await h.start(ctx, ctrl, insn.encode(cfg), pc)
             start = h.cycle
-            error = await run_insn(ctx, h, ctrl, check_cycle, insn.iterations + 10, insn)
+            error = await run_insn(ctx, h, ctrl, check_cycle, cfg.rows + 10, insn)
             await check_end(ctx, h, top, ctrl, error, res.error, pc, faults,
                             lambda ctx: not ctx.get(unit.weights.valid))
             reads = wbuf.reads[0][before:]
-            assert reads == list(zip(range(start, start + executed),
+            assert reads == list(zip([start + 8 * k // width for k in range(executed)],
                                      addresses(insn.x, insn.count0, insn.count1)[:executed]))
-            assert sent == [(c + 1, pack_row(Mem.WBUF, mach.banks[bank][t], cfg))
-                            for t, (c, _) in enumerate(reads)]
+            done = min(cfg.rows, 8 * executed // width)
+            assert sent == [(start + i + 1, pack_row(Mem.WBUF, mach.banks[bank][i], cfg))
+                            for i in range(done)]
 
     simulate(top, bench)
     assert faults, "no instruction faulted: the random streams need more faults"

@@ -597,6 +597,69 @@ def test_fl_grid_search_ties_prefer_larger_fl():
 
 
 # --------------------------------------------------------------------------------------
+# Narrow weights (mixed precision)
+# --------------------------------------------------------------------------------------
+
+def ref_quantize_weight(x: float, fl: int, bits: int) -> int:
+    hi = 2 ** (bits - 1) - 1
+    return clamp(round(Fraction(x) * 2 ** fl), -hi, hi)
+
+
+def test_weight_range_per_width():
+    assert {b: nm.weight_range(b) for b in nm.WEIGHT_BITS} == \
+        {8: (-127, 127), 6: (-31, 31), 4: (-7, 7), 2: (-1, 1)}
+    for bad in (1, 3, 5, 7, 9, 16):
+        with pytest.raises(ValueError, match=f"one of .*not {bad}"):
+            nm.weight_range(bad)
+
+
+def test_quantize_weight_by_hand():
+    # x * 2**4 = 4.8, -4.8, 1, 1.5, 2.5, -2.5, 16, -16, 0.5: round half to even, then
+    # saturate to the width's symmetric range.
+    x = np.array([0.3, -0.3, 0.0625, 0.09375, 0.15625, -0.15625, 1.0, -1.0, 0.03125])
+    assert nm.quantize_weight(x, 4, 8).tolist() == [5, -5, 1, 2, 2, -2, 16, -16, 0]
+    assert nm.quantize_weight(x, 4, 6).tolist() == [5, -5, 1, 2, 2, -2, 16, -16, 0]
+    assert nm.quantize_weight(x, 4, 4).tolist() == [5, -5, 1, 2, 2, -2, 7, -7, 0]
+    assert nm.quantize_weight(x, 4, 2).tolist() == [1, -1, 1, 1, 1, -1, 1, -1, 0]
+    # Per-channel fl broadcasts: channel 0 at fl 0, channel 1 at fl 2.
+    w = np.array([[0.6, -1.5], [0.6, -1.5]])
+    assert nm.quantize_weight(w, np.array([[0], [2]]), 4).tolist() == [[1, -2], [2, -6]]
+    with pytest.raises(ValueError, match="fl must be in 0..64"):
+        nm.quantize_weight(x, -1, 4)
+
+
+@FAST
+@given(x=st.floats(-1e6, 1e6), fl=st.integers(0, 24), bits=st.sampled_from(nm.WEIGHT_BITS))
+def test_quantize_weight_exact(x, fl, bits):
+    assert int(nm.quantize_weight(x, fl, bits)) == ref_quantize_weight(x, fl, bits)
+    if bits == 8:
+        assert int(nm.quantize_weight(x, fl, bits)) == int(nm.quantize(x, Format(True, fl)))
+
+
+@FEW
+@given(xs=st.lists(st.floats(-4, 4), min_size=1, max_size=32), bits=st.sampled_from(nm.WEIGHT_BITS))
+def test_fl_grid_search_narrow_weights_brute_force(xs, bits):
+    x = np.array(xs)
+    errs = []
+    for fl in range(8):
+        deq = np.array([float(Fraction(ref_quantize_weight(v, fl, bits), 2 ** fl)) for v in xs])
+        errs.append(float(np.sqrt(np.mean((deq - x) ** 2))))
+    want = max(fl for fl in range(8) if errs[fl] == min(errs))
+    assert nm.fl_grid_search(x, True, bits=bits) == want
+
+
+def test_fl_grid_search_width_by_hand():
+    # +-0.75: 8 bits hold it exactly at fl 7; 2 bits ({-1, 0, 1} * 2**-fl) err by 0.25
+    # at fl 0 and fl 1 alike (the tie goes to fl 1) and by 0.5 at fl 2.
+    x = np.array([0.75, -0.75])
+    assert nm.fl_grid_search(x, True) == 7
+    assert nm.fl_grid_search(x, True, bits=4) == 3          # 6 * 2**-3, exact
+    assert nm.fl_grid_search(x, True, bits=2) == 1
+    with pytest.raises(ValueError, match="unsigned data are 8-bit"):
+        nm.fl_grid_search(x, False, bits=4)
+
+
+# --------------------------------------------------------------------------------------
 # Average pooling
 # --------------------------------------------------------------------------------------
 

@@ -621,3 +621,162 @@ def test_random_nets_quantize_and_run(net, mode, per_channel):
     assert predict(qg, calib).shape == flt.shape
     assert report["output_sqnr_db"] == sqnr_db(run_float(prepare(g), calib)[qg.output],
                                                predict(qg, calib))
+
+
+# ---- weight widths (mixed precision) ----------------------------------------------------
+
+DIGITS_WEIGHTS = {"conv1": 8 * 1 * 9, "conv2": 8 * 8 * 9, "conv3": 16 * 8 * 9, "fc": 10 * 256}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from fxpgen.models import digits_assets
+    a = digits_assets()
+    return load_onnx(str(a["model"])), np.load(a["calib"])
+
+
+def test_weight_widths_reach_the_ops_the_report_and_the_memory(digits):
+    g, calib = digits
+    widths = {"conv1": 2, "conv2": 6, "fc": 4}
+    qg, report = quantize(g, calib, weight_bits=widths)
+    convs = {op.name: op for op in qg.ops if isinstance(op, QConv)}
+    assert {n: op.weight.size for n, op in convs.items()} == DIGITS_WEIGHTS
+    want = {**dict.fromkeys(DIGITS_WEIGHTS, 8), **widths}
+    assert {n: op.weight_bits for n, op in convs.items()} == want == qg.meta["weight_bits"]
+    for n, op in convs.items():
+        lo, hi = numerics.weight_range(want[n])
+        assert lo <= op.weight.min() and op.weight.max() <= hi
+        assert report["layers"][n]["weight_bits"] == want[n]
+    # Narrow layers use their range: 2-bit weights are ternary, 4-bit reach +-7.
+    assert set(np.unique(convs["conv1"].weight)) <= {-1, 0, 1}
+    assert report["layers"]["fc"]["weight_range"] in ([-7, 7], [-7, 6], [-6, 7])
+    bits = 72 * 2 + 576 * 6 + 1152 * 8 + 2560 * 4
+    assert report["weight_memory"] == {"weights": 4360, "bits": bits, "float_bits": 32 * 4360,
+                                       "int8_bits": 8 * 4360, "vs_float": 32 * 4360 / bits,
+                                       "vs_int8": 8 * 4360 / bits}
+    plain, plain_report = quantize(g, calib)
+    assert plain_report["weight_memory"]["bits"] == 8 * 4360
+    assert plain_report["weight_memory"]["vs_float"] == 4.0
+    # Activation formats do not depend on the weights' widths.
+    assert {t: v.fmt for t, v in qg.tensors.items()} == {t: v.fmt for t, v in plain.tensors.items()}
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_narrow_weights_are_the_grid_optimum_at_their_width(digits, per_channel):
+    g, calib = digits
+    folded = {n.name: n.weight for n in prepare(g).nodes if hasattr(n, "weight")}
+    for bits in (6, 4, 2):
+        qg, report = quantize(g, calib, per_channel=per_channel,
+                              weight_bits=dict.fromkeys(DIGITS_WEIGHTS, bits))
+        for op in qg.ops:
+            if not isinstance(op, QConv):
+                continue
+            w = folded[op.name]
+            groups = w.reshape(len(w), -1) if per_channel else w.reshape(1, -1)
+            fl = [numerics.fl_grid_search(v, True, 7, bits) for v in groups]
+            assert report["layers"][op.name]["fl_w"] == (fl[0] if len(set(fl)) == 1 else fl)
+            fl_c = np.broadcast_to(np.asarray(fl), (len(w),)).reshape(-1, 1, 1, 1)
+            assert np.array_equal(op.weight, numerics.quantize_weight(w, fl_c, bits))
+
+
+def test_all_8_bit_widths_change_nothing(digits):
+    g, calib = digits
+    a, ra = quantize(g, calib)
+    b, rb = quantize(g, calib, weight_bits=dict.fromkeys(DIGITS_WEIGHTS, 8))
+    for x, y in zip(a.ops, b.ops):
+        assert type(x) is type(y) and x.name == y.name
+        if isinstance(x, QConv):
+            assert np.array_equal(x.weight, y.weight) and np.array_equal(x.bias, y.bias)
+            assert np.array_equal(x.shift, y.shift)
+    assert ra["output_sqnr_db"] == rb["output_sqnr_db"]
+
+
+@pytest.mark.parametrize("widths, match", [
+    ({"conv9": 4}, r"'conv9': no conv layer .*conv layers: conv1, conv2, conv3, fc"),
+    ({"pool": 4}, r"'pool': no conv layer"),
+    ({"conv1": 5}, r"'conv1' must be one of 8, 6, 4, 2, not 5"),
+    ({"conv1": 3}, r"'conv1' must be one of 8, 6, 4, 2, not 3"),
+    ({"conv1": True}, r"'conv1' must be one of .*not True"),
+    ({"fc": "4"}, r"'fc' must be one of .*not '4'"),
+])
+def test_bad_weight_widths_name_the_layer(digits, widths, match):
+    from fxpgen.compiler.quantize import WeightBitsError
+    g, calib = digits
+    with pytest.raises(WeightBitsError, match=match):
+        quantize(g, calib, weight_bits=widths)
+
+
+def test_identity_and_fixed_layers_keep_8_bits(seed):
+    from fxpgen.compiler.qdq import load_qdq
+    from fxpgen.compiler.quantize import WeightBitsError, graph_weight_layers
+    from test_qdq import qcdq_model
+    m = M()
+    c = m.node("Conv", ["x", m.w("W", (3, 3, 1, 1))], ["c"], name="conv")
+    r = m.node("Relu", [c], ["r"], name="relu")
+    m.node("Add", [c, r], ["y"])
+    g = load_onnx(m.model((1, 3, 4, 4), "y"))
+    calib = data((3, 4, 4), 4, 0, 1, SEED)
+    assert graph_weight_layers(g) == {"conv": 9}            # the identity conv has no weights
+    with pytest.raises(WeightBitsError, match="'relu': it applies a ReLU/Clip as an identity conv"):
+        quantize(g, calib, weight_bits={"relu": 4})
+    qg, report = quantize(g, calib, weight_bits={"conv": 2})
+    assert qg.meta["weight_bits"] == {"conv": 2} and report["weight_memory"]["bits"] == 18
+
+    graph, fixed = load_qdq(qcdq_model(SEED))
+    assert graph_weight_layers(graph, fixed) == {}
+    with pytest.raises(WeightBitsError, match="'conv2': its weights are fixed 8-bit"):
+        quantize(graph, None, fixed=fixed, weight_bits={"conv2": 4})
+    qg, report = quantize(graph, None, fixed=fixed, weight_bits={"conv2": 8})
+    assert qg.meta["weight_bits"] == {"conv1": 8, "conv2": 8, "fc": 8}
+
+
+def test_qconv_checks_its_width_and_weights():
+    w, b = np.array([[[[7]], [[-7]]]]), np.zeros(1, np.int64)
+    assert QConv("c", "x", "y", w, b, weight_bits=4).weight_bits == 4
+    assert QConv("c", "x", "y", w, b).weight_bits == 8
+    with pytest.raises(ValueError, match=r"c: 2-bit weights must lie in \[-1, 1\], not -7..7"):
+        QConv("c", "x", "y", w, b, weight_bits=2)
+    for bad in (3, 16, 4.0, True, "4"):
+        with pytest.raises(ValueError, match=f"c: weight_bits must be one of .*not {bad!r}"):
+            QConv("c", "x", "y", w, b, weight_bits=bad)
+
+
+def test_weight_widths_survive_the_files_and_the_rewrites(digits, tmp_path):
+    import dataclasses
+
+    from fxpgen.compiler.program import load_qgraph, save_qgraph
+    from fxpgen.compiler.unfold import unfold_choices
+    g, calib = digits
+    qg, _ = quantize(g, calib, weight_bits={"conv1": 6, "conv2": 4, "fc": 2})
+    save_qgraph(tmp_path, qg)
+    back = load_qgraph(tmp_path)
+    assert [getattr(op, "weight_bits", None) for op in back.ops] == \
+        [getattr(op, "weight_bits", None) for op in qg.ops] == [6, 4, None, 8, 2]
+    assert back.meta["weight_bits"] == qg.meta["weight_bits"]
+    assert dataclasses.replace(qg.ops[1], name="x").weight_bits == 4
+    # The lowering's rewrite of the first conv for an unfolded input keeps its width.
+    choices = unfold_choices(qg, CoreConfig())
+    assert len(choices) > 1
+    for unfolded, _ in choices:
+        assert [op.weight_bits for op in unfolded.ops if isinstance(op, QConv)] == [6, 4, 8, 2]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+          derandomize=True)
+@given(random_net(), st.randoms(use_true_random=False), st.booleans())
+def test_random_nets_at_random_widths(net, rnd, per_channel):
+    from fxpgen.compiler.quantize import graph_weight_layers
+    model, shape = net
+    g = load_onnx(model)
+    calib = data(shape, 4, 0, 1, SEED)
+    counts = graph_weight_layers(g)
+    widths = {n: rnd.choice(numerics.WEIGHT_BITS) for n in counts}
+    qg, report = quantize(g, calib, per_channel=per_channel, weight_bits=widths)
+    check_hardware_ranges(qg)
+    for op in qg.ops:
+        if isinstance(op, QConv) and op.name in widths:
+            lo, hi = numerics.weight_range(widths[op.name])
+            assert op.weight_bits == widths[op.name] and lo <= op.weight.min() <= op.weight.max() <= hi
+    assert report["weight_memory"]["bits"] == sum(counts[n] * widths[n] for n in counts)
+    assert report["output_sqnr_db"] == sqnr_db(run_float(prepare(g), calib)[qg.output],
+                                               predict(qg, calib))
