@@ -30,25 +30,33 @@ def accuracy(qg, x, y) -> float:
     return float(np.mean(predict(qg, x).reshape(len(x), -1).argmax(axis=1) == y))
 
 
+def float_accuracy(g, x, y) -> float:
+    return float(np.mean(run_float(prepare(g), x)[g.output].reshape(len(x), -1).argmax(1) == y))
+
+
 def test_accuracy_budget_on_digits_gives_6x_smaller_weights(digits):
+    """The search spends its budget on half the test images (every other one) and
+    is judged on the other half, which it never saw."""
     g, calib, x, y = digits
+    seen, held = (x[0::2], y[0::2]), (x[1::2], y[1::2])
     t0 = time.monotonic()
-    widths, report = search_weight_bits(g, calib, budget=1.0, labels=y, eval_x=x)
+    widths, report = search_weight_bits(g, calib, budget=1.0, labels=seen[1], eval_x=seen[0])
     seconds = time.monotonic() - t0
     qg, qreport = quantize(g, calib, weight_bits=widths)
-    float_acc = float(np.mean(run_float(prepare(g), x)[g.output].reshape(len(x), -1).argmax(1) == y))
-    all8_acc = accuracy(quantize(g, calib)[0], x, y)
-    mixed_acc = accuracy(qg, x, y)
+    float_acc, held_float = float_accuracy(g, *seen), float_accuracy(g, *held)
+    all8_acc = accuracy(quantize(g, calib)[0], *seen)
+    mixed_acc, held_mixed = accuracy(qg, *seen), accuracy(qg, *held)
     memory = qreport["weight_memory"]
     print(f"widths {widths}; {memory['bits'] / memory['weights']:.2f} bits a weight, "
           f"{memory['vs_float']:.2f}x smaller than float, {memory['vs_int8']:.2f}x than 8-bit; "
-          f"accuracy float {float_acc:.4f}, all-8 {all8_acc:.4f}, mixed {mixed_acc:.4f}; "
+          f"searched on: float {float_acc:.4f}, all-8 {all8_acc:.4f}, mixed {mixed_acc:.4f}; "
+          f"held out: float {held_float:.4f}, mixed {held_mixed:.4f}; "
           f"{report['measurements']} measurements in {seconds:.2f} s")
     print("sensitivities (points):", {n: e["sensitivity"] for n, e in report["layers"].items()})
     assert set(widths) == {"conv1", "conv2", "conv3", "fc"}
     assert set(widths.values()) <= set(WEIGHT_BITS)
     assert memory["vs_float"] >= 6.0 and memory["bits"] <= memory["weights"] * 16 / 3
-    assert mixed_acc >= float_acc - 0.01
+    assert mixed_acc >= float_acc - 0.01 and held_mixed >= held_float - 0.01
     # The search's own figures are those of the quantizer and the golden model.
     assert report["memory"] == memory
     assert report["float_accuracy"] == float_acc
@@ -56,6 +64,25 @@ def test_accuracy_budget_on_digits_gives_6x_smaller_weights(digits):
     assert report["result"] == pytest.approx(100 * mixed_acc)
     assert report["floor"] == pytest.approx(100 * float_acc - 1.0)
     assert seconds < 20
+
+
+@pytest.mark.rtl
+def test_mixed_precision_digits_runs_bit_exactly_on_the_rtl(digits, tmp_path):
+    """The widths the accuracy search picks, compiled for the default core: the
+    program LOADWs narrow tiles and the native RTL's outputs on test images are the
+    golden model's, bit for bit."""
+    from fxpgen.app.flow import compile_model, run_compiled
+    from fxpgen.compiler.program import load_qgraph
+    from fxpgen.config import CoreConfig
+    g, calib, x, y = digits
+    widths, _ = search_weight_bits(g, calib, budget=1.0, labels=y[0::2], eval_x=x[0::2])
+    assert min(widths.values()) < 8
+    summary = compile_model(digits_assets()["model"], calib, CoreConfig(), tmp_path, weight_bits=widths)
+    assert summary["weight_memory"]["vs_float"] >= 6.0
+    out = run_compiled(tmp_path, x[1:12:2], "native")
+    qg = load_qgraph(tmp_path)
+    assert out["golden_identical"] is True
+    assert np.array_equal(out["outputs"], run_golden_batch(qg, quantize_input(qg, x[1:12:2]))[qg.output])
 
 
 def test_sqnr_budget_holds_and_sensitivities_are_single_layer_drops(digits):
