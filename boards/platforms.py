@@ -69,10 +69,11 @@ class Board:
 
 BOARDS = {b.name: b for b in [
     Board("icebreaker", "icebreaker:ICEBreakerPlatform", "ice40", "clk12", 12e6, 18e6,
-          # Without lookup tables and lane multipliers, with small memories and 18-bit
-          # counters: the logic cells are the limit (docs/boards.md).
+          # Without lookup tables, lane multipliers and narrow weights, with small
+          # memories and 18-bit counters: the logic cells are the limit (docs/boards.md).
           CoreConfig(rows=1, cols=1, acc_width=20, spad_depth=512, wbuf_depth=64, acc_depth=128,
-                     table_depth=8, counter_width=18, lut_tables=0, lane_multipliers=False),
+                     table_depth=8, counter_width=18, lut_tables=0, lane_multipliers=False,
+                     weight_widths=1),
           buffers=(256, 256), leds=2,
           # No pipeline registers either: at 18 MHz the core does not need them, and
           # their flip-flops would not fit. Nor the banks' crossbar: block RAMs are not

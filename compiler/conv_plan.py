@@ -20,7 +20,7 @@ import numpy as np
 
 from fxpgen.config import CoreConfig
 from fxpgen.isa import COUNT_MAX, loadw_rows, narrow_of
-from fxpgen.numerics import acc_bound, acc_range
+from fxpgen.numerics import WEIGHT_BITS, acc_bound, acc_range
 
 from .qgraph import QAvgPool, QConv, QGraph
 from .tiling import DoesNotFit, ceil_div
@@ -180,7 +180,9 @@ def plan_conv(qg: QGraph, op: QConv | QAvgPool, cfg: CoreConfig,
     cin, in_h, _ = qg.tensor(op.input).shape
     _, oh, ow = qg.tensor(op.output).shape
     residual = op.residual if isinstance(op, QConv) else None
-    bits = getattr(op, "weight_bits", 8)
+    # Weights narrower than the core unpacks go in its narrowest width that holds
+    # them (a b-bit weight is a valid wider one): the same integers reach the array.
+    bits = min(b for b in WEIGHT_BITS[:cfg.weight_widths] if b >= getattr(op, "weight_bits", 8))
     tile_rows = loadw_rows(cfg, narrow_of(bits))
     return ConvPlan(
         name=op.name, kernel=(kh, kw), stride=tuple(op.stride), pads=tuple(op.pads),

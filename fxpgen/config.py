@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .numerics import WEIGHT_BITS
+
 __all__ = ["CoreConfig", "REGIONS"]
 
 #: Every memory is split into this many equal regions (by the top two address
@@ -45,6 +47,10 @@ class CoreConfig:
         products). Without them every MUL is refused (``BAD_FIELD``).
     counter_width
         Width of the performance counters in bits.
+    weight_widths
+        How many of the weight widths 8, 6, 4, 2 (:data:`fxpgen.numerics.WEIGHT_BITS`,
+        in that order) LOADW unpacks: 4 all of them, 1 only 8-bit weights, without
+        the unpacking logic (a narrower LOADW is refused).
     """
 
     rows: int = 8
@@ -57,6 +63,7 @@ class CoreConfig:
     lut_tables: int = 4
     counter_width: int = 32
     lane_multipliers: bool = True
+    weight_widths: int = len(WEIGHT_BITS)
 
     def __post_init__(self):
         for name in ("rows", "cols"):
@@ -86,6 +93,8 @@ class CoreConfig:
             raise ValueError(f"lut_tables must be in 0..16, not {self.lut_tables!r}")
         if not isinstance(self.lane_multipliers, bool):
             raise ValueError(f"lane_multipliers must be True or False, not {self.lane_multipliers!r}")
+        if not isinstance(self.weight_widths, int) or not 1 <= self.weight_widths <= len(WEIGHT_BITS):
+            raise ValueError(f"weight_widths must be in 1..{len(WEIGHT_BITS)}, not {self.weight_widths!r}")
         if not isinstance(self.counter_width, int) or not 16 <= self.counter_width <= 64:
             raise ValueError(f"counter_width must be in 16..64, not {self.counter_width!r}")
 

@@ -660,6 +660,7 @@ def loadw_rows(cfg: CoreConfig, narrow: int) -> int:
 FIELD_RULES: tuple[FieldRule, ...] = (
     FieldRule(Opcode.LOAD, "mem", "in", (Mem.SPAD, Mem.WBUF, Mem.ACC, Mem.TABLE, Mem.LUT)),
     FieldRule(Opcode.STORE, "mem", "in", (Mem.SPAD, Mem.ACC)),
+    FieldRule(Opcode.LOADW, "narrow", "<", "weight_widths"),
     FieldRule(Opcode.LOADW, "count0", "==", loadw_rows, per="narrow"),
     FieldRule(Opcode.LOADW, "count1", "==", 1),
     FieldRule(Opcode.MATMUL, "lane", "<", "matmul_lanes"),

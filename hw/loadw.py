@@ -49,43 +49,66 @@ class WeightLoader(wiring.Component):
         narrow = Signal(2)
         regions = Signal(4)
         pending = Signal()
-        rows_left = Signal(range(cfg.rows + 1))
-        fill = Signal(4)
-        held = [Signal(_HELD, name=f"held{j}") for j in range(cfg.cols)]
         with m.If(ctrl.start):
             m.d.sync += [bank.eq(ctrl.insn.params.loadw.bank),
                          narrow.eq(ctrl.insn.params.loadw.narrow),
-                         regions.eq(ctrl.insn.x.regions),
-                         rows_left.eq(cfg.rows), fill.eq(0)]
-            m.d.sync += [h.eq(0) for h in held]
+                         regions.eq(ctrl.insn.x.regions)]
 
-        # The bits a lane has this cycle, whether they make a tile row, and what is
-        # left after it: a read is issued only when that is too few for the next row.
+        widths = WEIGHT_BITS[:cfg.weight_widths]
         width = Signal(4)
-        have = Signal(5)
         emit = Signal()
         left = Signal(5)
-        m.d.comb += [
-            width.eq(Array(WEIGHT_BITS)[narrow]),
-            have.eq(fill + Mux(pending, 8, 0)),
-            emit.eq((rows_left != 0) & (have >= width)),
-            left.eq(have - Mux(emit, width, 0)),
-        ]
-
         err = check_address(m, loops.addr[0], addr_width(cfg.wbuf_depth), regions, "x")
         issue = Signal()
         m.d.comb += [
+            width.eq(Array(widths)[narrow] if len(widths) > 1 else 8),
             issue.eq(loops.valid & (err == ErrorCode.NONE) & ~ctrl.abort & (left < width)),
             loops.advance.eq(issue),
             self.wbuf_rd.addr.eq(loops.addr[0]),
             self.wbuf_rd.en.eq(issue),
+            self.weights.valid.eq(emit & ~ctrl.abort),
+            self.weights.bank.eq(bank),
         ]
         m.d.sync += pending.eq(issue)
-        with m.If(~ctrl.start):
-            m.d.sync += fill.eq(left)
-            with m.If(emit):
-                m.d.sync += rows_left.eq(rows_left - 1)
+        if len(widths) == 1:
+            # 8-bit weights only: each row read is the next tile row.
+            m.d.comb += [emit.eq(pending), self.weights.data.eq(self.wbuf_rd.data)]
+            rows_due = C(0)
+        else:
+            rows_due = self._unpack(m, ctrl.start, narrow, pending, width, emit, left, widths)
 
+        # A fault counts when its read is due, so the rows the reads before it
+        # complete still enter the array (as in the instruction-level simulator).
+        busy = loops.valid | pending | rows_due
+        report(m, ctrl, ready=~busy, busy=busy,
+               reads=Mux(loops.valid, mem_bits(Mem.WBUF, regions), 0),
+               writes=Mux(busy, bank_bit(bank), 0), error=err, pc=pc,
+               active=loops.valid & (left < width))
+        return m
+
+    def _unpack(self, m, start, narrow, pending, width, emit, left, widths) -> Value:
+        """Narrow weights: per lane, the bits held and the byte read this cycle; a tile
+        row leaves when they make one, and a read is issued only when what is left
+        after it is too few for the next (``left < width``). Returns whether tile rows
+        are still to leave."""
+        cfg = self._cfg
+        rows_left = Signal(range(cfg.rows + 1))
+        with m.If(start):
+            m.d.sync += rows_left.eq(cfg.rows)
+        with m.Elif(emit):
+            m.d.sync += rows_left.eq(rows_left - 1)
+        fill = Signal(4)
+        have = Signal(5)
+        held = [Signal(_HELD, name=f"held{j}") for j in range(cfg.cols)]
+        m.d.comb += [
+            have.eq(fill + Mux(pending, 8, 0)),
+            emit.eq((rows_left != 0) & (have >= width)),
+            left.eq(have - Mux(emit, width, 0)),
+        ]
+        with m.If(start):
+            m.d.sync += [fill.eq(0)] + [h.eq(0) for h in held]
+        with m.Else():
+            m.d.sync += fill.eq(left)
         for j in range(cfg.cols):
             byte = self.wbuf_rd.data[j].as_unsigned()
             # A byte lands above the bits held; fill is even and below 8 then.
@@ -94,21 +117,9 @@ class WeightLoader(wiring.Component):
                 byte << 2 * k for k in range(4))[fill[1:3]], 0))
             out = self.weights.data[j]
             with m.Switch(narrow):
-                for code, bits in enumerate(WEIGHT_BITS):
+                for code, bits in enumerate(widths):
                     with m.Case(code):
                         m.d.comb += out.eq(avail[:bits].as_signed())
-                        with m.If(~ctrl.start):
+                        with m.If(~start):
                             m.d.sync += held[j].eq(Mux(emit, avail >> bits, avail))
-        m.d.comb += [
-            self.weights.valid.eq(emit & ~ctrl.abort),
-            self.weights.bank.eq(bank),
-        ]
-
-        # A fault counts when its read is due, so the rows the reads before it
-        # complete still enter the array (as in the instruction-level simulator).
-        busy = loops.valid | pending | (rows_left != 0)
-        report(m, ctrl, ready=~busy, busy=busy,
-               reads=Mux(loops.valid, mem_bits(Mem.WBUF, regions), 0),
-               writes=Mux(busy, bank_bit(bank), 0), error=err, pc=pc,
-               active=loops.valid & (left < width))
-        return m
+        return rows_left != 0

@@ -41,7 +41,8 @@ from fxpgen.config import REGIONS, CoreConfig
 from fxpgen.hw.addrgen import loop_addr_bits
 from fxpgen.isa import (ADDR_BITS, COUNT_MAX, FIELD_RULES, INSN_BITS, OPCODE_INFO, PARAMS_VIEW, UNREGIONED,
                         Addr, FieldRule, Insn, Instruction, Mem, Opcode, Params, field_rules,
-                        opcode_of, region_of)
+                        opcode_of, region_of, weight_bits)
+from fxpgen.numerics import WEIGHT_BITS
 
 __all__ = ["RandomProgram", "Profile", "WIDE", "SHORT", "random_program", "random_error_program",
            "scrub_program", "ERROR_KINDS", "ADDRESS_WAYS", "error_targets", "breakable_rules",
@@ -305,7 +306,7 @@ def _store(g: _Gen, c0: int, c1: int) -> Instruction:
 
 
 def _loadw(g: _Gen, c0: int, c1: int) -> Instruction:
-    narrow = g.rng.choice([0, 0, 1, 2, 3])
+    narrow = g.rng.choice([0, g.ruled(Opcode.LOADW, "narrow")])
     c0, c1 = g.ruled(Opcode.LOADW, "count0", narrow), g.ruled(Opcode.LOADW, "count1")
     return Instruction(Opcode.LOADW, {"bank": g.rng.randrange(2), "narrow": narrow}, c0, c1,
                        x=g.stream(g.cfg.wbuf_depth, c0, c1))
@@ -413,7 +414,15 @@ def breaking(insn: Instruction, rule: FieldRule, cfg: CoreConfig,
     value = rng.choice(rule.illegal_values(cfg, rule.of(insn)))
     if rule.field in ("count0", "count1"):
         return replace(insn, **{rule.field: value})
-    return replace(insn, params={**insn.params, rule.field: value})
+    insn = replace(insn, params={**insn.params, rule.field: value})
+    # A field another rule's bound depends on: that field follows, so only this
+    # rule is broken.
+    for other in field_rules(insn.opcode):
+        if other.per == rule.field:
+            legal = other.legal_values(cfg, value)[0]
+            insn = (replace(insn, **{other.field: legal}) if other.field in ("count0", "count1")
+                    else replace(insn, params={**insn.params, other.field: legal}))
+    return insn
 
 
 def _stream_targets() -> list[tuple[Opcode, str, Mem]]:
@@ -601,6 +610,7 @@ def coverage_bins(cfg: CoreConfig) -> list[str]:
     """Every coverage bin random programs on ``cfg`` should hit (see :func:`coverage`)."""
     return ([f"opcode:{op.name}" for op in Opcode]
             + [f"load:{m.name}" for m in Mem] + ["store:SPAD", "store:ACC"]
+            + [f"loadw:{b}" for b in WEIGHT_BITS]
             + [f"count:{b}" for b in _COUNT_BINS] + [f"stride:{b}" for b in _STRIDE_BINS]
             + [f"garbage:{b}" for b in _GARBAGE_BINS] + [f"halts:{b}" for b in _HALT_BINS]
             + [_label(t) for t in error_targets(cfg)] + [f"address_way:{w}" for w in ADDRESS_WAYS])
@@ -636,6 +646,8 @@ def _insn_bins(cfg: CoreConfig, insn: Instruction, word: int) -> Iterable[str]:
         return
     if op in (Opcode.LOAD, Opcode.STORE) and insn.stream_mem("z" if op is Opcode.LOAD else "x"):
         yield f"{op.name.lower()}:{Mem(insn.params['mem']).name}"
+    if op is Opcode.LOADW:
+        yield f"loadw:{weight_bits(insn.params.get('narrow', 0))}"
     if word & _UNREAD[op]:
         yield "garbage:params"
     yield f"count:{_count_bin(insn)}"
@@ -651,7 +663,8 @@ def _insn_bins(cfg: CoreConfig, insn: Instruction, word: int) -> Iterable[str]:
 
 
 def coverage(cfg: CoreConfig, programs: Iterable[RandomProgram]) -> Counter:
-    """How many of ``programs`` hit each bin: opcodes (LOAD and STORE per memory), loop
+    """How many of ``programs`` hit each bin: opcodes (LOAD and STORE per memory, LOADW
+    per weight width), loop
     counts (``zero``, ``one``, ``short``, ``long`` >= :data:`LONG` iterations, ``max``
     = a ``COUNT_MAX`` loop), strides per loop (``idle``: random, on a loop that never
     advances; ``beyond``/``wrap16``/``wrap_loop``: leaving the memory), garbage in

@@ -19,13 +19,13 @@ INSNS = 40
 
 
 def random_loadw(rng, cfg):
-    narrow = rng.randrange(4)
+    narrow = rng.randrange(cfg.weight_widths)
     n = loadw_rows(cfg, narrow)
     x = random_stream(rng, cfg.wbuf_depth, n, 1, random_fault(rng))
     return Instruction(Opcode.LOADW, {"bank": rng.randrange(2), "narrow": narrow}, n, 1, x=x)
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
+@pytest.mark.parametrize("cfg", CONFIGS + [CONFIGS[-1].replace(weight_widths=1)], ids=config_id)
 def test_loadw_matches_isa_sim(cfg, seed):
     """Each LOADW, of 8-, 6-, 4- or 2-bit weights, sends the weight rows the
     instruction-level simulator puts in the bank, in order, tagged with the bank, one

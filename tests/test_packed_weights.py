@@ -76,6 +76,18 @@ def test_packed_layers_compute_the_golden_model(name, widths, seed):
     assert_isa_is_golden(low, qg, xs)
 
 
+@pytest.mark.parametrize("weight_widths", [1, 2])
+def test_a_core_without_narrow_widths_takes_them_wider(weight_widths, seed):
+    """A core that unpacks only 8-bit (or 8- and 6-bit) weights gets each layer in
+    its narrowest width that holds it, and computes the same integers."""
+    cfg = CONFIGS["4x4"].replace(weight_widths=weight_widths)
+    qg, xs = _compiled(seed, (4, 2, 6))
+    low = lower(qg, cfg)
+    loadw, _ = _weight_loads(low)
+    assert {n for n, _ in loadw} == {weight_widths - 1}      # 8 bits, or 6 for all three
+    assert_isa_is_golden(low, qg, xs)
+
+
 def test_narrow_weights_shrink_the_weight_stream(seed):
     """The same network at 4 and at 2 bits: its weight-buffer LOADs carry half and a
     quarter of the rows (each tile's 8 rows packed into 4 and 2)."""
