@@ -24,6 +24,10 @@ from bench.fuzz import Case, expect
 pytestmark = pytest.mark.rtl
 
 SHAPES = [(2, 2), (4, 4), (8, 8), (4, 8)]
+#: Shapes whose cocotb runs only the slow set makes (the fuzz tests and the native
+#: harness's random programs cover them by default): each is a model build and two
+#: minutes of simulation on the default run's critical path.
+SLOW_SHAPES = {(4, 4), (4, 8)}
 PROGRAMS_PER_SHAPE = 50
 
 
@@ -33,7 +37,8 @@ def small_config(rows, cols):
     return CoreConfig(rows=rows, cols=cols, spad_depth=64, wbuf_depth=32, acc_depth=64, table_depth=4)
 
 
-@pytest.mark.parametrize("rows,cols", SHAPES, ids=[f"{r}x{c}" for r, c in SHAPES])
+@pytest.mark.parametrize("rows,cols", [pytest.param(r, c, marks=[pytest.mark.slow] * ((r, c) in SLOW_SHAPES))
+                                       for r, c in SHAPES], ids=[f"{r}x{c}" for r, c in SHAPES])
 def test_random_programs_match_isa_simulator(rows, cols, seed):
     cfg = small_config(rows, cols)
     rng = random.Random(seed)
@@ -109,7 +114,7 @@ def matmul_program(cfg, m, tiles, bank_alternate=True):
 MATMUL_OVERHEAD = 3 + FAST.matmul_act
 
 
-@pytest.mark.parametrize("rows,cols", [(4, 4), (8, 8), (4, 8)])
+@pytest.mark.parametrize("rows,cols", [(4, 4), (8, 8), pytest.param(4, 8, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("m", [1, 16, 100])
 def test_matmul_latency_bound(rows, cols, m):
     """Weights loaded, a MATMUL of M vectors runs in at most M + rows + cols + a

@@ -156,6 +156,7 @@ def test_offchip_maps_on_the_native_engine(kind, seed):
 
 
 @pytest.mark.rtl
+@pytest.mark.slow       # the native engine runs off-chip maps by default (test_cycle_model)
 def test_offchip_maps_on_the_cocotb_engine(seed):
     """The cocotb harness plays the host too: the residual block, bit-identical."""
     from fxpgen.sim.rtl_engines import RtlEngine
