@@ -27,7 +27,7 @@ SHAPES = [(2, 2), (4, 4), (8, 8), (4, 8)]
 #: Shapes whose cocotb runs only the slow set makes (the fuzz tests and the native
 #: harness's random programs cover them by default): each is a model build and two
 #: minutes of simulation on the default run's critical path.
-SLOW_SHAPES = {(4, 4), (4, 8)}
+SLOW_SHAPES = {(4, 4), (8, 8), (4, 8)}
 PROGRAMS_PER_SHAPE = 50
 
 
