@@ -292,6 +292,8 @@ class Machine:
         self._bus_bytes = (cfg.bus_width + 7) // 8
         self._data: Sequence[int] = ()
         self._dpos = 0
+        #: The packed weight-buffer rows the running LOADW has read (it may span batches).
+        self._tile: np.ndarray | None = None
 
     def _plan(self, plans: dict, word: int) -> _Plan | None:
         try:
