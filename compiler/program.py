@@ -112,6 +112,9 @@ class Program:
     words: list[int]
     consts: list[int]
     header: dict
+    #: The distinct instruction words and each instruction's place among them, as the
+    #: file stores them (the cycle model times each distinct word once).
+    word_table: tuple[list[int], np.ndarray] | None = None
 
     @property
     def input_layout(self) -> MapLayout:
@@ -275,25 +278,26 @@ def load_program(path: Path, cfg: CoreConfig | None = None) -> Program:
     if off != len(body):
         raise ProgramFormatError(f"{path}: the sections do not add up to the file's length")
     bus_bytes = (built_for.bus_width + 7) // 8
-    words = _expand(path, "instruction", sections["insn_table"], sections["insn_index"], INSN_BYTES,
-                    header["n_insn_table"], header["n_insns"])
-    consts = _expand(path, "data", sections["data_table"], sections["data_index"], bus_bytes,
-                     header["n_data_table"], header["n_data"])
-    return Program(built_for, words, consts, header)
+    table, index = _expand(path, "instruction", sections["insn_table"], sections["insn_index"],
+                           INSN_BYTES, header["n_insn_table"], header["n_insns"])
+    words = np.asarray(table, object)[index].tolist()
+    consts, const_index = _expand(path, "data", sections["data_table"], sections["data_index"],
+                                  bus_bytes, header["n_data_table"], header["n_data"])
+    return Program(built_for, words, np.asarray(consts, object)[const_index].tolist(), header,
+                   (table, index))
 
 
 def _expand(path: Path, what: str, table: bytes, deltas: bytes, size: int, n_table: int,
-            n: int) -> list[int]:
-    """The words of a table section and an index section (:func:`save_program`)."""
+            n: int) -> tuple[list[int], np.ndarray]:
+    """The distinct words of a table section and, from its index section, the place of
+    each word among them (:func:`save_program`)."""
     if len(table) != n_table * size or len(deltas) != 4 * n:
         raise ProgramFormatError(f"{path}: the {what} sections do not hold the header's {n_table} "
                                  f"distinct words and {n} indices")
     index = np.cumsum(np.frombuffer(deltas, "<i4"), dtype=np.int64)
     if n and not (0 <= index.min() and index.max() < n_table):
         raise ProgramFormatError(f"{path}: an index of the {what} section points outside its table")
-    values = np.empty(n_table, object)
-    values[:] = _split_words(memoryview(table), size)
-    return values[index].tolist()
+    return _split_words(memoryview(table), size), index
 
 
 def _sha256(path: Path) -> str:
@@ -339,7 +343,7 @@ def check_manifest(directory: Path) -> None:
 
 def _split_words(raw: memoryview, size: int) -> list[int]:
     """Little-endian words of ``size`` bytes, as integers."""
-    return [int.from_bytes(raw[i:i + size], "little") for i in range(0, len(raw), size)]
+    return list(map(int.from_bytes, np.frombuffer(raw, f"V{size}").tolist(), itertools.repeat("little")))
 
 
 def listing(low: Lowered) -> str:

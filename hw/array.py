@@ -54,7 +54,12 @@ class SystolicArray(wiring.Component):
 
     @property
     def LATENCY(self) -> int:
-        return self._rows + self._cols
+        return self.latency(self._rows, self._cols)
+
+    @staticmethod
+    def latency(rows: int, cols: int) -> int:
+        """:attr:`LATENCY` of a ``rows`` x ``cols`` array, without building one."""
+        return rows + cols
 
     @staticmethod
     def _delay(m, sig, n, name):

@@ -28,10 +28,14 @@ from __future__ import annotations
 
 import array
 import bisect
+import dataclasses
 import functools
+import gc
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
+
+import numpy as np
 
 from fxpgen.config import REGIONS, CoreConfig
 from fxpgen.hw.array import SystolicArray
@@ -88,9 +92,7 @@ class Latencies:
     @functools.cache
     def of(cls, cfg: CoreConfig, stages: Stages = FAST) -> "Latencies":
         """The delays of ``cfg``'s core built with pipeline registers ``stages``."""
-        array = SystolicArray(cfg.rows, cfg.cols, cfg.psum_width)
-        array._MustUse__silence = True     # built for its LATENCY only, never elaborated
-        return cls(matmul_write=stages.matmul_write_delay(array.LATENCY),
+        return cls(matmul_write=stages.matmul_write_delay(SystolicArray.latency(cfg.rows, cfg.cols)),
                    vector_write=stages.vector_write_delay(Requantizer.LATENCY),
                    loadw_drain=1, store_drain=3, store_fifo=FIFO_DEPTH)
 
@@ -190,13 +192,21 @@ class _Op:
     last: int = 0
     r_holds: tuple[tuple[int, int], ...] = ()
     w_holds: tuple[tuple[int, int], ...] = ()
-    port: Mem | None = None
+    port: int | None = None
     take: tuple[int, int] | None = None
+    #: :attr:`checks` less the places no instruction of the program ever sets
+    #: (:func:`_watching`), which stay -1; what :meth:`_Core.go` reads.
+    watch: tuple[int, ...] = field(default=(), compare=False, repr=False)
 
     @functools.cached_property
     def bits(self) -> tuple[int, ...]:
         """The hazard bits it reads or writes."""
         return self.reads + self.writes
+
+    @functools.cached_property
+    def write_set(self) -> frozenset:
+        """The hazard bits it writes, as a set."""
+        return frozenset(self.writes)
 
     @functools.cached_property
     def macs(self) -> int:
@@ -220,6 +230,13 @@ class _Op:
 
 #: :func:`~fxpgen.hw.hazards.resource_index`, asked again for every distinct word.
 _bit = functools.cache(resource_index)
+
+#: Per accumulator region, its hazard bit and its read port (asked for every MATMUL).
+_ACC_REGIONS = tuple((_bit((Mem.ACC, r)), read_port(Mem.ACC, r)) for r in range(REGIONS))
+
+#: The memories whose write port LOAD shares, in the order of :attr:`_Core.ports`
+#: (:attr:`_Op.port` is a place in it).
+_PORTS = (Mem.SPAD, Mem.ACC)
 
 #: The units with instructions, in the order of :attr:`_Core.ends`.
 _UNITS = sorted(set(UNIT_OF.values()))
@@ -301,7 +318,7 @@ def _op(word: int, cfg: CoreConfig, lat: Latencies) -> _Op:
     if unit == "load":
         mem = Mem(insn.params.get("mem", 0))
         return _Op(insn.opcode, unit, n, reads, writes,
-                   port=mem if mem in (Mem.SPAD, Mem.ACC) else None)
+                   port=_PORTS.index(mem) if mem in _PORTS else None)
     return _timed_op(insn, unit, n, reads, writes, fp.ports, cfg, lat)
 
 
@@ -333,14 +350,13 @@ def _timed_op(insn: Instruction, unit: str, n: int, reads: tuple[int, ...], writ
             ends[b] = max(ends.get(b, n), 1 + k + lat.matmul_write)
         for p in ports:
             if p[0] == "ACC_PORT":
-                served = [ends[_bit((Mem.ACC, r))] for r in range(REGIONS)
-                          if read_port(Mem.ACC, r) == p and _bit((Mem.ACC, r)) in ends]
+                served = [ends[b] for b, q in _ACC_REGIONS if q == p and b in ends]
                 ends[_bit(p)] = max(served)
             else:
                 ends[_bit(p)] = n
         return _Op(op, unit, n, reads, writes + claims, ready=n, busy=wb, last=n,
                    r_holds=tuple((b, wb if b == bank else n) for b in reads),
-                   w_holds=tuple(ends.items()), port=Mem.ACC, take=(1 + lat.matmul_write, wb))
+                   w_holds=tuple(ends.items()), port=_PORTS.index(Mem.ACC), take=(1 + lat.matmul_write, wb))
     if op is Opcode.LOADW:
         # A row is read the cycle before the first tile row needing its bits enters.
         width = weight_bits(insn.params.get("narrow", 0))
@@ -360,7 +376,7 @@ def _timed_op(insn: Instruction, unit: str, n: int, reads: tuple[int, ...], writ
     return _Op(op, unit, n, reads, writes + claims, ready=wb + 1, busy=wb, last=wb,
                r_holds=tuple((b, wb if b == lut else span) for b in reads),
                w_holds=tuple((b, wb) for b in writes) + tuple((b, span) for b in claims),
-               port=Mem.SPAD, take=(1 + lat.vector_write, wb))
+               port=_PORTS.index(Mem.SPAD), take=(1 + lat.vector_write, wb))
 
 
 class _Core:
@@ -374,7 +390,7 @@ class _Core:
         #: Per unit, per reading and writing, per hazard bit (:func:`_held`): one flat
         #: list, so that a hazard check is one ``max`` over the places it reads.
         self.ends = [-1] * (2 * len(_UNITS) * HAZARD_BITS)
-        self.ports = {Mem.SPAD: _Port(), Mem.ACC: _Port()}
+        self.ports = [_Port() for _ in _PORTS]
         self.load: tuple | None = None
         self.load_bits: frozenset = frozenset()
 
@@ -399,7 +415,7 @@ class _Core:
             return tuple(v - d if v > d else 0 for v in values)
         lo = d if self.load is None else min(d, self.load[0])
         ports = []
-        for port in self.ports.values():
+        for port in self.ports:
             k = bisect.bisect_right(port.ends, lo)
             # An interval under way at ``lo`` counts from ``lo``: writes merge into one
             # interval while they run back to back, and its start, which nothing later
@@ -414,7 +430,7 @@ class _Core:
         intervals over before cycle ``d`` and the pending LOAD (nothing dispatched
         after ``d`` can see them)."""
         lo = d if self.load is None else min(d, self.load[0])
-        for port in self.ports.values():
+        for port in self.ports:
             k = bisect.bisect_right(port.ends, lo)
             port.starts[:] = [v + delta for v in port.starts[k:]]
             port.ends[:] = [v + delta for v in port.ends[k:]]
@@ -426,52 +442,48 @@ class _Core:
             d, op, s = self.load
             self.load = (d + delta, op, s)
 
-    def earliest(self, op: _Op) -> int:
-        """The first cycle the hazard check and the unit's ready let ``op`` go."""
-        unit = op.unit
-        if self.load is not None and (unit == "load" or not self.load_bits.isdisjoint(op.bits)):
-            self.settle_load()
-        t = self.ready[unit]
-        if op.checks:
-            e = max(map(self.ends.__getitem__, op.checks))
-            if e >= t:
-                t = e + 1
-        return t
-
     def idle(self) -> int:
         """The first cycle every unit is idle."""
         if self.load is not None:
             self.settle_load()
         return max(self.busy_end.values()) + 1
 
-    def dispatch(self, op: _Op, d: int, s: Slice | None) -> None:
-        """Start ``op`` at cycle ``d``; a LOAD's end is set in ``s`` once settled."""
+    def go(self, op: _Op, after: int) -> int:
+        """Dispatch ``op`` in the first cycle after ``after`` (the cycle the instruction
+        before it left in) that its unit's ready and the hazard check let it go, and
+        return that cycle. A LOAD's end is settled when something waits for it."""
         unit = op.unit
+        if unit is None:
+            return max(after + 1, self.idle())
+        if self.load is not None and (unit == "load" or not self.load_bits.isdisjoint(op.bits)):
+            self.settle_load()
+        ready, ends = self.ready, self.ends
+        d = ready[unit]
+        if d <= after:
+            d = after + 1
+        if op.watch:
+            e = max(map(ends.__getitem__, op.watch))
+            if e >= d:
+                d = e + 1
         if op.n == 0:
-            self.ready[unit] = max(self.ready[unit], d + 1)
-            return
+            ready[unit] = d + 1
+            return d
         if unit == "load":
-            self.load, self.load_bits = (d, op, s), frozenset(op.writes)
-            return
-        self.ready[unit] = d + op.ready
+            self.load, self.load_bits = (d, op, None), op.write_set
+            return d
+        ready[unit] = d + op.ready
         if d + op.busy > self.busy_end[unit]:
             self.busy_end[unit] = d + op.busy
         # A MATMUL starts while the one before still drains: a resource stays held
         # until the later of the two lets it go.
-        ends = self.ends
         for i, e in op.holds:
             e += d
             if e > ends[i]:
                 ends[i] = e
-        if op.take is not None:
-            self.ports[op.port].take(d + op.take[0], d + op.take[1])
-
-
-def _when(core: _Core, op: _Op, d: int) -> int:
-    """The cycle ``op`` is dispatched in, the instruction before it having left in ``d``."""
-    if op.unit is None:
-        return max(d + 1, core.idle())
-    return max(d + 1, core.earliest(op))
+        take = op.take
+        if take is not None:
+            self.ports[op.port].take(d + take[0], d + take[1])
+        return d
 
 
 def _segment(by_id: Sequence[_Op], ids: list[int], first: int, start: int, layer: str,
@@ -494,11 +506,7 @@ def _segment(by_id: Sequence[_Op], ids: list[int], first: int, start: int, layer
 def _step(core: _Core, op: _Op, d: int, macs: int) -> tuple[int, int]:
     """Dispatch ``op`` after an instruction that left in ``d``: its dispatch cycle and
     the MAC cycles so far."""
-    if op.unit is None:
-        return max(d + 1, core.idle()), macs
-    d = max(d + 1, core.earliest(op))
-    core.dispatch(op, d, None)
-    return d, macs + op.macs
+    return core.go(op, d), macs + op.macs
 
 
 def _timeline(core: _Core, by_id: Sequence[_Op], ids: list[int], first: int, start: int,
@@ -508,15 +516,14 @@ def _timeline(core: _Core, by_id: Sequence[_Op], ids: list[int], first: int, sta
     d = macs = 0
     for k, i in enumerate(ids):
         op = by_id[i]
-        waiting, d = d + 1, _when(core, op, d)
+        waiting, d = d + 1, core.go(op, d)
         last = d if op.unit is None else d + op.last
         s = Slice(first + k, op.opcode, op.unit or CONTROL, layer, start + waiting, start + d,
                   start + d + (op.unit is not None), start + last)
         slices.append(s)
-        if op.unit is not None:
-            core.dispatch(op, d, s)
-            if op.opcode is Opcode.MATMUL:
-                macs += op.n
+        if core.load is not None and core.load[0] == d:
+            core.load = (d, op, s)    # its end goes into the slice once settled
+        macs += op.macs
     return d, macs
 
 
@@ -584,7 +591,9 @@ class _Repeats:
                     next_check, backoff = k2 + backoff, 2 * backoff
                 k = k2
                 continue
-            d, macs = _step(core, by_id[ids[k]], d, macs)
+            op = by_id[ids[k]]
+            d = core.go(op, d)
+            macs += op.macs
             k += 1
         return d, macs
 
@@ -649,6 +658,15 @@ class _TimingIds(dict):
         return n
 
 
+def _watching(ops: Sequence[_Op]) -> list[_Op]:
+    """``ops`` with their :attr:`~_Op.watch`: a program's instructions hold a few dozen
+    of the hazard places, and a check of the others would only read -1."""
+    held = {i for op in ops if op.unit is not None for i, _ in op.holds}
+    held |= {_held("load", "w", b) for op in ops if op.unit == "load" for b in op.writes}
+    return [dataclasses.replace(op, watch=tuple(i for i in op.checks if i in held))
+            if op.unit is not None else op for op in ops]
+
+
 def _positions(ids: list[int], wanted: Sequence[int]) -> list[int]:
     """The positions in ``ids`` of the values ``wanted``, in increasing order."""
     found = []
@@ -664,19 +682,49 @@ def _positions(ids: list[int], wanted: Sequence[int]) -> list[int]:
 
 
 def estimate_words(cfg: CoreConfig, words: Sequence[int], layers: Sequence[str], *,
-                   timeline: bool = False) -> ProgramTiming:
+                   timeline: bool = False,
+                   table: tuple[Sequence[int], np.ndarray] | None = None) -> ProgramTiming:
     """The counters of every HALT segment of a program (instruction words and the
-    layer of each), and with ``timeline`` every instruction's :class:`Slice`."""
+    layer of each), and with ``timeline`` every instruction's :class:`Slice`. With
+    ``table`` (the distinct words and each word's place among them, as a program file
+    holds them), the words are looked up through it."""
+    # The walk makes many small tuples and no reference cycles: the collector's full
+    # passes would only trace the program's million-entry lists (a third of a first run).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _estimate(cfg, words, layers, timeline, table)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _estimate(cfg: CoreConfig, words: Sequence[int], layers: Sequence[str], timeline: bool,
+              table: tuple[Sequence[int], np.ndarray] | None) -> ProgramTiming:
     lat = Latencies.of(cfg)
-    # Hashing every word is most of the cost outside the walk, hence a single pass.
     id_of = _TimingIds(cfg, lat)
-    ids = list(map(id_of.__getitem__, words))
-    by_id = list(id_of.interned)
+    if table is not None:
+        distinct, index = table
+        if len(index) != len(words):
+            raise ValueError(f"the word table indexes {len(index)} words, the program has {len(words)}")
+        ids = np.fromiter(map(id_of.__getitem__, distinct), np.int64, len(distinct))[index].tolist()
+    else:
+        # Hashing every word is most of the cost outside the walk, hence a single pass.
+        ids = list(map(id_of.__getitem__, words))
+    by_id = _watching(list(id_of.interned))
     halts = _positions(ids, [i for i, op in enumerate(by_id) if op.opcode is Opcode.HALT])
     slices: list[Slice] | None = [] if timeline else None
     segments, start = [], 0
+    # Every segment starts on an idle core, so equal instruction timings give equal
+    # counters: a network's repeated blocks are timed once.
+    timed: dict[bytes, dict] = {}
     for first, end, layer in _cuts(halts, len(ids), layers):
-        seg = _segment(by_id, ids[first:end], first, start, layer, slices)
+        key = array.array("I", ids[first:end]).tobytes()
+        if slices is None and key in timed:
+            seg = SegmentTiming(layer, start, dict(timed[key]))
+        else:
+            seg = _segment(by_id, ids[first:end], first, start, layer, slices)
+            timed[key] = seg.counters
         segments.append(seg)
         start += seg.counters["cycles"]
     return ProgramTiming(segments, slices or [])
@@ -684,7 +732,8 @@ def estimate_words(cfg: CoreConfig, words: Sequence[int], layers: Sequence[str],
 
 def estimate(program: Runnable, *, timeline: bool = False) -> ProgramTiming:
     """:func:`estimate_words` of a runnable program (a compiled network or a GEMM)."""
-    return estimate_words(program.cfg, program.words, program.layers, timeline=timeline)
+    return estimate_words(program.cfg, program.words, program.layers, timeline=timeline,
+                          table=program.word_table)
 
 
 class ModelEngine(Engine):

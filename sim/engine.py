@@ -41,6 +41,9 @@ class Runnable:
     cfg: CoreConfig
     words: list[int]
     layers: list[str]
+    #: The distinct words and each instruction's place among them, where the program
+    #: came from a file that stores them so (:attr:`~fxpgen.compiler.program.Program.word_table`).
+    word_table: tuple[list[int], np.ndarray] | None = None
 
     def stream(self, x) -> list[int]:
         """The data words (bus-width integers) the program consumes for input ``x``."""
@@ -81,11 +84,13 @@ class NetworkProgram(Runnable):
     layers: list[str]
     view: Lowered
     qgraph: QGraph
+    word_table: tuple[list[int], np.ndarray] | None = None
 
     @classmethod
     def from_program(cls, prog, qgraph: QGraph) -> "NetworkProgram":
         """From a program file and its quantized graph, as ``load_compiled`` returns them."""
-        return cls(prog.cfg, list(prog.words), list(prog.layers), prog.lowered_view(), qgraph)
+        return cls(prog.cfg, list(prog.words), list(prog.layers), prog.lowered_view(), qgraph,
+                   prog.word_table)
 
     @classmethod
     def from_lowered(cls, low: Lowered, qgraph: QGraph, *, input_halt: bool = False) -> "NetworkProgram":
