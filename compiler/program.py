@@ -59,6 +59,7 @@ was built for the given core configuration.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import itertools
@@ -110,11 +111,22 @@ class Program:
 
     cfg: CoreConfig
     words: list[int]
-    consts: list[int]
+    #: The constant data words' table section (each distinct word, ``size`` bytes)
+    #: and each word's place in it: :attr:`consts` unpacks them when first asked
+    #: (an engine that streams no data, ``--engine model``, never does).
+    const_table: tuple[bytes, int, np.ndarray]
     header: dict
     #: The distinct instruction words and each instruction's place among them, as the
     #: file stores them (the cycle model times each distinct word once).
     word_table: tuple[list[int], np.ndarray] | None = None
+
+    @functools.cached_property
+    def consts(self) -> list[int]:
+        """The constant data words, in stream order."""
+        table, size, index = self.const_table
+        values = np.empty(len(table) // size, object)
+        values[:] = _split_words(memoryview(table), size)
+        return values[index].tolist()
 
     @property
     def input_layout(self) -> MapLayout:
@@ -278,26 +290,27 @@ def load_program(path: Path, cfg: CoreConfig | None = None) -> Program:
     if off != len(body):
         raise ProgramFormatError(f"{path}: the sections do not add up to the file's length")
     bus_bytes = (built_for.bus_width + 7) // 8
-    table, index = _expand(path, "instruction", sections["insn_table"], sections["insn_index"],
-                           INSN_BYTES, header["n_insn_table"], header["n_insns"])
-    words = np.asarray(table, object)[index].tolist()
-    consts, const_index = _expand(path, "data", sections["data_table"], sections["data_index"],
-                                  bus_bytes, header["n_data_table"], header["n_data"])
-    return Program(built_for, words, np.asarray(consts, object)[const_index].tolist(), header,
-                   (table, index))
+    index = _index(path, "instruction", sections["insn_table"], sections["insn_index"],
+                   INSN_BYTES, header["n_insn_table"], header["n_insns"])
+    table = np.empty(header["n_insn_table"], object)
+    table[:] = _split_words(memoryview(sections["insn_table"]), INSN_BYTES)
+    const_index = _index(path, "data", sections["data_table"], sections["data_index"],
+                         bus_bytes, header["n_data_table"], header["n_data"])
+    return Program(built_for, table[index].tolist(), (sections["data_table"], bus_bytes, const_index),
+                   header, (table.tolist(), index))
 
 
-def _expand(path: Path, what: str, table: bytes, deltas: bytes, size: int, n_table: int,
-            n: int) -> tuple[list[int], np.ndarray]:
-    """The distinct words of a table section and, from its index section, the place of
-    each word among them (:func:`save_program`)."""
+def _index(path: Path, what: str, table: bytes, deltas: bytes, size: int, n_table: int,
+           n: int) -> np.ndarray:
+    """From a table section and its index section, the place of each word among the
+    table's distinct words (:func:`save_program`), checked against the header."""
     if len(table) != n_table * size or len(deltas) != 4 * n:
         raise ProgramFormatError(f"{path}: the {what} sections do not hold the header's {n_table} "
                                  f"distinct words and {n} indices")
     index = np.cumsum(np.frombuffer(deltas, "<i4"), dtype=np.int64)
     if n and not (0 <= index.min() and index.max() < n_table):
         raise ProgramFormatError(f"{path}: an index of the {what} section points outside its table")
-    return _split_words(memoryview(table), size), index
+    return index
 
 
 def _sha256(path: Path) -> str:
