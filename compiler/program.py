@@ -124,9 +124,7 @@ class Program:
     def consts(self) -> list[int]:
         """The constant data words, in stream order."""
         table, size, index = self.const_table
-        values = np.empty(len(table) // size, object)
-        values[:] = _split_words(memoryview(table), size)
-        return values[index].tolist()
+        return _split_words(memoryview(table), size)[index].tolist()
 
     @property
     def input_layout(self) -> MapLayout:
@@ -292,8 +290,7 @@ def load_program(path: Path, cfg: CoreConfig | None = None) -> Program:
     bus_bytes = (built_for.bus_width + 7) // 8
     index = _index(path, "instruction", sections["insn_table"], sections["insn_index"],
                    INSN_BYTES, header["n_insn_table"], header["n_insns"])
-    table = np.empty(header["n_insn_table"], object)
-    table[:] = _split_words(memoryview(sections["insn_table"]), INSN_BYTES)
+    table = _split_words(memoryview(sections["insn_table"]), INSN_BYTES)
     const_index = _index(path, "data", sections["data_table"], sections["data_index"],
                          bus_bytes, header["n_data_table"], header["n_data"])
     return Program(built_for, table[index].tolist(), (sections["data_table"], bus_bytes, const_index),
@@ -354,9 +351,12 @@ def check_manifest(directory: Path) -> None:
                                      "recompile the model")
 
 
-def _split_words(raw: memoryview, size: int) -> list[int]:
-    """Little-endian words of ``size`` bytes, as integers."""
-    return list(map(int.from_bytes, np.frombuffer(raw, f"V{size}").tolist(), itertools.repeat("little")))
+def _split_words(raw: memoryview, size: int) -> np.ndarray:
+    """Little-endian words of ``size`` bytes, as integers in an object array (so that
+    an index array gathers them)."""
+    words = np.empty(len(raw) // size, object)
+    words[:] = list(map(int.from_bytes, np.frombuffer(raw, f"V{size}").tolist(), itertools.repeat("little")))
+    return words
 
 
 def listing(low: Lowered) -> str:
